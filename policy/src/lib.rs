@@ -1,0 +1,7 @@
+//! Bulkhead's policy logic: the rules that decide, kept free of Postgres and of any runtime so
+//! that the extension and the daemon share one tested implementation.
+
+pub mod context;
+pub mod sqlstate;
+
+pub use sqlstate::SqlState;

@@ -1,0 +1,57 @@
+//! SQLSTATE codes that Bulkhead raises. Every user-facing error maps to one of these, never to
+//! the generic 22000 / XX000 that a plain `Err` or `error!()` would give.
+
+/// A five-character SQLSTATE, e.g. `42501`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SqlState(&'static str);
+
+impl SqlState {
+    /// 22023: an argument or setting has a value that is well-typed but not acceptable.
+    pub const INVALID_PARAMETER_VALUE: SqlState = SqlState("22023");
+    /// 42501: the caller is not allowed to do this.
+    pub const INSUFFICIENT_PRIVILEGE: SqlState = SqlState("42501");
+    /// 42704: a named object (here: a tenant) does not exist or is not visible.
+    pub const UNDEFINED_OBJECT: SqlState = SqlState("42704");
+
+    pub const fn code(self) -> &'static str {
+        self.0
+    }
+
+    /// The five characters, for building Postgres' packed error code.
+    pub fn chars(self) -> [u8; 5] {
+        let b = self.0.as_bytes();
+        [b[0], b[1], b[2], b[3], b[4]]
+    }
+}
+
+/// Implemented by every module's error enum: the message is its `Display`, lowercase and short;
+/// the detail and hint are full sentences.
+pub trait HasSqlState: std::fmt::Display {
+    fn sqlstate(&self) -> SqlState;
+
+    fn detail(&self) -> Option<String> {
+        None
+    }
+
+    fn hint(&self) -> Option<String> {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_five_uppercase_alphanumerics() {
+        for state in [
+            SqlState::INVALID_PARAMETER_VALUE,
+            SqlState::INSUFFICIENT_PRIVILEGE,
+            SqlState::UNDEFINED_OBJECT,
+        ] {
+            let code = state.code();
+            assert_eq!(code.len(), 5, "{code}");
+            assert!(code.chars().all(|c| c.is_ascii_digit() || c.is_ascii_uppercase()), "{code}");
+        }
+    }
+}

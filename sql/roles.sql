@@ -1,0 +1,27 @@
+-- Bulkhead's three group roles. Roles are cluster-wide: the first database that installs the
+-- extension creates them, later ones reuse them. A pre-existing role that could bypass RLS would
+-- void every guarantee, so installation refuses it instead of silently using it.
+do $roles$
+declare
+    role_name text;
+begin
+    foreach role_name in array array['bulkhead_app', 'bulkhead_admin', 'bulkhead_worker'] loop
+        if exists (
+            select from pg_catalog.pg_roles
+            where rolname = role_name and (rolsuper or rolbypassrls)
+        ) then
+            raise exception 'role % can bypass row level security', role_name
+                using errcode = '42501',
+                      detail = 'Bulkhead''s roles must not be SUPERUSER or BYPASSRLS, or tenant isolation would not apply to them.',
+                      hint = pg_catalog.format('Run ALTER ROLE %I NOSUPERUSER NOBYPASSRLS, then create the extension again.', role_name);
+        end if;
+        if not exists (select from pg_catalog.pg_roles where rolname = role_name) then
+            begin
+                execute pg_catalog.format('create role %I nologin', role_name);
+            exception when duplicate_object then
+                null;  -- another database created it concurrently
+            end;
+        end if;
+    end loop;
+end
+$roles$;

@@ -1,0 +1,115 @@
+-- Tenant registry and per-tenant settings, both under row level security.
+--
+-- Every tenant-scoped table follows the same rules (the schema lint test enforces them):
+-- a tenant_id column, ENABLE + FORCE ROW LEVEL SECURITY, a policy comparing tenant_id with
+-- (select bulkhead.current_tenant()), and tenant_id in every UNIQUE and FOREIGN KEY.
+-- The sub-select makes the context an InitPlan: evaluated once per query, not once per row.
+
+create table bulkhead.tenants (
+    id                 uuid        not null default pg_catalog.gen_random_uuid(),
+    slug               text        not null,
+    name               text        not null,
+    -- Derived from the id, never from the slug: a slug can be reused after a deletion,
+    -- a namespace must never be.
+    pinecone_namespace text        not null,
+    status             text        not null default 'active',
+    created_at         timestamptz not null default pg_catalog.now(),
+    constraint tenants_pkey primary key (id),
+    constraint tenants_slug_key unique (slug),
+    constraint tenants_pinecone_namespace_key unique (pinecone_namespace),
+    constraint tenants_slug_format check (slug ~ '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$'),
+    constraint tenants_name_length check (pg_catalog.char_length(name) between 1 and 200),
+    constraint tenants_status_known check (status in ('active', 'suspended'))
+);
+comment on table bulkhead.tenants is
+    'One row per tenant. Applications see only their own row; bulkhead_admin sees all.';
+
+create table bulkhead.tenant_settings (
+    tenant_id           uuid        not null,
+    display_name        text,
+    persona_tone        text,
+    custom_instructions text,
+    banned_topics       text[]      not null default '{}',
+    updated_at          timestamptz not null default pg_catalog.now(),
+    constraint tenant_settings_pkey primary key (tenant_id),
+    constraint tenant_settings_tenant_fkey foreign key (tenant_id) references bulkhead.tenants (id),
+    constraint tenant_settings_display_name_length check (pg_catalog.char_length(display_name) <= 200),
+    constraint tenant_settings_persona_tone_length check (pg_catalog.char_length(persona_tone) <= 200),
+    constraint tenant_settings_custom_instructions_length
+        check (pg_catalog.octet_length(custom_instructions) <= 65536),
+    constraint tenant_settings_banned_topics_size
+        check (pg_catalog.cardinality(banned_topics) <= 200)
+);
+comment on table bulkhead.tenant_settings is
+    'Per-tenant prompt slot values (display name, persona tone, custom instructions, banned topics).';
+
+-- Receipts outlive the tenant they describe: they hold its id and row counts, never its data,
+-- so tenant deletion leaves them in place and only bulkhead_admin can read them.
+create table bulkhead.deletion_receipts (
+    id           uuid        not null default pg_catalog.gen_random_uuid(),
+    tenant_id    uuid        not null,
+    requested_by name        not null default current_user,
+    started_at   timestamptz not null,
+    completed_at timestamptz not null,
+    constraint deletion_receipts_pkey primary key (id)
+);
+comment on table bulkhead.deletion_receipts is
+    'Proof of tenant deletion: one row per deleted tenant, with one step row per table or external action.';
+
+create table bulkhead.deletion_receipt_steps (
+    receipt_id   uuid        not null,
+    step         text        not null,
+    rows_deleted bigint      not null,
+    completed_at timestamptz not null,
+    constraint deletion_receipt_steps_pkey primary key (receipt_id, step),
+    constraint deletion_receipt_steps_receipt_fkey
+        foreign key (receipt_id) references bulkhead.deletion_receipts (id)
+);
+comment on table bulkhead.deletion_receipt_steps is
+    'What each deletion removed: one row per table (schema-qualified name) with its row count and time.';
+
+-- Row level security: enabled and forced everywhere, so even a non-superuser table owner obeys it.
+alter table bulkhead.tenants enable row level security;
+alter table bulkhead.tenants force row level security;
+alter table bulkhead.tenant_settings enable row level security;
+alter table bulkhead.tenant_settings force row level security;
+alter table bulkhead.deletion_receipts enable row level security;
+alter table bulkhead.deletion_receipts force row level security;
+alter table bulkhead.deletion_receipt_steps enable row level security;
+alter table bulkhead.deletion_receipt_steps force row level security;
+
+-- Applications and the worker see their own tenant's registry row; the control plane sees all.
+create policy tenant_isolation on bulkhead.tenants
+    for select to bulkhead_app, bulkhead_worker
+    using (id = (select bulkhead.current_tenant()));
+create policy control_plane on bulkhead.tenants
+    for all to bulkhead_admin
+    using (true) with check (true);
+
+-- No "to" list: every role that is not a superuser or BYPASSRLS sees only the current tenant,
+-- the control plane included (its functions switch context to the tenant they act on).
+create policy tenant_isolation on bulkhead.tenant_settings
+    using (tenant_id = (select bulkhead.current_tenant()))
+    with check (tenant_id = (select bulkhead.current_tenant()));
+
+create policy control_plane on bulkhead.deletion_receipts
+    for all to bulkhead_admin
+    using (true) with check (true);
+create policy control_plane on bulkhead.deletion_receipt_steps
+    for all to bulkhead_admin
+    using (true) with check (true);
+
+-- Privileges. Nothing is granted to PUBLIC.
+grant usage on schema bulkhead to bulkhead_app, bulkhead_admin, bulkhead_worker;
+grant select on bulkhead.tenants to bulkhead_app, bulkhead_worker;
+grant select, insert, update, delete on bulkhead.tenants to bulkhead_admin;
+grant select, insert, update, delete on bulkhead.tenant_settings to bulkhead_app, bulkhead_admin;
+grant select on bulkhead.tenant_settings to bulkhead_worker;
+-- Receipts are append-only, even for the control plane.
+grant select, insert on bulkhead.deletion_receipts, bulkhead.deletion_receipt_steps to bulkhead_admin;
+
+-- User data in extension tables must survive pg_dump / pg_restore.
+select pg_catalog.pg_extension_config_dump('bulkhead.tenants', '');
+select pg_catalog.pg_extension_config_dump('bulkhead.tenant_settings', '');
+select pg_catalog.pg_extension_config_dump('bulkhead.deletion_receipts', '');
+select pg_catalog.pg_extension_config_dump('bulkhead.deletion_receipt_steps', '');
