@@ -109,7 +109,7 @@ build: install-extension
 # Installs the release build into the local PostgreSQL (after pgrx tests, which install a test build).
 install-extension: toolchain
 	@echo "==> cargo pgrx install --release"
-	@cd extension && cargo pgrx install --release --pg-config $(PG_CONFIG) 2>&1 | grep -vE '^\s+(Copying|Writing|Discovered|Finished|Installing)' || true
+	@cd extension && cargo pgrx install --release --pg-config $(PG_CONFIG) 2>&1 | { grep -vE '(Copying|Writing|Discovered|Installing|Using|Building|Running)' || true; }
 	@test -f $(EXT_LIB)
 
 # ---------------------------------------------------------------- local cluster
@@ -135,7 +135,7 @@ db: build
 	@# The dev database is recreated when the installed extension script changed (unreleased 0.x).
 	@current=$$(cat $(EXT_SQL_DIR)/bulkhead--*.sql | sha256sum); \
 	if [ "$$(cat $(PGRUN_DIR)/$(DB_NAME).sql.sha256 2>/dev/null)" != "$$current" ]; then \
-	  $(PSQL) -d $(SUPER_URL)/postgres -c "drop database if exists $(DB_NAME) with (force)" -c "create database $(DB_NAME)"; \
+	  $(PSQL) -d $(SUPER_URL)/postgres -c "set client_min_messages = warning" -c "drop database if exists $(DB_NAME) with (force)" -c "create database $(DB_NAME)"; \
 	fi; \
 	$(PSQL) -d $(DATABASE_URL) -c "set client_min_messages = warning" -c "create extension if not exists bulkhead cascade"; \
 	echo "$$current" > $(PGRUN_DIR)/$(DB_NAME).sql.sha256
@@ -195,7 +195,7 @@ test-isolation: db
 # Rust integration tests (sqlx) against a fresh database of the running cluster, with PgBouncer.
 test-integration: db
 	@echo "==> integration tests"
-	@$(PSQL) -d $(SUPER_URL)/postgres -c "drop database if exists bulkhead_it with (force)" -c "create database bulkhead_it"
+	@$(PSQL) -d $(SUPER_URL)/postgres -c "set client_min_messages = warning" -c "drop database if exists bulkhead_it with (force)" -c "create database bulkhead_it"
 	@$(PSQL) -d $(SUPER_URL)/bulkhead_it -c "set client_min_messages = warning" -c "create extension bulkhead cascade" -f tests/setup.sql
 	BULKHEAD_TEST_DATABASE_URL=$(SUPER_URL)/bulkhead_it BULKHEAD_TEST_HOST=$(PGHOST) BULKHEAD_TEST_PORT=$(PGPORT) \
 	  BULKHEAD_HOME=$(BULKHEAD_HOME) cargo test --locked -p bulkhead --tests

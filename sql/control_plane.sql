@@ -139,6 +139,11 @@ as $$
 declare
     previous text;
 begin
+    if set_tenant_settings.tenant_id is null then
+        raise exception 'tenant id must not be null'
+            using errcode = '22004',
+                  detail = 'bulkhead.set_tenant_settings needs the id of the tenant to configure.';
+    end if;
     previous := bulkhead._enter_tenant(set_tenant_settings.tenant_id);
     update bulkhead.tenant_settings s
     set display_name        = coalesce(set_tenant_settings.display_name, s.display_name),
@@ -175,11 +180,16 @@ declare
     remaining bigint;
     steps jsonb := '[]';
 begin
+    if tenant is null then
+        raise exception 'tenant id must not be null'
+            using errcode = '22004',
+                  detail = 'bulkhead.delete_tenant needs the id of the tenant to delete.';
+    end if;
     -- The row lock serialises concurrent deletions of one tenant and blocks new rows that
     -- reference it (their foreign key check waits for this transaction).
     perform from bulkhead.tenants t where t.id = tenant for update;
     if not found then
-        raise exception 'tenant % does not exist', coalesce(tenant::text, 'NULL')
+        raise exception 'tenant % does not exist', tenant
             using errcode = '42704',
                   detail = 'There is no tenant with this id; it may have been deleted already.',
                   hint = 'Deletion receipts for deleted tenants are in bulkhead.deletion_receipts.';

@@ -13,14 +13,15 @@ mod gucs;
 
 extension_sql_file!("../../sql/roles.sql", name = "roles", bootstrap);
 extension_sql_file!(
-    "../../sql/tenants.sql",
-    name = "tenants",
-    requires = ["roles", context::current_tenant]
+    "../../sql/context.sql",
+    name = "context",
+    requires = ["roles", context::current_tenant, context::set_tenant]
 );
+extension_sql_file!("../../sql/tenants.sql", name = "tenants", requires = ["context"]);
 extension_sql_file!(
     "../../sql/control_plane.sql",
     name = "control_plane",
-    requires = ["tenants", context::set_tenant],
+    requires = ["tenants"],
     finalize
 );
 

@@ -1,0 +1,274 @@
+-- Leak suite: attacks on the tenant context and row level security.
+--
+-- The attacker is regress_leak_app: a member of bulkhead_app, not superuser, not owner, acting
+-- for tenant B (or for nobody). Every attack is followed by the same attack where the protection
+-- is absent (a BYPASSRLS role, FORCE off, a missing grant revoked...), which shows it would then
+-- succeed: the suite can fail. Session-spanning attacks (context surviving COMMIT, poolers) are
+-- in tests/leak_sessions.rs.
+\set SHOW_CONTEXT never
+begin;
+set client_min_messages = warning;
+create role regress_leak_app in role bulkhead_app;
+create role regress_leak_bypass bypassrls in role bulkhead_app;
+create role regress_leak_admin in role bulkhead_admin;
+create role regress_leak_owner in role bulkhead_app;
+
+-- Tenants A and B with settings; tenant C has no settings row yet.
+insert into bulkhead.tenants (id, slug, name, pinecone_namespace) values
+    ('00000000-0000-4000-8000-00000000000a', 'leak-a', 'Tenant A', 'tenant-a'),
+    ('00000000-0000-4000-8000-00000000000b', 'leak-b', 'Tenant B', 'tenant-b'),
+    ('00000000-0000-4000-8000-00000000000c', 'leak-c', 'Tenant C', 'tenant-c');
+insert into bulkhead.tenant_settings (tenant_id, display_name, custom_instructions) values
+    ('00000000-0000-4000-8000-00000000000a', 'A secret', 'A pricing: $10k/seat'),
+    ('00000000-0000-4000-8000-00000000000b', 'B public', 'B instructions');
+
+-- Runs a statement; reports its row count, or its SQLSTATE and message.
+create function pg_temp.attempt(statement text) returns text language plpgsql as $$
+declare
+    affected bigint;
+begin
+    execute statement;
+    get diagnostics affected = row_count;
+    return 'ok: ' || affected || ' row(s)';
+exception when others then
+    return 'ERROR ' || sqlstate || ': ' || sqlerrm;
+end
+$$;
+-- The display names a statement's role can see.
+create function pg_temp.visible_names() returns text language sql as $$
+    select coalesce(string_agg(display_name, ', ' order by display_name), '(none)') from bulkhead.tenant_settings
+$$;
+
+-- A01: no context at all reads nothing.
+set local role regress_leak_app;
+select 'A01 no context' as attack, pg_temp.visible_names() as app_sees;
+set local role regress_leak_bypass;
+select 'A01 without RLS' as attack, pg_temp.visible_names() as bypass_sees;
+
+-- A02: no context lists no tenants.
+set local role regress_leak_app;
+select 'A02 tenant list' as attack, count(*) as app_sees from bulkhead.tenants;
+set local role regress_leak_bypass;
+select 'A02 without RLS' as attack, count(*) as bypass_sees from bulkhead.tenants;
+
+-- A03: an emptied setting after an earlier context means no tenant, not "all tenants".
+set local role regress_leak_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
+select set_config('bulkhead.tenant_id', '', true) = '' as emptied;
+select 'A03 emptied setting' as attack, pg_temp.visible_names() as app_sees;
+set local role regress_leak_bypass;
+select 'A03 without RLS' as attack, pg_temp.visible_names() as bypass_sees;
+
+-- A04: a session-level SET of the context (it would outlive the transaction) is refused;
+-- an unguarded setting would have accepted it.
+set local role regress_leak_app;
+select 'A04 session SET' as attack,
+    pg_temp.attempt($q$set bulkhead.tenant_id = '00000000-0000-4000-8000-00000000000a'$q$) as app_result;
+select 'A04 unguarded setting' as attack,
+    pg_temp.attempt($q$set regress.tenant_id = '00000000-0000-4000-8000-00000000000a'$q$) as unguarded_result;
+
+-- A05: set_config() around set_tenant (skipping its checks) is refused too.
+select 'A05 set_config' as attack,
+    pg_temp.attempt($q$select set_config('bulkhead.tenant_id', '00000000-0000-4000-8000-00000000000a', true)$q$) as app_result;
+
+-- Tenant B acts from here on.
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
+
+-- A06: reading across tenants by naming A's id.
+select 'A06 read by id' as attack,
+    pg_temp.attempt($q$select * from bulkhead.tenant_settings where tenant_id = '00000000-0000-4000-8000-00000000000a'$q$) as app_result;
+set local role regress_leak_bypass;
+select 'A06 without RLS' as attack,
+    pg_temp.attempt($q$select * from bulkhead.tenant_settings where tenant_id = '00000000-0000-4000-8000-00000000000a'$q$) as bypass_result;
+
+-- A07: inserting a row that claims another tenant (spoofed tenant_id in the row).
+set local role regress_leak_app;
+select 'A07 insert for C' as attack,
+    pg_temp.attempt($q$insert into bulkhead.tenant_settings (tenant_id, display_name) values ('00000000-0000-4000-8000-00000000000c', 'planted')$q$) as app_result;
+set local role regress_leak_bypass;
+savepoint s;
+select 'A07 without RLS' as attack,
+    pg_temp.attempt($q$insert into bulkhead.tenant_settings (tenant_id, display_name) values ('00000000-0000-4000-8000-00000000000c', 'planted')$q$) as bypass_result;
+rollback to savepoint s;
+
+-- A08: updating another tenant's row.
+set local role regress_leak_app;
+select 'A08 update A' as attack,
+    pg_temp.attempt($q$update bulkhead.tenant_settings set custom_instructions = 'pwned' where tenant_id = '00000000-0000-4000-8000-00000000000a'$q$) as app_result;
+set local role regress_leak_bypass;
+savepoint s;
+select 'A08 without RLS' as attack,
+    pg_temp.attempt($q$update bulkhead.tenant_settings set custom_instructions = 'pwned' where tenant_id = '00000000-0000-4000-8000-00000000000a'$q$) as bypass_result;
+rollback to savepoint s;
+
+-- A09: deleting another tenant's row.
+set local role regress_leak_app;
+select 'A09 delete A' as attack,
+    pg_temp.attempt($q$delete from bulkhead.tenant_settings where tenant_id = '00000000-0000-4000-8000-00000000000a'$q$) as app_result;
+set local role regress_leak_bypass;
+savepoint s;
+select 'A09 without RLS' as attack,
+    pg_temp.attempt($q$delete from bulkhead.tenant_settings where tenant_id = '00000000-0000-4000-8000-00000000000a'$q$) as bypass_result;
+rollback to savepoint s;
+
+-- A10: moving one's own row to another tenant.
+set local role regress_leak_app;
+select 'A10 move row to C' as attack,
+    pg_temp.attempt($q$update bulkhead.tenant_settings set tenant_id = '00000000-0000-4000-8000-00000000000c'$q$) as app_result;
+set local role regress_leak_bypass;
+savepoint s;
+select 'A10 without RLS' as attack,
+    pg_temp.attempt($q$update bulkhead.tenant_settings set tenant_id = '00000000-0000-4000-8000-00000000000c' where tenant_id = '00000000-0000-4000-8000-00000000000b'$q$) as bypass_result;
+rollback to savepoint s;
+
+-- A11: TRUNCATE ignores row level security, so the app role must not hold it.
+set local role regress_leak_app;
+select 'A11 truncate' as attack, pg_temp.attempt('truncate bulkhead.tenant_settings') as app_result;
+reset role;
+savepoint s;
+grant truncate on bulkhead.tenant_settings to regress_leak_app;
+set local role regress_leak_app;
+select 'A11 with TRUNCATE granted' as attack, pg_temp.attempt('truncate bulkhead.tenant_settings') as granted_result;
+reset role;
+select count(*) as rows_left_after_truncate from bulkhead.tenant_settings;
+rollback to savepoint s;
+
+-- A12: a forged JWT claim in user_metadata (end-user editable) selects no tenant...
+set local role regress_leak_app;
+select bulkhead.set_tenant(null);
+select set_config('request.jwt.claims', '{"user_metadata":{"tenant_id":"00000000-0000-4000-8000-00000000000a"}}', true) is not null as forged;
+select 'A12 user_metadata claim' as attack, pg_temp.visible_names() as app_sees;
+-- ...while the same claim in app_metadata (writable only with the service key) would.
+select set_config('request.jwt.claims', '{"app_metadata":{"tenant_id":"00000000-0000-4000-8000-00000000000a"}}', true) is not null as signed;
+select 'A12 app_metadata claim' as attack, pg_temp.visible_names() as app_sees;
+
+-- A13: with tenant A's JWT, switching the context to B is refused (without a JWT it works).
+select 'A13 switch away from JWT' as attack,
+    pg_temp.attempt($q$select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b')$q$) as app_result;
+select set_config('request.jwt.claims', '', true) = '' as jwt_cleared;
+select 'A13 without a JWT' as attack,
+    pg_temp.attempt($q$select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b')$q$) as app_result;
+
+-- A14: repointing the JWT claim path at user_metadata: superuser-only, and refused even then.
+select 'A14 repoint claim path' as attack,
+    pg_temp.attempt($q$set local bulkhead.jwt_tenant_claim = 'user_metadata.tenant_id'$q$) as app_result;
+reset role;
+select 'A14 as superuser' as attack,
+    pg_temp.attempt($q$set local bulkhead.jwt_tenant_claim = 'user_metadata.tenant_id'$q$) as superuser_result;
+select 'A14 another path as superuser' as attack,
+    pg_temp.attempt($q$set local bulkhead.jwt_tenant_claim = 'org.tenant_id'$q$) as superuser_result;
+reset bulkhead.jwt_tenant_claim;
+
+-- A15-A17: control-plane functions (which take a tenant id argument) are not the app's.
+set local role regress_leak_app;
+select 'A15 create_tenant' as attack, pg_temp.attempt($q$select bulkhead.create_tenant('evil', 'Evil')$q$) as app_result;
+select 'A16 delete_tenant' as attack,
+    pg_temp.attempt($q$select bulkhead.delete_tenant('00000000-0000-4000-8000-00000000000a')$q$) as app_result;
+select 'A17 set_tenant_settings' as attack,
+    pg_temp.attempt($q$select bulkhead.set_tenant_settings('00000000-0000-4000-8000-00000000000a', custom_instructions => 'pwned')$q$) as app_result;
+set local role regress_leak_admin;
+savepoint s;
+select 'A15-17 as admin' as attack,
+    pg_temp.attempt($q$select bulkhead.set_tenant_settings('00000000-0000-4000-8000-00000000000a', custom_instructions => 'pwned')$q$) as admin_result;
+rollback to savepoint s;
+
+-- A18 (SET ROLE / SET SESSION AUTHORIZATION to escalate) needs a real login session: pg_regress
+-- connects as a superuser, which may always switch roles. It is in tests/leak_sessions.rs.
+
+-- A19-A21: DDL by the app role: switch RLS off, drop the policy, plant objects in the schema.
+set local role regress_leak_app;
+select 'A19 disable RLS' as attack,
+    pg_temp.attempt('alter table bulkhead.tenant_settings no force row level security') as app_result;
+select 'A20 drop policy' as attack,
+    pg_temp.attempt('drop policy tenant_isolation on bulkhead.tenant_settings') as app_result;
+select 'A21 create in schema' as attack,
+    pg_temp.attempt('create function bulkhead.current_tenant(int) returns uuid language sql as $f$ select null::uuid $f$') as app_result;
+reset role;
+savepoint s;
+grant create on schema bulkhead to regress_leak_app;
+set local role regress_leak_app;
+select 'A21 with CREATE granted' as attack,
+    pg_temp.attempt('create function bulkhead.current_tenant(int) returns uuid language sql as $f$ select null::uuid $f$') as granted_result;
+rollback to savepoint s;
+
+-- A22: forging a deletion receipt.
+set local role regress_leak_app;
+select 'A22 forge receipt' as attack,
+    pg_temp.attempt($q$insert into bulkhead.deletion_receipts (tenant_id, started_at, completed_at) values ('00000000-0000-4000-8000-00000000000a', now(), now())$q$) as app_result;
+
+-- A23: unique-constraint existence probe. Inserting a settings row for A (which has one) and for
+-- C (which has none) fail alike under RLS, so B learns nothing...
+set local role regress_leak_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
+select 'A23 probe existing' as attack,
+    pg_temp.attempt($q$insert into bulkhead.tenant_settings (tenant_id) values ('00000000-0000-4000-8000-00000000000a')$q$) as app_result;
+select 'A23 probe absent' as attack,
+    pg_temp.attempt($q$insert into bulkhead.tenant_settings (tenant_id) values ('00000000-0000-4000-8000-00000000000c')$q$) as app_result;
+-- ...whereas without RLS the two answers differ and reveal that A's row exists.
+set local role regress_leak_bypass;
+savepoint s;
+select 'A23 without RLS, existing' as attack,
+    pg_temp.attempt($q$insert into bulkhead.tenant_settings (tenant_id) values ('00000000-0000-4000-8000-00000000000a')$q$) as bypass_result;
+select 'A23 without RLS, absent' as attack,
+    pg_temp.attempt($q$insert into bulkhead.tenant_settings (tenant_id) values ('00000000-0000-4000-8000-00000000000c')$q$) as bypass_result;
+rollback to savepoint s;
+
+-- A24: COPY ... TO reads through row level security.
+set local role regress_leak_app;
+copy (select 'A24 copy as B') to stdout;
+copy bulkhead.tenant_settings (display_name) to stdout;
+set local role regress_leak_bypass;
+copy (select 'A24 copy without RLS') to stdout;
+copy bulkhead.tenant_settings (display_name) to stdout;
+
+-- A25: a view the app creates runs with the app's rights, so RLS still scopes it.
+set local role regress_leak_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
+create view pg_temp.all_settings as select display_name from bulkhead.tenant_settings;
+select 'A25 own view' as attack, string_agg(display_name, ', ') as app_sees from pg_temp.all_settings;
+set local role regress_leak_bypass;
+create view pg_temp.all_settings_bypass as select display_name from bulkhead.tenant_settings;
+grant select on pg_temp.all_settings_bypass to regress_leak_app;
+set local role regress_leak_app;
+select 'A25 view owned by a BYPASSRLS role' as attack, string_agg(display_name, ', ' order by display_name) as app_sees
+from pg_temp.all_settings_bypass;
+
+-- A26-A28: a non-superuser table owner is bound by FORCE: its SECURITY DEFINER functions and
+-- views without security_invoker still see only the current tenant. Without FORCE they leak.
+reset role;
+alter table bulkhead.tenant_settings owner to regress_leak_owner;
+set local role regress_leak_owner;
+create function pg_temp.definer_all_names() returns text language sql security definer
+    set search_path = pg_catalog, pg_temp
+    as $$ select string_agg(display_name, ', ' order by display_name) from bulkhead.tenant_settings $$;
+create view pg_temp.owner_view as select display_name from bulkhead.tenant_settings;
+grant select on pg_temp.owner_view to regress_leak_app;
+select bulkhead.set_tenant(null);
+select 'A26 owner, FORCE on' as attack, pg_temp.visible_names() as owner_sees;
+set local role regress_leak_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
+select 'A27 definer function, FORCE on' as attack, pg_temp.definer_all_names() as app_gets;
+select 'A28 owner view, FORCE on' as attack, string_agg(display_name, ', ') as app_gets from pg_temp.owner_view;
+reset role;
+savepoint s;
+alter table bulkhead.tenant_settings no force row level security;
+set local role regress_leak_owner;
+select bulkhead.set_tenant(null);
+select 'A26 owner, FORCE off' as attack, pg_temp.visible_names() as owner_sees;
+set local role regress_leak_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
+select 'A27 definer function, FORCE off' as attack, pg_temp.definer_all_names() as app_gets;
+select 'A28 owner view, FORCE off' as attack, string_agg(display_name, ', ' order by display_name) as app_gets
+from pg_temp.owner_view;
+rollback to savepoint s;
+
+-- A29: shadowing bulkhead.current_tenant() through search_path changes nothing: policies hold
+-- the function itself, not its name.
+set local role regress_leak_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
+create function pg_temp.current_tenant() returns uuid language sql
+    as $$ select '00000000-0000-4000-8000-00000000000a'::uuid $$;
+set local search_path = pg_temp, bulkhead, public;
+select 'A29 shadowed current_tenant' as attack, pg_temp.visible_names() as app_sees;
+reset search_path;
+rollback;

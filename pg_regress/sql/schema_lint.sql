@@ -1,0 +1,104 @@
+-- Schema lint: the rules every table and function in schema bulkhead must follow.
+-- Run once on the real schema (expect no violations), then once with planted bad objects to show
+-- that every rule can fail.
+begin;
+set client_min_messages = warning;
+
+create view pg_temp.schema_lint as
+with tables as (
+    select c.oid, c.oid::regclass::text as name, c.relrowsecurity, c.relforcerowsecurity,
+           exists (select from pg_attribute a where a.attrelid = c.oid and a.attname = 'tenant_id'
+                   and a.attnum > 0 and not a.attisdropped) as has_tenant_id,
+           (select attnum from pg_attribute a where a.attrelid = c.oid and a.attname = 'tenant_id'
+            and not a.attisdropped) as tenant_attnum
+    from pg_class c
+    where c.relnamespace = 'bulkhead'::regnamespace and c.relkind in ('r', 'p')
+),
+-- Receipts outlive their tenant and hold no tenant data: the one table exempt from tenant keys.
+tenant_tables as (
+    select * from tables where has_tenant_id and name <> 'bulkhead.deletion_receipts'
+),
+definer_allow_list (proname) as (values (null::name)),
+unpinned_allow_list (proname) as (
+    -- Runs no SQL; a SET clause would add a settings save/restore to every policy evaluation.
+    values ('current_tenant'::name)
+)
+select 'rls not enabled and forced' as rule, name as object
+from tables where not (relrowsecurity and relforcerowsecurity)
+union all
+select 'tenant_id is nullable', name
+from tenant_tables t
+where exists (select from pg_attribute a where a.attrelid = t.oid and a.attname = 'tenant_id' and not a.attnotnull)
+union all
+select 'tenant table without a policy', name
+from tenant_tables t where not exists (select from pg_policy p where p.polrelid = t.oid)
+union all
+select 'tenant table policy not on current_tenant()', t.name || ' ' || p.polname
+from tenant_tables t join pg_policy p on p.polrelid = t.oid
+where pg_get_expr(p.polqual, p.polrelid) !~ 'bulkhead\.current_tenant\(\)'
+   or (p.polwithcheck is not null and pg_get_expr(p.polwithcheck, p.polrelid) !~ 'bulkhead\.current_tenant\(\)')
+union all
+select 'unique key without tenant_id', t.name || ' ' || i.indexrelid::regclass::text
+from tenant_tables t join pg_index i on i.indrelid = t.oid
+where i.indisunique and not (t.tenant_attnum = any (i.indkey::int2[]))
+union all
+select 'foreign key without tenant_id', t.name || ' ' || con.conname
+from tenant_tables t join pg_constraint con on con.conrelid = t.oid and con.contype = 'f'
+where not (t.tenant_attnum = any (con.conkey))
+union all
+select 'security definer function not allow-listed or search_path not pinned',
+       p.oid::regprocedure::text
+from pg_proc p
+where p.pronamespace = 'bulkhead'::regnamespace and p.prosecdef
+  and (p.proname not in (select proname from definer_allow_list where proname is not null)
+       or not exists (select from unnest(p.proconfig) s where s like 'search\_path=%'))
+union all
+select 'function without a pinned search_path', p.oid::regprocedure::text
+from pg_proc p
+where p.pronamespace = 'bulkhead'::regnamespace
+  and p.proname not in (select proname from unpinned_allow_list)
+  and not exists (select from unnest(p.proconfig) s where s like 'search\_path=%')
+union all
+select 'view without security_invoker', c.oid::regclass::text
+from pg_class c
+where c.relnamespace = 'bulkhead'::regnamespace and c.relkind = 'v'
+  and not coalesce('security_invoker=true' = any (c.reloptions) or 'security_invoker=on' = any (c.reloptions), false)
+union all
+select 'privilege granted to PUBLIC', c.oid::regclass::text
+from pg_class c, aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) acl
+where c.relnamespace = 'bulkhead'::regnamespace and acl.grantee = 0
+union all
+select 'function executable by PUBLIC', p.oid::regprocedure::text
+from pg_proc p, aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) acl
+where p.pronamespace = 'bulkhead'::regnamespace and acl.grantee = 0
+union all
+select 'bulkhead role can bypass RLS', rolname
+from pg_roles where rolname in ('bulkhead_app', 'bulkhead_admin', 'bulkhead_worker') and (rolsuper or rolbypassrls);
+
+-- The installed schema: no violations.
+select rule, object from pg_temp.schema_lint order by rule, object;
+
+-- The deletion list covers exactly the tenant tables the lint sees.
+select table_name, deletion_order from bulkhead.tenant_scoped_tables() order by deletion_order desc, table_name::text;
+
+-- Planted violations: each rule fires.
+savepoint planted;
+create table bulkhead.lint_bad_table (tenant_id uuid not null, email text unique,
+    parent uuid references bulkhead.tenants (id));
+create table bulkhead.lint_bad_policy (tenant_id uuid);
+alter table bulkhead.lint_bad_policy enable row level security;
+alter table bulkhead.lint_bad_policy force row level security;
+create policy everyone on bulkhead.lint_bad_policy using (true);
+create function bulkhead.lint_bad_definer() returns int language sql security definer as 'select 1';
+create view bulkhead.lint_bad_view as select 1 as one;
+grant select on bulkhead.lint_bad_view to public;
+alter role bulkhead_worker bypassrls;
+select rule, object from pg_temp.schema_lint order by rule, object;
+-- A new tenant table is in the deletion list at once, referencing tables first.
+create table bulkhead.lint_child (tenant_id uuid not null, parent_id int not null,
+    primary key (tenant_id, parent_id));
+create table bulkhead.lint_grandchild (tenant_id uuid not null, parent_id int not null,
+    foreign key (tenant_id, parent_id) references bulkhead.lint_child (tenant_id, parent_id));
+select table_name, deletion_order from bulkhead.tenant_scoped_tables() order by deletion_order desc, table_name::text;
+rollback to savepoint planted;
+rollback;

@@ -1,0 +1,235 @@
+//! `bulkhead demo`: two tenants, one database, and the isolation between them, narrated.
+//!
+//! Every claim the demo prints is checked: if tenant B could see tenant A's data, the demo says
+//! so and exits non-zero. The app and admin sides run as `bulkhead_app` / `bulkhead_admin`
+//! (SET LOCAL ROLE), never as the superuser the URL names, because superusers bypass RLS.
+
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{ConnectOptions, Connection, Executor, Row};
+use std::str::FromStr;
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("the database URL names no database")]
+    NoDatabaseName,
+    #[error("isolation check failed: {0}")]
+    Leak(String),
+}
+
+pub async fn run(database_url: &str) -> Result<(), DemoError> {
+    let target = PgConnectOptions::from_str(database_url)?;
+    let db_name = target.get_database().ok_or(DemoError::NoDatabaseName)?.to_string();
+    recreate_database(&target, &db_name).await?;
+    let mut conn = target.connect().await?;
+
+    say(&format!("Bulkhead demo on database {db_name} (recreated with CREATE EXTENSION bulkhead CASCADE)"));
+
+    step("1. The control plane (role bulkhead_admin) creates two customers.");
+    let mut tx = conn.begin().await?;
+    tx.execute("set local role bulkhead_admin").await?;
+    let acme = create_tenant(&mut tx, "acme", "Acme Corp").await?;
+    let globex = create_tenant(&mut tx, "globex", "Globex").await?;
+    sqlx::query(
+        "select bulkhead.set_tenant_settings($1, persona_tone => 'formal', \
+         custom_instructions => 'Acme pricing: $12,000 per seat (confidential)', \
+         banned_topics => array['competitor pricing'])",
+    )
+    .bind(acme)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "select bulkhead.set_tenant_settings($1, persona_tone => 'playful', \
+         custom_instructions => 'Globex support hours: 9-17 CET', banned_topics => array['politics'])",
+    )
+    .bind(globex)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    say(&format!("   acme   = {acme}\n   globex = {globex}"));
+
+    step("2. Globex's application reads its settings inside its own tenant context.");
+    let seen = settings_seen(&mut conn, Some(globex)).await?;
+    show(&seen);
+    expect(seen.len() == 1 && seen[0].0 == "Globex", "globex should see exactly its own settings row")?;
+
+    step("3. Globex asks for Acme's row by id, tries to change it and to delete it.");
+    let mut tx = conn.begin().await?;
+    enter_app(&mut tx, Some(globex)).await?;
+    let read = sqlx::query("select custom_instructions from bulkhead.tenant_settings where tenant_id = $1")
+        .bind(acme)
+        .fetch_all(&mut *tx)
+        .await?;
+    let updated = sqlx::query("update bulkhead.tenant_settings set persona_tone = 'hostile' where tenant_id = $1")
+        .bind(acme)
+        .execute(&mut *tx)
+        .await?;
+    let deleted = sqlx::query("delete from bulkhead.tenant_settings where tenant_id = $1")
+        .bind(acme)
+        .execute(&mut *tx)
+        .await?;
+    let planted = sqlx::query("insert into bulkhead.tenant_settings (tenant_id, display_name) values ($1, 'planted')")
+        .bind(acme)
+        .execute(&mut *tx)
+        .await;
+    tx.rollback().await?;
+    say(&format!(
+        "   rows read: {}, rows updated: {}, rows deleted: {}",
+        read.len(),
+        updated.rows_affected(),
+        deleted.rows_affected()
+    ));
+    let refusal = planted.as_ref().err().and_then(|e| e.as_database_error()).map(|e| {
+        format!("{} (SQLSTATE {})", e.message(), e.code().unwrap_or_default())
+    });
+    say(&format!("   insert of a row claiming to be Acme's: {}", refusal.as_deref().unwrap_or("ACCEPTED")));
+    expect(
+        read.is_empty() && updated.rows_affected() == 0 && deleted.rows_affected() == 0 && refusal.is_some(),
+        "globex must not read, change, delete or plant acme's rows",
+    )?;
+
+    step("4. A connection with no tenant context sees nothing at all (default deny).");
+    let seen = settings_seen(&mut conn, None).await?;
+    show(&seen);
+    expect(seen.is_empty(), "no context must see no rows")?;
+    let mut tx = conn.begin().await?;
+    tx.execute("set local role bulkhead_app").await?;
+    let direct = tx
+        .execute("set local bulkhead.tenant_id = '00000000-0000-4000-8000-000000000001'")
+        .await;
+    tx.rollback().await?;
+    let message = direct.as_ref().err().and_then(|e| e.as_database_error()).map(|e| e.message().to_string());
+    say(&format!("   SET bulkhead.tenant_id directly: {}", message.as_deref().unwrap_or("ACCEPTED")));
+    expect(message.is_some(), "a direct SET of the context must be refused")?;
+
+    step("5. Through PostgREST/Supabase the tenant comes from the JWT's app_metadata, never user_metadata.");
+    for (label, claims) in [
+        ("app_metadata.tenant_id = acme ", format!(r#"{{"app_metadata":{{"tenant_id":"{acme}"}}}}"#)),
+        ("user_metadata.tenant_id = acme", format!(r#"{{"user_metadata":{{"tenant_id":"{acme}"}}}}"#)),
+    ] {
+        let mut tx = conn.begin().await?;
+        tx.execute("set local role bulkhead_app").await?;
+        sqlx::query("select set_config('request.jwt.claims', $1, true)")
+            .bind(&claims)
+            .execute(&mut *tx)
+            .await?;
+        let names: Vec<String> = sqlx::query("select display_name from bulkhead.tenant_settings")
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|row| row.get::<Option<String>, _>(0).unwrap_or_default())
+            .collect();
+        tx.rollback().await?;
+        say(&format!("   JWT with {label}: sees {names:?}"));
+        let expected_rows = if label.starts_with("app_") { 1 } else { 0 };
+        expect(names.len() == expected_rows, "only app_metadata may carry the tenant")?;
+    }
+
+    step("6. The context ends with the transaction: the next one on the same connection starts empty.");
+    let mut tx = conn.begin().await?;
+    enter_app(&mut tx, Some(acme)).await?;
+    tx.commit().await?;
+    let after: Option<Uuid> = sqlx::query_scalar("select bulkhead.current_tenant()").fetch_one(&mut conn).await?;
+    say(&format!("   current_tenant() after COMMIT: {}", after.map_or("NULL".into(), |t| t.to_string())));
+    expect(after.is_none(), "the context must not survive COMMIT")?;
+
+    step("7. Acme churns: one call deletes every Acme row and leaves a receipt.");
+    let mut tx = conn.begin().await?;
+    tx.execute("set local role bulkhead_admin").await?;
+    let receipt: Uuid = sqlx::query_scalar("select bulkhead.delete_tenant($1)")
+        .bind(acme)
+        .fetch_one(&mut *tx)
+        .await?;
+    let steps = sqlx::query("select step, rows_deleted from bulkhead.deletion_receipt_steps where receipt_id = $1 order by completed_at")
+        .bind(receipt)
+        .fetch_all(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    say(&format!("   receipt {receipt}:"));
+    for row in &steps {
+        say(&format!("     {:<32} {} row(s) deleted", row.get::<String, _>(0), row.get::<i64, _>(1)));
+    }
+    let left: i64 = sqlx::query_scalar("select count(*) from bulkhead.tenant_settings where tenant_id = $1")
+        .bind(acme)
+        .fetch_one(&mut conn)
+        .await?;
+    let globex_left = settings_seen(&mut conn, Some(globex)).await?;
+    say(&format!("   Acme rows left anywhere (checked as superuser): {left}; Globex still sees its row: {}", globex_left.len() == 1));
+    expect(left == 0 && globex_left.len() == 1, "deletion must remove acme's rows and only those")?;
+
+    say("\nAll isolation checks held.");
+    Ok(())
+}
+
+async fn recreate_database(target: &PgConnectOptions, db_name: &str) -> Result<(), DemoError> {
+    let mut admin = target.clone().database("postgres").connect().await?;
+    // Identifiers cannot be bound; quote_ident makes the name safe to splice.
+    let quoted: String = sqlx::query_scalar("select quote_ident($1)").bind(db_name).fetch_one(&mut admin).await?;
+    admin.execute(format!("drop database if exists {quoted} with (force)").as_str()).await?;
+    admin.execute(format!("create database {quoted}").as_str()).await?;
+    admin.close().await?;
+    let mut conn = target.connect().await?;
+    conn.execute("set client_min_messages = warning; create extension bulkhead cascade").await?;
+    conn.close().await?;
+    Ok(())
+}
+
+async fn create_tenant(conn: &mut PgConnection, slug: &str, name: &str) -> Result<Uuid, DemoError> {
+    Ok(sqlx::query_scalar("select bulkhead.create_tenant($1, $2)")
+        .bind(slug)
+        .bind(name)
+        .fetch_one(conn)
+        .await?)
+}
+
+/// Switches the transaction to the application role, acting for `tenant` (or for nobody).
+async fn enter_app(conn: &mut PgConnection, tenant: Option<Uuid>) -> Result<(), DemoError> {
+    conn.execute("set local role bulkhead_app").await?;
+    sqlx::query("select bulkhead.set_tenant($1)").bind(tenant).execute(conn).await?;
+    Ok(())
+}
+
+/// (display name, persona tone, banned topics) of every settings row the app can see.
+async fn settings_seen(
+    conn: &mut PgConnection,
+    tenant: Option<Uuid>,
+) -> Result<Vec<(String, String, Vec<String>)>, DemoError> {
+    let mut tx = conn.begin().await?;
+    enter_app(&mut tx, tenant).await?;
+    let rows = sqlx::query(
+        "select coalesce(display_name, ''), coalesce(persona_tone, ''), banned_topics \
+         from bulkhead.tenant_settings order by display_name",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.rollback().await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+}
+
+fn show(rows: &[(String, String, Vec<String>)]) {
+    if rows.is_empty() {
+        say("   (no rows)");
+    }
+    for (name, tone, banned) in rows {
+        say(&format!("   {name:<10} tone={tone:<8} banned_topics={banned:?}"));
+    }
+}
+
+fn expect(holds: bool, what: &str) -> Result<(), DemoError> {
+    if holds {
+        say("   ✓ held");
+        Ok(())
+    } else {
+        Err(DemoError::Leak(what.to_string()))
+    }
+}
+
+fn step(text: &str) {
+    println!("\n{text}");
+}
+
+fn say(text: &str) {
+    println!("{text}");
+}

@@ -1,0 +1,52 @@
+//! Shared helpers for the integration tests: they run against the cluster `make db` starts,
+//! in the database `make test-integration` creates (BULKHEAD_TEST_DATABASE_URL).
+#![allow(dead_code)] // each test binary uses a different subset
+
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{ConnectOptions, Connection};
+use std::str::FromStr;
+use uuid::Uuid;
+
+pub fn superuser_options() -> PgConnectOptions {
+    let url = std::env::var("BULKHEAD_TEST_DATABASE_URL")
+        .expect("BULKHEAD_TEST_DATABASE_URL is set by `make test-integration`");
+    PgConnectOptions::from_str(&url).expect("a valid database URL")
+}
+
+/// Connects as the superuser (bypasses RLS: only for fixtures and for proving what exists).
+pub async fn superuser() -> PgConnection {
+    superuser_options().connect().await.expect("superuser connection")
+}
+
+/// Connects as `bulkhead_test_app`: a LOGIN role in bulkhead_app, neither superuser nor owner.
+pub async fn app() -> PgConnection {
+    superuser_options().username("bulkhead_test_app").connect().await.expect("app connection")
+}
+
+/// Connects as `bulkhead_test_admin`, a LOGIN role in bulkhead_admin.
+pub async fn admin() -> PgConnection {
+    superuser_options().username("bulkhead_test_admin").connect().await.expect("admin connection")
+}
+
+/// A slug no other test (or earlier run) uses.
+pub fn unique_slug(prefix: &str) -> String {
+    format!("{prefix}-{}", &Uuid::new_v4().simple().to_string()[..12])
+}
+
+/// Creates a tenant through the control plane and returns its id.
+pub async fn create_tenant(admin: &mut PgConnection, prefix: &str) -> Uuid {
+    sqlx::query_scalar("select bulkhead.create_tenant($1, $2)")
+        .bind(unique_slug(prefix))
+        .bind(format!("Tenant {prefix}"))
+        .fetch_one(admin)
+        .await
+        .expect("create_tenant")
+}
+
+/// The SQLSTATE of a failed query.
+pub fn sqlstate<T: std::fmt::Debug>(result: &Result<T, sqlx::Error>) -> String {
+    match result {
+        Err(sqlx::Error::Database(err)) => err.code().map(|c| c.to_string()).unwrap_or_default(),
+        other => panic!("expected a database error, got {other:?}"),
+    }
+}

@@ -1,0 +1,226 @@
+//! Leak attacks that span transactions, connections and a real PgBouncer in transaction mode.
+//! Each attack is paired with the same move against an unguarded setting, which does leak:
+//! that is what makes these tests able to fail.
+
+mod common;
+
+use common::{admin, app, create_tenant, sqlstate};
+use sqlx::{Connection, Executor, Row};
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::Duration;
+use uuid::Uuid;
+
+async fn current_tenant(conn: &mut sqlx::PgConnection) -> Option<Uuid> {
+    sqlx::query_scalar("select bulkhead.current_tenant()").fetch_one(conn).await.unwrap()
+}
+
+#[tokio::test]
+async fn context_does_not_survive_commit_or_rollback() {
+    let tenant = create_tenant(&mut admin().await, "commit").await;
+    let mut conn = app().await;
+
+    let mut tx = conn.begin().await.unwrap();
+    sqlx::query("select bulkhead.set_tenant($1)").bind(tenant).execute(&mut *tx).await.unwrap();
+    assert_eq!(current_tenant(&mut tx).await, Some(tenant));
+    let seen: i64 = sqlx::query_scalar("select count(*) from bulkhead.tenant_settings")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(seen, 1);
+    tx.commit().await.unwrap();
+    assert_eq!(current_tenant(&mut conn).await, None, "context survived COMMIT");
+
+    let mut tx = conn.begin().await.unwrap();
+    sqlx::query("select bulkhead.set_tenant($1)").bind(tenant).execute(&mut *tx).await.unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(current_tenant(&mut conn).await, None, "context survived ROLLBACK");
+    let seen: i64 = sqlx::query_scalar("select count(*) from bulkhead.tenant_settings")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(seen, 0);
+}
+
+#[tokio::test]
+async fn session_level_context_is_refused_while_an_unguarded_setting_persists() {
+    let tenant = create_tenant(&mut admin().await, "session").await;
+    let mut conn = app().await;
+
+    let direct = conn.execute(format!("set bulkhead.tenant_id = '{tenant}'").as_str()).await;
+    assert_eq!(sqlstate(&direct), "42501");
+    let via_set_config = sqlx::query("select set_config('bulkhead.tenant_id', $1, false)")
+        .bind(tenant.to_string())
+        .execute(&mut conn)
+        .await;
+    assert_eq!(sqlstate(&via_set_config), "42501");
+    assert_eq!(current_tenant(&mut conn).await, None);
+
+    // The attack itself works on a setting without Bulkhead's guard: it outlives the statement.
+    sqlx::query("select set_config('unguarded.tenant_id', $1, false)")
+        .bind(tenant.to_string())
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let persisted: String = sqlx::query_scalar("select current_setting('unguarded.tenant_id')")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(persisted, tenant.to_string());
+}
+
+#[tokio::test]
+async fn a_login_role_cannot_escalate() {
+    let mut conn = app().await;
+    assert_eq!(sqlstate(&conn.execute("set role bulkhead_admin").await), "42501");
+    assert_eq!(sqlstate(&conn.execute("set session authorization postgres").await), "42501");
+    assert_eq!(sqlstate(&conn.execute("set role postgres").await), "42501");
+    // A member of the control-plane role can: the refusal above comes from membership.
+    let mut admin_conn = admin().await;
+    admin_conn.execute("set role bulkhead_admin").await.unwrap();
+}
+
+#[tokio::test]
+async fn pooled_connection_starts_every_transaction_without_context() {
+    let tenant = create_tenant(&mut admin().await, "pool").await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(common::superuser_options().username("bulkhead_test_app"))
+        .await
+        .unwrap();
+    let pid_first: i32 = {
+        let mut tx = pool.begin().await.unwrap();
+        sqlx::query("select bulkhead.set_tenant($1)").bind(tenant).execute(&mut *tx).await.unwrap();
+        let pid = sqlx::query_scalar("select pg_backend_pid()").fetch_one(&mut *tx).await.unwrap();
+        tx.commit().await.unwrap();
+        pid
+    };
+    let mut tx = pool.begin().await.unwrap();
+    let pid_second: i32 = sqlx::query_scalar("select pg_backend_pid()").fetch_one(&mut *tx).await.unwrap();
+    assert_eq!(pid_first, pid_second, "the pool should reuse its one connection");
+    assert_eq!(current_tenant(&mut tx).await, None);
+    let seen: i64 = sqlx::query_scalar("select count(*) from bulkhead.tenant_settings")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(seen, 0);
+}
+
+/// A real PgBouncer in transaction mode with a single server connection, so that two clients
+/// share one backend. Runs as the `postgres` OS user when the tests run as root.
+struct PgBouncer {
+    child: Child,
+    port: u16,
+}
+
+impl PgBouncer {
+    fn start() -> PgBouncer {
+        let home = PathBuf::from(std::env::var("BULKHEAD_HOME").expect("BULKHEAD_HOME from make"));
+        let dir = home.join("pgbouncer-test");
+        std::fs::create_dir_all(&dir).unwrap();
+        let pg_port = std::env::var("BULKHEAD_TEST_PORT").unwrap_or_else(|_| "54329".into());
+        let port = 54339;
+        let config = format!(
+            "[databases]\nbulkhead_it = host=127.0.0.1 port={pg_port} dbname=bulkhead_it pool_size=1\n\
+             [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+             auth_type = trust\nauth_file = {auth}\npool_mode = transaction\nmax_client_conn = 20\n\
+             default_pool_size = 1\nignore_startup_parameters = extra_float_digits,options\n\
+             server_reset_query =\nlogfile = {log}\npidfile = {pid}\n",
+            auth = dir.join("users.txt").display(),
+            log = dir.join("pgbouncer.log").display(),
+            pid = dir.join("pgbouncer.pid").display(),
+        );
+        std::fs::write(dir.join("users.txt"), "\"bulkhead_test_app\" \"\"\n").unwrap();
+        std::fs::write(dir.join("pgbouncer.ini"), config).unwrap();
+        let as_root = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
+        if as_root {
+            Command::new("chown").args(["-R", "postgres"]).arg(&dir).status().unwrap();
+        }
+        // Stop one a killed earlier run left behind.
+        if let Ok(pid) = std::fs::read_to_string(dir.join("pgbouncer.pid")) {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let mut command = if as_root {
+            let mut c = Command::new("sudo");
+            c.args(["-u", "postgres", "pgbouncer"]);
+            c
+        } else {
+            Command::new("pgbouncer")
+        };
+        let child = command.arg(dir.join("pgbouncer.ini")).spawn().expect("pgbouncer is installed by make");
+        PgBouncer { child, port }
+    }
+
+    async fn client(&self) -> sqlx::PgConnection {
+        let options = common::superuser_options().username("bulkhead_test_app").port(self.port);
+        for _ in 0..50 {
+            if let Ok(conn) = sqlx::ConnectOptions::connect(&options).await {
+                return conn;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("pgbouncer did not accept connections on port {}", self.port);
+    }
+}
+
+impl Drop for PgBouncer {
+    fn drop(&mut self) {
+        // pgbouncer runs under sudo as another user: signal it through its pid file.
+        let home = PathBuf::from(std::env::var("BULKHEAD_HOME").unwrap());
+        if let Ok(pid) = std::fs::read_to_string(home.join("pgbouncer-test/pgbouncer.pid")) {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// Simple-protocol query returning the first column of each row as text (no prepared
+/// statements, which transaction pooling cannot carry).
+async fn texts(conn: &mut sqlx::PgConnection, sql: &str) -> Vec<Option<String>> {
+    sqlx::raw_sql(sql)
+        .fetch_all(conn)
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get::<Option<String>, _>(0))
+        .collect()
+}
+
+#[tokio::test]
+async fn pgbouncer_transaction_pooling_does_not_carry_context_between_clients() {
+    let tenant = create_tenant(&mut admin().await, "bouncer").await;
+    let bouncer = PgBouncer::start();
+    let mut first = bouncer.client().await;
+    let mut second = bouncer.client().await;
+
+    // Client 1 works for the tenant inside a transaction.
+    first.execute("begin").await.unwrap();
+    first.execute(format!("select bulkhead.set_tenant('{tenant}')").as_str()).await.unwrap();
+    let pid_first = texts(&mut first, "select pg_backend_pid()::text").await;
+    let seen = texts(&mut first, "select count(*)::text from bulkhead.tenant_settings").await;
+    assert_eq!(seen, vec![Some("1".to_string())]);
+    first.execute("commit").await.unwrap();
+
+    // Client 2 gets the same server connection and no context.
+    second.execute("begin").await.unwrap();
+    let pid_second = texts(&mut second, "select pg_backend_pid()::text").await;
+    assert_eq!(pid_first, pid_second, "pool_size=1 must give both clients one backend");
+    assert_eq!(texts(&mut second, "select bulkhead.current_tenant()::text").await, vec![None]);
+    assert_eq!(
+        texts(&mut second, "select count(*)::text from bulkhead.tenant_settings").await,
+        vec![Some("0".to_string())]
+    );
+    second.execute("commit").await.unwrap();
+
+    // The pooler does carry session state: an unguarded session setting set by client 1
+    // reaches client 2 — which is why Bulkhead refuses session-level context.
+    let refused = first.execute(format!("set bulkhead.tenant_id = '{tenant}'").as_str()).await;
+    assert_eq!(sqlstate(&refused), "42501");
+    first.execute(format!("set unguarded.tenant_id = '{tenant}'").as_str()).await.unwrap();
+    assert_eq!(
+        texts(&mut second, "select current_setting('unguarded.tenant_id', true)").await,
+        vec![Some(tenant.to_string())]
+    );
+    drop(bouncer);
+}

@@ -1,0 +1,13 @@
+-- Login roles for the integration tests: real sessions of non-superuser, non-owner roles.
+-- Roles are cluster-wide, so this is idempotent.
+set client_min_messages = warning;
+do $$
+begin
+    if not exists (select from pg_roles where rolname = 'bulkhead_test_app') then
+        create role bulkhead_test_app login in role bulkhead_app;
+    end if;
+    if not exists (select from pg_roles where rolname = 'bulkhead_test_admin') then
+        create role bulkhead_test_admin login in role bulkhead_admin;
+    end if;
+end
+$$;

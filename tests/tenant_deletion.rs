@@ -1,0 +1,131 @@
+//! Tenant deletion covers every tenant table, proven table by table.
+//!
+//! The list of tables comes from the catalog (every table in schema bulkhead with a tenant_id
+//! column), not from this file: a new table is checked the day it is created. A table that the
+//! fixture leaves empty fails the test, so a new table must get fixture rows here to be proven.
+
+mod common;
+
+use common::{admin, create_tenant, sqlstate, superuser};
+use sqlx::{Connection, Executor, PgConnection};
+use uuid::Uuid;
+
+/// Tables holding tenant data, as the catalog says (receipts outlive tenants by design).
+async fn catalog_tenant_tables(conn: &mut PgConnection) -> Vec<String> {
+    sqlx::query_scalar(
+        "select c.oid::regclass::text from pg_class c join pg_attribute a on a.attrelid = c.oid \
+         where c.relnamespace = 'bulkhead'::regnamespace and c.relkind in ('r', 'p') \
+           and not c.relispartition and a.attname = 'tenant_id' and not a.attisdropped \
+           and c.relname <> 'deletion_receipts' order by 1",
+    )
+    .fetch_all(conn)
+    .await
+    .unwrap()
+}
+
+/// Rows of `tenant` in `table`, counted as superuser (RLS does not hide anything).
+async fn rows_of(conn: &mut PgConnection, table: &str, tenant: Uuid) -> i64 {
+    // The table name comes from the catalog query above; quote_ident-safe regclass text.
+    sqlx::query_scalar(&format!("select count(*) from {table} where tenant_id = $1"))
+        .bind(tenant)
+        .fetch_one(conn)
+        .await
+        .unwrap()
+}
+
+/// Puts rows for `tenant` into every tenant table this fixture knows.
+async fn populate(admin: &mut PgConnection, tenant: Uuid) {
+    sqlx::query("select bulkhead.set_tenant_settings($1, persona_tone => 'dry', banned_topics => array['x'])")
+        .bind(tenant)
+        .execute(admin)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn deletion_empties_every_tenant_table_and_only_that_tenant() {
+    let mut admin_conn = admin().await;
+    let doomed = create_tenant(&mut admin_conn, "doomed").await;
+    let survivor = create_tenant(&mut admin_conn, "survivor").await;
+    populate(&mut admin_conn, doomed).await;
+    populate(&mut admin_conn, survivor).await;
+
+    let mut su = superuser().await;
+    let tables = catalog_tenant_tables(&mut su).await;
+    let listed: Vec<String> = sqlx::query_scalar("select table_name::text from bulkhead.tenant_scoped_tables() order by 1")
+        .fetch_all(&mut su)
+        .await
+        .unwrap();
+    assert_eq!(tables, listed, "bulkhead.tenant_scoped_tables() must list every tenant table");
+    assert!(!tables.is_empty());
+
+    let mut before = Vec::new();
+    for table in &tables {
+        let doomed_rows = rows_of(&mut su, table, doomed).await;
+        assert!(doomed_rows > 0, "{table} has no fixture rows: add some to populate() so its deletion is proven");
+        before.push((table.clone(), doomed_rows, rows_of(&mut su, table, survivor).await));
+    }
+
+    let receipt: Uuid = sqlx::query_scalar("select bulkhead.delete_tenant($1)")
+        .bind(doomed)
+        .fetch_one(&mut admin_conn)
+        .await
+        .unwrap();
+
+    for (table, doomed_rows, survivor_rows) in &before {
+        assert_eq!(rows_of(&mut su, table, doomed).await, 0, "{table} still holds the deleted tenant's rows");
+        assert_eq!(rows_of(&mut su, table, survivor).await, *survivor_rows, "{table} lost another tenant's rows");
+        let recorded: i64 = sqlx::query_scalar(
+            "select rows_deleted from bulkhead.deletion_receipt_steps where receipt_id = $1 and step = $2",
+        )
+        .bind(receipt)
+        .bind(table)
+        .fetch_one(&mut su)
+        .await
+        .unwrap_or_else(|_| panic!("the receipt has no step for {table}"));
+        assert_eq!(recorded, *doomed_rows, "the receipt's count for {table}");
+    }
+    let tenant_rows: i64 = sqlx::query_scalar("select count(*) from bulkhead.tenants where id = $1")
+        .bind(doomed)
+        .fetch_one(&mut su)
+        .await
+        .unwrap();
+    assert_eq!(tenant_rows, 0);
+    let receipt_tenant: Uuid = sqlx::query_scalar("select tenant_id from bulkhead.deletion_receipts where id = $1")
+        .bind(receipt)
+        .fetch_one(&mut su)
+        .await
+        .unwrap();
+    assert_eq!(receipt_tenant, doomed);
+}
+
+#[tokio::test]
+async fn deletion_is_all_or_nothing() {
+    let mut admin_conn = admin().await;
+    let tenant = create_tenant(&mut admin_conn, "atomic").await;
+    populate(&mut admin_conn, tenant).await;
+    // A row elsewhere that references the tenant makes the final delete fail: nothing may be
+    // half-deleted, and no receipt may claim otherwise.
+    let mut su = superuser().await;
+    su.execute("create table if not exists public.it_external_ref (tenant uuid references bulkhead.tenants (id))")
+        .await
+        .unwrap();
+    sqlx::query("insert into public.it_external_ref values ($1)").bind(tenant).execute(&mut su).await.unwrap();
+
+    let mut tx = admin_conn.begin().await.unwrap();
+    let failed = sqlx::query_scalar::<_, Uuid>("select bulkhead.delete_tenant($1)")
+        .bind(tenant)
+        .fetch_one(&mut *tx)
+        .await;
+    assert_eq!(sqlstate(&failed), "23503");
+    tx.rollback().await.unwrap();
+
+    assert_eq!(rows_of(&mut su, "bulkhead.tenant_settings", tenant).await, 1);
+    let receipts: i64 = sqlx::query_scalar("select count(*) from bulkhead.deletion_receipts where tenant_id = $1")
+        .bind(tenant)
+        .fetch_one(&mut su)
+        .await
+        .unwrap();
+    assert_eq!(receipts, 0);
+    sqlx::query("delete from public.it_external_ref where tenant = $1").bind(tenant).execute(&mut su).await.unwrap();
+}
