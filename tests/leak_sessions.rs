@@ -46,6 +46,8 @@ async fn context_does_not_survive_commit_or_rollback() {
 async fn session_level_context_is_refused_while_an_unguarded_setting_persists() {
     let tenant = create_tenant(&mut admin().await, "session").await;
     let mut conn = app().await;
+    // Load the extension's library, as the first query touching a Bulkhead table would.
+    assert_eq!(current_tenant(&mut conn).await, None);
 
     let direct = conn.execute(format!("set bulkhead.tenant_id = '{tenant}'").as_str()).await;
     assert_eq!(sqlstate(&direct), "42501");
@@ -67,6 +69,26 @@ async fn session_level_context_is_refused_while_an_unguarded_setting_persists() 
         .await
         .unwrap();
     assert_eq!(persisted, tenant.to_string());
+}
+
+#[tokio::test]
+async fn a_context_set_before_the_library_loads_is_discarded_when_it_loads() {
+    let tenant = create_tenant(&mut admin().await, "preload").await;
+    let mut conn = app().await;
+    // Before Bulkhead's library is loaded in this session, Postgres accepts the SET as a
+    // placeholder; loading the library re-checks it and drops it (with a WARNING).
+    conn.execute(format!("set bulkhead.tenant_id = '{tenant}'").as_str()).await.unwrap();
+    assert_eq!(current_tenant(&mut conn).await, None);
+    let seen: i64 = sqlx::query_scalar("select count(*) from bulkhead.tenant_settings")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(seen, 0);
+    let setting: String = sqlx::query_scalar("select current_setting('bulkhead.tenant_id')")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(setting, "");
 }
 
 #[tokio::test]
