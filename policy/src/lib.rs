@@ -3,5 +3,6 @@
 
 pub mod context;
 pub mod sqlstate;
+pub mod usage;
 
 pub use sqlstate::SqlState;
