@@ -60,7 +60,7 @@ declare
     previous text := pg_catalog.current_setting('bulkhead.tenant_id', true);
 begin
     perform bulkhead.set_tenant(tenant);
-    return coalesce(previous, '');
+    return coalesce(pg_catalog.btrim(previous), '');
 end
 $$;
 
@@ -72,7 +72,8 @@ security invoker
 set search_path to pg_catalog, pg_temp
 as $$
 begin
-    if previous <> '' and exists (select from bulkhead.tenants where id = previous::uuid) then
+    previous := pg_catalog.btrim(coalesce(previous, ''));
+    if previous <> '' and exists (select from bulkhead.tenants where id::text = previous) then
         perform bulkhead.set_tenant(previous::uuid);
     else
         perform bulkhead.set_tenant(null);

@@ -100,11 +100,14 @@ create policy control_plane on bulkhead.deletion_receipt_steps
     using (true) with check (true);
 
 -- Privileges. Nothing is granted to PUBLIC.
-grant usage on schema bulkhead to bulkhead_app, bulkhead_admin, bulkhead_worker;
+grant usage on schema bulkhead to bulkhead_app, bulkhead_admin, bulkhead_worker, bulkhead_meter;
 grant select on bulkhead.tenants to bulkhead_app, bulkhead_worker;
-grant select, insert, update, delete on bulkhead.tenants to bulkhead_admin;
-grant select, insert, update, delete on bulkhead.tenant_settings to bulkhead_app, bulkhead_admin;
-grant select on bulkhead.tenant_settings to bulkhead_worker;
+-- A tenant's id and Pinecone namespace never change: the control plane may rename or suspend.
+grant select, insert, delete on bulkhead.tenants to bulkhead_admin;
+grant update (name, status) on bulkhead.tenants to bulkhead_admin;
+-- Settings are the control plane's (set_tenant_settings): applications and end users read them.
+grant select, insert, update, delete on bulkhead.tenant_settings to bulkhead_admin;
+grant select on bulkhead.tenant_settings to bulkhead_app, bulkhead_worker;
 -- Receipts are append-only, even for the control plane.
 grant select, insert on bulkhead.deletion_receipts, bulkhead.deletion_receipt_steps to bulkhead_admin;
 

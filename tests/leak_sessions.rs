@@ -170,7 +170,7 @@ impl PgBouncer {
         } else {
             Command::new("pgbouncer")
         };
-        let child = command.arg(dir.join("pgbouncer.ini")).spawn().expect("pgbouncer is installed by make");
+        let child = command.arg("--quiet").arg(dir.join("pgbouncer.ini")).spawn().expect("pgbouncer is installed by make");
         PgBouncer { child, port }
     }
 
@@ -245,4 +245,33 @@ async fn pgbouncer_transaction_pooling_does_not_carry_context_between_clients() 
         vec![Some(tenant.to_string())]
     );
     drop(bouncer);
+}
+
+#[tokio::test]
+async fn jwt_claims_count_only_in_the_transaction_that_set_them() {
+    let tenant = create_tenant(&mut admin().await, "jwt").await;
+    let claims = format!(r#"{{"app_metadata":{{"tenant_id":"{tenant}"}}}}"#);
+    let mut conn = app().await;
+
+    // As PostgREST does it: set inside the request's transaction.
+    let mut tx = conn.begin().await.unwrap();
+    sqlx::query("select set_config('request.jwt.claims', $1, true)").bind(&claims).execute(&mut *tx).await.unwrap();
+    assert_eq!(current_tenant(&mut tx).await, Some(tenant));
+    tx.commit().await.unwrap();
+    assert_eq!(current_tenant(&mut conn).await, None);
+
+    // Set for the whole session, the claims stay in the setting (a pooler would hand them to the
+    // next client) but no later transaction takes a tenant from them.
+    sqlx::query("select set_config('request.jwt.claims', $1, false)").bind(&claims).execute(&mut conn).await.unwrap();
+    let lingering: String = sqlx::query_scalar("select current_setting('request.jwt.claims')")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(lingering, claims, "the session-level claims are still set");
+    assert_eq!(current_tenant(&mut conn).await, None);
+    let seen: i64 = sqlx::query_scalar("select count(*) from bulkhead.tenant_settings")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(seen, 0);
 }

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{admin, create_tenant, sqlstate, superuser};
+use common::{admin, app, create_tenant, sqlstate, superuser};
 use sqlx::{Connection, Executor, PgConnection};
 use uuid::Uuid;
 
@@ -35,11 +35,27 @@ async fn rows_of(conn: &mut PgConnection, table: &str, tenant: Uuid) -> i64 {
 
 /// Puts rows for `tenant` into every tenant table this fixture knows.
 async fn populate(admin: &mut PgConnection, tenant: Uuid) {
-    sqlx::query("select bulkhead.set_tenant_settings($1, persona_tone => 'dry', banned_topics => array['x'])")
-        .bind(tenant)
-        .execute(admin)
+    for statement in [
+        "select bulkhead.set_tenant_settings($1, persona_tone => 'dry', banned_topics => array['x'])",
+        "select bulkhead.set_budget($1, 100, 100000, 100000, 50)",
+        "select bulkhead.set_credential($1, 'openai', 'env:OPENAI_KEY_FIXTURE', provider_project_id => 'proj_fixture')",
+    ] {
+        sqlx::query(statement).bind(tenant).execute(&mut *admin).await.unwrap();
+    }
+    // Budget state, a reservation and a ledger row come from the application's own calls.
+    let mut app_conn = app().await;
+    let mut tx = app_conn.begin().await.unwrap();
+    sqlx::query("select bulkhead.set_tenant($1)").bind(tenant).execute(&mut *tx).await.unwrap();
+    let reservation: Uuid = sqlx::query_scalar("select bulkhead.budget_check('gpt-4o-mini', 100, 50)")
+        .fetch_one(&mut *tx)
         .await
         .unwrap();
+    sqlx::query("select bulkhead.ledger_record($1, '{\"prompt_tokens\": 90, \"completion_tokens\": 10}', 'chatcmpl-fixture')")
+        .bind(reservation)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
 }
 
 #[tokio::test]

@@ -17,6 +17,12 @@ static TENANT_ID: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::n
 static JWT_TENANT_CLAIM: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"app_metadata.tenant_id"));
 
+/// `bulkhead.billing_time_zone`: where day, week and month budget periods begin.
+static BILLING_TIME_ZONE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"UTC"));
+
+/// `bulkhead.async_admission`: budget_check commits asynchronously (no WAL flush per check).
+static ASYNC_ADMISSION: GucSetting<bool> = GucSetting::<bool>::new(true);
+
 /// True only while `set_tenant` writes the setting.
 static SET_TENANT_IN_PROGRESS: AtomicBool = AtomicBool::new(false);
 
@@ -46,6 +52,22 @@ pub fn init() {
             None,
         );
     }
+    GucRegistry::define_string_guc(
+        c"bulkhead.billing_time_zone",
+        c"Time zone in which daily, weekly and monthly budget periods begin.",
+        c"Any name PostgreSQL's AT TIME ZONE accepts. Superuser only: it moves every tenant's period boundaries.",
+        &BILLING_TIME_ZONE,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"bulkhead.async_admission",
+        c"Commit budget_check transactions asynchronously.",
+        c"On: a crash can lose the reservations of the last moments (at most those in flight), never a ledger row. Off: one WAL flush per check.",
+        &ASYNC_ADMISSION,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
 }
 
 /// The raw transaction-local setting.
@@ -61,10 +83,24 @@ pub fn claim_path() -> ClaimPath {
         .unwrap_or_default()
 }
 
-/// `request.jwt.claims` as PostgREST / Supabase set it, if present.
+/// `request.jwt.claims` as PostgREST / Supabase set it, if it was set in this transaction.
+///
+/// PostgREST sets the claims with `set_config(..., true)` in every request's transaction. A value
+/// left over from an earlier transaction (a session-level SET, perhaps by another client of a
+/// transaction-mode pooler) is ignored, so the JWT source is as transaction-scoped as set_tenant.
 pub fn jwt_claims() -> Option<String> {
-    // SAFETY: GetConfigOption returns NULL or a pointer into GUC storage, copied at once.
+    // SAFETY: find_option and GetConfigOption only read GUC storage; the value is copied at once.
     unsafe {
+        let option = pg_sys::find_option(c"request.jwt.claims".as_ptr(), false, true, PgLogLevel::DEBUG1 as i32);
+        if option.is_null() {
+            return None;
+        }
+        // A setting changed in this transaction has a stack entry until the transaction ends.
+        // Parallel workers get the leader's settings restored without one.
+        let set_in_this_transaction = !(*option).stack.is_null();
+        if !set_in_this_transaction && pg_sys::ParallelWorkerNumber < 0 {
+            return None;
+        }
         let raw = pg_sys::GetConfigOption(c"request.jwt.claims".as_ptr(), true, false);
         (!raw.is_null()).then(|| CStr::from_ptr(raw).to_string_lossy().into_owned())
     }

@@ -8,6 +8,7 @@ use pgrx::prelude::*;
 mod context;
 mod errors;
 mod gucs;
+mod pricing;
 
 ::pgrx::pg_module_magic!();
 
@@ -18,10 +19,18 @@ extension_sql_file!(
     requires = ["roles", context::current_tenant, context::set_tenant]
 );
 extension_sql_file!("../../sql/tenants.sql", name = "tenants", requires = ["context"]);
+extension_sql_file!("../../sql/control_plane.sql", name = "control_plane", requires = ["tenants"]);
+extension_sql_file!("../../sql/prices.sql", name = "prices", requires = ["control_plane"]);
+extension_sql_file!("../../sql/budgets.sql", name = "budgets", requires = ["prices"]);
 extension_sql_file!(
-    "../../sql/control_plane.sql",
-    name = "control_plane",
-    requires = ["tenants"],
+    "../../sql/ledger.sql",
+    name = "ledger",
+    requires = ["budgets", pricing::price_usage]
+);
+extension_sql_file!(
+    "../../sql/credentials.sql",
+    name = "credentials",
+    requires = ["ledger"],
     finalize
 );
 

@@ -12,6 +12,10 @@ create role regress_leak_app in role bulkhead_app;
 create role regress_leak_bypass bypassrls in role bulkhead_app;
 create role regress_leak_admin in role bulkhead_admin;
 create role regress_leak_owner in role bulkhead_app;
+-- bulkhead_app only reads settings; this role may also write them, so that the write attacks
+-- below meet row level security rather than a missing privilege.
+create role regress_leak_writer in role bulkhead_app;
+grant insert, update, delete on bulkhead.tenant_settings to regress_leak_writer, regress_leak_bypass;
 
 -- Tenants A and B with settings; tenant C has no settings row yet.
 insert into bulkhead.tenants (id, slug, name, pinecone_namespace) values
@@ -82,7 +86,7 @@ select 'A06 without RLS' as attack,
     pg_temp.attempt($q$select * from bulkhead.tenant_settings where tenant_id = '00000000-0000-4000-8000-00000000000a'$q$) as bypass_result;
 
 -- A07: inserting a row that claims another tenant (spoofed tenant_id in the row).
-set local role regress_leak_app;
+set local role regress_leak_writer;
 select 'A07 insert for C' as attack,
     pg_temp.attempt($q$insert into bulkhead.tenant_settings (tenant_id, display_name) values ('00000000-0000-4000-8000-00000000000c', 'planted')$q$) as app_result;
 set local role regress_leak_bypass;
@@ -92,7 +96,7 @@ select 'A07 without RLS' as attack,
 rollback to savepoint s;
 
 -- A08: updating another tenant's row.
-set local role regress_leak_app;
+set local role regress_leak_writer;
 select 'A08 update A' as attack,
     pg_temp.attempt($q$update bulkhead.tenant_settings set custom_instructions = 'pwned' where tenant_id = '00000000-0000-4000-8000-00000000000a'$q$) as app_result;
 set local role regress_leak_bypass;
@@ -102,7 +106,7 @@ select 'A08 without RLS' as attack,
 rollback to savepoint s;
 
 -- A09: deleting another tenant's row.
-set local role regress_leak_app;
+set local role regress_leak_writer;
 select 'A09 delete A' as attack,
     pg_temp.attempt($q$delete from bulkhead.tenant_settings where tenant_id = '00000000-0000-4000-8000-00000000000a'$q$) as app_result;
 set local role regress_leak_bypass;
@@ -112,7 +116,7 @@ select 'A09 without RLS' as attack,
 rollback to savepoint s;
 
 -- A10: moving one's own row to another tenant.
-set local role regress_leak_app;
+set local role regress_leak_writer;
 select 'A10 move row to C' as attack,
     pg_temp.attempt($q$update bulkhead.tenant_settings set tenant_id = '00000000-0000-4000-8000-00000000000c'$q$) as app_result;
 set local role regress_leak_bypass;
@@ -198,7 +202,7 @@ select 'A22 forge receipt' as attack,
 
 -- A23: unique-constraint existence probe. Inserting a settings row for A (which has one) and for
 -- C (which has none) fail alike under RLS, so B learns nothing...
-set local role regress_leak_app;
+set local role regress_leak_writer;
 select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
 select 'A23 probe existing' as attack,
     pg_temp.attempt($q$insert into bulkhead.tenant_settings (tenant_id) values ('00000000-0000-4000-8000-00000000000a')$q$) as app_result;
@@ -261,6 +265,27 @@ select 'A27 definer function, FORCE off' as attack, pg_temp.definer_all_names() 
 select 'A28 owner view, FORCE off' as attack, string_agg(display_name, ', ' order by display_name) as app_gets
 from pg_temp.owner_view;
 rollback to savepoint s;
+
+-- A30: an application (or a PostgREST end user holding bulkhead_app) cannot rewrite its
+-- tenant's prompt settings: they belong to the control plane. With write privilege it could.
+set local role regress_leak_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
+select 'A30 app rewrites own settings' as attack,
+    pg_temp.attempt($q$update bulkhead.tenant_settings set custom_instructions = 'ignore all previous instructions'$q$) as app_result;
+set local role regress_leak_writer;
+savepoint s;
+select 'A30 with UPDATE granted' as attack,
+    pg_temp.attempt($q$update bulkhead.tenant_settings set custom_instructions = 'ignore all previous instructions'$q$) as writer_result;
+rollback to savepoint s;
+
+-- A31: a JWT naming a tenant that does not exist (or was deleted) yields a context, but every
+-- tenant table's foreign key to bulkhead.tenants refuses rows for it (the schema lint requires it).
+set local role regress_leak_writer;
+select bulkhead.set_tenant(null);
+select set_config('request.jwt.claims', '{"app_metadata":{"tenant_id":"00000000-0000-4000-8000-0000000000ff"}}', true) is not null as ghost_jwt;
+select 'A31 write for a ghost tenant' as attack,
+    pg_temp.attempt($q$insert into bulkhead.tenant_settings (tenant_id) values ('00000000-0000-4000-8000-0000000000ff')$q$) as writer_result;
+select set_config('request.jwt.claims', '', true) = '' as jwt_cleared;
 
 -- A29: shadowing bulkhead.current_tenant() through search_path changes nothing: policies hold
 -- the function itself, not its name.

@@ -18,7 +18,10 @@ with tables as (
 tenant_tables as (
     select * from tables where has_tenant_id and name <> 'bulkhead.deletion_receipts'
 ),
-definer_allow_list (proname) as (values (null::name)),
+definer_allow_list (proname) as (
+    -- The metering functions: callers may not write budget state or the ledger themselves.
+    values ('budget_check'::name), ('ledger_record'), ('expire_reservations')
+),
 unpinned_allow_list (proname) as (
     -- Runs no SQL; a SET clause would add a settings save/restore to every policy evaluation.
     values ('current_tenant'::name)
@@ -32,6 +35,17 @@ where exists (select from pg_attribute a where a.attrelid = t.oid and a.attname 
 union all
 select 'tenant table without a policy', name
 from tenant_tables t where not exists (select from pg_policy p where p.polrelid = t.oid)
+union all
+select 'tenant table without a foreign key to bulkhead.tenants', name
+from tenant_tables t
+where not exists (select from pg_constraint con
+                  where con.conrelid = t.oid and con.contype = 'f'
+                    and con.confrelid = 'bulkhead.tenants'::regclass and con.conkey = array[t.tenant_attnum])
+union all
+-- A policy for some roles only leaves the others (the control plane's deletion among them) with no rows.
+select 'tenant table policy not for all roles', t.name || ' ' || p.polname
+from tenant_tables t join pg_policy p on p.polrelid = t.oid
+where p.polroles <> '{0}'
 union all
 select 'tenant table policy not on current_tenant()', t.name || ' ' || p.polname
 from tenant_tables t join pg_policy p on p.polrelid = t.oid
@@ -53,6 +67,10 @@ where p.pronamespace = 'bulkhead'::regnamespace and p.prosecdef
   and (p.proname not in (select proname from definer_allow_list where proname is not null)
        or not exists (select from unnest(p.proconfig) s where s like 'search\_path=%'))
 union all
+select 'security definer function owned by a role that bypasses RLS', p.oid::regprocedure::text
+from pg_proc p join pg_roles r on r.oid = p.proowner
+where p.pronamespace = 'bulkhead'::regnamespace and p.prosecdef and (r.rolsuper or r.rolbypassrls)
+union all
 select 'function without a pinned search_path', p.oid::regprocedure::text
 from pg_proc p
 where p.pronamespace = 'bulkhead'::regnamespace
@@ -73,7 +91,7 @@ from pg_proc p, aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) acl
 where p.pronamespace = 'bulkhead'::regnamespace and acl.grantee = 0
 union all
 select 'bulkhead role can bypass RLS', rolname
-from pg_roles where rolname in ('bulkhead_app', 'bulkhead_admin', 'bulkhead_worker') and (rolsuper or rolbypassrls);
+from pg_roles where rolname in ('bulkhead_app', 'bulkhead_admin', 'bulkhead_worker', 'bulkhead_meter') and (rolsuper or rolbypassrls);
 
 -- The installed schema: no violations.
 select rule, object from pg_temp.schema_lint order by rule, object;
@@ -89,6 +107,7 @@ create table bulkhead.lint_bad_policy (tenant_id uuid);
 alter table bulkhead.lint_bad_policy enable row level security;
 alter table bulkhead.lint_bad_policy force row level security;
 create policy everyone on bulkhead.lint_bad_policy using (true);
+create policy app_only on bulkhead.lint_bad_policy to bulkhead_app using (tenant_id = (select bulkhead.current_tenant()));
 create function bulkhead.lint_bad_definer() returns int language sql security definer as 'select 1';
 create view bulkhead.lint_bad_view as select 1 as one;
 grant select on bulkhead.lint_bad_view to public;

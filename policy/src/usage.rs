@@ -59,8 +59,8 @@ pub enum UsageError {
     BadCount { field: &'static str, max: u64 },
     #[error("usage is inconsistent: {0}")]
     Inconsistent(&'static str),
-    #[error("price rates must be non-negative")]
-    NegativeRate,
+    #[error("price rates must be finite and non-negative")]
+    InvalidRate,
 }
 
 impl HasSqlState for UsageError {
@@ -83,7 +83,7 @@ impl HasSqlState for UsageError {
             UsageError::Inconsistent(_) => {
                 "The usage object contradicts itself, so its cost cannot be computed.".to_string()
             }
-            UsageError::NegativeRate => "A price is a non-negative number of USD per million tokens.".to_string(),
+            UsageError::InvalidRate => "A price is a finite, non-negative number of USD per million tokens.".to_string(),
         })
     }
 }
@@ -125,7 +125,7 @@ impl Rates {
     fn check(&self) -> Result<(), UsageError> {
         let all = [Some(self.input), Some(self.output), self.cached_input, self.cache_write];
         if all.into_iter().flatten().any(|r| r.is_sign_negative() && !r.is_zero()) {
-            return Err(UsageError::NegativeRate);
+            return Err(UsageError::InvalidRate);
         }
         Ok(())
     }
@@ -404,6 +404,6 @@ mod tests {
         }
         assert!("mistral".parse::<Provider>().is_err());
         let negative = rates("-1", "1", None, None);
-        assert_eq!(cost(&NormalizedUsage::default(), &negative), Err(UsageError::NegativeRate));
+        assert_eq!(cost(&NormalizedUsage::default(), &negative), Err(UsageError::InvalidRate));
     }
 }

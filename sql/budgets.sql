@@ -1,0 +1,416 @@
+-- Budgets and rate limits: per-tenant RPM / ITPM / OTPM token buckets and a dollar budget per
+-- billing period, admitted atomically by bulkhead.budget_check() before every LLM call.
+--
+-- Admission is reserve-then-settle: budget_check() reserves the worst-case cost of a call under
+-- the tenant's budget_state row lock and returns a leased reservation; ledger_record() settles it
+-- with the provider's actual usage. Concurrent checks of one tenant queue on that row, so no
+-- interleaving can admit more than the budget holds.
+--
+-- The metering functions are SECURITY DEFINER, owned by bulkhead_meter: callers only read budget
+-- state and the ledger, so no tenant can rewrite its own spend. Row level security still applies
+-- inside them (bulkhead_meter is neither superuser nor BYPASSRLS), keyed on the caller's context.
+
+-- Limits per tenant. A tenant without a row gets bulkhead.budget_defaults: never "unlimited".
+create table bulkhead.budgets (
+    tenant_id    uuid        not null,
+    rpm          int         not null,
+    itpm         int         not null,
+    otpm         int         not null,
+    dollar_limit numeric     not null,
+    period       text        not null,
+    updated_at   timestamptz not null default pg_catalog.now(),
+    constraint budgets_pkey primary key (tenant_id),
+    constraint budgets_tenant_fkey foreign key (tenant_id) references bulkhead.tenants (id),
+    constraint budgets_limits_valid check (rpm >= 0 and itpm >= 0 and otpm >= 0 and dollar_limit >= 0),
+    constraint budgets_period_known check (period in ('day', 'week', 'month'))
+);
+
+-- The platform default: a single row, seeded with modest limits.
+create table bulkhead.budget_defaults (
+    singleton    boolean     not null default true,
+    rpm          int         not null,
+    itpm         int         not null,
+    otpm         int         not null,
+    dollar_limit numeric     not null,
+    period       text        not null,
+    updated_at   timestamptz not null default pg_catalog.now(),
+    constraint budget_defaults_pkey primary key (singleton),
+    constraint budget_defaults_one_row check (singleton),
+    constraint budget_defaults_limits_valid check (rpm >= 0 and itpm >= 0 and otpm >= 0 and dollar_limit >= 0),
+    constraint budget_defaults_period_known check (period in ('day', 'week', 'month'))
+);
+insert into bulkhead.budget_defaults (rpm, itpm, otpm, dollar_limit, period)
+values (60, 200000, 50000, 10, 'month');
+
+-- Admission state: token bucket levels and the period's money, one row per tenant, created on
+-- first use. spent_usd mirrors the durable ledger for the current period and is rebuilt from it
+-- whenever the row is missing or the period rolls over.
+create table bulkhead.budget_state (
+    tenant_id    uuid        not null,
+    rpm_level    float8      not null,
+    itpm_level   float8      not null,
+    otpm_level   float8      not null,
+    refilled_at  timestamptz not null,
+    period_start timestamptz not null,
+    spent_usd    numeric     not null,
+    reserved_usd numeric     not null,
+    constraint budget_state_pkey primary key (tenant_id),
+    constraint budget_state_tenant_fkey foreign key (tenant_id) references bulkhead.tenants (id)
+) with (fillfactor = 50);  -- room for HOT updates: one update per admitted call
+
+create table bulkhead.reservations (
+    tenant_id            uuid        not null,
+    id                   uuid        not null,
+    provider             text        not null,
+    model                text        not null,
+    est_input_tokens     int         not null,
+    max_output_tokens    int         not null,
+    reserved_usd         numeric     not null,
+    price_effective_from timestamptz not null,
+    period_start         timestamptz not null,
+    created_at           timestamptz not null,
+    lease_expires_at     timestamptz not null,
+    settled_at           timestamptz,
+    expired_at           timestamptz,
+    constraint reservations_pkey primary key (tenant_id, id),
+    constraint reservations_tenant_fkey foreign key (tenant_id) references bulkhead.tenants (id)
+);
+create index reservations_open_by_lease on bulkhead.reservations (tenant_id, lease_expires_at)
+    where settled_at is null and expired_at is null;
+
+alter table bulkhead.budgets enable row level security;
+alter table bulkhead.budgets force row level security;
+alter table bulkhead.budget_defaults enable row level security;
+alter table bulkhead.budget_defaults force row level security;
+alter table bulkhead.budget_state enable row level security;
+alter table bulkhead.budget_state force row level security;
+alter table bulkhead.reservations enable row level security;
+alter table bulkhead.reservations force row level security;
+
+create policy tenant_isolation on bulkhead.budgets
+    using (tenant_id = (select bulkhead.current_tenant()))
+    with check (tenant_id = (select bulkhead.current_tenant()));
+create policy tenant_isolation on bulkhead.budget_state
+    using (tenant_id = (select bulkhead.current_tenant()))
+    with check (tenant_id = (select bulkhead.current_tenant()));
+create policy tenant_isolation on bulkhead.reservations
+    using (tenant_id = (select bulkhead.current_tenant()))
+    with check (tenant_id = (select bulkhead.current_tenant()));
+create policy readable on bulkhead.budget_defaults for select using (true);
+create policy control_plane on bulkhead.budget_defaults for update to bulkhead_admin using (true) with check (true);
+-- The meter walks all tenants to expire their leases; it reads ids only.
+create policy meter_lists_tenants on bulkhead.tenants for select to bulkhead_meter using (true);
+
+grant select on bulkhead.budgets, bulkhead.budget_state, bulkhead.reservations to bulkhead_app, bulkhead_worker;
+grant select, insert, update on bulkhead.budgets to bulkhead_admin;
+grant select on bulkhead.budget_defaults to bulkhead_app, bulkhead_worker, bulkhead_admin, bulkhead_meter;
+grant update on bulkhead.budget_defaults to bulkhead_admin;
+grant select on bulkhead.tenants, bulkhead.budgets to bulkhead_meter;
+grant select, insert, update on bulkhead.budget_state, bulkhead.reservations to bulkhead_meter;
+-- Deleting a tenant removes its rows here too (delete_tenant runs as bulkhead_admin).
+grant select, delete on bulkhead.budget_state, bulkhead.reservations to bulkhead_admin;
+grant delete on bulkhead.budgets to bulkhead_admin;
+
+select pg_catalog.pg_extension_config_dump('bulkhead.budgets', '');
+select pg_catalog.pg_extension_config_dump('bulkhead.budget_defaults', '');
+select pg_catalog.pg_extension_config_dump('bulkhead.budget_state', '');
+select pg_catalog.pg_extension_config_dump('bulkhead.reservations', '');
+
+-- Sets a tenant's limits (tenant_id NULL: the platform default for tenants without their own).
+create function bulkhead.set_budget(
+    tenant_id uuid,
+    rpm int,
+    itpm int,
+    otpm int,
+    dollar_limit numeric,
+    period text default 'month'
+)
+returns void
+language plpgsql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    previous text;
+begin
+    if rpm is null or itpm is null or otpm is null or dollar_limit is null or period is null then
+        raise exception 'every limit is required'
+            using errcode = '22004',
+                  detail = 'rpm, itpm, otpm, dollar_limit and period must all be given; 0 blocks that dimension.';
+    end if;
+    if rpm < 0 or itpm < 0 or otpm < 0 or dollar_limit < 0 or dollar_limit = 'NaN' or dollar_limit >= 1e12 then
+        raise exception 'invalid limit'
+            using errcode = '22023',
+                  detail = 'Limits are non-negative; dollar_limit is a finite amount below 1e12 USD.';
+    end if;
+    if period not in ('day', 'week', 'month') then
+        raise exception 'unknown budget period %', pg_catalog.quote_literal(period)
+            using errcode = '22023',
+                  detail = 'A billing period is day, week or month, aligned to bulkhead.billing_time_zone.';
+    end if;
+
+    if set_budget.tenant_id is null then
+        update bulkhead.budget_defaults d
+        set rpm = set_budget.rpm, itpm = set_budget.itpm, otpm = set_budget.otpm,
+            dollar_limit = set_budget.dollar_limit, period = set_budget.period, updated_at = pg_catalog.now();
+        return;
+    end if;
+
+    previous := bulkhead._enter_tenant(set_budget.tenant_id);
+    insert into bulkhead.budgets as b (tenant_id, rpm, itpm, otpm, dollar_limit, period)
+    values (set_budget.tenant_id, set_budget.rpm, set_budget.itpm, set_budget.otpm,
+            set_budget.dollar_limit, set_budget.period)
+    on conflict on constraint budgets_pkey do update
+    set rpm = excluded.rpm, itpm = excluded.itpm, otpm = excluded.otpm,
+        dollar_limit = excluded.dollar_limit, period = excluded.period, updated_at = pg_catalog.now();
+    perform bulkhead._leave_tenant(previous);
+end
+$$;
+comment on function bulkhead.set_budget(uuid, int, int, int, numeric, text) is
+    'Sets a tenant''s RPM, ITPM, OTPM and dollar budget per period (NULL tenant: the platform default). bulkhead_admin only.';
+
+-- Raises the 429 that PostgREST turns into HTTP 429, with the JSON detail clients act on.
+create function bulkhead._refuse(tenant uuid, code text, limit_name text, retry_after_ms bigint)
+returns void
+language plpgsql immutable
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+begin
+    raise exception using
+        errcode = 'PT429',
+        message = code,
+        detail = pg_catalog.jsonb_build_object(
+            'code', code, 'tenant_id', tenant, 'limit', limit_name, 'retry_after_ms', retry_after_ms)::text,
+        hint = case when retry_after_ms is null
+                    then 'This request can never fit the tenant''s limit; lower it or raise the limit.'
+                    else 'Retry after retry_after_ms milliseconds.' end;
+end
+$$;
+
+-- Admits one LLM call for the current tenant, or raises PT429. Returns the reservation id to
+-- pass to bulkhead.ledger_record(). Call it in a short transaction: the tenant's budget row stays
+-- locked until that transaction ends, so never hold it open across the provider call.
+create function bulkhead.budget_check(
+    model text,
+    est_input_tokens int,
+    max_output_tokens int,
+    lease interval default '10 minutes'
+)
+returns uuid
+language plpgsql volatile
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    tenant uuid := bulkhead.current_tenant();
+    now_ts timestamptz := pg_catalog.clock_timestamp();
+    tz text := pg_catalog.current_setting('bulkhead.billing_time_zone');
+    price record;
+    lim record;
+    st bulkhead.budget_state;
+    estimate numeric;
+    local_period timestamp;
+    current_period timestamptz;
+    period_end timestamptz;
+    elapsed float8;
+    freed numeric;
+    reservation uuid := pg_catalog.gen_random_uuid();
+begin
+    if tenant is null then
+        raise exception 'no tenant context'
+            using errcode = '42501',
+                  detail = 'budget_check admits calls for the current tenant, and this transaction has none.',
+                  hint = 'Call bulkhead.set_tenant(...) first, or pass a JWT with app_metadata.tenant_id.';
+    end if;
+    if model is null or est_input_tokens is null or max_output_tokens is null or lease is null then
+        raise exception 'model, est_input_tokens, max_output_tokens and lease are required'
+            using errcode = '22004', detail = 'budget_check cannot estimate a call without them.';
+    end if;
+    if est_input_tokens < 0 or max_output_tokens < 0
+       or est_input_tokens > 100000000 or max_output_tokens > 100000000 then
+        raise exception 'token counts must be between 0 and 100000000'
+            using errcode = '22023', detail = 'est_input_tokens and max_output_tokens describe one call.';
+    end if;
+    if lease <= interval '0' or lease > interval '1 day' then
+        raise exception 'lease must be positive and at most one day'
+            using errcode = '22023', detail = 'An unsettled reservation stops holding budget when its lease ends.';
+    end if;
+
+    -- The price in effect now; a model priced by two providers is ambiguous.
+    select p.provider, p.effective_from, p.input_per_mtok, p.output_per_mtok, count(*) over () as providers
+    into price
+    from (
+        select distinct on (provider) *
+        from bulkhead.prices
+        where prices.model = budget_check.model and effective_from <= now_ts
+        order by provider, effective_from desc
+    ) p
+    limit 1;
+    if not found then
+        raise exception 'unknown model %', pg_catalog.quote_literal(model)
+            using errcode = '22023',
+                  detail = 'No price is in effect for this model, so its cost cannot be bounded; the call is refused.',
+                  hint = 'Add one with bulkhead.set_price(provider, model, input_per_mtok, output_per_mtok).';
+    end if;
+    if price.providers > 1 then
+        raise exception 'model % is priced by more than one provider', pg_catalog.quote_literal(model)
+            using errcode = '22023', detail = 'budget_check cannot tell which provider''s price applies.';
+    end if;
+    estimate := (est_input_tokens * price.input_per_mtok + max_output_tokens * price.output_per_mtok) / 1000000;
+
+    select b.rpm, b.itpm, b.otpm, b.dollar_limit, b.period into lim
+    from bulkhead.budgets b where b.tenant_id = tenant;
+    if not found then
+        select d.rpm, d.itpm, d.otpm, d.dollar_limit, d.period into lim from bulkhead.budget_defaults d;
+    end if;
+    local_period := pg_catalog.date_trunc(lim.period, now_ts at time zone tz);
+    current_period := local_period at time zone tz;
+    period_end := (local_period + pg_catalog.make_interval(
+        days => case lim.period when 'day' then 1 when 'week' then 7 else 0 end,
+        months => case lim.period when 'month' then 1 else 0 end)) at time zone tz;
+
+    -- The lock that serialises this tenant's admissions.
+    select * into st from bulkhead.budget_state s where s.tenant_id = tenant for update;
+    if not found then
+        insert into bulkhead.budget_state as s
+            (tenant_id, rpm_level, itpm_level, otpm_level, refilled_at, period_start, spent_usd, reserved_usd)
+        values (tenant, lim.rpm, lim.itpm, lim.otpm, now_ts, current_period, 0, 0)
+        on conflict on constraint budget_state_pkey do nothing;
+        select * into st from bulkhead.budget_state s where s.tenant_id = tenant for update;
+        st.period_start := '-infinity';  -- rebuild the money from the durable ledger below
+    end if;
+    if st.period_start <> current_period then
+        select coalesce(sum(l.cost_usd), 0) into st.spent_usd
+        from bulkhead.ledger l where l.tenant_id = tenant and l.period_start = current_period;
+        select coalesce(sum(r.reserved_usd), 0) into st.reserved_usd
+        from bulkhead.reservations r
+        where r.tenant_id = tenant and r.period_start = current_period
+          and r.settled_at is null and r.expired_at is null and r.lease_expires_at > now_ts;
+        st.period_start := current_period;
+    end if;
+
+    -- Leases that ran out stop holding budget (lazily, here, and in expire_reservations()).
+    with expired as (
+        update bulkhead.reservations r set expired_at = now_ts
+        where r.tenant_id = tenant and r.settled_at is null and r.expired_at is null
+          and r.lease_expires_at <= now_ts
+        returning r.reserved_usd, r.period_start
+    )
+    select coalesce(sum(e.reserved_usd) filter (where e.period_start = current_period), 0) into freed from expired e;
+    st.reserved_usd := greatest(st.reserved_usd - freed, 0);
+
+    -- Buckets refill continuously at limit-per-minute; a burst is at most one minute's worth.
+    elapsed := greatest(extract(epoch from now_ts - st.refilled_at), 0);
+    st.rpm_level := least(lim.rpm, st.rpm_level + elapsed * lim.rpm / 60.0);
+    st.itpm_level := least(lim.itpm, st.itpm_level + elapsed * lim.itpm / 60.0);
+    st.otpm_level := least(lim.otpm, st.otpm_level + elapsed * lim.otpm / 60.0);
+
+    if lim.rpm < 1 then
+        perform bulkhead._refuse(tenant, 'tenant_rate_limit_exceeded', 'rpm', null);
+    elsif st.rpm_level < 1 then
+        perform bulkhead._refuse(tenant, 'tenant_rate_limit_exceeded', 'rpm',
+            ceil((1 - st.rpm_level) * 60000 / lim.rpm)::bigint);
+    end if;
+    if est_input_tokens > lim.itpm then
+        perform bulkhead._refuse(tenant, 'tenant_rate_limit_exceeded', 'itpm', null);
+    elsif est_input_tokens > st.itpm_level then
+        perform bulkhead._refuse(tenant, 'tenant_rate_limit_exceeded', 'itpm',
+            ceil((est_input_tokens - st.itpm_level) * 60000 / lim.itpm)::bigint);
+    end if;
+    if max_output_tokens > lim.otpm then
+        perform bulkhead._refuse(tenant, 'tenant_rate_limit_exceeded', 'otpm', null);
+    elsif max_output_tokens > st.otpm_level then
+        perform bulkhead._refuse(tenant, 'tenant_rate_limit_exceeded', 'otpm',
+            ceil((max_output_tokens - st.otpm_level) * 60000 / lim.otpm)::bigint);
+    end if;
+    if estimate > lim.dollar_limit then
+        perform bulkhead._refuse(tenant, 'tenant_budget_exceeded', 'dollar_budget', null);
+    elsif st.spent_usd + st.reserved_usd + estimate > lim.dollar_limit then
+        perform bulkhead._refuse(tenant, 'tenant_budget_exceeded', 'dollar_budget',
+            ceil(extract(epoch from period_end - now_ts) * 1000)::bigint);
+    end if;
+
+    insert into bulkhead.reservations
+        (tenant_id, id, provider, model, est_input_tokens, max_output_tokens, reserved_usd,
+         price_effective_from, period_start, created_at, lease_expires_at)
+    values
+        (tenant, reservation, price.provider, budget_check.model, est_input_tokens, max_output_tokens, estimate,
+         price.effective_from, current_period, now_ts, now_ts + lease);
+    update bulkhead.budget_state s
+    set rpm_level = st.rpm_level - 1,
+        itpm_level = st.itpm_level - est_input_tokens,
+        otpm_level = st.otpm_level - max_output_tokens,
+        refilled_at = now_ts,
+        period_start = st.period_start,
+        spent_usd = st.spent_usd,
+        reserved_usd = st.reserved_usd + estimate
+    where s.tenant_id = tenant;
+
+    -- Admission state need not survive a crash (the ledger does): an asynchronous commit lets
+    -- checks run without a WAL flush each. A crash loses at most the reservations in flight.
+    if pg_catalog.current_setting('bulkhead.async_admission')::boolean then
+        perform pg_catalog.set_config('synchronous_commit', 'off', true);
+    end if;
+    return reservation;
+end
+$$;
+comment on function bulkhead.budget_check(text, int, int, interval) is
+    'Admits one LLM call for the current tenant against RPM, ITPM, OTPM and the dollar budget, or raises PT429; returns the reservation id.';
+
+-- Expires unsettled reservations whose lease ran out: for the current tenant, or for every
+-- tenant when called without a tenant context. Returns how many expired.
+create function bulkhead.expire_reservations()
+returns bigint
+language plpgsql volatile
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    tenant uuid := bulkhead.current_tenant();
+    previous text := coalesce(pg_catalog.current_setting('bulkhead.tenant_id', true), '');  -- restored on exit
+    target uuid;
+    expired_count bigint := 0;
+    freed numeric;
+    n bigint;
+begin
+    for target in
+        select t.id from bulkhead.tenants t where tenant is null or t.id = tenant order by t.id
+    loop
+        perform bulkhead.set_tenant(target);
+        -- Same lock order as budget_check: the state row first, then reservations.
+        perform from bulkhead.budget_state s where s.tenant_id = target for update;
+        with expired as (
+            update bulkhead.reservations r set expired_at = pg_catalog.clock_timestamp()
+            where r.tenant_id = target and r.settled_at is null and r.expired_at is null
+              and r.lease_expires_at <= pg_catalog.clock_timestamp()
+            returning r.reserved_usd, r.period_start
+        ),
+        freed_now as (
+            select count(*) as n, coalesce(sum(e.reserved_usd) filter (
+                where e.period_start = (select s.period_start from bulkhead.budget_state s where s.tenant_id = target)), 0) as usd
+            from expired e
+        )
+        select f.n, f.usd into n, freed from freed_now f;
+        if n > 0 then
+            update bulkhead.budget_state s set reserved_usd = greatest(s.reserved_usd - freed, 0)
+            where s.tenant_id = target;
+            expired_count := expired_count + n;
+        end if;
+    end loop;
+    perform bulkhead._leave_tenant(previous);
+    return expired_count;
+end
+$$;
+comment on function bulkhead.expire_reservations() is
+    'Releases the budget held by reservations whose lease ran out (current tenant, or all tenants without a context).';
+
+revoke all on function bulkhead.set_budget(uuid, int, int, int, numeric, text) from public;
+revoke all on function bulkhead._refuse(uuid, text, text, bigint) from public;
+revoke all on function bulkhead.budget_check(text, int, int, interval) from public;
+revoke all on function bulkhead.expire_reservations() from public;
+grant execute on function bulkhead.set_budget(uuid, int, int, int, numeric, text) to bulkhead_admin;
+grant execute on function bulkhead._refuse(uuid, text, text, bigint) to bulkhead_meter;
+grant execute on function bulkhead._leave_tenant(text) to bulkhead_meter;
+grant execute on function bulkhead.budget_check(text, int, int, interval) to bulkhead_app, bulkhead_worker;
+grant execute on function bulkhead.expire_reservations() to bulkhead_app, bulkhead_worker, bulkhead_admin;

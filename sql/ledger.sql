@@ -1,0 +1,262 @@
+-- The cost ledger: one durable row per settled provider call, priced by the provider's own
+-- counting rules (bulkhead.price_usage). Append-only: no role may update it, and only tenant
+-- deletion removes rows.
+
+create table bulkhead.ledger (
+    tenant_id            uuid        not null,
+    id                   uuid        not null default pg_catalog.gen_random_uuid(),
+    reservation_id       uuid        not null,
+    request_id           text        not null,
+    provider             text        not null,
+    model                text        not null,
+    input_tokens         bigint      not null,
+    cached_input_tokens  bigint      not null,
+    cache_write_tokens   bigint      not null,
+    output_tokens        bigint      not null,
+    reasoning_tokens     bigint      not null,
+    itpm_tokens          bigint      not null,
+    reserved_usd         numeric,
+    cost_usd             numeric     not null,
+    price_effective_from timestamptz not null,
+    period_start         timestamptz not null,
+    -- Settled without its reservation (lost in a crash): charged, but never admitted by this ledger.
+    orphan               boolean     not null default false,
+    created_at           timestamptz not null default pg_catalog.clock_timestamp(),
+    constraint ledger_pkey primary key (tenant_id, id),
+    constraint ledger_request_key unique (tenant_id, provider, request_id),
+    constraint ledger_tenant_fkey foreign key (tenant_id) references bulkhead.tenants (id),
+    constraint ledger_counts_valid check (
+        input_tokens >= 0 and cached_input_tokens >= 0 and cache_write_tokens >= 0
+        and output_tokens >= 0 and reasoning_tokens >= 0 and itpm_tokens >= 0 and cost_usd >= 0),
+    constraint ledger_request_id_length check (pg_catalog.char_length(request_id) between 1 and 200)
+);
+create index ledger_by_period on bulkhead.ledger (tenant_id, period_start);
+create index ledger_by_time on bulkhead.ledger (tenant_id, created_at);
+
+alter table bulkhead.ledger enable row level security;
+alter table bulkhead.ledger force row level security;
+create policy tenant_isolation on bulkhead.ledger
+    using (tenant_id = (select bulkhead.current_tenant()))
+    with check (tenant_id = (select bulkhead.current_tenant()));
+grant select on bulkhead.ledger to bulkhead_app, bulkhead_worker, bulkhead_admin;
+grant select, insert on bulkhead.ledger to bulkhead_meter;
+grant delete on bulkhead.ledger to bulkhead_admin;  -- tenant deletion only: see delete_tenant
+select pg_catalog.pg_extension_config_dump('bulkhead.ledger', '');
+
+-- Settles a reservation with the provider's usage object; returns the call's cost in USD.
+-- Idempotent on the provider's request id. Releases what the reservation held beyond the
+-- actual cost, and refunds to the token buckets what the provider did not count.
+create function bulkhead.ledger_record(
+    reservation uuid,
+    usage jsonb,
+    request_id text,
+    model text default null
+)
+returns numeric
+language plpgsql volatile
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    tenant uuid := bulkhead.current_tenant();
+    now_ts timestamptz := pg_catalog.clock_timestamp();
+    r bulkhead.reservations;
+    price bulkhead.prices;
+    priced record;
+    st bulkhead.budget_state;
+    existing numeric;
+    lim record;
+    is_orphan boolean := false;
+begin
+    if tenant is null then
+        raise exception 'no tenant context'
+            using errcode = '42501',
+                  detail = 'ledger_record settles the current tenant''s reservations, and this transaction has none.';
+    end if;
+    if reservation is null or usage is null or request_id is null then
+        raise exception 'reservation, usage and request_id are required'
+            using errcode = '22004', detail = 'A settle names its reservation, the provider''s usage and its request id.';
+    end if;
+    if pg_catalog.char_length(request_id) not between 1 and 200 then
+        raise exception 'request_id must be 1 to 200 characters'
+            using errcode = '22023', detail = 'The request id is the provider''s id for the call (e.g. chatcmpl-..., msg_...).';
+    end if;
+
+    -- Lock order as in budget_check: the state row, then the reservation.
+    select * into st from bulkhead.budget_state s where s.tenant_id = tenant for update;
+    select * into r from bulkhead.reservations x where x.tenant_id = tenant and x.id = reservation for update;
+    if not found then
+        if model is null then
+            raise exception 'reservation % does not exist', reservation
+                using errcode = 'P0002',
+                      detail = 'No reservation of the current tenant has this id; it may have been lost in a crash.',
+                      hint = 'Pass model => ''<model>'' to record the call''s cost without its reservation.';
+        end if;
+        is_orphan := true;
+        select p.* into price from bulkhead.prices p
+        where p.model = ledger_record.model and p.effective_from <= now_ts
+        order by p.effective_from desc limit 1;
+        if not found then
+            raise exception 'unknown model %', pg_catalog.quote_literal(model)
+                using errcode = '22023', detail = 'No price is in effect for this model.';
+        end if;
+        r.id := reservation;
+        r.provider := price.provider;
+        r.model := price.model;
+        r.est_input_tokens := 0;
+        r.max_output_tokens := 0;
+        r.period_start := st.period_start;
+        if r.period_start is null then
+            select pg_catalog.date_trunc(coalesce(b.period, d.period), now_ts at time zone pg_catalog.current_setting('bulkhead.billing_time_zone'))
+                   at time zone pg_catalog.current_setting('bulkhead.billing_time_zone')
+            into r.period_start
+            from bulkhead.budget_defaults d left join bulkhead.budgets b on b.tenant_id = tenant;
+        end if;
+    else
+        select p.* into price from bulkhead.prices p
+        where p.provider = r.provider and p.model = r.model and p.effective_from = r.price_effective_from;
+    end if;
+
+    -- A repeated settle of the same provider call is answered from the ledger.
+    select l.cost_usd into existing from bulkhead.ledger l
+    where l.tenant_id = tenant and l.provider = r.provider and l.request_id = ledger_record.request_id;
+    if found then
+        return existing;
+    end if;
+    if r.settled_at is not null then
+        raise exception 'reservation % is already settled by another request', reservation
+            using errcode = '55000',
+                  detail = 'A reservation admits one provider call and is settled once.',
+                  hint = 'Call bulkhead.budget_check() for every provider call, retries included.';
+    end if;
+
+    select * into priced from bulkhead.price_usage(r.provider, usage, price.input_per_mtok, price.output_per_mtok,
+                                                   price.cached_input_per_mtok, price.cache_write_per_mtok);
+
+    insert into bulkhead.ledger
+        (tenant_id, reservation_id, request_id, provider, model, input_tokens, cached_input_tokens,
+         cache_write_tokens, output_tokens, reasoning_tokens, itpm_tokens, reserved_usd, cost_usd,
+         price_effective_from, period_start, orphan, created_at)
+    values
+        (tenant, r.id, ledger_record.request_id, r.provider, r.model, priced.input_tokens, priced.cached_input_tokens,
+         priced.cache_write_tokens, priced.output_tokens, priced.reasoning_tokens, priced.itpm_tokens,
+         case when is_orphan then null else r.reserved_usd end, priced.cost_usd,
+         price.effective_from, r.period_start, is_orphan, now_ts);
+
+    if not is_orphan then
+        update bulkhead.reservations x set settled_at = now_ts where x.tenant_id = tenant and x.id = r.id;
+    end if;
+
+    if st.tenant_id is not null and st.period_start = r.period_start then
+        select b.itpm, b.otpm into lim from bulkhead.budgets b where b.tenant_id = tenant;
+        if not found then
+            select d.itpm, d.otpm into lim from bulkhead.budget_defaults d;
+        end if;
+        update bulkhead.budget_state s
+        set spent_usd = s.spent_usd + priced.cost_usd,
+            -- An expired reservation released its hold already.
+            reserved_usd = case when is_orphan or r.expired_at is not null then s.reserved_usd
+                                else greatest(s.reserved_usd - r.reserved_usd, 0) end,
+            -- Tokens estimated but not counted by the provider go back; overruns stay as debt.
+            itpm_level = least(lim.itpm, s.itpm_level + (r.est_input_tokens - priced.itpm_tokens)),
+            otpm_level = least(lim.otpm, s.otpm_level + (r.max_output_tokens - priced.output_tokens))
+        where s.tenant_id = tenant;
+    end if;
+    return priced.cost_usd;
+end
+$$;
+comment on function bulkhead.ledger_record(uuid, jsonb, text, text) is
+    'Settles a reservation with the provider''s usage object (OpenAI or Anthropic shape) and returns the cost in USD; idempotent on request_id.';
+
+-- The current tenant's costs by day (in the billing time zone), provider and model.
+create function bulkhead.usage_report("from" timestamptz, "to" timestamptz)
+returns table (
+    day date, provider text, model text, requests bigint,
+    input_tokens bigint, cached_input_tokens bigint, cache_write_tokens bigint,
+    output_tokens bigint, reasoning_tokens bigint,
+    reserved_usd numeric, cost_usd numeric,
+    open_reservations bigint, open_reserved_usd numeric
+)
+language sql stable
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+    with settled as (
+        select (l.created_at at time zone pg_catalog.current_setting('bulkhead.billing_time_zone'))::date as day,
+               l.provider, l.model, count(*) as requests,
+               sum(l.input_tokens)::bigint as input_tokens, sum(l.cached_input_tokens)::bigint as cached_input_tokens,
+               sum(l.cache_write_tokens)::bigint as cache_write_tokens, sum(l.output_tokens)::bigint as output_tokens,
+               sum(l.reasoning_tokens)::bigint as reasoning_tokens,
+               coalesce(sum(l.reserved_usd), 0) as reserved_usd, sum(l.cost_usd) as cost_usd
+        from bulkhead.ledger l
+        where l.tenant_id = bulkhead.current_tenant() and l.created_at >= "from" and l.created_at < "to"
+        group by 1, 2, 3
+    ),
+    open as (
+        select (r.created_at at time zone pg_catalog.current_setting('bulkhead.billing_time_zone'))::date as day,
+               r.provider, r.model, count(*) as open_reservations, sum(r.reserved_usd) as open_reserved_usd
+        from bulkhead.reservations r
+        where r.tenant_id = bulkhead.current_tenant() and r.created_at >= "from" and r.created_at < "to"
+          and r.settled_at is null and r.expired_at is null and r.lease_expires_at > pg_catalog.clock_timestamp()
+        group by 1, 2, 3
+    )
+    select coalesce(s.day, o.day), coalesce(s.provider, o.provider), coalesce(s.model, o.model),
+           coalesce(s.requests, 0), coalesce(s.input_tokens, 0), coalesce(s.cached_input_tokens, 0),
+           coalesce(s.cache_write_tokens, 0), coalesce(s.output_tokens, 0), coalesce(s.reasoning_tokens, 0),
+           coalesce(s.reserved_usd, 0), coalesce(s.cost_usd, 0),
+           coalesce(o.open_reservations, 0), coalesce(o.open_reserved_usd, 0)
+    from settled s full join open o on o.day = s.day and o.provider = s.provider and o.model = s.model
+    order by 1, 2, 3
+$$;
+comment on function bulkhead.usage_report(timestamptz, timestamptz) is
+    'The current tenant''s LLM usage and cost by day, provider and model, settled and still reserved.';
+
+-- Finance: every tenant's settled cost by provider and model. Runs each tenant's part inside
+-- that tenant's context, so row level security still decides what is read.
+create function bulkhead.usage_by_tenant("from" timestamptz, "to" timestamptz)
+returns table (
+    tenant_id uuid, slug text, provider text, model text, requests bigint,
+    input_tokens bigint, cached_input_tokens bigint, cache_write_tokens bigint, output_tokens bigint,
+    cost_usd numeric
+)
+language plpgsql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    previous text := coalesce(pg_catalog.current_setting('bulkhead.tenant_id', true), '');  -- restored on exit
+    t record;
+begin
+    for t in select x.id, x.slug from bulkhead.tenants x order by x.slug loop
+        perform bulkhead.set_tenant(t.id);
+        return query
+            select t.id, t.slug, l.provider, l.model, count(*),
+                   sum(l.input_tokens)::bigint, sum(l.cached_input_tokens)::bigint,
+                   sum(l.cache_write_tokens)::bigint, sum(l.output_tokens)::bigint, sum(l.cost_usd)
+            from bulkhead.ledger l
+            where l.tenant_id = t.id and l.created_at >= "from" and l.created_at < "to"
+            group by l.provider, l.model
+            order by l.provider, l.model;
+    end loop;
+    perform bulkhead._leave_tenant(previous);
+end
+$$;
+comment on function bulkhead.usage_by_tenant(timestamptz, timestamptz) is
+    'Settled LLM cost per tenant, provider and model, for finance. bulkhead_admin only.';
+
+-- price_usage is pure; every Bulkhead role may price a usage object.
+revoke all on function bulkhead.price_usage(text, jsonb, numeric, numeric, numeric, numeric) from public;
+grant execute on function bulkhead.price_usage(text, jsonb, numeric, numeric, numeric, numeric)
+    to bulkhead_app, bulkhead_worker, bulkhead_admin, bulkhead_meter;
+
+-- The metering functions run as bulkhead_meter (see budgets.sql).
+alter function bulkhead.budget_check(text, int, int, interval) owner to bulkhead_meter;
+alter function bulkhead.expire_reservations() owner to bulkhead_meter;
+alter function bulkhead.ledger_record(uuid, jsonb, text, text) owner to bulkhead_meter;
+
+revoke all on function bulkhead.ledger_record(uuid, jsonb, text, text) from public;
+revoke all on function bulkhead.usage_report(timestamptz, timestamptz) from public;
+revoke all on function bulkhead.usage_by_tenant(timestamptz, timestamptz) from public;
+grant execute on function bulkhead.ledger_record(uuid, jsonb, text, text) to bulkhead_app, bulkhead_worker;
+grant execute on function bulkhead.usage_report(timestamptz, timestamptz) to bulkhead_app, bulkhead_worker, bulkhead_admin;
+grant execute on function bulkhead.usage_by_tenant(timestamptz, timestamptz) to bulkhead_admin;
