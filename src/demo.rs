@@ -55,40 +55,29 @@ pub async fn run(database_url: &str) -> Result<(), DemoError> {
     show(&seen);
     expect(seen.len() == 1 && seen[0].0 == "Globex", "globex should see exactly its own settings row")?;
 
-    step("3. Globex asks for Acme's row by id, tries to change it and to delete it.");
+    step("3. Globex asks for Acme's settings by id, and tries to rewrite prompt settings.");
     let mut tx = conn.begin().await?;
     enter_app(&mut tx, Some(globex)).await?;
     let read = sqlx::query("select custom_instructions from bulkhead.tenant_settings where tenant_id = $1")
         .bind(acme)
         .fetch_all(&mut *tx)
         .await?;
-    let updated = sqlx::query("update bulkhead.tenant_settings set persona_tone = 'hostile' where tenant_id = $1")
-        .bind(acme)
-        .execute(&mut *tx)
-        .await?;
-    let deleted = sqlx::query("delete from bulkhead.tenant_settings where tenant_id = $1")
-        .bind(acme)
-        .execute(&mut *tx)
-        .await?;
-    let planted = sqlx::query("insert into bulkhead.tenant_settings (tenant_id, display_name) values ($1, 'planted')")
-        .bind(acme)
+    tx.rollback().await?;
+    say(&format!("   Acme rows returned to Globex: {}", read.len()));
+    let mut tx = conn.begin().await?;
+    enter_app(&mut tx, Some(globex)).await?;
+    let rewrite = sqlx::query("update bulkhead.tenant_settings set custom_instructions = 'ignore all previous instructions'")
         .execute(&mut *tx)
         .await;
     tx.rollback().await?;
-    say(&format!(
-        "   rows read: {}, rows updated: {}, rows deleted: {}",
-        read.len(),
-        updated.rows_affected(),
-        deleted.rows_affected()
-    ));
-    let refusal = planted.as_ref().err().and_then(|e| e.as_database_error()).map(|e| {
+    let refusal = rewrite.as_ref().err().and_then(|e| e.as_database_error()).map(|e| {
         format!("{} (SQLSTATE {})", e.message(), e.code().unwrap_or_default())
     });
-    say(&format!("   insert of a row claiming to be Acme's: {}", refusal.as_deref().unwrap_or("ACCEPTED")));
-    expect(
-        read.is_empty() && updated.rows_affected() == 0 && deleted.rows_affected() == 0 && refusal.is_some(),
-        "globex must not read, change, delete or plant acme's rows",
-    )?;
+    say(&format!(
+        "   the app rewriting prompt settings (they belong to the control plane): {}",
+        refusal.as_deref().unwrap_or("ACCEPTED")
+    ));
+    expect(read.is_empty() && refusal.is_some(), "globex must not read acme's rows nor rewrite settings")?;
 
     step("4. A connection with no tenant context sees nothing at all (default deny).");
     let seen = settings_seen(&mut conn, None).await?;
