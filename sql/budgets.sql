@@ -50,6 +50,10 @@ create table bulkhead.budget_state (
     rpm_level    float8      not null,
     itpm_level   float8      not null,
     otpm_level   float8      not null,
+    -- The limits the levels were last computed under: a raised limit raises the level with it.
+    rpm_cap      int         not null,
+    itpm_cap     int         not null,
+    otpm_cap     int         not null,
     refilled_at  timestamptz not null,
     period_start timestamptz not null,
     spent_usd    numeric     not null,
@@ -257,7 +261,8 @@ begin
         raise exception 'model % is priced by more than one provider', pg_catalog.quote_literal(model)
             using errcode = '22023', detail = 'budget_check cannot tell which provider''s price applies.';
     end if;
-    estimate := (est_input_tokens * price.input_per_mtok + max_output_tokens * price.output_per_mtok) / 1000000;
+    estimate := pg_catalog.trim_scale(
+        (est_input_tokens * price.input_per_mtok + max_output_tokens * price.output_per_mtok) / 1000000);
 
     select b.rpm, b.itpm, b.otpm, b.dollar_limit, b.period into lim
     from bulkhead.budgets b where b.tenant_id = tenant;
@@ -274,8 +279,9 @@ begin
     select * into st from bulkhead.budget_state s where s.tenant_id = tenant for update;
     if not found then
         insert into bulkhead.budget_state as s
-            (tenant_id, rpm_level, itpm_level, otpm_level, refilled_at, period_start, spent_usd, reserved_usd)
-        values (tenant, lim.rpm, lim.itpm, lim.otpm, now_ts, current_period, 0, 0)
+            (tenant_id, rpm_level, itpm_level, otpm_level, rpm_cap, itpm_cap, otpm_cap,
+             refilled_at, period_start, spent_usd, reserved_usd)
+        values (tenant, lim.rpm, lim.itpm, lim.otpm, lim.rpm, lim.itpm, lim.otpm, now_ts, current_period, 0, 0)
         on conflict on constraint budget_state_pkey do nothing;
         select * into st from bulkhead.budget_state s where s.tenant_id = tenant for update;
         st.period_start := '-infinity';  -- rebuild the money from the durable ledger below
@@ -300,6 +306,10 @@ begin
     select coalesce(sum(e.reserved_usd) filter (where e.period_start = current_period), 0) into freed from expired e;
     st.reserved_usd := greatest(st.reserved_usd - freed, 0);
 
+    -- A changed limit moves the level by the change: raising RPM from 3 to 1000 admits at once.
+    st.rpm_level := st.rpm_level + (lim.rpm - st.rpm_cap);
+    st.itpm_level := st.itpm_level + (lim.itpm - st.itpm_cap);
+    st.otpm_level := st.otpm_level + (lim.otpm - st.otpm_cap);
     -- Buckets refill continuously at limit-per-minute; a burst is at most one minute's worth.
     elapsed := greatest(extract(epoch from now_ts - st.refilled_at), 0);
     st.rpm_level := least(lim.rpm, st.rpm_level + elapsed * lim.rpm / 60.0);
@@ -341,6 +351,9 @@ begin
     set rpm_level = st.rpm_level - 1,
         itpm_level = st.itpm_level - est_input_tokens,
         otpm_level = st.otpm_level - max_output_tokens,
+        rpm_cap = lim.rpm,
+        itpm_cap = lim.itpm,
+        otpm_cap = lim.otpm,
         refilled_at = now_ts,
         period_start = st.period_start,
         spent_usd = st.spent_usd,

@@ -65,7 +65,6 @@ declare
     priced record;
     st bulkhead.budget_state;
     existing numeric;
-    lim record;
     is_orphan boolean := false;
 begin
     if tenant is null then
@@ -148,18 +147,14 @@ begin
     end if;
 
     if st.tenant_id is not null and st.period_start = r.period_start then
-        select b.itpm, b.otpm into lim from bulkhead.budgets b where b.tenant_id = tenant;
-        if not found then
-            select d.itpm, d.otpm into lim from bulkhead.budget_defaults d;
-        end if;
         update bulkhead.budget_state s
         set spent_usd = s.spent_usd + priced.cost_usd,
             -- An expired reservation released its hold already.
             reserved_usd = case when is_orphan or r.expired_at is not null then s.reserved_usd
                                 else greatest(s.reserved_usd - r.reserved_usd, 0) end,
             -- Tokens estimated but not counted by the provider go back; overruns stay as debt.
-            itpm_level = least(lim.itpm, s.itpm_level + (r.est_input_tokens - priced.itpm_tokens)),
-            otpm_level = least(lim.otpm, s.otpm_level + (r.max_output_tokens - priced.output_tokens))
+            itpm_level = least(s.itpm_cap, s.itpm_level + (r.est_input_tokens - priced.itpm_tokens)),
+            otpm_level = least(s.otpm_cap, s.otpm_level + (r.max_output_tokens - priced.output_tokens))
         where s.tenant_id = tenant;
     end if;
     return priced.cost_usd;
