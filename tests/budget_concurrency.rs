@@ -1,0 +1,161 @@
+//! Admission under concurrency: no interleaving of budget_check may admit more than the budget,
+//! leases free what they held, and a settle repeated concurrently is recorded once.
+
+mod common;
+
+use common::{admin, app, create_tenant};
+use sqlx::{Connection, PgConnection};
+use uuid::Uuid;
+
+/// A model priced so that one input token costs exactly $0.001 and output is free.
+async fn thousandth_dollar_model(admin: &mut PgConnection) -> String {
+    let model = format!("it-model-{}", Uuid::new_v4().simple());
+    sqlx::query("select bulkhead.set_price('openai', $1, 1000, 0, effective_from => now() - interval '1 minute')")
+        .bind(&model)
+        .execute(admin)
+        .await
+        .unwrap();
+    model
+}
+
+/// One admission in its own transaction, as an application would do it.
+async fn check(conn: &mut PgConnection, tenant: Uuid, model: &str, lease: &str) -> Result<Uuid, sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    sqlx::query("select bulkhead.set_tenant($1)").bind(tenant).execute(&mut *tx).await?;
+    let reservation = sqlx::query_scalar("select bulkhead.budget_check($1, 1, 0, $2::interval)")
+        .bind(model)
+        .bind(lease)
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(reservation)
+}
+
+fn refusal_code(err: &sqlx::Error) -> Option<(String, String)> {
+    err.as_database_error()
+        .map(|e| (e.code().unwrap_or_default().to_string(), e.message().to_string()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_checks_from_32_connections_admit_exactly_the_budget() {
+    const CONNECTIONS: usize = 32;
+    const ATTEMPTS: usize = 1000;
+    const K: i64 = 137;
+
+    let mut admin_conn = admin().await;
+    let tenant = create_tenant(&mut admin_conn, "race").await;
+    let model = thousandth_dollar_model(&mut admin_conn).await;
+    // Room for exactly K calls of $0.001; rate limits far above what the test uses.
+    sqlx::query("select bulkhead.set_budget($1, 1000000, 100000000, 100000000, $2::numeric / 1000)")
+        .bind(tenant)
+        .bind(K)
+        .execute(&mut admin_conn)
+        .await
+        .unwrap();
+
+    let mut workers = Vec::new();
+    for worker in 0..CONNECTIONS {
+        let model = model.clone();
+        workers.push(tokio::spawn(async move {
+            let mut conn = app().await;
+            let (mut admitted, mut refused) = (0i64, 0i64);
+            for _ in (worker..ATTEMPTS).step_by(CONNECTIONS) {
+                match check(&mut conn, tenant, &model, "10 minutes").await {
+                    Ok(_) => admitted += 1,
+                    Err(err) => {
+                        let (code, message) = refusal_code(&err).expect("a database error");
+                        assert_eq!((code.as_str(), message.as_str()), ("PT429", "tenant_budget_exceeded"));
+                        refused += 1;
+                    }
+                }
+            }
+            (admitted, refused)
+        }));
+    }
+    let (mut admitted, mut refused) = (0, 0);
+    for worker in workers {
+        let (a, r) = worker.await.unwrap();
+        admitted += a;
+        refused += r;
+    }
+    assert_eq!(admitted + refused, ATTEMPTS as i64);
+    assert_eq!(admitted, K, "exactly K calls fit the budget");
+
+    let mut su = common::superuser().await;
+    let (reservations, reserved): (i64, sqlx::types::BigDecimal) = sqlx::query_as(
+        "select count(*), coalesce(sum(reserved_usd), 0) from bulkhead.reservations where tenant_id = $1",
+    )
+    .bind(tenant)
+    .fetch_one(&mut su)
+    .await
+    .unwrap();
+    assert_eq!(reservations, K);
+    let cap: sqlx::types::BigDecimal = format!("{}", K as f64 / 1000.0).parse().unwrap();
+    assert!(reserved <= cap, "reserved {reserved} exceeds the cap {cap}");
+}
+
+#[tokio::test]
+async fn an_expired_lease_frees_its_budget_without_a_phantom_refusal() {
+    let mut admin_conn = admin().await;
+    let tenant = create_tenant(&mut admin_conn, "lease").await;
+    let model = thousandth_dollar_model(&mut admin_conn).await;
+    sqlx::query("select bulkhead.set_budget($1, 1000, 1000, 1000, 0.0015)")
+        .bind(tenant)
+        .execute(&mut admin_conn)
+        .await
+        .unwrap();
+    let mut conn = app().await;
+
+    check(&mut conn, tenant, &model, "200 milliseconds").await.expect("the first call fits");
+    let refused = check(&mut conn, tenant, &model, "10 minutes").await.unwrap_err();
+    assert_eq!(refusal_code(&refused).unwrap().1, "tenant_budget_exceeded");
+    // The first reservation is never settled (its caller crashed, say): once its lease ends,
+    // the next check releases it and is admitted.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    check(&mut conn, tenant, &model, "10 minutes").await.expect("the expired lease no longer holds budget");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settle_repeated_concurrently_is_recorded_once() {
+    let mut admin_conn = admin().await;
+    let tenant = create_tenant(&mut admin_conn, "settle").await;
+    let model = thousandth_dollar_model(&mut admin_conn).await;
+    let mut conn = app().await;
+    let reservation = check(&mut conn, tenant, &model, "10 minutes").await.unwrap();
+
+    let settle = |conn_future: std::pin::Pin<Box<dyn std::future::Future<Output = PgConnection> + Send>>| async move {
+        let mut conn = conn_future.await;
+        let mut tx = conn.begin().await.unwrap();
+        sqlx::query("select bulkhead.set_tenant($1)").bind(tenant).execute(&mut *tx).await.unwrap();
+        let cost: sqlx::types::BigDecimal = sqlx::query_scalar(
+            "select bulkhead.ledger_record($1, '{\"prompt_tokens\": 3, \"completion_tokens\": 2}', 'chatcmpl-dup')",
+        )
+        .bind(reservation)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        cost
+    };
+    let (first, second) = tokio::join!(
+        tokio::spawn(settle(Box::pin(app()))),
+        tokio::spawn(settle(Box::pin(app())))
+    );
+    let (first, second) = (first.unwrap(), second.unwrap());
+    assert_eq!(first, second);
+    assert_eq!(first, "0.003".parse::<sqlx::types::BigDecimal>().unwrap());
+
+    let mut su = common::superuser().await;
+    let rows: i64 = sqlx::query_scalar("select count(*) from bulkhead.ledger where tenant_id = $1")
+        .bind(tenant)
+        .fetch_one(&mut su)
+        .await
+        .unwrap();
+    assert_eq!(rows, 1);
+    let spent: sqlx::types::BigDecimal = sqlx::query_scalar("select spent_usd from bulkhead.budget_state where tenant_id = $1")
+        .bind(tenant)
+        .fetch_one(&mut su)
+        .await
+        .unwrap();
+    assert_eq!(spent, "0.003".parse::<sqlx::types::BigDecimal>().unwrap());
+}
