@@ -26,6 +26,22 @@ insert into bulkhead.tenant_settings (tenant_id, display_name, custom_instructio
     ('00000000-0000-4000-8000-00000000000a', 'A secret', 'A pricing: $10k/seat'),
     ('00000000-0000-4000-8000-00000000000b', 'B public', 'B instructions');
 
+-- A's money: a price, a reservation, a ledger row, a dedicated credential.
+insert into bulkhead.prices (provider, model, effective_from, input_per_mtok, output_per_mtok)
+values ('openai', 'leak-model', '2025-01-01', 1, 1);
+insert into bulkhead.reservations (tenant_id, id, provider, model, est_input_tokens, max_output_tokens, reserved_usd,
+    price_effective_from, period_start, created_at, lease_expires_at)
+values ('00000000-0000-4000-8000-00000000000a', '00000000-0000-4000-8000-0000000000a1', 'openai', 'leak-model',
+    10, 10, 0.00002, '2025-01-01', date_trunc('month', now()), now(), now() + interval '1 hour');
+insert into bulkhead.ledger (tenant_id, reservation_id, request_id, provider, model, input_tokens, cached_input_tokens,
+    cache_write_tokens, output_tokens, reasoning_tokens, itpm_tokens, cost_usd, price_effective_from, period_start)
+values ('00000000-0000-4000-8000-00000000000a', gen_random_uuid(), 'chatcmpl-a', 'openai', 'leak-model',
+    5, 0, 0, 5, 0, 5, 0.00001, '2025-01-01', date_trunc('month', now()));
+insert into bulkhead.tenant_credentials (tenant_id, provider, secret_ref, kind)
+values ('00000000-0000-4000-8000-00000000000a', 'openai', 'env:A_SECRET_KEY', 'dedicated');
+create role regress_leak_worker in role bulkhead_worker;
+create role regress_leak_worker_bypass bypassrls in role bulkhead_worker;
+
 -- Runs a statement; reports its row count, or its SQLSTATE and message.
 create function pg_temp.attempt(statement text) returns text language plpgsql as $$
 declare
@@ -286,6 +302,59 @@ select set_config('request.jwt.claims', '{"app_metadata":{"tenant_id":"00000000-
 select 'A31 write for a ghost tenant' as attack,
     pg_temp.attempt($q$insert into bulkhead.tenant_settings (tenant_id) values ('00000000-0000-4000-8000-0000000000ff')$q$) as writer_result;
 select set_config('request.jwt.claims', '', true) = '' as jwt_cleared;
+
+-- A32: B reads A's ledger and reservations.
+set local role regress_leak_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
+select 'A32 read A''s money' as attack,
+    (select count(*) from bulkhead.ledger) + (select count(*) from bulkhead.reservations) as app_sees;
+set local role regress_leak_bypass;
+select 'A32 without RLS' as attack,
+    (select count(*) from bulkhead.ledger) + (select count(*) from bulkhead.reservations) as bypass_sees;
+
+-- A33: B settles A's reservation (to charge or release A): to B it does not exist.
+set local role regress_leak_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
+select 'A33 settle A''s reservation' as attack,
+    pg_temp.attempt($q$select bulkhead.ledger_record('00000000-0000-4000-8000-0000000000a1', '{"prompt_tokens": 1, "completion_tokens": 1}', 'chatcmpl-b')$q$) as app_result;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000a');
+savepoint s;
+select 'A33 as A' as attack,
+    pg_temp.attempt($q$select bulkhead.ledger_record('00000000-0000-4000-8000-0000000000a1', '{"prompt_tokens": 1, "completion_tokens": 1}', 'chatcmpl-a2')$q$) as owner_result;
+rollback to savepoint s;
+
+-- A34: a tenant resets its own spend or forges a refund. Budget state and the ledger are written
+-- only by the metering functions (SECURITY DEFINER, owned by bulkhead_meter).
+set local role regress_leak_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000a');
+select 'A34 reset own spend' as attack,
+    pg_temp.attempt($q$delete from bulkhead.ledger$q$) as app_result;
+reset role;
+savepoint s;
+grant delete on bulkhead.ledger to regress_leak_app;
+set local role regress_leak_app;
+select 'A34 with DELETE granted' as attack, pg_temp.attempt($q$delete from bulkhead.ledger$q$) as granted_result;
+rollback to savepoint s;
+
+-- A35: the worker acting for B resolves B's credential, never A's dedicated key.
+set local role regress_leak_worker;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
+select 'A35 B''s credential' as attack, count(*) as rows, string_agg(secret_ref, ',') as worker_gets
+from bulkhead.credential_for_tenant('openai');
+set local role regress_leak_worker_bypass;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
+select 'A35 without RLS' as attack, string_agg(secret_ref, ',') as bypass_gets
+from bulkhead.tenant_credentials;
+
+-- A36: B spends against A's budget: there is no argument naming a tenant, and B's context
+-- spends B's budget. B's admission leaves A's state untouched.
+set local role regress_leak_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
+select 'A36 spend as B' as attack,
+    pg_temp.attempt($q$select bulkhead.budget_check('leak-model', 10, 10) is not null$q$) as app_result;
+reset role;
+select 'A36 whose state' as attack, string_agg(tenant_id::text, ',') as state_rows from bulkhead.budget_state
+where tenant_id in ('00000000-0000-4000-8000-00000000000a', '00000000-0000-4000-8000-00000000000b');
 
 -- A29: shadowing bulkhead.current_tenant() through search_path changes nothing: policies hold
 -- the function itself, not its name.
