@@ -124,7 +124,67 @@ pub async fn run(database_url: &str) -> Result<(), DemoError> {
     say(&format!("   current_tenant() after COMMIT: {}", after.map_or("NULL".into(), |t| t.to_string())));
     expect(after.is_none(), "the context must not survive COMMIT")?;
 
-    step("7. Acme churns: one call deletes every Acme row and leaves a receipt.");
+    step("7. A runaway agent at Acme loops on LLM calls. Acme's budget is $0.01 a month.");
+    let mut tx = conn.begin().await?;
+    tx.execute("set local role bulkhead_admin").await?;
+    sqlx::query("select bulkhead.set_budget($1, rpm => 600, itpm => 1000000, otpm => 1000000, dollar_limit => 0.01)")
+        .bind(acme)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    // Each call: budget_check before it, ledger_record with the provider's usage after it. The
+    // usage objects are simulated here; the daemon issue makes the real provider calls.
+    let usage = serde_json::json!({"prompt_tokens": 1800, "completion_tokens": 900,
+                                   "prompt_tokens_details": {"cached_tokens": 1200}});
+    let mut admitted = 0;
+    let refusal = loop {
+        match llm_call(&mut conn, acme, &usage, &format!("chatcmpl-acme-{admitted}")).await? {
+            Ok(_) => admitted += 1,
+            Err(refusal) => break refusal,
+        }
+        if admitted > 1000 {
+            return Err(DemoError::Leak("the runaway agent was never stopped".into()));
+        }
+    };
+    say(&format!("   {admitted} calls admitted and settled, then:"));
+    say(&format!("   {refusal}"));
+    expect(refusal.contains("tenant_budget_exceeded"), "the runaway agent must stop at acme's budget")?;
+    let globex_call = llm_call(&mut conn, globex, &usage, "chatcmpl-globex-1").await?;
+    say(&format!(
+        "   Globex, meanwhile: {}",
+        match &globex_call {
+            Ok(cost) => format!("admitted and settled at ${cost}"),
+            Err(refusal) => refusal.clone(),
+        }
+    ));
+    expect(globex_call.is_ok(), "globex keeps working while acme is capped")?;
+
+    step("8. Finance's per-tenant cost report (bulkhead.usage_by_tenant), no spreadsheet needed.");
+    let mut tx = conn.begin().await?;
+    tx.execute("set local role bulkhead_admin").await?;
+    let report = sqlx::query(
+        "select slug, model, requests, input_tokens, cached_input_tokens, output_tokens, cost_usd::text \
+         from bulkhead.usage_by_tenant(now() - interval '1 day', now() + interval '1 day')",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    say(&format!("   {:<8} {:<12} {:>8} {:>8} {:>8} {:>8} {:>12}", "tenant", "model", "calls", "input", "cached", "output", "cost USD"));
+    for row in &report {
+        say(&format!(
+            "   {:<8} {:<12} {:>8} {:>8} {:>8} {:>8} {:>12}",
+            row.get::<String, _>(0),
+            row.get::<String, _>(1),
+            row.get::<i64, _>(2),
+            row.get::<i64, _>(3),
+            row.get::<i64, _>(4),
+            row.get::<i64, _>(5),
+            row.get::<String, _>(6)
+        ));
+    }
+    expect(report.len() == 2, "the report has one line per tenant and model")?;
+
+    step("9. Acme churns: one call deletes every Acme row and leaves a receipt.");
     let mut tx = conn.begin().await?;
     tx.execute("set local role bulkhead_admin").await?;
     let receipt: Uuid = sqlx::query_scalar("select bulkhead.delete_tenant($1)")
@@ -163,6 +223,44 @@ async fn recreate_database(target: &PgConnectOptions, db_name: &str) -> Result<(
     conn.execute("set client_min_messages = warning; create extension bulkhead cascade").await?;
     conn.close().await?;
     Ok(())
+}
+
+/// One LLM call as an application makes it: admission, (simulated) provider call, settlement.
+/// Returns the cost, or the refusal's message and detail.
+async fn llm_call(
+    conn: &mut PgConnection,
+    tenant: Uuid,
+    usage: &serde_json::Value,
+    request_id: &str,
+) -> Result<Result<String, String>, DemoError> {
+    let mut tx = conn.begin().await?;
+    enter_app(&mut tx, Some(tenant)).await?;
+    let admitted = sqlx::query_scalar::<_, Uuid>("select bulkhead.budget_check('gpt-4o-mini', 2000, 1000)")
+        .fetch_one(&mut *tx)
+        .await;
+    let reservation = match admitted {
+        Ok(reservation) => reservation,
+        Err(sqlx::Error::Database(err)) if err.code().as_deref() == Some("PT429") => {
+            tx.rollback().await?;
+            let detail = err
+                .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                .and_then(|e| e.detail().map(str::to_string))
+                .unwrap_or_default();
+            return Ok(Err(format!("PT429 {}: {detail}", err.message())));
+        }
+        Err(other) => return Err(other.into()),
+    };
+    tx.commit().await?;
+    let mut tx = conn.begin().await?;
+    enter_app(&mut tx, Some(tenant)).await?;
+    let cost: String = sqlx::query_scalar("select bulkhead.ledger_record($1, $2, $3)::text")
+        .bind(reservation)
+        .bind(usage)
+        .bind(request_id)
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Ok(cost))
 }
 
 async fn create_tenant(conn: &mut PgConnection, slug: &str, name: &str) -> Result<Uuid, DemoError> {
