@@ -55,9 +55,13 @@ create table bulkhead.budget_state (
     itpm_cap     int         not null,
     otpm_cap     int         not null,
     refilled_at  timestamptz not null,
+    period       text        not null,
     period_start timestamptz not null,
+    period_end   timestamptz not null,
     spent_usd    numeric     not null,
     reserved_usd numeric     not null,
+    -- The earliest lease among open reservations: expiry runs only once it has passed.
+    next_expiry  timestamptz,
     constraint budget_state_pkey primary key (tenant_id),
     constraint budget_state_tenant_fkey foreign key (tenant_id) references bulkhead.tenants (id)
 ) with (fillfactor = 50);  -- room for HOT updates: one update per admitted call
@@ -209,14 +213,10 @@ as $$
 declare
     tenant uuid := bulkhead.current_tenant();
     now_ts timestamptz := pg_catalog.clock_timestamp();
-    tz text := pg_catalog.current_setting('bulkhead.billing_time_zone');
-    price record;
-    lim record;
-    st bulkhead.budget_state;
+    tz text;
+    st record;
     estimate numeric;
     local_period timestamp;
-    current_period timestamptz;
-    period_end timestamptz;
     elapsed float8;
     freed numeric;
     reservation uuid := pg_catalog.gen_random_uuid();
@@ -241,123 +241,134 @@ begin
             using errcode = '22023', detail = 'An unsettled reservation stops holding budget when its lease ends.';
     end if;
 
-    -- The price in effect now; a model priced by two providers is ambiguous.
-    select p.provider, p.effective_from, p.input_per_mtok, p.output_per_mtok, count(*) over () as providers
-    into price
-    from (
-        select distinct on (provider) *
-        from bulkhead.prices
-        where prices.model = budget_check.model and effective_from <= now_ts
-        order by provider, effective_from desc
-    ) p
-    limit 1;
-    if not found then
+    -- One statement takes the lock that serialises this tenant's admissions (its state row) and
+    -- reads its limits and the model's current price. A tenant's first call creates the row.
+    for attempt in 1..2 loop
+        select s.*,
+               coalesce(b.rpm, d.rpm) as lim_rpm, coalesce(b.itpm, d.itpm) as lim_itpm,
+               coalesce(b.otpm, d.otpm) as lim_otpm, coalesce(b.dollar_limit, d.dollar_limit) as lim_dollars,
+               coalesce(b.period, d.period) as lim_period,
+               p.provider as price_provider, p.effective_from as price_from,
+               p.input_per_mtok, p.output_per_mtok
+        into st
+        from bulkhead.budget_state s
+        cross join bulkhead.budget_defaults d
+        left join bulkhead.budgets b on b.tenant_id = s.tenant_id
+        left join lateral (
+            select pr.provider, pr.effective_from, pr.input_per_mtok, pr.output_per_mtok
+            from bulkhead.prices pr
+            where pr.model = budget_check.model and pr.effective_from <= now_ts
+            order by pr.effective_from desc
+            limit 1
+        ) p on true
+        where s.tenant_id = tenant
+        for update of s;
+        exit when found;
+        -- Period '-infinity' makes the money be rebuilt from the durable ledger below.
+        insert into bulkhead.budget_state as s
+            (tenant_id, rpm_level, itpm_level, otpm_level, rpm_cap, itpm_cap, otpm_cap,
+             refilled_at, period, period_start, period_end, spent_usd, reserved_usd)
+        select tenant, coalesce(b.rpm, d.rpm), coalesce(b.itpm, d.itpm), coalesce(b.otpm, d.otpm),
+               coalesce(b.rpm, d.rpm), coalesce(b.itpm, d.itpm), coalesce(b.otpm, d.otpm),
+               now_ts, coalesce(b.period, d.period), '-infinity', '-infinity', 0, 0
+        from bulkhead.budget_defaults d left join bulkhead.budgets b on b.tenant_id = tenant
+        on conflict on constraint budget_state_pkey do nothing;
+    end loop;
+
+    if st.price_provider is null then
         raise exception 'unknown model %', pg_catalog.quote_literal(model)
             using errcode = '22023',
                   detail = 'No price is in effect for this model, so its cost cannot be bounded; the call is refused.',
                   hint = 'Add one with bulkhead.set_price(provider, model, input_per_mtok, output_per_mtok).';
     end if;
-    if price.providers > 1 then
-        raise exception 'model % is priced by more than one provider', pg_catalog.quote_literal(model)
-            using errcode = '22023', detail = 'budget_check cannot tell which provider''s price applies.';
-    end if;
     estimate := pg_catalog.trim_scale(
-        (est_input_tokens * price.input_per_mtok + max_output_tokens * price.output_per_mtok) / 1000000);
+        (est_input_tokens * st.input_per_mtok + max_output_tokens * st.output_per_mtok) / 1000000);
 
-    select b.rpm, b.itpm, b.otpm, b.dollar_limit, b.period into lim
-    from bulkhead.budgets b where b.tenant_id = tenant;
-    if not found then
-        select d.rpm, d.itpm, d.otpm, d.dollar_limit, d.period into lim from bulkhead.budget_defaults d;
-    end if;
-    local_period := pg_catalog.date_trunc(lim.period, now_ts at time zone tz);
-    current_period := local_period at time zone tz;
-    period_end := (local_period + pg_catalog.make_interval(
-        days => case lim.period when 'day' then 1 when 'week' then 7 else 0 end,
-        months => case lim.period when 'month' then 1 else 0 end)) at time zone tz;
-
-    -- The lock that serialises this tenant's admissions.
-    select * into st from bulkhead.budget_state s where s.tenant_id = tenant for update;
-    if not found then
-        insert into bulkhead.budget_state as s
-            (tenant_id, rpm_level, itpm_level, otpm_level, rpm_cap, itpm_cap, otpm_cap,
-             refilled_at, period_start, spent_usd, reserved_usd)
-        values (tenant, lim.rpm, lim.itpm, lim.otpm, lim.rpm, lim.itpm, lim.otpm, now_ts, current_period, 0, 0)
-        on conflict on constraint budget_state_pkey do nothing;
-        select * into st from bulkhead.budget_state s where s.tenant_id = tenant for update;
-        st.period_start := '-infinity';  -- rebuild the money from the durable ledger below
-    end if;
-    if st.period_start <> current_period then
+    -- A new billing period (or a changed period length): the money restarts from the ledger.
+    if now_ts >= st.period_end or st.period <> st.lim_period then
+        tz := pg_catalog.current_setting('bulkhead.billing_time_zone');
+        local_period := pg_catalog.date_trunc(st.lim_period, now_ts at time zone tz);
+        st.period := st.lim_period;
+        st.period_start := local_period at time zone tz;
+        st.period_end := (local_period + pg_catalog.make_interval(
+            days => case st.lim_period when 'day' then 1 when 'week' then 7 else 0 end,
+            months => case st.lim_period when 'month' then 1 else 0 end)) at time zone tz;
         select coalesce(sum(l.cost_usd), 0) into st.spent_usd
-        from bulkhead.ledger l where l.tenant_id = tenant and l.period_start = current_period;
-        select coalesce(sum(r.reserved_usd), 0) into st.reserved_usd
+        from bulkhead.ledger l where l.tenant_id = tenant and l.period_start = st.period_start;
+        select coalesce(sum(r.reserved_usd), 0), min(r.lease_expires_at) into st.reserved_usd, st.next_expiry
         from bulkhead.reservations r
-        where r.tenant_id = tenant and r.period_start = current_period
-          and r.settled_at is null and r.expired_at is null and r.lease_expires_at > now_ts;
-        st.period_start := current_period;
+        where r.tenant_id = tenant and r.period_start = st.period_start
+          and r.settled_at is null and r.expired_at is null;
     end if;
 
-    -- Leases that ran out stop holding budget (lazily, here, and in expire_reservations()).
-    with expired as (
-        update bulkhead.reservations r set expired_at = now_ts
-        where r.tenant_id = tenant and r.settled_at is null and r.expired_at is null
-          and r.lease_expires_at <= now_ts
-        returning r.reserved_usd, r.period_start
-    )
-    select coalesce(sum(e.reserved_usd) filter (where e.period_start = current_period), 0) into freed from expired e;
-    st.reserved_usd := greatest(st.reserved_usd - freed, 0);
+    -- Leases that ran out stop holding budget (here, lazily, and in expire_reservations()).
+    if st.next_expiry <= now_ts then
+        with expired as (
+            update bulkhead.reservations r set expired_at = now_ts
+            where r.tenant_id = tenant and r.settled_at is null and r.expired_at is null
+              and r.lease_expires_at <= now_ts
+            returning r.reserved_usd, r.period_start
+        )
+        select coalesce(sum(e.reserved_usd) filter (where e.period_start = st.period_start), 0)
+        into freed from expired e;
+        st.reserved_usd := greatest(st.reserved_usd - freed, 0);
+        select min(r.lease_expires_at) into st.next_expiry
+        from bulkhead.reservations r
+        where r.tenant_id = tenant and r.settled_at is null and r.expired_at is null;
+    end if;
 
     -- A changed limit moves the level by the change: raising RPM from 3 to 1000 admits at once.
-    st.rpm_level := st.rpm_level + (lim.rpm - st.rpm_cap);
-    st.itpm_level := st.itpm_level + (lim.itpm - st.itpm_cap);
-    st.otpm_level := st.otpm_level + (lim.otpm - st.otpm_cap);
     -- Buckets refill continuously at limit-per-minute; a burst is at most one minute's worth.
     elapsed := greatest(extract(epoch from now_ts - st.refilled_at), 0);
-    st.rpm_level := least(lim.rpm, st.rpm_level + elapsed * lim.rpm / 60.0);
-    st.itpm_level := least(lim.itpm, st.itpm_level + elapsed * lim.itpm / 60.0);
-    st.otpm_level := least(lim.otpm, st.otpm_level + elapsed * lim.otpm / 60.0);
+    st.rpm_level := least(st.lim_rpm, st.rpm_level + (st.lim_rpm - st.rpm_cap) + elapsed * st.lim_rpm / 60.0);
+    st.itpm_level := least(st.lim_itpm, st.itpm_level + (st.lim_itpm - st.itpm_cap) + elapsed * st.lim_itpm / 60.0);
+    st.otpm_level := least(st.lim_otpm, st.otpm_level + (st.lim_otpm - st.otpm_cap) + elapsed * st.lim_otpm / 60.0);
 
-    if lim.rpm < 1 then
+    if st.lim_rpm < 1 then
         perform bulkhead._refuse(tenant, 'tenant_rate_limit_exceeded', 'rpm', null);
     elsif st.rpm_level < 1 then
         perform bulkhead._refuse(tenant, 'tenant_rate_limit_exceeded', 'rpm',
-            ceil((1 - st.rpm_level) * 60000 / lim.rpm)::bigint);
+            ceil((1 - st.rpm_level) * 60000 / st.lim_rpm)::bigint);
     end if;
-    if est_input_tokens > lim.itpm then
+    if est_input_tokens > st.lim_itpm then
         perform bulkhead._refuse(tenant, 'tenant_rate_limit_exceeded', 'itpm', null);
     elsif est_input_tokens > st.itpm_level then
         perform bulkhead._refuse(tenant, 'tenant_rate_limit_exceeded', 'itpm',
-            ceil((est_input_tokens - st.itpm_level) * 60000 / lim.itpm)::bigint);
+            ceil((est_input_tokens - st.itpm_level) * 60000 / st.lim_itpm)::bigint);
     end if;
-    if max_output_tokens > lim.otpm then
+    if max_output_tokens > st.lim_otpm then
         perform bulkhead._refuse(tenant, 'tenant_rate_limit_exceeded', 'otpm', null);
     elsif max_output_tokens > st.otpm_level then
         perform bulkhead._refuse(tenant, 'tenant_rate_limit_exceeded', 'otpm',
-            ceil((max_output_tokens - st.otpm_level) * 60000 / lim.otpm)::bigint);
+            ceil((max_output_tokens - st.otpm_level) * 60000 / st.lim_otpm)::bigint);
     end if;
-    if estimate > lim.dollar_limit then
+    if estimate > st.lim_dollars then
         perform bulkhead._refuse(tenant, 'tenant_budget_exceeded', 'dollar_budget', null);
-    elsif st.spent_usd + st.reserved_usd + estimate > lim.dollar_limit then
+    elsif st.spent_usd + st.reserved_usd + estimate > st.lim_dollars then
         perform bulkhead._refuse(tenant, 'tenant_budget_exceeded', 'dollar_budget',
-            ceil(extract(epoch from period_end - now_ts) * 1000)::bigint);
+            ceil(extract(epoch from st.period_end - now_ts) * 1000)::bigint);
     end if;
 
     insert into bulkhead.reservations
         (tenant_id, id, provider, model, est_input_tokens, max_output_tokens, reserved_usd,
          price_effective_from, period_start, created_at, lease_expires_at)
     values
-        (tenant, reservation, price.provider, budget_check.model, est_input_tokens, max_output_tokens, estimate,
-         price.effective_from, current_period, now_ts, now_ts + lease);
+        (tenant, reservation, st.price_provider, budget_check.model, est_input_tokens, max_output_tokens, estimate,
+         st.price_from, st.period_start, now_ts, now_ts + lease);
     update bulkhead.budget_state s
     set rpm_level = st.rpm_level - 1,
         itpm_level = st.itpm_level - est_input_tokens,
         otpm_level = st.otpm_level - max_output_tokens,
-        rpm_cap = lim.rpm,
-        itpm_cap = lim.itpm,
-        otpm_cap = lim.otpm,
+        rpm_cap = st.lim_rpm,
+        itpm_cap = st.lim_itpm,
+        otpm_cap = st.lim_otpm,
         refilled_at = now_ts,
+        period = st.period,
         period_start = st.period_start,
+        period_end = st.period_end,
         spent_usd = st.spent_usd,
-        reserved_usd = st.reserved_usd + estimate
+        reserved_usd = st.reserved_usd + estimate,
+        next_expiry = least(st.next_expiry, now_ts + lease)
     where s.tenant_id = tenant;
 
     -- Admission state need not survive a crash (the ledger does): an asynchronous commit lets
@@ -406,7 +417,10 @@ begin
         )
         select f.n, f.usd into n, freed from freed_now f;
         if n > 0 then
-            update bulkhead.budget_state s set reserved_usd = greatest(s.reserved_usd - freed, 0)
+            update bulkhead.budget_state s
+            set reserved_usd = greatest(s.reserved_usd - freed, 0),
+                next_expiry = (select min(r.lease_expires_at) from bulkhead.reservations r
+                               where r.tenant_id = target and r.settled_at is null and r.expired_at is null)
             where s.tenant_id = target;
             expired_count := expired_count + n;
         end if;

@@ -18,6 +18,8 @@ create table bulkhead.prices (
         and coalesce(cached_input_per_mtok, 0) >= 0 and coalesce(cache_write_per_mtok, 0) >= 0
         and input_per_mtok < 1000000 and output_per_mtok < 1000000)
 );
+-- budget_check finds a model's price by name: a model belongs to one provider.
+create index prices_by_model on bulkhead.prices (model, effective_from desc);
 comment on table bulkhead.prices is
     'Model prices (USD per million tokens), versioned by effective_from; a missing cached or cache-write rate bills at the input rate.';
 
@@ -85,6 +87,12 @@ begin
         raise exception 'invalid price rate'
             using errcode = '22023',
                   detail = 'Rates are USD per million tokens: finite, at least 0 and below 1,000,000.';
+    end if;
+    if exists (select from bulkhead.prices p where p.model = set_price.model and p.provider <> set_price.provider) then
+        raise exception 'model % is already priced by another provider', pg_catalog.quote_literal(model)
+            using errcode = '23505',
+                  detail = 'budget_check finds a price by model name, so a model name belongs to one provider.',
+                  hint = 'Name the model as the provider does, with a prefix if two providers serve it (e.g. vllm/llama-3).';
     end if;
     insert into bulkhead.prices
         (provider, model, effective_from, input_per_mtok, output_per_mtok, cached_input_per_mtok, cache_write_per_mtok)

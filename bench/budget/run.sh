@@ -45,7 +45,7 @@ for workload in hot spread; do
     for clients in 1 16 64; do
         rm -f "$out"/pgbench_log.*
         threads=$(( clients < 2 ? 1 : 2 ))
-        tps=$(cd "$out" && "$pgi/pgbench" -n -M prepared -c "$clients" -j "$threads" -T "$duration" -l \
+        tps=$(cd "$out" && "$pgi/pgbench" -n -M simple -c "$clients" -j "$threads" -T "$duration" -l \
               -f "$here/check_$workload.sql" "postgres://bulkhead_bench_app@127.0.0.1:$port/$db" 2>/dev/null \
               | awk '/^tps/ {print int($3)}')
         read -r p50 p99 <<<"$(percentiles "$out"/pgbench_log.*)"

@@ -23,7 +23,7 @@ order by c.oid::regclass::text, r.ord;
 
 -- Functions: X = may execute; who owns the SECURITY DEFINER ones.
 select p.oid::regprocedure as definer_function, pg_get_userbyid(p.proowner) as runs_as
-from pg_proc p where p.pronamespace = 'bulkhead'::regnamespace and p.prosecdef order by 1::text;
+from pg_proc p where p.pronamespace = 'bulkhead'::regnamespace and p.prosecdef order by p.oid::regprocedure::text;
 -- Columns the control plane may update in the tenant registry.
 select attname as admin_may_update from pg_attribute
 where attrelid = 'bulkhead.tenants'::regclass and attnum > 0 and not attisdropped
