@@ -21,7 +21,8 @@ create table bulkhead.budgets (
     updated_at   timestamptz not null default pg_catalog.now(),
     constraint budgets_pkey primary key (tenant_id),
     constraint budgets_tenant_fkey foreign key (tenant_id) references bulkhead.tenants (id),
-    constraint budgets_limits_valid check (rpm >= 0 and itpm >= 0 and otpm >= 0 and dollar_limit >= 0),
+    -- "< 1e12" also refuses NaN and Infinity: no limit is unlimited by accident.
+    constraint budgets_limits_valid check (rpm >= 0 and itpm >= 0 and otpm >= 0 and dollar_limit >= 0 and dollar_limit < 1e12),
     constraint budgets_period_known check (period in ('day', 'week', 'month'))
 );
 
@@ -36,15 +37,16 @@ create table bulkhead.budget_defaults (
     updated_at   timestamptz not null default pg_catalog.now(),
     constraint budget_defaults_pkey primary key (singleton),
     constraint budget_defaults_one_row check (singleton),
-    constraint budget_defaults_limits_valid check (rpm >= 0 and itpm >= 0 and otpm >= 0 and dollar_limit >= 0),
+    constraint budget_defaults_limits_valid check (rpm >= 0 and itpm >= 0 and otpm >= 0 and dollar_limit >= 0 and dollar_limit < 1e12),
     constraint budget_defaults_period_known check (period in ('day', 'week', 'month'))
 );
 insert into bulkhead.budget_defaults (rpm, itpm, otpm, dollar_limit, period)
 values (60, 200000, 50000, 10, 'month');
 
 -- Admission state: token bucket levels and the period's money, one row per tenant, created on
--- first use. spent_usd mirrors the durable ledger for the current period and is rebuilt from it
--- whenever the row is missing or the period rolls over.
+-- first use. spent_usd is the ledger's cost settled within [period_start, period_end); it is
+-- rebuilt from the durable ledger whenever the row is missing or the period rolls over.
+-- reserved_usd is what open, unexpired reservations hold, whatever period admitted them.
 create table bulkhead.budget_state (
     tenant_id    uuid        not null,
     rpm_level    float8      not null,
@@ -75,7 +77,6 @@ create table bulkhead.reservations (
     max_output_tokens    int         not null,
     reserved_usd         numeric     not null,
     price_effective_from timestamptz not null,
-    period_start         timestamptz not null,
     created_at           timestamptz not null,
     lease_expires_at     timestamptz not null,
     settled_at           timestamptz,
@@ -220,6 +221,8 @@ declare
     elapsed float8;
     freed numeric;
     reservation uuid := pg_catalog.gen_random_uuid();
+    lease_seconds numeric;
+    lease_end timestamptz;
 begin
     if tenant is null then
         raise exception 'no tenant context'
@@ -236,10 +239,16 @@ begin
         raise exception 'token counts must be between 0 and 100000000'
             using errcode = '22023', detail = 'est_input_tokens and max_output_tokens describe one call.';
     end if;
-    if lease <= interval '0' or lease > interval '1 day' then
-        raise exception 'lease must be positive and at most one day'
-            using errcode = '22023', detail = 'An unsettled reservation stops holding budget when its lease ends.';
+    -- Compared in seconds: intervals mixing months and days compare by a 30-day month.
+    lease_seconds := extract(epoch from lease);
+    if lease_seconds < extract(epoch from pg_catalog.current_setting('bulkhead.min_lease')::interval)
+       or lease_seconds > 86400 then
+        raise exception 'lease must be between bulkhead.min_lease (%) and one day',
+                pg_catalog.current_setting('bulkhead.min_lease')
+            using errcode = '22023',
+                  detail = 'An unsettled reservation stops holding budget when its lease ends, so a lease shorter than the provider call would let the call escape the budget.';
     end if;
+    lease_end := now_ts + pg_catalog.make_interval(secs => lease_seconds);
 
     -- One statement takes the lock that serialises this tenant's admissions (its state row) and
     -- reads its limits and the model's current price. A tenant's first call creates the row.
@@ -249,9 +258,10 @@ begin
                coalesce(b.otpm, d.otpm) as lim_otpm, coalesce(b.dollar_limit, d.dollar_limit) as lim_dollars,
                coalesce(b.period, d.period) as lim_period,
                p.provider as price_provider, p.effective_from as price_from,
-               p.input_per_mtok, p.output_per_mtok
+               p.input_per_mtok, p.output_per_mtok, t.status as tenant_status
         into st
         from bulkhead.budget_state s
+        join bulkhead.tenants t on t.id = s.tenant_id
         cross join bulkhead.budget_defaults d
         left join bulkhead.budgets b on b.tenant_id = s.tenant_id
         left join lateral (
@@ -265,15 +275,29 @@ begin
         for update of s;
         exit when found;
         -- Period '-infinity' makes the money be rebuilt from the durable ledger below.
-        insert into bulkhead.budget_state as s
-            (tenant_id, rpm_level, itpm_level, otpm_level, rpm_cap, itpm_cap, otpm_cap,
-             refilled_at, period, period_start, period_end, spent_usd, reserved_usd)
-        select tenant, coalesce(b.rpm, d.rpm), coalesce(b.itpm, d.itpm), coalesce(b.otpm, d.otpm),
-               coalesce(b.rpm, d.rpm), coalesce(b.itpm, d.itpm), coalesce(b.otpm, d.otpm),
-               now_ts, coalesce(b.period, d.period), '-infinity', '-infinity', 0, 0
-        from bulkhead.budget_defaults d left join bulkhead.budgets b on b.tenant_id = tenant
-        on conflict on constraint budget_state_pkey do nothing;
+        begin
+            insert into bulkhead.budget_state as s
+                (tenant_id, rpm_level, itpm_level, otpm_level, rpm_cap, itpm_cap, otpm_cap,
+                 refilled_at, period, period_start, period_end, spent_usd, reserved_usd)
+            select tenant, coalesce(b.rpm, d.rpm), coalesce(b.itpm, d.itpm), coalesce(b.otpm, d.otpm),
+                   coalesce(b.rpm, d.rpm), coalesce(b.itpm, d.itpm), coalesce(b.otpm, d.otpm),
+                   now_ts, coalesce(b.period, d.period), '-infinity', '-infinity', 0, 0
+            from bulkhead.budget_defaults d left join bulkhead.budgets b on b.tenant_id = tenant
+            on conflict on constraint budget_state_pkey do nothing;
+        exception when foreign_key_violation then
+            -- A context naming a tenant that does not exist (a JWT of a deleted tenant, say).
+            raise exception 'tenant % does not exist', tenant
+                using errcode = '42704', detail = 'The tenant context names no tenant, so there is no budget to admit against.';
+        end;
     end loop;
+
+    if st.tenant_status <> 'active' then
+        raise exception using
+            errcode = 'PT403',
+            message = 'tenant_suspended',
+            detail = pg_catalog.jsonb_build_object('code', 'tenant_suspended', 'tenant_id', tenant)::text,
+            hint = 'A suspended tenant makes no LLM calls until bulkhead_admin sets its status back to active.';
+    end if;
 
     if st.price_provider is null then
         raise exception 'unknown model %', pg_catalog.quote_literal(model)
@@ -284,8 +308,9 @@ begin
     estimate := pg_catalog.trim_scale(
         (est_input_tokens * st.input_per_mtok + max_output_tokens * st.output_per_mtok) / 1000000);
 
-    -- A new billing period (or a changed period length): the money restarts from the ledger.
-    if now_ts >= st.period_end or st.period <> st.lim_period then
+    -- A new billing period (or a changed period length): the money is rebuilt from the ledger
+    -- (costs settled inside the new window) and the reservations still holding budget.
+    if now_ts >= st.period_end or now_ts < st.period_start or st.period <> st.lim_period then
         tz := pg_catalog.current_setting('bulkhead.billing_time_zone');
         local_period := pg_catalog.date_trunc(st.lim_period, now_ts at time zone tz);
         st.period := st.lim_period;
@@ -294,11 +319,11 @@ begin
             days => case st.lim_period when 'day' then 1 when 'week' then 7 else 0 end,
             months => case st.lim_period when 'month' then 1 else 0 end)) at time zone tz;
         select coalesce(sum(l.cost_usd), 0) into st.spent_usd
-        from bulkhead.ledger l where l.tenant_id = tenant and l.period_start = st.period_start;
+        from bulkhead.ledger l
+        where l.tenant_id = tenant and l.created_at >= st.period_start and l.created_at < st.period_end;
         select coalesce(sum(r.reserved_usd), 0), min(r.lease_expires_at) into st.reserved_usd, st.next_expiry
         from bulkhead.reservations r
-        where r.tenant_id = tenant and r.period_start = st.period_start
-          and r.settled_at is null and r.expired_at is null;
+        where r.tenant_id = tenant and r.settled_at is null and r.expired_at is null;
     end if;
 
     -- Leases that ran out stop holding budget (here, lazily, and in expire_reservations()).
@@ -307,10 +332,9 @@ begin
             update bulkhead.reservations r set expired_at = now_ts
             where r.tenant_id = tenant and r.settled_at is null and r.expired_at is null
               and r.lease_expires_at <= now_ts
-            returning r.reserved_usd, r.period_start
+            returning r.reserved_usd
         )
-        select coalesce(sum(e.reserved_usd) filter (where e.period_start = st.period_start), 0)
-        into freed from expired e;
+        select coalesce(sum(e.reserved_usd), 0) into freed from expired e;
         st.reserved_usd := greatest(st.reserved_usd - freed, 0);
         select min(r.lease_expires_at) into st.next_expiry
         from bulkhead.reservations r
@@ -324,6 +348,14 @@ begin
     st.itpm_level := least(st.lim_itpm, st.itpm_level + (st.lim_itpm - st.itpm_cap) + elapsed * st.lim_itpm / 60.0);
     st.otpm_level := least(st.lim_otpm, st.otpm_level + (st.lim_otpm - st.otpm_cap) + elapsed * st.lim_otpm / 60.0);
 
+    -- A limit of 0 blocks its dimension, whatever the request asks for.
+    if st.lim_itpm = 0 then
+        perform bulkhead._refuse(tenant, 'tenant_rate_limit_exceeded', 'itpm', null);
+    elsif st.lim_otpm = 0 then
+        perform bulkhead._refuse(tenant, 'tenant_rate_limit_exceeded', 'otpm', null);
+    elsif st.lim_dollars = 0 then
+        perform bulkhead._refuse(tenant, 'tenant_budget_exceeded', 'dollar_budget', null);
+    end if;
     if st.lim_rpm < 1 then
         perform bulkhead._refuse(tenant, 'tenant_rate_limit_exceeded', 'rpm', null);
     elsif st.rpm_level < 1 then
@@ -351,10 +383,10 @@ begin
 
     insert into bulkhead.reservations
         (tenant_id, id, provider, model, est_input_tokens, max_output_tokens, reserved_usd,
-         price_effective_from, period_start, created_at, lease_expires_at)
+         price_effective_from, created_at, lease_expires_at)
     values
         (tenant, reservation, st.price_provider, budget_check.model, est_input_tokens, max_output_tokens, estimate,
-         st.price_from, st.period_start, now_ts, now_ts + lease);
+         st.price_from, now_ts, lease_end);
     update bulkhead.budget_state s
     set rpm_level = st.rpm_level - 1,
         itpm_level = st.itpm_level - est_input_tokens,
@@ -368,11 +400,12 @@ begin
         period_end = st.period_end,
         spent_usd = st.spent_usd,
         reserved_usd = st.reserved_usd + estimate,
-        next_expiry = least(st.next_expiry, now_ts + lease)
+        next_expiry = least(st.next_expiry, lease_end)
     where s.tenant_id = tenant;
 
     -- Admission state need not survive a crash (the ledger does): an asynchronous commit lets
     -- checks run without a WAL flush each. A crash loses at most the reservations in flight.
+    -- This applies to the whole transaction; ledger_record switches it back on for its own.
     if pg_catalog.current_setting('bulkhead.async_admission')::boolean then
         perform pg_catalog.set_config('synchronous_commit', 'off', true);
     end if;
@@ -382,8 +415,7 @@ $$;
 comment on function bulkhead.budget_check(text, int, int, interval) is
     'Admits one LLM call for the current tenant against RPM, ITPM, OTPM and the dollar budget, or raises PT429; returns the reservation id.';
 
--- Expires unsettled reservations whose lease ran out: for the current tenant, or for every
--- tenant when called without a tenant context. Returns how many expired.
+-- Expires the current tenant's unsettled reservations whose lease ran out; returns how many.
 create function bulkhead.expire_reservations()
 returns bigint
 language plpgsql volatile
@@ -392,52 +424,89 @@ set search_path to pg_catalog, pg_temp
 as $$
 declare
     tenant uuid := bulkhead.current_tenant();
-    previous text := coalesce(pg_catalog.current_setting('bulkhead.tenant_id', true), '');  -- restored on exit
+begin
+    if tenant is null then
+        raise exception 'no tenant context'
+            using errcode = '42501',
+                  detail = 'expire_reservations acts for the current tenant; bulkhead.expire_all_reservations() sweeps every tenant.';
+    end if;
+    return bulkhead._expire_tenant(tenant, false);
+end
+$$;
+comment on function bulkhead.expire_reservations() is
+    'Releases the budget held by the current tenant''s reservations whose lease ran out.';
+
+-- For the worker's periodic sweep: every tenant, each in its own context. A tenant whose state
+-- row is busy (an admission in flight) is skipped: its next check expires its leases itself.
+create function bulkhead.expire_all_reservations()
+returns bigint
+language plpgsql volatile
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    previous text := coalesce(pg_catalog.current_setting('bulkhead.tenant_id', true), '');
     target uuid;
     expired_count bigint := 0;
-    freed numeric;
-    n bigint;
 begin
-    for target in
-        select t.id from bulkhead.tenants t where tenant is null or t.id = tenant order by t.id
-    loop
+    for target in select t.id from bulkhead.tenants t order by t.id loop
         perform bulkhead.set_tenant(target);
-        -- Same lock order as budget_check: the state row first, then reservations.
-        perform from bulkhead.budget_state s where s.tenant_id = target for update;
-        with expired as (
-            update bulkhead.reservations r set expired_at = pg_catalog.clock_timestamp()
-            where r.tenant_id = target and r.settled_at is null and r.expired_at is null
-              and r.lease_expires_at <= pg_catalog.clock_timestamp()
-            returning r.reserved_usd, r.period_start
-        ),
-        freed_now as (
-            select count(*) as n, coalesce(sum(e.reserved_usd) filter (
-                where e.period_start = (select s.period_start from bulkhead.budget_state s where s.tenant_id = target)), 0) as usd
-            from expired e
-        )
-        select f.n, f.usd into n, freed from freed_now f;
-        if n > 0 then
-            update bulkhead.budget_state s
-            set reserved_usd = greatest(s.reserved_usd - freed, 0),
-                next_expiry = (select min(r.lease_expires_at) from bulkhead.reservations r
-                               where r.tenant_id = target and r.settled_at is null and r.expired_at is null)
-            where s.tenant_id = target;
-            expired_count := expired_count + n;
-        end if;
+        expired_count := expired_count + bulkhead._expire_tenant(target, true);
     end loop;
     perform bulkhead._leave_tenant(previous);
     return expired_count;
 end
 $$;
-comment on function bulkhead.expire_reservations() is
-    'Releases the budget held by reservations whose lease ran out (current tenant, or all tenants without a context).';
+comment on function bulkhead.expire_all_reservations() is
+    'Releases the budget held by expired reservations of every tenant (for the worker''s sweep).';
+
+-- The expiry itself, in the tenant's context; same lock order as budget_check (state row first).
+create function bulkhead._expire_tenant(tenant uuid, skip_busy boolean)
+returns bigint
+language plpgsql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    n bigint;
+    freed numeric;
+begin
+    if skip_busy then
+        perform from bulkhead.budget_state s where s.tenant_id = tenant for update skip locked;
+        if not found then
+            return 0;
+        end if;
+    else
+        perform from bulkhead.budget_state s where s.tenant_id = tenant for update;
+    end if;
+    with expired as (
+        update bulkhead.reservations r set expired_at = pg_catalog.clock_timestamp()
+        where r.tenant_id = tenant and r.settled_at is null and r.expired_at is null
+          and r.lease_expires_at <= pg_catalog.clock_timestamp()
+        returning r.reserved_usd
+    )
+    select count(*), coalesce(sum(e.reserved_usd), 0) into n, freed from expired e;
+    if n > 0 then
+        update bulkhead.budget_state s
+        set reserved_usd = greatest(s.reserved_usd - freed, 0),
+            next_expiry = (select min(r.lease_expires_at) from bulkhead.reservations r
+                           where r.tenant_id = tenant and r.settled_at is null and r.expired_at is null)
+        where s.tenant_id = tenant;
+    end if;
+    return n;
+end
+$$;
 
 revoke all on function bulkhead.set_budget(uuid, int, int, int, numeric, text) from public;
 revoke all on function bulkhead._refuse(uuid, text, text, bigint) from public;
 revoke all on function bulkhead.budget_check(text, int, int, interval) from public;
 revoke all on function bulkhead.expire_reservations() from public;
+revoke all on function bulkhead.expire_all_reservations() from public;
+revoke all on function bulkhead._expire_tenant(uuid, boolean) from public;
 grant execute on function bulkhead.set_budget(uuid, int, int, int, numeric, text) to bulkhead_admin;
 grant execute on function bulkhead._refuse(uuid, text, text, bigint) to bulkhead_meter;
 grant execute on function bulkhead._leave_tenant(text) to bulkhead_meter;
 grant execute on function bulkhead.budget_check(text, int, int, interval) to bulkhead_app, bulkhead_worker;
-grant execute on function bulkhead.expire_reservations() to bulkhead_app, bulkhead_worker, bulkhead_admin;
+grant execute on function bulkhead.expire_reservations() to bulkhead_app, bulkhead_worker;
+grant execute on function bulkhead.expire_all_reservations() to bulkhead_worker, bulkhead_admin;
+grant execute on function bulkhead._expire_tenant(uuid, boolean) to bulkhead_meter;

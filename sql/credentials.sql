@@ -8,7 +8,9 @@ language sql immutable parallel safe
 security invoker
 set search_path to pg_catalog, pg_temp
 as $$
+    -- "sk-" anywhere is a pasted OpenAI or Anthropic key, even behind a valid-looking prefix.
     select pg_catalog.char_length(secret_ref) <= 1024
+       and pg_catalog.strpos(secret_ref, 'sk-') = 0
        and secret_ref ~ '^(env:[A-Za-z_][A-Za-z0-9_]{0,127}|file:/[^[:cntrl:]]+|vault:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$'
        and secret_ref !~ '/[.][.](/|$)'
 $$;
@@ -78,21 +80,23 @@ as $$
 declare
     previous text;
     credential uuid;
+    statement_logging text := pg_catalog.current_setting('log_min_error_statement');
 begin
+    -- Any error here would log the failing statement, and with it whatever was passed, perhaps
+    -- a key in the wrong argument. No error message below repeats an argument either.
+    perform pg_catalog.set_config('log_min_error_statement', 'panic', true);
     if provider is null or provider not in ('openai', 'anthropic', 'openai_compatible') then
-        raise exception 'unknown provider %', coalesce(pg_catalog.quote_literal(provider), 'NULL')
+        raise exception 'unknown provider'
             using errcode = '22023', detail = 'Known providers are openai, anthropic and openai_compatible.';
     end if;
     if not coalesce(bulkhead._is_secret_reference(secret_ref), false) then
-        -- The failing statement would carry the key into the server log.
-        perform pg_catalog.set_config('log_min_error_statement', 'panic', true);
         raise exception 'secret_ref must be a reference to a secret, not a secret'
             using errcode = '22023',
                   detail = 'Accepted forms: env:NAME, file:/absolute/path, vault:<uuid>. The value given was not stored and is not repeated here.',
                   hint = 'Put the key in an environment variable, a file or Supabase Vault, and pass its reference.';
     end if;
     if kind is null or kind not in ('dedicated', 'shared_pool') then
-        raise exception 'unknown credential kind %', coalesce(pg_catalog.quote_literal(kind), 'NULL')
+        raise exception 'unknown credential kind'
             using errcode = '22023',
                   detail = 'dedicated: the tenant''s own OpenAI project or Anthropic workspace; shared_pool: a key shared by tenants.';
     end if;
@@ -108,6 +112,7 @@ begin
         set secret_ref = excluded.secret_ref, provider_project_id = excluded.provider_project_id,
             created_at = pg_catalog.now()
         returning c.id into credential;
+        perform pg_catalog.set_config('log_min_error_statement', statement_logging, true);
         return credential;
     end if;
 
@@ -120,6 +125,7 @@ begin
         provider_project_id = excluded.provider_project_id, created_at = pg_catalog.now()
     returning c.id into credential;
     perform bulkhead._leave_tenant(previous);
+    perform pg_catalog.set_config('log_min_error_statement', statement_logging, true);
     return credential;
 end
 $$;

@@ -18,7 +18,6 @@ create table bulkhead.ledger (
     reserved_usd         numeric,
     cost_usd             numeric     not null,
     price_effective_from timestamptz not null,
-    period_start         timestamptz not null,
     -- Settled without its reservation (lost in a crash): charged, but never admitted by this ledger.
     orphan               boolean     not null default false,
     created_at           timestamptz not null default pg_catalog.clock_timestamp(),
@@ -30,7 +29,6 @@ create table bulkhead.ledger (
         and output_tokens >= 0 and reasoning_tokens >= 0 and itpm_tokens >= 0 and cost_usd >= 0),
     constraint ledger_request_id_length check (pg_catalog.char_length(request_id) between 1 and 200)
 );
-create index ledger_by_period on bulkhead.ledger (tenant_id, period_start);
 create index ledger_by_time on bulkhead.ledger (tenant_id, created_at);
 
 alter table bulkhead.ledger enable row level security;
@@ -65,6 +63,7 @@ declare
     priced record;
     st bulkhead.budget_state;
     existing numeric;
+    existing_reservation uuid;
     is_orphan boolean := false;
 begin
     if tenant is null then
@@ -76,6 +75,9 @@ begin
         raise exception 'reservation, usage and request_id are required'
             using errcode = '22004', detail = 'A settle names its reservation, the provider''s usage and its request id.';
     end if;
+    -- The ledger is the money record: its transaction commits synchronously, even after a
+    -- budget_check in the same transaction switched that off.
+    perform pg_catalog.set_config('synchronous_commit', 'on', true);
     if pg_catalog.char_length(request_id) not between 1 and 200 then
         raise exception 'request_id must be 1 to 200 characters'
             using errcode = '22023', detail = 'The request id is the provider''s id for the call (e.g. chatcmpl-..., msg_...).';
@@ -104,22 +106,22 @@ begin
         r.model := price.model;
         r.est_input_tokens := 0;
         r.max_output_tokens := 0;
-        r.period_start := st.period_start;
-        if r.period_start is null then
-            select pg_catalog.date_trunc(coalesce(b.period, d.period), now_ts at time zone pg_catalog.current_setting('bulkhead.billing_time_zone'))
-                   at time zone pg_catalog.current_setting('bulkhead.billing_time_zone')
-            into r.period_start
-            from bulkhead.budget_defaults d left join bulkhead.budgets b on b.tenant_id = tenant;
-        end if;
     else
         select p.* into price from bulkhead.prices p
         where p.provider = r.provider and p.model = r.model and p.effective_from = r.price_effective_from;
     end if;
 
-    -- A repeated settle of the same provider call is answered from the ledger.
-    select l.cost_usd into existing from bulkhead.ledger l
+    -- A repeated settle of the same provider call is answered from the ledger; the same request
+    -- id on another reservation is a caller's bug, not a repeat.
+    select l.cost_usd, l.reservation_id into existing, existing_reservation from bulkhead.ledger l
     where l.tenant_id = tenant and l.provider = r.provider and l.request_id = ledger_record.request_id;
     if found then
+        if existing_reservation <> r.id then
+            raise exception 'request_id % is already recorded for another reservation', pg_catalog.quote_literal(request_id)
+                using errcode = '23505',
+                      detail = 'A provider request id settles one reservation; this reservation stays open.',
+                      hint = 'Pass the provider''s own id for this call.';
+        end if;
         return existing;
     end if;
     if r.settled_at is not null then
@@ -132,23 +134,31 @@ begin
     select * into priced from bulkhead.price_usage(r.provider, usage, price.input_per_mtok, price.output_per_mtok,
                                                    price.cached_input_per_mtok, price.cache_write_per_mtok);
 
-    insert into bulkhead.ledger
-        (tenant_id, reservation_id, request_id, provider, model, input_tokens, cached_input_tokens,
-         cache_write_tokens, output_tokens, reasoning_tokens, itpm_tokens, reserved_usd, cost_usd,
-         price_effective_from, period_start, orphan, created_at)
-    values
-        (tenant, r.id, ledger_record.request_id, r.provider, r.model, priced.input_tokens, priced.cached_input_tokens,
-         priced.cache_write_tokens, priced.output_tokens, priced.reasoning_tokens, priced.itpm_tokens,
-         case when is_orphan then null else r.reserved_usd end, priced.cost_usd,
-         price.effective_from, r.period_start, is_orphan, now_ts);
+    begin
+        insert into bulkhead.ledger
+            (tenant_id, reservation_id, request_id, provider, model, input_tokens, cached_input_tokens,
+             cache_write_tokens, output_tokens, reasoning_tokens, itpm_tokens, reserved_usd, cost_usd,
+             price_effective_from, orphan, created_at)
+        values
+            (tenant, r.id, ledger_record.request_id, r.provider, r.model, priced.input_tokens, priced.cached_input_tokens,
+             priced.cache_write_tokens, priced.output_tokens, priced.reasoning_tokens, priced.itpm_tokens,
+             case when is_orphan then null else r.reserved_usd end, priced.cost_usd,
+             price.effective_from, is_orphan, now_ts);
+    exception when foreign_key_violation then
+        raise exception 'tenant % does not exist', tenant
+            using errcode = '42704', detail = 'The tenant context names no tenant, so no cost can be recorded for it.';
+    end;
 
     if not is_orphan then
         update bulkhead.reservations x set settled_at = now_ts where x.tenant_id = tenant and x.id = r.id;
     end if;
 
-    if st.tenant_id is not null and st.period_start = r.period_start then
+    if st.tenant_id is not null then
         update bulkhead.budget_state s
-        set spent_usd = s.spent_usd + priced.cost_usd,
+        -- Costs count in the period they are settled in; outside the state's window the next
+        -- check rebuilds the money from the ledger anyway.
+        set spent_usd = s.spent_usd + case when now_ts >= s.period_start and now_ts < s.period_end
+                                            then priced.cost_usd else 0 end,
             -- An expired reservation released its hold already.
             reserved_usd = case when is_orphan or r.expired_at is not null then s.reserved_usd
                                 else greatest(s.reserved_usd - r.reserved_usd, 0) end,
@@ -239,7 +249,33 @@ $$;
 comment on function bulkhead.usage_by_tenant(timestamptz, timestamptz) is
     'Settled LLM cost per tenant, provider and model, for finance. bulkhead_admin only.';
 
+-- Normalises a provider usage object and prices it; records nothing.
+create function bulkhead.price_usage(
+    provider text,
+    usage jsonb,
+    input_per_mtok numeric,
+    output_per_mtok numeric,
+    cached_input_per_mtok numeric default null,
+    cache_write_per_mtok numeric default null
+)
+returns table (
+    input_tokens bigint, cached_input_tokens bigint, cache_write_tokens bigint, output_tokens bigint,
+    reasoning_tokens bigint, itpm_tokens bigint, cost_usd numeric
+)
+language sql immutable parallel safe
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+    select * from bulkhead._price_usage(provider, usage::text, input_per_mtok, output_per_mtok,
+                                        cached_input_per_mtok, cache_write_per_mtok)
+$$;
+comment on function bulkhead.price_usage(text, jsonb, numeric, numeric, numeric, numeric) is
+    'Normalises a provider usage object by that provider''s counting rules and prices it (USD); records nothing.';
+
 -- price_usage is pure; every Bulkhead role may price a usage object.
+revoke all on function bulkhead._price_usage(text, text, numeric, numeric, numeric, numeric) from public;
+grant execute on function bulkhead._price_usage(text, text, numeric, numeric, numeric, numeric)
+    to bulkhead_app, bulkhead_worker, bulkhead_admin, bulkhead_meter;
 revoke all on function bulkhead.price_usage(text, jsonb, numeric, numeric, numeric, numeric) from public;
 grant execute on function bulkhead.price_usage(text, jsonb, numeric, numeric, numeric, numeric)
     to bulkhead_app, bulkhead_worker, bulkhead_admin, bulkhead_meter;
@@ -247,6 +283,7 @@ grant execute on function bulkhead.price_usage(text, jsonb, numeric, numeric, nu
 -- The metering functions run as bulkhead_meter (see budgets.sql).
 alter function bulkhead.budget_check(text, int, int, interval) owner to bulkhead_meter;
 alter function bulkhead.expire_reservations() owner to bulkhead_meter;
+alter function bulkhead.expire_all_reservations() owner to bulkhead_meter;
 alter function bulkhead.ledger_record(uuid, jsonb, text, text) owner to bulkhead_meter;
 
 revoke all on function bulkhead.ledger_record(uuid, jsonb, text, text) from public;

@@ -13,10 +13,14 @@ create table bulkhead.prices (
     constraint prices_pkey primary key (provider, model, effective_from),
     constraint prices_provider_known check (provider in ('openai', 'anthropic', 'openai_compatible')),
     constraint prices_model_length check (pg_catalog.char_length(model) between 1 and 200),
+    -- Finite (the upper bound also refuses NaN and Infinity), at most 12 decimal places.
     constraint prices_rates_valid check (
-        input_per_mtok >= 0 and output_per_mtok >= 0
-        and coalesce(cached_input_per_mtok, 0) >= 0 and coalesce(cache_write_per_mtok, 0) >= 0
-        and input_per_mtok < 1000000 and output_per_mtok < 1000000)
+        input_per_mtok >= 0 and input_per_mtok < 1000000 and pg_catalog.scale(input_per_mtok) <= 12
+        and output_per_mtok >= 0 and output_per_mtok < 1000000 and pg_catalog.scale(output_per_mtok) <= 12
+        and coalesce(cached_input_per_mtok >= 0 and cached_input_per_mtok < 1000000
+                     and pg_catalog.scale(cached_input_per_mtok) <= 12, true)
+        and coalesce(cache_write_per_mtok >= 0 and cache_write_per_mtok < 1000000
+                     and pg_catalog.scale(cache_write_per_mtok) <= 12, true))
 );
 -- budget_check finds a model's price by name: a model belongs to one provider.
 create index prices_by_model on bulkhead.prices (model, effective_from desc);
@@ -81,12 +85,15 @@ begin
         raise exception 'input and output rates and effective_from are required'
             using errcode = '22004', detail = 'A price needs both rates, in USD per million tokens.';
     end if;
-    if input_per_mtok = 'NaN' or output_per_mtok = 'NaN' or cached_input_per_mtok = 'NaN' or cache_write_per_mtok = 'NaN'
-       or input_per_mtok < 0 or output_per_mtok < 0 or cached_input_per_mtok < 0 or cache_write_per_mtok < 0
-       or input_per_mtok >= 1000000 or output_per_mtok >= 1000000 then
+    if not (input_per_mtok >= 0 and input_per_mtok < 1000000 and pg_catalog.scale(input_per_mtok) <= 12
+            and output_per_mtok >= 0 and output_per_mtok < 1000000 and pg_catalog.scale(output_per_mtok) <= 12
+            and coalesce(cached_input_per_mtok >= 0 and cached_input_per_mtok < 1000000
+                         and pg_catalog.scale(cached_input_per_mtok) <= 12, true)
+            and coalesce(cache_write_per_mtok >= 0 and cache_write_per_mtok < 1000000
+                         and pg_catalog.scale(cache_write_per_mtok) <= 12, true)) then
         raise exception 'invalid price rate'
             using errcode = '22023',
-                  detail = 'Rates are USD per million tokens: finite, at least 0 and below 1,000,000.';
+                  detail = 'Rates are USD per million tokens: finite, at least 0, below 1,000,000, with at most 12 decimal places.';
     end if;
     if exists (select from bulkhead.prices p where p.model = set_price.model and p.provider <> set_price.provider) then
         raise exception 'model % is already priced by another provider', pg_catalog.quote_literal(model)
@@ -94,16 +101,18 @@ begin
                   detail = 'budget_check finds a price by model name, so a model name belongs to one provider.',
                   hint = 'Name the model as the provider does, with a prefix if two providers serve it (e.g. vllm/llama-3).';
     end if;
-    insert into bulkhead.prices
-        (provider, model, effective_from, input_per_mtok, output_per_mtok, cached_input_per_mtok, cache_write_per_mtok)
-    values
-        (set_price.provider, set_price.model, set_price.effective_from, set_price.input_per_mtok,
-         set_price.output_per_mtok, set_price.cached_input_per_mtok, set_price.cache_write_per_mtok);
-exception when unique_violation then
-    raise exception 'a price for % % effective from % already exists', provider, model, effective_from
-        using errcode = '23505',
-              detail = 'Price versions are immutable.',
-              hint = 'Add a version with a later effective_from.';
+    begin
+        insert into bulkhead.prices
+            (provider, model, effective_from, input_per_mtok, output_per_mtok, cached_input_per_mtok, cache_write_per_mtok)
+        values
+            (set_price.provider, set_price.model, set_price.effective_from, set_price.input_per_mtok,
+             set_price.output_per_mtok, set_price.cached_input_per_mtok, set_price.cache_write_per_mtok);
+    exception when unique_violation then
+        raise exception 'a price for % % effective from % already exists', provider, model, effective_from
+            using errcode = '23505',
+                  detail = 'Price versions are immutable.',
+                  hint = 'Add a version with a later effective_from.';
+    end;
 end
 $$;
 comment on function bulkhead.set_price(text, text, numeric, numeric, numeric, numeric, timestamptz) is

@@ -3,6 +3,32 @@
 use crate::{errors, gucs};
 use bulkhead_policy::context::{self, ContextError};
 use pgrx::prelude::*;
+use pgrx::spi::{OwnedPreparedStatement, SpiResult};
+use pgrx::PgOid;
+use std::cell::OnceCell;
+
+thread_local! {
+    /// The existence check's plan, prepared once per backend (the plan cache re-plans it when
+    /// the role or the schema changes). Preparing it on every call cost more than running it.
+    static TENANT_EXISTS: OnceCell<OwnedPreparedStatement> = const { OnceCell::new() };
+}
+
+/// Whether the caller can see tenant `id`, under row level security.
+fn tenant_visible(id: pgrx::Uuid) -> SpiResult<bool> {
+    Spi::connect(|client| {
+        TENANT_EXISTS.with(|cell| {
+            if cell.get().is_none() {
+                let plan = client.prepare(
+                    "select exists (select from bulkhead.tenants where id = $1)",
+                    &[PgOid::BuiltIn(pgrx::pg_sys::BuiltinOid::UUIDOID)],
+                )?;
+                let _ = cell.set(plan.keep());
+            }
+            let plan = cell.get().expect("set above");
+            client.select(plan, Some(1), &[id.into()])?.first().get_one::<bool>().map(|v| v.unwrap_or(false))
+        })
+    })
+}
 
 /// The tenant the current transaction acts for, or NULL. Runs no SQL, so it carries no
 /// `SET search_path`: that clause would add a settings save/restore to every call.
@@ -37,11 +63,7 @@ pub fn set_tenant(tenant_id: Option<pgrx::Uuid>) {
     gucs::set_tenant_id_locally(&requested.to_string());
     // Checked after the switch, so that row level security lets the caller see the row: an
     // unknown or invisible tenant raises, and the error rolls the setting back with it.
-    let exists = Spi::get_one_with_args::<bool>(
-        "select exists (select from bulkhead.tenants where id = $1)",
-        &[tenant_id.into()],
-    );
-    if !matches!(exists, Ok(Some(true))) {
+    if !matches!(tenant_visible(tenant_id), Ok(true)) {
         errors::raise(&ContextError::UnknownTenant(requested));
     }
 }

@@ -23,6 +23,9 @@ static BILLING_TIME_ZONE: GucSetting<Option<CString>> = GucSetting::<Option<CStr
 /// `bulkhead.async_admission`: budget_check commits asynchronously (no WAL flush per check).
 static ASYNC_ADMISSION: GucSetting<bool> = GucSetting::<bool>::new(true);
 
+/// `bulkhead.min_lease`: the shortest reservation lease budget_check accepts.
+static MIN_LEASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"1 minute"));
+
 /// True only while `set_tenant` writes the setting.
 static SET_TENANT_IN_PROGRESS: AtomicBool = AtomicBool::new(false);
 
@@ -57,6 +60,14 @@ pub fn init() {
         c"Time zone in which daily, weekly and monthly budget periods begin.",
         c"Any name PostgreSQL's AT TIME ZONE accepts. Superuser only: it moves every tenant's period boundaries.",
         &BILLING_TIME_ZONE,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"bulkhead.min_lease",
+        c"Shortest lease budget_check accepts for a reservation.",
+        c"An expired reservation stops holding budget; a lease shorter than the provider call would let the call escape the budget. Superuser only.",
+        &MIN_LEASE,
         GucContext::Suset,
         GucFlags::default(),
     );

@@ -25,7 +25,7 @@ extension_sql_file!("../../sql/budgets.sql", name = "budgets", requires = ["pric
 extension_sql_file!(
     "../../sql/ledger.sql",
     name = "ledger",
-    requires = ["budgets", pricing::price_usage]
+    requires = ["budgets", pricing::_price_usage]
 );
 extension_sql_file!(
     "../../sql/credentials.sql",

@@ -1,30 +1,35 @@
-//! `bulkhead.price_usage(...)`: a provider usage object, normalised and priced by the policy crate.
+//! `bulkhead._price_usage(...)`: a provider usage object, normalised and priced by the policy
+//! crate. SQL calls it through `bulkhead.price_usage(provider, usage jsonb, ...)`, which passes
+//! the usage as text so that numbers jsonb holds but serde_json cannot (1e400) and deep nesting
+//! are refused as malformed usage (22023) rather than failing inside pgrx's conversion.
 
 use crate::errors;
 use bulkhead_policy::usage::{self, Provider, Rates, UsageError};
 use pgrx::prelude::*;
-use pgrx::{AnyNumeric, JsonB};
+use pgrx::AnyNumeric;
 use rust_decimal::Decimal;
 use std::str::FromStr;
 
 fn decimal(value: &AnyNumeric) -> Result<Decimal, UsageError> {
-    // NaN and infinities have no Decimal form: they are not prices.
-    Decimal::from_str(&value.to_string())
-        .or_else(|_| Decimal::from_scientific(&value.to_string()))
-        .map_err(|_| UsageError::InvalidRate)
+    // NaN, infinities and more than 28 significant digits have no exact Decimal form.
+    Decimal::from_str_exact(&value.to_string()).map_err(|_| UsageError::InvalidRate)
+}
+
+fn required<T>(value: Option<T>, name: &'static str) -> Result<T, UsageError> {
+    value.ok_or(UsageError::NullArgument(name))
 }
 
 /// Normalises `usage` by `provider`'s counting rules and prices it at the given rates.
 #[pg_extern(immutable, parallel_safe)]
 #[search_path(pg_catalog, pg_temp)]
 #[allow(clippy::type_complexity)]
-pub fn price_usage(
-    provider: &str,
-    usage: JsonB,
-    input_per_mtok: AnyNumeric,
-    output_per_mtok: AnyNumeric,
-    cached_input_per_mtok: default!(Option<AnyNumeric>, "NULL"),
-    cache_write_per_mtok: default!(Option<AnyNumeric>, "NULL"),
+pub fn _price_usage(
+    provider: Option<&str>,
+    usage: Option<&str>,
+    input_per_mtok: Option<AnyNumeric>,
+    output_per_mtok: Option<AnyNumeric>,
+    cached_input_per_mtok: Option<AnyNumeric>,
+    cache_write_per_mtok: Option<AnyNumeric>,
 ) -> TableIterator<
     'static,
     (
@@ -38,14 +43,15 @@ pub fn price_usage(
     ),
 > {
     let priced = (|| -> Result<_, UsageError> {
-        let provider = Provider::from_str(provider)?;
+        let provider = Provider::from_str(required(provider, "provider")?)?;
+        let usage = required(usage, "usage")?;
         let rates = Rates {
-            input: decimal(&input_per_mtok)?,
-            output: decimal(&output_per_mtok)?,
+            input: decimal(&required(input_per_mtok, "input_per_mtok")?)?,
+            output: decimal(&required(output_per_mtok, "output_per_mtok")?)?,
             cached_input: cached_input_per_mtok.as_ref().map(decimal).transpose()?,
             cache_write: cache_write_per_mtok.as_ref().map(decimal).transpose()?,
         };
-        let counts = usage::normalize(provider, &usage.0)?;
+        let counts = usage::normalize_text(provider, usage)?;
         let cost = usage::cost(&counts, &rates)?;
         Ok((counts, cost))
     })();

@@ -30,13 +30,13 @@ insert into bulkhead.tenant_settings (tenant_id, display_name, custom_instructio
 insert into bulkhead.prices (provider, model, effective_from, input_per_mtok, output_per_mtok)
 values ('openai', 'leak-model', '2025-01-01', 1, 1);
 insert into bulkhead.reservations (tenant_id, id, provider, model, est_input_tokens, max_output_tokens, reserved_usd,
-    price_effective_from, period_start, created_at, lease_expires_at)
+    price_effective_from, created_at, lease_expires_at)
 values ('00000000-0000-4000-8000-00000000000a', '00000000-0000-4000-8000-0000000000a1', 'openai', 'leak-model',
-    10, 10, 0.00002, '2025-01-01', date_trunc('month', now()), now(), now() + interval '1 hour');
+    10, 10, 0.00002, '2025-01-01', now(), now() + interval '1 hour');
 insert into bulkhead.ledger (tenant_id, reservation_id, request_id, provider, model, input_tokens, cached_input_tokens,
-    cache_write_tokens, output_tokens, reasoning_tokens, itpm_tokens, cost_usd, price_effective_from, period_start)
+    cache_write_tokens, output_tokens, reasoning_tokens, itpm_tokens, cost_usd, price_effective_from)
 values ('00000000-0000-4000-8000-00000000000a', gen_random_uuid(), 'chatcmpl-a', 'openai', 'leak-model',
-    5, 0, 0, 5, 0, 5, 0.00001, '2025-01-01', date_trunc('month', now()));
+    5, 0, 0, 5, 0, 5, 0.00001, '2025-01-01');
 insert into bulkhead.tenant_credentials (tenant_id, provider, secret_ref, kind)
 values ('00000000-0000-4000-8000-00000000000a', 'openai', 'env:A_SECRET_KEY', 'dedicated');
 create role regress_leak_worker in role bulkhead_worker;

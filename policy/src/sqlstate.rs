@@ -6,6 +6,10 @@
 pub struct SqlState(&'static str);
 
 impl SqlState {
+    /// 22003: a number too large to compute with.
+    pub const NUMERIC_VALUE_OUT_OF_RANGE: SqlState = SqlState("22003");
+    /// 22004: a required argument is NULL.
+    pub const NULL_VALUE_NOT_ALLOWED: SqlState = SqlState("22004");
     /// 22023: an argument or setting has a value that is well-typed but not acceptable.
     pub const INVALID_PARAMETER_VALUE: SqlState = SqlState("22023");
     /// 42501: the caller is not allowed to do this.
@@ -45,6 +49,8 @@ mod tests {
     #[test]
     fn codes_are_five_uppercase_alphanumerics() {
         for state in [
+            SqlState::NUMERIC_VALUE_OUT_OF_RANGE,
+            SqlState::NULL_VALUE_NOT_ALLOWED,
             SqlState::INVALID_PARAMETER_VALUE,
             SqlState::INSUFFICIENT_PRIVILEGE,
             SqlState::UNDEFINED_OBJECT,

@@ -61,11 +61,21 @@ pub enum UsageError {
     Inconsistent(&'static str),
     #[error("price rates must be finite and non-negative")]
     InvalidRate,
+    #[error("usage is not valid JSON")]
+    NotJson,
+    #[error("cost is out of range")]
+    Overflow,
+    #[error("{0} must not be null")]
+    NullArgument(&'static str),
 }
 
 impl HasSqlState for UsageError {
     fn sqlstate(&self) -> SqlState {
-        SqlState::INVALID_PARAMETER_VALUE
+        match self {
+            UsageError::Overflow => SqlState::NUMERIC_VALUE_OUT_OF_RANGE,
+            UsageError::NullArgument(_) => SqlState::NULL_VALUE_NOT_ALLOWED,
+            _ => SqlState::INVALID_PARAMETER_VALUE,
+        }
     }
 
     fn detail(&self) -> Option<String> {
@@ -73,7 +83,7 @@ impl HasSqlState for UsageError {
             UsageError::UnknownProvider(_) => {
                 "Known providers are openai, anthropic and openai_compatible.".to_string()
             }
-            UsageError::NotAnObject | UsageError::Missing(_) | UsageError::BadCount { .. } => {
+            UsageError::NotAnObject | UsageError::NotJson | UsageError::Missing(_) | UsageError::BadCount { .. } => {
                 "Pass the provider's usage object as it arrived: OpenAI Chat Completions \
                  (prompt_tokens, completion_tokens), OpenAI Responses (input_tokens, output_tokens) \
                  or Anthropic Messages (input_tokens, output_tokens, cache_read_input_tokens, \
@@ -84,6 +94,10 @@ impl HasSqlState for UsageError {
                 "The usage object contradicts itself, so its cost cannot be computed.".to_string()
             }
             UsageError::InvalidRate => "A price is a finite, non-negative number of USD per million tokens.".to_string(),
+            UsageError::Overflow => "These rates and token counts give a cost too large to represent.".to_string(),
+            UsageError::NullArgument(_) => {
+                "Pricing needs the provider, the usage object and the input and output rates.".to_string()
+            }
         })
     }
 }
@@ -129,6 +143,13 @@ impl Rates {
         }
         Ok(())
     }
+}
+
+/// Parses and normalises a usage object given as JSON text. Numbers serde_json cannot hold and
+/// nesting past its recursion limit are refused like any other malformed usage.
+pub fn normalize_text(provider: Provider, usage: &str) -> Result<NormalizedUsage, UsageError> {
+    let value: Value = serde_json::from_str(usage).map_err(|_| UsageError::NotJson)?;
+    normalize(provider, &value)
 }
 
 /// Reads a provider's usage object by that provider's counting rules.
@@ -201,12 +222,18 @@ fn normalize_anthropic(usage: &Map<String, Value>) -> Result<NormalizedUsage, Us
 /// Cost in USD of a normalised usage at the given rates.
 pub fn cost(usage: &NormalizedUsage, rates: &Rates) -> Result<Decimal, UsageError> {
     rates.check()?;
-    let per_token = |rate: Decimal, tokens: u64| rate * Decimal::from(tokens);
-    let total = per_token(rates.input, usage.input)
-        + per_token(rates.cached_input.unwrap_or(rates.input), usage.cached_input)
-        + per_token(rates.cache_write.unwrap_or(rates.input), usage.cache_write)
-        + per_token(rates.input * Decimal::TWO, usage.cache_write_1h)
-        + per_token(rates.output, usage.output);
+    let terms = [
+        (rates.input, usage.input),
+        (rates.cached_input.unwrap_or(rates.input), usage.cached_input),
+        (rates.cache_write.unwrap_or(rates.input), usage.cache_write),
+        (rates.input.checked_mul(Decimal::TWO).ok_or(UsageError::Overflow)?, usage.cache_write_1h),
+        (rates.output, usage.output),
+    ];
+    let mut total = Decimal::ZERO;
+    for (rate, tokens) in terms {
+        let term = rate.checked_mul(Decimal::from(tokens)).ok_or(UsageError::Overflow)?;
+        total = total.checked_add(term).ok_or(UsageError::Overflow)?;
+    }
     Ok((total / Decimal::from(1_000_000u32)).normalize())
 }
 
@@ -403,6 +430,16 @@ mod tests {
             assert_eq!(err.sqlstate(), SqlState::INVALID_PARAMETER_VALUE, "{usage}");
         }
         assert!("mistral".parse::<Provider>().is_err());
+        let deep = format!("{{\"prompt_tokens\": {}1{}, \"completion_tokens\": 1}}", "[".repeat(300), "]".repeat(300));
+        assert_eq!(normalize_text(Provider::OpenAi, &deep), Err(UsageError::NotJson));
+        assert_eq!(
+            normalize_text(Provider::OpenAi, r#"{"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 1e400}"#),
+            Err(UsageError::NotJson)
+        );
+        let huge = Rates { input: Decimal::from_str("1e25").unwrap(), ..rates("1", "1", None, None) };
+        let usage = NormalizedUsage { input: MAX_TOKENS_PER_CALL, ..Default::default() };
+        let overflow = cost(&usage, &huge).unwrap_err();
+        assert_eq!(overflow.sqlstate(), SqlState::NUMERIC_VALUE_OUT_OF_RANGE);
         let negative = rates("-1", "1", None, None);
         assert_eq!(cost(&NormalizedUsage::default(), &negative), Err(UsageError::InvalidRate));
     }
