@@ -178,6 +178,7 @@ declare
     previous text;
     target record;
     deleted bigint;
+    state_rows bigint := 0;
     remaining bigint;
     steps jsonb := '[]';
 begin
@@ -185,6 +186,15 @@ begin
         raise exception 'tenant id must not be null'
             using errcode = '22004',
                   detail = 'bulkhead.delete_tenant needs the id of the tenant to delete.';
+    end if;
+    -- Budget admission locks the tenant's budget_state row and then, through the foreign key
+    -- of the reservation it inserts, shares the tenant row. Taking the locks in that same order
+    -- (state first, waiting for admissions in flight) rules out a deadlock with them.
+    if exists (select from bulkhead.tenants t where t.id = tenant) then
+        previous := bulkhead._enter_tenant(tenant);
+        delete from bulkhead.budget_state s where s.tenant_id = tenant;
+        get diagnostics state_rows = row_count;
+        perform bulkhead._leave_tenant(previous);
     end if;
     -- The row lock serialises concurrent deletions of one tenant and blocks new rows that
     -- reference it (their foreign key check waits for this transaction).
@@ -201,6 +211,9 @@ begin
         -- Identifiers come from the catalog, the value is a bound parameter; RLS confines the delete.
         execute pg_catalog.format('delete from %s where tenant_id = $1', target.table_name) using tenant;
         get diagnostics deleted = row_count;
+        if target.table_name = 'bulkhead.budget_state'::regclass then
+            deleted := deleted + state_rows;
+        end if;
         execute pg_catalog.format('select count(*) from %s where tenant_id = $1', target.table_name)
             into remaining using tenant;
         if remaining <> 0 then
