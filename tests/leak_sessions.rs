@@ -163,12 +163,14 @@ impl PgBouncer {
             let _ = Command::new("kill").arg(pid.trim()).status();
             std::thread::sleep(Duration::from_millis(300));
         }
+        // Debian installs it in /usr/sbin, which a non-root PATH may lack.
+        let binary = if std::path::Path::new("/usr/sbin/pgbouncer").exists() { "/usr/sbin/pgbouncer" } else { "pgbouncer" };
         let mut command = if as_root {
             let mut c = Command::new("sudo");
-            c.args(["-u", "postgres", "pgbouncer"]);
+            c.args(["-u", "postgres", binary]);
             c
         } else {
-            Command::new("pgbouncer")
+            Command::new(binary)
         };
         let child = command.arg("--quiet").arg(dir.join("pgbouncer.ini")).spawn().expect("pgbouncer is installed by make");
         PgBouncer { child, port }
