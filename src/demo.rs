@@ -21,11 +21,16 @@ pub enum DemoError {
 
 pub async fn run(database_url: &str) -> Result<(), DemoError> {
     let target = PgConnectOptions::from_str(database_url)?;
-    let db_name = target.get_database().ok_or(DemoError::NoDatabaseName)?.to_string();
+    let db_name = target
+        .get_database()
+        .ok_or(DemoError::NoDatabaseName)?
+        .to_string();
     recreate_database(&target, &db_name).await?;
     let mut conn = target.connect().await?;
 
-    say(&format!("Bulkhead demo on database {db_name} (recreated with CREATE EXTENSION bulkhead CASCADE)"));
+    say(&format!(
+        "Bulkhead demo on database {db_name} (recreated with CREATE EXTENSION bulkhead CASCADE)"
+    ));
 
     step("1. The control plane (role bulkhead_admin) creates two customers.");
     let mut tx = conn.begin().await?;
@@ -53,15 +58,20 @@ pub async fn run(database_url: &str) -> Result<(), DemoError> {
     step("2. Globex's application reads its settings inside its own tenant context.");
     let seen = settings_seen(&mut conn, Some(globex)).await?;
     show(&seen);
-    expect(seen.len() == 1 && seen[0].0 == "Globex", "globex should see exactly its own settings row")?;
+    expect(
+        seen.len() == 1 && seen[0].0 == "Globex",
+        "globex should see exactly its own settings row",
+    )?;
 
     step("3. Globex asks for Acme's settings by id, and tries to rewrite prompt settings.");
     let mut tx = conn.begin().await?;
     enter_app(&mut tx, Some(globex)).await?;
-    let read = sqlx::query("select custom_instructions from bulkhead.tenant_settings where tenant_id = $1")
-        .bind(acme)
-        .fetch_all(&mut *tx)
-        .await?;
+    let read = sqlx::query(
+        "select custom_instructions from bulkhead.tenant_settings where tenant_id = $1",
+    )
+    .bind(acme)
+    .fetch_all(&mut *tx)
+    .await?;
     tx.rollback().await?;
     say(&format!("   Acme rows returned to Globex: {}", read.len()));
     let mut tx = conn.begin().await?;
@@ -70,14 +80,25 @@ pub async fn run(database_url: &str) -> Result<(), DemoError> {
         .execute(&mut *tx)
         .await;
     tx.rollback().await?;
-    let refusal = rewrite.as_ref().err().and_then(|e| e.as_database_error()).map(|e| {
-        format!("{} (SQLSTATE {})", e.message(), e.code().unwrap_or_default())
-    });
+    let refusal = rewrite
+        .as_ref()
+        .err()
+        .and_then(|e| e.as_database_error())
+        .map(|e| {
+            format!(
+                "{} (SQLSTATE {})",
+                e.message(),
+                e.code().unwrap_or_default()
+            )
+        });
     say(&format!(
         "   the app rewriting prompt settings (they belong to the control plane): {}",
         refusal.as_deref().unwrap_or("ACCEPTED")
     ));
-    expect(read.is_empty() && refusal.is_some(), "globex must not read acme's rows nor rewrite settings")?;
+    expect(
+        read.is_empty() && refusal.is_some(),
+        "globex must not read acme's rows nor rewrite settings",
+    )?;
 
     step("4. A connection with no tenant context sees nothing at all (default deny).");
     let seen = settings_seen(&mut conn, None).await?;
@@ -89,14 +110,30 @@ pub async fn run(database_url: &str) -> Result<(), DemoError> {
         .execute("set local bulkhead.tenant_id = '00000000-0000-4000-8000-000000000001'")
         .await;
     tx.rollback().await?;
-    let message = direct.as_ref().err().and_then(|e| e.as_database_error()).map(|e| e.message().to_string());
-    say(&format!("   SET bulkhead.tenant_id directly: {}", message.as_deref().unwrap_or("ACCEPTED")));
-    expect(message.is_some(), "a direct SET of the context must be refused")?;
+    let message = direct
+        .as_ref()
+        .err()
+        .and_then(|e| e.as_database_error())
+        .map(|e| e.message().to_string());
+    say(&format!(
+        "   SET bulkhead.tenant_id directly: {}",
+        message.as_deref().unwrap_or("ACCEPTED")
+    ));
+    expect(
+        message.is_some(),
+        "a direct SET of the context must be refused",
+    )?;
 
     step("5. Through PostgREST/Supabase the tenant comes from the JWT's app_metadata, never user_metadata.");
     for (label, claims) in [
-        ("app_metadata.tenant_id = acme ", format!(r#"{{"app_metadata":{{"tenant_id":"{acme}"}}}}"#)),
-        ("user_metadata.tenant_id = acme", format!(r#"{{"user_metadata":{{"tenant_id":"{acme}"}}}}"#)),
+        (
+            "app_metadata.tenant_id = acme ",
+            format!(r#"{{"app_metadata":{{"tenant_id":"{acme}"}}}}"#),
+        ),
+        (
+            "user_metadata.tenant_id = acme",
+            format!(r#"{{"user_metadata":{{"tenant_id":"{acme}"}}}}"#),
+        ),
     ] {
         let mut tx = conn.begin().await?;
         tx.execute("set local role bulkhead_app").await?;
@@ -113,15 +150,23 @@ pub async fn run(database_url: &str) -> Result<(), DemoError> {
         tx.rollback().await?;
         say(&format!("   JWT with {label}: sees {names:?}"));
         let expected_rows = if label.starts_with("app_") { 1 } else { 0 };
-        expect(names.len() == expected_rows, "only app_metadata may carry the tenant")?;
+        expect(
+            names.len() == expected_rows,
+            "only app_metadata may carry the tenant",
+        )?;
     }
 
     step("6. The context ends with the transaction: the next one on the same connection starts empty.");
     let mut tx = conn.begin().await?;
     enter_app(&mut tx, Some(acme)).await?;
     tx.commit().await?;
-    let after: Option<Uuid> = sqlx::query_scalar("select bulkhead.current_tenant()").fetch_one(&mut conn).await?;
-    say(&format!("   current_tenant() after COMMIT: {}", after.map_or("NULL".into(), |t| t.to_string())));
+    let after: Option<Uuid> = sqlx::query_scalar("select bulkhead.current_tenant()")
+        .fetch_one(&mut conn)
+        .await?;
+    say(&format!(
+        "   current_tenant() after COMMIT: {}",
+        after.map_or("NULL".into(), |t| t.to_string())
+    ));
     expect(after.is_none(), "the context must not survive COMMIT")?;
 
     step("7. A runaway agent at Acme loops on LLM calls. Acme's budget is $0.01 a month.");
@@ -138,17 +183,29 @@ pub async fn run(database_url: &str) -> Result<(), DemoError> {
                                    "prompt_tokens_details": {"cached_tokens": 1200}});
     let mut admitted = 0;
     let refusal = loop {
-        match llm_call(&mut conn, acme, &usage, &format!("chatcmpl-acme-{admitted}")).await? {
+        match llm_call(
+            &mut conn,
+            acme,
+            &usage,
+            &format!("chatcmpl-acme-{admitted}"),
+        )
+        .await?
+        {
             Ok(_) => admitted += 1,
             Err(refusal) => break refusal,
         }
         if admitted > 1000 {
-            return Err(DemoError::Leak("the runaway agent was never stopped".into()));
+            return Err(DemoError::Leak(
+                "the runaway agent was never stopped".into(),
+            ));
         }
     };
     say(&format!("   {admitted} calls admitted and settled, then:"));
     say(&format!("   {refusal}"));
-    expect(refusal.contains("tenant_budget_exceeded"), "the runaway agent must stop at acme's budget")?;
+    expect(
+        refusal.contains("tenant_budget_exceeded"),
+        "the runaway agent must stop at acme's budget",
+    )?;
     let globex_call = llm_call(&mut conn, globex, &usage, "chatcmpl-globex-1").await?;
     say(&format!(
         "   Globex, meanwhile: {}",
@@ -157,7 +214,10 @@ pub async fn run(database_url: &str) -> Result<(), DemoError> {
             Err(refusal) => refusal.clone(),
         }
     ));
-    expect(globex_call.is_ok(), "globex keeps working while acme is capped")?;
+    expect(
+        globex_call.is_ok(),
+        "globex keeps working while acme is capped",
+    )?;
 
     step("8. Finance's per-tenant cost report (bulkhead.usage_by_tenant), no spreadsheet needed.");
     let mut tx = conn.begin().await?;
@@ -169,7 +229,10 @@ pub async fn run(database_url: &str) -> Result<(), DemoError> {
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    say(&format!("   {:<8} {:<12} {:>8} {:>8} {:>8} {:>8} {:>12}", "tenant", "model", "calls", "input", "cached", "output", "cost USD"));
+    say(&format!(
+        "   {:<8} {:<12} {:>8} {:>8} {:>8} {:>8} {:>12}",
+        "tenant", "model", "calls", "input", "cached", "output", "cost USD"
+    ));
     for row in &report {
         say(&format!(
             "   {:<8} {:<12} {:>8} {:>8} {:>8} {:>8} {:>12}",
@@ -182,7 +245,10 @@ pub async fn run(database_url: &str) -> Result<(), DemoError> {
             row.get::<String, _>(6)
         ));
     }
-    expect(report.len() == 2, "the report has one line per tenant and model")?;
+    expect(
+        report.len() == 2,
+        "the report has one line per tenant and model",
+    )?;
 
     step("9. Acme churns: one call deletes every Acme row and leaves a receipt.");
     let mut tx = conn.begin().await?;
@@ -198,15 +264,26 @@ pub async fn run(database_url: &str) -> Result<(), DemoError> {
     tx.commit().await?;
     say(&format!("   receipt {receipt}:"));
     for row in &steps {
-        say(&format!("     {:<32} {} row(s) deleted", row.get::<String, _>(0), row.get::<i64, _>(1)));
+        say(&format!(
+            "     {:<32} {} row(s) deleted",
+            row.get::<String, _>(0),
+            row.get::<i64, _>(1)
+        ));
     }
-    let left: i64 = sqlx::query_scalar("select count(*) from bulkhead.tenant_settings where tenant_id = $1")
-        .bind(acme)
-        .fetch_one(&mut conn)
-        .await?;
+    let left: i64 =
+        sqlx::query_scalar("select count(*) from bulkhead.tenant_settings where tenant_id = $1")
+            .bind(acme)
+            .fetch_one(&mut conn)
+            .await?;
     let globex_left = settings_seen(&mut conn, Some(globex)).await?;
-    say(&format!("   Acme rows left anywhere (checked as superuser): {left}; Globex still sees its row: {}", globex_left.len() == 1));
-    expect(left == 0 && globex_left.len() == 1, "deletion must remove acme's rows and only those")?;
+    say(&format!(
+        "   Acme rows left anywhere (checked as superuser): {left}; Globex still sees its row: {}",
+        globex_left.len() == 1
+    ));
+    expect(
+        left == 0 && globex_left.len() == 1,
+        "deletion must remove acme's rows and only those",
+    )?;
 
     say("\nAll isolation checks held.");
     Ok(())
@@ -215,12 +292,20 @@ pub async fn run(database_url: &str) -> Result<(), DemoError> {
 async fn recreate_database(target: &PgConnectOptions, db_name: &str) -> Result<(), DemoError> {
     let mut admin = target.clone().database("postgres").connect().await?;
     // Identifiers cannot be bound; quote_ident makes the name safe to splice.
-    let quoted: String = sqlx::query_scalar("select quote_ident($1)").bind(db_name).fetch_one(&mut admin).await?;
-    admin.execute(format!("drop database if exists {quoted} with (force)").as_str()).await?;
-    admin.execute(format!("create database {quoted}").as_str()).await?;
+    let quoted: String = sqlx::query_scalar("select quote_ident($1)")
+        .bind(db_name)
+        .fetch_one(&mut admin)
+        .await?;
+    admin
+        .execute(format!("drop database if exists {quoted} with (force)").as_str())
+        .await?;
+    admin
+        .execute(format!("create database {quoted}").as_str())
+        .await?;
     admin.close().await?;
     let mut conn = target.connect().await?;
-    conn.execute("set client_min_messages = warning; create extension bulkhead cascade").await?;
+    conn.execute("set client_min_messages = warning; create extension bulkhead cascade")
+        .await?;
     conn.close().await?;
     Ok(())
 }
@@ -235,9 +320,10 @@ async fn llm_call(
 ) -> Result<Result<String, String>, DemoError> {
     let mut tx = conn.begin().await?;
     enter_app(&mut tx, Some(tenant)).await?;
-    let admitted = sqlx::query_scalar::<_, Uuid>("select bulkhead.budget_check('gpt-4o-mini', 2000, 1000)")
-        .fetch_one(&mut *tx)
-        .await;
+    let admitted =
+        sqlx::query_scalar::<_, Uuid>("select bulkhead.budget_check('gpt-4o-mini', 2000, 1000)")
+            .fetch_one(&mut *tx)
+            .await;
     let reservation = match admitted {
         Ok(reservation) => reservation,
         Err(sqlx::Error::Database(err)) if err.code().as_deref() == Some("PT429") => {
@@ -274,7 +360,10 @@ async fn create_tenant(conn: &mut PgConnection, slug: &str, name: &str) -> Resul
 /// Switches the transaction to the application role, acting for `tenant` (or for nobody).
 async fn enter_app(conn: &mut PgConnection, tenant: Option<Uuid>) -> Result<(), DemoError> {
     conn.execute("set local role bulkhead_app").await?;
-    sqlx::query("select bulkhead.set_tenant($1)").bind(tenant).execute(conn).await?;
+    sqlx::query("select bulkhead.set_tenant($1)")
+        .bind(tenant)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
@@ -292,7 +381,10 @@ async fn settings_seen(
     .fetch_all(&mut *tx)
     .await?;
     tx.rollback().await?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
 }
 
 fn show(rows: &[(String, String, Vec<String>)]) {
@@ -300,7 +392,9 @@ fn show(rows: &[(String, String, Vec<String>)]) {
         say("   (no rows)");
     }
     for (name, tone, banned) in rows {
-        say(&format!("   {name:<10} tone={tone:<8} banned_topics={banned:?}"));
+        say(&format!(
+            "   {name:<10} tone={tone:<8} banned_topics={banned:?}"
+        ));
     }
 }
 

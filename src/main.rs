@@ -9,7 +9,11 @@ use std::process::ExitCode;
 mod demo;
 
 #[derive(Parser)]
-#[command(name = "bulkhead", version, about = "Companion program of the Bulkhead PostgreSQL extension")]
+#[command(
+    name = "bulkhead",
+    version,
+    about = "Companion program of the Bulkhead PostgreSQL extension"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -19,9 +19,17 @@ async fn thousandth_dollar_model(admin: &mut PgConnection) -> String {
 }
 
 /// One admission in its own transaction, as an application would do it.
-async fn check(conn: &mut PgConnection, tenant: Uuid, model: &str, lease: &str) -> Result<Uuid, sqlx::Error> {
+async fn check(
+    conn: &mut PgConnection,
+    tenant: Uuid,
+    model: &str,
+    lease: &str,
+) -> Result<Uuid, sqlx::Error> {
     let mut tx = conn.begin().await?;
-    sqlx::query("select bulkhead.set_tenant($1)").bind(tenant).execute(&mut *tx).await?;
+    sqlx::query("select bulkhead.set_tenant($1)")
+        .bind(tenant)
+        .execute(&mut *tx)
+        .await?;
     let reservation = sqlx::query_scalar("select bulkhead.budget_check($1, 1, 0, $2::interval)")
         .bind(model)
         .bind(lease)
@@ -32,8 +40,12 @@ async fn check(conn: &mut PgConnection, tenant: Uuid, model: &str, lease: &str) 
 }
 
 fn refusal_code(err: &sqlx::Error) -> Option<(String, String)> {
-    err.as_database_error()
-        .map(|e| (e.code().unwrap_or_default().to_string(), e.message().to_string()))
+    err.as_database_error().map(|e| {
+        (
+            e.code().unwrap_or_default().to_string(),
+            e.message().to_string(),
+        )
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -46,12 +58,14 @@ async fn a_thousand_checks_from_32_connections_admit_exactly_the_budget() {
     let tenant = create_tenant(&mut admin_conn, "race").await;
     let model = thousandth_dollar_model(&mut admin_conn).await;
     // Room for exactly K calls of $0.001; rate limits far above what the test uses.
-    sqlx::query("select bulkhead.set_budget($1, 1000000, 100000000, 100000000, $2::numeric / 1000)")
-        .bind(tenant)
-        .bind(K)
-        .execute(&mut admin_conn)
-        .await
-        .unwrap();
+    sqlx::query(
+        "select bulkhead.set_budget($1, 1000000, 100000000, 100000000, $2::numeric / 1000)",
+    )
+    .bind(tenant)
+    .bind(K)
+    .execute(&mut admin_conn)
+    .await
+    .unwrap();
 
     let mut workers = Vec::new();
     for worker in 0..CONNECTIONS {
@@ -64,7 +78,10 @@ async fn a_thousand_checks_from_32_connections_admit_exactly_the_budget() {
                     Ok(_) => admitted += 1,
                     Err(err) => {
                         let (code, message) = refusal_code(&err).expect("a database error");
-                        assert_eq!((code.as_str(), message.as_str()), ("PT429", "tenant_budget_exceeded"));
+                        assert_eq!(
+                            (code.as_str(), message.as_str()),
+                            ("PT429", "tenant_budget_exceeded")
+                        );
                         refused += 1;
                     }
                 }
@@ -106,13 +123,19 @@ async fn an_expired_lease_frees_its_budget_without_a_phantom_refusal() {
         .unwrap();
     let mut conn = app().await;
 
-    check(&mut conn, tenant, &model, "200 milliseconds").await.expect("the first call fits");
-    let refused = check(&mut conn, tenant, &model, "10 minutes").await.unwrap_err();
+    check(&mut conn, tenant, &model, "200 milliseconds")
+        .await
+        .expect("the first call fits");
+    let refused = check(&mut conn, tenant, &model, "10 minutes")
+        .await
+        .unwrap_err();
     assert_eq!(refusal_code(&refused).unwrap().1, "tenant_budget_exceeded");
     // The first reservation is never settled (its caller crashed, say): once its lease ends,
     // the next check releases it and is admitted.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    check(&mut conn, tenant, &model, "10 minutes").await.expect("the expired lease no longer holds budget");
+    check(&mut conn, tenant, &model, "10 minutes")
+        .await
+        .expect("the expired lease no longer holds budget");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -121,12 +144,20 @@ async fn a_settle_repeated_concurrently_is_recorded_once() {
     let tenant = create_tenant(&mut admin_conn, "settle").await;
     let model = thousandth_dollar_model(&mut admin_conn).await;
     let mut conn = app().await;
-    let reservation = check(&mut conn, tenant, &model, "10 minutes").await.unwrap();
+    let reservation = check(&mut conn, tenant, &model, "10 minutes")
+        .await
+        .unwrap();
 
-    let settle = |conn_future: std::pin::Pin<Box<dyn std::future::Future<Output = PgConnection> + Send>>| async move {
+    let settle = |conn_future: std::pin::Pin<
+        Box<dyn std::future::Future<Output = PgConnection> + Send>,
+    >| async move {
         let mut conn = conn_future.await;
         let mut tx = conn.begin().await.unwrap();
-        sqlx::query("select bulkhead.set_tenant($1)").bind(tenant).execute(&mut *tx).await.unwrap();
+        sqlx::query("select bulkhead.set_tenant($1)")
+            .bind(tenant)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
         let cost: sqlx::types::BigDecimal = sqlx::query_scalar(
             "select bulkhead.ledger_record($1, '{\"prompt_tokens\": 3, \"completion_tokens\": 2}', 'chatcmpl-dup')",
         )
@@ -152,11 +183,12 @@ async fn a_settle_repeated_concurrently_is_recorded_once() {
         .await
         .unwrap();
     assert_eq!(rows, 1);
-    let spent: sqlx::types::BigDecimal = sqlx::query_scalar("select spent_usd from bulkhead.budget_state where tenant_id = $1")
-        .bind(tenant)
-        .fetch_one(&mut su)
-        .await
-        .unwrap();
+    let spent: sqlx::types::BigDecimal =
+        sqlx::query_scalar("select spent_usd from bulkhead.budget_state where tenant_id = $1")
+            .bind(tenant)
+            .fetch_one(&mut su)
+            .await
+            .unwrap();
     assert_eq!(spent, "0.003".parse::<sqlx::types::BigDecimal>().unwrap());
 }
 
@@ -180,7 +212,12 @@ async fn deleting_a_tenant_while_it_spends_never_deadlocks() {
             let mut codes = std::collections::BTreeSet::new();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 if let Err(err) = check(&mut conn, tenant, &model, "10 minutes").await {
-                    codes.insert(err.as_database_error().and_then(|e| e.code()).unwrap_or_default().to_string());
+                    codes.insert(
+                        err.as_database_error()
+                            .and_then(|e| e.code())
+                            .unwrap_or_default()
+                            .to_string(),
+                    );
                 }
             }
             codes
@@ -200,7 +237,10 @@ async fn deleting_a_tenant_while_it_spends_never_deadlocks() {
     receipt.expect("the deletion succeeds while the tenant spends");
     // After the deletion, checks fail cleanly: the tenant is unknown to set_tenant or to
     // budget_check. Never a deadlock (40P01) or an internal error.
-    assert!(codes.iter().all(|code| code == "42704"), "unexpected errors: {codes:?}");
+    assert!(
+        codes.iter().all(|code| code == "42704"),
+        "unexpected errors: {codes:?}"
+    );
     let mut su = common::superuser().await;
     let left: i64 = sqlx::query_scalar(
         "select (select count(*) from bulkhead.reservations where tenant_id = $1) \

@@ -22,7 +22,10 @@ const IN_FLIGHT: i64 = 10;
 async fn check(tenant: Uuid, model: &str) -> Result<Uuid, sqlx::Error> {
     let mut conn = app().await;
     let mut tx = conn.begin().await?;
-    sqlx::query("select bulkhead.set_tenant($1)").bind(tenant).execute(&mut *tx).await?;
+    sqlx::query("select bulkhead.set_tenant($1)")
+        .bind(tenant)
+        .execute(&mut *tx)
+        .await?;
     let reservation = sqlx::query_scalar("select bulkhead.budget_check($1, 1, 0)")
         .bind(model)
         .fetch_one(&mut *tx)
@@ -34,7 +37,11 @@ async fn check(tenant: Uuid, model: &str) -> Result<Uuid, sqlx::Error> {
 async fn settle(tenant: Uuid, reservation: Uuid, request: &str, model: Option<&str>) {
     let mut conn = app().await;
     let mut tx = conn.begin().await.unwrap();
-    sqlx::query("select bulkhead.set_tenant($1)").bind(tenant).execute(&mut *tx).await.unwrap();
+    sqlx::query("select bulkhead.set_tenant($1)")
+        .bind(tenant)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
     sqlx::query("select bulkhead.ledger_record($1, '{\"prompt_tokens\": 1, \"completion_tokens\": 0}', $2, $3)")
         .bind(reservation)
         .bind(request)
@@ -101,11 +108,12 @@ async fn a_crash_costs_at_most_the_reservations_in_flight() {
     crash_and_restart();
 
     let mut su = common::superuser().await;
-    let ledger_rows: i64 = sqlx::query_scalar("select count(*) from bulkhead.ledger where tenant_id = $1")
-        .bind(tenant)
-        .fetch_one(&mut su)
-        .await
-        .unwrap();
+    let ledger_rows: i64 =
+        sqlx::query_scalar("select count(*) from bulkhead.ledger where tenant_id = $1")
+            .bind(tenant)
+            .fetch_one(&mut su)
+            .await
+            .unwrap();
     assert_eq!(ledger_rows, SETTLED, "settled costs survive a crash");
     let surviving: i64 = sqlx::query_scalar(
         "select count(*) from bulkhead.reservations where tenant_id = $1 and settled_at is null",
@@ -123,7 +131,10 @@ async fn a_crash_costs_at_most_the_reservations_in_flight() {
         match check(tenant, &model).await {
             Ok(_) => admitted_after += 1,
             Err(err) => {
-                assert_eq!(err.as_database_error().and_then(|e| e.code()).as_deref(), Some("PT429"));
+                assert_eq!(
+                    err.as_database_error().and_then(|e| e.code()).as_deref(),
+                    Some("PT429")
+                );
                 break;
             }
         }
@@ -134,17 +145,27 @@ async fn a_crash_costs_at_most_the_reservations_in_flight() {
     // The in-flight calls finish and settle; those whose reservation was lost are recorded as
     // orphans. The overspend is exactly the lost reservations: within the bound.
     for (n, reservation) in in_flight.iter().enumerate() {
-        settle(tenant, *reservation, &format!("in-flight-{n}"), Some(&model)).await;
+        settle(
+            tenant,
+            *reservation,
+            &format!("in-flight-{n}"),
+            Some(&model),
+        )
+        .await;
     }
     let calls = SETTLED + IN_FLIGHT + admitted_after;
     let overspent_calls = (calls - K).max(0);
     assert_eq!(overspent_calls, lost);
-    assert!(overspent_calls <= IN_FLIGHT, "overspend beyond the reservations in flight");
-    let orphans: i64 = sqlx::query_scalar("select count(*) from bulkhead.ledger where tenant_id = $1 and orphan")
-        .bind(tenant)
-        .fetch_one(&mut su)
-        .await
-        .unwrap();
+    assert!(
+        overspent_calls <= IN_FLIGHT,
+        "overspend beyond the reservations in flight"
+    );
+    let orphans: i64 =
+        sqlx::query_scalar("select count(*) from bulkhead.ledger where tenant_id = $1 and orphan")
+            .bind(tenant)
+            .fetch_one(&mut su)
+            .await
+            .unwrap();
     assert_eq!(orphans, lost);
     eprintln!("crash lost {lost} of {IN_FLIGHT} in-flight reservations; overspend {overspent_calls} calls");
     tokio::time::sleep(Duration::from_millis(10)).await;

@@ -12,7 +12,10 @@ use std::time::Duration;
 use uuid::Uuid;
 
 async fn current_tenant(conn: &mut sqlx::PgConnection) -> Option<Uuid> {
-    sqlx::query_scalar("select bulkhead.current_tenant()").fetch_one(conn).await.unwrap()
+    sqlx::query_scalar("select bulkhead.current_tenant()")
+        .fetch_one(conn)
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -21,7 +24,11 @@ async fn context_does_not_survive_commit_or_rollback() {
     let mut conn = app().await;
 
     let mut tx = conn.begin().await.unwrap();
-    sqlx::query("select bulkhead.set_tenant($1)").bind(tenant).execute(&mut *tx).await.unwrap();
+    sqlx::query("select bulkhead.set_tenant($1)")
+        .bind(tenant)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
     assert_eq!(current_tenant(&mut tx).await, Some(tenant));
     let seen: i64 = sqlx::query_scalar("select count(*) from bulkhead.tenant_settings")
         .fetch_one(&mut *tx)
@@ -29,12 +36,24 @@ async fn context_does_not_survive_commit_or_rollback() {
         .unwrap();
     assert_eq!(seen, 1);
     tx.commit().await.unwrap();
-    assert_eq!(current_tenant(&mut conn).await, None, "context survived COMMIT");
+    assert_eq!(
+        current_tenant(&mut conn).await,
+        None,
+        "context survived COMMIT"
+    );
 
     let mut tx = conn.begin().await.unwrap();
-    sqlx::query("select bulkhead.set_tenant($1)").bind(tenant).execute(&mut *tx).await.unwrap();
+    sqlx::query("select bulkhead.set_tenant($1)")
+        .bind(tenant)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
     tx.rollback().await.unwrap();
-    assert_eq!(current_tenant(&mut conn).await, None, "context survived ROLLBACK");
+    assert_eq!(
+        current_tenant(&mut conn).await,
+        None,
+        "context survived ROLLBACK"
+    );
     let seen: i64 = sqlx::query_scalar("select count(*) from bulkhead.tenant_settings")
         .fetch_one(&mut conn)
         .await
@@ -49,7 +68,9 @@ async fn session_level_context_is_refused_while_an_unguarded_setting_persists() 
     // Load the extension's library, as the first query touching a Bulkhead table would.
     assert_eq!(current_tenant(&mut conn).await, None);
 
-    let direct = conn.execute(format!("set bulkhead.tenant_id = '{tenant}'").as_str()).await;
+    let direct = conn
+        .execute(format!("set bulkhead.tenant_id = '{tenant}'").as_str())
+        .await;
     assert_eq!(sqlstate(&direct), "42501");
     let via_set_config = sqlx::query("select set_config('bulkhead.tenant_id', $1, false)")
         .bind(tenant.to_string())
@@ -77,7 +98,9 @@ async fn a_context_set_before_the_library_loads_is_discarded_when_it_loads() {
     let mut conn = app().await;
     // Before Bulkhead's library is loaded in this session, Postgres accepts the SET as a
     // placeholder; loading the library re-checks it and drops it (with a WARNING).
-    conn.execute(format!("set bulkhead.tenant_id = '{tenant}'").as_str()).await.unwrap();
+    conn.execute(format!("set bulkhead.tenant_id = '{tenant}'").as_str())
+        .await
+        .unwrap();
     assert_eq!(current_tenant(&mut conn).await, None);
     let seen: i64 = sqlx::query_scalar("select count(*) from bulkhead.tenant_settings")
         .fetch_one(&mut conn)
@@ -94,8 +117,14 @@ async fn a_context_set_before_the_library_loads_is_discarded_when_it_loads() {
 #[tokio::test]
 async fn a_login_role_cannot_escalate() {
     let mut conn = app().await;
-    assert_eq!(sqlstate(&conn.execute("set role bulkhead_admin").await), "42501");
-    assert_eq!(sqlstate(&conn.execute("set session authorization postgres").await), "42501");
+    assert_eq!(
+        sqlstate(&conn.execute("set role bulkhead_admin").await),
+        "42501"
+    );
+    assert_eq!(
+        sqlstate(&conn.execute("set session authorization postgres").await),
+        "42501"
+    );
     assert_eq!(sqlstate(&conn.execute("set role postgres").await), "42501");
     // A member of the control-plane role can: the refusal above comes from membership.
     let mut admin_conn = admin().await;
@@ -112,14 +141,27 @@ async fn pooled_connection_starts_every_transaction_without_context() {
         .unwrap();
     let pid_first: i32 = {
         let mut tx = pool.begin().await.unwrap();
-        sqlx::query("select bulkhead.set_tenant($1)").bind(tenant).execute(&mut *tx).await.unwrap();
-        let pid = sqlx::query_scalar("select pg_backend_pid()").fetch_one(&mut *tx).await.unwrap();
+        sqlx::query("select bulkhead.set_tenant($1)")
+            .bind(tenant)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let pid = sqlx::query_scalar("select pg_backend_pid()")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
         tx.commit().await.unwrap();
         pid
     };
     let mut tx = pool.begin().await.unwrap();
-    let pid_second: i32 = sqlx::query_scalar("select pg_backend_pid()").fetch_one(&mut *tx).await.unwrap();
-    assert_eq!(pid_first, pid_second, "the pool should reuse its one connection");
+    let pid_second: i32 = sqlx::query_scalar("select pg_backend_pid()")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(
+        pid_first, pid_second,
+        "the pool should reuse its one connection"
+    );
     assert_eq!(current_tenant(&mut tx).await, None);
     let seen: i64 = sqlx::query_scalar("select count(*) from bulkhead.tenant_settings")
         .fetch_one(&mut *tx)
@@ -156,7 +198,11 @@ impl PgBouncer {
         std::fs::write(dir.join("pgbouncer.ini"), config).unwrap();
         let as_root = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
         if as_root {
-            Command::new("chown").args(["-R", "postgres"]).arg(&dir).status().unwrap();
+            Command::new("chown")
+                .args(["-R", "postgres"])
+                .arg(&dir)
+                .status()
+                .unwrap();
         }
         // Stop one a killed earlier run left behind.
         if let Ok(pid) = std::fs::read_to_string(dir.join("pgbouncer.pid")) {
@@ -164,7 +210,11 @@ impl PgBouncer {
             std::thread::sleep(Duration::from_millis(300));
         }
         // Debian installs it in /usr/sbin, which a non-root PATH may lack.
-        let binary = if std::path::Path::new("/usr/sbin/pgbouncer").exists() { "/usr/sbin/pgbouncer" } else { "pgbouncer" };
+        let binary = if std::path::Path::new("/usr/sbin/pgbouncer").exists() {
+            "/usr/sbin/pgbouncer"
+        } else {
+            "pgbouncer"
+        };
         let mut command = if as_root {
             let mut c = Command::new("sudo");
             c.args(["-u", "postgres", binary]);
@@ -172,12 +222,18 @@ impl PgBouncer {
         } else {
             Command::new(binary)
         };
-        let child = command.arg("--quiet").arg(dir.join("pgbouncer.ini")).spawn().expect("pgbouncer is installed by make");
+        let child = command
+            .arg("--quiet")
+            .arg(dir.join("pgbouncer.ini"))
+            .spawn()
+            .expect("pgbouncer is installed by make");
         PgBouncer { child, port }
     }
 
     async fn client(&self) -> sqlx::PgConnection {
-        let options = common::superuser_options().username("bulkhead_test_app").port(self.port);
+        let options = common::superuser_options()
+            .username("bulkhead_test_app")
+            .port(self.port);
         for _ in 0..50 {
             if let Ok(conn) = sqlx::ConnectOptions::connect(&options).await {
                 return conn;
@@ -220,30 +276,56 @@ async fn pgbouncer_transaction_pooling_does_not_carry_context_between_clients() 
 
     // Client 1 works for the tenant inside a transaction.
     first.execute("begin").await.unwrap();
-    first.execute(format!("select bulkhead.set_tenant('{tenant}')").as_str()).await.unwrap();
+    first
+        .execute(format!("select bulkhead.set_tenant('{tenant}')").as_str())
+        .await
+        .unwrap();
     let pid_first = texts(&mut first, "select pg_backend_pid()::text").await;
-    let seen = texts(&mut first, "select count(*)::text from bulkhead.tenant_settings").await;
+    let seen = texts(
+        &mut first,
+        "select count(*)::text from bulkhead.tenant_settings",
+    )
+    .await;
     assert_eq!(seen, vec![Some("1".to_string())]);
     first.execute("commit").await.unwrap();
 
     // Client 2 gets the same server connection and no context.
     second.execute("begin").await.unwrap();
     let pid_second = texts(&mut second, "select pg_backend_pid()::text").await;
-    assert_eq!(pid_first, pid_second, "pool_size=1 must give both clients one backend");
-    assert_eq!(texts(&mut second, "select bulkhead.current_tenant()::text").await, vec![None]);
     assert_eq!(
-        texts(&mut second, "select count(*)::text from bulkhead.tenant_settings").await,
+        pid_first, pid_second,
+        "pool_size=1 must give both clients one backend"
+    );
+    assert_eq!(
+        texts(&mut second, "select bulkhead.current_tenant()::text").await,
+        vec![None]
+    );
+    assert_eq!(
+        texts(
+            &mut second,
+            "select count(*)::text from bulkhead.tenant_settings"
+        )
+        .await,
         vec![Some("0".to_string())]
     );
     second.execute("commit").await.unwrap();
 
     // The pooler does carry session state: an unguarded session setting set by client 1
     // reaches client 2 — which is why Bulkhead refuses session-level context.
-    let refused = first.execute(format!("set bulkhead.tenant_id = '{tenant}'").as_str()).await;
+    let refused = first
+        .execute(format!("set bulkhead.tenant_id = '{tenant}'").as_str())
+        .await;
     assert_eq!(sqlstate(&refused), "42501");
-    first.execute(format!("set unguarded.tenant_id = '{tenant}'").as_str()).await.unwrap();
+    first
+        .execute(format!("set unguarded.tenant_id = '{tenant}'").as_str())
+        .await
+        .unwrap();
     assert_eq!(
-        texts(&mut second, "select current_setting('unguarded.tenant_id', true)").await,
+        texts(
+            &mut second,
+            "select current_setting('unguarded.tenant_id', true)"
+        )
+        .await,
         vec![Some(tenant.to_string())]
     );
     drop(bouncer);
@@ -257,14 +339,22 @@ async fn jwt_claims_count_only_in_the_transaction_that_set_them() {
 
     // As PostgREST does it: set inside the request's transaction.
     let mut tx = conn.begin().await.unwrap();
-    sqlx::query("select set_config('request.jwt.claims', $1, true)").bind(&claims).execute(&mut *tx).await.unwrap();
+    sqlx::query("select set_config('request.jwt.claims', $1, true)")
+        .bind(&claims)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
     assert_eq!(current_tenant(&mut tx).await, Some(tenant));
     tx.commit().await.unwrap();
     assert_eq!(current_tenant(&mut conn).await, None);
 
     // Set for the whole session, the claims stay in the setting (a pooler would hand them to the
     // next client) but no later transaction takes a tenant from them.
-    sqlx::query("select set_config('request.jwt.claims', $1, false)").bind(&claims).execute(&mut conn).await.unwrap();
+    sqlx::query("select set_config('request.jwt.claims', $1, false)")
+        .bind(&claims)
+        .execute(&mut conn)
+        .await
+        .unwrap();
     let lingering: String = sqlx::query_scalar("select current_setting('request.jwt.claims')")
         .fetch_one(&mut conn)
         .await

@@ -26,11 +26,13 @@ async fn catalog_tenant_tables(conn: &mut PgConnection) -> Vec<String> {
 /// Rows of `tenant` in `table`, counted as superuser (RLS does not hide anything).
 async fn rows_of(conn: &mut PgConnection, table: &str, tenant: Uuid) -> i64 {
     // The table name comes from the catalog query above; quote_ident-safe regclass text.
-    sqlx::query_scalar(&format!("select count(*) from {table} where tenant_id = $1"))
-        .bind(tenant)
-        .fetch_one(conn)
-        .await
-        .unwrap()
+    sqlx::query_scalar(&format!(
+        "select count(*) from {table} where tenant_id = $1"
+    ))
+    .bind(tenant)
+    .fetch_one(conn)
+    .await
+    .unwrap()
 }
 
 /// Puts rows for `tenant` into every tenant table this fixture knows.
@@ -45,11 +47,16 @@ async fn populate(admin: &mut PgConnection, tenant: Uuid) {
     // Budget state, a reservation and a ledger row come from the application's own calls.
     let mut app_conn = app().await;
     let mut tx = app_conn.begin().await.unwrap();
-    sqlx::query("select bulkhead.set_tenant($1)").bind(tenant).execute(&mut *tx).await.unwrap();
-    let reservation: Uuid = sqlx::query_scalar("select bulkhead.budget_check('gpt-4o-mini', 100, 50)")
-        .fetch_one(&mut *tx)
+    sqlx::query("select bulkhead.set_tenant($1)")
+        .bind(tenant)
+        .execute(&mut *tx)
         .await
         .unwrap();
+    let reservation: Uuid =
+        sqlx::query_scalar("select bulkhead.budget_check('gpt-4o-mini', 100, 50)")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
     sqlx::query("select bulkhead.ledger_record($1, '{\"prompt_tokens\": 90, \"completion_tokens\": 10}', 'chatcmpl-fixture')")
         .bind(reservation)
         .execute(&mut *tx)
@@ -68,18 +75,30 @@ async fn deletion_empties_every_tenant_table_and_only_that_tenant() {
 
     let mut su = superuser().await;
     let tables = catalog_tenant_tables(&mut su).await;
-    let listed: Vec<String> = sqlx::query_scalar("select table_name::text from bulkhead.tenant_scoped_tables() order by 1")
-        .fetch_all(&mut su)
-        .await
-        .unwrap();
-    assert_eq!(tables, listed, "bulkhead.tenant_scoped_tables() must list every tenant table");
+    let listed: Vec<String> = sqlx::query_scalar(
+        "select table_name::text from bulkhead.tenant_scoped_tables() order by 1",
+    )
+    .fetch_all(&mut su)
+    .await
+    .unwrap();
+    assert_eq!(
+        tables, listed,
+        "bulkhead.tenant_scoped_tables() must list every tenant table"
+    );
     assert!(!tables.is_empty());
 
     let mut before = Vec::new();
     for table in &tables {
         let doomed_rows = rows_of(&mut su, table, doomed).await;
-        assert!(doomed_rows > 0, "{table} has no fixture rows: add some to populate() so its deletion is proven");
-        before.push((table.clone(), doomed_rows, rows_of(&mut su, table, survivor).await));
+        assert!(
+            doomed_rows > 0,
+            "{table} has no fixture rows: add some to populate() so its deletion is proven"
+        );
+        before.push((
+            table.clone(),
+            doomed_rows,
+            rows_of(&mut su, table, survivor).await,
+        ));
     }
 
     let receipt: Uuid = sqlx::query_scalar("select bulkhead.delete_tenant($1)")
@@ -89,8 +108,16 @@ async fn deletion_empties_every_tenant_table_and_only_that_tenant() {
         .unwrap();
 
     for (table, doomed_rows, survivor_rows) in &before {
-        assert_eq!(rows_of(&mut su, table, doomed).await, 0, "{table} still holds the deleted tenant's rows");
-        assert_eq!(rows_of(&mut su, table, survivor).await, *survivor_rows, "{table} lost another tenant's rows");
+        assert_eq!(
+            rows_of(&mut su, table, doomed).await,
+            0,
+            "{table} still holds the deleted tenant's rows"
+        );
+        assert_eq!(
+            rows_of(&mut su, table, survivor).await,
+            *survivor_rows,
+            "{table} lost another tenant's rows"
+        );
         let recorded: i64 = sqlx::query_scalar(
             "select rows_deleted from bulkhead.deletion_receipt_steps where receipt_id = $1 and step = $2",
         )
@@ -101,17 +128,19 @@ async fn deletion_empties_every_tenant_table_and_only_that_tenant() {
         .unwrap_or_else(|_| panic!("the receipt has no step for {table}"));
         assert_eq!(recorded, *doomed_rows, "the receipt's count for {table}");
     }
-    let tenant_rows: i64 = sqlx::query_scalar("select count(*) from bulkhead.tenants where id = $1")
-        .bind(doomed)
-        .fetch_one(&mut su)
-        .await
-        .unwrap();
+    let tenant_rows: i64 =
+        sqlx::query_scalar("select count(*) from bulkhead.tenants where id = $1")
+            .bind(doomed)
+            .fetch_one(&mut su)
+            .await
+            .unwrap();
     assert_eq!(tenant_rows, 0);
-    let receipt_tenant: Uuid = sqlx::query_scalar("select tenant_id from bulkhead.deletion_receipts where id = $1")
-        .bind(receipt)
-        .fetch_one(&mut su)
-        .await
-        .unwrap();
+    let receipt_tenant: Uuid =
+        sqlx::query_scalar("select tenant_id from bulkhead.deletion_receipts where id = $1")
+            .bind(receipt)
+            .fetch_one(&mut su)
+            .await
+            .unwrap();
     assert_eq!(receipt_tenant, doomed);
 }
 
@@ -126,7 +155,11 @@ async fn deletion_is_all_or_nothing() {
     su.execute("create table if not exists public.it_external_ref (tenant uuid references bulkhead.tenants (id))")
         .await
         .unwrap();
-    sqlx::query("insert into public.it_external_ref values ($1)").bind(tenant).execute(&mut su).await.unwrap();
+    sqlx::query("insert into public.it_external_ref values ($1)")
+        .bind(tenant)
+        .execute(&mut su)
+        .await
+        .unwrap();
 
     let mut tx = admin_conn.begin().await.unwrap();
     let failed = sqlx::query_scalar::<_, Uuid>("select bulkhead.delete_tenant($1)")
@@ -136,12 +169,20 @@ async fn deletion_is_all_or_nothing() {
     assert_eq!(sqlstate(&failed), "23503");
     tx.rollback().await.unwrap();
 
-    assert_eq!(rows_of(&mut su, "bulkhead.tenant_settings", tenant).await, 1);
-    let receipts: i64 = sqlx::query_scalar("select count(*) from bulkhead.deletion_receipts where tenant_id = $1")
+    assert_eq!(
+        rows_of(&mut su, "bulkhead.tenant_settings", tenant).await,
+        1
+    );
+    let receipts: i64 =
+        sqlx::query_scalar("select count(*) from bulkhead.deletion_receipts where tenant_id = $1")
+            .bind(tenant)
+            .fetch_one(&mut su)
+            .await
+            .unwrap();
+    assert_eq!(receipts, 0);
+    sqlx::query("delete from public.it_external_ref where tenant = $1")
         .bind(tenant)
-        .fetch_one(&mut su)
+        .execute(&mut su)
         .await
         .unwrap();
-    assert_eq!(receipts, 0);
-    sqlx::query("delete from public.it_external_ref where tenant = $1").bind(tenant).execute(&mut su).await.unwrap();
 }

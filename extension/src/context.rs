@@ -25,7 +25,11 @@ fn tenant_visible(id: pgrx::Uuid) -> SpiResult<bool> {
                 let _ = cell.set(plan.keep());
             }
             let plan = cell.get().expect("set above");
-            client.select(plan, Some(1), &[id.into()])?.first().get_one::<bool>().map(|v| v.unwrap_or(false))
+            client
+                .select(plan, Some(1), &[id.into()])?
+                .first()
+                .get_one::<bool>()
+                .map(|v| v.unwrap_or(false))
         })
     })
 }

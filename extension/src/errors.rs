@@ -7,11 +7,9 @@ use pgrx::prelude::*;
 
 /// Postgres' MAKE_SQLSTATE: five six-bit characters packed into an int.
 pub fn packed_sqlstate(state: SqlState) -> i32 {
-    state
-        .chars()
-        .iter()
-        .enumerate()
-        .fold(0, |packed, (i, ch)| packed | ((((*ch as i32) - ('0' as i32)) & 0x3F) << (6 * i)))
+    state.chars().iter().enumerate().fold(0, |packed, (i, ch)| {
+        packed | ((((*ch as i32) - ('0' as i32)) & 0x3F) << (6 * i))
+    })
 }
 
 /// Raises `err` as an ERROR; never returns.

@@ -18,13 +18,15 @@ static JWT_TENANT_CLAIM: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"app_metadata.tenant_id"));
 
 /// `bulkhead.billing_time_zone`: where day, week and month budget periods begin.
-static BILLING_TIME_ZONE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"UTC"));
+static BILLING_TIME_ZONE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"UTC"));
 
 /// `bulkhead.async_admission`: budget_check commits asynchronously (no WAL flush per check).
 static ASYNC_ADMISSION: GucSetting<bool> = GucSetting::<bool>::new(true);
 
 /// `bulkhead.min_lease`: the shortest reservation lease budget_check accepts.
-static MIN_LEASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"1 minute"));
+static MIN_LEASE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"1 minute"));
 
 /// True only while `set_tenant` writes the setting.
 static SET_TENANT_IN_PROGRESS: AtomicBool = AtomicBool::new(false);
@@ -83,7 +85,9 @@ pub fn init() {
 
 /// The raw transaction-local setting.
 pub fn tenant_id_setting() -> Option<String> {
-    TENANT_ID.get().map(|value| value.to_string_lossy().into_owned())
+    TENANT_ID
+        .get()
+        .map(|value| value.to_string_lossy().into_owned())
 }
 
 /// The configured claim path; the check hook has already validated it.
@@ -102,7 +106,12 @@ pub fn claim_path() -> ClaimPath {
 pub fn jwt_claims() -> Option<String> {
     // SAFETY: find_option and GetConfigOption only read GUC storage; the value is copied at once.
     unsafe {
-        let option = pg_sys::find_option(c"request.jwt.claims".as_ptr(), false, true, PgLogLevel::DEBUG1 as i32);
+        let option = pg_sys::find_option(
+            c"request.jwt.claims".as_ptr(),
+            false,
+            true,
+            PgLogLevel::DEBUG1 as i32,
+        );
         if option.is_null() {
             return None;
         }
@@ -167,9 +176,13 @@ unsafe extern "C-unwind" fn check_tenant_id(
     _extra: *mut *mut c_void,
     _source: pg_sys::GucSource::Type,
 ) -> bool {
-    let clearing = new_value(newval).is_none_or(|v| v.to_bytes().iter().all(u8::is_ascii_whitespace));
+    let clearing =
+        new_value(newval).is_none_or(|v| v.to_bytes().iter().all(u8::is_ascii_whitespace));
     // A parallel worker copies its leader's settings; they were checked when the leader set them.
-    if clearing || SET_TENANT_IN_PROGRESS.load(Ordering::SeqCst) || pg_sys::InitializingParallelWorker {
+    if clearing
+        || SET_TENANT_IN_PROGRESS.load(Ordering::SeqCst)
+        || pg_sys::InitializingParallelWorker
+    {
         return true;
     }
     refuse(

@@ -18,10 +18,26 @@ extension_sql_file!(
     name = "context",
     requires = ["roles", context::current_tenant, context::set_tenant]
 );
-extension_sql_file!("../../sql/tenants.sql", name = "tenants", requires = ["context"]);
-extension_sql_file!("../../sql/control_plane.sql", name = "control_plane", requires = ["tenants"]);
-extension_sql_file!("../../sql/prices.sql", name = "prices", requires = ["control_plane"]);
-extension_sql_file!("../../sql/budgets.sql", name = "budgets", requires = ["prices"]);
+extension_sql_file!(
+    "../../sql/tenants.sql",
+    name = "tenants",
+    requires = ["context"]
+);
+extension_sql_file!(
+    "../../sql/control_plane.sql",
+    name = "control_plane",
+    requires = ["tenants"]
+);
+extension_sql_file!(
+    "../../sql/prices.sql",
+    name = "prices",
+    requires = ["control_plane"]
+);
+extension_sql_file!(
+    "../../sql/budgets.sql",
+    name = "budgets",
+    requires = ["prices"]
+);
 extension_sql_file!(
     "../../sql/ledger.sql",
     name = "ledger",

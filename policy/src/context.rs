@@ -46,7 +46,10 @@ impl HasSqlState for ContextError {
             ContextError::UnknownTenant(id) => {
                 format!("No tenant with id {id} exists, so no tenant context was set.")
             }
-            ContextError::JwtTenantMismatch { jwt_tenant, requested } => format!(
+            ContextError::JwtTenantMismatch {
+                jwt_tenant,
+                requested,
+            } => format!(
                 "The request's JWT names tenant {jwt_tenant}, and a transaction carrying it \
                  cannot act for tenant {requested}."
             ),
@@ -71,18 +74,24 @@ pub struct ClaimPath {
 
 impl ClaimPath {
     pub fn parse(path: &str) -> Result<ClaimPath, ContextError> {
-        let invalid = |reason| ContextError::InvalidClaimPath { path: path.to_string(), reason };
+        let invalid = |reason| ContextError::InvalidClaimPath {
+            path: path.to_string(),
+            reason,
+        };
         let segments: Vec<String> = path.split('.').map(str::to_string).collect();
         if segments.len() > MAX_CLAIM_PATH_SEGMENTS {
             return Err(invalid("it has more than 8 segments"));
         }
         if segments.iter().any(|s| s.is_empty() || s.trim() != s) {
-            return Err(invalid("every segment must be a non-empty key without surrounding spaces"));
+            return Err(invalid(
+                "every segment must be a non-empty key without surrounding spaces",
+            ));
         }
-        if segments
-            .iter()
-            .any(|s| USER_WRITABLE_CLAIMS.iter().any(|u| s.eq_ignore_ascii_case(u)))
-        {
+        if segments.iter().any(|s| {
+            USER_WRITABLE_CLAIMS
+                .iter()
+                .any(|u| s.eq_ignore_ascii_case(u))
+        }) {
             return Err(invalid("user_metadata is writable by end users"));
         }
         Ok(ClaimPath { segments })
@@ -138,7 +147,11 @@ impl SettingValue {
 ///
 /// When both sources name a tenant and they differ, the answer is `None`: a transaction
 /// authenticated as one tenant must never be steered to another by a setting.
-pub fn resolve_tenant(setting: Option<&str>, jwt_claims: Option<&str>, path: &ClaimPath) -> Option<Uuid> {
+pub fn resolve_tenant(
+    setting: Option<&str>,
+    jwt_claims: Option<&str>,
+    path: &ClaimPath,
+) -> Option<Uuid> {
     let from_jwt = || jwt_claims.and_then(|claims| path.tenant_in(claims));
     match SettingValue::read(setting) {
         SettingValue::Garbage => None,
@@ -153,9 +166,10 @@ pub fn resolve_tenant(setting: Option<&str>, jwt_claims: Option<&str>, path: &Cl
 /// May a transaction whose JWT names `jwt_tenant` switch its context to `requested`?
 pub fn check_switch(jwt_tenant: Option<Uuid>, requested: Uuid) -> Result<(), ContextError> {
     match jwt_tenant {
-        Some(jwt_tenant) if jwt_tenant != requested => {
-            Err(ContextError::JwtTenantMismatch { jwt_tenant, requested })
-        }
+        Some(jwt_tenant) if jwt_tenant != requested => Err(ContextError::JwtTenantMismatch {
+            jwt_tenant,
+            requested,
+        }),
         _ => Ok(()),
     }
 }
@@ -179,7 +193,10 @@ mod tests {
     fn setting_wins_when_present() {
         let path = ClaimPath::default();
         assert_eq!(resolve_tenant(Some(A), None, &path), Some(a()));
-        assert_eq!(resolve_tenant(Some(&format!("  {A} ")), None, &path), Some(a()));
+        assert_eq!(
+            resolve_tenant(Some(&format!("  {A} ")), None, &path),
+            Some(a())
+        );
     }
 
     #[test]
@@ -196,7 +213,14 @@ mod tests {
         let path = ClaimPath::default();
         let jwt = format!(r#"{{"app_metadata":{{"tenant_id":"{A}"}}}}"#);
         assert_eq!(resolve_tenant(Some("not-a-uuid"), Some(&jwt), &path), None);
-        assert_eq!(resolve_tenant(Some("00000000-0000-0000-0000-000000000000"), Some(&jwt), &path), None);
+        assert_eq!(
+            resolve_tenant(
+                Some("00000000-0000-0000-0000-000000000000"),
+                Some(&jwt),
+                &path
+            ),
+            None
+        );
     }
 
     #[test]
@@ -212,7 +236,11 @@ mod tests {
         let path = ClaimPath::default();
         let jwt = format!(r#"{{"user_metadata":{{"tenant_id":"{A}"}}}}"#);
         assert_eq!(resolve_tenant(None, Some(&jwt), &path), None);
-        for bad in ["user_metadata.tenant_id", "app_metadata.User_Metadata.tenant", "x.user_metadata"] {
+        for bad in [
+            "user_metadata.tenant_id",
+            "app_metadata.User_Metadata.tenant",
+            "x.user_metadata",
+        ] {
             let err = ClaimPath::parse(bad).unwrap_err();
             assert_eq!(err.sqlstate(), SqlState::INVALID_PARAMETER_VALUE, "{bad}");
         }

@@ -57,7 +57,11 @@ mod tests {
         ] {
             let code = state.code();
             assert_eq!(code.len(), 5, "{code}");
-            assert!(code.chars().all(|c| c.is_ascii_digit() || c.is_ascii_uppercase()), "{code}");
+            assert!(
+                code.chars()
+                    .all(|c| c.is_ascii_digit() || c.is_ascii_uppercase()),
+                "{code}"
+            );
         }
     }
 }

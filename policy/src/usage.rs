@@ -137,8 +137,17 @@ pub struct Rates {
 
 impl Rates {
     fn check(&self) -> Result<(), UsageError> {
-        let all = [Some(self.input), Some(self.output), self.cached_input, self.cache_write];
-        if all.into_iter().flatten().any(|r| r.is_sign_negative() && !r.is_zero()) {
+        let all = [
+            Some(self.input),
+            Some(self.output),
+            self.cached_input,
+            self.cache_write,
+        ];
+        if all
+            .into_iter()
+            .flatten()
+            .any(|r| r.is_sign_negative() && !r.is_zero())
+        {
             return Err(UsageError::InvalidRate);
         }
         Ok(())
@@ -180,10 +189,14 @@ fn normalize_openai(usage: &Map<String, Value>) -> Result<NormalizedUsage, Usage
         )
     };
     if cached > total_input {
-        return Err(UsageError::Inconsistent("more cached tokens than input tokens"));
+        return Err(UsageError::Inconsistent(
+            "more cached tokens than input tokens",
+        ));
     }
     if reasoning > output {
-        return Err(UsageError::Inconsistent("more reasoning tokens than output tokens"));
+        return Err(UsageError::Inconsistent(
+            "more reasoning tokens than output tokens",
+        ));
     }
     Ok(NormalizedUsage {
         input: total_input - cached,
@@ -205,7 +218,9 @@ fn normalize_anthropic(usage: &Map<String, Value>) -> Result<NormalizedUsage, Us
     // Newer responses split cache writes by lifetime; the 1-hour cache costs twice the input rate.
     let write_1h = nested_count(usage, "cache_creation", "ephemeral_1h_input_tokens")?;
     if write_1h > cache_creation {
-        return Err(UsageError::Inconsistent("more 1-hour cache writes than cache writes"));
+        return Err(UsageError::Inconsistent(
+            "more 1-hour cache writes than cache writes",
+        ));
     }
     Ok(NormalizedUsage {
         input,
@@ -224,14 +239,25 @@ pub fn cost(usage: &NormalizedUsage, rates: &Rates) -> Result<Decimal, UsageErro
     rates.check()?;
     let terms = [
         (rates.input, usage.input),
-        (rates.cached_input.unwrap_or(rates.input), usage.cached_input),
+        (
+            rates.cached_input.unwrap_or(rates.input),
+            usage.cached_input,
+        ),
         (rates.cache_write.unwrap_or(rates.input), usage.cache_write),
-        (rates.input.checked_mul(Decimal::TWO).ok_or(UsageError::Overflow)?, usage.cache_write_1h),
+        (
+            rates
+                .input
+                .checked_mul(Decimal::TWO)
+                .ok_or(UsageError::Overflow)?,
+            usage.cache_write_1h,
+        ),
         (rates.output, usage.output),
     ];
     let mut total = Decimal::ZERO;
     for (rate, tokens) in terms {
-        let term = rate.checked_mul(Decimal::from(tokens)).ok_or(UsageError::Overflow)?;
+        let term = rate
+            .checked_mul(Decimal::from(tokens))
+            .ok_or(UsageError::Overflow)?;
         total = total.checked_add(term).ok_or(UsageError::Overflow)?;
     }
     Ok((total / Decimal::from(1_000_000u32)).normalize())
@@ -240,7 +266,11 @@ pub fn cost(usage: &NormalizedUsage, rates: &Rates) -> Result<Decimal, UsageErro
 /// The admission estimate: every input token at the input rate, every allowed output token at
 /// the output rate (the most the call can cost, short of cache writes).
 pub fn estimate(est_input: u64, max_output: u64, rates: &Rates) -> Result<Decimal, UsageError> {
-    let usage = NormalizedUsage { input: est_input, output: max_output, ..Default::default() };
+    let usage = NormalizedUsage {
+        input: est_input,
+        output: max_output,
+        ..Default::default()
+    };
     cost(&usage, rates)
 }
 
@@ -248,30 +278,45 @@ fn count(usage: &Map<String, Value>, field: &'static str) -> Result<u64, UsageEr
     optional_count(usage, field)?.ok_or(UsageError::Missing(field))
 }
 
-fn optional_count(usage: &Map<String, Value>, field: &'static str) -> Result<Option<u64>, UsageError> {
+fn optional_count(
+    usage: &Map<String, Value>,
+    field: &'static str,
+) -> Result<Option<u64>, UsageError> {
     match usage.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(value) => value
             .as_u64()
             .filter(|n| *n <= MAX_TOKENS_PER_CALL)
             .map(Some)
-            .ok_or(UsageError::BadCount { field, max: MAX_TOKENS_PER_CALL }),
+            .ok_or(UsageError::BadCount {
+                field,
+                max: MAX_TOKENS_PER_CALL,
+            }),
     }
 }
 
 /// A count inside an optional details object; absent means zero.
-fn nested_count(usage: &Map<String, Value>, object: &'static str, field: &'static str) -> Result<u64, UsageError> {
+fn nested_count(
+    usage: &Map<String, Value>,
+    object: &'static str,
+    field: &'static str,
+) -> Result<u64, UsageError> {
     match usage.get(object) {
         None | Some(Value::Null) => Ok(0),
         Some(Value::Object(details)) => Ok(optional_count(details, field)?.unwrap_or(0)),
-        Some(_) => Err(UsageError::BadCount { field: object, max: MAX_TOKENS_PER_CALL }),
+        Some(_) => Err(UsageError::BadCount {
+            field: object,
+            max: MAX_TOKENS_PER_CALL,
+        }),
     }
 }
 
 fn checked_sum(parts: &[u64]) -> Result<u64, UsageError> {
     let sum: u64 = parts.iter().sum();
     if sum > MAX_TOKENS_PER_CALL {
-        return Err(UsageError::Inconsistent("more tokens than one call can use"));
+        return Err(UsageError::Inconsistent(
+            "more tokens than one call can use",
+        ));
     }
     Ok(sum)
 }
@@ -293,7 +338,10 @@ mod tests {
     /// What a usage costs, with its normalised counts, for the snapshots.
     fn priced(provider: Provider, usage: Value, rates: &Rates) -> String {
         let normalized = normalize(provider, &usage).unwrap();
-        format!("{normalized:#?}\ncost_usd = {}", cost(&normalized, rates).unwrap())
+        format!(
+            "{normalized:#?}\ncost_usd = {}",
+            cost(&normalized, rates).unwrap()
+        )
     }
 
     // Usage objects below are the providers' documented examples.
@@ -375,13 +423,23 @@ mod tests {
             &json!({"prompt_tokens": 1000, "completion_tokens": 0, "prompt_tokens_details": {"cached_tokens": 800}}),
         )
         .unwrap();
-        assert_eq!((openai.input, openai.cached_input, openai.itpm_counted), (200, 800, 1000));
+        assert_eq!(
+            (openai.input, openai.cached_input, openai.itpm_counted),
+            (200, 800, 1000)
+        );
         let anthropic = normalize(
             Provider::Anthropic,
             &json!({"input_tokens": 1000, "output_tokens": 0, "cache_read_input_tokens": 800}),
         )
         .unwrap();
-        assert_eq!((anthropic.input, anthropic.cached_input, anthropic.itpm_counted), (1000, 800, 1000));
+        assert_eq!(
+            (
+                anthropic.input,
+                anthropic.cached_input,
+                anthropic.itpm_counted
+            ),
+            (1000, 800, 1000)
+        );
     }
 
     #[test]
@@ -398,14 +456,21 @@ mod tests {
     #[test]
     fn missing_rates_bill_at_the_input_rate() {
         let no_discount = rates("1", "2", None, None);
-        let usage = NormalizedUsage { cached_input: 1_000_000, cache_write: 1_000_000, ..Default::default() };
+        let usage = NormalizedUsage {
+            cached_input: 1_000_000,
+            cache_write: 1_000_000,
+            ..Default::default()
+        };
         assert_eq!(cost(&usage, &no_discount).unwrap(), Decimal::from(2));
     }
 
     #[test]
     fn estimate_is_input_plus_max_output() {
         let gpt_4o = rates("2.50", "10.00", Some("1.25"), None);
-        assert_eq!(estimate(1000, 500, &gpt_4o).unwrap(), "0.0075".parse::<Decimal>().unwrap());
+        assert_eq!(
+            estimate(1000, 500, &gpt_4o).unwrap(),
+            "0.0075".parse::<Decimal>().unwrap()
+        );
     }
 
     #[test]
@@ -413,34 +478,83 @@ mod tests {
         let cases = [
             (Provider::OpenAi, json!([1, 2])),
             (Provider::OpenAi, json!({"completion_tokens": 3})),
-            (Provider::OpenAi, json!({"prompt_tokens": -1, "completion_tokens": 3})),
-            (Provider::OpenAi, json!({"prompt_tokens": 1.5, "completion_tokens": 3})),
-            (Provider::OpenAi, json!({"prompt_tokens": "10", "completion_tokens": 3})),
-            (Provider::OpenAi, json!({"prompt_tokens": 1e300, "completion_tokens": 3})),
-            (Provider::OpenAi, json!({"prompt_tokens": 100_000_001u64, "completion_tokens": 3})),
-            (Provider::OpenAi, json!({"prompt_tokens": 10, "completion_tokens": 3, "prompt_tokens_details": {"cached_tokens": 11}})),
-            (Provider::OpenAi, json!({"prompt_tokens": 10, "completion_tokens": 3, "completion_tokens_details": {"reasoning_tokens": 4}})),
-            (Provider::OpenAi, json!({"prompt_tokens": 10, "completion_tokens": 3, "prompt_tokens_details": 7})),
+            (
+                Provider::OpenAi,
+                json!({"prompt_tokens": -1, "completion_tokens": 3}),
+            ),
+            (
+                Provider::OpenAi,
+                json!({"prompt_tokens": 1.5, "completion_tokens": 3}),
+            ),
+            (
+                Provider::OpenAi,
+                json!({"prompt_tokens": "10", "completion_tokens": 3}),
+            ),
+            (
+                Provider::OpenAi,
+                json!({"prompt_tokens": 1e300, "completion_tokens": 3}),
+            ),
+            (
+                Provider::OpenAi,
+                json!({"prompt_tokens": 100_000_001u64, "completion_tokens": 3}),
+            ),
+            (
+                Provider::OpenAi,
+                json!({"prompt_tokens": 10, "completion_tokens": 3, "prompt_tokens_details": {"cached_tokens": 11}}),
+            ),
+            (
+                Provider::OpenAi,
+                json!({"prompt_tokens": 10, "completion_tokens": 3, "completion_tokens_details": {"reasoning_tokens": 4}}),
+            ),
+            (
+                Provider::OpenAi,
+                json!({"prompt_tokens": 10, "completion_tokens": 3, "prompt_tokens_details": 7}),
+            ),
             (Provider::Anthropic, json!({"input_tokens": 10})),
-            (Provider::Anthropic, json!({"input_tokens": 10, "output_tokens": 1, "cache_read_input_tokens": -5})),
-            (Provider::Anthropic, json!({"input_tokens": 99_999_999u64, "output_tokens": 1, "cache_creation_input_tokens": 99_999_999u64})),
+            (
+                Provider::Anthropic,
+                json!({"input_tokens": 10, "output_tokens": 1, "cache_read_input_tokens": -5}),
+            ),
+            (
+                Provider::Anthropic,
+                json!({"input_tokens": 99_999_999u64, "output_tokens": 1, "cache_creation_input_tokens": 99_999_999u64}),
+            ),
         ];
         for (provider, usage) in cases {
             let err = normalize(provider, &usage).unwrap_err();
             assert_eq!(err.sqlstate(), SqlState::INVALID_PARAMETER_VALUE, "{usage}");
         }
         assert!("mistral".parse::<Provider>().is_err());
-        let deep = format!("{{\"prompt_tokens\": {}1{}, \"completion_tokens\": 1}}", "[".repeat(300), "]".repeat(300));
-        assert_eq!(normalize_text(Provider::OpenAi, &deep), Err(UsageError::NotJson));
+        let deep = format!(
+            "{{\"prompt_tokens\": {}1{}, \"completion_tokens\": 1}}",
+            "[".repeat(300),
+            "]".repeat(300)
+        );
         assert_eq!(
-            normalize_text(Provider::OpenAi, r#"{"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 1e400}"#),
+            normalize_text(Provider::OpenAi, &deep),
             Err(UsageError::NotJson)
         );
-        let huge = Rates { input: Decimal::from_str("1e25").unwrap(), ..rates("1", "1", None, None) };
-        let usage = NormalizedUsage { input: MAX_TOKENS_PER_CALL, ..Default::default() };
+        assert_eq!(
+            normalize_text(
+                Provider::OpenAi,
+                r#"{"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 1e400}"#
+            ),
+            Err(UsageError::NotJson)
+        );
+        let huge = Rates {
+            input: Decimal::from_str("1e25").unwrap(),
+            ..rates("1", "1", None, None)
+        };
+        let usage = NormalizedUsage {
+            input: MAX_TOKENS_PER_CALL,
+            ..Default::default()
+        };
         let overflow = cost(&usage, &huge).unwrap_err();
         assert_eq!(overflow.sqlstate(), SqlState::NUMERIC_VALUE_OUT_OF_RANGE);
         let negative = rates("-1", "1", None, None);
-        assert_eq!(cost(&NormalizedUsage::default(), &negative), Err(UsageError::InvalidRate));
+        assert_eq!(
+            cost(&NormalizedUsage::default(), &negative),
+            Err(UsageError::InvalidRate)
+        );
     }
 }

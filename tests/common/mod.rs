@@ -15,17 +15,28 @@ pub fn superuser_options() -> PgConnectOptions {
 
 /// Connects as the superuser (bypasses RLS: only for fixtures and for proving what exists).
 pub async fn superuser() -> PgConnection {
-    superuser_options().connect().await.expect("superuser connection")
+    superuser_options()
+        .connect()
+        .await
+        .expect("superuser connection")
 }
 
 /// Connects as `bulkhead_test_app`: a LOGIN role in bulkhead_app, neither superuser nor owner.
 pub async fn app() -> PgConnection {
-    superuser_options().username("bulkhead_test_app").connect().await.expect("app connection")
+    superuser_options()
+        .username("bulkhead_test_app")
+        .connect()
+        .await
+        .expect("app connection")
 }
 
 /// Connects as `bulkhead_test_admin`, a LOGIN role in bulkhead_admin.
 pub async fn admin() -> PgConnection {
-    superuser_options().username("bulkhead_test_admin").connect().await.expect("admin connection")
+    superuser_options()
+        .username("bulkhead_test_admin")
+        .connect()
+        .await
+        .expect("admin connection")
 }
 
 /// A slug no other test (or earlier run) uses.
