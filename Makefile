@@ -164,7 +164,8 @@ test: test-unit test-pgrx test-regress test-isolation test-integration test-demo
 	@echo "==> all test suites passed"
 
 test-unit: toolchain
-	@echo "==> unit tests (policy crate)"
+	@echo "==> formatting and unit tests (policy crate)"
+	cargo fmt --all --check
 	cargo test --locked -p bulkhead-policy
 
 # pgrx's own cluster; a killed earlier run can leave a postmaster and a data dir behind.
