@@ -20,7 +20,10 @@ grant select, insert, update on bench.counter, bench.log to bulkhead_bench_app;
 SQL
 
 printf 'SELECT 1;\n' > "$work/round_trip.sql"
-printf '\\set n random(1, 1000)\nSELECT bulkhead.set_tenant(bench.tenant_id(:n)) \\; SELECT 1;\n' > "$work/set_tenant.sql"
+cat > "$work/set_tenant.sql" <<'SQL'
+\set n random(1, 1000)
+SELECT bulkhead.set_tenant(('00000000-0000-4000-8000-' || lpad(to_hex(:n), 12, '0'))::uuid) \; SELECT 1;
+SQL
 printf '\\set n random(1, 1000)\nUPDATE bench.counter SET n = n + 1 WHERE id = :n;\n' > "$work/update.sql"
 printf '\\set n random(1, 1000)\nUPDATE bench.counter SET n = n + 1 WHERE id = :n \\; INSERT INTO bench.log (tenant) VALUES (:n);\n' > "$work/update_insert.sql"
 cp "$here/check_spread.sql" "$work/budget_check.sql"
