@@ -36,7 +36,9 @@ fn tenant_visible(id: pgrx::Uuid) -> SpiResult<bool> {
 
 /// The tenant the current transaction acts for, or NULL. Runs no SQL, so it carries no
 /// `SET search_path`: that clause would add a settings save/restore to every call.
-#[pg_extern(stable, parallel_safe)]
+/// Parallel restricted: only the leader knows whether the JWT claims were set in this
+/// transaction, so workers get the tenant as a parameter (policies use it as an InitPlan).
+#[pg_extern(stable, parallel_restricted)]
 pub fn current_tenant() -> Option<pgrx::Uuid> {
     let setting = gucs::tenant_id_setting();
     let claims = gucs::jwt_claims();

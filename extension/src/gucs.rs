@@ -116,9 +116,9 @@ pub fn jwt_claims() -> Option<String> {
             return None;
         }
         // A setting changed in this transaction has a stack entry until the transaction ends.
-        // Parallel workers get the leader's settings restored without one.
-        let set_in_this_transaction = !(*option).stack.is_null();
-        if !set_in_this_transaction && pg_sys::ParallelWorkerNumber < 0 {
+        // (current_tenant() is parallel restricted, so this never runs in a parallel worker,
+        // which gets its settings restored without stack entries.)
+        if (*option).stack.is_null() {
             return None;
         }
         let raw = pg_sys::GetConfigOption(c"request.jwt.claims".as_ptr(), true, false);
