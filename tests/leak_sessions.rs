@@ -6,7 +6,6 @@ mod common;
 
 use common::{admin, app, create_tenant, sqlstate};
 use sqlx::{Connection, Executor, Row};
-use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::Duration;
 use uuid::Uuid;
@@ -179,8 +178,7 @@ struct PgBouncer {
 
 impl PgBouncer {
     fn start() -> PgBouncer {
-        let home = PathBuf::from(std::env::var("BULKHEAD_HOME").expect("BULKHEAD_HOME from make"));
-        let dir = home.join("pgbouncer-test");
+        let dir = common::bulkhead_home().join("pgbouncer-test");
         std::fs::create_dir_all(&dir).unwrap();
         let pg_port = std::env::var("BULKHEAD_TEST_PORT").unwrap_or_else(|_| "54329".into());
         let port = 54339;
@@ -196,8 +194,7 @@ impl PgBouncer {
         );
         std::fs::write(dir.join("users.txt"), "\"bulkhead_test_app\" \"\"\n").unwrap();
         std::fs::write(dir.join("pgbouncer.ini"), config).unwrap();
-        let as_root = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
-        if as_root {
+        if common::running_as_root() {
             Command::new("chown")
                 .args(["-R", "postgres"])
                 .arg(&dir)
@@ -215,14 +212,7 @@ impl PgBouncer {
         } else {
             "pgbouncer"
         };
-        let mut command = if as_root {
-            let mut c = Command::new("sudo");
-            c.args(["-u", "postgres", binary]);
-            c
-        } else {
-            Command::new(binary)
-        };
-        let child = command
+        let child = common::command_as_postgres(binary)
             .arg("--quiet")
             .arg(dir.join("pgbouncer.ini"))
             .spawn()
@@ -247,8 +237,9 @@ impl PgBouncer {
 impl Drop for PgBouncer {
     fn drop(&mut self) {
         // pgbouncer runs under sudo as another user: signal it through its pid file.
-        let home = PathBuf::from(std::env::var("BULKHEAD_HOME").unwrap());
-        if let Ok(pid) = std::fs::read_to_string(home.join("pgbouncer-test/pgbouncer.pid")) {
+        if let Ok(pid) =
+            std::fs::read_to_string(common::bulkhead_home().join("pgbouncer-test/pgbouncer.pid"))
+        {
             let _ = Command::new("kill").arg(pid.trim()).status();
         }
         let _ = self.child.wait();

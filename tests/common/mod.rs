@@ -4,8 +4,37 @@
 
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::ConnectOptions;
+use std::ffi::OsStr;
+use std::path::PathBuf;
+use std::process::Command;
 use std::str::FromStr;
 use uuid::Uuid;
+
+/// Where `make` keeps the cluster, PostgreSQL's binaries and the test scratch folders.
+pub fn bulkhead_home() -> PathBuf {
+    PathBuf::from(
+        std::env::var("BULKHEAD_HOME").expect("BULKHEAD_HOME is set by `make test-integration`"),
+    )
+}
+
+pub fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| out.stdout == b"0\n")
+}
+
+/// A command run as the `postgres` OS user when the tests run as root: PostgreSQL and PgBouncer
+/// refuse to run as root. As any other user it runs as that user.
+pub fn command_as_postgres(program: impl AsRef<OsStr>) -> Command {
+    if running_as_root() {
+        let mut command = Command::new("sudo");
+        command.args(["-u", "postgres"]).arg(program);
+        command
+    } else {
+        Command::new(program)
+    }
+}
 
 pub fn superuser_options() -> PgConnectOptions {
     let url = std::env::var("BULKHEAD_TEST_DATABASE_URL")
