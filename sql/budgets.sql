@@ -181,7 +181,7 @@ comment on function bulkhead.set_budget(uuid, int, int, int, numeric, text) is
 -- Raises the 429 that PostgREST turns into HTTP 429, with the JSON detail clients act on.
 create function bulkhead._refuse(tenant uuid, code text, limit_name text, retry_after_ms bigint)
 returns void
-language plpgsql immutable
+language plpgsql volatile
 security invoker
 set search_path to pg_catalog, pg_temp
 as $$
