@@ -197,6 +197,30 @@ begin
 end
 $$;
 
+-- Creates a tenant's budget_state row on its first budget event (a check, or an orphan settle).
+-- Its '-infinity' period makes the next check rebuild the money from the durable ledger.
+create function bulkhead._create_budget_state(tenant uuid, now_ts timestamptz)
+returns void
+language plpgsql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+begin
+    insert into bulkhead.budget_state as s
+        (tenant_id, rpm_level, itpm_level, otpm_level, rpm_cap, itpm_cap, otpm_cap,
+         refilled_at, period, period_start, period_end, spent_usd, reserved_usd)
+    select tenant, coalesce(b.rpm, d.rpm), coalesce(b.itpm, d.itpm), coalesce(b.otpm, d.otpm),
+           coalesce(b.rpm, d.rpm), coalesce(b.itpm, d.itpm), coalesce(b.otpm, d.otpm),
+           now_ts, coalesce(b.period, d.period), '-infinity', '-infinity', 0, 0
+    from bulkhead.budget_defaults d left join bulkhead.budgets b on b.tenant_id = tenant
+    on conflict on constraint budget_state_pkey do nothing;
+exception when foreign_key_violation then
+    -- A context naming a tenant that does not exist (a JWT of a deleted tenant, say).
+    raise exception 'tenant % does not exist', tenant
+        using errcode = '42704', detail = 'The tenant context names no tenant, so it has no budget.';
+end
+$$;
+
 -- Admits one LLM call for the current tenant, or raises PT429. Returns the reservation id to
 -- pass to bulkhead.ledger_record(). Call it in a short transaction: the tenant's budget row stays
 -- locked until that transaction ends, so never hold it open across the provider call.
@@ -274,21 +298,7 @@ begin
         where s.tenant_id = tenant
         for update of s;
         exit when found;
-        -- Period '-infinity' makes the money be rebuilt from the durable ledger below.
-        begin
-            insert into bulkhead.budget_state as s
-                (tenant_id, rpm_level, itpm_level, otpm_level, rpm_cap, itpm_cap, otpm_cap,
-                 refilled_at, period, period_start, period_end, spent_usd, reserved_usd)
-            select tenant, coalesce(b.rpm, d.rpm), coalesce(b.itpm, d.itpm), coalesce(b.otpm, d.otpm),
-                   coalesce(b.rpm, d.rpm), coalesce(b.itpm, d.itpm), coalesce(b.otpm, d.otpm),
-                   now_ts, coalesce(b.period, d.period), '-infinity', '-infinity', 0, 0
-            from bulkhead.budget_defaults d left join bulkhead.budgets b on b.tenant_id = tenant
-            on conflict on constraint budget_state_pkey do nothing;
-        exception when foreign_key_violation then
-            -- A context naming a tenant that does not exist (a JWT of a deleted tenant, say).
-            raise exception 'tenant % does not exist', tenant
-                using errcode = '42704', detail = 'The tenant context names no tenant, so there is no budget to admit against.';
-        end;
+        perform bulkhead._create_budget_state(tenant, now_ts);
     end loop;
 
     if st.tenant_status <> 'active' then
@@ -499,12 +509,14 @@ $$;
 
 revoke all on function bulkhead.set_budget(uuid, int, int, int, numeric, text) from public;
 revoke all on function bulkhead._refuse(uuid, text, text, bigint) from public;
+revoke all on function bulkhead._create_budget_state(uuid, timestamptz) from public;
 revoke all on function bulkhead.budget_check(text, int, int, interval) from public;
 revoke all on function bulkhead.expire_reservations() from public;
 revoke all on function bulkhead.expire_all_reservations() from public;
 revoke all on function bulkhead._expire_tenant(uuid, boolean) from public;
 grant execute on function bulkhead.set_budget(uuid, int, int, int, numeric, text) to bulkhead_admin;
 grant execute on function bulkhead._refuse(uuid, text, text, bigint) to bulkhead_meter;
+grant execute on function bulkhead._create_budget_state(uuid, timestamptz) to bulkhead_meter;
 grant execute on function bulkhead._leave_tenant(text) to bulkhead_meter;
 grant execute on function bulkhead.budget_check(text, int, int, interval) to bulkhead_app, bulkhead_worker;
 grant execute on function bulkhead.expire_reservations() to bulkhead_app, bulkhead_worker;

@@ -83,8 +83,14 @@ begin
             using errcode = '22023', detail = 'The request id is the provider''s id for the call (e.g. chatcmpl-..., msg_...).';
     end if;
 
-    -- Lock order as in budget_check: the state row, then the reservation.
+    -- Lock order as in budget_check: the state row, then the reservation. A tenant without a
+    -- state row gets one first, so that a concurrent first budget_check cannot rebuild its
+    -- money from the ledger while this settle is still uncommitted.
     select * into st from bulkhead.budget_state s where s.tenant_id = tenant for update;
+    if not found then
+        perform bulkhead._create_budget_state(tenant, now_ts);
+        select * into st from bulkhead.budget_state s where s.tenant_id = tenant for update;
+    end if;
     select * into r from bulkhead.reservations x where x.tenant_id = tenant and x.id = reservation for update;
     if not found then
         if model is null then

@@ -203,6 +203,17 @@ select pg_temp.attempt($q$select bulkhead.budget_check('test-model', 10, 10) is 
 select pg_temp.attempt($q$select bulkhead.budget_check('test-model', 10, 10, lease => '-1 mon 30 days 1 hour') is not null$q$) as mixed_sign_one_hour;
 
 
+-- A tenant's first event may be an orphan settle (its reservation lost in a crash): the cost
+-- counts in the money the next check rebuilds.
+reset role;
+insert into bulkhead.tenants (id, slug, name, pinecone_namespace) values
+    ('00000000-0000-4000-8000-00000000000c', 'bud-c', 'Tenant C', 'tenant-c');
+set local role regress_bud_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000c');
+select bulkhead.ledger_record('00000000-0000-4000-8000-0000000000cc', '{"prompt_tokens": 2000, "completion_tokens": 0}', 'chatcmpl-c', model => 'test-model') as orphan_first;
+select pg_temp.attempt($q$select bulkhead.budget_check('test-model', 10, 10) is not null$q$) as c_admitted;
+select spent_usd as spent_includes_orphan from bulkhead.budget_state;
+
 -- No context: nothing to spend against.
 select bulkhead.set_tenant(null);
 select pg_temp.attempt($q$select bulkhead.budget_check('test-model', 10, 10)$q$) as no_context;
