@@ -5,28 +5,32 @@ use bulkhead_policy::context::{self, ContextError};
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiResult};
 use pgrx::PgOid;
-use std::cell::OnceCell;
+use std::cell::RefCell;
 
 thread_local! {
     /// The existence check's plan, prepared once per backend (the plan cache re-plans it when
     /// the role or the schema changes). Preparing it on every call cost more than running it.
-    static TENANT_EXISTS: OnceCell<OwnedPreparedStatement> = const { OnceCell::new() };
+    static TENANT_EXISTS: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
 }
 
 /// Whether the caller can see tenant `id`, under row level security.
 fn tenant_visible(id: pgrx::Uuid) -> SpiResult<bool> {
     Spi::connect(|client| {
         TENANT_EXISTS.with(|cell| {
-            if cell.get().is_none() {
-                let plan = client.prepare(
-                    "select exists (select from bulkhead.tenants where id = $1)",
-                    &[PgOid::BuiltIn(pgrx::pg_sys::BuiltinOid::UUIDOID)],
-                )?;
-                let _ = cell.set(plan.keep());
-            }
-            let plan = cell.get().expect("set above");
+            let mut slot = cell.borrow_mut();
+            let plan = match &mut *slot {
+                Some(plan) => plan,
+                empty @ None => empty.insert(
+                    client
+                        .prepare(
+                            "select exists (select from bulkhead.tenants where id = $1)",
+                            &[PgOid::BuiltIn(pgrx::pg_sys::BuiltinOid::UUIDOID)],
+                        )?
+                        .keep(),
+                ),
+            };
             client
-                .select(plan, Some(1), &[id.into()])?
+                .select(&*plan, Some(1), &[id.into()])?
                 .first()
                 .get_one::<bool>()
                 .map(|v| v.unwrap_or(false))

@@ -134,7 +134,9 @@ pub fn set_tenant_id_locally(value: &str) {
             SET_TENANT_IN_PROGRESS.store(false, Ordering::SeqCst);
         }
     }
-    let value = CString::new(value).expect("a uuid has no NUL byte");
+    // A uuid or "" never holds a NUL byte; if one ever did, the empty default clears the
+    // context: failing closed.
+    let value = CString::new(value).unwrap_or_default();
     SET_TENANT_IN_PROGRESS.store(true, Ordering::SeqCst);
     let _reset = Reset;
     // SAFETY: both strings outlive the call; errors are raised as Postgres errors (ERROR level).

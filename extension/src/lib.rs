@@ -59,30 +59,32 @@ pub extern "C-unwind" fn _PG_init() {
 #[pg_schema]
 mod tests {
     use pgrx::prelude::*;
+    use pgrx::spi::SpiResult;
 
     #[pg_test]
-    fn no_context_is_null() {
-        let tenant = Spi::get_one::<pgrx::Uuid>("select bulkhead.current_tenant()").unwrap();
+    fn no_context_is_null() -> SpiResult<()> {
+        let tenant = Spi::get_one::<pgrx::Uuid>("select bulkhead.current_tenant()")?;
         assert_eq!(tenant, None);
+        Ok(())
     }
 
     #[pg_test]
-    fn set_tenant_round_trips_through_the_setting() {
+    fn set_tenant_round_trips_through_the_setting() -> SpiResult<()> {
         // #[pg_test] bodies run inside one transaction, as set_tenant requires.
-        let id = Spi::get_one::<pgrx::Uuid>("select bulkhead.create_tenant('pgtest-a', 'A')")
-            .unwrap()
-            .unwrap();
-        Spi::run_with_args("select bulkhead.set_tenant($1)", &[id.into()]).unwrap();
-        let current = Spi::get_one::<pgrx::Uuid>("select bulkhead.current_tenant()").unwrap();
-        assert_eq!(current, Some(id));
-        Spi::run("select bulkhead.set_tenant(null)").unwrap();
-        let cleared = Spi::get_one::<pgrx::Uuid>("select bulkhead.current_tenant()").unwrap();
+        let id = Spi::get_one::<pgrx::Uuid>("select bulkhead.create_tenant('pgtest-a', 'A')")?;
+        assert!(id.is_some(), "create_tenant returns the new id");
+        Spi::run_with_args("select bulkhead.set_tenant($1)", &[id.into()])?;
+        let current = Spi::get_one::<pgrx::Uuid>("select bulkhead.current_tenant()")?;
+        assert_eq!(current, id);
+        Spi::run("select bulkhead.set_tenant(null)")?;
+        let cleared = Spi::get_one::<pgrx::Uuid>("select bulkhead.current_tenant()")?;
         assert_eq!(cleared, None);
+        Ok(())
     }
 
     #[pg_test(error = "bulkhead.tenant_id can only be set by bulkhead.set_tenant()")]
-    fn direct_set_is_refused() {
-        Spi::run("set local bulkhead.tenant_id = '6f1c1a4e-3b0a-4b53-9a39-9d1b7f0f2a01'").unwrap();
+    fn direct_set_is_refused() -> SpiResult<()> {
+        Spi::run("set local bulkhead.tenant_id = '6f1c1a4e-3b0a-4b53-9a39-9d1b7f0f2a01'")
     }
 
     #[pg_test]

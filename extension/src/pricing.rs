@@ -53,11 +53,11 @@ pub fn _price_usage(
         };
         let counts = usage::normalize_text(provider, usage)?;
         let cost = usage::cost(&counts, &rates)?;
+        let cost =
+            AnyNumeric::try_from(cost.to_string().as_str()).map_err(|_| UsageError::Overflow)?;
         Ok((counts, cost))
     })();
     let (counts, cost) = priced.unwrap_or_else(|err| errors::raise(&err));
-    let cost =
-        AnyNumeric::try_from(cost.to_string().as_str()).expect("a Decimal prints as a numeric");
     // Counts are capped at MAX_TOKENS_PER_CALL, far below i64::MAX.
     let as_i64 = |n: u64| n as i64;
     TableIterator::once((
