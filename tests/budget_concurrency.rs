@@ -4,7 +4,7 @@
 mod common;
 
 use common::{admin, app, create_tenant};
-use sqlx::{Connection, PgConnection};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 /// A model priced so that one input token costs exactly $0.001 and output is free.
@@ -25,11 +25,7 @@ async fn check(
     model: &str,
     lease: &str,
 ) -> Result<Uuid, sqlx::Error> {
-    let mut tx = conn.begin().await?;
-    sqlx::query("select bulkhead.set_tenant($1)")
-        .bind(tenant)
-        .execute(&mut *tx)
-        .await?;
+    let mut tx = common::begin_as(conn, tenant).await?;
     let reservation = sqlx::query_scalar("select bulkhead.budget_check($1, 1, 0, $2::interval)")
         .bind(model)
         .bind(lease)
@@ -152,12 +148,7 @@ async fn a_settle_repeated_concurrently_is_recorded_once() {
         Box<dyn std::future::Future<Output = PgConnection> + Send>,
     >| async move {
         let mut conn = conn_future.await;
-        let mut tx = conn.begin().await.unwrap();
-        sqlx::query("select bulkhead.set_tenant($1)")
-            .bind(tenant)
-            .execute(&mut *tx)
-            .await
-            .unwrap();
+        let mut tx = common::begin_as(&mut conn, tenant).await.unwrap();
         let cost: sqlx::types::BigDecimal = sqlx::query_scalar(
             "select bulkhead.ledger_record($1, '{\"prompt_tokens\": 3, \"completion_tokens\": 2}', 'chatcmpl-dup')",
         )

@@ -9,7 +9,6 @@
 mod common;
 
 use common::{admin, app, create_tenant};
-use sqlx::Connection;
 use uuid::Uuid;
 
 const K: i64 = 20;
@@ -18,11 +17,7 @@ const IN_FLIGHT: i64 = 10;
 
 async fn check(tenant: Uuid, model: &str) -> Result<Uuid, sqlx::Error> {
     let mut conn = app().await;
-    let mut tx = conn.begin().await?;
-    sqlx::query("select bulkhead.set_tenant($1)")
-        .bind(tenant)
-        .execute(&mut *tx)
-        .await?;
+    let mut tx = common::begin_as(&mut conn, tenant).await?;
     let reservation = sqlx::query_scalar("select bulkhead.budget_check($1, 1, 0)")
         .bind(model)
         .fetch_one(&mut *tx)
@@ -33,12 +28,7 @@ async fn check(tenant: Uuid, model: &str) -> Result<Uuid, sqlx::Error> {
 
 async fn settle(tenant: Uuid, reservation: Uuid, request: &str, model: Option<&str>) {
     let mut conn = app().await;
-    let mut tx = conn.begin().await.unwrap();
-    sqlx::query("select bulkhead.set_tenant($1)")
-        .bind(tenant)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    let mut tx = common::begin_as(&mut conn, tenant).await.unwrap();
     sqlx::query("select bulkhead.ledger_record($1, '{\"prompt_tokens\": 1, \"completion_tokens\": 0}', $2, $3)")
         .bind(reservation)
         .bind(request)

@@ -22,12 +22,7 @@ async fn context_does_not_survive_commit_or_rollback() {
     let tenant = create_tenant(&mut admin().await, "commit").await;
     let mut conn = app().await;
 
-    let mut tx = conn.begin().await.unwrap();
-    sqlx::query("select bulkhead.set_tenant($1)")
-        .bind(tenant)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    let mut tx = common::begin_as(&mut conn, tenant).await.unwrap();
     assert_eq!(current_tenant(&mut tx).await, Some(tenant));
     let seen: i64 = sqlx::query_scalar("select count(*) from bulkhead.tenant_settings")
         .fetch_one(&mut *tx)
@@ -41,12 +36,7 @@ async fn context_does_not_survive_commit_or_rollback() {
         "context survived COMMIT"
     );
 
-    let mut tx = conn.begin().await.unwrap();
-    sqlx::query("select bulkhead.set_tenant($1)")
-        .bind(tenant)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    let tx = common::begin_as(&mut conn, tenant).await.unwrap();
     tx.rollback().await.unwrap();
     assert_eq!(
         current_tenant(&mut conn).await,

@@ -46,12 +46,7 @@ async fn populate(admin: &mut PgConnection, tenant: Uuid) {
     }
     // Budget state, a reservation and a ledger row come from the application's own calls.
     let mut app_conn = app().await;
-    let mut tx = app_conn.begin().await.unwrap();
-    sqlx::query("select bulkhead.set_tenant($1)")
-        .bind(tenant)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    let mut tx = common::begin_as(&mut app_conn, tenant).await.unwrap();
     let reservation: Uuid =
         sqlx::query_scalar("select bulkhead.budget_check('gpt-4o-mini', 100, 50)")
             .fetch_one(&mut *tx)

@@ -3,7 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 use sqlx::postgres::{PgConnectOptions, PgConnection};
-use sqlx::ConnectOptions;
+use sqlx::{ConnectOptions, Connection, Postgres, Transaction};
 use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::process::Command;
@@ -81,6 +81,19 @@ pub async fn create_tenant(admin: &mut PgConnection, prefix: &str) -> Uuid {
         .fetch_one(admin)
         .await
         .expect("create_tenant")
+}
+
+/// Begins a transaction acting for `tenant`: set_tenant inside it, as applications do.
+pub async fn begin_as(
+    conn: &mut PgConnection,
+    tenant: Uuid,
+) -> Result<Transaction<'_, Postgres>, sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    sqlx::query("select bulkhead.set_tenant($1)")
+        .bind(tenant)
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
 }
 
 /// The SQLSTATE of a failed query.
