@@ -107,8 +107,13 @@ build: install-extension
 	cargo build --release --locked --bin bulkhead
 
 # Installs the release build into the local PostgreSQL (after pgrx tests, which install a test build).
+# The running cluster preloads bulkhead.so, so every process maps it: copying a new build over
+# it in place would change the code under them. A rename keeps their file; the copy makes a new one.
+SET_LIB_ASIDE = if [ -f $(EXT_LIB) ]; then mv -f $(EXT_LIB) $(EXT_LIB).replaced; fi
+
 install-extension: toolchain
 	@echo "==> cargo pgrx install --release"
+	@$(SET_LIB_ASIDE)
 	@cd extension && cargo pgrx install --release --pg-config $(PG_CONFIG) 2>&1 | { grep -vE '(Copying|Writing|Discovered|Installing|Using|Building|Running)' || true; }
 	@test -f $(EXT_LIB)
 
@@ -120,10 +125,17 @@ db: build
 	  mkdir -p $(PGDATA_DIR) && chown $(PG_OS_USER) $(PGDATA_DIR) && chmod 700 $(PGDATA_DIR); \
 	  $(AS_PG) $(PG_BIN)/initdb -D $(PGDATA_DIR) -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null; \
 	fi
-	@# A running server keeps the old library mapped: restart when the installed one changed.
-	@loaded=$$(cat $(PGRUN_DIR)/loaded.sha256 2>/dev/null || true); current=$$(sha256sum < $(EXT_LIB)); \
+	@# Preloaded, bulkhead keeps its caches in shared memory (see README, Settings).
+	@grep -q "^include_if_exists = 'bulkhead.conf'" $(PGDATA_DIR)/postgresql.conf || \
+	  echo "include_if_exists = 'bulkhead.conf'" | $(AS_PG) tee -a $(PGDATA_DIR)/postgresql.conf >/dev/null
+	@echo "shared_preload_libraries = 'bulkhead'" | $(AS_PG) tee $(PGDATA_DIR)/bulkhead.conf.new >/dev/null; \
+	cmp -s $(PGDATA_DIR)/bulkhead.conf.new $(PGDATA_DIR)/bulkhead.conf && rm -f $(PGDATA_DIR)/bulkhead.conf.new \
+	  || $(AS_PG) mv $(PGDATA_DIR)/bulkhead.conf.new $(PGDATA_DIR)/bulkhead.conf
+	@# A running server keeps the old library and settings: restart when either changed.
+	@loaded=$$(cat $(PGRUN_DIR)/loaded.sha256 2>/dev/null || true); \
+	current=$$(cat $(EXT_LIB) $(PGDATA_DIR)/bulkhead.conf | sha256sum); \
 	if $(AS_PG) $(PG_BIN)/pg_ctl -D $(PGDATA_DIR) status >/dev/null 2>&1; then \
-	  if [ "$$loaded" != "$$current" ]; then echo "==> restarting PostgreSQL (new bulkhead.so)"; \
+	  if [ "$$loaded" != "$$current" ]; then echo "==> restarting PostgreSQL (new bulkhead.so or settings)"; \
 	    $(AS_PG) $(PG_BIN)/pg_ctl -D $(PGDATA_DIR) -w -m fast restart >/dev/null; fi; \
 	else \
 	  echo "==> starting PostgreSQL on $(PGHOST):$(PGPORT)"; \
@@ -174,6 +186,7 @@ test-pgrx: toolchain
 	@mkdir -p $(PGRX_TEST_DATA) && chown $(PG_OS_USER) $(PGRX_TEST_DATA)
 	@for d in $(PGRX_TEST_DATA)/16-*; do [ -d "$$d" ] || continue; \
 	  $(AS_PG) $(PG_BIN)/pg_ctl -D "$$d" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$$d"; done
+	@$(SET_LIB_ASIDE)
 	cd extension && cargo pgrx test pg16 $(RUNAS_FLAG) --pgdata $(PGRX_TEST_DATA)
 
 REGRESS_TESTS := $(sort $(basename $(notdir $(wildcard pg_regress/sql/*.sql))))

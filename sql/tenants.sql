@@ -69,6 +69,14 @@ comment on table bulkhead.deletion_receipt_steps is
     'What each deletion removed: one row per table (schema-qualified name) with its row count and time.';
 
 -- Row level security: enabled and forced everywhere, so even a non-superuser table owner obeys it.
+-- set_tenant remembers the tenants it found per backend (with bulkhead preloaded): any change
+-- to the registry makes every backend check again.
+create trigger tenants_changed
+    after insert or update or delete or truncate on bulkhead.tenants
+    for each statement execute function bulkhead._tenants_changed();
+alter function bulkhead._tenants_changed() set search_path to pg_catalog, pg_temp;
+revoke all on function bulkhead._tenants_changed() from public;
+
 alter table bulkhead.tenants enable row level security;
 alter table bulkhead.tenants force row level security;
 alter table bulkhead.tenant_settings enable row level security;

@@ -1,16 +1,79 @@
 //! `bulkhead.current_tenant()` and `bulkhead.set_tenant(uuid)`: the root of every policy.
 
-use crate::{errors, gucs};
+use crate::{errors, gucs, shared};
 use bulkhead_policy::context::{self, ContextError};
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiResult};
 use pgrx::PgOid;
 use std::cell::RefCell;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 thread_local! {
     /// The existence check's plan, prepared once per backend (the plan cache re-plans it when
     /// the role or the schema changes). Preparing it on every call cost more than running it.
     static TENANT_EXISTS: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
+    /// Tenants this backend has seen exist, while nothing in `bulkhead.tenants` changed.
+    static KNOWN_TENANTS: RefCell<KnownTenants> = RefCell::new(KnownTenants::default());
+}
+
+/// How long a remembered check stays good even if no change is signalled (a COMMIT PREPARED
+/// of a deletion, or the extension dropped and created again, signals none).
+const KNOWN_TENANT_TTL: Duration = Duration::from_secs(1);
+const KNOWN_TENANTS_MAX: usize = 4096;
+
+/// The existence checks one backend remembers, valid for one role and one generation of
+/// `bulkhead.tenants` (see `shared::tenants_generation`). A remembered tenant only saves the
+/// query: a tenant deleted meanwhile still has no rows, and foreign keys refuse new ones.
+#[derive(Default)]
+struct KnownTenants {
+    generation: u64,
+    role: pg_sys::Oid,
+    checked_at: HashMap<uuid::Uuid, Instant>,
+}
+
+impl KnownTenants {
+    fn contains(&self, generation: u64, role: pg_sys::Oid, id: uuid::Uuid) -> bool {
+        self.generation == generation
+            && self.role == role
+            && self
+                .checked_at
+                .get(&id)
+                .is_some_and(|at| at.elapsed() < KNOWN_TENANT_TTL)
+    }
+
+    fn remember(&mut self, generation: u64, role: pg_sys::Oid, id: uuid::Uuid) {
+        if self.generation != generation
+            || self.role != role
+            || self.checked_at.len() >= KNOWN_TENANTS_MAX
+        {
+            self.checked_at.clear();
+            self.generation = generation;
+            self.role = role;
+        }
+        self.checked_at.insert(id, Instant::now());
+    }
+}
+
+/// Whether tenant `id` exists for the current role: remembered, or checked with a query.
+fn tenant_exists(id: uuid::Uuid) -> bool {
+    // Read before the query: a change that lands during it makes the answer stale at once.
+    let generation = shared::tenants_generation().filter(|_| gucs::remember_tenants());
+    // SAFETY: GetUserId reads the backend's current role.
+    let role = unsafe { pg_sys::GetUserId() };
+    if let Some(generation) = generation {
+        if KNOWN_TENANTS.with(|known| known.borrow().contains(generation, role, id)) {
+            return true;
+        }
+    }
+    let exists = matches!(
+        tenant_visible(pgrx::Uuid::from_bytes(*id.as_bytes())),
+        Ok(true)
+    );
+    if let (true, Some(generation)) = (exists, generation) {
+        KNOWN_TENANTS.with(|known| known.borrow_mut().remember(generation, role, id));
+    }
+    exists
 }
 
 /// Whether the caller can see tenant `id`, under row level security.
@@ -73,7 +136,7 @@ pub fn set_tenant(tenant_id: Option<pgrx::Uuid>) {
     gucs::set_tenant_id_locally(&requested.to_string());
     // Checked after the switch, so that row level security lets the caller see the row: an
     // unknown or invisible tenant raises, and the error rolls the setting back with it.
-    if !matches!(tenant_visible(tenant_id), Ok(true)) {
+    if !tenant_exists(requested) {
         errors::raise(&ContextError::UnknownTenant(requested));
     }
 }

@@ -24,6 +24,9 @@ static BILLING_TIME_ZONE: GucSetting<Option<CString>> =
 /// `bulkhead.async_admission`: budget_check commits asynchronously (no WAL flush per check).
 static ASYNC_ADMISSION: GucSetting<bool> = GucSetting::<bool>::new(true);
 
+/// `bulkhead.remember_tenants`: set_tenant may answer from the backend's memory of tenants.
+static REMEMBER_TENANTS: GucSetting<bool> = GucSetting::<bool>::new(true);
+
 /// `bulkhead.min_lease`: the shortest reservation lease budget_check accepts.
 static MIN_LEASE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"1 minute"));
@@ -81,6 +84,18 @@ pub fn init() {
         GucContext::Suset,
         GucFlags::default(),
     );
+    GucRegistry::define_bool_guc(
+        c"bulkhead.remember_tenants",
+        c"Let set_tenant remember, per backend, the tenants it found (needs bulkhead preloaded).",
+        c"Off: every set_tenant looks the tenant up. Turning it off only costs time.",
+        &REMEMBER_TENANTS,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+}
+
+pub fn remember_tenants() -> bool {
+    REMEMBER_TENANTS.get()
 }
 
 /// The raw transaction-local setting.

@@ -9,6 +9,7 @@ mod context;
 mod errors;
 mod gucs;
 mod pricing;
+mod shared;
 
 ::pgrx::pg_module_magic!();
 
@@ -21,7 +22,7 @@ extension_sql_file!(
 extension_sql_file!(
     "../../sql/tenants.sql",
     name = "tenants",
-    requires = ["context"]
+    requires = ["context", shared::_tenants_changed]
 );
 extension_sql_file!(
     "../../sql/control_plane.sql",
@@ -53,6 +54,7 @@ extension_sql_file!(
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
+    shared::init();
 }
 
 #[cfg(any(test, feature = "pg_test"))]
