@@ -2,6 +2,7 @@
 //! that the extension and the daemon share one tested implementation.
 
 pub mod context;
+pub mod prompts;
 pub mod sqlstate;
 pub mod usage;
 

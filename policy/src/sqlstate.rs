@@ -6,12 +6,20 @@
 pub struct SqlState(&'static str);
 
 impl SqlState {
+    /// 0A000: a construct this feature deliberately does not support.
+    pub const FEATURE_NOT_SUPPORTED: SqlState = SqlState("0A000");
     /// 22003: a number too large to compute with.
     pub const NUMERIC_VALUE_OUT_OF_RANGE: SqlState = SqlState("22003");
     /// 22004: a required argument is NULL.
     pub const NULL_VALUE_NOT_ALLOWED: SqlState = SqlState("22004");
     /// 22023: an argument or setting has a value that is well-typed but not acceptable.
     pub const INVALID_PARAMETER_VALUE: SqlState = SqlState("22023");
+    /// 42601: text that does not parse (a template).
+    pub const SYNTAX_ERROR: SqlState = SqlState("42601");
+    /// 54000: an input or output over a size limit.
+    pub const PROGRAM_LIMIT_EXCEEDED: SqlState = SqlState("54000");
+    /// 54001: work over a complexity limit (fuel, nesting).
+    pub const STATEMENT_TOO_COMPLEX: SqlState = SqlState("54001");
     /// 42501: the caller is not allowed to do this.
     pub const INSUFFICIENT_PRIVILEGE: SqlState = SqlState("42501");
     /// 42704: a named object (here: a tenant) does not exist or is not visible.
@@ -54,6 +62,10 @@ mod tests {
             SqlState::INVALID_PARAMETER_VALUE,
             SqlState::INSUFFICIENT_PRIVILEGE,
             SqlState::UNDEFINED_OBJECT,
+            SqlState::FEATURE_NOT_SUPPORTED,
+            SqlState::SYNTAX_ERROR,
+            SqlState::PROGRAM_LIMIT_EXCEEDED,
+            SqlState::STATEMENT_TOO_COMPLEX,
         ] {
             let code = state.code();
             assert_eq!(code.len(), 5, "{code}");
