@@ -58,6 +58,31 @@ async fn populate(admin: &mut PgConnection, tenant: Uuid) {
         .await
         .unwrap();
     tx.commit().await.unwrap();
+
+    // A prompt: skeleton (global), a published version, its activation; and an eval pass,
+    // which no function writes yet (the Evals issue will).
+    sqlx::query("select bulkhead.set_skeleton('deletion-fixture', 'Hi {{ slots.name }}')")
+        .execute(&mut *admin)
+        .await
+        .unwrap();
+    for statement in [
+        "select bulkhead.publish_prompt($1, 'deletion-fixture', '{\"name\": \"fixture\"}')",
+        "select bulkhead.activate_prompt($1, 'deletion-fixture', 1)",
+    ] {
+        sqlx::query(statement)
+            .bind(tenant)
+            .execute(&mut *admin)
+            .await
+            .unwrap();
+    }
+    sqlx::query(
+        "insert into bulkhead.prompt_eval_passes (tenant_id, template_name, version, eval_run_id)
+         values ($1, 'deletion-fixture', 1, gen_random_uuid())",
+    )
+    .bind(tenant)
+    .execute(&mut superuser().await)
+    .await
+    .unwrap();
 }
 
 #[tokio::test]

@@ -27,6 +27,9 @@ static ASYNC_ADMISSION: GucSetting<bool> = GucSetting::<bool>::new(true);
 /// `bulkhead.remember_tenants`: set_tenant may answer from the backend's memory of tenants.
 static REMEMBER_TENANTS: GucSetting<bool> = GucSetting::<bool>::new(true);
 
+/// `bulkhead.prompt_output_limit`: largest rendered prompt, in kB.
+static PROMPT_OUTPUT_LIMIT_KB: GucSetting<i32> = GucSetting::<i32>::new(256);
+
 /// `bulkhead.min_lease`: the shortest reservation lease budget_check accepts.
 static MIN_LEASE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"1 minute"));
@@ -92,6 +95,21 @@ pub fn init() {
         GucContext::Userset,
         GucFlags::default(),
     );
+    GucRegistry::define_int_guc(
+        c"bulkhead.prompt_output_limit",
+        c"Largest prompt render_prompt may produce.",
+        c"A render whose output would pass it fails with SQLSTATE 54000.",
+        &PROMPT_OUTPUT_LIMIT_KB,
+        1,
+        1024 * 1024,
+        GucContext::Suset,
+        GucFlags::UNIT_KB,
+    );
+}
+
+/// The render output limit in bytes.
+pub fn prompt_output_limit() -> usize {
+    usize::try_from(PROMPT_OUTPUT_LIMIT_KB.get()).unwrap_or(1) * 1024
 }
 
 pub fn remember_tenants() -> bool {

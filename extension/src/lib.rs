@@ -9,6 +9,7 @@ mod context;
 mod errors;
 mod gucs;
 mod pricing;
+mod prompts;
 mod shared;
 
 ::pgrx::pg_module_magic!();
@@ -47,7 +48,18 @@ extension_sql_file!(
 extension_sql_file!(
     "../../sql/credentials.sql",
     name = "credentials",
-    requires = ["ledger"],
+    requires = ["ledger"]
+);
+extension_sql_file!(
+    "../../sql/prompts.sql",
+    name = "prompts",
+    requires = [
+        "credentials",
+        prompts::_check_skeleton,
+        prompts::_check_prompt_version,
+        prompts::render_prompt,
+        prompts::render_prompt_version
+    ],
     finalize
 );
 

@@ -39,6 +39,15 @@ values ('00000000-0000-4000-8000-00000000000a', gen_random_uuid(), 'chatcmpl-a',
     5, 0, 0, 5, 0, 5, 0.00001, '2025-01-01');
 insert into bulkhead.tenant_credentials (tenant_id, provider, secret_ref, kind)
 values ('00000000-0000-4000-8000-00000000000a', 'openai', 'env:A_SECRET_KEY', 'dedicated');
+-- Prompts: one skeleton; A's active version holds a secret slot, B has its own.
+select bulkhead.set_skeleton('leak-tpl', 'Assistant for {{ slots.display_name }}. {{ slots.custom_instructions }} Q: {{ vars.q }}');
+select bulkhead.publish_prompt('00000000-0000-4000-8000-00000000000a', 'leak-tpl',
+    '{"display_name": "A", "custom_instructions": "A pricing: $10k/seat"}');
+select bulkhead.activate_prompt('00000000-0000-4000-8000-00000000000a', 'leak-tpl', 1);
+select bulkhead.publish_prompt('00000000-0000-4000-8000-00000000000b', 'leak-tpl',
+    '{"display_name": "B", "custom_instructions": "B rules"}');
+select bulkhead.activate_prompt('00000000-0000-4000-8000-00000000000b', 'leak-tpl', 1);
+grant insert on bulkhead.prompt_versions, bulkhead.prompt_templates to regress_leak_writer;
 create role regress_leak_worker in role bulkhead_worker;
 create role regress_leak_worker_bypass bypassrls in role bulkhead_worker;
 
@@ -355,6 +364,66 @@ select 'A36 spend as B' as attack,
 reset role;
 select 'A36 whose state' as attack, string_agg(tenant_id::text, ',') as state_rows from bulkhead.budget_state
 where tenant_id in ('00000000-0000-4000-8000-00000000000a', '00000000-0000-4000-8000-00000000000b');
+
+-- A37: B renders A's prompt, by name or by version: B's context renders B's rows only.
+set local role regress_leak_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000a');
+select 'A37 A renders its own (now cached in this backend)' as attack,
+    bulkhead.render_prompt('leak-tpl', '{"q": "?"}') as a_gets;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
+select 'A37 B renders' as attack, bulkhead.render_prompt('leak-tpl', '{"q": "?"}') as b_gets;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000c');
+select 'A37 C renders A''s version' as attack,
+    pg_temp.attempt($q$select bulkhead.render_prompt_version('leak-tpl', 1, '{"q": "?"}')$q$) as c_gets;
+set local role regress_leak_bypass;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000c');
+select 'A37 without RLS' as attack, string_agg(slots->>'custom_instructions', ', ' order by tenant_id) as bypass_reads
+from bulkhead.prompt_versions;
+
+-- A38: B lists A's prompts, versions and release history.
+set local role regress_leak_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
+select 'A38 list' as attack,
+    (select string_agg(slots->>'display_name', ',') from bulkhead.prompt_versions) as versions,
+    (select count(*) from bulkhead.prompt_templates) as templates,
+    (select count(*) from bulkhead.prompt_releases) as releases;
+set local role regress_leak_bypass;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
+select 'A38 without RLS' as attack,
+    (select string_agg(slots->>'display_name', ',' order by tenant_id) from bulkhead.prompt_versions) as versions;
+
+-- A39: acting for B, publish, activate or roll back A's prompt. Acting for nobody, the same
+-- calls name their tenant (as set_tenant would): that is what B's context refuses.
+set local role regress_leak_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
+select 'A39 publish for A' as attack,
+    pg_temp.attempt($q$select bulkhead.publish_prompt('00000000-0000-4000-8000-00000000000a', 'leak-tpl', '{"display_name": "pwned"}')$q$) as app_result;
+select 'A39 activate A''s' as attack,
+    pg_temp.attempt($q$select bulkhead.activate_prompt('00000000-0000-4000-8000-00000000000a', 'leak-tpl', 1)$q$) as app_result;
+select 'A39 roll back A''s' as attack,
+    pg_temp.attempt($q$select bulkhead.rollback_prompt('00000000-0000-4000-8000-00000000000a', 'leak-tpl')$q$) as app_result;
+select bulkhead.set_tenant(null);
+select 'A39 without a context' as attack,
+    pg_temp.attempt($q$select bulkhead.publish_prompt('00000000-0000-4000-8000-00000000000a', 'leak-tpl', '{"display_name": "chosen"}')$q$) as app_result;
+
+-- A40: write a version row directly, around publish_prompt's checks: no role has the grant.
+-- With the grant (regress_leak_writer), RLS still keeps B to B's rows, and rendering checks the
+-- sources again, so an unchecked amplifier never runs.
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
+select 'A40 direct insert' as attack, pg_temp.attempt($q$insert into bulkhead.prompt_versions
+    (tenant_id, template_name, version, skeleton_version, slots, body, created_by)
+    values ('00000000-0000-4000-8000-00000000000b', 'leak-tpl', 9, 1, '{}', '{% extends "leak-tpl" %}', 'app')$q$) as app_result;
+set local role regress_leak_writer;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
+select 'A40 with the grant, for A' as attack, pg_temp.attempt($q$insert into bulkhead.prompt_versions
+    (tenant_id, template_name, version, skeleton_version, slots, body, created_by)
+    values ('00000000-0000-4000-8000-00000000000a', 'leak-tpl', 9, 1, '{}', null, 'writer')$q$) as writer_result;
+select 'A40 with the grant, for B' as attack, pg_temp.attempt($q$insert into bulkhead.prompt_versions
+    (tenant_id, template_name, version, skeleton_version, slots, body, created_by)
+    values ('00000000-0000-4000-8000-00000000000b', 'leak-tpl', 9, 1, '{}',
+            '{% extends "leak-tpl" %}{% block x %}{% set a = "xx" %}{% set a = a ~ a %}{% endblock %}', 'writer')$q$) as writer_result;
+select 'A40 render the unchecked row' as attack,
+    pg_temp.attempt($q$select bulkhead.render_prompt_version('leak-tpl', 9)$q$) as render_result;
 
 -- A29: shadowing bulkhead.current_tenant() through search_path changes nothing: policies hold
 -- the function itself, not its name.

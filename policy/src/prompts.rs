@@ -128,7 +128,7 @@ pub enum PromptError {
     OutOfFuel,
     #[error("template nesting is too deep")]
     TooDeep,
-    #[error("undefined value in template: {0}")]
+    #[error("undefined value in template{0}")]
     Undefined(String),
     #[error("template failed: {0}")]
     Render(String),
@@ -552,7 +552,7 @@ fn render_error(err: &minijinja::Error) -> PromptError {
     match err.kind() {
         ErrorKind::OutOfFuel => PromptError::OutOfFuel,
         ErrorKind::InvalidOperation if detail.contains("recursion limit") => PromptError::TooDeep,
-        ErrorKind::UndefinedError => PromptError::Undefined(format!("{detail}{at}")),
+        ErrorKind::UndefinedError => PromptError::Undefined(at),
         _ => PromptError::Render(format!("{err}{at}")),
     }
 }

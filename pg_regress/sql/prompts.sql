@@ -1,0 +1,124 @@
+-- Prompts through the SQL API: skeletons, tenant versions, activation and rollback, rendering,
+-- immutability, and the sandbox's refusals with their SQLSTATEs.
+-- Runs as non-superuser members of bulkhead_admin (control plane) and bulkhead_app (tenants).
+\set SHOW_CONTEXT never
+begin;
+set client_min_messages = warning;
+create role regress_prm_admin in role bulkhead_admin;
+create role regress_prm_app in role bulkhead_app;
+insert into bulkhead.tenants (id, slug, name, pinecone_namespace) values
+    ('00000000-0000-4000-8000-00000000000a', 'prm-a', 'Acme', 'tenant-a'),
+    ('00000000-0000-4000-8000-00000000000b', 'prm-b', 'Globex', 'tenant-b');
+
+-- Runs a statement; reports its result, or its SQLSTATE and message.
+create function pg_temp.attempt(statement text) returns text language plpgsql as $$
+declare
+    result text;
+begin
+    execute statement into result;
+    return 'ok: ' || coalesce(result, 'NULL');
+exception when others then
+    return 'ERROR ' || sqlstate || ': ' || sqlerrm;
+end
+$$;
+grant execute on function pg_temp.attempt(text) to public;
+
+set local role regress_prm_admin;
+-- Skeletons: versioned; the slots are what the body reads.
+select bulkhead.set_skeleton('support', $t$You are {{ slots.display_name }}'s assistant.
+{% block tone %}Tone: {{ slots.persona_tone | default('friendly') }}.{% endblock %}
+{% if slots.banned_topics %}Never discuss: {{ slots.banned_topics | join(', ') }}.
+{% endif %}Question: {{ vars.question }}$t$) as skeleton_v1;
+select template_name, version, slots from bulkhead.prompt_skeletons order by version;
+-- Refused at publish: parse errors (with line and column) and constructs outside the sandbox.
+select pg_temp.attempt($q$select bulkhead.set_skeleton('bad', E'line one\n{% if slots.x %}\nunclosed')$q$) as unclosed_if;
+select pg_temp.attempt($q$select bulkhead.set_skeleton('bad', '{{ "x" * 99999999 }}')$q$) as string_repeat;
+select pg_temp.attempt($q$select bulkhead.set_skeleton('bad', '{% set a = slots.x %}{% for i in slots.n %}{% set a = a ~ a %}{% endfor %}{{ a }}')$q$) as doubling_loop;
+select pg_temp.attempt($q$select bulkhead.set_skeleton('bad', '{% macro m() %}{{ m() }}{% endmacro %}{{ m() }}')$q$) as recursive_macro;
+select pg_temp.attempt($q$select bulkhead.set_skeleton('bad', '{% include "support" %}')$q$) as include;
+select pg_temp.attempt($q$select bulkhead.set_skeleton('bad', '{{ other_tenant }}')$q$) as unknown_variable;
+select pg_temp.attempt($q$select bulkhead.set_skeleton('Bad Name', 'x')$q$) as bad_name;
+select pg_temp.attempt($q$select bulkhead.set_skeleton('bad', repeat('x', 70000))$q$) as too_large;
+select pg_temp.attempt($q$select bulkhead.set_skeleton(null, 'x')$q$) as null_name;
+
+-- Tenant versions: slot values, and for B a body that overrides a block.
+select bulkhead.publish_prompt('00000000-0000-4000-8000-00000000000a', 'support',
+    '{"display_name": "Acme", "persona_tone": "formal", "banned_topics": ["pricing", "competitors"]}') as a_v1;
+select bulkhead.publish_prompt('00000000-0000-4000-8000-00000000000b', 'support',
+    '{"display_name": "Globex", "banned_topics": []}',
+    '{% extends "support" %}{% block tone %}Tone: playful.{% endblock %}') as b_v1;
+select pg_temp.attempt($q$select bulkhead.publish_prompt('00000000-0000-4000-8000-00000000000a', 'support', '{"dispaly_name": "typo"}')$q$) as unknown_slot;
+select pg_temp.attempt($q$select bulkhead.publish_prompt('00000000-0000-4000-8000-00000000000a', 'support', '{}', 'no extends')$q$) as body_without_extends;
+select pg_temp.attempt($q$select bulkhead.publish_prompt('00000000-0000-4000-8000-00000000000a', 'nosuch', '{}')$q$) as no_skeleton;
+select pg_temp.attempt($q$select bulkhead.publish_prompt('00000000-0000-4000-8000-00000000000a', 'support', '[1]')$q$) as slots_not_object;
+select bulkhead.activate_prompt('00000000-0000-4000-8000-00000000000a', 'support', 1);
+select bulkhead.activate_prompt('00000000-0000-4000-8000-00000000000b', 'support', 1);
+select pg_temp.attempt($q$select bulkhead.activate_prompt('00000000-0000-4000-8000-00000000000a', 'support', 9)$q$) as unpublished;
+
+-- Each tenant renders its own tone and banned topics; slot values are data, not template code.
+reset role;
+set local role regress_prm_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000a');
+select bulkhead.render_prompt('support', '{"question": "What does it cost?"}') as a_renders;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
+select bulkhead.render_prompt('support', '{"question": "{{ slots }}{% include \"x\" %}"}') as b_renders;
+-- The tenant acts for itself: a new version, activated and rolled back, without any deploy.
+select bulkhead.publish_prompt('00000000-0000-4000-8000-00000000000b', 'support',
+    '{"display_name": "Globex", "banned_topics": ["layoffs"]}') as b_v2;
+select bulkhead.render_prompt('support', '{"question": "q"}') as b_still_v1;
+select bulkhead.activate_prompt('00000000-0000-4000-8000-00000000000b', 'support', 2, reason => 'new policy');
+select bulkhead.render_prompt('support', '{"question": "q"}') as b_v2_active;
+create temp table before_rollback as select bulkhead.render_prompt_version('support', 1, '{"question": "q"}') as text;
+select bulkhead.rollback_prompt('00000000-0000-4000-8000-00000000000b', 'support') as rolled_back_to;
+select bulkhead.render_prompt('support', '{"question": "q"}') = (select text from before_rollback) as rollback_restores_exact_text;
+select pg_temp.attempt($q$select bulkhead.rollback_prompt('00000000-0000-4000-8000-00000000000b', 'support')$q$) as nothing_earlier;
+select template_name, action, from_version, to_version, forced, reason, released_by
+from bulkhead.prompt_releases order by id;
+select bulkhead.render_prompt_version('support', 2, '{"question": "q"}') as b_pinned_v2;
+
+-- Render errors: strict variables, the output cap, fuel; never a crash.
+select pg_temp.attempt($q$select bulkhead.render_prompt('support')$q$) as missing_var;
+select pg_temp.attempt($q$select bulkhead.render_prompt('support', '{"question": 7}')$q$) as number_var;
+select pg_temp.attempt($q$select bulkhead.render_prompt('support', jsonb_build_object('question', repeat('q', 300000)))$q$) as over_output_cap;
+select pg_temp.attempt($q$select bulkhead.render_prompt('support', '[]')$q$) as vars_not_object;
+select pg_temp.attempt($q$select bulkhead.render_prompt('nosuch')$q$) as no_active_version;
+select pg_temp.attempt($q$select bulkhead.render_prompt_version('support', 99)$q$) as no_such_version;
+select pg_temp.attempt($q$select bulkhead.render_prompt(null)$q$) as null_name;
+select bulkhead.set_tenant(null);
+select pg_temp.attempt($q$select bulkhead.render_prompt('support', '{"question": "q"}')$q$) as no_tenant;
+reset role;
+set local role regress_prm_admin;
+select bulkhead.set_skeleton('loops', '{% for a in vars.n %}{% for b in vars.n %}{% for c in vars.n %}{% if a == c %}{% endif %}{% endfor %}{% endfor %}{% endfor %}done');
+select bulkhead.publish_prompt('00000000-0000-4000-8000-00000000000a', 'loops', '{}');
+select bulkhead.activate_prompt('00000000-0000-4000-8000-00000000000a', 'loops', 1);
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000a');
+select pg_temp.attempt($q$select bulkhead.render_prompt('loops', jsonb_build_object('n', (select jsonb_agg(i) from generate_series(1, 200) i)))$q$) as out_of_fuel;
+select bulkhead.render_prompt('loops', '{"n": [1, 2]}') as small_loop;
+reset role;
+set local bulkhead.prompt_output_limit = '1kB';
+set local role regress_prm_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000a');
+select pg_temp.attempt($q$select bulkhead.render_prompt('support', jsonb_build_object('question', repeat('q', 2000)))$q$) as over_1kb_cap;
+select pg_temp.attempt($q$set bulkhead.prompt_output_limit = '1GB'$q$) as app_cannot_raise_cap;
+
+-- Immutability: no role updates a published version; a delete must take its tenant with it.
+reset role;
+set local role regress_prm_admin;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000a');
+select pg_temp.attempt($q$update bulkhead.prompt_versions set slots = '{}'$q$) as admin_update;
+set constraints all immediate;
+select bulkhead.publish_prompt('00000000-0000-4000-8000-00000000000a', 'loops', '{}') as loops_v2_never_released;
+select pg_temp.attempt($q$delete from bulkhead.prompt_versions where template_name = 'loops' and version = 2$q$) as admin_delete_version;
+select pg_temp.attempt($q$delete from bulkhead.prompt_releases$q$) as admin_delete_history;
+reset role;
+select pg_temp.attempt($q$update bulkhead.prompt_versions set body = 'x'$q$) as owner_update;
+select pg_temp.attempt($q$update bulkhead.prompt_skeletons set body = 'x'$q$) as owner_update_skeleton;
+select pg_temp.attempt($q$delete from bulkhead.prompt_skeletons$q$) as owner_delete_skeleton;
+set constraints all deferred;
+-- Deleting the tenant removes its prompts.
+set local role regress_prm_admin;
+select bulkhead.delete_tenant('00000000-0000-4000-8000-00000000000a') is not null as deleted;
+set constraints all immediate;
+reset role;
+select count(*) as a_versions_left from bulkhead.prompt_versions where tenant_id = '00000000-0000-4000-8000-00000000000a';
+rollback;
