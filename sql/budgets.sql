@@ -460,7 +460,7 @@ declare
     expired_count bigint := 0;
 begin
     for target in select t.id from bulkhead.tenants t order by t.id loop
-        perform bulkhead.set_tenant(target);
+        perform bulkhead._set_tenant_within_function(target);
         expired_count := expired_count + bulkhead._expire_tenant(target, true);
     end loop;
     perform bulkhead._leave_tenant(previous);

@@ -59,7 +59,7 @@ as $$
 declare
     previous text := pg_catalog.current_setting('bulkhead.tenant_id', true);
 begin
-    perform bulkhead.set_tenant(tenant);
+    perform bulkhead._set_tenant_within_function(tenant);
     return coalesce(pg_catalog.btrim(previous), '');
 end
 $$;
@@ -74,9 +74,9 @@ as $$
 begin
     previous := pg_catalog.btrim(coalesce(previous, ''));
     if previous <> '' and exists (select from bulkhead.tenants where id::text = previous) then
-        perform bulkhead.set_tenant(previous::uuid);
+        perform bulkhead._set_tenant_within_function(previous::uuid);
     else
-        perform bulkhead.set_tenant(null);
+        perform bulkhead._set_tenant_within_function(null);
     end if;
 end
 $$;

@@ -239,7 +239,7 @@ declare
     t record;
 begin
     for t in select x.id, x.slug from bulkhead.tenants x order by x.slug loop
-        perform bulkhead.set_tenant(t.id);
+        perform bulkhead._set_tenant_within_function(t.id);
         return query
             select t.id, t.slug, l.provider, l.model, count(*),
                    sum(l.input_tokens)::bigint, sum(l.cached_input_tokens)::bigint,

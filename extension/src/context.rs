@@ -117,6 +117,22 @@ pub fn current_tenant() -> Option<pgrx::Uuid> {
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 pub fn set_tenant(tenant_id: Option<pgrx::Uuid>) {
+    // SAFETY: IsTransactionBlock only reads the transaction state.
+    if tenant_id.is_some() && !unsafe { pgrx::pg_sys::IsTransactionBlock() } {
+        pgrx::warning!("bulkhead.set_tenant() outside a transaction block lasts only until the end of this statement");
+    }
+    enter_tenant(tenant_id);
+}
+
+/// set_tenant for Bulkhead's own functions (the control plane, per-tenant sweeps): the same
+/// checks, without the warning meant for an application that set a context outside BEGIN.
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+pub fn _set_tenant_within_function(tenant_id: Option<pgrx::Uuid>) {
+    enter_tenant(tenant_id);
+}
+
+fn enter_tenant(tenant_id: Option<pgrx::Uuid>) {
     let Some(tenant_id) = tenant_id else {
         gucs::set_tenant_id_locally("");
         return;
@@ -128,10 +144,6 @@ pub fn set_tenant(tenant_id: Option<pgrx::Uuid>) {
     }
     if requested.is_nil() {
         errors::raise(&ContextError::UnknownTenant(requested));
-    }
-    // SAFETY: IsTransactionBlock only reads the transaction state.
-    if !unsafe { pgrx::pg_sys::IsTransactionBlock() } {
-        pgrx::warning!("bulkhead.set_tenant() outside a transaction block lasts only until the end of this statement");
     }
     gucs::set_tenant_id_locally(&requested.to_string());
     // Checked after the switch, so that row level security lets the caller see the row: an

@@ -30,6 +30,9 @@ static REMEMBER_TENANTS: GucSetting<bool> = GucSetting::<bool>::new(true);
 /// `bulkhead.prompt_output_limit`: largest rendered prompt, in kB.
 static PROMPT_OUTPUT_LIMIT_KB: GucSetting<i32> = GucSetting::<i32>::new(256);
 
+/// `bulkhead.prompt_cache`: render_prompt keeps compiled versions per backend.
+static PROMPT_CACHE: GucSetting<bool> = GucSetting::<bool>::new(true);
+
 /// `bulkhead.min_lease`: the shortest reservation lease budget_check accepts.
 static MIN_LEASE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"1 minute"));
@@ -95,6 +98,14 @@ pub fn init() {
         GucContext::Userset,
         GucFlags::default(),
     );
+    GucRegistry::define_bool_guc(
+        c"bulkhead.prompt_cache",
+        c"Keep compiled prompt versions per backend (versions are immutable).",
+        c"Off: read and compile the version on every render (for measurement and debugging).",
+        &PROMPT_CACHE,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
     GucRegistry::define_int_guc(
         c"bulkhead.prompt_output_limit",
         c"Largest prompt render_prompt may produce.",
@@ -110,6 +121,10 @@ pub fn init() {
 /// The render output limit in bytes.
 pub fn prompt_output_limit() -> usize {
     usize::try_from(PROMPT_OUTPUT_LIMIT_KB.get()).unwrap_or(1) * 1024
+}
+
+pub fn prompt_cache() -> bool {
+    PROMPT_CACHE.get()
 }
 
 pub fn remember_tenants() -> bool {

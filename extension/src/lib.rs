@@ -18,7 +18,12 @@ extension_sql_file!("../../sql/roles.sql", name = "roles", bootstrap);
 extension_sql_file!(
     "../../sql/context.sql",
     name = "context",
-    requires = ["roles", context::current_tenant, context::set_tenant]
+    requires = [
+        "roles",
+        context::current_tenant,
+        context::set_tenant,
+        context::_set_tenant_within_function
+    ]
 );
 extension_sql_file!(
     "../../sql/tenants.sql",

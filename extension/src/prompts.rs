@@ -156,8 +156,11 @@ fn compiled_version(
     version: i32,
 ) -> SpiResult<Result<Rc<CachedVersion>, RenderFailure>> {
     let key = (tenant, template_name.to_string(), version);
-    if let Some(hit) = COMPILED.with(|cache| cache.borrow().get(&key).cloned()) {
-        return Ok(Ok(hit));
+    let use_cache = gucs::prompt_cache();
+    if use_cache {
+        if let Some(hit) = COMPILED.with(|cache| cache.borrow().get(&key).cloned()) {
+            return Ok(Ok(hit));
+        }
     }
     let Some((skeleton, body, slots)) = version_sources(tenant, template_name, version)? else {
         return Ok(Err(RenderFailure::Missing(RenderError::NoSuchVersion(
@@ -183,6 +186,9 @@ fn compiled_version(
         Err(err) => return Ok(Err(RenderFailure::Template(err))),
     };
     let compiled = Rc::new(CachedVersion { prompt, slots });
+    if !use_cache {
+        return Ok(Ok(compiled));
+    }
     COMPILED.with(|cache| {
         let mut cache = cache.borrow_mut();
         if cache.len() >= CACHED_VERSIONS_MAX {
