@@ -250,7 +250,88 @@ pub async fn run(database_url: &str) -> Result<(), DemoError> {
         "the report has one line per tenant and model",
     )?;
 
-    step("9. Acme churns: one call deletes every Acme row and leaves a receipt.");
+    step("9. One prompt skeleton; each customer renders it with its own tone and banned topics.");
+    let mut tx = conn.begin().await?;
+    tx.execute("set local role bulkhead_admin").await?;
+    sqlx::query("select bulkhead.set_skeleton('support', $1)")
+        .bind(SUPPORT_SKELETON)
+        .execute(&mut *tx)
+        .await?;
+    for (tenant, slots) in [
+        (
+            acme,
+            serde_json::json!({"company": "Acme Corp", "persona_tone": "formal",
+                                  "banned_topics": ["competitor pricing"]}),
+        ),
+        (
+            globex,
+            serde_json::json!({"company": "Globex", "persona_tone": "playful",
+                                    "banned_topics": ["politics"]}),
+        ),
+    ] {
+        sqlx::query("select bulkhead.publish_prompt($1, 'support', $2)")
+            .bind(tenant)
+            .bind(slots)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("select bulkhead.activate_prompt($1, 'support', 1)")
+            .bind(tenant)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    let acme_prompt = render_as(&mut conn, acme).await?;
+    let globex_prompt = render_as(&mut conn, globex).await?;
+    say(&indent("acme", &acme_prompt));
+    say(&indent("globex", &globex_prompt));
+    expect(
+        acme_prompt.contains("formal")
+            && acme_prompt.contains("competitor pricing")
+            && !acme_prompt.contains("Globex"),
+        "acme's prompt carries acme's tone and banned topics only",
+    )?;
+    expect(
+        globex_prompt.contains("playful")
+            && globex_prompt.contains("politics")
+            && !globex_prompt.contains("Acme"),
+        "globex's prompt carries globex's tone and banned topics only",
+    )?;
+
+    say("   Globex's app publishes version 2 (its own persona block) and activates it; no deploy:");
+    let mut tx = conn.begin().await?;
+    enter_app(&mut tx, Some(globex)).await?;
+    let v2: i32 = sqlx::query_scalar("select bulkhead.publish_prompt($1, 'support', $2, $3)")
+        .bind(globex)
+        .bind(serde_json::json!({"company": "Globex", "banned_topics": ["politics"]}))
+        .bind("{% extends \"support\" %}{% block persona %}Talk like a friendly pirate.{% endblock %}")
+        .fetch_one(&mut *tx)
+        .await?;
+    sqlx::query("select bulkhead.activate_prompt($1, 'support', $2, reason => 'pirate week')")
+        .bind(globex)
+        .bind(v2)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    let pirate = render_as(&mut conn, globex).await?;
+    say(&indent("globex v2", &pirate));
+    expect(pirate.contains("pirate"), "the new version renders at once")?;
+    let mut tx = conn.begin().await?;
+    enter_app(&mut tx, Some(globex)).await?;
+    let restored: i32 = sqlx::query_scalar("select bulkhead.rollback_prompt($1, 'support')")
+        .bind(globex)
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    let after_rollback = render_as(&mut conn, globex).await?;
+    say(&format!(
+        "   rollback_prompt -> version {restored}; the prompt is byte for byte the one before"
+    ));
+    expect(
+        restored == 1 && after_rollback == globex_prompt,
+        "rollback restores exactly the previous text",
+    )?;
+
+    step("10. Acme churns: one call deletes every Acme row and leaves a receipt.");
     let mut tx = conn.begin().await?;
     tx.execute("set local role bulkhead_admin").await?;
     let receipt: Uuid = sqlx::query_scalar("select bulkhead.delete_tenant($1)")
@@ -358,6 +439,31 @@ async fn create_tenant(conn: &mut PgConnection, slug: &str, name: &str) -> Resul
 }
 
 /// Switches the transaction to the application role, acting for `tenant` (or for nobody).
+/// The shared support prompt: every customer fills the same slots.
+const SUPPORT_SKELETON: &str = "You are {{ slots.company }}'s support assistant.
+{% block persona %}Tone: {{ slots.persona_tone }}.{% endblock %}
+Never discuss: {{ slots.banned_topics | join(', ') }}.
+Customer question: {{ vars.question }}";
+
+/// The tenant's active support prompt for one question, rendered as its application would.
+async fn render_as(conn: &mut PgConnection, tenant: Uuid) -> Result<String, DemoError> {
+    let mut tx = conn.begin().await?;
+    enter_app(&mut tx, Some(tenant)).await?;
+    let text: String = sqlx::query_scalar("select bulkhead.render_prompt('support', $1)")
+        .bind(serde_json::json!({"question": "Can I get a discount?"}))
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(text)
+}
+
+fn indent(label: &str, text: &str) -> String {
+    text.lines()
+        .map(|line| format!("   {label:>9} | {line}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 async fn enter_app(conn: &mut PgConnection, tenant: Option<Uuid>) -> Result<(), DemoError> {
     conn.execute("set local role bulkhead_app").await?;
     sqlx::query("select bulkhead.set_tenant($1)")
