@@ -270,7 +270,7 @@ begin
         raise exception 'no skeleton named %', pg_catalog.quote_literal(template_name)
             using errcode = '42704', hint = 'bulkhead_admin adds skeletons with bulkhead.set_skeleton(name, body).';
     end if;
-    perform bulkhead._check_prompt_version(template_name, skeleton.body, slots, body);
+    perform bulkhead._check_prompt_version(template_name, skeleton.body, slots::text, body);
 
     insert into bulkhead.prompt_templates as t (tenant_id, template_name, latest_version)
     values (publish_prompt.tenant_id, publish_prompt.template_name, 1)
@@ -394,10 +394,27 @@ $$;
 comment on function bulkhead.rollback_prompt(uuid, text) is
     'Moves a tenant''s prompt back to the version its latest activation replaced; returns the version now active.';
 
--- Rendering is Rust (extension/src/prompts.rs): bulkhead.render_prompt(template_name, vars) and
--- bulkhead.render_prompt_version(template_name, version, vars) read the current tenant's version
--- under row level security and keep it compiled per backend. They take no template source from
--- the caller, so no session can plant a compiled template under another tenant's key.
+-- Rendering is Rust (extension/src/prompts.rs): it reads the current tenant's version under row
+-- level security and keeps it compiled per backend. It takes no template source from the caller,
+-- so no session can plant a compiled template under another tenant's key. The SQL functions pass
+-- vars as JSON text, which Rust parses itself (a value nested too deeply is then a clear 22023).
+create function bulkhead.render_prompt(template_name text, vars jsonb default '{}')
+returns text
+language sql stable parallel restricted
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$ select bulkhead._render_prompt(template_name, vars::text) $$;
+comment on function bulkhead.render_prompt(text, jsonb) is
+    'Renders the current tenant''s active version of a prompt template with the request variables.';
+
+create function bulkhead.render_prompt_version(template_name text, version int, vars jsonb default '{}')
+returns text
+language sql stable parallel restricted
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$ select bulkhead._render_prompt_version(template_name, version, vars::text) $$;
+comment on function bulkhead.render_prompt_version(text, int, jsonb) is
+    'Renders one version of the current tenant''s prompt template, active or not (for evals).';
 
 alter function bulkhead.set_skeleton(text, text) owner to bulkhead_meter;
 alter function bulkhead.publish_prompt(uuid, text, jsonb, text) owner to bulkhead_meter;
@@ -416,14 +433,17 @@ revoke all on function bulkhead.rollback_prompt(uuid, text) from public;
 revoke all on function bulkhead.render_prompt(text, jsonb) from public;
 revoke all on function bulkhead.render_prompt_version(text, int, jsonb) from public;
 revoke all on function bulkhead._check_skeleton(text, text) from public;
-revoke all on function bulkhead._check_prompt_version(text, text, jsonb, text) from public;
+revoke all on function bulkhead._check_prompt_version(text, text, text, text) from public;
+revoke all on function bulkhead._render_prompt(text, text) from public;
+revoke all on function bulkhead._render_prompt_version(text, int, text) from public;
 
 grant execute on function bulkhead._act_for_tenant(uuid, text), bulkhead._caller(), bulkhead._move_prompt_pointer(uuid, text, int, text, boolean, text),
-    bulkhead._check_skeleton(text, text), bulkhead._check_prompt_version(text, text, jsonb, text),
+    bulkhead._check_skeleton(text, text), bulkhead._check_prompt_version(text, text, text, text),
     bulkhead._enter_tenant(uuid) to bulkhead_meter;
 grant execute on function bulkhead.set_skeleton(text, text) to bulkhead_admin;
 grant execute on function bulkhead.publish_prompt(uuid, text, jsonb, text),
     bulkhead.activate_prompt(uuid, text, int, boolean, text), bulkhead.rollback_prompt(uuid, text)
     to bulkhead_app, bulkhead_admin;
-grant execute on function bulkhead.render_prompt(text, jsonb), bulkhead.render_prompt_version(text, int, jsonb)
+grant execute on function bulkhead.render_prompt(text, jsonb), bulkhead.render_prompt_version(text, int, jsonb),
+    bulkhead._render_prompt(text, text), bulkhead._render_prompt_version(text, int, text)
     to bulkhead_app, bulkhead_worker, bulkhead_admin;

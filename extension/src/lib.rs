@@ -62,8 +62,8 @@ extension_sql_file!(
         "credentials",
         prompts::_check_skeleton,
         prompts::_check_prompt_version,
-        prompts::render_prompt,
-        prompts::render_prompt_version
+        prompts::_render_prompt,
+        prompts::_render_prompt_version
     ],
     finalize
 );

@@ -9,7 +9,7 @@ use bulkhead_policy::prompts::{self, CompiledPrompt, PromptError};
 use bulkhead_policy::sqlstate::{HasSqlState, SqlState};
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiResult};
-use pgrx::{JsonB, PgOid};
+use pgrx::PgOid;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -76,26 +76,31 @@ fn _check_skeleton(template_name: &str, body: &str) -> Vec<String> {
     }
 }
 
-/// Checks a tenant's version (its slots and optional body) against its skeleton's body.
+/// Checks a tenant's version (its slots, as JSON text, and optional body) against its
+/// skeleton's body.
 #[pg_extern(immutable, parallel_safe)]
 #[search_path(pg_catalog, pg_temp)]
 fn _check_prompt_version(
     template_name: &str,
     skeleton_body: &str,
-    slots: JsonB,
+    slots: &str,
     body: Option<&str>,
 ) {
-    let checked = prompts::check_skeleton(template_name, skeleton_body)
-        .and_then(|skeleton| prompts::check_version(template_name, &skeleton, &slots.0, body));
+    let checked =
+        prompts::parse_object("slots", slots, prompts::MAX_SLOTS_BYTES).and_then(|slots| {
+            prompts::check_skeleton(template_name, skeleton_body)
+                .and_then(|skeleton| prompts::check_version(template_name, &skeleton, &slots, body))
+        });
     if let Err(err) = checked {
         errors::raise(&err);
     }
 }
 
-/// Renders the current tenant's active version of `template_name`.
+/// Renders the current tenant's active version of `template_name`; `vars` is JSON text (the
+/// SQL function bulkhead.render_prompt passes its jsonb argument as text).
 #[pg_extern(stable, parallel_restricted)]
 #[search_path(pg_catalog, pg_temp)]
-fn render_prompt(template_name: Option<&str>, vars: default!(Option<JsonB>, "'{}'")) -> String {
+fn _render_prompt(template_name: Option<&str>, vars: Option<&str>) -> String {
     let tenant = tenant_or_raise();
     let Some(template_name) = template_name else {
         errors::raise(&RenderError::Null("template_name"));
@@ -111,10 +116,10 @@ fn render_prompt(template_name: Option<&str>, vars: default!(Option<JsonB>, "'{}
 /// Renders one version of the current tenant's `template_name` (evals pin the version they ran).
 #[pg_extern(stable, parallel_restricted)]
 #[search_path(pg_catalog, pg_temp)]
-fn render_prompt_version(
+fn _render_prompt_version(
     template_name: Option<&str>,
     version: Option<i32>,
-    vars: default!(Option<JsonB>, "'{}'"),
+    vars: Option<&str>,
 ) -> String {
     let tenant = tenant_or_raise();
     let (Some(template_name), Some(version)) = (template_name, version) else {
@@ -130,9 +135,13 @@ fn tenant_or_raise() -> uuid::Uuid {
     }
 }
 
-fn render(tenant: uuid::Uuid, template_name: &str, version: i32, vars: Option<JsonB>) -> String {
-    let Some(JsonB(vars)) = vars else {
+fn render(tenant: uuid::Uuid, template_name: &str, version: i32, vars: Option<&str>) -> String {
+    let Some(vars) = vars else {
         errors::raise(&RenderError::Null("vars"));
+    };
+    let vars = match prompts::parse_object("vars", vars, prompts::MAX_VARS_BYTES) {
+        Ok(vars) => vars,
+        Err(err) => errors::raise(&err),
     };
     let compiled = match compiled_version(tenant, template_name, version) {
         Ok(Ok(compiled)) => compiled,

@@ -51,6 +51,7 @@ select pg_temp.attempt($q$select bulkhead.publish_prompt('00000000-0000-4000-800
 select pg_temp.attempt($q$select bulkhead.publish_prompt('00000000-0000-4000-8000-00000000000a', 'support', '{}', 'no extends')$q$) as body_without_extends;
 select pg_temp.attempt($q$select bulkhead.publish_prompt('00000000-0000-4000-8000-00000000000a', 'nosuch', '{}')$q$) as no_skeleton;
 select pg_temp.attempt($q$select bulkhead.publish_prompt('00000000-0000-4000-8000-00000000000a', 'support', '[1]')$q$) as slots_not_object;
+select pg_temp.attempt($q$select bulkhead.publish_prompt('00000000-0000-4000-8000-00000000000a', 'support', jsonb_build_object('display_name', (repeat('[', 300) || repeat(']', 300))::jsonb))$q$) as slots_too_deep;
 select bulkhead.activate_prompt('00000000-0000-4000-8000-00000000000a', 'support', 1);
 select bulkhead.activate_prompt('00000000-0000-4000-8000-00000000000b', 'support', 1);
 select pg_temp.attempt($q$select bulkhead.activate_prompt('00000000-0000-4000-8000-00000000000a', 'support', 9)$q$) as unpublished;
@@ -81,6 +82,7 @@ select pg_temp.attempt($q$select bulkhead.render_prompt('support')$q$) as missin
 select pg_temp.attempt($q$select bulkhead.render_prompt('support', '{"question": 7}')$q$) as number_var;
 select pg_temp.attempt($q$select bulkhead.render_prompt('support', jsonb_build_object('question', repeat('q', 300000)))$q$) as over_output_cap;
 select pg_temp.attempt($q$select bulkhead.render_prompt('support', '[]')$q$) as vars_not_object;
+select pg_temp.attempt($q$select bulkhead.render_prompt('support', jsonb_build_object('question', (repeat('[', 300) || repeat(']', 300))::jsonb))$q$) as vars_too_deep;
 select pg_temp.attempt($q$select bulkhead.render_prompt('nosuch')$q$) as no_active_version;
 select pg_temp.attempt($q$select bulkhead.render_prompt_version('support', 99)$q$) as no_such_version;
 select pg_temp.attempt($q$select bulkhead.render_prompt(null)$q$) as null_name;

@@ -116,6 +116,8 @@ pub enum PromptError {
     MustExtend(String),
     #[error("{what} must be a JSON object")]
     NotAnObject { what: &'static str },
+    #[error("{what} is not JSON this renderer accepts: {reason}")]
+    BadJson { what: &'static str, reason: String },
     #[error("{what} is {size} bytes, over the limit of {limit}")]
     TooLarge {
         what: &'static str,
@@ -158,6 +160,7 @@ impl HasSqlState for PromptError {
                  unique and upper: no arithmetic, ~, calls, macros, includes or imports."
                 .to_string(),
             PromptError::UnknownVariable(_) => "Templates read slots.<name> and vars.<name> only.".to_string(),
+            PromptError::BadJson { .. } => "Values may nest at most 128 levels deep.".to_string(),
             PromptError::UnknownSlot(_) => {
                 "A slot exists when the template's skeleton uses it as slots.<name>.".to_string()
             }
@@ -182,6 +185,26 @@ impl HasSqlState for PromptError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Skeleton {
     pub slots: BTreeSet<String>,
+}
+
+/// Parses slots or request variables given as JSON text: size first, then depth (serde_json
+/// stops at 128 levels), then shape.
+pub fn parse_object(
+    what: &'static str,
+    text: &str,
+    limit: usize,
+) -> Result<serde_json::Value, PromptError> {
+    check_size(what, text.len(), limit)?;
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|err| PromptError::BadJson {
+            what,
+            reason: err.to_string(),
+        })?;
+    if value.is_object() {
+        Ok(value)
+    } else {
+        Err(PromptError::NotAnObject { what })
+    }
 }
 
 /// Checks a template name.
@@ -516,10 +539,10 @@ impl CompiledPrompt {
         vars: &serde_json::Value,
         output_limit: usize,
     ) -> Result<String, PromptError> {
+        // Size and depth were checked when the vars were parsed (parse_object).
         if !vars.is_object() {
             return Err(PromptError::NotAnObject { what: "vars" });
         }
-        check_size("vars", vars.to_string().len(), MAX_VARS_BYTES)?;
         let template = self
             .env
             .get_template(&self.entry)
@@ -901,6 +924,29 @@ Question: {{ vars.question }}";
         assert!(check_skeleton("deep", &deep).is_err());
         let parens = format!("{{{{ {}1{} }}}}", "(".repeat(5000), ")".repeat(5000));
         assert!(check_skeleton("deep", &parens).is_err());
+    }
+
+    #[test]
+    fn json_inputs_are_bounded_in_size_and_depth() {
+        let deep = format!("{{\"a\": {}1{}}}", "[".repeat(200), "]".repeat(200));
+        let err = parse_object("vars", &deep, MAX_VARS_BYTES).unwrap_err();
+        assert!(
+            matches!(err, PromptError::BadJson { what: "vars", .. }),
+            "{err:?}"
+        );
+        assert_eq!(err.sqlstate(), SqlState::INVALID_PARAMETER_VALUE);
+        let err = parse_object(
+            "slots",
+            &format!("{{\"a\": \"{}\"}}", "x".repeat(70_000)),
+            MAX_SLOTS_BYTES,
+        )
+        .unwrap_err();
+        assert_eq!(err.sqlstate(), SqlState::PROGRAM_LIMIT_EXCEEDED);
+        assert_eq!(
+            parse_object("vars", "[]", 10).unwrap_err(),
+            PromptError::NotAnObject { what: "vars" }
+        );
+        assert!(parse_object("vars", "{\"q\": [[1]]}", 100).is_ok());
     }
 
     #[test]
