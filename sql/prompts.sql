@@ -40,6 +40,9 @@ create table bulkhead.prompt_templates (
 
 create table bulkhead.prompt_versions (
     tenant_id        uuid        not null,
+    -- The row's own identity: renders cache by it, so a version number that a rolled-back
+    -- publish used and a later publish reuses is never mistaken for the first.
+    id               uuid        not null default pg_catalog.gen_random_uuid(),
     template_name    text        not null,
     version          int         not null,
     -- The skeleton version this one extends: a later skeleton never changes a published version.
@@ -49,6 +52,7 @@ create table bulkhead.prompt_versions (
     created_at       timestamptz not null default pg_catalog.clock_timestamp(),
     created_by       text        not null,
     constraint prompt_versions_pkey primary key (tenant_id, template_name, version),
+    constraint prompt_versions_id_key unique (tenant_id, id),
     constraint prompt_versions_tenant_fkey foreign key (tenant_id) references bulkhead.tenants (id),
     constraint prompt_versions_template_fkey foreign key (tenant_id, template_name)
         references bulkhead.prompt_templates (tenant_id, template_name)
@@ -64,13 +68,20 @@ create table bulkhead.prompt_releases (
     to_version    int         not null,
     forced        boolean     not null,
     reason        text,
+    -- A rollback names the activation it undoes; rollbacks walk back through the activations
+    -- no rollback has undone yet, newest first.
+    undoes        bigint,
     released_by   text        not null,
     released_at   timestamptz not null default pg_catalog.clock_timestamp(),
     constraint prompt_releases_pkey primary key (tenant_id, id),
     constraint prompt_releases_tenant_fkey foreign key (tenant_id) references bulkhead.tenants (id),
     constraint prompt_releases_version_fkey foreign key (tenant_id, template_name, to_version)
         references bulkhead.prompt_versions (tenant_id, template_name, version),
+    constraint prompt_releases_undoes_fkey foreign key (tenant_id, undoes)
+        references bulkhead.prompt_releases (tenant_id, id),
+    constraint prompt_releases_undoes_once unique (tenant_id, undoes),
     constraint prompt_releases_action_known check (action in ('activate', 'rollback')),
+    constraint prompt_releases_rollback_undoes check ((action = 'rollback') = (undoes is not null)),
     constraint prompt_releases_reason_length check (pg_catalog.char_length(reason) <= 1000)
 );
 create index prompt_releases_by_template on bulkhead.prompt_releases (tenant_id, template_name, id desc);
@@ -145,10 +156,12 @@ begin
 end
 $$;
 
+-- SECURITY DEFINER (as bulkhead_meter, which may list every tenant): the check runs at commit,
+-- as whichever role is current then, and must see the tenant whatever that role may see.
 create function bulkhead._check_prompt_row_deleted_with_tenant()
 returns trigger
 language plpgsql
-security invoker
+security definer
 set search_path to pg_catalog, pg_temp
 as $$
 begin
@@ -179,6 +192,13 @@ create constraint trigger prompt_versions_deleted_with_tenant after delete on bu
     deferrable initially deferred
     for each row execute function bulkhead._check_prompt_row_deleted_with_tenant();
 create constraint trigger prompt_releases_deleted_with_tenant after delete on bulkhead.prompt_releases
+    deferrable initially deferred
+    for each row execute function bulkhead._check_prompt_row_deleted_with_tenant();
+create trigger prompt_eval_passes_immutable before update on bulkhead.prompt_eval_passes
+    for each row execute function bulkhead._refuse_prompt_change();
+create trigger prompt_eval_passes_no_truncate before truncate on bulkhead.prompt_eval_passes
+    for each statement execute function bulkhead._refuse_prompt_change();
+create constraint trigger prompt_eval_passes_deleted_with_tenant after delete on bulkhead.prompt_eval_passes
     deferrable initially deferred
     for each row execute function bulkhead._check_prompt_row_deleted_with_tenant();
 
@@ -287,9 +307,10 @@ $$;
 comment on function bulkhead.publish_prompt(uuid, text, jsonb, text) is
     'Publishes a tenant''s new, immutable version of a prompt template (checked, not yet active); returns its number.';
 
--- Moves the active pointer: one locked update and one history row.
+-- Moves the active pointer: one locked update and one history row (a rollback names the
+-- activation it undoes).
 create function bulkhead._move_prompt_pointer(
-    tenant uuid, name text, target int, move_action text, is_forced boolean, why text
+    tenant uuid, name text, target int, move_action text, is_forced boolean, why text, undone bigint
 )
 returns int
 language plpgsql volatile
@@ -303,11 +324,12 @@ begin
     set active_version = target, updated_at = pg_catalog.clock_timestamp()
     where t.tenant_id = tenant and t.template_name = name
     returning * into head;
-    insert into bulkhead.prompt_releases (tenant_id, template_name, action, from_version, to_version, forced, reason, released_by)
+    insert into bulkhead.prompt_releases
+        (tenant_id, template_name, action, from_version, to_version, forced, reason, undoes, released_by)
     values (tenant, name, move_action,
             (select r.to_version from bulkhead.prompt_releases r
              where r.tenant_id = tenant and r.template_name = name order by r.id desc limit 1),
-            target, is_forced, why, bulkhead._caller());
+            target, is_forced, why, undone, bulkhead._caller());
     return target;
 end
 $$;
@@ -342,7 +364,7 @@ begin
             using errcode = '42704', hint = 'Publish it first with bulkhead.publish_prompt(...).';
     end if;
     perform bulkhead._move_prompt_pointer(activate_prompt.tenant_id, activate_prompt.template_name,
-                                          activate_prompt.version, 'activate', force, reason);
+                                          activate_prompt.version, 'activate', force, reason, null);
     perform bulkhead._leave_tenant(previous);
 end
 $$;
@@ -360,6 +382,7 @@ declare
     previous text;
     head bulkhead.prompt_templates;
     target int;
+    undone bigint;
 begin
     if template_name is null then
         raise exception 'template_name is required' using errcode = '22004';
@@ -372,21 +395,21 @@ begin
         raise exception 'prompt % has no active version to roll back', pg_catalog.quote_literal(template_name)
             using errcode = '55000';
     end if;
-    -- The activation that made the current version active, and not undone since: its from.
-    select r.from_version into target from bulkhead.prompt_releases r
+    -- The newest activation no rollback has undone made the current version active (each
+    -- activation pushes, each rollback pops): going back means going to its from_version.
+    select r.id, r.from_version into undone, target from bulkhead.prompt_releases r
     where r.tenant_id = rollback_prompt.tenant_id and r.template_name = rollback_prompt.template_name
-      and r.action = 'activate' and r.to_version = head.active_version
+      and r.action = 'activate'
       and not exists (select from bulkhead.prompt_releases u
-                      where u.tenant_id = r.tenant_id and u.template_name = r.template_name
-                        and u.action = 'rollback' and u.id > r.id and u.from_version = r.to_version)
+                      where u.tenant_id = r.tenant_id and u.undoes = r.id)
     order by r.id desc limit 1;
     if target is null then
         raise exception 'prompt % has no earlier version to roll back to', pg_catalog.quote_literal(template_name)
             using errcode = '55000',
-                  detail = 'The active version was the first one activated; activate another version instead.';
+                  detail = 'Every activation still in effect started from no version; activate another version instead.';
     end if;
     perform bulkhead._move_prompt_pointer(rollback_prompt.tenant_id, rollback_prompt.template_name,
-                                          target, 'rollback', false, null);
+                                          target, 'rollback', false, null, undone);
     perform bulkhead._leave_tenant(previous);
     return target;
 end
@@ -420,12 +443,13 @@ alter function bulkhead.set_skeleton(text, text) owner to bulkhead_meter;
 alter function bulkhead.publish_prompt(uuid, text, jsonb, text) owner to bulkhead_meter;
 alter function bulkhead.activate_prompt(uuid, text, int, boolean, text) owner to bulkhead_meter;
 alter function bulkhead.rollback_prompt(uuid, text) owner to bulkhead_meter;
+alter function bulkhead._check_prompt_row_deleted_with_tenant() owner to bulkhead_meter;
 
 revoke all on function bulkhead._refuse_prompt_change() from public;
 revoke all on function bulkhead._check_prompt_row_deleted_with_tenant() from public;
 revoke all on function bulkhead._act_for_tenant(uuid, text) from public;
 revoke all on function bulkhead._caller() from public;
-revoke all on function bulkhead._move_prompt_pointer(uuid, text, int, text, boolean, text) from public;
+revoke all on function bulkhead._move_prompt_pointer(uuid, text, int, text, boolean, text, bigint) from public;
 revoke all on function bulkhead.set_skeleton(text, text) from public;
 revoke all on function bulkhead.publish_prompt(uuid, text, jsonb, text) from public;
 revoke all on function bulkhead.activate_prompt(uuid, text, int, boolean, text) from public;
@@ -437,7 +461,7 @@ revoke all on function bulkhead._check_prompt_version(text, text, text, text) fr
 revoke all on function bulkhead._render_prompt(text, text) from public;
 revoke all on function bulkhead._render_prompt_version(text, int, text) from public;
 
-grant execute on function bulkhead._act_for_tenant(uuid, text), bulkhead._caller(), bulkhead._move_prompt_pointer(uuid, text, int, text, boolean, text),
+grant execute on function bulkhead._act_for_tenant(uuid, text), bulkhead._caller(), bulkhead._move_prompt_pointer(uuid, text, int, text, boolean, text, bigint),
     bulkhead._check_skeleton(text, text), bulkhead._check_prompt_version(text, text, text, text),
     bulkhead._enter_tenant(uuid) to bulkhead_meter;
 grant execute on function bulkhead.set_skeleton(text, text) to bulkhead_admin;

@@ -1,8 +1,9 @@
 //! Prompt templates: the publish-time checks and rendering, over `bulkhead_policy::prompts`.
 //!
 //! Rendering reads the current tenant's version itself, under row level security, and keeps it
-//! compiled per backend by (tenant, name, version): versions are immutable, so the cache never
-//! goes stale, and no caller can hand it a template source.
+//! compiled per backend by the version row's own id: versions are immutable, so an entry never
+//! goes stale; a version number reused after a rolled-back publish, or a deleted tenant's version,
+//! has no row this query can find; and no caller can hand the cache a template source.
 
 use crate::{context, errors, gucs};
 use bulkhead_policy::prompts::{self, CompiledPrompt, PromptError};
@@ -14,20 +15,25 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-/// Compiled versions one backend keeps; past this the cache starts over.
-const CACHED_VERSIONS_MAX: usize = 512;
+/// Memory the compiled versions of one backend may hold (estimated); past it the cache starts over.
+const CACHE_BYTES_MAX: usize = 32 * 1024 * 1024;
 
 struct CachedVersion {
     prompt: CompiledPrompt,
     slots: serde_json::Value,
 }
 
-type VersionKey = (uuid::Uuid, String, i32);
+#[derive(Default)]
+struct VersionCache {
+    by_row: HashMap<uuid::Uuid, Rc<CachedVersion>>,
+    bytes: usize,
+}
 
 thread_local! {
-    static COMPILED: RefCell<HashMap<VersionKey, Rc<CachedVersion>>> = RefCell::new(HashMap::new());
-    static VERSION_QUERY: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
+    static COMPILED: RefCell<VersionCache> = RefCell::new(VersionCache::default());
+    static SOURCES_QUERY: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
     static ACTIVE_QUERY: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
+    static VERSION_QUERY: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
 }
 
 /// Errors of this module that are not template errors.
@@ -41,6 +47,8 @@ enum RenderError {
     NoActiveVersion(String),
     #[error("prompt \"{0}\" has no version {1}")]
     NoSuchVersion(String, i32),
+    #[error("a version of prompt \"{0}\" disappeared while it was being read")]
+    VersionGone(String),
 }
 
 impl HasSqlState for RenderError {
@@ -48,9 +56,9 @@ impl HasSqlState for RenderError {
         match self {
             RenderError::NoTenant => SqlState::INSUFFICIENT_PRIVILEGE,
             RenderError::Null(_) => SqlState::NULL_VALUE_NOT_ALLOWED,
-            RenderError::NoActiveVersion(_) | RenderError::NoSuchVersion(..) => {
-                SqlState::UNDEFINED_OBJECT
-            }
+            RenderError::NoActiveVersion(_)
+            | RenderError::NoSuchVersion(..)
+            | RenderError::VersionGone(_) => SqlState::UNDEFINED_OBJECT,
         }
     }
 
@@ -105,12 +113,12 @@ fn _render_prompt(template_name: Option<&str>, vars: Option<&str>) -> String {
     let Some(template_name) = template_name else {
         errors::raise(&RenderError::Null("template_name"));
     };
-    let active = match active_version(tenant, template_name) {
-        Ok(Some(version)) => version,
+    let row = match version_row(&ACTIVE_QUERY, ACTIVE_SQL, tenant, template_name, None) {
+        Ok(Some(row)) => row,
         Ok(None) => errors::raise(&RenderError::NoActiveVersion(template_name.to_string())),
         Err(err) => spi_failed(err),
     };
-    render(tenant, template_name, active, vars)
+    render(template_name, row, vars)
 }
 
 /// Renders one version of the current tenant's `template_name` (evals pin the version they ran).
@@ -125,7 +133,21 @@ fn _render_prompt_version(
     let (Some(template_name), Some(version)) = (template_name, version) else {
         errors::raise(&RenderError::Null("template_name and version"));
     };
-    render(tenant, template_name, version, vars)
+    let row = match version_row(
+        &VERSION_QUERY,
+        VERSION_SQL,
+        tenant,
+        template_name,
+        Some(version),
+    ) {
+        Ok(Some(row)) => row,
+        Ok(None) => errors::raise(&RenderError::NoSuchVersion(
+            template_name.to_string(),
+            version,
+        )),
+        Err(err) => spi_failed(err),
+    };
+    render(template_name, row, vars)
 }
 
 fn tenant_or_raise() -> uuid::Uuid {
@@ -135,7 +157,13 @@ fn tenant_or_raise() -> uuid::Uuid {
     }
 }
 
-fn render(tenant: uuid::Uuid, template_name: &str, version: i32, vars: Option<&str>) -> String {
+/// Called by a render between units of work: honours a query cancel or statement_timeout.
+fn check_interrupts() {
+    pgrx::check_for_interrupts!();
+}
+
+fn render(template_name: &str, row: uuid::Uuid, vars: Option<&str>) -> String {
+    prompts::set_interrupt_check(check_interrupts);
     let Some(vars) = vars else {
         errors::raise(&RenderError::Null("vars"));
     };
@@ -143,7 +171,7 @@ fn render(tenant: uuid::Uuid, template_name: &str, version: i32, vars: Option<&s
         Ok(vars) => vars,
         Err(err) => errors::raise(&err),
     };
-    let compiled = match compiled_version(tenant, template_name, version) {
+    let compiled = match compiled_version(template_name, row) {
         Ok(Ok(compiled)) => compiled,
         Ok(Err(failure)) => failure.raise(),
         Err(err) => spi_failed(err),
@@ -160,50 +188,48 @@ fn render(tenant: uuid::Uuid, template_name: &str, version: i32, vars: Option<&s
 /// The compiled version, from this backend's cache or read (under RLS) and compiled now.
 /// The sources are checked again: a row written around publish_prompt gets no further.
 fn compiled_version(
-    tenant: uuid::Uuid,
     template_name: &str,
-    version: i32,
+    row: uuid::Uuid,
 ) -> SpiResult<Result<Rc<CachedVersion>, RenderFailure>> {
-    let key = (tenant, template_name.to_string(), version);
     let use_cache = gucs::prompt_cache();
     if use_cache {
-        if let Some(hit) = COMPILED.with(|cache| cache.borrow().get(&key).cloned()) {
+        if let Some(hit) = COMPILED.with(|cache| cache.borrow().by_row.get(&row).cloned()) {
             return Ok(Ok(hit));
         }
     }
-    let Some((skeleton, body, slots)) = version_sources(tenant, template_name, version)? else {
-        return Ok(Err(RenderFailure::Missing(RenderError::NoSuchVersion(
+    let Some((skeleton, body, slots_text)) = version_sources(row)? else {
+        return Ok(Err(RenderFailure::Missing(RenderError::VersionGone(
             template_name.to_string(),
-            version,
         ))));
     };
-    let slots: serde_json::Value = match serde_json::from_str(&slots) {
-        Ok(slots) => slots,
-        Err(_) => {
-            return Ok(Err(RenderFailure::Template(PromptError::NotAnObject {
-                what: "slots",
-            })))
-        }
-    };
-    let checked = prompts::check_skeleton(template_name, &skeleton)
-        .and_then(|declared| {
-            prompts::check_version(template_name, &declared, &slots, body.as_deref())
-        })
-        .and_then(|()| CompiledPrompt::compile(template_name, &skeleton, body.as_deref()));
-    let prompt = match checked {
-        Ok(prompt) => prompt,
+    let checked =
+        prompts::parse_object("slots", &slots_text, prompts::MAX_SLOTS_BYTES).and_then(|slots| {
+            prompts::check_skeleton(template_name, &skeleton)
+                .and_then(|declared| {
+                    prompts::check_version(template_name, &declared, &slots, body.as_deref())
+                })
+                .and_then(|()| CompiledPrompt::compile(template_name, &skeleton, body.as_deref()))
+                .map(|prompt| (prompt, slots))
+        });
+    let (prompt, slots) = match checked {
+        Ok(compiled) => compiled,
         Err(err) => return Ok(Err(RenderFailure::Template(err))),
     };
+    // Sources, their compiled form and the parsed slots: a generous estimate.
+    let bytes =
+        4 * (skeleton.len() + body.as_ref().map_or(0, String::len) + slots_text.len()) + 16 * 1024;
     let compiled = Rc::new(CachedVersion { prompt, slots });
     if !use_cache {
         return Ok(Ok(compiled));
     }
     COMPILED.with(|cache| {
         let mut cache = cache.borrow_mut();
-        if cache.len() >= CACHED_VERSIONS_MAX {
-            cache.clear();
+        if cache.bytes + bytes > CACHE_BYTES_MAX {
+            cache.by_row.clear();
+            cache.bytes = 0;
         }
-        cache.insert(key, Rc::clone(&compiled));
+        cache.bytes += bytes;
+        cache.by_row.insert(row, Rc::clone(&compiled));
     });
     Ok(Ok(compiled))
 }
@@ -223,26 +249,54 @@ impl RenderFailure {
     }
 }
 
-fn version_sources(
+const ACTIVE_SQL: &str = "select v.id from bulkhead.prompt_templates t
+     join bulkhead.prompt_versions v
+       on v.tenant_id = t.tenant_id and v.template_name = t.template_name and v.version = t.active_version
+     where t.tenant_id = $1 and t.template_name = $2";
+
+const VERSION_SQL: &str = "select v.id from bulkhead.prompt_versions v
+     where v.tenant_id = $1 and v.template_name = $2 and v.version = $3";
+
+/// The id of the tenant's active version (`version` None) or of one version, under RLS.
+fn version_row(
+    plan: &'static std::thread::LocalKey<RefCell<Option<OwnedPreparedStatement>>>,
+    query: &str,
     tenant: uuid::Uuid,
     template_name: &str,
-    version: i32,
-) -> SpiResult<Option<(String, Option<String>, String)>> {
+    version: Option<i32>,
+) -> SpiResult<Option<uuid::Uuid>> {
+    Spi::connect(|client| {
+        let mut types = vec![pg_sys::BuiltinOid::UUIDOID, pg_sys::BuiltinOid::TEXTOID];
+        let mut args = vec![pgrx_uuid(tenant).into(), template_name.into()];
+        if let Some(version) = version {
+            types.push(pg_sys::BuiltinOid::INT4OID);
+            args.push(version.into());
+        }
+        with_kept_plan(plan, client, query, &types, |client, plan| {
+            let rows = client.select(plan, Some(1), &args)?;
+            match rows.into_iter().next() {
+                Some(row) => Ok(row
+                    .get::<pgrx::Uuid>(1)?
+                    .map(|id| uuid::Uuid::from_bytes(*id.as_bytes()))),
+                None => Ok(None),
+            }
+        })
+    })
+}
+
+/// A version's skeleton body, tenant body and slots (as JSON text), under RLS.
+fn version_sources(row: uuid::Uuid) -> SpiResult<Option<(String, Option<String>, String)>> {
     Spi::connect(|client| {
         with_kept_plan(
-            &VERSION_QUERY,
+            &SOURCES_QUERY,
             client,
             "select s.body, v.body, v.slots::text
              from bulkhead.prompt_versions v
              join bulkhead.prompt_skeletons s on s.template_name = v.template_name and s.version = v.skeleton_version
-             where v.tenant_id = $1 and v.template_name = $2 and v.version = $3",
-            &[pg_sys::BuiltinOid::UUIDOID, pg_sys::BuiltinOid::TEXTOID, pg_sys::BuiltinOid::INT4OID],
+             where v.tenant_id = bulkhead.current_tenant() and v.id = $1",
+            &[pg_sys::BuiltinOid::UUIDOID],
             |client, plan| {
-                let rows = client.select(
-                    plan,
-                    Some(1),
-                    &[pgrx_uuid(tenant).into(), template_name.into(), version.into()],
-                )?;
+                let rows = client.select(plan, Some(1), &[pgrx_uuid(row).into()])?;
                 let Some(row) = rows.into_iter().next() else {
                     return Ok(None);
                 };
@@ -250,29 +304,6 @@ fn version_sources(
                 let body = row.get::<String>(2)?;
                 let slots = row.get::<String>(3)?.unwrap_or_else(|| "{}".to_string());
                 Ok(Some((skeleton, body, slots)))
-            },
-        )
-    })
-}
-
-fn active_version(tenant: uuid::Uuid, template_name: &str) -> SpiResult<Option<i32>> {
-    Spi::connect(|client| {
-        with_kept_plan(
-            &ACTIVE_QUERY,
-            client,
-            "select t.active_version from bulkhead.prompt_templates t
-             where t.tenant_id = $1 and t.template_name = $2",
-            &[pg_sys::BuiltinOid::UUIDOID, pg_sys::BuiltinOid::TEXTOID],
-            |client, plan| {
-                let rows = client.select(
-                    plan,
-                    Some(1),
-                    &[pgrx_uuid(tenant).into(), template_name.into()],
-                )?;
-                match rows.into_iter().next() {
-                    Some(row) => row.get::<i32>(1),
-                    None => Ok(None),
-                }
             },
         )
     })

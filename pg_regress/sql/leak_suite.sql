@@ -403,6 +403,11 @@ select 'A39 activate A''s' as attack,
 select 'A39 roll back A''s' as attack,
     pg_temp.attempt($q$select bulkhead.rollback_prompt('00000000-0000-4000-8000-00000000000a', 'leak-tpl')$q$) as app_result;
 select bulkhead.set_tenant(null);
+-- Through PostgREST the context is the JWT's tenant: the same refusal, without set_tenant.
+select set_config('request.jwt.claims', '{"app_metadata": {"tenant_id": "00000000-0000-4000-8000-00000000000b"}}', true);
+select 'A39 JWT of B publishes for A' as attack,
+    pg_temp.attempt($q$select bulkhead.publish_prompt('00000000-0000-4000-8000-00000000000a', 'leak-tpl', '{"display_name": "pwned"}')$q$) as app_result;
+select set_config('request.jwt.claims', '', true);
 select 'A39 without a context' as attack,
     pg_temp.attempt($q$select bulkhead.publish_prompt('00000000-0000-4000-8000-00000000000a', 'leak-tpl', '{"display_name": "chosen"}')$q$) as app_result;
 

@@ -36,6 +36,8 @@ select pg_temp.attempt($q$select bulkhead.set_skeleton('bad', '{{ "x" * 99999999
 select pg_temp.attempt($q$select bulkhead.set_skeleton('bad', '{% set a = slots.x %}{% for i in slots.n %}{% set a = a ~ a %}{% endfor %}{{ a }}')$q$) as doubling_loop;
 select pg_temp.attempt($q$select bulkhead.set_skeleton('bad', '{% macro m() %}{{ m() }}{% endmacro %}{{ m() }}')$q$) as recursive_macro;
 select pg_temp.attempt($q$select bulkhead.set_skeleton('bad', '{% include "support" %}')$q$) as include;
+select pg_temp.attempt($q$select bulkhead.set_skeleton('bad', '{% set a = 0 %}{% for c in slots.s %}{% set a = [[[a]]] %}{% endfor %}{{ a == a }}')$q$) as nesting_literal;
+select pg_temp.attempt($q$select bulkhead.set_skeleton('bad', '{% set a = slots.x %}{% set a = [a, a] %}{% set a = [a, a] %}{{ a | join }}')$q$) as doubling_literal;
 select pg_temp.attempt($q$select bulkhead.set_skeleton('bad', '{{ other_tenant }}')$q$) as unknown_variable;
 select pg_temp.attempt($q$select bulkhead.set_skeleton('Bad Name', 'x')$q$) as bad_name;
 select pg_temp.attempt($q$select bulkhead.set_skeleton('bad', repeat('x', 70000))$q$) as too_large;
@@ -66,13 +68,30 @@ select bulkhead.render_prompt('support', '{"question": "{{ slots }}{% include \"
 -- The tenant acts for itself: a new version, activated and rolled back, without any deploy.
 select bulkhead.publish_prompt('00000000-0000-4000-8000-00000000000b', 'support',
     '{"display_name": "Globex", "banned_topics": ["layoffs"]}') as b_v2;
-select bulkhead.render_prompt('support', '{"question": "q"}') as b_still_v1;
+create temp table before_activation as select bulkhead.render_prompt('support', '{"question": "q"}') as text;
+select text as b_still_v1 from before_activation;
 select bulkhead.activate_prompt('00000000-0000-4000-8000-00000000000b', 'support', 2, reason => 'new policy');
 select bulkhead.render_prompt('support', '{"question": "q"}') as b_v2_active;
-create temp table before_rollback as select bulkhead.render_prompt_version('support', 1, '{"question": "q"}') as text;
 select bulkhead.rollback_prompt('00000000-0000-4000-8000-00000000000b', 'support') as rolled_back_to;
-select bulkhead.render_prompt('support', '{"question": "q"}') = (select text from before_rollback) as rollback_restores_exact_text;
+select bulkhead.render_prompt('support', '{"question": "q"}') = (select text from before_activation) as rollback_restores_exact_text;
+set local bulkhead.prompt_cache = off;
+select bulkhead.render_prompt('support', '{"question": "q"}') = (select text from before_activation) as same_text_compiled_afresh;
+set local bulkhead.prompt_cache = on;
 select pg_temp.attempt($q$select bulkhead.rollback_prompt('00000000-0000-4000-8000-00000000000b', 'support')$q$) as nothing_earlier;
+-- Rollbacks walk back through activations, newest first: 1, 2, 1, 2, then back to 1, 2, 1.
+select bulkhead.activate_prompt('00000000-0000-4000-8000-00000000000b', 'support', v) from unnest(array[2, 1, 2]) v;
+select bulkhead.rollback_prompt('00000000-0000-4000-8000-00000000000b', 'support') as back_1,
+       bulkhead.rollback_prompt('00000000-0000-4000-8000-00000000000b', 'support') as back_2,
+       bulkhead.rollback_prompt('00000000-0000-4000-8000-00000000000b', 'support') as back_3;
+select pg_temp.attempt($q$select bulkhead.rollback_prompt('00000000-0000-4000-8000-00000000000b', 'support')$q$) as back_4;
+-- A publish rolled back at a savepoint frees its version number; the next publish reuses it,
+-- and this backend, which rendered the rolled-back text, renders the new one.
+savepoint before_publish;
+select bulkhead.publish_prompt('00000000-0000-4000-8000-00000000000b', 'support', '{"display_name": "Rolled back", "banned_topics": []}') as v3_rolled_back;
+select bulkhead.render_prompt_version('support', 3, '{"question": "q"}') like '%Rolled back%' as renders_uncommitted_v3;
+rollback to savepoint before_publish;
+select bulkhead.publish_prompt('00000000-0000-4000-8000-00000000000b', 'support', '{"display_name": "Kept", "banned_topics": []}') as v3_again;
+select bulkhead.render_prompt_version('support', 3, '{"question": "q"}') like '%Kept%' as renders_the_new_v3;
 select template_name, action, from_version, to_version, forced, reason, released_by
 from bulkhead.prompt_releases order by id;
 select bulkhead.render_prompt_version('support', 2, '{"question": "q"}') as b_pinned_v2;
@@ -84,6 +103,13 @@ select pg_temp.attempt($q$select bulkhead.render_prompt('support', jsonb_build_o
 select pg_temp.attempt($q$select bulkhead.render_prompt('support', '[]')$q$) as vars_not_object;
 select pg_temp.attempt($q$select bulkhead.render_prompt('support', jsonb_build_object('question', (repeat('[', 300) || repeat(']', 300))::jsonb))$q$) as vars_too_deep;
 select pg_temp.attempt($q$select bulkhead.render_prompt('nosuch')$q$) as no_active_version;
+reset role;
+select bulkhead.set_skeleton('divide', '{{ 10 is divisibleby(vars.k) }}');
+select bulkhead.publish_prompt('00000000-0000-4000-8000-00000000000b', 'divide', '{}');
+select bulkhead.activate_prompt('00000000-0000-4000-8000-00000000000b', 'divide', 1);
+set local role regress_prm_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
+select pg_temp.attempt($q$select bulkhead.render_prompt('divide', '{"k": 0}')$q$) as divide_by_zero;
 select pg_temp.attempt($q$select bulkhead.render_prompt_version('support', 99)$q$) as no_such_version;
 select pg_temp.attempt($q$select bulkhead.render_prompt(null)$q$) as null_name;
 select bulkhead.set_tenant(null);
@@ -113,9 +139,17 @@ select bulkhead.publish_prompt('00000000-0000-4000-8000-00000000000a', 'loops', 
 select pg_temp.attempt($q$delete from bulkhead.prompt_versions where template_name = 'loops' and version = 2$q$) as admin_delete_version;
 select pg_temp.attempt($q$delete from bulkhead.prompt_releases$q$) as admin_delete_history;
 reset role;
+insert into bulkhead.prompt_eval_passes (tenant_id, template_name, version, eval_run_id)
+values ('00000000-0000-4000-8000-00000000000a', 'loops', 1, '00000000-0000-4000-8000-0000000000e1');
+set local role regress_prm_admin;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000a');
+select pg_temp.attempt($q$delete from bulkhead.prompt_eval_passes$q$) as admin_delete_eval_pass;
+reset role;
 select pg_temp.attempt($q$update bulkhead.prompt_versions set body = 'x'$q$) as owner_update;
 select pg_temp.attempt($q$update bulkhead.prompt_skeletons set body = 'x'$q$) as owner_update_skeleton;
 select pg_temp.attempt($q$delete from bulkhead.prompt_skeletons$q$) as owner_delete_skeleton;
+select pg_temp.attempt($q$update bulkhead.prompt_eval_passes set version = 1$q$) as owner_update_eval_pass;
+select pg_temp.attempt($q$truncate bulkhead.prompt_versions cascade$q$) as owner_truncate;
 set constraints all deferred;
 -- Deleting the tenant removes its prompts.
 set local role regress_prm_admin;

@@ -7,8 +7,11 @@
 //!   memory, and a failed allocation would abort the backend;
 //! - no function or method calls, macros, `call`, `include`, `import`, capturing `set` or
 //!   `filter` blocks: no recursion, no captured output;
+//! - list and map literals of constants only: `[a, a]` reassigned in a loop would nest or double
+//!   a value without bound (and freeing a deeply nested value overflows the stack);
 //! - filters from an allow-list whose result is at most a constant factor of their input, and a
-//!   `join` that refuses results over [`MAX_VALUE_BYTES`];
+//!   `join` that refuses results over [`MAX_VALUE_BYTES`]. Every filter call is charged to a
+//!   per-render work budget by the size of its input, and checks for query cancellation;
 //! - a tenant body may only `{% extends %}` its own skeleton, as its first statement.
 //!
 //! Variables are `slots.<name>` (the version's slot values; a skeleton declares a slot by using
@@ -19,6 +22,7 @@ use crate::sqlstate::{HasSqlState, SqlState};
 use minijinja::machinery::{self, ast};
 use minijinja::value::Value;
 use minijinja::{Environment, ErrorKind, State, UndefinedBehavior};
+use std::cell::Cell;
 use std::collections::BTreeSet;
 use std::io;
 
@@ -27,39 +31,17 @@ pub const MAX_TEMPLATE_BYTES: usize = 64 * 1024;
 /// Largest slot object (as JSON text), in bytes.
 pub const MAX_SLOTS_BYTES: usize = 64 * 1024;
 /// Largest request variables object (as JSON text), in bytes.
-pub const MAX_VARS_BYTES: usize = 1024 * 1024;
+pub const MAX_VARS_BYTES: usize = 256 * 1024;
 /// Largest string a `join` may build.
 pub const MAX_VALUE_BYTES: usize = 256 * 1024;
 /// Instructions one render may execute.
 pub const FUEL: u64 = 200_000;
+/// Work one render may do in filters and output: bytes of string input, items of sequences.
+pub const WORK: u64 = 2_000_000;
 /// Nesting of blocks and loops one render may reach.
 pub const RECURSION_LIMIT: usize = 64;
 /// Longest template name.
 pub const MAX_NAME_CHARS: usize = 100;
-
-const ALLOWED_FILTERS: &[&str] = &[
-    "abs",
-    "capitalize",
-    "count",
-    "d",
-    "default",
-    "dictsort",
-    "first",
-    "float",
-    "int",
-    "items",
-    "join",
-    "last",
-    "length",
-    "lower",
-    "reverse",
-    "round",
-    "sort",
-    "title",
-    "trim",
-    "unique",
-    "upper",
-];
 
 const ALLOWED_TESTS: &[&str] = &[
     "boolean",
@@ -132,6 +114,8 @@ pub enum PromptError {
     TooDeep,
     #[error("undefined value in template{0}")]
     Undefined(String),
+    #[error("rendered prompt contains a NUL character")]
+    NulInOutput,
     #[error("template failed: {0}")]
     Render(String),
 }
@@ -145,6 +129,7 @@ impl HasSqlState for PromptError {
                 SqlState::PROGRAM_LIMIT_EXCEEDED
             }
             PromptError::OutOfFuel | PromptError::TooDeep => SqlState::STATEMENT_TOO_COMPLEX,
+            PromptError::NulInOutput => SqlState::UNTRANSLATABLE_CHARACTER,
             _ => SqlState::INVALID_PARAMETER_VALUE,
         }
     }
@@ -174,8 +159,10 @@ impl HasSqlState for PromptError {
                 "The limit is the setting bulkhead.prompt_output_limit.".to_string()
             }
             PromptError::OutOfFuel => format!(
-                "A render may execute {FUEL} template instructions; this one did not finish within them."
+                "A render may execute {FUEL} template instructions and {WORK} units of filter work \
+                 (bytes or items of filter input); this one did not finish within them."
             ),
+            PromptError::NulInOutput => "PostgreSQL text cannot hold U+0000.".to_string(),
             _ => return None,
         })
     }
@@ -441,7 +428,10 @@ fn check_expr(expr: &ast::Expr<'_>) -> Result<(), PromptError> {
         Expr::Var(_) | Expr::Const(_) => Ok(()),
         Expr::Slice(s) => {
             check_expr(&s.expr)?;
-            [&s.start, &s.stop, &s.step]
+            if s.step.as_ref().is_some_and(|step| !is_constant(step)) {
+                return Err(disallowed("a slice step that is not a constant", s.span()));
+            }
+            [&s.start, &s.stop]
                 .into_iter()
                 .flatten()
                 .try_for_each(check_expr)
@@ -473,7 +463,7 @@ fn check_expr(expr: &ast::Expr<'_>) -> Result<(), PromptError> {
             i.false_expr.iter().try_for_each(check_expr)
         }
         Expr::Filter(f) => {
-            if !ALLOWED_FILTERS.contains(&f.name) {
+            if !BUILTIN_FILTERS.iter().any(|(name, _)| *name == f.name) {
                 return Err(disallowed(format!("the filter {:?}", f.name), f.span()));
             }
             f.expr.iter().try_for_each(check_expr)?;
@@ -492,8 +482,21 @@ fn check_expr(expr: &ast::Expr<'_>) -> Result<(), PromptError> {
             check_expr(&g.subscript_expr)
         }
         Expr::Call(c) => Err(disallowed("a function or method call", c.span())),
-        Expr::List(l) => l.items.iter().try_for_each(check_expr),
-        Expr::Map(m) => m.keys.iter().chain(&m.values).try_for_each(check_expr),
+        Expr::List(l) if l.items.iter().all(is_constant) => Ok(()),
+        Expr::Map(m) if m.keys.iter().chain(&m.values).all(is_constant) => Ok(()),
+        Expr::List(l) => Err(disallowed("a list literal holding variables", l.span())),
+        Expr::Map(m) => Err(disallowed("a map literal holding variables", m.span())),
+    }
+}
+
+/// A literal whose size the template text itself bounds.
+fn is_constant(expr: &ast::Expr<'_>) -> bool {
+    match expr {
+        ast::Expr::Const(_) => true,
+        ast::Expr::List(l) => l.items.iter().all(is_constant),
+        ast::Expr::Map(m) => m.keys.iter().chain(&m.values).all(is_constant),
+        ast::Expr::UnaryOp(u) => is_constant(&u.expr),
+        _ => false,
     }
 }
 
@@ -556,11 +559,22 @@ impl CompiledPrompt {
             limit: output_limit,
             overflowed: false,
         };
-        match template.render_captured_to(context, &mut out) {
-            Ok(_) => String::from_utf8(out.buf).map_err(|err| PromptError::Render(err.to_string())),
+        WORK_DONE.set(0);
+        let rendered = template.render_captured_to(context, &mut out);
+        let out_of_work = WORK_DONE.get() > WORK;
+        match rendered {
+            Ok(_) => {
+                let text = String::from_utf8(out.buf)
+                    .map_err(|err| PromptError::Render(err.to_string()))?;
+                if text.contains('\0') {
+                    return Err(PromptError::NulInOutput);
+                }
+                Ok(text)
+            }
             Err(_) if out.overflowed => Err(PromptError::OutputTooLarge {
                 limit: output_limit,
             }),
+            Err(_) if out_of_work => Err(PromptError::OutOfFuel),
             Err(err) => Err(render_error(&err)),
         }
     }
@@ -589,6 +603,7 @@ struct CappedWriter {
 
 impl io::Write for CappedWriter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        check_interrupts();
         if self.buf.len() + data.len() > self.limit {
             self.overflowed = true;
             return Err(io::Error::other("prompt output limit"));
@@ -602,33 +617,109 @@ impl io::Write for CappedWriter {
     }
 }
 
+thread_local! {
+    /// Filter work done by the render running on this thread (reset at each render).
+    static WORK_DONE: Cell<u64> = const { Cell::new(0) };
+    /// Called between units of work: the extension raises a pending query cancel here.
+    static INTERRUPT_CHECK: Cell<fn()> = const { Cell::new(no_interrupt_check) };
+}
+
+fn no_interrupt_check() {}
+
+/// Installs the function a render calls between units of work to honour cancellation and
+/// statement_timeout (it may unwind; nothing a render holds needs cleaning up).
+pub fn set_interrupt_check(check: fn()) {
+    INTERRUPT_CHECK.set(check);
+}
+
+fn check_interrupts() {
+    INTERRUPT_CHECK.get()();
+}
+
+/// Charges a filter call's input to the render's work budget.
+fn charge(args: &[Value]) -> Result<(), minijinja::Error> {
+    check_interrupts();
+    let weight: u64 = args
+        .iter()
+        .map(|value| {
+            let size = value
+                .as_str()
+                .map(str::len)
+                .or_else(|| value.len())
+                .unwrap_or(1);
+            u64::try_from(size).unwrap_or(u64::MAX)
+        })
+        .fold(1, u64::saturating_add);
+    let done = WORK_DONE.get().saturating_add(weight);
+    WORK_DONE.set(done);
+    if done > WORK {
+        Err(minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            "template work limit reached",
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// The allowed filters, each charged to the work budget, then run by minijinja's own filter
+/// under a name no template can write (the publish checks allow only the names below).
+const BUILTIN_FILTERS: &[(&str, &str)] = &[
+    ("abs", "__builtin_abs"),
+    ("capitalize", "__builtin_capitalize"),
+    ("count", "__builtin_length"),
+    ("d", "__builtin_default"),
+    ("default", "__builtin_default"),
+    ("dictsort", "__builtin_dictsort"),
+    ("first", "__builtin_first"),
+    ("float", "__builtin_float"),
+    ("int", "__builtin_int"),
+    ("items", "__builtin_items"),
+    ("join", "__builtin_join"),
+    ("last", "__builtin_last"),
+    ("length", "__builtin_length"),
+    ("lower", "__builtin_lower"),
+    ("reverse", "__builtin_reverse"),
+    ("round", "__builtin_round"),
+    ("sort", "__builtin_sort"),
+    ("title", "__builtin_title"),
+    ("trim", "__builtin_trim"),
+    ("unique", "__builtin_unique"),
+    ("upper", "__builtin_upper"),
+];
+
 fn register_filters_and_tests(env: &mut Environment<'static>) {
+    use minijinja::value::Rest;
     use minijinja::{filters as f, tests as t};
-    env.add_filter("abs", f::abs);
-    env.add_filter("capitalize", f::capitalize);
-    env.add_filter("count", f::length);
-    env.add_filter("d", f::default);
-    env.add_filter("default", f::default);
-    env.add_filter("dictsort", f::dictsort);
-    env.add_filter("first", f::first);
-    env.add_filter("float", f::float);
-    env.add_filter("int", f::int);
-    env.add_filter("items", f::items);
-    env.add_filter("join", bounded_join);
-    env.add_filter("last", f::last);
-    env.add_filter("length", f::length);
-    env.add_filter("lower", f::lower);
-    env.add_filter("reverse", f::reverse);
-    env.add_filter("round", f::round);
-    env.add_filter("sort", f::sort);
-    env.add_filter("title", f::title);
-    env.add_filter("trim", f::trim);
-    env.add_filter("unique", f::unique);
-    env.add_filter("upper", f::upper);
+    env.add_filter("__builtin_abs", f::abs);
+    env.add_filter("__builtin_capitalize", f::capitalize);
+    env.add_filter("__builtin_default", f::default);
+    env.add_filter("__builtin_dictsort", f::dictsort);
+    env.add_filter("__builtin_first", f::first);
+    env.add_filter("__builtin_float", f::float);
+    env.add_filter("__builtin_int", f::int);
+    env.add_filter("__builtin_items", f::items);
+    env.add_filter("__builtin_join", bounded_join);
+    env.add_filter("__builtin_last", f::last);
+    env.add_filter("__builtin_length", f::length);
+    env.add_filter("__builtin_lower", f::lower);
+    env.add_filter("__builtin_reverse", f::reverse);
+    env.add_filter("__builtin_round", f::round);
+    env.add_filter("__builtin_sort", f::sort);
+    env.add_filter("__builtin_title", f::title);
+    env.add_filter("__builtin_trim", f::trim);
+    env.add_filter("__builtin_unique", f::unique);
+    env.add_filter("__builtin_upper", f::upper);
+    for (name, builtin) in BUILTIN_FILTERS {
+        env.add_filter(*name, move |state: &State, Rest(args): Rest<Value>| {
+            charge(&args)?;
+            state.apply_filter(builtin, &args)
+        });
+    }
 
     env.add_test("boolean", t::is_boolean);
     env.add_test("defined", t::is_defined);
-    env.add_test("divisibleby", t::is_divisibleby);
+    env.add_test("divisibleby", divisible_by);
     env.add_test("endingwith", t::is_endingwith);
     env.add_test("eq", t::is_eq);
     env.add_test("even", t::is_even);
@@ -653,6 +744,17 @@ fn register_filters_and_tests(env: &mut Environment<'static>) {
     env.add_test("true", t::is_true);
     env.add_test("undefined", t::is_undefined);
     env.add_test("upper", t::is_upper);
+}
+
+/// `divisibleby`, refusing a zero divisor (minijinja's own would panic on integer `% 0`).
+fn divisible_by(value: &Value, divisor: &Value) -> Result<bool, minijinja::Error> {
+    if f64::try_from(divisor.clone()).is_ok_and(|d| d == 0.0) {
+        return Err(minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            "divisibleby(0)",
+        ));
+    }
+    Ok(minijinja::tests::is_divisibleby(value, divisor))
 }
 
 /// `join`, refusing to build a string over MAX_VALUE_BYTES (n items times a long separator).
@@ -924,6 +1026,88 @@ Question: {{ vars.question }}";
         assert!(check_skeleton("deep", &deep).is_err());
         let parens = format!("{{{{ {}1{} }}}}", "(".repeat(5000), ")".repeat(5000));
         assert!(check_skeleton("deep", &parens).is_err());
+    }
+
+    #[test]
+    fn literals_hold_constants_only() {
+        for (source, construct) in [
+            (
+                "{% set a = 0 %}{% for c in slots.s %}{% set a = [[[a]]] %}{% endfor %}{{ a }}",
+                "list literal",
+            ),
+            ("{% set a = [slots.x, slots.x] %}", "list literal"),
+            ("{% set m = {'k': slots.x} %}", "map literal"),
+            ("{{ slots.x[::vars.step] }}", "slice step"),
+        ] {
+            let err = check_skeleton("attack", source).unwrap_err();
+            assert_eq!(
+                err.sqlstate(),
+                SqlState::FEATURE_NOT_SUPPORTED,
+                "{source}: {err:?}"
+            );
+            assert!(err.to_string().contains(construct), "{source}: {err}");
+        }
+        for allowed in [
+            "{% for t in ['a', 'b', [1, {'k': -2}]] %}{{ t }}{% endfor %}",
+            "{{ slots.x[1:vars.n] }}{{ slots.x[::-1] }}",
+        ] {
+            check_skeleton("ok", allowed).unwrap();
+        }
+    }
+
+    fn render_source(source: &str, vars: serde_json::Value) -> Result<String, PromptError> {
+        check_skeleton("t", source)?;
+        CompiledPrompt::compile("t", source, None)?.render(&json!({}), &vars, 1024 * 1024)
+    }
+
+    #[test]
+    fn filters_are_charged_and_keep_their_arguments() {
+        assert_eq!(
+            render_source(
+                "{{ vars.l | sort(reverse=true) | join(',') }}",
+                json!({"l": [1, 3, 2]})
+            )
+            .unwrap(),
+            "3,2,1"
+        );
+        assert_eq!(
+            render_source("{{ vars.m | default('none', true) }}", json!({"m": ""})).unwrap(),
+            "none"
+        );
+        let big: Vec<u32> = (0..100_000).collect();
+        let err = render_source(
+            "{% for c in vars.s %}{% if vars.big | unique %}{% endif %}{% endfor %}",
+            json!({"s": "x".repeat(1000), "big": big}),
+        )
+        .unwrap_err();
+        assert_eq!(err, PromptError::OutOfFuel);
+    }
+
+    thread_local! {
+        static INTERRUPT_CHECKS: Cell<u32> = const { Cell::new(0) };
+    }
+
+    #[test]
+    fn renders_check_for_cancellation() {
+        fn count() {
+            INTERRUPT_CHECKS.set(INTERRUPT_CHECKS.get() + 1);
+        }
+        set_interrupt_check(count);
+        render_source("{{ vars.q | upper }} {{ vars.q }}", json!({"q": "x"})).unwrap();
+        set_interrupt_check(no_interrupt_check);
+        assert!(INTERRUPT_CHECKS.get() >= 2, "{}", INTERRUPT_CHECKS.get());
+    }
+
+    #[test]
+    fn hostile_values_are_errors_not_panics() {
+        let err = render_source("{{ 5 is divisibleby(vars.k) }}", json!({"k": 0})).unwrap_err();
+        assert!(matches!(err, PromptError::Render(_)), "{err:?}");
+        let err = render_source("{{ vars.q }}", json!({"q": "a\u{0}b"})).unwrap_err();
+        assert_eq!(err, PromptError::NulInOutput);
+        assert_eq!(
+            render_source("{{ 6 is divisibleby(3) }}", json!({})).unwrap(),
+            "True"
+        );
     }
 
     #[test]

@@ -12,6 +12,8 @@ impl SqlState {
     pub const NUMERIC_VALUE_OUT_OF_RANGE: SqlState = SqlState("22003");
     /// 22004: a required argument is NULL.
     pub const NULL_VALUE_NOT_ALLOWED: SqlState = SqlState("22004");
+    /// 22P05: a character PostgreSQL text cannot hold (U+0000).
+    pub const UNTRANSLATABLE_CHARACTER: SqlState = SqlState("22P05");
     /// 22023: an argument or setting has a value that is well-typed but not acceptable.
     pub const INVALID_PARAMETER_VALUE: SqlState = SqlState("22023");
     /// 42601: text that does not parse (a template).
@@ -66,6 +68,7 @@ mod tests {
             SqlState::SYNTAX_ERROR,
             SqlState::PROGRAM_LIMIT_EXCEEDED,
             SqlState::STATEMENT_TOO_COMPLEX,
+            SqlState::UNTRANSLATABLE_CHARACTER,
         ] {
             let code = state.code();
             assert_eq!(code.len(), 5, "{code}");
