@@ -35,7 +35,7 @@ pub const MAX_VARS_BYTES: usize = 256 * 1024;
 /// Largest string a `join` may build.
 pub const MAX_VALUE_BYTES: usize = 256 * 1024;
 /// Instructions one render may execute.
-pub const FUEL: u64 = 200_000;
+pub const FUEL: u64 = 50_000;
 /// Work one render may do in filters and output: bytes of string input, items of sequences.
 pub const WORK: u64 = 2_000_000;
 /// Nesting of blocks and loops one render may reach.
