@@ -225,6 +225,10 @@ begin
             'step', target.table_name::text, 'rows', deleted, 'at', pg_catalog.clock_timestamp());
     end loop;
 
+    -- The tenant's own vector index (if it had one) goes with its rows.
+    steps := steps || pg_catalog.jsonb_build_object(
+        'step', 'tenant vector index', 'rows', bulkhead._drop_tenant_index(tenant)::int,
+        'at', pg_catalog.clock_timestamp());
     delete from bulkhead.tenants t where t.id = tenant;
     get diagnostics deleted = row_count;
     steps := steps || pg_catalog.jsonb_build_object(

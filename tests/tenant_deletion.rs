@@ -83,6 +83,28 @@ async fn populate(admin: &mut PgConnection, tenant: Uuid) {
     .execute(&mut superuser().await)
     .await
     .unwrap();
+
+    // Retrieval: a dimension, a document with chunks (which queue Pinecone sync jobs), and the
+    // tenant's own vector index.
+    for statement in [
+        "select bulkhead.set_embedding_dims($1, 3)",
+        "select bulkhead.build_tenant_index($1)",
+    ] {
+        sqlx::query(statement)
+            .bind(tenant)
+            .execute(&mut *admin)
+            .await
+            .unwrap();
+    }
+    let mut tx = common::begin_as(&mut app_conn, tenant).await.unwrap();
+    sqlx::query(
+        "select bulkhead.ingest_document('fixture', '[{\"content\": \"a\", \"embedding\": [1, 0, 0]},
+                                                     {\"content\": \"b\", \"embedding\": [0, 1, 0]}]')",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
 }
 
 #[tokio::test]
@@ -121,6 +143,7 @@ async fn deletion_empties_every_tenant_table_and_only_that_tenant() {
         ));
     }
 
+    let chunks_before = rows_of(&mut su, "bulkhead.chunks", doomed).await;
     let receipt: Uuid = sqlx::query_scalar("select bulkhead.delete_tenant($1)")
         .bind(doomed)
         .fetch_one(&mut admin_conn)
@@ -146,8 +169,25 @@ async fn deletion_empties_every_tenant_table_and_only_that_tenant() {
         .fetch_one(&mut su)
         .await
         .unwrap_or_else(|_| panic!("the receipt has no step for {table}"));
-        assert_eq!(recorded, *doomed_rows, "the receipt's count for {table}");
+        // Deleting the chunks queues a Pinecone delete for each before the outbox is emptied.
+        let deleted = if table == "bulkhead.pinecone_outbox" {
+            doomed_rows + chunks_before
+        } else {
+            *doomed_rows
+        };
+        assert_eq!(recorded, deleted, "the receipt's count for {table}");
     }
+    let index_left: Option<String> = sqlx::query_scalar(
+        "select to_regclass('bulkhead.chunks_hnsw_' || replace($1::text, '-', ''))::text",
+    )
+    .bind(doomed)
+    .fetch_one(&mut su)
+    .await
+    .unwrap();
+    assert_eq!(
+        index_left, None,
+        "the deleted tenant's vector index is gone"
+    );
     let tenant_rows: i64 =
         sqlx::query_scalar("select count(*) from bulkhead.tenants where id = $1")
             .bind(doomed)

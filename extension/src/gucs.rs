@@ -33,6 +33,9 @@ static PROMPT_OUTPUT_LIMIT_KB: GucSetting<i32> = GucSetting::<i32>::new(256);
 /// `bulkhead.prompt_cache`: render_prompt keeps compiled versions per backend.
 static PROMPT_CACHE: GucSetting<bool> = GucSetting::<bool>::new(true);
 
+/// `bulkhead.retrieval_index_threshold`: chunks at which ingest builds a tenant's own index.
+static RETRIEVAL_INDEX_THRESHOLD: GucSetting<i32> = GucSetting::<i32>::new(20_000);
+
 /// `bulkhead.min_lease`: the shortest reservation lease budget_check accepts.
 static MIN_LEASE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"1 minute"));
@@ -104,6 +107,16 @@ pub fn init() {
         c"Off: read and compile the version on every render (for measurement and debugging).",
         &PROMPT_CACHE,
         GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"bulkhead.retrieval_index_threshold",
+        c"Chunks at which ingest_document builds a tenant's own HNSW index.",
+        c"Below it tenant_search scans the tenant's rows exactly; from it on, the tenant's own index.",
+        &RETRIEVAL_INDEX_THRESHOLD,
+        1,
+        i32::MAX,
+        GucContext::Suset,
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(

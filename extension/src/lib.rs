@@ -64,7 +64,12 @@ extension_sql_file!(
         prompts::_check_prompt_version,
         prompts::_render_prompt,
         prompts::_render_prompt_version
-    ],
+    ]
+);
+extension_sql_file!(
+    "../../sql/retrieval.sql",
+    name = "retrieval",
+    requires = ["prompts"],
     finalize
 );
 

@@ -24,7 +24,9 @@ definer_allow_list (proname) as (
     -- The prompt writers: every skeleton and version passes the template checks on the way in.
            ('set_skeleton'), ('publish_prompt'), ('activate_prompt'), ('rollback_prompt'),
     -- Checks at commit, as any role, that deleted prompt rows went with their tenant.
-           ('_check_prompt_row_deleted_with_tenant')
+           ('_check_prompt_row_deleted_with_tenant'),
+    -- chunks' owner builds and drops a tenant's own index; the outbox is written by a trigger only.
+           ('_build_tenant_index'), ('_drop_tenant_index'), ('_queue_pinecone_sync')
 ),
 unpinned_allow_list (proname) as (
     -- Runs no SQL; a SET clause would add a settings save/restore to every policy evaluation.

@@ -1,0 +1,509 @@
+-- Tenant retrieval: documents and chunks with pgvector embeddings under row level security, and
+-- bulkhead.tenant_search(), which picks an access path per tenant so that every tenant gets full
+-- recall: an exact scan of the tenant's own rows while it is small, and an HNSW index holding
+-- only its rows (a partial index on tenant_id) once it is large. A shared index filtered by
+-- tenant is never used: pgvector applies the filter after the index scan, so a small tenant
+-- would get fewer than k rows (pgvector issue #751).
+--
+-- Embeddings have one dimension per tenant (bulkhead.set_embedding_dims). The column is an
+-- untyped vector; a tenant's index casts it to vector(D), which only that tenant's rows satisfy.
+-- Every change to a chunk queues a Pinecone sync job addressed to the namespace on the tenant's
+-- row, never to anything the request supplied (the daemon issue consumes the outbox).
+--
+-- chunks is owned by bulkhead_meter, so that the SECURITY DEFINER index functions (owned by it
+-- too) may create and drop a tenant's index; FORCE ROW LEVEL SECURITY binds the owner as well.
+
+create table bulkhead.retrieval_settings (
+    tenant_id      uuid        not null,
+    embedding_dims int         not null,
+    -- hnsw.ef_search for this tenant's index scans (at least k is used).
+    ef_search      int         not null default 100,
+    -- The tenant's own HNSW index, once built; NULL: exact scans.
+    index_name     text,
+    indexed_at     timestamptz,
+    updated_at     timestamptz not null default pg_catalog.clock_timestamp(),
+    constraint retrieval_settings_pkey primary key (tenant_id),
+    constraint retrieval_settings_tenant_fkey foreign key (tenant_id) references bulkhead.tenants (id),
+    constraint retrieval_settings_dims_range check (embedding_dims between 1 and 16000),
+    constraint retrieval_settings_ef_search_range check (ef_search between 10 and 1000)
+);
+
+create table bulkhead.documents (
+    tenant_id   uuid        not null,
+    id          uuid        not null default pg_catalog.gen_random_uuid(),
+    external_id text        not null,
+    title       text,
+    metadata    jsonb       not null default '{}',
+    created_at  timestamptz not null default pg_catalog.clock_timestamp(),
+    updated_at  timestamptz not null default pg_catalog.clock_timestamp(),
+    constraint documents_pkey primary key (tenant_id, id),
+    constraint documents_external_id_key unique (tenant_id, external_id),
+    constraint documents_tenant_fkey foreign key (tenant_id) references bulkhead.tenants (id),
+    constraint documents_external_id_length check (pg_catalog.char_length(external_id) between 1 and 500),
+    constraint documents_metadata_object check (pg_catalog.jsonb_typeof(metadata) = 'object')
+);
+
+create table bulkhead.chunks (
+    tenant_id   uuid        not null,
+    id          bigint      generated always as identity,
+    document_id uuid        not null,
+    ordinal     int         not null,
+    content     text        not null,
+    embedding   vector      not null,
+    tsv         tsvector    generated always as (pg_catalog.to_tsvector('simple'::regconfig, content)) stored,
+    metadata    jsonb       not null default '{}',
+    created_at  timestamptz not null default pg_catalog.clock_timestamp(),
+    constraint chunks_pkey primary key (tenant_id, id),
+    constraint chunks_ordinal_key unique (tenant_id, document_id, ordinal),
+    constraint chunks_tenant_fkey foreign key (tenant_id) references bulkhead.tenants (id),
+    constraint chunks_document_fkey foreign key (tenant_id, document_id)
+        references bulkhead.documents (tenant_id, id) on delete cascade,
+    constraint chunks_content_length check (pg_catalog.octet_length(content) <= 65536),
+    constraint chunks_metadata_object check (pg_catalog.jsonb_typeof(metadata) = 'object')
+);
+-- The exact path reads one tenant's rows through this index; full text is ranked within them.
+create index chunks_by_tenant on bulkhead.chunks (tenant_id);
+create index chunks_tsv on bulkhead.chunks using gin (tsv);
+
+-- Sync jobs for the daemon: one row per chunk change, addressed to the tenant's namespace.
+create table bulkhead.pinecone_outbox (
+    tenant_id    uuid        not null,
+    id           bigint      generated always as identity,
+    namespace    text        not null,
+    chunk_id     bigint      not null,
+    op           text        not null,
+    enqueued_at  timestamptz not null default pg_catalog.clock_timestamp(),
+    processed_at timestamptz,
+    constraint pinecone_outbox_pkey primary key (tenant_id, id),
+    constraint pinecone_outbox_tenant_fkey foreign key (tenant_id) references bulkhead.tenants (id),
+    constraint pinecone_outbox_op_known check (op in ('upsert', 'delete'))
+);
+create index pinecone_outbox_pending on bulkhead.pinecone_outbox (id) where processed_at is null;
+
+alter table bulkhead.retrieval_settings enable row level security;
+alter table bulkhead.retrieval_settings force row level security;
+alter table bulkhead.documents enable row level security;
+alter table bulkhead.documents force row level security;
+alter table bulkhead.chunks enable row level security;
+alter table bulkhead.chunks force row level security;
+alter table bulkhead.pinecone_outbox enable row level security;
+alter table bulkhead.pinecone_outbox force row level security;
+create policy tenant_isolation on bulkhead.retrieval_settings
+    using (tenant_id = (select bulkhead.current_tenant()))
+    with check (tenant_id = (select bulkhead.current_tenant()));
+create policy tenant_isolation on bulkhead.documents
+    using (tenant_id = (select bulkhead.current_tenant()))
+    with check (tenant_id = (select bulkhead.current_tenant()));
+create policy tenant_isolation on bulkhead.chunks
+    using (tenant_id = (select bulkhead.current_tenant()))
+    with check (tenant_id = (select bulkhead.current_tenant()));
+create policy tenant_isolation on bulkhead.pinecone_outbox
+    using (tenant_id = (select bulkhead.current_tenant()))
+    with check (tenant_id = (select bulkhead.current_tenant()));
+
+alter table bulkhead.chunks owner to bulkhead_meter;
+-- An index lives in its table's schema, and creating one needs CREATE there.
+grant create on schema bulkhead to bulkhead_meter;
+grant select on bulkhead.retrieval_settings to bulkhead_app, bulkhead_worker, bulkhead_admin, bulkhead_meter;
+grant insert, update on bulkhead.retrieval_settings to bulkhead_admin, bulkhead_meter;
+grant select, insert, update, delete on bulkhead.documents to bulkhead_app, bulkhead_worker;
+grant select, insert, update, delete on bulkhead.chunks to bulkhead_app, bulkhead_worker;
+grant select on bulkhead.documents, bulkhead.chunks to bulkhead_admin, bulkhead_meter;
+-- The daemon marks jobs done; it can never readdress one.
+grant select, update (processed_at) on bulkhead.pinecone_outbox to bulkhead_worker;
+grant select on bulkhead.pinecone_outbox to bulkhead_admin;
+grant insert on bulkhead.pinecone_outbox to bulkhead_meter;
+-- Tenant deletion only (delete_tenant runs as bulkhead_admin).
+grant delete on bulkhead.retrieval_settings, bulkhead.documents, bulkhead.chunks, bulkhead.pinecone_outbox
+    to bulkhead_admin;
+
+select pg_catalog.pg_extension_config_dump('bulkhead.retrieval_settings', '');
+select pg_catalog.pg_extension_config_dump('bulkhead.documents', '');
+select pg_catalog.pg_extension_config_dump('bulkhead.chunks', '');
+select pg_catalog.pg_extension_config_dump('bulkhead.pinecone_outbox', '');
+
+-- A chunk's embedding must have its tenant's dimension (the tenant's index casts to it).
+create function bulkhead._check_chunk_embedding()
+returns trigger
+language plpgsql
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    dims int;
+begin
+    select s.embedding_dims into dims from bulkhead.retrieval_settings s where s.tenant_id = new.tenant_id;
+    if dims is null then
+        raise exception 'tenant % has no embedding dimension', new.tenant_id
+            using errcode = '55000',
+                  hint = 'bulkhead_admin sets it with bulkhead.set_embedding_dims(tenant_id, dims).';
+    end if;
+    if @extschema:vector@.vector_dims(new.embedding) <> dims then
+        raise exception 'embedding has % dimensions, tenant uses %', @extschema:vector@.vector_dims(new.embedding), dims
+            using errcode = '22023',
+                  detail = 'Every embedding of a tenant has the dimension set with bulkhead.set_embedding_dims.';
+    end if;
+    return new;
+end
+$$;
+create trigger chunks_embedding_dims before insert or update of embedding on bulkhead.chunks
+    for each row execute function bulkhead._check_chunk_embedding();
+
+-- Queues a sync job for every chunk change. SECURITY DEFINER (as bulkhead_meter): the outbox is
+-- not writable by applications, and the namespace comes from the tenant's row.
+create function bulkhead._queue_pinecone_sync()
+returns trigger
+language plpgsql
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+begin
+    if tg_op in ('INSERT', 'UPDATE') then
+        insert into bulkhead.pinecone_outbox (tenant_id, namespace, chunk_id, op)
+        select new.tenant_id, t.pinecone_namespace, new.id, 'upsert'
+        from bulkhead.tenants t where t.id = new.tenant_id;
+    end if;
+    if tg_op = 'DELETE' or (tg_op = 'UPDATE' and old.id <> new.id) then
+        insert into bulkhead.pinecone_outbox (tenant_id, namespace, chunk_id, op)
+        select old.tenant_id, t.pinecone_namespace, old.id, 'delete'
+        from bulkhead.tenants t where t.id = old.tenant_id;
+    end if;
+    return null;
+end
+$$;
+create trigger chunks_pinecone_sync after insert or update or delete on bulkhead.chunks
+    for each row execute function bulkhead._queue_pinecone_sync();
+
+-- Sets a tenant's embedding dimension (bulkhead_admin); only while it has no chunks.
+create function bulkhead.set_embedding_dims(tenant_id uuid, dims int, ef_search int default 100)
+returns void
+language plpgsql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    previous text;
+begin
+    if set_embedding_dims.tenant_id is null or dims is null or ef_search is null then
+        raise exception 'tenant_id, dims and ef_search are required' using errcode = '22004';
+    end if;
+    if dims not between 1 and 16000 or ef_search not between 10 and 1000 then
+        raise exception 'dims must be 1 to 16000 and ef_search 10 to 1000' using errcode = '22023';
+    end if;
+    previous := bulkhead._enter_tenant(set_embedding_dims.tenant_id);
+    if exists (select from bulkhead.retrieval_settings s
+               where s.tenant_id = set_embedding_dims.tenant_id and s.embedding_dims <> dims)
+       and exists (select from bulkhead.chunks c where c.tenant_id = set_embedding_dims.tenant_id) then
+        raise exception 'tenant has chunks of another dimension'
+            using errcode = '55000',
+                  detail = 'Changing the dimension would leave its embeddings unsearchable; delete its documents first.';
+    end if;
+    insert into bulkhead.retrieval_settings as s (tenant_id, embedding_dims, ef_search)
+    values (set_embedding_dims.tenant_id, dims, set_embedding_dims.ef_search)
+    on conflict on constraint retrieval_settings_pkey
+    do update set embedding_dims = excluded.embedding_dims, ef_search = excluded.ef_search,
+                  updated_at = pg_catalog.clock_timestamp();
+    perform bulkhead._leave_tenant(previous);
+end
+$$;
+comment on function bulkhead.set_embedding_dims(uuid, int, int) is
+    'Sets a tenant''s embedding dimension (and HNSW ef_search). bulkhead_admin only.';
+
+-- The name of a tenant's own index: derived from its id, never from input.
+create function bulkhead._tenant_index_name(tenant uuid)
+returns text
+language sql immutable
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$ select 'chunks_hnsw_' || pg_catalog.replace(tenant::text, '-', '') $$;
+
+-- Builds the tenant's own HNSW index (a partial index: its rows only) and switches its searches
+-- to it. SECURITY DEFINER as bulkhead_meter, the owner of chunks. Takes a SHARE lock on chunks
+-- while it builds: writes of other tenants wait (the daemon issue builds CONCURRENTLY).
+create function bulkhead._build_tenant_index(tenant uuid)
+returns text
+language plpgsql volatile
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    dims int;
+    name text := bulkhead._tenant_index_name(tenant);
+begin
+    if tenant is null or tenant is distinct from bulkhead.current_tenant() then
+        raise exception 'a tenant''s index is built in its own context' using errcode = '42501';
+    end if;
+    select s.embedding_dims into dims from bulkhead.retrieval_settings s where s.tenant_id = tenant;
+    if dims is null then
+        raise exception 'tenant % has no embedding dimension', tenant using errcode = '55000';
+    end if;
+    -- Identifiers and the dimension are derived (uuid, int); the tenant id is a literal because
+    -- a partial index predicate cannot take a parameter.
+    execute pg_catalog.format(
+        'create index if not exists %I on bulkhead.chunks using hnsw ((embedding::@extschema:vector@.vector(%s)) @extschema:vector@.vector_cosine_ops)'
+        ' with (m = 16, ef_construction = 64) where tenant_id = %L::uuid',
+        name, dims, tenant);
+    update bulkhead.retrieval_settings s
+    set index_name = name, indexed_at = pg_catalog.clock_timestamp(), updated_at = pg_catalog.clock_timestamp()
+    where s.tenant_id = tenant;
+    return name;
+end
+$$;
+
+-- Drops a tenant's own index (tenant deletion). SECURITY DEFINER as bulkhead_meter.
+create function bulkhead._drop_tenant_index(tenant uuid)
+returns boolean
+language plpgsql volatile
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    name text := bulkhead._tenant_index_name(tenant);
+begin
+    if tenant is null or exists (select from bulkhead.chunks c where c.tenant_id = tenant) then
+        raise exception 'a tenant''s index is dropped only once its chunks are gone' using errcode = '55000';
+    end if;
+    if pg_catalog.to_regclass('bulkhead.' || pg_catalog.quote_ident(name)) is null then
+        return false;
+    end if;
+    execute pg_catalog.format('drop index bulkhead.%I', name);
+    return true;
+end
+$$;
+
+-- Builds a tenant's own index now (bulkhead_admin). ingest_document also builds it when the
+-- tenant passes bulkhead.retrieval_index_threshold chunks.
+create function bulkhead.build_tenant_index(tenant_id uuid)
+returns text
+language plpgsql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    previous text := bulkhead._enter_tenant(build_tenant_index.tenant_id);
+    name text;
+begin
+    name := bulkhead._build_tenant_index(build_tenant_index.tenant_id);
+    perform bulkhead._leave_tenant(previous);
+    return name;
+end
+$$;
+comment on function bulkhead.build_tenant_index(uuid) is
+    'Builds the tenant''s own HNSW index (its rows only) and moves its searches to it. bulkhead_admin only.';
+
+-- Stores a document and its chunks for the current tenant, replacing an earlier version with
+-- the same external_id. chunks: [{"content": text, "embedding": [numbers], "metadata": {...}}].
+create function bulkhead.ingest_document(
+    external_id text, chunks jsonb, title text default null, metadata jsonb default '{}'
+)
+returns uuid
+language plpgsql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    tenant uuid := bulkhead.current_tenant();
+    doc uuid;
+    indexed text;
+    threshold bigint := pg_catalog.current_setting('bulkhead.retrieval_index_threshold')::bigint;
+begin
+    if tenant is null then
+        raise exception 'no tenant context'
+            using errcode = '42501', hint = 'Call bulkhead.set_tenant(...) first.';
+    end if;
+    if external_id is null or chunks is null or metadata is null then
+        raise exception 'external_id, chunks and metadata are required' using errcode = '22004';
+    end if;
+    if pg_catalog.jsonb_typeof(chunks) <> 'array'
+       or exists (select from pg_catalog.jsonb_array_elements(chunks) c
+                  where pg_catalog.jsonb_typeof(c) <> 'object'
+                     or pg_catalog.jsonb_typeof(c->'content') is distinct from 'string'
+                     or pg_catalog.jsonb_typeof(c->'embedding') is distinct from 'array'
+                     or pg_catalog.jsonb_typeof(coalesce(c->'metadata', '{}')) <> 'object') then
+        raise exception 'chunks must be an array of {"content": text, "embedding": [numbers], "metadata": {...}}'
+            using errcode = '22023';
+    end if;
+
+    insert into bulkhead.documents as d (tenant_id, external_id, title, metadata)
+    values (tenant, ingest_document.external_id, ingest_document.title, ingest_document.metadata)
+    on conflict on constraint documents_external_id_key
+    do update set title = excluded.title, metadata = excluded.metadata, updated_at = pg_catalog.clock_timestamp()
+    returning d.id into doc;
+    delete from bulkhead.chunks c where c.tenant_id = tenant and c.document_id = doc;
+    insert into bulkhead.chunks (tenant_id, document_id, ordinal, content, embedding, metadata)
+    select tenant, doc, e.ordinality::int, e.value->>'content', (e.value->>'embedding')::@extschema:vector@.vector,
+           coalesce(e.value->'metadata', '{}')
+    from pg_catalog.jsonb_array_elements(chunks) with ordinality e;
+
+    select s.index_name into indexed from bulkhead.retrieval_settings s where s.tenant_id = tenant;
+    if indexed is null and (select count(*) from bulkhead.chunks c where c.tenant_id = tenant) >= threshold then
+        perform bulkhead._build_tenant_index(tenant);
+    end if;
+    return doc;
+end
+$$;
+comment on function bulkhead.ingest_document(text, jsonb, text, jsonb) is
+    'Stores a document and its chunks (with app-supplied embeddings) for the current tenant; replaces the same external_id.';
+
+-- How tenant_search will read the current tenant's rows: 'exact' or 'hnsw:<index>'.
+create function bulkhead.tenant_search_path()
+returns table (path text, chunks bigint, embedding_dims int, ef_search int)
+language sql stable
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+    select case when s.index_name is null then 'exact' else 'hnsw:' || s.index_name end,
+           (select count(*) from bulkhead.chunks c where c.tenant_id = bulkhead.current_tenant()),
+           s.embedding_dims, s.ef_search
+    from bulkhead.retrieval_settings s
+    where s.tenant_id = bulkhead.current_tenant()
+$$;
+comment on function bulkhead.tenant_search_path() is
+    'The access path tenant_search uses for the current tenant (exact scan or its own HNSW index).';
+
+-- The k chunks of the current tenant nearest to query (cosine distance), optionally only those
+-- whose metadata contains filter.
+create function bulkhead.tenant_search(query vector, k int default 10, filter jsonb default null)
+returns table (chunk_id bigint, document_id uuid, content text, distance float8, metadata jsonb)
+language plpgsql stable
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    tenant uuid := bulkhead.current_tenant();
+    cfg bulkhead.retrieval_settings;
+    saved_ef text;
+    saved_iterative text;
+begin
+    if tenant is null then
+        raise exception 'no tenant context'
+            using errcode = '42501', hint = 'Call bulkhead.set_tenant(...) first.';
+    end if;
+    if query is null or k is null then
+        raise exception 'query and k are required' using errcode = '22004';
+    end if;
+    if k not between 1 and 1000 then
+        raise exception 'k must be between 1 and 1000' using errcode = '22023';
+    end if;
+    if filter is not null and pg_catalog.jsonb_typeof(filter) <> 'object' then
+        raise exception 'filter must be a JSON object (matched with @> against chunk metadata)'
+            using errcode = '22023';
+    end if;
+    select s.* into cfg from bulkhead.retrieval_settings s where s.tenant_id = tenant;
+    if not found then
+        return;  -- no dimension set: the tenant has no chunks
+    end if;
+    if @extschema:vector@.vector_dims(query) <> cfg.embedding_dims then
+        raise exception 'query has % dimensions, tenant uses %', @extschema:vector@.vector_dims(query), cfg.embedding_dims
+            using errcode = '22023';
+    end if;
+    if @extschema:vector@.vector_norm(query) = 0 then
+        raise exception 'query vector has zero length' using errcode = '22023',
+            detail = 'Cosine distance to a zero vector is undefined.';
+    end if;
+
+    if cfg.index_name is null then
+        -- Exact: every row of the tenant, through chunks_by_tenant; the filter narrows them.
+        return query
+            select c.id, c.document_id, c.content, (c.embedding operator(@extschema:vector@.<=>) query)::float8, c.metadata
+            from bulkhead.chunks c
+            where c.tenant_id = tenant and (filter is null or c.metadata @> filter)
+            order by c.embedding operator(@extschema:vector@.<=>) query, c.id
+            limit k;
+        return;
+    end if;
+
+    -- The tenant's own index, planned for this tenant's id (EXECUTE binds it as a constant, so
+    -- the partial index applies). Iterative scans keep going until k rows pass the filter.
+    saved_ef := pg_catalog.current_setting('hnsw.ef_search');
+    saved_iterative := pg_catalog.current_setting('hnsw.iterative_scan');
+    perform pg_catalog.set_config('hnsw.ef_search', greatest(cfg.ef_search, k)::text, true);
+    perform pg_catalog.set_config('hnsw.iterative_scan', 'relaxed_order', true);
+    return query execute pg_catalog.format(
+        'with nearest as materialized ('
+        '  select c.id, c.document_id, c.content,'
+        '         (c.embedding::@extschema:vector@.vector(%1$s) operator(@extschema:vector@.<=>) $2::@extschema:vector@.vector(%1$s))::float8 as distance, c.metadata'
+        '  from bulkhead.chunks c'
+        '  where c.tenant_id = $1 and ($3::jsonb is null or c.metadata @> $3)'
+        '  order by c.embedding::@extschema:vector@.vector(%1$s) operator(@extschema:vector@.<=>) $2::@extschema:vector@.vector(%1$s)'
+        '  limit $4)'
+        ' select * from nearest order by distance, id',
+        cfg.embedding_dims)
+        using tenant, query, filter, k;
+    perform pg_catalog.set_config('hnsw.ef_search', saved_ef, true);
+    perform pg_catalog.set_config('hnsw.iterative_scan', saved_iterative, true);
+end
+$$;
+comment on function bulkhead.tenant_search(vector, int, jsonb) is
+    'The current tenant''s k nearest chunks (cosine), exact for small tenants and through the tenant''s own HNSW index for large ones.';
+
+-- Full-text and vector ranks fused by reciprocal rank fusion (k = 60), the current tenant only.
+create function bulkhead.tenant_search_hybrid(query_text text, query vector, k int default 10)
+returns table (chunk_id bigint, document_id uuid, content text, score float8, vector_rank int, text_rank int)
+language plpgsql stable
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    tenant uuid := bulkhead.current_tenant();
+    depth int;
+begin
+    if tenant is null then
+        raise exception 'no tenant context' using errcode = '42501';
+    end if;
+    if query_text is null or k is null then
+        raise exception 'query_text, query and k are required' using errcode = '22004';
+    end if;
+    if k not between 1 and 1000 then
+        raise exception 'k must be between 1 and 1000' using errcode = '22023';
+    end if;
+    depth := least(greatest(4 * k, 40), 1000);
+    return query
+        with by_vector as (
+            select s.chunk_id, s.document_id, s.content,
+                   (row_number() over (order by s.distance, s.chunk_id))::int as rank
+            from bulkhead.tenant_search(query, depth) s
+        ),
+        by_text as (
+            select c.id as chunk_id, c.document_id, c.content,
+                   (row_number() over (order by pg_catalog.ts_rank_cd(c.tsv, q) desc, c.id))::int as rank
+            from bulkhead.chunks c, pg_catalog.websearch_to_tsquery('simple'::regconfig, query_text) q
+            where c.tenant_id = tenant and c.tsv @@ q
+            order by pg_catalog.ts_rank_cd(c.tsv, q) desc, c.id
+            limit depth
+        )
+        select coalesce(v.chunk_id, t.chunk_id), coalesce(v.document_id, t.document_id),
+               coalesce(v.content, t.content),
+               (coalesce(1.0 / (60 + v.rank), 0) + coalesce(1.0 / (60 + t.rank), 0))::float8,
+               v.rank, t.rank
+        from by_vector v full join by_text t on t.chunk_id = v.chunk_id
+        order by 4 desc, 1
+        limit k;
+end
+$$;
+comment on function bulkhead.tenant_search_hybrid(text, vector, int) is
+    'The current tenant''s chunks ranked by reciprocal rank fusion of full-text and vector search.';
+
+alter function bulkhead._queue_pinecone_sync() owner to bulkhead_meter;
+alter function bulkhead._build_tenant_index(uuid) owner to bulkhead_meter;
+alter function bulkhead._drop_tenant_index(uuid) owner to bulkhead_meter;
+
+revoke all on function bulkhead._check_chunk_embedding() from public;
+revoke all on function bulkhead._queue_pinecone_sync() from public;
+revoke all on function bulkhead.set_embedding_dims(uuid, int, int) from public;
+revoke all on function bulkhead._tenant_index_name(uuid) from public;
+revoke all on function bulkhead._build_tenant_index(uuid) from public;
+revoke all on function bulkhead._drop_tenant_index(uuid) from public;
+revoke all on function bulkhead.build_tenant_index(uuid) from public;
+revoke all on function bulkhead.ingest_document(text, jsonb, text, jsonb) from public;
+revoke all on function bulkhead.tenant_search_path() from public;
+revoke all on function bulkhead.tenant_search(vector, int, jsonb) from public;
+revoke all on function bulkhead.tenant_search_hybrid(text, vector, int) from public;
+grant execute on function bulkhead.set_embedding_dims(uuid, int, int), bulkhead.build_tenant_index(uuid)
+    to bulkhead_admin;
+grant execute on function bulkhead._tenant_index_name(uuid) to bulkhead_meter;
+grant execute on function bulkhead._build_tenant_index(uuid) to bulkhead_app, bulkhead_worker, bulkhead_admin;
+grant execute on function bulkhead._drop_tenant_index(uuid) to bulkhead_admin;
+grant execute on function bulkhead.ingest_document(text, jsonb, text, jsonb), bulkhead.tenant_search_path(),
+    bulkhead.tenant_search(vector, int, jsonb), bulkhead.tenant_search_hybrid(text, vector, int)
+    to bulkhead_app, bulkhead_worker, bulkhead_admin;
