@@ -132,6 +132,10 @@ as $$
 declare
     dims int;
 begin
+    -- A row of another tenant is row level security's to refuse, with its own error.
+    if new.tenant_id is distinct from bulkhead.current_tenant() then
+        return new;
+    end if;
     select s.embedding_dims into dims from bulkhead.retrieval_settings s where s.tenant_id = new.tenant_id;
     if dims is null then
         raise exception 'tenant % has no embedding dimension', new.tenant_id
@@ -361,6 +365,26 @@ $$;
 comment on function bulkhead.tenant_search_path() is
     'The access path tenant_search uses for the current tenant (exact scan or its own HNSW index).';
 
+-- The query tenant_search runs through a tenant's own index: the cast to vector(D) matches the
+-- index expression, and EXECUTE binds $1 (the tenant) as a constant so the partial index applies.
+create function bulkhead._indexed_search_sql(dims int)
+returns text
+language sql immutable
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+    select pg_catalog.format(
+        'with nearest as materialized ('
+        '  select c.id, c.document_id, c.content,'
+        '         (c.embedding::@extschema:vector@.vector(%1$s) operator(@extschema:vector@.<=>) $2::@extschema:vector@.vector(%1$s))::float8 as distance, c.metadata'
+        '  from bulkhead.chunks c'
+        '  where c.tenant_id = $1 and ($3::jsonb is null or c.metadata @> $3)'
+        '  order by c.embedding::@extschema:vector@.vector(%1$s) operator(@extschema:vector@.<=>) $2::@extschema:vector@.vector(%1$s)'
+        '  limit $4)'
+        ' select * from nearest order by distance, id',
+        dims::int)
+$$;
+
 -- The k chunks of the current tenant nearest to query (cosine distance), optionally only those
 -- whose metadata contains filter.
 create function bulkhead.tenant_search(query vector, k int default 10, filter jsonb default null)
@@ -419,16 +443,7 @@ begin
     saved_iterative := pg_catalog.current_setting('hnsw.iterative_scan');
     perform pg_catalog.set_config('hnsw.ef_search', greatest(cfg.ef_search, k)::text, true);
     perform pg_catalog.set_config('hnsw.iterative_scan', 'relaxed_order', true);
-    return query execute pg_catalog.format(
-        'with nearest as materialized ('
-        '  select c.id, c.document_id, c.content,'
-        '         (c.embedding::@extschema:vector@.vector(%1$s) operator(@extschema:vector@.<=>) $2::@extschema:vector@.vector(%1$s))::float8 as distance, c.metadata'
-        '  from bulkhead.chunks c'
-        '  where c.tenant_id = $1 and ($3::jsonb is null or c.metadata @> $3)'
-        '  order by c.embedding::@extschema:vector@.vector(%1$s) operator(@extschema:vector@.<=>) $2::@extschema:vector@.vector(%1$s)'
-        '  limit $4)'
-        ' select * from nearest order by distance, id',
-        cfg.embedding_dims)
+    return query execute bulkhead._indexed_search_sql(cfg.embedding_dims)
         using tenant, query, filter, k;
     perform pg_catalog.set_config('hnsw.ef_search', saved_ef, true);
     perform pg_catalog.set_config('hnsw.iterative_scan', saved_iterative, true);
@@ -436,6 +451,38 @@ end
 $$;
 comment on function bulkhead.tenant_search(vector, int, jsonb) is
     'The current tenant''s k nearest chunks (cosine), exact for small tenants and through the tenant''s own HNSW index for large ones.';
+
+-- The plan tenant_search uses for the current tenant and this query (EXPLAIN, same settings).
+create function bulkhead.tenant_search_explain(query vector, k int default 10, filter jsonb default null)
+returns setof text
+language plpgsql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    tenant uuid := bulkhead.current_tenant();
+    cfg bulkhead.retrieval_settings;
+begin
+    select s.* into cfg from bulkhead.retrieval_settings s where s.tenant_id = tenant;
+    if not found then
+        return;
+    end if;
+    if cfg.index_name is null then
+        return query explain (costs off)
+            select c.id from bulkhead.chunks c
+            where c.tenant_id = tenant and (filter is null or c.metadata @> filter)
+            order by c.embedding operator(@extschema:vector@.<=>) query, c.id
+            limit k;
+        return;
+    end if;
+    perform pg_catalog.set_config('hnsw.ef_search', greatest(cfg.ef_search, k)::text, true);
+    perform pg_catalog.set_config('hnsw.iterative_scan', 'relaxed_order', true);
+    return query execute 'explain (costs off) ' || bulkhead._indexed_search_sql(cfg.embedding_dims)
+        using tenant, query, filter, k;
+end
+$$;
+comment on function bulkhead.tenant_search_explain(vector, int, jsonb) is
+    'EXPLAIN of the query tenant_search runs for the current tenant (it leaves hnsw settings changed for the transaction).';
 
 -- Full-text and vector ranks fused by reciprocal rank fusion (k = 60), the current tenant only.
 create function bulkhead.tenant_search_hybrid(query_text text, query vector, k int default 10)
@@ -497,6 +544,8 @@ revoke all on function bulkhead._drop_tenant_index(uuid) from public;
 revoke all on function bulkhead.build_tenant_index(uuid) from public;
 revoke all on function bulkhead.ingest_document(text, jsonb, text, jsonb) from public;
 revoke all on function bulkhead.tenant_search_path() from public;
+revoke all on function bulkhead._indexed_search_sql(int) from public;
+revoke all on function bulkhead.tenant_search_explain(vector, int, jsonb) from public;
 revoke all on function bulkhead.tenant_search(vector, int, jsonb) from public;
 revoke all on function bulkhead.tenant_search_hybrid(text, vector, int) from public;
 grant execute on function bulkhead.set_embedding_dims(uuid, int, int), bulkhead.build_tenant_index(uuid)
@@ -505,5 +554,6 @@ grant execute on function bulkhead._tenant_index_name(uuid) to bulkhead_meter;
 grant execute on function bulkhead._build_tenant_index(uuid) to bulkhead_app, bulkhead_worker, bulkhead_admin;
 grant execute on function bulkhead._drop_tenant_index(uuid) to bulkhead_admin;
 grant execute on function bulkhead.ingest_document(text, jsonb, text, jsonb), bulkhead.tenant_search_path(),
+    bulkhead._indexed_search_sql(int), bulkhead.tenant_search_explain(vector, int, jsonb),
     bulkhead.tenant_search(vector, int, jsonb), bulkhead.tenant_search_hybrid(text, vector, int)
     to bulkhead_app, bulkhead_worker, bulkhead_admin;

@@ -48,6 +48,15 @@ select bulkhead.publish_prompt('00000000-0000-4000-8000-00000000000b', 'leak-tpl
     '{"display_name": "B", "custom_instructions": "B rules"}');
 select bulkhead.activate_prompt('00000000-0000-4000-8000-00000000000b', 'leak-tpl', 1);
 grant insert on bulkhead.prompt_versions, bulkhead.prompt_templates to regress_leak_writer;
+grant select, update (namespace) on bulkhead.pinecone_outbox to regress_leak_writer;
+-- Retrieval: A's pricing page and B's FAQ, both 3-dimensional; B queries with A's exact vector.
+select bulkhead.set_embedding_dims(t, 3) from unnest(array['00000000-0000-4000-8000-00000000000a',
+    '00000000-0000-4000-8000-00000000000b']::uuid[]) t;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000a');
+select bulkhead.ingest_document('pricing', '[{"content": "A pricing: $10k/seat", "embedding": [1, 0, 0], "metadata": {"kind": "pricing"}}]') is not null;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
+select bulkhead.ingest_document('faq', '[{"content": "B refunds in 30 days", "embedding": [0, 1, 0], "metadata": {"kind": "faq"}}]') is not null;
+select bulkhead.set_tenant(null);
 create role regress_leak_worker in role bulkhead_worker;
 create role regress_leak_worker_bypass bypassrls in role bulkhead_worker;
 
@@ -429,6 +438,59 @@ select 'A40 with the grant, for B' as attack, pg_temp.attempt($q$insert into bul
             '{% extends "leak-tpl" %}{% block x %}{% set a = "xx" %}{% set a = a ~ a %}{% endblock %}', 'writer')$q$) as writer_result;
 select 'A40 render the unchecked row' as attack,
     pg_temp.attempt($q$select bulkhead.render_prompt_version('leak-tpl', 9)$q$) as render_result;
+
+-- A41: B searches with a vector identical to A's pricing chunk, on every path: B's context
+-- returns B's rows only (exact, filtered, hybrid).
+set local role regress_leak_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
+select 'A41 exact' as attack, string_agg(content, ', ') as b_gets from bulkhead.tenant_search('[1, 0, 0]', 10);
+select 'A41 filter for A''s kind' as attack, count(*) as b_gets from bulkhead.tenant_search('[1, 0, 0]', 10, '{"kind": "pricing"}');
+select 'A41 filter naming A' as attack, count(*) as b_gets
+from bulkhead.tenant_search('[1, 0, 0]', 10, '{"tenant_id": "00000000-0000-4000-8000-00000000000a"}');
+select 'A41 hybrid' as attack, string_agg(content, ', ') as b_gets from bulkhead.tenant_search_hybrid('pricing seat', '[1, 0, 0]', 10);
+set local role regress_leak_bypass;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
+select 'A41 without RLS' as attack, string_agg(content, ', ' order by content) as bypass_gets
+from (select content from bulkhead.chunks order by embedding <=> '[1, 0, 0]' limit 10) nearest;
+
+-- A42: after A's data moves to A's own HNSW index, B's search still never reaches it (B has no
+-- index: exact over B's rows), and A's index holds A's rows only.
+reset role;
+select bulkhead.build_tenant_index('00000000-0000-4000-8000-00000000000a') is not null as a_indexed;
+set local role regress_leak_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
+select 'A42 after A''s index' as attack, string_agg(content, ', ') as b_gets from bulkhead.tenant_search('[1, 0, 0]', 10);
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000a');
+select 'A42 A on its index' as attack, (select path from bulkhead.tenant_search_path()) like 'hnsw:%' as a_indexed,
+    string_agg(content, ', ') as a_gets from bulkhead.tenant_search('[1, 0, 0]', 10);
+
+-- A43: B builds an index over A's rows, or reads A's index path: refused, and nothing of A's.
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
+select 'A43 build A''s index' as attack,
+    pg_temp.attempt($q$select bulkhead._build_tenant_index('00000000-0000-4000-8000-00000000000a')$q$) as app_result;
+select 'A43 A''s settings' as attack, count(*) as rows_seen from bulkhead.retrieval_settings
+where tenant_id = '00000000-0000-4000-8000-00000000000a';
+
+-- A44: B writes chunks into A's document, or readdresses a sync job to another namespace.
+select 'A44 chunk into A''s document' as attack, pg_temp.attempt($q$insert into bulkhead.chunks
+    (tenant_id, document_id, ordinal, content, embedding)
+    select '00000000-0000-4000-8000-00000000000a', d.id, 9, 'injected', '[1, 0, 0]'
+    from bulkhead.documents d$q$) as app_result;
+select 'A44 write the outbox' as attack, pg_temp.attempt($q$insert into bulkhead.pinecone_outbox
+    (tenant_id, namespace, chunk_id, op) values ('00000000-0000-4000-8000-00000000000b', 'tenant-a', 1, 'delete')$q$) as app_result;
+set local role regress_leak_worker;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
+select 'A44 worker readdresses a job' as attack,
+    pg_temp.attempt($q$update bulkhead.pinecone_outbox set namespace = 'tenant-a'$q$) as worker_result;
+set local role regress_leak_writer;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
+savepoint readdress;
+select 'A44 with an UPDATE grant on namespace' as attack,
+    pg_temp.attempt($q$update bulkhead.pinecone_outbox set namespace = 'tenant-a'$q$) as writer_result;
+rollback to savepoint readdress;
+reset role;
+select 'A44 queued namespaces' as attack, string_agg(distinct tenant_id::text || '=' || namespace, ', ') as jobs
+from bulkhead.pinecone_outbox;
 
 -- A29: shadowing bulkhead.current_tenant() through search_path changes nothing: policies hold
 -- the function itself, not its name.

@@ -1,0 +1,117 @@
+-- Retrieval through the SQL API: dimensions, ingest, both access paths, filters, hybrid search,
+-- the Pinecone outbox, and the errors. Runs as non-superuser members of bulkhead_admin and
+-- bulkhead_app.
+\set SHOW_CONTEXT never
+begin;
+set client_min_messages = warning;
+create role regress_ret_admin in role bulkhead_admin;
+create role regress_ret_app in role bulkhead_app;
+insert into bulkhead.tenants (id, slug, name, pinecone_namespace) values
+    ('00000000-0000-4000-8000-00000000000a', 'ret-a', 'Acme', 'tenant-a'),
+    ('00000000-0000-4000-8000-00000000000b', 'ret-b', 'Globex', 'tenant-b');
+
+create function pg_temp.attempt(statement text) returns text language plpgsql as $$
+declare
+    result text;
+begin
+    execute statement into result;
+    return 'ok: ' || coalesce(result, 'NULL');
+exception when others then
+    return 'ERROR ' || sqlstate || ': ' || sqlerrm;
+end
+$$;
+grant execute on function pg_temp.attempt(text) to public;
+
+set local role regress_ret_admin;
+select bulkhead.set_embedding_dims('00000000-0000-4000-8000-00000000000a', 3);
+select bulkhead.set_embedding_dims('00000000-0000-4000-8000-00000000000b', 3);
+select pg_temp.attempt($q$select bulkhead.set_embedding_dims('00000000-0000-4000-8000-00000000000a', 0)$q$) as zero_dims;
+
+reset role;
+set local role regress_ret_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000a');
+-- Acme: a pricing page, a support page with metadata, and 40 filler chunks around [0, 0, 1].
+select bulkhead.ingest_document('pricing', '[{"content": "Acme pricing: 12000 USD per seat", "embedding": [1, 0, 0], "metadata": {"kind": "pricing"}},
+                                              {"content": "Acme support hours 9-17", "embedding": [0.7, 0.7, 0], "metadata": {"kind": "support"}}]',
+                                title => 'Pricing') is not null as acme_pricing;
+select bulkhead.ingest_document('filler', (select jsonb_agg(jsonb_build_object(
+    'content', 'filler ' || i, 'embedding', jsonb_build_array(0.01 * i, 0, 1))) from generate_series(1, 40) i)) is not null as acme_filler;
+select * from bulkhead.tenant_search_path();
+-- Exact path: ordered by cosine distance; equal to a plain ORDER BY over the tenant's rows.
+select content, round(distance::numeric, 4) as distance from bulkhead.tenant_search('[1, 0.1, 0]', 3);
+select array(select chunk_id from bulkhead.tenant_search('[0.2, 0.1, 0.9]', 10))
+     = array(select id from bulkhead.chunks order by embedding <=> '[0.2, 0.1, 0.9]', id limit 10) as exact_equals_plain_order;
+-- The filter narrows within the tenant; it cannot widen the scope.
+select content from bulkhead.tenant_search('[1, 0, 0]', 5, '{"kind": "support"}');
+select count(*) as tenant_b_rows_via_filter from bulkhead.tenant_search('[1, 0, 0]', 50, '{"tenant_id": "00000000-0000-4000-8000-00000000000b"}');
+-- Hybrid: full-text and vector ranks fused.
+select content, vector_rank, text_rank from bulkhead.tenant_search_hybrid('pricing seat', '[0, 0, 1]', 3);
+
+-- Errors.
+select pg_temp.attempt($q$select count(*) from bulkhead.tenant_search('[1, 0]')$q$) as wrong_dimension;
+select pg_temp.attempt($q$select count(*) from bulkhead.tenant_search('[0, 0, 0]')$q$) as zero_vector;
+select pg_temp.attempt($q$select count(*) from bulkhead.tenant_search('[NaN, 0, 1]')$q$) as nan_vector;
+select pg_temp.attempt($q$select count(*) from bulkhead.tenant_search('[]')$q$) as empty_vector;
+select pg_temp.attempt($q$select count(*) from bulkhead.tenant_search('[1, 0, 0]', 0)$q$) as k_zero;
+select pg_temp.attempt($q$select count(*) from bulkhead.tenant_search('[1, 0, 0]', 5, '[1]')$q$) as filter_not_object;
+select pg_temp.attempt($q$select bulkhead.ingest_document('bad', '[{"content": "x", "embedding": [1, 2]}]')$q$) as ingest_wrong_dimension;
+select pg_temp.attempt($q$select bulkhead.ingest_document('bad', '[{"content": "x"}]')$q$) as ingest_no_embedding;
+select pg_temp.attempt($q$select bulkhead.ingest_document('bad', '[{"content": "x", "embedding": [1, "NaN", 0]}]')$q$) as ingest_nan;
+select pg_temp.attempt($q$insert into bulkhead.chunks (tenant_id, document_id, ordinal, content, embedding)
+    select tenant_id, document_id, 99, 'direct', '[1, 2]' from bulkhead.chunks limit 1$q$) as direct_insert_wrong_dimension;
+select pg_temp.attempt($q$insert into bulkhead.pinecone_outbox (tenant_id, namespace, chunk_id, op)
+    values ('00000000-0000-4000-8000-00000000000a', 'attacker-namespace', 1, 'upsert')$q$) as app_writes_outbox;
+
+-- The outbox (read as superuser: applications cannot read or write it): one job per chunk
+-- change, addressed to the namespace on the tenant's row.
+reset role;
+select namespace, op, count(*) from bulkhead.pinecone_outbox group by 1, 2 order by 1, 2;
+set local role regress_ret_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000a');
+-- Re-ingesting a document replaces its chunks (deletes, then upserts, queued).
+select bulkhead.ingest_document('pricing', '[{"content": "Acme pricing: 15000 USD per seat", "embedding": [1, 0, 0], "metadata": {"kind": "pricing"}},
+                                              {"content": "Acme support hours 8-18", "embedding": [0.7, 0.7, 0], "metadata": {"kind": "support"}}]') is not null as reingest;
+select count(*) as pricing_chunks from bulkhead.chunks c join bulkhead.documents d on d.id = c.document_id where d.external_id = 'pricing';
+reset role;
+select op, count(*) from bulkhead.pinecone_outbox group by 1 order by 1;
+
+-- Acme grows: its own HNSW index (this threshold is low for the test); searches move to it.
+reset role;
+set local bulkhead.retrieval_index_threshold = 46;
+set local role regress_ret_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000a');
+select bulkhead.ingest_document('more', (select jsonb_agg(jsonb_build_object(
+    'content', 'more ' || i, 'embedding', jsonb_build_array(0, 0.01 * i, 1))) from generate_series(1, 5) i)) is not null as crosses_threshold;
+select * from bulkhead.tenant_search_path();
+select content, round(distance::numeric, 4) as distance from bulkhead.tenant_search('[1, 0.1, 0]', 3);
+select content from bulkhead.tenant_search('[1, 0, 0]', 5, '{"kind": "support"}');
+select array(select chunk_id from bulkhead.tenant_search('[0.2, 0.1, 0.9]', 10))
+     = array(select id from bulkhead.chunks order by embedding <=> '[0.2, 0.1, 0.9]', id limit 10) as indexed_equals_exact;
+select current_setting('hnsw.iterative_scan') as iterative_scan_restored;
+-- The tenant's partial index matches the query (with 47 rows a sequential scan is cheaper, so
+-- the test disables it; at benchmark sizes the planner picks the index by itself).
+set local enable_seqscan = off;
+select count(*) filter (where line like '%Index Scan using chunks_hnsw_0000000000004000800000000000000a%') as scans_own_index
+from bulkhead.tenant_search_explain('[1, 0, 0]', 5, '{"kind": "support"}') line;
+reset enable_seqscan;
+-- One session, a large tenant then a small one: each gets its own path.
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
+select bulkhead.ingest_document('faq', '[{"content": "Globex refunds in 30 days", "embedding": [1, 0, 0]}]') is not null as globex_doc;
+select * from bulkhead.tenant_search_path();
+select content from bulkhead.tenant_search('[1, 0, 0]', 3);
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000a');
+select (select path from bulkhead.tenant_search_path()) like 'hnsw:%' as acme_still_indexed,
+       (select count(*) from bulkhead.tenant_search('[1, 0, 0]', 3)) as acme_rows;
+select pg_temp.attempt($q$select bulkhead.set_embedding_dims('00000000-0000-4000-8000-00000000000a', 768)$q$) as app_sets_dims;
+
+-- Changing a dimension is refused while chunks of the old one exist.
+reset role;
+set local role regress_ret_admin;
+select pg_temp.attempt($q$select bulkhead.set_embedding_dims('00000000-0000-4000-8000-00000000000a', 768)$q$) as change_dims_with_chunks;
+-- Deleting the tenant drops its index with its rows.
+select bulkhead.delete_tenant('00000000-0000-4000-8000-00000000000a') is not null as deleted;
+reset role;
+select to_regclass('bulkhead.chunks_hnsw_0000000000004000800000000000000a') as index_left;
+select step, rows_deleted from bulkhead.deletion_receipt_steps
+where step in ('bulkhead.chunks', 'bulkhead.documents', 'tenant vector index') order by step;
+rollback;
