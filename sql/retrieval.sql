@@ -17,7 +17,7 @@ create table bulkhead.retrieval_settings (
     tenant_id      uuid        not null,
     embedding_dims int         not null,
     -- hnsw.ef_search for this tenant's index scans (at least k is used).
-    ef_search      int         not null default 100,
+    ef_search      int         not null default 400,
     -- The tenant's own HNSW index, once built; NULL: exact scans.
     index_name     text,
     indexed_at     timestamptz,
@@ -179,7 +179,7 @@ create trigger chunks_pinecone_sync after insert or update or delete on bulkhead
     for each row execute function bulkhead._queue_pinecone_sync();
 
 -- Sets a tenant's embedding dimension (bulkhead_admin); only while it has no chunks.
-create function bulkhead.set_embedding_dims(tenant_id uuid, dims int, ef_search int default 100)
+create function bulkhead.set_embedding_dims(tenant_id uuid, dims int, ef_search int default 400)
 returns void
 language plpgsql volatile
 security invoker

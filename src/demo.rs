@@ -331,7 +331,83 @@ pub async fn run(database_url: &str) -> Result<(), DemoError> {
         "rollback restores exactly the previous text",
     )?;
 
-    step("10. Acme churns: one call deletes every Acme row and leaves a receipt.");
+    step("10. \"Why is our chatbot quoting Customer A's pricing to Customer B?\" Not here.");
+    let mut tx = conn.begin().await?;
+    tx.execute("set local role bulkhead_admin").await?;
+    for tenant in [acme, globex] {
+        sqlx::query("select bulkhead.set_embedding_dims($1, 3)")
+            .bind(tenant)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    // Embeddings are app-supplied; three dimensions keep the story readable.
+    for (tenant, doc, chunks) in [
+        (
+            acme,
+            "pricing",
+            serde_json::json!([
+            {"content": "Acme pricing: $12,000 per seat (confidential)", "embedding": [1.0, 0.0, 0.0]}]),
+        ),
+        (
+            globex,
+            "pricing",
+            serde_json::json!([
+            {"content": "Globex pricing: plans from $49 a month", "embedding": [0.6, 0.8, 0.0]},
+            {"content": "Globex support: 9-17 CET", "embedding": [0.0, 0.0, 1.0]}]),
+        ),
+    ] {
+        let mut tx = conn.begin().await?;
+        enter_app(&mut tx, Some(tenant)).await?;
+        sqlx::query("select bulkhead.ingest_document($1, $2)")
+            .bind(doc)
+            .bind(chunks)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+    }
+    let question = "[1, 0, 0]"; // "what does a seat cost?", embedded
+    let nearest: String = sqlx::query_scalar(
+        "select content from bulkhead.chunks order by embedding <=> $1::vector limit 1",
+    )
+    .bind(question)
+    .fetch_one(&mut conn)
+    .await?;
+    say(&format!(
+        "   Nearest chunk in the whole table (as the superuser sees it): {nearest}"
+    ));
+    let mut tx = conn.begin().await?;
+    enter_app(&mut tx, Some(globex)).await?;
+    let answers: Vec<(String, f64)> =
+        sqlx::query_as("select content, distance from bulkhead.tenant_search($1::vector, 3)")
+            .bind(question)
+            .fetch_all(&mut *tx)
+            .await?;
+    let hybrid: Vec<String> = sqlx::query_scalar(
+        "select content from bulkhead.tenant_search_hybrid('pricing seat', $1::vector, 3)",
+    )
+    .bind(question)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    for (content, distance) in &answers {
+        say(&format!(
+            "   Globex's tenant_search -> {content}  (distance {distance:.3})"
+        ));
+    }
+    say(&format!(
+        "   Globex's hybrid search  -> {}",
+        hybrid.join(" | ")
+    ));
+    expect(
+        nearest.contains("Acme")
+            && !answers.is_empty()
+            && answers.iter().all(|(content, _)| content.starts_with("Globex"))
+            && hybrid.iter().all(|content| content.starts_with("Globex")),
+        "globex's searches return globex's documents only, though acme's page is the nearest neighbour",
+    )?;
+
+    step("11. Acme churns: one call deletes every Acme row and leaves a receipt.");
     let mut tx = conn.begin().await?;
     tx.execute("set local role bulkhead_admin").await?;
     let receipt: Uuid = sqlx::query_scalar("select bulkhead.delete_tenant($1)")
