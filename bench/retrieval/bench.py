@@ -26,7 +26,7 @@ import psycopg
 N = int(sys.argv[2]) if len(sys.argv) > 2 else 100_000
 D = int(sys.argv[3]) if len(sys.argv) > 3 else 128
 QUERIES = int(sys.argv[4]) if len(sys.argv) > 4 else 40  # per tenant and kind (near / far)
-THRESHOLD = int(sys.argv[5]) if len(sys.argv) > 5 else 20000  # chunks from which a tenant gets its own index
+THRESHOLD = int(sys.argv[5]) if len(sys.argv) > 5 else 50000  # chunks from which a tenant gets its own index
 K = 10
 SHARES = [0.0001, 0.001, 0.01, 0.1]
 FILLERS = 9
@@ -103,7 +103,8 @@ def main():
             cur.execute(f"grant select on bench.ideal_{t} to bulkhead_bench_app")
         cur.execute("analyze")
 
-    app = psycopg.connect(url.replace("postgres@", "bulkhead_bench_app@"), autocommit=True)
+    # No automatic server-side prepare: a cached plan would ignore per-arm planner settings.
+    app = psycopg.connect(url.replace("postgres@", "bulkhead_bench_app@"), autocommit=True, prepare_threshold=None)
     results = []
     for t in range(1, 5):
         tid = tenant_uuid(t)

@@ -22,4 +22,4 @@ psql -d "$super/$db" -c "set client_min_messages = warning" -c "create extension
     -c "do \$\$ begin if not exists (select from pg_roles where rolname = 'bulkhead_bench_app') then create role bulkhead_bench_app login in role bulkhead_app; end if; end \$\$" \
     -c "grant usage on schema bench to bulkhead_bench_app"
 
-"$home/bench-venv/bin/python" "$here/bench.py" "$super/$db" "${1:-100000}" "${2:-128}" "${3:-40}" "${4:-1000}"
+"$home/bench-venv/bin/python" "$here/bench.py" "$super/$db" "${1:-100000}" "${2:-128}" "${3:-40}" "${4:-50000}"

@@ -34,7 +34,7 @@ static PROMPT_OUTPUT_LIMIT_KB: GucSetting<i32> = GucSetting::<i32>::new(256);
 static PROMPT_CACHE: GucSetting<bool> = GucSetting::<bool>::new(true);
 
 /// `bulkhead.retrieval_index_threshold`: chunks at which ingest builds a tenant's own index.
-static RETRIEVAL_INDEX_THRESHOLD: GucSetting<i32> = GucSetting::<i32>::new(20_000);
+static RETRIEVAL_INDEX_THRESHOLD: GucSetting<i32> = GucSetting::<i32>::new(50_000);
 
 /// `bulkhead.min_lease`: the shortest reservation lease budget_check accepts.
 static MIN_LEASE: GucSetting<Option<CString>> =
