@@ -104,6 +104,21 @@ select (select path from bulkhead.tenant_search_path()) like 'hnsw:%' as acme_st
        (select count(*) from bulkhead.tenant_search('[1, 0, 0]', 3)) as acme_rows;
 select pg_temp.attempt($q$select bulkhead.set_embedding_dims('00000000-0000-4000-8000-00000000000a', 768)$q$) as app_sets_dims;
 
+-- The common embedding sizes: a 1536-dimension tenant next to a 3-dimension one.
+reset role;
+insert into bulkhead.tenants (id, slug, name, pinecone_namespace) values
+    ('00000000-0000-4000-8000-00000000000c', 'ret-c', 'Initech', 'tenant-c');
+set local role regress_ret_admin;
+select bulkhead.set_embedding_dims('00000000-0000-4000-8000-00000000000c', dims) from unnest(array[384, 768, 1536]) dims;
+reset role;
+set local role regress_ret_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000c');
+select bulkhead.ingest_document('wide', jsonb_build_array(jsonb_build_object('content', 'wide',
+    'embedding', to_jsonb(array_fill(0.5::real, array[1536]))))) is not null as ingested_1536;
+select content, embedding_dims from bulkhead.tenant_search(array_fill(0.5::real, array[1536])::vector, 1),
+    bulkhead.tenant_search_path();
+select pg_temp.attempt($q$select count(*) from bulkhead.tenant_search(array_fill(0.5::real, array[768])::vector)$q$) as query_768_on_1536;
+
 -- Changing a dimension is refused while chunks of the old one exist.
 reset role;
 set local role regress_ret_admin;
