@@ -225,10 +225,14 @@ begin
             'step', target.table_name::text, 'rows', deleted, 'at', pg_catalog.clock_timestamp());
     end loop;
 
-    -- The tenant's own vector index (if it had one) goes with its rows.
+    -- The tenant's own vector index (if it had one) goes with its rows, and its Pinecone
+    -- namespace is queued for deletion (the daemon marks that job done).
     steps := steps || pg_catalog.jsonb_build_object(
         'step', 'tenant vector index', 'rows', bulkhead._drop_tenant_index(tenant)::int,
         'at', pg_catalog.clock_timestamp());
+    perform bulkhead._queue_namespace_deletion(tenant, receipt);
+    steps := steps || pg_catalog.jsonb_build_object(
+        'step', 'pinecone namespace deletion queued', 'rows', 1, 'at', pg_catalog.clock_timestamp());
     delete from bulkhead.tenants t where t.id = tenant;
     get diagnostics deleted = row_count;
     steps := steps || pg_catalog.jsonb_build_object(

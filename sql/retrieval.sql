@@ -45,7 +45,8 @@ create table bulkhead.documents (
 
 create table bulkhead.chunks (
     tenant_id   uuid        not null,
-    id          bigint      generated always as identity,
+    -- Random, not a sequence: a global counter would tell a tenant how much the others write.
+    id          uuid        not null default pg_catalog.gen_random_uuid(),
     document_id uuid        not null,
     ordinal     int         not null,
     content     text        not null,
@@ -61,16 +62,17 @@ create table bulkhead.chunks (
     constraint chunks_content_length check (pg_catalog.octet_length(content) <= 65536),
     constraint chunks_metadata_object check (pg_catalog.jsonb_typeof(metadata) = 'object')
 );
--- The exact path reads one tenant's rows through this index; full text is ranked within them.
+-- The exact path reads one tenant's rows through this index, and full text is ranked within
+-- them. (A GIN index on tsv would go unused: under row level security `@@` is not leakproof, so
+-- the planner applies it only after the tenant's rows are read.)
 create index chunks_by_tenant on bulkhead.chunks (tenant_id);
-create index chunks_tsv on bulkhead.chunks using gin (tsv);
 
 -- Sync jobs for the daemon: one row per chunk change, addressed to the tenant's namespace.
 create table bulkhead.pinecone_outbox (
     tenant_id    uuid        not null,
     id           bigint      generated always as identity,
     namespace    text        not null,
-    chunk_id     bigint      not null,
+    chunk_id     uuid        not null,
     op           text        not null,
     enqueued_at  timestamptz not null default pg_catalog.clock_timestamp(),
     processed_at timestamptz,
@@ -78,7 +80,21 @@ create table bulkhead.pinecone_outbox (
     constraint pinecone_outbox_tenant_fkey foreign key (tenant_id) references bulkhead.tenants (id),
     constraint pinecone_outbox_op_known check (op in ('upsert', 'delete'))
 );
-create index pinecone_outbox_pending on bulkhead.pinecone_outbox (id) where processed_at is null;
+-- One pending job per chunk: a later change of the same chunk replaces it.
+create unique index pinecone_outbox_pending on bulkhead.pinecone_outbox (tenant_id, chunk_id) where processed_at is null;
+
+-- Deleted tenants' namespaces, for the daemon to delete at Pinecone. No tenant_id and no foreign
+-- key: the job outlives its tenant (its receipt names it), and only a trigger-free definer
+-- function writes it, from the tenant's row.
+create table bulkhead.pinecone_namespace_deletions (
+    id             bigint      generated always as identity,
+    deleted_tenant uuid        not null,
+    namespace      text        not null,
+    receipt_id     uuid,
+    enqueued_at    timestamptz not null default pg_catalog.clock_timestamp(),
+    processed_at   timestamptz,
+    constraint pinecone_namespace_deletions_pkey primary key (id)
+);
 
 alter table bulkhead.retrieval_settings enable row level security;
 alter table bulkhead.retrieval_settings force row level security;
@@ -88,6 +104,11 @@ alter table bulkhead.chunks enable row level security;
 alter table bulkhead.chunks force row level security;
 alter table bulkhead.pinecone_outbox enable row level security;
 alter table bulkhead.pinecone_outbox force row level security;
+alter table bulkhead.pinecone_namespace_deletions enable row level security;
+alter table bulkhead.pinecone_namespace_deletions force row level security;
+create policy daemon_reads on bulkhead.pinecone_namespace_deletions for select to bulkhead_worker, bulkhead_admin using (true);
+create policy daemon_marks_done on bulkhead.pinecone_namespace_deletions for update to bulkhead_worker using (true) with check (true);
+create policy control_plane_queues on bulkhead.pinecone_namespace_deletions for insert to bulkhead_meter with check (true);
 create policy tenant_isolation on bulkhead.retrieval_settings
     using (tenant_id = (select bulkhead.current_tenant()))
     with check (tenant_id = (select bulkhead.current_tenant()));
@@ -112,7 +133,11 @@ grant select on bulkhead.documents, bulkhead.chunks to bulkhead_admin, bulkhead_
 -- The daemon marks jobs done; it can never readdress one.
 grant select, update (processed_at) on bulkhead.pinecone_outbox to bulkhead_worker;
 grant select on bulkhead.pinecone_outbox to bulkhead_admin;
-grant insert on bulkhead.pinecone_outbox to bulkhead_meter;
+grant insert, update on bulkhead.pinecone_outbox to bulkhead_meter;
+grant select on bulkhead.pinecone_outbox to bulkhead_meter;
+grant select, update (processed_at) on bulkhead.pinecone_namespace_deletions to bulkhead_worker;
+grant select on bulkhead.pinecone_namespace_deletions to bulkhead_admin;
+grant insert on bulkhead.pinecone_namespace_deletions to bulkhead_meter;
 -- Tenant deletion only (delete_tenant runs as bulkhead_admin).
 grant delete on bulkhead.retrieval_settings, bulkhead.documents, bulkhead.chunks, bulkhead.pinecone_outbox
     to bulkhead_admin;
@@ -121,6 +146,7 @@ select pg_catalog.pg_extension_config_dump('bulkhead.retrieval_settings', '');
 select pg_catalog.pg_extension_config_dump('bulkhead.documents', '');
 select pg_catalog.pg_extension_config_dump('bulkhead.chunks', '');
 select pg_catalog.pg_extension_config_dump('bulkhead.pinecone_outbox', '');
+select pg_catalog.pg_extension_config_dump('bulkhead.pinecone_namespace_deletions', '');
 
 -- A chunk's embedding must have its tenant's dimension (the tenant's index casts to it).
 create function bulkhead._check_chunk_embedding()
@@ -142,6 +168,10 @@ begin
             using errcode = '55000',
                   hint = 'bulkhead_admin sets it with bulkhead.set_embedding_dims(tenant_id, dims).';
     end if;
+    if @extschema:vector@.vector_norm(new.embedding) = 0 then
+        raise exception 'embedding has zero length'
+            using errcode = '22023', detail = 'Cosine distance to a zero vector is undefined.';
+    end if;
     if @extschema:vector@.vector_dims(new.embedding) <> dims then
         raise exception 'embedding has % dimensions, tenant uses %', @extschema:vector@.vector_dims(new.embedding), dims
             using errcode = '22023',
@@ -154,7 +184,8 @@ create trigger chunks_embedding_dims before insert or update of embedding on bul
     for each row execute function bulkhead._check_chunk_embedding();
 
 -- Queues a sync job for every chunk change. SECURITY DEFINER (as bulkhead_meter): the outbox is
--- not writable by applications, and the namespace comes from the tenant's row.
+-- not writable by applications, and the namespace comes from the tenant's row. A pending job of
+-- the same chunk is replaced, so rewriting a chunk many times queues one job.
 create function bulkhead._queue_pinecone_sync()
 returns trigger
 language plpgsql
@@ -162,21 +193,48 @@ security definer
 set search_path to pg_catalog, pg_temp
 as $$
 begin
-    if tg_op in ('INSERT', 'UPDATE') then
-        insert into bulkhead.pinecone_outbox (tenant_id, namespace, chunk_id, op)
-        select new.tenant_id, t.pinecone_namespace, new.id, 'upsert'
-        from bulkhead.tenants t where t.id = new.tenant_id;
-    end if;
-    if tg_op = 'DELETE' or (tg_op = 'UPDATE' and old.id <> new.id) then
-        insert into bulkhead.pinecone_outbox (tenant_id, namespace, chunk_id, op)
+    if tg_op = 'DELETE' or (tg_op = 'UPDATE' and (old.id, old.tenant_id) is distinct from (new.id, new.tenant_id)) then
+        insert into bulkhead.pinecone_outbox as o (tenant_id, namespace, chunk_id, op)
         select old.tenant_id, t.pinecone_namespace, old.id, 'delete'
-        from bulkhead.tenants t where t.id = old.tenant_id;
+        from bulkhead.tenants t where t.id = old.tenant_id
+        on conflict (tenant_id, chunk_id) where processed_at is null
+        do update set op = 'delete', namespace = excluded.namespace, enqueued_at = excluded.enqueued_at;
+    end if;
+    if tg_op in ('INSERT', 'UPDATE') then
+        insert into bulkhead.pinecone_outbox as o (tenant_id, namespace, chunk_id, op)
+        select new.tenant_id, t.pinecone_namespace, new.id, 'upsert'
+        from bulkhead.tenants t where t.id = new.tenant_id
+        on conflict (tenant_id, chunk_id) where processed_at is null
+        do update set op = 'upsert', namespace = excluded.namespace, enqueued_at = excluded.enqueued_at;
     end if;
     return null;
 end
 $$;
-create trigger chunks_pinecone_sync after insert or update or delete on bulkhead.chunks
+create trigger chunks_pinecone_sync after insert or delete on bulkhead.chunks
     for each row execute function bulkhead._queue_pinecone_sync();
+-- An UPDATE that changes nothing queues nothing.
+create trigger chunks_pinecone_sync_update after update on bulkhead.chunks
+    for each row when (old.* is distinct from new.*) execute function bulkhead._queue_pinecone_sync();
+
+-- Queues the deletion of a tenant's namespace (delete_tenant, before the tenant row goes).
+create function bulkhead._queue_namespace_deletion(tenant uuid, receipt uuid)
+returns text
+language plpgsql volatile
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    namespace text;
+begin
+    if tenant is null or tenant is distinct from bulkhead.current_tenant() then
+        raise exception 'a namespace deletion is queued in its tenant''s context' using errcode = '42501';
+    end if;
+    select t.pinecone_namespace into namespace from bulkhead.tenants t where t.id = tenant;
+    insert into bulkhead.pinecone_namespace_deletions (deleted_tenant, namespace, receipt_id)
+    values (tenant, namespace, receipt);
+    return namespace;
+end
+$$;
 
 -- Sets a tenant's embedding dimension (bulkhead_admin); only while it has no chunks.
 create function bulkhead.set_embedding_dims(tenant_id uuid, dims int, ef_search int default 400)
@@ -202,6 +260,13 @@ begin
             using errcode = '55000',
                   detail = 'Changing the dimension would leave its embeddings unsearchable; delete its documents first.';
     end if;
+    -- An index of the old dimension would refuse the new embeddings: it goes (there are no
+    -- chunks, checked above).
+    if exists (select from bulkhead.retrieval_settings s
+               where s.tenant_id = set_embedding_dims.tenant_id and s.embedding_dims <> dims
+                 and s.index_name is not null) then
+        perform bulkhead._drop_tenant_index(set_embedding_dims.tenant_id);
+    end if;
     insert into bulkhead.retrieval_settings as s (tenant_id, embedding_dims, ef_search)
     values (set_embedding_dims.tenant_id, dims, set_embedding_dims.ef_search)
     on conflict on constraint retrieval_settings_pkey
@@ -221,9 +286,19 @@ security invoker
 set search_path to pg_catalog, pg_temp
 as $$ select 'chunks_hnsw_' || pg_catalog.replace(tenant::text, '-', '') $$;
 
+-- HNSW indexes pgvector's vector type up to 2000 dimensions; wider tenants stay on exact scans.
+create function bulkhead._hnsw_max_dims()
+returns int
+language sql immutable
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$ select 2000 $$;
+
 -- Builds the tenant's own HNSW index (a partial index: its rows only) and switches its searches
--- to it. SECURITY DEFINER as bulkhead_meter, the owner of chunks. Takes a SHARE lock on chunks
--- while it builds: writes of other tenants wait (the daemon issue builds CONCURRENTLY).
+-- to it. SECURITY DEFINER as bulkhead_meter, the owner of chunks. CREATE INDEX takes a SHARE lock
+-- on chunks until the calling transaction ends: other tenants' writes wait meanwhile (the
+-- daemon issue builds CONCURRENTLY instead). Called by build_tenant_index (bulkhead_admin) and,
+-- through _build_tenant_index_if_due, by ingest_document.
 create function bulkhead._build_tenant_index(tenant uuid)
 returns text
 language plpgsql volatile
@@ -241,12 +316,18 @@ begin
     if dims is null then
         raise exception 'tenant % has no embedding dimension', tenant using errcode = '55000';
     end if;
-    -- Identifiers and the dimension are derived (uuid, int); the tenant id is a literal because
-    -- a partial index predicate cannot take a parameter.
-    execute pg_catalog.format(
-        'create index if not exists %I on bulkhead.chunks using hnsw ((embedding::@extschema:vector@.vector(%s)) @extschema:vector@.vector_cosine_ops)'
-        ' with (m = 16, ef_construction = 64) where tenant_id = %L::uuid',
-        name, dims, tenant);
+    if dims > bulkhead._hnsw_max_dims() then
+        raise exception 'an HNSW index holds at most % dimensions; this tenant uses %', bulkhead._hnsw_max_dims(), dims
+            using errcode = '0A000', detail = 'The tenant stays on exact scans, which keep full recall.';
+    end if;
+    if pg_catalog.to_regclass('bulkhead.' || pg_catalog.quote_ident(name)) is null then
+        -- Identifiers and the dimension are derived (uuid, int); the tenant id is a literal because
+        -- a partial index predicate cannot take a parameter.
+        execute pg_catalog.format(
+            'create index %I on bulkhead.chunks using hnsw ((embedding::@extschema:vector@.vector(%s)) @extschema:vector@.vector_cosine_ops)'
+            ' with (m = 16, ef_construction = 64) where tenant_id = %L::uuid',
+            name, dims, tenant);
+    end if;
     update bulkhead.retrieval_settings s
     set index_name = name, indexed_at = pg_catalog.clock_timestamp(), updated_at = pg_catalog.clock_timestamp()
     where s.tenant_id = tenant;
@@ -254,7 +335,45 @@ begin
 end
 $$;
 
--- Drops a tenant's own index (tenant deletion). SECURITY DEFINER as bulkhead_meter.
+-- ingest_document's automatic build: only once the tenant has passed the threshold, only one
+-- build per tenant at a time, and never at the cost of the ingest. A build that would wait more
+-- than a second for its lock, or deadlock with another, is skipped; the next ingest tries again.
+create function bulkhead._build_tenant_index_if_due(tenant uuid)
+returns boolean
+language plpgsql volatile
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    cfg bulkhead.retrieval_settings;
+    saved_timeout text := pg_catalog.current_setting('lock_timeout');
+begin
+    if tenant is null or tenant is distinct from bulkhead.current_tenant() then
+        raise exception 'a tenant''s index is built in its own context' using errcode = '42501';
+    end if;
+    select s.* into cfg from bulkhead.retrieval_settings s where s.tenant_id = tenant;
+    if not found or cfg.index_name is not null or cfg.embedding_dims > bulkhead._hnsw_max_dims()
+       or (select count(*) from bulkhead.chunks c where c.tenant_id = tenant)
+          < pg_catalog.current_setting('bulkhead.retrieval_index_threshold')::bigint
+       or not pg_catalog.pg_try_advisory_xact_lock(pg_catalog.hashtext('bulkhead.chunks index'),
+                                                   pg_catalog.hashtext(tenant::text)) then
+        return false;
+    end if;
+    begin
+        perform pg_catalog.set_config('lock_timeout', '1s', true);
+        perform bulkhead._build_tenant_index(tenant);
+        perform pg_catalog.set_config('lock_timeout', saved_timeout, true);
+        return true;
+    exception when lock_not_available or deadlock_detected then
+        perform pg_catalog.set_config('lock_timeout', saved_timeout, true);
+        return false;
+    end;
+end
+$$;
+
+-- Drops a tenant's own index, in its context, once its chunks are gone (tenant deletion, a
+-- dimension change). SECURITY DEFINER as bulkhead_meter. DROP INDEX holds an ACCESS EXCLUSIVE
+-- lock on chunks until the transaction ends.
 create function bulkhead._drop_tenant_index(tenant uuid)
 returns boolean
 language plpgsql volatile
@@ -264,9 +383,13 @@ as $$
 declare
     name text := bulkhead._tenant_index_name(tenant);
 begin
-    if tenant is null or exists (select from bulkhead.chunks c where c.tenant_id = tenant) then
+    if tenant is null or tenant is distinct from bulkhead.current_tenant() then
+        raise exception 'a tenant''s index is dropped in its own context' using errcode = '42501';
+    end if;
+    if exists (select from bulkhead.chunks c where c.tenant_id = tenant) then
         raise exception 'a tenant''s index is dropped only once its chunks are gone' using errcode = '55000';
     end if;
+    update bulkhead.retrieval_settings s set index_name = null, indexed_at = null where s.tenant_id = tenant;
     if pg_catalog.to_regclass('bulkhead.' || pg_catalog.quote_ident(name)) is null then
         return false;
     end if;
@@ -308,8 +431,6 @@ as $$
 declare
     tenant uuid := bulkhead.current_tenant();
     doc uuid;
-    indexed text;
-    threshold bigint := pg_catalog.current_setting('bulkhead.retrieval_index_threshold')::bigint;
 begin
     if tenant is null then
         raise exception 'no tenant context'
@@ -339,10 +460,7 @@ begin
            coalesce(e.value->'metadata', '{}')
     from pg_catalog.jsonb_array_elements(chunks) with ordinality e;
 
-    select s.index_name into indexed from bulkhead.retrieval_settings s where s.tenant_id = tenant;
-    if indexed is null and (select count(*) from bulkhead.chunks c where c.tenant_id = tenant) >= threshold then
-        perform bulkhead._build_tenant_index(tenant);
-    end if;
+    perform bulkhead._build_tenant_index_if_due(tenant);
     return doc;
 end
 $$;
@@ -388,7 +506,7 @@ $$;
 -- The k chunks of the current tenant nearest to query (cosine distance), optionally only those
 -- whose metadata contains filter.
 create function bulkhead.tenant_search(query vector, k int default 10, filter jsonb default null)
-returns table (chunk_id bigint, document_id uuid, content text, distance float8, metadata jsonb)
+returns table (chunk_id uuid, document_id uuid, content text, distance float8, metadata jsonb)
 language plpgsql stable
 security invoker
 set search_path to pg_catalog, pg_temp
@@ -398,6 +516,7 @@ declare
     cfg bulkhead.retrieval_settings;
     saved_ef text;
     saved_iterative text;
+    saved_max_scan text;
 begin
     if tenant is null then
         raise exception 'no tenant context'
@@ -439,14 +558,18 @@ begin
 
     -- The tenant's own index, planned for this tenant's id (EXECUTE binds it as a constant, so
     -- the partial index applies). Iterative scans keep going until k rows pass the filter.
+    -- A selective filter may need the whole index scanned: max_scan_tuples would stop it early.
     saved_ef := pg_catalog.current_setting('hnsw.ef_search');
     saved_iterative := pg_catalog.current_setting('hnsw.iterative_scan');
+    saved_max_scan := pg_catalog.current_setting('hnsw.max_scan_tuples');
     perform pg_catalog.set_config('hnsw.ef_search', greatest(cfg.ef_search, k)::text, true);
     perform pg_catalog.set_config('hnsw.iterative_scan', 'relaxed_order', true);
+    perform pg_catalog.set_config('hnsw.max_scan_tuples', '2147483647', true);
     return query execute bulkhead._indexed_search_sql(cfg.embedding_dims)
         using tenant, query, filter, k;
     perform pg_catalog.set_config('hnsw.ef_search', saved_ef, true);
     perform pg_catalog.set_config('hnsw.iterative_scan', saved_iterative, true);
+    perform pg_catalog.set_config('hnsw.max_scan_tuples', saved_max_scan, true);
 end
 $$;
 comment on function bulkhead.tenant_search(vector, int, jsonb) is
@@ -477,6 +600,7 @@ begin
     end if;
     perform pg_catalog.set_config('hnsw.ef_search', greatest(cfg.ef_search, k)::text, true);
     perform pg_catalog.set_config('hnsw.iterative_scan', 'relaxed_order', true);
+    perform pg_catalog.set_config('hnsw.max_scan_tuples', '2147483647', true);
     return query execute 'explain (costs off) ' || bulkhead._indexed_search_sql(cfg.embedding_dims)
         using tenant, query, filter, k;
 end
@@ -486,7 +610,7 @@ comment on function bulkhead.tenant_search_explain(vector, int, jsonb) is
 
 -- Full-text and vector ranks fused by reciprocal rank fusion (k = 60), the current tenant only.
 create function bulkhead.tenant_search_hybrid(query_text text, query vector, k int default 10)
-returns table (chunk_id bigint, document_id uuid, content text, score float8, vector_rank int, text_rank int)
+returns table (chunk_id uuid, document_id uuid, content text, score float8, vector_rank int, text_rank int)
 language plpgsql stable
 security invoker
 set search_path to pg_catalog, pg_temp
@@ -524,7 +648,8 @@ begin
                (coalesce(1.0 / (60 + v.rank), 0) + coalesce(1.0 / (60 + t.rank), 0))::float8,
                v.rank, t.rank
         from by_vector v full join by_text t on t.chunk_id = v.chunk_id
-        order by 4 desc, 1
+        -- Equal scores: the better vector rank first, then the better text rank.
+        order by 4 desc, coalesce(v.rank, 2147483647), coalesce(t.rank, 2147483647), 1
         limit k;
 end
 $$;
@@ -534,6 +659,8 @@ comment on function bulkhead.tenant_search_hybrid(text, vector, int) is
 alter function bulkhead._queue_pinecone_sync() owner to bulkhead_meter;
 alter function bulkhead._build_tenant_index(uuid) owner to bulkhead_meter;
 alter function bulkhead._drop_tenant_index(uuid) owner to bulkhead_meter;
+alter function bulkhead._build_tenant_index_if_due(uuid) owner to bulkhead_meter;
+alter function bulkhead._queue_namespace_deletion(uuid, uuid) owner to bulkhead_meter;
 
 revoke all on function bulkhead._check_chunk_embedding() from public;
 revoke all on function bulkhead._queue_pinecone_sync() from public;
@@ -541,6 +668,9 @@ revoke all on function bulkhead.set_embedding_dims(uuid, int, int) from public;
 revoke all on function bulkhead._tenant_index_name(uuid) from public;
 revoke all on function bulkhead._build_tenant_index(uuid) from public;
 revoke all on function bulkhead._drop_tenant_index(uuid) from public;
+revoke all on function bulkhead._build_tenant_index_if_due(uuid) from public;
+revoke all on function bulkhead._queue_namespace_deletion(uuid, uuid) from public;
+revoke all on function bulkhead._hnsw_max_dims() from public;
 revoke all on function bulkhead.build_tenant_index(uuid) from public;
 revoke all on function bulkhead.ingest_document(text, jsonb, text, jsonb) from public;
 revoke all on function bulkhead.tenant_search_path() from public;
@@ -550,9 +680,10 @@ revoke all on function bulkhead.tenant_search(vector, int, jsonb) from public;
 revoke all on function bulkhead.tenant_search_hybrid(text, vector, int) from public;
 grant execute on function bulkhead.set_embedding_dims(uuid, int, int), bulkhead.build_tenant_index(uuid)
     to bulkhead_admin;
-grant execute on function bulkhead._tenant_index_name(uuid) to bulkhead_meter;
-grant execute on function bulkhead._build_tenant_index(uuid) to bulkhead_app, bulkhead_worker, bulkhead_admin;
-grant execute on function bulkhead._drop_tenant_index(uuid) to bulkhead_admin;
+grant execute on function bulkhead._tenant_index_name(uuid), bulkhead._hnsw_max_dims() to bulkhead_meter;
+grant execute on function bulkhead._build_tenant_index(uuid), bulkhead._drop_tenant_index(uuid),
+    bulkhead._queue_namespace_deletion(uuid, uuid) to bulkhead_admin;
+grant execute on function bulkhead._build_tenant_index_if_due(uuid) to bulkhead_app, bulkhead_worker;
 grant execute on function bulkhead.ingest_document(text, jsonb, text, jsonb), bulkhead.tenant_search_path(),
     bulkhead._indexed_search_sql(int), bulkhead.tenant_search_explain(vector, int, jsonb),
     bulkhead.tenant_search(vector, int, jsonb), bulkhead.tenant_search_hybrid(text, vector, int)

@@ -57,7 +57,7 @@ async fn recall(conn: &mut PgConnection, tenant: Uuid, queries: &[Vec<f64>], set
     let mut exact = superuser().await;
     let mut total = 0.0;
     for q in queries {
-        let truth: Vec<i64> = sqlx::query_scalar(
+        let truth: Vec<Uuid> = sqlx::query_scalar(
             "select id from bulkhead.chunks where tenant_id = $1 order by embedding <=> $2::vector, id limit 10",
         )
         .bind(tenant)
@@ -67,7 +67,7 @@ async fn recall(conn: &mut PgConnection, tenant: Uuid, queries: &[Vec<f64>], set
         .unwrap();
         let mut tx = common::begin_as(conn, tenant).await.unwrap();
         tx.execute(setting).await.unwrap();
-        let got: Vec<i64> =
+        let got: Vec<Uuid> =
             sqlx::query_scalar("select chunk_id from bulkhead.tenant_search($1::vector, 10)")
                 .bind(vector_text(q))
                 .fetch_all(&mut *tx)

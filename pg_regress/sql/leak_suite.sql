@@ -477,7 +477,7 @@ select 'A44 chunk into A''s document' as attack, pg_temp.attempt($q$insert into 
     select '00000000-0000-4000-8000-00000000000a', d.id, 9, 'injected', '[1, 0, 0]'
     from bulkhead.documents d$q$) as app_result;
 select 'A44 write the outbox' as attack, pg_temp.attempt($q$insert into bulkhead.pinecone_outbox
-    (tenant_id, namespace, chunk_id, op) values ('00000000-0000-4000-8000-00000000000b', 'tenant-a', 1, 'delete')$q$) as app_result;
+    (tenant_id, namespace, chunk_id, op) values ('00000000-0000-4000-8000-00000000000b', 'tenant-a', gen_random_uuid(), 'delete')$q$) as app_result;
 set local role regress_leak_worker;
 select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
 select 'A44 worker readdresses a job' as attack,

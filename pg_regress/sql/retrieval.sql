@@ -60,7 +60,25 @@ select pg_temp.attempt($q$select bulkhead.ingest_document('bad', '[{"content": "
 select pg_temp.attempt($q$insert into bulkhead.chunks (tenant_id, document_id, ordinal, content, embedding)
     select tenant_id, document_id, 99, 'direct', '[1, 2]' from bulkhead.chunks limit 1$q$) as direct_insert_wrong_dimension;
 select pg_temp.attempt($q$insert into bulkhead.pinecone_outbox (tenant_id, namespace, chunk_id, op)
-    values ('00000000-0000-4000-8000-00000000000a', 'attacker-namespace', 1, 'upsert')$q$) as app_writes_outbox;
+    values ('00000000-0000-4000-8000-00000000000a', 'attacker-namespace', gen_random_uuid(), 'upsert')$q$) as app_writes_outbox;
+select pg_temp.attempt($q$select bulkhead.ingest_document('zero', '[{"content": "x", "embedding": [0, 0, 0]}]')$q$) as ingest_zero_vector;
+select pg_temp.attempt($q$select bulkhead._build_tenant_index('00000000-0000-4000-8000-00000000000a')$q$) as app_builds_index;
+-- An update that changes nothing queues nothing; a real change replaces the chunk's pending job.
+reset role;
+update bulkhead.pinecone_outbox set processed_at = now();  -- as the daemon would, once synced
+set local role regress_ret_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000a');
+update bulkhead.chunks set metadata = metadata;
+reset role;
+select count(*) as jobs_after_noop_update from bulkhead.pinecone_outbox where processed_at is null;
+set local role regress_ret_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000a');
+update bulkhead.chunks set metadata = metadata || '{"touched": true}' where content like 'filler 1%';
+update bulkhead.chunks set metadata = metadata || '{"touched": 2}' where content like 'filler 1%';
+reset role;
+select count(*) as jobs_after_two_real_updates_of_11_chunks from bulkhead.pinecone_outbox where processed_at is null;
+set local role regress_ret_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000a');
 
 -- The outbox (read as superuser: applications cannot read or write it): one job per chunk
 -- change, addressed to the namespace on the tenant's row.
@@ -87,7 +105,8 @@ select content, round(distance::numeric, 4) as distance from bulkhead.tenant_sea
 select content from bulkhead.tenant_search('[1, 0, 0]', 5, '{"kind": "support"}');
 select array(select chunk_id from bulkhead.tenant_search('[0.2, 0.1, 0.9]', 10))
      = array(select id from bulkhead.chunks order by embedding <=> '[0.2, 0.1, 0.9]', id limit 10) as indexed_equals_exact;
-select current_setting('hnsw.iterative_scan') as iterative_scan_restored;
+select current_setting('hnsw.iterative_scan') as iterative_scan_restored, current_setting('hnsw.ef_search') as ef_search_restored,
+       current_setting('hnsw.max_scan_tuples') as max_scan_tuples_restored;
 -- The tenant's partial index matches the query (with 47 rows a sequential scan is cheaper, so
 -- the test disables it; at benchmark sizes the planner picks the index by itself).
 set local enable_seqscan = off;
@@ -118,6 +137,33 @@ select bulkhead.ingest_document('wide', jsonb_build_array(jsonb_build_object('co
 select content, embedding_dims from bulkhead.tenant_search(array_fill(0.5::real, array[1536])::vector, 1),
     bulkhead.tenant_search_path();
 select pg_temp.attempt($q$select count(*) from bulkhead.tenant_search(array_fill(0.5::real, array[768])::vector)$q$) as query_768_on_1536;
+delete from bulkhead.documents;
+
+-- A dimension change drops the tenant's index of the old dimension (there are no chunks then),
+-- and HNSW's 2000-dimension limit keeps wider tenants on exact scans.
+reset role;
+set local role regress_ret_admin;
+select bulkhead.build_tenant_index('00000000-0000-4000-8000-00000000000b') as b_index;
+reset role;
+set local role regress_ret_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
+delete from bulkhead.documents;
+reset role;
+set local role regress_ret_admin;
+select bulkhead.set_embedding_dims('00000000-0000-4000-8000-00000000000b', 4);
+reset role;
+select to_regclass('bulkhead.chunks_hnsw_0000000000004000800000000000000b') as b_old_index;
+set local role regress_ret_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
+select bulkhead.ingest_document('wider', '[{"content": "four", "embedding": [1, 0, 0, 0]}]') is not null as ingest_4d;
+select path from bulkhead.tenant_search_path();
+reset role;
+set local role regress_ret_admin;
+select bulkhead.set_embedding_dims('00000000-0000-4000-8000-00000000000c', 3072);
+select pg_temp.attempt($q$select bulkhead.build_tenant_index('00000000-0000-4000-8000-00000000000c')$q$) as index_over_2000_dims;
+reset role;
+set local role regress_ret_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000a');
 
 -- Changing a dimension is refused while chunks of the old one exist.
 reset role;
@@ -128,5 +174,6 @@ select bulkhead.delete_tenant('00000000-0000-4000-8000-00000000000a') is not nul
 reset role;
 select to_regclass('bulkhead.chunks_hnsw_0000000000004000800000000000000a') as index_left;
 select step, rows_deleted from bulkhead.deletion_receipt_steps
-where step in ('bulkhead.chunks', 'bulkhead.documents', 'tenant vector index') order by step;
+where step in ('bulkhead.chunks', 'bulkhead.documents', 'tenant vector index', 'pinecone namespace deletion queued') order by step;
+select deleted_tenant, namespace from bulkhead.pinecone_namespace_deletions;
 rollback;

@@ -26,7 +26,8 @@ definer_allow_list (proname) as (
     -- Checks at commit, as any role, that deleted prompt rows went with their tenant.
            ('_check_prompt_row_deleted_with_tenant'),
     -- chunks' owner builds and drops a tenant's own index; the outbox is written by a trigger only.
-           ('_build_tenant_index'), ('_drop_tenant_index'), ('_queue_pinecone_sync')
+           ('_build_tenant_index'), ('_build_tenant_index_if_due'), ('_drop_tenant_index'),
+           ('_queue_pinecone_sync'), ('_queue_namespace_deletion')
 ),
 unpinned_allow_list (proname) as (
     -- Runs no SQL; a SET clause would add a settings save/restore to every policy evaluation.
