@@ -97,6 +97,10 @@ async fn populate(admin: &mut PgConnection, tenant: Uuid) {
             .unwrap();
     }
     let mut tx = common::begin_as(&mut app_conn, tenant).await.unwrap();
+    sqlx::query("select bulkhead.enqueue_job('noop', '{\"fixture\": true}')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
     sqlx::query(
         "select bulkhead.ingest_document('fixture', '[{\"content\": \"a\", \"embedding\": [1, 0, 0]},
                                                      {\"content\": \"b\", \"embedding\": [0, 1, 0]}]')",

@@ -69,7 +69,12 @@ extension_sql_file!(
 extension_sql_file!(
     "../../sql/retrieval.sql",
     name = "retrieval",
-    requires = ["prompts"],
+    requires = ["prompts"]
+);
+extension_sql_file!(
+    "../../sql/jobs.sql",
+    name = "jobs",
+    requires = ["retrieval"],
     finalize
 );
 

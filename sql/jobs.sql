@@ -1,0 +1,296 @@
+-- The job queue the bulkhead daemon drains. A job is split in two:
+-- - bulkhead.jobs holds what is tenant data (kind, payload, result, errors) under row level
+--   security, like every tenant table: the worker reads it only inside the job's tenant context;
+-- - bulkhead.job_schedule holds only when and by whom a job runs (state, attempts, run_at, lease),
+--   which the worker reads across tenants to claim work.
+-- Attempts are counted at claim, so a worker killed mid-job still uses one up; a lease that runs
+-- out makes the job claimable again; after max_attempts a job is dead (bulkhead.dead_letters).
+
+create table bulkhead.jobs (
+    tenant_id       uuid        not null,
+    id              uuid        not null default pg_catalog.gen_random_uuid(),
+    kind            text        not null,
+    payload         jsonb       not null default '{}',
+    idempotency_key text,
+    result          jsonb,
+    last_error      text,
+    created_at      timestamptz not null default pg_catalog.clock_timestamp(),
+    constraint jobs_pkey primary key (tenant_id, id),
+    constraint jobs_idempotency_key unique (tenant_id, idempotency_key),
+    constraint jobs_tenant_fkey foreign key (tenant_id) references bulkhead.tenants (id),
+    -- Kinds join as the daemon learns to run them.
+    constraint jobs_kind_known check (kind in ('noop')),
+    constraint jobs_payload_object check (pg_catalog.jsonb_typeof(payload) = 'object'),
+    constraint jobs_idempotency_key_length check (pg_catalog.char_length(idempotency_key) between 1 and 200)
+);
+
+create table bulkhead.job_schedule (
+    job_id       uuid        not null,
+    job_tenant   uuid        not null,
+    state        text        not null default 'queued',
+    attempts     int         not null default 0,
+    max_attempts int         not null,
+    run_at       timestamptz not null default pg_catalog.clock_timestamp(),
+    leased_by    text,
+    leased_until timestamptz,
+    updated_at   timestamptz not null default pg_catalog.clock_timestamp(),
+    constraint job_schedule_pkey primary key (job_id),
+    constraint job_schedule_job_fkey foreign key (job_tenant, job_id)
+        references bulkhead.jobs (tenant_id, id) on delete cascade,
+    constraint job_schedule_state_known check (state in ('queued', 'running', 'done', 'dead')),
+    constraint job_schedule_attempts_range check (attempts >= 0 and max_attempts between 1 and 100)
+);
+create index job_schedule_ready on bulkhead.job_schedule (run_at) where state = 'queued';
+create index job_schedule_leased on bulkhead.job_schedule (leased_until) where state = 'running';
+
+alter table bulkhead.jobs enable row level security;
+alter table bulkhead.jobs force row level security;
+alter table bulkhead.job_schedule enable row level security;
+alter table bulkhead.job_schedule force row level security;
+create policy tenant_isolation on bulkhead.jobs
+    using (tenant_id = (select bulkhead.current_tenant()))
+    with check (tenant_id = (select bulkhead.current_tenant()));
+create policy worker_schedules on bulkhead.job_schedule for all to bulkhead_worker using (true) with check (true);
+create policy meter_schedules on bulkhead.job_schedule for all to bulkhead_meter using (true) with check (true);
+create policy admin_reads on bulkhead.job_schedule for select to bulkhead_admin using (true);
+
+grant select on bulkhead.jobs to bulkhead_app, bulkhead_worker, bulkhead_admin;
+grant update (result, last_error) on bulkhead.jobs to bulkhead_worker;
+grant select, insert on bulkhead.jobs to bulkhead_meter;
+grant delete on bulkhead.jobs to bulkhead_admin;  -- tenant deletion (the schedule row cascades)
+grant select, update on bulkhead.job_schedule to bulkhead_worker;
+grant select, insert, update on bulkhead.job_schedule to bulkhead_meter;
+grant select on bulkhead.job_schedule to bulkhead_admin;
+select pg_catalog.pg_extension_config_dump('bulkhead.jobs', '');
+select pg_catalog.pg_extension_config_dump('bulkhead.job_schedule', '');
+
+-- Dead jobs, for operators: which tenant, what kind, how many attempts, the last error.
+create view bulkhead.dead_letters with (security_invoker = true) as
+    select s.job_id, s.job_tenant, s.attempts, s.updated_at as died_at
+    from bulkhead.job_schedule s
+    where s.state = 'dead';
+grant select on bulkhead.dead_letters to bulkhead_worker, bulkhead_admin;
+
+-- Queues a job for the current tenant; returns its id. With an idempotency key, queueing the
+-- same key again returns the first job. The daemon wakes at commit (NOTIFY bulkhead_jobs).
+-- SECURITY DEFINER (as bulkhead_meter): applications cannot write the schedule themselves.
+create function bulkhead.enqueue_job(
+    kind text,
+    payload jsonb default '{}',
+    idempotency_key text default null,
+    run_at timestamptz default null,
+    max_attempts int default 5
+)
+returns uuid
+language plpgsql volatile
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    tenant uuid := bulkhead.current_tenant();
+    job uuid;
+begin
+    if tenant is null then
+        raise exception 'no tenant context'
+            using errcode = '42501', hint = 'Call bulkhead.set_tenant(...) first: a job runs for one tenant.';
+    end if;
+    if kind is null or payload is null or max_attempts is null then
+        raise exception 'kind, payload and max_attempts are required' using errcode = '22004';
+    end if;
+    if pg_catalog.jsonb_typeof(payload) <> 'object' then
+        raise exception 'job payload must be a JSON object' using errcode = '22023';
+    end if;
+    if max_attempts not between 1 and 100 then
+        raise exception 'max_attempts must be between 1 and 100' using errcode = '22023';
+    end if;
+    if idempotency_key is not null then
+        select j.id into job from bulkhead.jobs j
+        where j.tenant_id = tenant and j.idempotency_key = enqueue_job.idempotency_key;
+        if found then
+            return job;
+        end if;
+    end if;
+    begin
+        insert into bulkhead.jobs (tenant_id, kind, payload, idempotency_key)
+        values (tenant, enqueue_job.kind, enqueue_job.payload, enqueue_job.idempotency_key)
+        returning id into job;
+    exception
+        when check_violation then
+            raise exception 'unknown job kind %', pg_catalog.quote_literal(kind)
+                using errcode = '22023', detail = 'Known kinds: noop.';
+        when unique_violation then
+            -- A concurrent enqueue of the same key won: answer with its job.
+            select j.id into job from bulkhead.jobs j
+            where j.tenant_id = tenant and j.idempotency_key = enqueue_job.idempotency_key;
+            return job;
+    end;
+    insert into bulkhead.job_schedule (job_id, job_tenant, max_attempts, run_at)
+    values (job, tenant, enqueue_job.max_attempts, coalesce(enqueue_job.run_at, pg_catalog.clock_timestamp()));
+    perform pg_catalog.pg_notify('bulkhead_jobs', '');
+    return job;
+end
+$$;
+comment on function bulkhead.enqueue_job(text, jsonb, text, timestamptz, int) is
+    'Queues a job for the current tenant (idempotent on idempotency_key) and wakes the daemon at commit.';
+
+-- Claims up to max_jobs due jobs for one worker (bulkhead_worker): queued jobs whose time has
+-- come, and running jobs whose lease ran out. Counts the attempt now. Jobs that ran out of
+-- attempts while leased die instead. SKIP LOCKED: many workers claim side by side.
+create function bulkhead.claim_jobs(worker text, max_jobs int default 10, lease interval default '5 minutes')
+returns table (job_id uuid, tenant_id uuid, attempts int)
+language plpgsql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+begin
+    if worker is null or max_jobs is null or lease is null then
+        raise exception 'worker, max_jobs and lease are required' using errcode = '22004';
+    end if;
+    if max_jobs not between 1 and 1000 or lease < interval '1 second' then
+        raise exception 'max_jobs must be 1 to 1000 and the lease at least a second' using errcode = '22023';
+    end if;
+    update bulkhead.job_schedule s
+    set state = 'dead', leased_by = null, leased_until = null, updated_at = pg_catalog.clock_timestamp()
+    where s.state = 'running' and s.leased_until < pg_catalog.clock_timestamp() and s.attempts >= s.max_attempts;
+    return query
+        update bulkhead.job_schedule s
+        set state = 'running', attempts = s.attempts + 1, leased_by = worker,
+            leased_until = pg_catalog.clock_timestamp() + lease, updated_at = pg_catalog.clock_timestamp()
+        where s.job_id in (
+            select d.job_id from bulkhead.job_schedule d
+            where (d.state = 'queued' and d.run_at <= pg_catalog.clock_timestamp())
+               or (d.state = 'running' and d.leased_until < pg_catalog.clock_timestamp())
+            order by d.run_at
+            limit max_jobs
+            for update skip locked)
+        returning s.job_id, s.job_tenant, s.attempts;
+end
+$$;
+comment on function bulkhead.claim_jobs(text, int, interval) is
+    'Claims due jobs for a worker (FOR UPDATE SKIP LOCKED), counting the attempt. bulkhead_worker only.';
+
+-- The schedule row of a job this worker holds, locked; raises if the lease is no longer its.
+create function bulkhead._held_job(job uuid, worker text)
+returns bulkhead.job_schedule
+language plpgsql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    s bulkhead.job_schedule;
+begin
+    select * into s from bulkhead.job_schedule x where x.job_id = job for update;
+    if not found or s.state <> 'running' or s.leased_by is distinct from worker then
+        raise exception 'job % is not held by worker %', job, pg_catalog.quote_literal(worker)
+            using errcode = '55000',
+                  detail = 'Its lease ran out and another worker may have claimed it; this worker must not record an outcome.';
+    end if;
+    if s.job_tenant is distinct from bulkhead.current_tenant() then
+        raise exception 'job % belongs to another tenant than the context', job
+            using errcode = '42501', hint = 'Enter the job''s tenant with bulkhead.set_tenant before recording its outcome.';
+    end if;
+    return s;
+end
+$$;
+
+-- Records a job's success (in the job's tenant context, as the worker holding it).
+create function bulkhead.complete_job(job uuid, worker text, result jsonb default null)
+returns void
+language plpgsql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+begin
+    perform bulkhead._held_job(job, worker);
+    update bulkhead.jobs j set result = complete_job.result, last_error = null
+    where j.tenant_id = bulkhead.current_tenant() and j.id = job;
+    update bulkhead.job_schedule s
+    set state = 'done', leased_by = null, leased_until = null, updated_at = pg_catalog.clock_timestamp()
+    where s.job_id = job;
+end
+$$;
+
+-- Records a failure. A transient one is retried after retry_after (a provider's 429: the attempt
+-- is given back) or after a capped, jittered exponential backoff; a permanent one, or one past
+-- max_attempts, is dead.
+create function bulkhead.fail_job(
+    job uuid, worker text, error text, transient boolean default true, retry_after interval default null
+)
+returns text
+language plpgsql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    s bulkhead.job_schedule := bulkhead._held_job(job, worker);
+    next_state text;
+    delay interval;
+begin
+    update bulkhead.jobs j set last_error = pg_catalog.left(coalesce(error, 'unknown error'), 2000)
+    where j.tenant_id = bulkhead.current_tenant() and j.id = job;
+    if transient and retry_after is not null then
+        next_state := 'queued';
+        delay := greatest(retry_after, interval '0');
+        s.attempts := s.attempts - 1;  -- the provider asked to wait: not the job's fault
+    elsif transient and s.attempts < s.max_attempts then
+        next_state := 'queued';
+        -- 1 s, 2 s, 4 s ... capped at 5 minutes, each between half and all of it (jitter).
+        delay := pg_catalog.make_interval(secs => least(300, 2 ^ (s.attempts - 1)) * (0.5 + pg_catalog.random() / 2));
+    else
+        next_state := 'dead';
+    end if;
+    update bulkhead.job_schedule x
+    set state = next_state, attempts = s.attempts, leased_by = null, leased_until = null,
+        run_at = case when next_state = 'queued' then pg_catalog.clock_timestamp() + delay else x.run_at end,
+        updated_at = pg_catalog.clock_timestamp()
+    where x.job_id = job;
+    return next_state;
+end
+$$;
+
+-- Gives a held job back untouched (a worker shutting down): its attempt is returned.
+create function bulkhead.release_job(job uuid, worker text)
+returns void
+language plpgsql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+begin
+    perform bulkhead._held_job(job, worker);
+    update bulkhead.job_schedule s
+    set state = 'queued', attempts = greatest(s.attempts - 1, 0), leased_by = null, leased_until = null,
+        run_at = pg_catalog.clock_timestamp(), updated_at = pg_catalog.clock_timestamp()
+    where s.job_id = job;
+    perform pg_catalog.pg_notify('bulkhead_jobs', '');
+end
+$$;
+
+-- A job's state and result, for the tenant that queued it.
+create function bulkhead.job_status(job uuid)
+returns table (state text, attempts int, result jsonb, last_error text)
+language sql stable
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+    select s.state, s.attempts, j.result, j.last_error
+    from bulkhead.jobs j join bulkhead.job_schedule s on s.job_id = j.id and s.job_tenant = j.tenant_id
+    where j.tenant_id = bulkhead.current_tenant() and j.id = job
+$$;
+comment on function bulkhead.job_status(uuid) is
+    'State, attempts, result and last error of one of the current tenant''s jobs.';
+
+alter function bulkhead.enqueue_job(text, jsonb, text, timestamptz, int) owner to bulkhead_meter;
+alter function bulkhead.job_status(uuid) owner to bulkhead_meter;
+
+revoke all on function bulkhead.enqueue_job(text, jsonb, text, timestamptz, int) from public;
+revoke all on function bulkhead.claim_jobs(text, int, interval) from public;
+revoke all on function bulkhead._held_job(uuid, text) from public;
+revoke all on function bulkhead.complete_job(uuid, text, jsonb) from public;
+revoke all on function bulkhead.fail_job(uuid, text, text, boolean, interval) from public;
+revoke all on function bulkhead.release_job(uuid, text) from public;
+revoke all on function bulkhead.job_status(uuid) from public;
+grant execute on function bulkhead.enqueue_job(text, jsonb, text, timestamptz, int), bulkhead.job_status(uuid)
+    to bulkhead_app, bulkhead_worker, bulkhead_admin;
+grant execute on function bulkhead.claim_jobs(text, int, interval), bulkhead._held_job(uuid, text),
+    bulkhead.complete_job(uuid, text, jsonb), bulkhead.fail_job(uuid, text, text, boolean, interval),
+    bulkhead.release_job(uuid, text) to bulkhead_worker;
