@@ -1,12 +1,14 @@
 //! `bulkhead`: the companion program of the Bulkhead PostgreSQL extension.
 //!
 //! The extension owns all state and decisions; this program carries out side effects and shows
-//! the system at work. Today: `bulkhead demo`. The job worker arrives with the daemon issue.
+//! the system at work: `bulkhead worker` drains the job queue, `bulkhead demo` narrates.
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
+use std::time::Duration;
 
 mod demo;
+mod worker;
 
 #[derive(Parser)]
 #[command(
@@ -21,6 +23,28 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Drains the job queue (bulkhead.jobs). Many workers may run at once. Stops on SIGTERM or
+    /// SIGINT after finishing, or giving back, the jobs in flight.
+    Worker {
+        /// URL of a role in bulkhead_worker.
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+        /// Name recorded on the jobs this worker leases (default: worker-<pid>).
+        #[arg(long, env = "BULKHEAD_WORKER_NAME")]
+        name: Option<String>,
+        /// Jobs run at once.
+        #[arg(long, env = "BULKHEAD_WORKER_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+        concurrency: u16,
+        /// Milliseconds between polls when no NOTIFY arrives.
+        #[arg(long, env = "BULKHEAD_WORKER_POLL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
+        poll_ms: u64,
+        /// Seconds a claimed job stays leased; keep it longer than any provider timeout.
+        #[arg(long, env = "BULKHEAD_WORKER_LEASE_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+        lease_secs: u64,
+        /// Seconds jobs in flight may take to finish after SIGTERM before they are given back.
+        #[arg(long, env = "BULKHEAD_WORKER_SHUTDOWN_SECS", default_value_t = 30)]
+        shutdown_secs: u64,
+    },
     /// Narrated walk-through of tenant isolation on a fresh database (recreated at every run).
     Demo {
         /// Superuser URL of the database to (re)create for the demo.
@@ -29,11 +53,28 @@ enum Command {
     },
 }
 
-#[tokio::main(flavor = "current_thread")]
+#[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
-        Command::Demo { database_url } => demo::run(&database_url).await,
+        Command::Demo { database_url } => demo::run(&database_url).await.map_err(|e| e.to_string()),
+        Command::Worker {
+            database_url,
+            name,
+            concurrency,
+            poll_ms,
+            lease_secs,
+            shutdown_secs,
+        } => worker::run(worker::Config {
+            database_url,
+            name: name.unwrap_or_else(|| format!("worker-{}", std::process::id())),
+            concurrency: usize::from(concurrency),
+            poll_interval: Duration::from_millis(poll_ms),
+            lease: Duration::from_secs(lease_secs),
+            shutdown_grace: Duration::from_secs(shutdown_secs),
+        })
+        .await
+        .map_err(|e| e.to_string()),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

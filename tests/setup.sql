@@ -9,6 +9,9 @@ begin
     if not exists (select from pg_roles where rolname = 'bulkhead_test_admin') then
         create role bulkhead_test_admin login in role bulkhead_admin;
     end if;
+    if not exists (select from pg_roles where rolname = 'bulkhead_test_worker') then
+        create role bulkhead_test_worker login in role bulkhead_worker;
+    end if;
 end
 $$;
 
