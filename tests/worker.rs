@@ -1,12 +1,13 @@
 //! `bulkhead worker` against the real queue: it drains every tenant's jobs and stops cleanly on
 //! SIGTERM; killed with SIGKILL mid-run, no job is lost, and another worker finishes the rest once
-//! the dead worker's leases run out. One test: workers claim any tenant's jobs, so scenarios
-//! that count jobs must not overlap.
+//! the dead worker's leases run out; with PostgreSQL crashed and restarted under it, it reconnects
+//! and goes on. One test: workers claim any tenant's jobs, so scenarios that count jobs must not
+//! overlap (and the crash would break any test running beside it).
 
 mod common;
 
 use common::{admin, app, create_tenant, superuser};
-use sqlx::PgConnection;
+use sqlx::{ConnectOptions, PgConnection};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -136,4 +137,38 @@ async fn workers_drain_every_tenant_and_lose_nothing_when_killed() {
         attempts <= 2,
         "a job held at the kill ran at most twice: {attempts}"
     );
+
+    // PostgreSQL crashes and restarts under a running worker: it reconnects and drains new jobs.
+    let mut worker = start_worker("restart", 30);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    common::crash_and_restart();
+    let d = create_tenant(&mut admin_after_restart().await, "jobs-d").await;
+    enqueue(&mut app().await, d, 100).await;
+    let (done, dead, _) = wait_until_done(&[d], 100, Duration::from_secs(60)).await;
+    assert_eq!(
+        (done, dead),
+        (100, 0),
+        "the worker reconnected after the restart"
+    );
+    let term = Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    assert!(worker.wait().unwrap().success());
+}
+
+/// The admin connection, retried while the restarted server finishes recovery.
+async fn admin_after_restart() -> PgConnection {
+    for _ in 0..50 {
+        if let Ok(conn) = common::superuser_options()
+            .username("bulkhead_test_admin")
+            .connect()
+            .await
+        {
+            return conn;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    admin().await
 }

