@@ -5,7 +5,7 @@ revoke all on function bulkhead.set_tenant(uuid) from public;
 grant execute on function bulkhead.current_tenant() to bulkhead_app, bulkhead_worker, bulkhead_admin, bulkhead_meter;
 grant execute on function bulkhead.set_tenant(uuid) to bulkhead_app, bulkhead_worker, bulkhead_admin, bulkhead_meter;
 revoke all on function bulkhead._set_tenant_within_function(uuid) from public;
-grant execute on function bulkhead._set_tenant_within_function(uuid) to bulkhead_admin, bulkhead_meter;
+grant execute on function bulkhead._set_tenant_within_function(uuid) to bulkhead_admin, bulkhead_meter, bulkhead_worker;
 comment on function bulkhead.current_tenant() is
     'The tenant this transaction acts for: bulkhead.set_tenant(), else the JWT claim; NULL when neither.';
 comment on function bulkhead.set_tenant(uuid) is

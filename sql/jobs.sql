@@ -33,6 +33,8 @@ create table bulkhead.job_schedule (
     run_at       timestamptz not null default pg_catalog.clock_timestamp(),
     leased_by    text,
     leased_until timestamptz,
+    -- When the latest attempt was claimed (enqueue-to-start latency is claimed_at - jobs.created_at).
+    claimed_at   timestamptz,
     updated_at   timestamptz not null default pg_catalog.clock_timestamp(),
     constraint job_schedule_pkey primary key (job_id),
     constraint job_schedule_job_fkey foreign key (job_tenant, job_id)
@@ -155,7 +157,8 @@ begin
     return query
         update bulkhead.job_schedule s
         set state = 'running', attempts = s.attempts + 1, leased_by = worker,
-            leased_until = pg_catalog.clock_timestamp() + lease, updated_at = pg_catalog.clock_timestamp()
+            leased_until = pg_catalog.clock_timestamp() + lease, claimed_at = pg_catalog.clock_timestamp(),
+            updated_at = pg_catalog.clock_timestamp()
         where s.job_id in (
             select d.job_id from bulkhead.job_schedule d
             where (d.state = 'queued' and d.run_at <= pg_catalog.clock_timestamp())
@@ -185,15 +188,43 @@ begin
             using errcode = '55000',
                   detail = 'Its lease ran out and another worker may have claimed it; this worker must not record an outcome.';
     end if;
-    if s.job_tenant is distinct from bulkhead.current_tenant() then
+    -- Without a context, the job's own tenant is entered (for the rest of this transaction);
+    -- a context naming another tenant is refused.
+    if bulkhead.current_tenant() is null then
+        perform bulkhead._set_tenant_within_function(s.job_tenant);
+    elsif s.job_tenant is distinct from bulkhead.current_tenant() then
         raise exception 'job % belongs to another tenant than the context', job
-            using errcode = '42501', hint = 'Enter the job''s tenant with bulkhead.set_tenant before recording its outcome.';
+            using errcode = '42501', hint = 'Enter the job''s tenant with bulkhead.set_tenant, or set no context.';
     end if;
     return s;
 end
 $$;
 
--- Records a job's success (in the job's tenant context, as the worker holding it).
+-- Starts a held job: enters its tenant's context (for the rest of the transaction) and returns
+-- what the worker needs, read under row level security. One round trip for the worker.
+create function bulkhead.start_job(job uuid, worker text)
+returns table (kind text, payload jsonb)
+language plpgsql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    s bulkhead.job_schedule;
+begin
+    select * into s from bulkhead.job_schedule x where x.job_id = job;
+    if not found or s.state <> 'running' or s.leased_by is distinct from worker then
+        raise exception 'job % is not held by worker %', job, pg_catalog.quote_literal(worker)
+            using errcode = '55000';
+    end if;
+    if bulkhead.current_tenant() is null then
+        perform bulkhead._set_tenant_within_function(s.job_tenant);
+    end if;
+    return query select j.kind, j.payload from bulkhead.jobs j
+        where j.tenant_id = bulkhead.current_tenant() and j.id = job;
+end
+$$;
+
+-- Records a job's success (as the worker holding it, in the job's tenant context).
 create function bulkhead.complete_job(job uuid, worker text, result jsonb default null)
 returns void
 language plpgsql volatile
@@ -286,11 +317,12 @@ revoke all on function bulkhead.enqueue_job(text, jsonb, text, timestamptz, int)
 revoke all on function bulkhead.claim_jobs(text, int, interval) from public;
 revoke all on function bulkhead._held_job(uuid, text) from public;
 revoke all on function bulkhead.complete_job(uuid, text, jsonb) from public;
+revoke all on function bulkhead.start_job(uuid, text) from public;
 revoke all on function bulkhead.fail_job(uuid, text, text, boolean, interval) from public;
 revoke all on function bulkhead.release_job(uuid, text) from public;
 revoke all on function bulkhead.job_status(uuid) from public;
 grant execute on function bulkhead.enqueue_job(text, jsonb, text, timestamptz, int), bulkhead.job_status(uuid)
     to bulkhead_app, bulkhead_worker, bulkhead_admin;
 grant execute on function bulkhead.claim_jobs(text, int, interval), bulkhead._held_job(uuid, text),
-    bulkhead.complete_job(uuid, text, jsonb), bulkhead.fail_job(uuid, text, text, boolean, interval),
+    bulkhead.start_job(uuid, text), bulkhead.complete_job(uuid, text, jsonb), bulkhead.fail_job(uuid, text, text, boolean, interval),
     bulkhead.release_job(uuid, text) to bulkhead_worker;

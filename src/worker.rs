@@ -3,8 +3,9 @@
 //! One loop claims due jobs (`bulkhead.claim_jobs`, FOR UPDATE SKIP LOCKED, so any number of
 //! workers may run side by side) and runs each in its own task, at most `concurrency` at a time.
 //! The loop wakes on NOTIFY bulkhead_jobs, on a finished task, or after `poll_interval`. Each job
-//! is read inside its tenant's context, run outside any transaction, and its outcome recorded in
-//! a short one, still inside that context: row level security applies to the worker too.
+//! is read inside its tenant's context (`bulkhead.start_job` enters it), run outside any
+//! transaction, and its outcome recorded by a function that enters that context again: row
+//! level security applies to the worker too, and a job costs three round trips.
 //! A lost connection (a database restart) ends the loop; `run` reconnects with a capped backoff.
 //! SIGTERM or SIGINT stops the claiming, waits up to `shutdown_grace` for jobs in flight, and
 //! gives the rest back (`bulkhead.release_job`).
@@ -193,7 +194,7 @@ async fn claim(
 /// Reads, runs and settles one job. Errors recording the outcome are left to the lease: the job
 /// becomes claimable again when it runs out, and its attempt stays counted.
 async fn run_job(pool: &PgPool, worker: &str, job: Claimed) {
-    let outcome = match read_job(pool, job).await {
+    let outcome = match read_job(pool, worker, job).await {
         Ok((kind, payload)) => execute(&kind, &payload).await,
         Err(err) => Err(Failure {
             message: format!("reading the job failed: {err}"),
@@ -204,25 +205,23 @@ async fn run_job(pool: &PgPool, worker: &str, job: Claimed) {
     let recorded = settle(pool, worker, job, outcome).await;
     if let Err(err) = recorded {
         eprintln!(
-            "bulkhead worker {worker}: job {} outcome not recorded: {err}",
-            job.id
+            "bulkhead worker {worker}: job {} of tenant {} outcome not recorded: {err}",
+            job.id, job.tenant
         );
     }
 }
 
-async fn read_job(pool: &PgPool, job: Claimed) -> Result<(String, serde_json::Value), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("select bulkhead.set_tenant($1)")
-        .bind(job.tenant)
-        .execute(&mut *tx)
+/// Reads the job inside its tenant's context (`start_job` enters it): one round trip.
+async fn read_job(
+    pool: &PgPool,
+    worker: &str,
+    job: Claimed,
+) -> Result<(String, serde_json::Value), sqlx::Error> {
+    let row = sqlx::query("select kind, payload from bulkhead.start_job($1, $2)")
+        .bind(job.id)
+        .bind(worker)
+        .fetch_one(pool)
         .await?;
-    let row =
-        sqlx::query("select kind, payload from bulkhead.jobs where tenant_id = $1 and id = $2")
-            .bind(job.tenant)
-            .bind(job.id)
-            .fetch_one(&mut *tx)
-            .await?;
-    tx.commit().await?;
     Ok((row.get(0), row.get(1)))
 }
 
@@ -238,24 +237,20 @@ async fn execute(kind: &str, _payload: &serde_json::Value) -> Result<serde_json:
     }
 }
 
+/// Records the outcome; the function enters the job's tenant context itself (one round trip).
 async fn settle(
     pool: &PgPool,
     worker: &str,
     job: Claimed,
     outcome: Result<serde_json::Value, Failure>,
 ) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("select bulkhead.set_tenant($1)")
-        .bind(job.tenant)
-        .execute(&mut *tx)
-        .await?;
     match outcome {
         Ok(result) => {
             sqlx::query("select bulkhead.complete_job($1, $2, $3)")
                 .bind(job.id)
                 .bind(worker)
                 .bind(result)
-                .execute(&mut *tx)
+                .execute(pool)
                 .await?;
         }
         Err(failure) => {
@@ -270,25 +265,20 @@ async fn settle(
             .bind(&failure.message)
             .bind(failure.transient)
             .bind(retry_after_ms)
-            .execute(&mut *tx)
+            .execute(pool)
             .await?;
         }
     }
-    tx.commit().await
+    Ok(())
 }
 
 async fn release(pool: &PgPool, worker: &str, job: Claimed) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("select bulkhead.set_tenant($1)")
-        .bind(job.tenant)
-        .execute(&mut *tx)
-        .await?;
     sqlx::query("select bulkhead.release_job($1, $2)")
         .bind(job.id)
         .bind(worker)
-        .execute(&mut *tx)
+        .execute(pool)
         .await?;
-    tx.commit().await
+    Ok(())
 }
 
 fn log(config: &Config, event: &str, fields: &str) {
