@@ -296,6 +296,78 @@ begin
 end
 $$;
 
+-- Claims up to max_jobs and returns what the worker needs to run them, in one round trip. Each
+-- tenant's jobs are read inside that tenant's context (row level security decides), one tenant
+-- at a time; the context is cleared again before returning.
+create function bulkhead.claim_and_start_jobs(worker text, max_jobs int default 10, lease interval default '5 minutes')
+returns table (job_id uuid, tenant_id uuid, kind text, payload jsonb)
+language plpgsql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    claimed uuid[];
+    claimed_tenants uuid[];
+    tenant uuid;
+begin
+    if bulkhead.current_tenant() is not null then
+        raise exception 'claim_and_start_jobs runs without a tenant context' using errcode = '42501',
+            detail = 'It enters each claimed job''s own tenant in turn.';
+    end if;
+    select pg_catalog.array_agg(c.job_id), pg_catalog.array_agg(distinct c.tenant_id)
+    into claimed, claimed_tenants
+    from bulkhead.claim_jobs(worker, max_jobs, lease) c;
+    foreach tenant in array coalesce(claimed_tenants, '{}') loop
+        perform bulkhead._set_tenant_within_function(tenant);
+        return query select j.id, j.tenant_id, j.kind, j.payload from bulkhead.jobs j
+            where j.tenant_id = tenant and j.id = any (claimed);
+    end loop;
+    perform bulkhead._set_tenant_within_function(null);
+end
+$$;
+
+-- Records many successes in one round trip, tenant by tenant in each tenant's context. Jobs
+-- this worker no longer holds (a lease ran out) are skipped; returns how many were recorded.
+create function bulkhead.complete_jobs(worker text, jobs uuid[], results jsonb[])
+returns int
+language plpgsql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    tenant uuid;
+    recorded int := 0;
+    n int;
+begin
+    if bulkhead.current_tenant() is not null then
+        raise exception 'complete_jobs runs without a tenant context' using errcode = '42501';
+    end if;
+    if worker is null or jobs is null or results is null
+       or pg_catalog.cardinality(jobs) <> pg_catalog.cardinality(results) then
+        raise exception 'worker, and as many results as jobs, are required' using errcode = '22023';
+    end if;
+    for tenant in
+        select distinct s.job_tenant from bulkhead.job_schedule s
+        where s.job_id = any (jobs) and s.state = 'running' and s.leased_by = worker
+    loop
+        perform bulkhead._set_tenant_within_function(tenant);
+        with held as (
+            update bulkhead.job_schedule s
+            set state = 'done', leased_by = null, leased_until = null, updated_at = pg_catalog.clock_timestamp()
+            from rows from (pg_catalog.unnest(jobs), pg_catalog.unnest(results)) as r(job, result)
+            where s.job_id = r.job and s.job_tenant = tenant and s.state = 'running' and s.leased_by = worker
+            returning s.job_id, r.result
+        )
+        update bulkhead.jobs j set result = h.result, last_error = null
+        from held h where j.tenant_id = tenant and j.id = h.job_id;
+        get diagnostics n = row_count;
+        recorded := recorded + n;
+    end loop;
+    perform bulkhead._set_tenant_within_function(null);
+    return recorded;
+end
+$$;
+
 -- A job's state and result, for the tenant that queued it.
 create function bulkhead.job_status(job uuid)
 returns table (state text, attempts int, result jsonb, last_error text)
@@ -318,6 +390,8 @@ revoke all on function bulkhead.claim_jobs(text, int, interval) from public;
 revoke all on function bulkhead._held_job(uuid, text) from public;
 revoke all on function bulkhead.complete_job(uuid, text, jsonb) from public;
 revoke all on function bulkhead.start_job(uuid, text) from public;
+revoke all on function bulkhead.claim_and_start_jobs(text, int, interval) from public;
+revoke all on function bulkhead.complete_jobs(text, uuid[], jsonb[]) from public;
 revoke all on function bulkhead.fail_job(uuid, text, text, boolean, interval) from public;
 revoke all on function bulkhead.release_job(uuid, text) from public;
 revoke all on function bulkhead.job_status(uuid) from public;
@@ -325,4 +399,5 @@ grant execute on function bulkhead.enqueue_job(text, jsonb, text, timestamptz, i
     to bulkhead_app, bulkhead_worker, bulkhead_admin;
 grant execute on function bulkhead.claim_jobs(text, int, interval), bulkhead._held_job(uuid, text),
     bulkhead.start_job(uuid, text), bulkhead.complete_job(uuid, text, jsonb), bulkhead.fail_job(uuid, text, text, boolean, interval),
+    bulkhead.claim_and_start_jobs(text, int, interval), bulkhead.complete_jobs(text, uuid[], jsonb[]),
     bulkhead.release_job(uuid, text) to bulkhead_worker;

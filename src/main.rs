@@ -33,7 +33,7 @@ enum Command {
         #[arg(long, env = "BULKHEAD_WORKER_NAME")]
         name: Option<String>,
         /// Jobs run at once.
-        #[arg(long, env = "BULKHEAD_WORKER_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+        #[arg(long, env = "BULKHEAD_WORKER_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
         concurrency: u16,
         /// Milliseconds between polls when no NOTIFY arrives.
         #[arg(long, env = "BULKHEAD_WORKER_POLL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]

@@ -1,20 +1,20 @@
 //! `bulkhead worker`: drains the job queue the extension keeps (`sql/jobs.sql`).
 //!
-//! One loop claims due jobs (`bulkhead.claim_jobs`, FOR UPDATE SKIP LOCKED, so any number of
-//! workers may run side by side) and runs each in its own task, at most `concurrency` at a time.
-//! The loop wakes on NOTIFY bulkhead_jobs, on a finished task, or after `poll_interval`. Each job
-//! is read inside its tenant's context (`bulkhead.start_job` enters it), run outside any
-//! transaction, and its outcome recorded by a function that enters that context again: row
-//! level security applies to the worker too, and a job costs three round trips.
+//! One loop claims due jobs and reads them (`bulkhead.claim_and_start_jobs`: FOR UPDATE SKIP
+//! LOCKED, so any number of workers may run side by side; each tenant's jobs read inside that
+//! tenant's context, so row level security applies to the worker too) and runs each in its own
+//! task, at most `concurrency` at a time, outside any transaction. The loop wakes on NOTIFY
+//! bulkhead_jobs, on an outcome, or after `poll_interval`, and records outcomes in batches
+//! (`bulkhead.complete_jobs`, which enters each tenant's context in turn).
 //! A lost connection (a database restart) ends the loop; `run` reconnects with a capped backoff.
 //! SIGTERM or SIGINT stops the claiming, waits up to `shutdown_grace` for jobs in flight, and
 //! gives the rest back (`bulkhead.release_job`).
 
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use sqlx::Row;
+use std::collections::HashMap;
 use std::time::Duration;
-use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 /// How a worker runs; from flags and the environment (see `bulkhead worker --help`).
@@ -102,6 +102,12 @@ async fn wait_for_signal() {
     }
 }
 
+/// A job's outcome, sent by its task to the loop, which records outcomes in batches.
+type Outcome = (Claimed, Result<serde_json::Value, Failure>);
+
+/// Outcomes recorded per statement, at most.
+const SETTLE_BATCH: usize = 256;
+
 /// One connected session of the claim loop.
 async fn serve(config: &Config, mut stop: watch::Receiver<bool>) -> Result<(), WorkerError> {
     let pool = PgPoolOptions::new()
@@ -116,26 +122,24 @@ async fn serve(config: &Config, mut stop: watch::Receiver<bool>) -> Result<(), W
         &format!("concurrency={}", config.concurrency),
     );
 
-    let mut in_flight: JoinSet<Claimed> = JoinSet::new();
-    let mut held: Vec<Claimed> = Vec::new();
+    let (outcomes_tx, mut outcomes) = mpsc::unbounded_channel::<Outcome>();
+    let mut held: HashMap<Uuid, Claimed> = HashMap::new();
     while !*stop.borrow() {
-        let free = config.concurrency.saturating_sub(in_flight.len());
+        let free = config.concurrency.saturating_sub(held.len());
         if free > 0 {
-            for job in claim(&pool, config, free).await? {
-                held.push(job);
-                let (pool, name) = (pool.clone(), config.name.clone());
-                in_flight.spawn(async move {
-                    run_job(&pool, &name, job).await;
-                    job
+            for (job, kind, payload) in claim_and_start(&pool, config, free).await? {
+                held.insert(job.id, job);
+                let outcomes_tx = outcomes_tx.clone();
+                tokio::spawn(async move {
+                    let outcome = execute(&kind, &payload).await;
+                    let _ = outcomes_tx.send((job, outcome));
                 });
             }
         }
         tokio::select! {
             notification = listener.recv() => { notification?; }
-            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
-                if let Ok(job) = done {
-                    held.retain(|h| h.id != job.id);
-                }
+            Some(first) = outcomes.recv() => {
+                settle(&pool, config, drain(first, &mut outcomes), &mut held).await?;
             }
             _ = tokio::time::sleep(config.poll_interval) => {}
             _ = stop.changed() => {}
@@ -145,37 +149,48 @@ async fn serve(config: &Config, mut stop: watch::Receiver<bool>) -> Result<(), W
     // Shutting down: let jobs in flight finish for a while, then give back what is left.
     let deadline = tokio::time::sleep(config.shutdown_grace);
     tokio::pin!(deadline);
-    while !in_flight.is_empty() {
+    while !held.is_empty() {
         tokio::select! {
-            Some(done) = in_flight.join_next() => {
-                if let Ok(job) = done {
-                    held.retain(|h| h.id != job.id);
-                }
+            Some(first) = outcomes.recv() => {
+                settle(&pool, config, drain(first, &mut outcomes), &mut held).await?;
             }
             _ = &mut deadline => break,
         }
     }
-    in_flight.abort_all();
-    for job in held {
+    for job in held.into_values() {
         if let Err(err) = release(&pool, &config.name, job).await {
             log(
                 config,
                 "release_failed",
-                &format!("job={} error={err}", job.id),
+                &format!("job={} tenant={} error={err}", job.id, job.tenant),
             );
         }
     }
     Ok(())
 }
 
-async fn claim(
+/// The first outcome and whatever else is already waiting, up to a batch.
+fn drain(first: Outcome, outcomes: &mut mpsc::UnboundedReceiver<Outcome>) -> Vec<Outcome> {
+    let mut batch = vec![first];
+    while batch.len() < SETTLE_BATCH {
+        match outcomes.try_recv() {
+            Ok(more) => batch.push(more),
+            Err(_) => break,
+        }
+    }
+    batch
+}
+
+/// Claims up to `max_jobs` and reads them, each inside its tenant's context, in one round trip.
+async fn claim_and_start(
     pool: &PgPool,
     config: &Config,
     max_jobs: usize,
-) -> Result<Vec<Claimed>, sqlx::Error> {
+) -> Result<Vec<(Claimed, String, serde_json::Value)>, sqlx::Error> {
     let lease_ms = i64::try_from(config.lease.as_millis()).unwrap_or(i64::MAX);
     let rows = sqlx::query(
-        "select job_id, tenant_id from bulkhead.claim_jobs($1, $2, make_interval(secs => $3::float8 / 1000))",
+        "select job_id, tenant_id, kind, payload
+         from bulkhead.claim_and_start_jobs($1, $2, make_interval(secs => $3::float8 / 1000))",
     )
     .bind(&config.name)
     .bind(i32::try_from(max_jobs).unwrap_or(i32::MAX))
@@ -184,45 +199,17 @@ async fn claim(
     .await?;
     Ok(rows
         .iter()
-        .map(|row| Claimed {
-            id: row.get(0),
-            tenant: row.get(1),
+        .map(|row| {
+            (
+                Claimed {
+                    id: row.get(0),
+                    tenant: row.get(1),
+                },
+                row.get(2),
+                row.get(3),
+            )
         })
         .collect())
-}
-
-/// Reads, runs and settles one job. Errors recording the outcome are left to the lease: the job
-/// becomes claimable again when it runs out, and its attempt stays counted.
-async fn run_job(pool: &PgPool, worker: &str, job: Claimed) {
-    let outcome = match read_job(pool, worker, job).await {
-        Ok((kind, payload)) => execute(&kind, &payload).await,
-        Err(err) => Err(Failure {
-            message: format!("reading the job failed: {err}"),
-            transient: true,
-            retry_after: None,
-        }),
-    };
-    let recorded = settle(pool, worker, job, outcome).await;
-    if let Err(err) = recorded {
-        eprintln!(
-            "bulkhead worker {worker}: job {} of tenant {} outcome not recorded: {err}",
-            job.id, job.tenant
-        );
-    }
-}
-
-/// Reads the job inside its tenant's context (`start_job` enters it): one round trip.
-async fn read_job(
-    pool: &PgPool,
-    worker: &str,
-    job: Claimed,
-) -> Result<(String, serde_json::Value), sqlx::Error> {
-    let row = sqlx::query("select kind, payload from bulkhead.start_job($1, $2)")
-        .bind(job.id)
-        .bind(worker)
-        .fetch_one(pool)
-        .await?;
-    Ok((row.get(0), row.get(1)))
 }
 
 /// The work itself, by kind. Kinds join as the daemon learns them (see jobs_kind_known).
@@ -237,36 +224,61 @@ async fn execute(kind: &str, _payload: &serde_json::Value) -> Result<serde_json:
     }
 }
 
-/// Records the outcome; the function enters the job's tenant context itself (one round trip).
+/// Records a batch of outcomes: successes in one statement (`complete_jobs`, which enters each
+/// tenant's context in turn), failures one by one (`fail_job` enters the job's context). A job
+/// whose lease this worker lost is skipped there: its next holder records it.
 async fn settle(
     pool: &PgPool,
-    worker: &str,
-    job: Claimed,
-    outcome: Result<serde_json::Value, Failure>,
+    config: &Config,
+    batch: Vec<Outcome>,
+    held: &mut HashMap<Uuid, Claimed>,
 ) -> Result<(), sqlx::Error> {
-    match outcome {
-        Ok(result) => {
-            sqlx::query("select bulkhead.complete_job($1, $2, $3)")
+    let mut done_ids = Vec::new();
+    let mut done_results = Vec::new();
+    for (job, outcome) in batch {
+        held.remove(&job.id);
+        match outcome {
+            Ok(result) => {
+                done_ids.push(job.id);
+                done_results.push(result);
+            }
+            Err(failure) => {
+                let retry_after_ms = failure
+                    .retry_after
+                    .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+                let failed = sqlx::query(
+                    "select bulkhead.fail_job($1, $2, $3, $4, make_interval(secs => $5::float8 / 1000))",
+                )
                 .bind(job.id)
-                .bind(worker)
-                .bind(result)
+                .bind(&config.name)
+                .bind(&failure.message)
+                .bind(failure.transient)
+                .bind(retry_after_ms)
                 .execute(pool)
-                .await?;
+                .await;
+                if let Err(err) = failed {
+                    log(
+                        config,
+                        "outcome_not_recorded",
+                        &format!("job={} tenant={} error={err}", job.id, job.tenant),
+                    );
+                }
+            }
         }
-        Err(failure) => {
-            let retry_after_ms = failure
-                .retry_after
-                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-            sqlx::query(
-                "select bulkhead.fail_job($1, $2, $3, $4, make_interval(secs => $5::float8 / 1000))",
-            )
-            .bind(job.id)
-            .bind(worker)
-            .bind(&failure.message)
-            .bind(failure.transient)
-            .bind(retry_after_ms)
-            .execute(pool)
+    }
+    if !done_ids.is_empty() {
+        let recorded: i32 = sqlx::query_scalar("select bulkhead.complete_jobs($1, $2, $3)")
+            .bind(&config.name)
+            .bind(&done_ids)
+            .bind(&done_results)
+            .fetch_one(pool)
             .await?;
+        if usize::try_from(recorded).ok() != Some(done_ids.len()) {
+            log(
+                config,
+                "leases_lost",
+                &format!("completed={} recorded={recorded}", done_ids.len()),
+            );
         }
     }
     Ok(())

@@ -3,7 +3,7 @@
 Jobs are `noop`: the worker does everything a real job does (claim, read the payload in the
 tenant's context, record the outcome) except the provider call, which is the zero-latency fake
 provider. Each worker is a `bulkhead worker` process running up to CONCURRENCY jobs at a time
-(default 4, the worker's default). Throughput: JOBS jobs queued over 10 tenants, then N workers started; the time until the
+(default 16, the worker's default). Throughput: JOBS jobs queued over 10 tenants, then N workers started; the time until the
 last is done. Latency: 4 idle workers, jobs queued one by one (about 100 a second), then
 claimed_at - created_at per job.
 """
@@ -20,7 +20,7 @@ URL, BIN = sys.argv[1], sys.argv[2]
 JOBS = int(sys.argv[3]) if len(sys.argv) > 3 else 10000
 TENANTS = [f"00000000-0000-4000-8000-{i:012x}" for i in range(1, 11)]
 WORKER_URL = URL.replace("postgres@", "bulkhead_bench_worker@")
-CONCURRENCY = os.environ.get("CONCURRENCY", "4")
+CONCURRENCY = os.environ.get("CONCURRENCY", "16")
 
 
 def workers(n, poll_ms=1000):

@@ -90,4 +90,28 @@ select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
 select bulkhead.release_job((select id from released), 'w4');
 reset role;
 select state, attempts from bulkhead.job_schedule where job_id = (select id from released);
+
+-- In batches: claim and read many jobs in one call (each tenant's inside its own context, none
+-- left set after), complete them in one call; a job whose lease another worker took is skipped.
+set local role regress_job_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000a');
+select count(bulkhead.enqueue_job('noop', jsonb_build_object('batch', n))) as a_batch from generate_series(1, 3) n;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
+select count(bulkhead.enqueue_job('noop', jsonb_build_object('batch', n))) as b_batch from generate_series(1, 2) n;
+reset role;
+update bulkhead.job_schedule set run_at = now() + interval '1 hour'
+where state = 'queued' and job_id not in (select id from bulkhead.jobs where payload ? 'batch');
+set local role regress_job_worker;
+select bulkhead.set_tenant(null);
+create temp table batch as select * from bulkhead.claim_and_start_jobs('w5', 10, '1 minute');
+select count(*) as claimed, count(distinct tenant_id) as tenants, count(*) filter (where payload ? 'batch') as read_payloads,
+       bulkhead.current_tenant() is null as no_context_left from batch;
+reset role;
+update bulkhead.job_schedule set leased_by = 'w6' where job_id = (select job_id from batch order by job_id limit 1);
+set local role regress_job_worker;
+select bulkhead.complete_jobs('w5', array_agg(job_id), array_agg('{"batched": true}'::jsonb)) as recorded from batch;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000a');
+select pg_temp.attempt($q$select bulkhead.complete_jobs('w5', '{}', '{}')$q$) as with_a_context;
+reset role;
+select s.state, s.leased_by, count(*) from bulkhead.job_schedule s where s.job_id in (select job_id from batch) group by 1, 2 order by 1;
 rollback;
