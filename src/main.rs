@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 mod demo;
+mod metrics;
 mod worker;
 
 #[derive(Parser)]
@@ -44,6 +45,12 @@ enum Command {
         /// Seconds jobs in flight may take to finish after SIGTERM before they are given back.
         #[arg(long, env = "BULKHEAD_WORKER_SHUTDOWN_SECS", default_value_t = 30)]
         shutdown_secs: u64,
+        /// Serve Prometheus metrics at http://<addr>/metrics (e.g. 127.0.0.1:9187).
+        #[arg(long, env = "BULKHEAD_WORKER_METRICS_ADDR")]
+        metrics_addr: Option<std::net::SocketAddr>,
+        /// Log format: text, or json (one object per line, on stderr).
+        #[arg(long, env = "BULKHEAD_WORKER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+        log_format: String,
     },
     /// Narrated walk-through of tenant isolation on a fresh database (recreated at every run).
     Demo {
@@ -65,6 +72,8 @@ async fn main() -> ExitCode {
             poll_ms,
             lease_secs,
             shutdown_secs,
+            metrics_addr,
+            log_format,
         } => worker::run(worker::Config {
             database_url,
             name: name.unwrap_or_else(|| format!("worker-{}", std::process::id())),
@@ -72,6 +81,8 @@ async fn main() -> ExitCode {
             poll_interval: Duration::from_millis(poll_ms),
             lease: Duration::from_secs(lease_secs),
             shutdown_grace: Duration::from_secs(shutdown_secs),
+            metrics_addr,
+            json_logs: log_format == "json",
         })
         .await
         .map_err(|e| e.to_string()),

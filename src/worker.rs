@@ -10,10 +10,13 @@
 //! SIGTERM or SIGINT stops the claiming, waits up to `shutdown_grace` for jobs in flight, and
 //! gives the rest back (`bulkhead.release_job`).
 
+use crate::metrics::{self, Metrics};
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use sqlx::Row;
 use std::collections::HashMap;
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
@@ -26,12 +29,21 @@ pub struct Config {
     pub poll_interval: Duration,
     pub lease: Duration,
     pub shutdown_grace: Duration,
+    /// Where to serve Prometheus metrics (GET /metrics); None: no endpoint.
+    pub metrics_addr: Option<SocketAddr>,
+    /// One JSON object per log line instead of text.
+    pub json_logs: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("metrics endpoint on {addr}: {source}")]
+    Metrics {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// A claimed job, as `claim_jobs` returns it.
@@ -51,6 +63,16 @@ struct Failure {
 
 /// Runs until SIGTERM or SIGINT; reconnects after connection failures.
 pub async fn run(config: Config) -> Result<(), WorkerError> {
+    let metrics = Arc::new(Metrics::default());
+    let _endpoint = match config.metrics_addr {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| WorkerError::Metrics { addr, source })?;
+            Some(tokio::spawn(metrics::serve(listener, Arc::clone(&metrics))))
+        }
+        None => None,
+    };
     let (stop_tx, stop) = watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -58,7 +80,9 @@ pub async fn run(config: Config) -> Result<(), WorkerError> {
     });
     let mut backoff = Duration::from_millis(200);
     loop {
-        match serve(&config, stop.clone()).await {
+        let session = serve(&config, &metrics, stop.clone()).await;
+        metrics.set_connected(false);
+        match session {
             Ok(()) => {
                 log(&config, "stopped", "");
                 return Ok(());
@@ -103,19 +127,29 @@ async fn wait_for_signal() {
 }
 
 /// A job's outcome, sent by its task to the loop, which records outcomes in batches.
-type Outcome = (Claimed, Result<serde_json::Value, Failure>);
+type Outcome = (
+    Claimed,
+    String,
+    Duration,
+    Result<serde_json::Value, Failure>,
+);
 
 /// Outcomes recorded per statement, at most.
 const SETTLE_BATCH: usize = 256;
 
 /// One connected session of the claim loop.
-async fn serve(config: &Config, mut stop: watch::Receiver<bool>) -> Result<(), WorkerError> {
+async fn serve(
+    config: &Config,
+    metrics: &Metrics,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), WorkerError> {
     let pool = PgPoolOptions::new()
         .max_connections(u32::try_from(config.concurrency + 2).unwrap_or(u32::MAX))
         .connect(&config.database_url)
         .await?;
     let mut listener = PgListener::connect_with(&pool).await?;
     listener.listen("bulkhead_jobs").await?;
+    metrics.set_connected(true);
     log(
         config,
         "connected",
@@ -131,15 +165,16 @@ async fn serve(config: &Config, mut stop: watch::Receiver<bool>) -> Result<(), W
                 held.insert(job.id, job);
                 let outcomes_tx = outcomes_tx.clone();
                 tokio::spawn(async move {
+                    let started = Instant::now();
                     let outcome = execute(&kind, &payload).await;
-                    let _ = outcomes_tx.send((job, outcome));
+                    let _ = outcomes_tx.send((job, kind, started.elapsed(), outcome));
                 });
             }
         }
         tokio::select! {
             notification = listener.recv() => { notification?; }
             Some(first) = outcomes.recv() => {
-                settle(&pool, config, drain(first, &mut outcomes), &mut held).await?;
+                settle(&pool, config, metrics, drain(first, &mut outcomes), &mut held).await?;
             }
             _ = tokio::time::sleep(config.poll_interval) => {}
             _ = stop.changed() => {}
@@ -152,7 +187,7 @@ async fn serve(config: &Config, mut stop: watch::Receiver<bool>) -> Result<(), W
     while !held.is_empty() {
         tokio::select! {
             Some(first) = outcomes.recv() => {
-                settle(&pool, config, drain(first, &mut outcomes), &mut held).await?;
+                settle(&pool, config, metrics, drain(first, &mut outcomes), &mut held).await?;
             }
             _ = &mut deadline => break,
         }
@@ -230,13 +265,15 @@ async fn execute(kind: &str, _payload: &serde_json::Value) -> Result<serde_json:
 async fn settle(
     pool: &PgPool,
     config: &Config,
+    metrics: &Metrics,
     batch: Vec<Outcome>,
     held: &mut HashMap<Uuid, Claimed>,
 ) -> Result<(), sqlx::Error> {
     let mut done_ids = Vec::new();
     let mut done_results = Vec::new();
-    for (job, outcome) in batch {
+    for (job, kind, took, outcome) in batch {
         held.remove(&job.id);
+        metrics.job_finished(&kind, if outcome.is_ok() { "done" } else { "failed" }, took);
         match outcome {
             Ok(result) => {
                 done_ids.push(job.id);
@@ -294,5 +331,18 @@ async fn release(pool: &PgPool, worker: &str, job: Claimed) -> Result<(), sqlx::
 }
 
 fn log(config: &Config, event: &str, fields: &str) {
-    eprintln!("bulkhead worker {}: {event} {fields}", config.name);
+    if config.json_logs {
+        let line = serde_json::json!({
+            "ts": std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or_default(),
+            "worker": config.name,
+            "event": event,
+            "detail": fields,
+        });
+        eprintln!("{line}");
+    } else {
+        eprintln!("bulkhead worker {}: {event} {fields}", config.name);
+    }
 }

@@ -19,6 +19,10 @@ fn worker_url() -> String {
 }
 
 fn start_worker(name: &str, lease_secs: u64) -> Child {
+    start_worker_with(name, lease_secs, &[], Stdio::null())
+}
+
+fn start_worker_with(name: &str, lease_secs: u64, extra: &[&str], stderr: Stdio) -> Child {
     Command::new(env!("CARGO_BIN_EXE_bulkhead"))
         .args([
             "worker",
@@ -35,10 +39,23 @@ fn start_worker(name: &str, lease_secs: u64) -> Child {
             "--shutdown-secs",
             "5",
         ])
+        .args(extra)
         .env("DATABASE_URL", worker_url())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("start bulkhead worker")
+}
+
+/// GET /metrics from the worker's endpoint.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("metrics endpoint");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
 }
 
 async fn enqueue(conn: &mut PgConnection, tenant: Uuid, jobs: usize) {
@@ -87,7 +104,13 @@ async fn workers_drain_every_tenant_and_lose_nothing_when_killed() {
     );
     enqueue(&mut conn, a, 100).await;
     enqueue(&mut conn, b, 100).await;
-    let mut worker = start_worker("drain", 30);
+    let metrics_addr = "127.0.0.1:54391";
+    let mut worker = start_worker_with(
+        "drain",
+        30,
+        &["--metrics-addr", metrics_addr, "--log-format", "json"],
+        Stdio::piped(),
+    );
     let (done, dead, attempts) = wait_until_done(&[a, b], 200, Duration::from_secs(60)).await;
     assert_eq!((done, dead, attempts), (200, 0, 1), "every job done once");
     let results: i64 = sqlx::query_scalar(
@@ -98,16 +121,48 @@ async fn workers_drain_every_tenant_and_lose_nothing_when_killed() {
     .await
     .unwrap();
     assert_eq!(results, 200);
+    let metrics = scrape(metrics_addr);
+    assert!(metrics.starts_with("HTTP/1.1 200 OK"), "{metrics}");
+    assert!(metrics.contains("bulkhead_worker_connected 1"), "{metrics}");
+    // At least this test's 200: the worker also drains jobs other test binaries left queued.
+    let counted = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from {metrics}"))
+    };
+    assert!(counted("bulkhead_jobs_total{kind=\"noop\",outcome=\"done\"}") >= 200);
+    assert_eq!(
+        counted("bulkhead_job_duration_seconds_count{kind=\"noop\"}"),
+        counted("bulkhead_jobs_total{kind=\"noop\",outcome=\"done\"}")
+    );
     let term = Command::new("kill")
         .args(["-TERM", &worker.id().to_string()])
         .status()
         .unwrap();
     assert!(term.success());
-    let status = worker.wait().unwrap();
+    let output = worker.wait_with_output().unwrap();
     assert!(
-        status.success(),
-        "SIGTERM ends the worker cleanly: {status:?}"
+        output.status.success(),
+        "SIGTERM ends the worker cleanly: {:?}",
+        output.status
     );
+    // --log-format json: every line is one JSON object naming its event.
+    let logs = String::from_utf8(output.stderr).unwrap();
+    let events: Vec<String> = logs
+        .lines()
+        .map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
+            value["event"].as_str().unwrap_or_default().to_string()
+        })
+        .collect();
+    assert_eq!(
+        events.first().map(String::as_str),
+        Some("connected"),
+        "{logs}"
+    );
+    assert_eq!(events.last().map(String::as_str), Some("stopped"), "{logs}");
 
     // SIGKILL mid-run: the jobs it held come back when their 2-second leases end.
     let c = create_tenant(&mut admin, "jobs-c").await;

@@ -1,0 +1,132 @@
+//! The worker's Prometheus metrics, served as text on `--metrics-addr` (GET /metrics).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// Upper bounds (seconds) of the job duration histogram.
+const BUCKETS: [f64; 10] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0];
+
+#[derive(Default)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+#[derive(Default)]
+struct State {
+    /// Jobs finished, by (kind, outcome).
+    jobs: BTreeMap<(String, &'static str), u64>,
+    durations: BTreeMap<String, Histogram>,
+    connected: bool,
+}
+
+/// Shared by the claim loop, the job tasks and the HTTP endpoint.
+#[derive(Default)]
+pub struct Metrics {
+    state: Mutex<State>,
+}
+
+impl Metrics {
+    pub fn job_finished(&self, kind: &str, outcome: &'static str, took: Duration) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        *state.jobs.entry((kind.to_string(), outcome)).or_default() += 1;
+        let seconds = took.as_secs_f64();
+        let histogram = state.durations.entry(kind.to_string()).or_default();
+        for (count, bound) in histogram.counts.iter_mut().zip(BUCKETS) {
+            if seconds <= bound {
+                *count += 1;
+            }
+        }
+        histogram.count += 1;
+        histogram.sum += seconds;
+    }
+
+    pub fn set_connected(&self, connected: bool) {
+        if let Ok(mut state) = self.state.lock() {
+            state.connected = connected;
+        }
+    }
+
+    /// The Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let Ok(state) = self.state.lock() else {
+            return String::new();
+        };
+        let mut out = String::new();
+        let _ = writeln!(out, "# HELP bulkhead_worker_connected Whether the worker holds a database session (1) or is reconnecting (0).");
+        let _ = writeln!(out, "# TYPE bulkhead_worker_connected gauge");
+        let _ = writeln!(
+            out,
+            "bulkhead_worker_connected {}",
+            u8::from(state.connected)
+        );
+        let _ = writeln!(out, "# HELP bulkhead_jobs_total Jobs this worker finished, by kind and outcome (done, failed).");
+        let _ = writeln!(out, "# TYPE bulkhead_jobs_total counter");
+        for ((kind, outcome), n) in &state.jobs {
+            let _ = writeln!(
+                out,
+                "bulkhead_jobs_total{{kind=\"{kind}\",outcome=\"{outcome}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP bulkhead_job_duration_seconds Time a job took to run, by kind."
+        );
+        let _ = writeln!(out, "# TYPE bulkhead_job_duration_seconds histogram");
+        for (kind, h) in &state.durations {
+            for (bound, count) in BUCKETS.iter().zip(h.counts) {
+                let _ = writeln!(out, "bulkhead_job_duration_seconds_bucket{{kind=\"{kind}\",le=\"{bound}\"}} {count}");
+            }
+            let _ = writeln!(
+                out,
+                "bulkhead_job_duration_seconds_bucket{{kind=\"{kind}\",le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(
+                out,
+                "bulkhead_job_duration_seconds_sum{{kind=\"{kind}\"}} {}",
+                h.sum
+            );
+            let _ = writeln!(
+                out,
+                "bulkhead_job_duration_seconds_count{{kind=\"{kind}\"}} {}",
+                h.count
+            );
+        }
+        out
+    }
+}
+
+/// Answers GET /metrics on `listener` until the task is dropped; anything else gets 404.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let metrics = Arc::clone(&metrics);
+        tokio::spawn(async move {
+            let mut request = [0u8; 1024];
+            let Ok(n) = stream.read(&mut request).await else {
+                return;
+            };
+            let ok = request[..n].starts_with(b"GET /metrics ");
+            let (status, body) = if ok {
+                ("200 OK", metrics.render())
+            } else {
+                ("404 Not Found", "not found\n".to_string())
+            };
+            let response = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+        });
+    }
+}
