@@ -30,6 +30,8 @@ create table bulkhead.job_schedule (
     state        text        not null default 'queued',
     attempts     int         not null default 0,
     max_attempts int         not null,
+    -- Waits a provider asked for (429 retry-after): they give the attempt back, up to 50 times.
+    deferrals    int         not null default 0,
     run_at       timestamptz not null default pg_catalog.clock_timestamp(),
     leased_by    text,
     leased_until timestamptz,
@@ -66,7 +68,8 @@ grant select on bulkhead.job_schedule to bulkhead_admin;
 select pg_catalog.pg_extension_config_dump('bulkhead.jobs', '');
 select pg_catalog.pg_extension_config_dump('bulkhead.job_schedule', '');
 
--- Dead jobs, for operators: which tenant, what kind, how many attempts, the last error.
+-- Dead jobs, for operators: which job of which tenant, after how many attempts, since when. The
+-- kind and last error are tenant data: job_status shows them inside the tenant's context.
 create view bulkhead.dead_letters with (security_invoker = true) as
     select s.job_id, s.job_tenant, s.attempts, s.updated_at as died_at
     from bulkhead.job_schedule s
@@ -102,6 +105,16 @@ begin
     if pg_catalog.jsonb_typeof(payload) <> 'object' then
         raise exception 'job payload must be a JSON object' using errcode = '22023';
     end if;
+    if pg_catalog.octet_length(payload::text) > 262144 then
+        raise exception 'job payload is over 256 kB' using errcode = '54000';
+    end if;
+    if idempotency_key is not null and pg_catalog.char_length(idempotency_key) not between 1 and 200 then
+        raise exception 'idempotency_key must be 1 to 200 characters' using errcode = '22023';
+    end if;
+    -- No queue jumping: a job runs now or later, never "earlier than now"; at most 30 days out.
+    if run_at is not null and run_at > pg_catalog.clock_timestamp() + interval '30 days' then
+        raise exception 'run_at is more than 30 days away' using errcode = '22023';
+    end if;
     if max_attempts not between 1 and 100 then
         raise exception 'max_attempts must be between 1 and 100' using errcode = '22023';
     end if;
@@ -121,13 +134,19 @@ begin
             raise exception 'unknown job kind %', pg_catalog.quote_literal(kind)
                 using errcode = '22023', detail = 'Known kinds: noop.';
         when unique_violation then
-            -- A concurrent enqueue of the same key won: answer with its job.
+            -- A concurrent enqueue of the same key won: answer with its job (invisible to a
+            -- REPEATABLE READ snapshot taken before it committed: then retry the transaction).
             select j.id into job from bulkhead.jobs j
             where j.tenant_id = tenant and j.idempotency_key = enqueue_job.idempotency_key;
+            if job is null then
+                raise exception 'a concurrent enqueue of this idempotency key is not visible yet'
+                    using errcode = '40001', hint = 'Retry the transaction.';
+            end if;
             return job;
     end;
     insert into bulkhead.job_schedule (job_id, job_tenant, max_attempts, run_at)
-    values (job, tenant, enqueue_job.max_attempts, coalesce(enqueue_job.run_at, pg_catalog.clock_timestamp()));
+    values (job, tenant, enqueue_job.max_attempts,
+            greatest(coalesce(enqueue_job.run_at, pg_catalog.clock_timestamp()), pg_catalog.clock_timestamp()));
     perform pg_catalog.pg_notify('bulkhead_jobs', '');
     return job;
 end
@@ -144,28 +163,40 @@ language plpgsql volatile
 security invoker
 set search_path to pg_catalog, pg_temp
 as $$
+declare
+    now_ts timestamptz;
 begin
     if worker is null or max_jobs is null or lease is null then
         raise exception 'worker, max_jobs and lease are required' using errcode = '22004';
     end if;
-    if max_jobs not between 1 and 1000 or lease < interval '1 second' then
-        raise exception 'max_jobs must be 1 to 1000 and the lease at least a second' using errcode = '22023';
+    if max_jobs not between 1 and 1000 or lease < interval '1 second' or lease > interval '1 day' then
+        raise exception 'max_jobs must be 1 to 1000 and the lease between a second and a day' using errcode = '22023';
     end if;
+    now_ts := pg_catalog.clock_timestamp();
     update bulkhead.job_schedule s
-    set state = 'dead', leased_by = null, leased_until = null, updated_at = pg_catalog.clock_timestamp()
-    where s.state = 'running' and s.leased_until < pg_catalog.clock_timestamp() and s.attempts >= s.max_attempts;
+    set state = 'dead', leased_by = null, leased_until = null, updated_at = now_ts
+    where s.state = 'running' and s.leased_until < now_ts and s.attempts >= s.max_attempts;
+    -- Each branch walks its own partial index in order (one timestamp, known to the planner).
+    -- A row the second branch locks but the limit leaves out is free again at commit.
     return query
+        with queued as (
+            select q.job_id from bulkhead.job_schedule q
+            where q.state = 'queued' and q.run_at <= now_ts
+            order by q.run_at limit max_jobs
+            for update skip locked
+        ),
+        expired as (
+            select r.job_id from bulkhead.job_schedule r
+            where r.state = 'running' and r.leased_until < now_ts and r.attempts < r.max_attempts
+            order by r.leased_until limit max_jobs
+            for update skip locked
+        )
         update bulkhead.job_schedule s
         set state = 'running', attempts = s.attempts + 1, leased_by = worker,
-            leased_until = pg_catalog.clock_timestamp() + lease, claimed_at = pg_catalog.clock_timestamp(),
-            updated_at = pg_catalog.clock_timestamp()
+            leased_until = now_ts + lease, claimed_at = now_ts, updated_at = now_ts
         where s.job_id in (
-            select d.job_id from bulkhead.job_schedule d
-            where (d.state = 'queued' and d.run_at <= pg_catalog.clock_timestamp())
-               or (d.state = 'running' and d.leased_until < pg_catalog.clock_timestamp())
-            order by d.run_at
-            limit max_jobs
-            for update skip locked)
+            select c.job_id from (select qd.job_id from queued qd union all select ex.job_id from expired ex) c
+            limit max_jobs)
         returning s.job_id, s.job_tenant, s.attempts;
 end
 $$;
@@ -218,6 +249,8 @@ begin
     end if;
     if bulkhead.current_tenant() is null then
         perform bulkhead._set_tenant_within_function(s.job_tenant);
+    elsif s.job_tenant is distinct from bulkhead.current_tenant() then
+        raise exception 'job % belongs to another tenant than the context', job using errcode = '42501';
     end if;
     return query select j.kind, j.payload from bulkhead.jobs j
         where j.tenant_id = bulkhead.current_tenant() and j.id = job;
@@ -259,10 +292,11 @@ declare
 begin
     update bulkhead.jobs j set last_error = pg_catalog.left(coalesce(error, 'unknown error'), 2000)
     where j.tenant_id = bulkhead.current_tenant() and j.id = job;
-    if transient and retry_after is not null then
+    if transient and retry_after is not null and s.deferrals < 50 then
         next_state := 'queued';
-        delay := greatest(retry_after, interval '0');
+        delay := least(greatest(retry_after, interval '0'), interval '1 hour');
         s.attempts := s.attempts - 1;  -- the provider asked to wait: not the job's fault
+        s.deferrals := s.deferrals + 1;
     elsif transient and s.attempts < s.max_attempts then
         next_state := 'queued';
         -- 1 s, 2 s, 4 s ... capped at 5 minutes, each between half and all of it (jitter).
@@ -271,7 +305,7 @@ begin
         next_state := 'dead';
     end if;
     update bulkhead.job_schedule x
-    set state = next_state, attempts = s.attempts, leased_by = null, leased_until = null,
+    set state = next_state, attempts = s.attempts, deferrals = s.deferrals, leased_by = null, leased_until = null,
         run_at = case when next_state = 'queued' then pg_catalog.clock_timestamp() + delay else x.run_at end,
         updated_at = pg_catalog.clock_timestamp()
     where x.job_id = job;

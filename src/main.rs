@@ -30,7 +30,8 @@ enum Command {
         /// URL of a role in bulkhead_worker.
         #[arg(long, env = "DATABASE_URL")]
         database_url: String,
-        /// Name recorded on the jobs this worker leases (default: worker-<pid>).
+        /// Name recorded on the jobs this worker leases; unique per process (default:
+        /// worker-<pid>-<random>, so replicas whose pid is 1 still differ).
         #[arg(long, env = "BULKHEAD_WORKER_NAME")]
         name: Option<String>,
         /// Jobs run at once.
@@ -40,7 +41,7 @@ enum Command {
         #[arg(long, env = "BULKHEAD_WORKER_POLL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
         poll_ms: u64,
         /// Seconds a claimed job stays leased; keep it longer than any provider timeout.
-        #[arg(long, env = "BULKHEAD_WORKER_LEASE_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+        #[arg(long, env = "BULKHEAD_WORKER_LEASE_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86400))]
         lease_secs: u64,
         /// Seconds jobs in flight may take to finish after SIGTERM before they are given back.
         #[arg(long, env = "BULKHEAD_WORKER_SHUTDOWN_SECS", default_value_t = 30)]
@@ -76,7 +77,10 @@ async fn main() -> ExitCode {
             log_format,
         } => worker::run(worker::Config {
             database_url,
-            name: name.unwrap_or_else(|| format!("worker-{}", std::process::id())),
+            name: name.unwrap_or_else(|| {
+                let suffix = uuid::Uuid::new_v4().simple().to_string();
+                format!("worker-{}-{}", std::process::id(), &suffix[..8])
+            }),
             concurrency: usize::from(concurrency),
             poll_interval: Duration::from_millis(poll_ms),
             lease: Duration::from_secs(lease_secs),

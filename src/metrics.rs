@@ -70,6 +70,7 @@ impl Metrics {
         let _ = writeln!(out, "# HELP bulkhead_jobs_total Jobs this worker finished, by kind and outcome (done, failed).");
         let _ = writeln!(out, "# TYPE bulkhead_jobs_total counter");
         for ((kind, outcome), n) in &state.jobs {
+            let kind = label(kind);
             let _ = writeln!(
                 out,
                 "bulkhead_jobs_total{{kind=\"{kind}\",outcome=\"{outcome}\"}} {n}"
@@ -81,6 +82,7 @@ impl Metrics {
         );
         let _ = writeln!(out, "# TYPE bulkhead_job_duration_seconds histogram");
         for (kind, h) in &state.durations {
+            let kind = label(kind);
             for (bound, count) in BUCKETS.iter().zip(h.counts) {
                 let _ = writeln!(out, "bulkhead_job_duration_seconds_bucket{{kind=\"{kind}\",le=\"{bound}\"}} {count}");
             }
@@ -104,20 +106,40 @@ impl Metrics {
     }
 }
 
-/// Answers GET /metrics on `listener` until the task is dropped; anything else gets 404.
+/// Answers GET /metrics on `listener` until the task is dropped; anything else gets 404. At most
+/// 16 connections at once, each given 5 seconds to send its request.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(16));
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            continue;
+        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let (mut stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(_) => {
+                // Out of file descriptors, say: back off instead of spinning.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let metrics = Arc::clone(&metrics);
         tokio::spawn(async move {
-            let mut request = [0u8; 1024];
-            let Ok(n) = stream.read(&mut request).await else {
+            let _permit = permit;
+            let mut request = Vec::with_capacity(1024);
+            let mut chunk = [0u8; 512];
+            let read = tokio::time::timeout(Duration::from_secs(5), async {
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            })
+            .await;
+            if read.is_err() {
                 return;
-            };
-            let ok = request[..n].starts_with(b"GET /metrics ");
-            let (status, body) = if ok {
+            }
+            let (status, body) = if request.starts_with(b"GET /metrics ") {
                 ("200 OK", metrics.render())
             } else {
                 ("404 Not Found", "not found\n".to_string())
@@ -128,5 +150,55 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
             );
             let _ = stream.write_all(response.as_bytes()).await;
         });
+    }
+}
+
+/// A label value in the text format: backslash, quote and newline escaped.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_histograms_and_escaped_labels() {
+        let metrics = Metrics::default();
+        metrics.set_connected(true);
+        metrics.job_finished("noop", "done", Duration::from_millis(3));
+        metrics.job_finished("noop", "done", Duration::from_millis(700));
+        metrics.job_finished("odd\"kind\n", "failed", Duration::from_secs(200));
+        let text = metrics.render();
+        assert!(text.contains("bulkhead_worker_connected 1\n"), "{text}");
+        assert!(
+            text.contains("bulkhead_jobs_total{kind=\"noop\",outcome=\"done\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("bulkhead_job_duration_seconds_bucket{kind=\"noop\",le=\"0.005\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("bulkhead_job_duration_seconds_bucket{kind=\"noop\",le=\"1\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("bulkhead_job_duration_seconds_count{kind=\"noop\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kind=\"odd\\\"kind\\n\",outcome=\"failed\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "bulkhead_job_duration_seconds_bucket{kind=\"odd\\\"kind\\n\",le=\"120\"} 0\n"
+            ),
+            "{text}"
+        );
     }
 }

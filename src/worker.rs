@@ -18,6 +18,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 use uuid::Uuid;
 
 /// How a worker runs; from flags and the environment (see `bulkhead worker --help`).
@@ -73,6 +74,7 @@ pub async fn run(config: Config) -> Result<(), WorkerError> {
         }
         None => None,
     };
+    let mut work = Work::new();
     let (stop_tx, stop) = watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -80,7 +82,7 @@ pub async fn run(config: Config) -> Result<(), WorkerError> {
     });
     let mut backoff = Duration::from_millis(200);
     loop {
-        let session = serve(&config, &metrics, stop.clone()).await;
+        let session = serve(&config, &metrics, &mut work, stop.clone()).await;
         metrics.set_connected(false);
         match session {
             Ok(()) => {
@@ -137,10 +139,69 @@ type Outcome = (
 /// Outcomes recorded per statement, at most.
 const SETTLE_BATCH: usize = 256;
 
+/// What outlives one database session: the jobs this worker holds, their tasks, and outcomes
+/// not yet recorded. After a reconnect they are recorded, not run again.
+struct Work {
+    held: HashMap<Uuid, Claimed>,
+    tasks: JoinSet<()>,
+    outcomes_tx: mpsc::UnboundedSender<Outcome>,
+    outcomes: mpsc::UnboundedReceiver<Outcome>,
+    unrecorded: Vec<Outcome>,
+}
+
+impl Work {
+    fn new() -> Self {
+        let (outcomes_tx, outcomes) = mpsc::unbounded_channel();
+        Work {
+            held: HashMap::new(),
+            tasks: JoinSet::new(),
+            outcomes_tx,
+            outcomes,
+            unrecorded: Vec::new(),
+        }
+    }
+
+    /// Unrecorded outcomes first, then whatever is waiting, up to a batch.
+    fn next_batch(&mut self, first: Option<Outcome>) -> Vec<Outcome> {
+        let mut batch: Vec<Outcome> = self.unrecorded.drain(..).collect();
+        batch.extend(first);
+        while batch.len() < SETTLE_BATCH {
+            match self.outcomes.try_recv() {
+                Ok(more) => batch.push(more),
+                Err(_) => break,
+            }
+        }
+        batch
+    }
+
+    /// Records a batch; on a database error keeps it for the next session.
+    async fn record(
+        &mut self,
+        pool: &PgPool,
+        config: &Config,
+        metrics: &Metrics,
+        batch: Vec<Outcome>,
+    ) -> Result<(), sqlx::Error> {
+        match settle(pool, config, metrics, &batch).await {
+            Ok(()) => {
+                for (job, ..) in &batch {
+                    self.held.remove(&job.id);
+                }
+                Ok(())
+            }
+            Err(err) => {
+                self.unrecorded = batch;
+                Err(err)
+            }
+        }
+    }
+}
+
 /// One connected session of the claim loop.
 async fn serve(
     config: &Config,
     metrics: &Metrics,
+    work: &mut Work,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), WorkerError> {
     let pool = PgPoolOptions::new()
@@ -155,44 +216,65 @@ async fn serve(
         "connected",
         &format!("concurrency={}", config.concurrency),
     );
+    if !work.unrecorded.is_empty() {
+        let batch = work.next_batch(None);
+        work.record(&pool, config, metrics, batch).await?;
+    }
 
-    let (outcomes_tx, mut outcomes) = mpsc::unbounded_channel::<Outcome>();
-    let mut held: HashMap<Uuid, Claimed> = HashMap::new();
     while !*stop.borrow() {
-        let free = config.concurrency.saturating_sub(held.len());
+        let free = config.concurrency.saturating_sub(work.held.len());
         if free > 0 {
             for (job, kind, payload) in claim_and_start(&pool, config, free).await? {
-                held.insert(job.id, job);
-                let outcomes_tx = outcomes_tx.clone();
-                tokio::spawn(async move {
+                work.held.insert(job.id, job);
+                let outcomes_tx = work.outcomes_tx.clone();
+                work.tasks.spawn(async move {
                     let started = Instant::now();
-                    let outcome = execute(&kind, &payload).await;
+                    let outcome = match payload {
+                        Ok(payload) => execute(&kind, &payload).await,
+                        Err(message) => Err(Failure {
+                            message,
+                            transient: false,
+                            retry_after: None,
+                        }),
+                    };
                     let _ = outcomes_tx.send((job, kind, started.elapsed(), outcome));
                 });
             }
         }
         tokio::select! {
             notification = listener.recv() => { notification?; }
-            Some(first) = outcomes.recv() => {
-                settle(&pool, config, metrics, drain(first, &mut outcomes), &mut held).await?;
+            Some(first) = work.outcomes.recv() => {
+                let batch = work.next_batch(Some(first));
+                work.record(&pool, config, metrics, batch).await?;
             }
+            Some(_) = work.tasks.join_next(), if !work.tasks.is_empty() => {}
             _ = tokio::time::sleep(config.poll_interval) => {}
             _ = stop.changed() => {}
         }
     }
 
-    // Shutting down: let jobs in flight finish for a while, then give back what is left.
+    // Shutting down: let jobs in flight finish for a while, record every outcome that came in,
+    // then give back the jobs still held.
     let deadline = tokio::time::sleep(config.shutdown_grace);
     tokio::pin!(deadline);
-    while !held.is_empty() {
+    while !work.held.is_empty() {
         tokio::select! {
-            Some(first) = outcomes.recv() => {
-                settle(&pool, config, metrics, drain(first, &mut outcomes), &mut held).await?;
+            Some(first) = work.outcomes.recv() => {
+                let batch = work.next_batch(Some(first));
+                work.record(&pool, config, metrics, batch).await?;
             }
             _ = &mut deadline => break,
         }
     }
-    for job in held.into_values() {
+    work.tasks.abort_all();
+    while !work.tasks.is_empty() {
+        let _ = work.tasks.join_next().await;
+    }
+    let batch = work.next_batch(None);
+    if !batch.is_empty() {
+        work.record(&pool, config, metrics, batch).await?;
+    }
+    for job in std::mem::take(&mut work.held).into_values() {
         if let Err(err) = release(&pool, &config.name, job).await {
             log(
                 config,
@@ -204,24 +286,16 @@ async fn serve(
     Ok(())
 }
 
-/// The first outcome and whatever else is already waiting, up to a batch.
-fn drain(first: Outcome, outcomes: &mut mpsc::UnboundedReceiver<Outcome>) -> Vec<Outcome> {
-    let mut batch = vec![first];
-    while batch.len() < SETTLE_BATCH {
-        match outcomes.try_recv() {
-            Ok(more) => batch.push(more),
-            Err(_) => break,
-        }
-    }
-    batch
-}
+/// A claimed job's payload, or why it could not be read (a payload serde_json refuses, e.g.
+/// nested deeper than 128 levels: the job fails for good, the worker goes on).
+type Payload = Result<serde_json::Value, String>;
 
 /// Claims up to `max_jobs` and reads them, each inside its tenant's context, in one round trip.
 async fn claim_and_start(
     pool: &PgPool,
     config: &Config,
     max_jobs: usize,
-) -> Result<Vec<(Claimed, String, serde_json::Value)>, sqlx::Error> {
+) -> Result<Vec<(Claimed, String, Payload)>, sqlx::Error> {
     let lease_ms = i64::try_from(config.lease.as_millis()).unwrap_or(i64::MAX);
     let rows = sqlx::query(
         "select job_id, tenant_id, kind, payload
@@ -232,19 +306,19 @@ async fn claim_and_start(
     .bind(lease_ms)
     .fetch_all(pool)
     .await?;
-    Ok(rows
-        .iter()
-        .map(|row| {
-            (
-                Claimed {
-                    id: row.get(0),
-                    tenant: row.get(1),
-                },
-                row.get(2),
-                row.get(3),
-            )
-        })
-        .collect())
+    let mut claimed = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let job = Claimed {
+            id: row.try_get(0)?,
+            tenant: row.try_get(1)?,
+        };
+        let kind: String = row.try_get(2)?;
+        let payload = row
+            .try_get::<serde_json::Value, _>(3)
+            .map_err(|err| format!("the payload cannot be read: {err}"));
+        claimed.push((job, kind, payload));
+    }
+    Ok(claimed)
 }
 
 /// The work itself, by kind. Kinds join as the daemon learns them (see jobs_kind_known).
@@ -266,18 +340,15 @@ async fn settle(
     pool: &PgPool,
     config: &Config,
     metrics: &Metrics,
-    batch: Vec<Outcome>,
-    held: &mut HashMap<Uuid, Claimed>,
+    batch: &[Outcome],
 ) -> Result<(), sqlx::Error> {
     let mut done_ids = Vec::new();
     let mut done_results = Vec::new();
     for (job, kind, took, outcome) in batch {
-        held.remove(&job.id);
-        metrics.job_finished(&kind, if outcome.is_ok() { "done" } else { "failed" }, took);
         match outcome {
             Ok(result) => {
                 done_ids.push(job.id);
-                done_results.push(result);
+                done_results.push(result.clone());
             }
             Err(failure) => {
                 let retry_after_ms = failure
@@ -293,12 +364,17 @@ async fn settle(
                 .bind(retry_after_ms)
                 .execute(pool)
                 .await;
-                if let Err(err) = failed {
-                    log(
-                        config,
-                        "outcome_not_recorded",
-                        &format!("job={} tenant={} error={err}", job.id, job.tenant),
-                    );
+                match failed {
+                    Ok(_) => metrics.job_finished(kind, "failed", *took),
+                    // A job whose lease is gone (55000) has a new holder; anything else retries.
+                    Err(sqlx::Error::Database(err)) if err.code().as_deref() == Some("55000") => {
+                        log(
+                            config,
+                            "lease_lost",
+                            &format!("job={} tenant={}", job.id, job.tenant),
+                        );
+                    }
+                    Err(err) => return Err(err),
                 }
             }
         }
@@ -310,6 +386,11 @@ async fn settle(
             .bind(&done_results)
             .fetch_one(pool)
             .await?;
+        for (_, kind, took, outcome) in batch {
+            if outcome.is_ok() {
+                metrics.job_finished(kind, "done", *took);
+            }
+        }
         if usize::try_from(recorded).ok() != Some(done_ids.len()) {
             log(
                 config,

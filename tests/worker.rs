@@ -104,6 +104,13 @@ async fn workers_drain_every_tenant_and_lose_nothing_when_killed() {
     );
     enqueue(&mut conn, a, 100).await;
     enqueue(&mut conn, b, 100).await;
+    // A poison payload (nested deeper than serde_json reads) fails for good; the worker goes on.
+    let mut tx = common::begin_as(&mut conn, b).await.unwrap();
+    sqlx::query("select bulkhead.enqueue_job('noop', jsonb_build_object('deep', (repeat('[', 200) || repeat(']', 200))::jsonb))")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
     let metrics_addr = "127.0.0.1:54391";
     let mut worker = start_worker_with(
         "drain",
@@ -111,8 +118,12 @@ async fn workers_drain_every_tenant_and_lose_nothing_when_killed() {
         &["--metrics-addr", metrics_addr, "--log-format", "json"],
         Stdio::piped(),
     );
-    let (done, dead, attempts) = wait_until_done(&[a, b], 200, Duration::from_secs(60)).await;
-    assert_eq!((done, dead, attempts), (200, 0, 1), "every job done once");
+    let (done, dead, attempts) = wait_until_done(&[a, b], 201, Duration::from_secs(60)).await;
+    assert_eq!(
+        (done, dead, attempts),
+        (200, 1, 1),
+        "every job done once, the poison one dead"
+    );
     let results: i64 = sqlx::query_scalar(
         "select count(*) from bulkhead.jobs where tenant_id = any($1) and result = '{\"ok\": true}'",
     )
@@ -134,8 +145,12 @@ async fn workers_drain_every_tenant_and_lose_nothing_when_killed() {
     };
     assert!(counted("bulkhead_jobs_total{kind=\"noop\",outcome=\"done\"}") >= 200);
     assert_eq!(
+        counted("bulkhead_jobs_total{kind=\"noop\",outcome=\"failed\"}"),
+        1
+    );
+    assert_eq!(
         counted("bulkhead_job_duration_seconds_count{kind=\"noop\"}"),
-        counted("bulkhead_jobs_total{kind=\"noop\",outcome=\"done\"}")
+        counted("bulkhead_jobs_total{kind=\"noop\",outcome=\"done\"}") + 1
     );
     let term = Command::new("kill")
         .args(["-TERM", &worker.id().to_string()])

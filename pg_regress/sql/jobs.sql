@@ -30,6 +30,13 @@ grant select on a_jobs to public;
 select bulkhead.enqueue_job('noop', '{}', idempotency_key => 'once') = bulkhead.enqueue_job('noop', '{"other": 1}', idempotency_key => 'once') as idempotent;
 select pg_temp.attempt($q$select bulkhead.enqueue_job('launch_missiles')$q$) as unknown_kind;
 select pg_temp.attempt($q$select bulkhead.enqueue_job('noop', '[1]')$q$) as payload_not_object;
+select pg_temp.attempt($q$select bulkhead.enqueue_job('noop', idempotency_key => '')$q$) as empty_key;
+select pg_temp.attempt($q$select bulkhead.enqueue_job('noop', run_at => now() + interval '31 days')$q$) as too_far_ahead;
+select pg_temp.attempt($q$select bulkhead.enqueue_job('noop', jsonb_build_object('big', repeat('x', 300000)))$q$) as payload_too_big;
+-- No queue jumping: a run_at in the past (even -infinity) means now.
+create temp table jumper as select bulkhead.enqueue_job('noop', '{"jump": true}', run_at => '-infinity') as id;
+grant select on jumper to public;
+select state, attempts from bulkhead.job_status((select id from jumper));
 select pg_temp.attempt($q$select count(*) from bulkhead.job_schedule$q$) as app_reads_schedule;
 select pg_temp.attempt($q$select count(*) from bulkhead.claim_jobs('app')$q$) as app_claims;
 select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
@@ -50,6 +57,7 @@ select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000a');
 select bulkhead.complete_job(id, 'w1', '{"ok": true}') from a_jobs limit 1;
 select pg_temp.attempt($q$select bulkhead.complete_job((select id from a_jobs offset 1 limit 1), 'w2')$q$) as other_worker;
 select pg_temp.attempt($q$select bulkhead.complete_job((select job_id from claimed where tenant_id = '00000000-0000-4000-8000-00000000000b'), 'w1')$q$) as wrong_tenant_context;
+select pg_temp.attempt($q$select count(*) from bulkhead.start_job((select job_id from claimed where tenant_id = '00000000-0000-4000-8000-00000000000b'), 'w1')$q$) as start_in_wrong_context;
 select bulkhead.fail_job((select id from a_jobs offset 1 limit 1), 'w1', 'provider 503') as transient_failure;
 select bulkhead.fail_job((select id from a_jobs offset 2 limit 1), 'w1', 'provider 429', retry_after => '30 seconds') as rate_limited;
 select bulkhead.fail_job((select id from bulkhead.jobs where idempotency_key = 'once'), 'w1', 'provider 400: bad request', transient => false) as permanent_failure;
@@ -58,6 +66,12 @@ select j.payload, s.state, s.attempts, s.run_at > clock_timestamp() as retry_lat
 from bulkhead.jobs j join bulkhead.job_schedule s on s.job_id = j.id
 where j.tenant_id = '00000000-0000-4000-8000-00000000000a' order by j.created_at, j.payload::text;
 select job_tenant, attempts from bulkhead.dead_letters;
+set local role regress_job_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000a');
+select s.state, s.result from a_jobs, bulkhead.job_status(a_jobs.id) s order by s.state;
+select pg_temp.attempt($q$select run_at from bulkhead.job_schedule limit 1$q$) as app_cannot_read_schedule;
+reset role;
+select run_at > '-infinity' and run_at >= now() as jumper_runs_now from bulkhead.job_schedule where job_id = (select id from jumper);
 
 -- A lease that runs out makes the job claimable again; past max_attempts it dies instead.
 set local role regress_job_app;
