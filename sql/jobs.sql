@@ -8,7 +8,9 @@
 
 create table bulkhead.jobs (
     tenant_id       uuid        not null,
-    id              uuid        not null default pg_catalog.gen_random_uuid(),
+    -- A number, not a uuid: bulkhead.complete() returns it. Its gaps show how busy the platform
+    -- is, nothing about whose jobs they were.
+    id              bigint      not null generated always as identity,
     kind            text        not null,
     payload         jsonb       not null default '{}',
     idempotency_key text,
@@ -19,13 +21,15 @@ create table bulkhead.jobs (
     constraint jobs_idempotency_key unique (tenant_id, idempotency_key),
     constraint jobs_tenant_fkey foreign key (tenant_id) references bulkhead.tenants (id),
     -- Kinds join as the daemon learns to run them.
-    constraint jobs_kind_known check (kind in ('noop')),
+    -- noop: does nothing (tests, benchmarks). completion: one provider call queued by
+    -- bulkhead.complete(), which alone may queue it (its payload names an open reservation).
+    constraint jobs_kind_known check (kind in ('noop', 'completion')),
     constraint jobs_payload_object check (pg_catalog.jsonb_typeof(payload) = 'object'),
     constraint jobs_idempotency_key_length check (pg_catalog.char_length(idempotency_key) between 1 and 200)
 );
 
 create table bulkhead.job_schedule (
-    job_id       uuid        not null,
+    job_id       bigint      not null,
     job_tenant   uuid        not null,
     state        text        not null default 'queued',
     attempts     int         not null default 0,
@@ -67,6 +71,7 @@ grant select, insert, update on bulkhead.job_schedule to bulkhead_meter;
 grant select on bulkhead.job_schedule to bulkhead_admin;
 select pg_catalog.pg_extension_config_dump('bulkhead.jobs', '');
 select pg_catalog.pg_extension_config_dump('bulkhead.job_schedule', '');
+select pg_catalog.pg_extension_config_dump('bulkhead.jobs_id_seq', '');
 
 -- Dead jobs, for operators: which job of which tenant, after how many attempts, since when. The
 -- kind and last error are tenant data: job_status shows them inside the tenant's context.
@@ -78,22 +83,22 @@ grant select on bulkhead.dead_letters to bulkhead_worker, bulkhead_admin;
 
 -- Queues a job for the current tenant; returns its id. With an idempotency key, queueing the
 -- same key again returns the first job. The daemon wakes at commit (NOTIFY bulkhead_jobs).
--- SECURITY DEFINER (as bulkhead_meter): applications cannot write the schedule themselves.
-create function bulkhead.enqueue_job(
+-- Private (bulkhead_meter): enqueue_job() and complete() check what only they may queue.
+create function bulkhead._enqueue(
     kind text,
-    payload jsonb default '{}',
-    idempotency_key text default null,
-    run_at timestamptz default null,
-    max_attempts int default 5
+    payload jsonb,
+    idempotency_key text,
+    run_at timestamptz,
+    max_attempts int
 )
-returns uuid
+returns bigint
 language plpgsql volatile
-security definer
+security invoker
 set search_path to pg_catalog, pg_temp
 as $$
 declare
     tenant uuid := bulkhead.current_tenant();
-    job uuid;
+    job bigint;
 begin
     if tenant is null then
         raise exception 'no tenant context'
@@ -120,24 +125,24 @@ begin
     end if;
     if idempotency_key is not null then
         select j.id into job from bulkhead.jobs j
-        where j.tenant_id = tenant and j.idempotency_key = enqueue_job.idempotency_key;
+        where j.tenant_id = tenant and j.idempotency_key = _enqueue.idempotency_key;
         if found then
             return job;
         end if;
     end if;
     begin
         insert into bulkhead.jobs (tenant_id, kind, payload, idempotency_key)
-        values (tenant, enqueue_job.kind, enqueue_job.payload, enqueue_job.idempotency_key)
+        values (tenant, _enqueue.kind, _enqueue.payload, _enqueue.idempotency_key)
         returning id into job;
     exception
         when check_violation then
             raise exception 'unknown job kind %', pg_catalog.quote_literal(kind)
-                using errcode = '22023', detail = 'Known kinds: noop.';
+                using errcode = '22023', detail = 'Known kinds: noop, completion.';
         when unique_violation then
             -- A concurrent enqueue of the same key won: answer with its job (invisible to a
             -- REPEATABLE READ snapshot taken before it committed: then retry the transaction).
             select j.id into job from bulkhead.jobs j
-            where j.tenant_id = tenant and j.idempotency_key = enqueue_job.idempotency_key;
+            where j.tenant_id = tenant and j.idempotency_key = _enqueue.idempotency_key;
             if job is null then
                 raise exception 'a concurrent enqueue of this idempotency key is not visible yet'
                     using errcode = '40001', hint = 'Retry the transaction.';
@@ -145,10 +150,35 @@ begin
             return job;
     end;
     insert into bulkhead.job_schedule (job_id, job_tenant, max_attempts, run_at)
-    values (job, tenant, enqueue_job.max_attempts,
-            greatest(coalesce(enqueue_job.run_at, pg_catalog.clock_timestamp()), pg_catalog.clock_timestamp()));
+    values (job, tenant, _enqueue.max_attempts,
+            greatest(coalesce(_enqueue.run_at, pg_catalog.clock_timestamp()), pg_catalog.clock_timestamp()));
     perform pg_catalog.pg_notify('bulkhead_jobs', '');
     return job;
+end
+$$;
+
+-- The public way to queue a job. SECURITY DEFINER (as bulkhead_meter): applications cannot
+-- write the schedule themselves. Completions are queued by bulkhead.complete() only, which
+-- admits them against the budget first.
+create function bulkhead.enqueue_job(
+    kind text,
+    payload jsonb default '{}',
+    idempotency_key text default null,
+    run_at timestamptz default null,
+    max_attempts int default 5
+)
+returns bigint
+language plpgsql volatile
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+begin
+    if kind = 'completion' then
+        raise exception 'completion jobs are queued by bulkhead.complete()'
+            using errcode = '42501',
+                  detail = 'complete() admits the call against the tenant''s budget and renders its prompt in the same transaction.';
+    end if;
+    return bulkhead._enqueue(kind, payload, idempotency_key, run_at, max_attempts);
 end
 $$;
 comment on function bulkhead.enqueue_job(text, jsonb, text, timestamptz, int) is
@@ -158,7 +188,7 @@ comment on function bulkhead.enqueue_job(text, jsonb, text, timestamptz, int) is
 -- come, and running jobs whose lease ran out. Counts the attempt now. Jobs that ran out of
 -- attempts while leased die instead. SKIP LOCKED: many workers claim side by side.
 create function bulkhead.claim_jobs(worker text, max_jobs int default 10, lease interval default '5 minutes')
-returns table (job_id uuid, tenant_id uuid, attempts int)
+returns table (job_id bigint, tenant_id uuid, attempts int)
 language plpgsql volatile
 security invoker
 set search_path to pg_catalog, pg_temp
@@ -204,7 +234,7 @@ comment on function bulkhead.claim_jobs(text, int, interval) is
     'Claims due jobs for a worker (FOR UPDATE SKIP LOCKED), counting the attempt. bulkhead_worker only.';
 
 -- The schedule row of a job this worker holds, locked; raises if the lease is no longer its.
-create function bulkhead._held_job(job uuid, worker text)
+create function bulkhead._held_job(job bigint, worker text)
 returns bulkhead.job_schedule
 language plpgsql volatile
 security invoker
@@ -233,7 +263,7 @@ $$;
 
 -- Starts a held job: enters its tenant's context (for the rest of the transaction) and returns
 -- what the worker needs, read under row level security. One round trip for the worker.
-create function bulkhead.start_job(job uuid, worker text)
+create function bulkhead.start_job(job bigint, worker text)
 returns table (kind text, payload jsonb)
 language plpgsql volatile
 security invoker
@@ -258,7 +288,7 @@ end
 $$;
 
 -- Records a job's success (as the worker holding it, in the job's tenant context).
-create function bulkhead.complete_job(job uuid, worker text, result jsonb default null)
+create function bulkhead.complete_job(job bigint, worker text, result jsonb default null)
 returns void
 language plpgsql volatile
 security invoker
@@ -278,7 +308,7 @@ $$;
 -- is given back) or after a capped, jittered exponential backoff; a permanent one, or one past
 -- max_attempts, is dead.
 create function bulkhead.fail_job(
-    job uuid, worker text, error text, transient boolean default true, retry_after interval default null
+    job bigint, worker text, error text, transient boolean default true, retry_after interval default null
 )
 returns text
 language plpgsql volatile
@@ -303,6 +333,10 @@ begin
         delay := pg_catalog.make_interval(secs => least(300, 2 ^ (s.attempts - 1)) * (0.5 + pg_catalog.random() / 2));
     else
         next_state := 'dead';
+        -- A completion that will not be made stops holding its tenant's budget now.
+        perform bulkhead._cancel_reservation((j.payload ->> 'reservation')::uuid)
+        from bulkhead.jobs j
+        where j.tenant_id = bulkhead.current_tenant() and j.id = job and j.kind = 'completion';
     end if;
     update bulkhead.job_schedule x
     set state = next_state, attempts = s.attempts, deferrals = s.deferrals, leased_by = null, leased_until = null,
@@ -314,7 +348,7 @@ end
 $$;
 
 -- Gives a held job back untouched (a worker shutting down): its attempt is returned.
-create function bulkhead.release_job(job uuid, worker text)
+create function bulkhead.release_job(job bigint, worker text)
 returns void
 language plpgsql volatile
 security invoker
@@ -334,13 +368,13 @@ $$;
 -- tenant's jobs are read inside that tenant's context (row level security decides), one tenant
 -- at a time; the context is cleared again before returning.
 create function bulkhead.claim_and_start_jobs(worker text, max_jobs int default 10, lease interval default '5 minutes')
-returns table (job_id uuid, tenant_id uuid, kind text, payload jsonb)
+returns table (job_id bigint, tenant_id uuid, kind text, payload jsonb)
 language plpgsql volatile
 security invoker
 set search_path to pg_catalog, pg_temp
 as $$
 declare
-    claimed uuid[];
+    claimed bigint[];
     claimed_tenants uuid[];
     tenant uuid;
 begin
@@ -362,7 +396,7 @@ $$;
 
 -- Records many successes in one round trip, tenant by tenant in each tenant's context. Jobs
 -- this worker no longer holds (a lease ran out) are skipped; returns how many were recorded.
-create function bulkhead.complete_jobs(worker text, jobs uuid[], results jsonb[])
+create function bulkhead.complete_jobs(worker text, jobs bigint[], results jsonb[])
 returns int
 language plpgsql volatile
 security invoker
@@ -403,7 +437,7 @@ end
 $$;
 
 -- A job's state and result, for the tenant that queued it.
-create function bulkhead.job_status(job uuid)
+create function bulkhead.job_status(job bigint)
 returns table (state text, attempts int, result jsonb, last_error text)
 language sql stable
 security definer
@@ -413,25 +447,27 @@ as $$
     from bulkhead.jobs j join bulkhead.job_schedule s on s.job_id = j.id and s.job_tenant = j.tenant_id
     where j.tenant_id = bulkhead.current_tenant() and j.id = job
 $$;
-comment on function bulkhead.job_status(uuid) is
+comment on function bulkhead.job_status(bigint) is
     'State, attempts, result and last error of one of the current tenant''s jobs.';
 
 alter function bulkhead.enqueue_job(text, jsonb, text, timestamptz, int) owner to bulkhead_meter;
-alter function bulkhead.job_status(uuid) owner to bulkhead_meter;
+alter function bulkhead.job_status(bigint) owner to bulkhead_meter;
 
+revoke all on function bulkhead._enqueue(text, jsonb, text, timestamptz, int) from public;
 revoke all on function bulkhead.enqueue_job(text, jsonb, text, timestamptz, int) from public;
+grant execute on function bulkhead._enqueue(text, jsonb, text, timestamptz, int) to bulkhead_meter;
 revoke all on function bulkhead.claim_jobs(text, int, interval) from public;
-revoke all on function bulkhead._held_job(uuid, text) from public;
-revoke all on function bulkhead.complete_job(uuid, text, jsonb) from public;
-revoke all on function bulkhead.start_job(uuid, text) from public;
+revoke all on function bulkhead._held_job(bigint, text) from public;
+revoke all on function bulkhead.complete_job(bigint, text, jsonb) from public;
+revoke all on function bulkhead.start_job(bigint, text) from public;
 revoke all on function bulkhead.claim_and_start_jobs(text, int, interval) from public;
-revoke all on function bulkhead.complete_jobs(text, uuid[], jsonb[]) from public;
-revoke all on function bulkhead.fail_job(uuid, text, text, boolean, interval) from public;
-revoke all on function bulkhead.release_job(uuid, text) from public;
-revoke all on function bulkhead.job_status(uuid) from public;
-grant execute on function bulkhead.enqueue_job(text, jsonb, text, timestamptz, int), bulkhead.job_status(uuid)
+revoke all on function bulkhead.complete_jobs(text, bigint[], jsonb[]) from public;
+revoke all on function bulkhead.fail_job(bigint, text, text, boolean, interval) from public;
+revoke all on function bulkhead.release_job(bigint, text) from public;
+revoke all on function bulkhead.job_status(bigint) from public;
+grant execute on function bulkhead.enqueue_job(text, jsonb, text, timestamptz, int), bulkhead.job_status(bigint)
     to bulkhead_app, bulkhead_worker, bulkhead_admin;
-grant execute on function bulkhead.claim_jobs(text, int, interval), bulkhead._held_job(uuid, text),
-    bulkhead.start_job(uuid, text), bulkhead.complete_job(uuid, text, jsonb), bulkhead.fail_job(uuid, text, text, boolean, interval),
-    bulkhead.claim_and_start_jobs(text, int, interval), bulkhead.complete_jobs(text, uuid[], jsonb[]),
-    bulkhead.release_job(uuid, text) to bulkhead_worker;
+grant execute on function bulkhead.claim_jobs(text, int, interval), bulkhead._held_job(bigint, text),
+    bulkhead.start_job(bigint, text), bulkhead.complete_job(bigint, text, jsonb), bulkhead.fail_job(bigint, text, text, boolean, interval),
+    bulkhead.claim_and_start_jobs(text, int, interval), bulkhead.complete_jobs(text, bigint[], jsonb[]),
+    bulkhead.release_job(bigint, text) to bulkhead_worker;

@@ -7,8 +7,10 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod credentials;
 mod demo;
 mod metrics;
+mod providers;
 mod worker;
 
 #[derive(Parser)]
@@ -52,6 +54,31 @@ enum Command {
         /// Log format: text, or json (one object per line, on stderr).
         #[arg(long, env = "BULKHEAD_WORKER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
         log_format: String,
+        /// Process until no job is runnable and none is in flight, then exit 0 (for scripts
+        /// and tests). Jobs waiting for a retry later are left queued.
+        #[arg(long)]
+        drain: bool,
+        /// OpenAI's base URL, as the OpenAI SDKs take it.
+        #[arg(
+            long,
+            env = "OPENAI_BASE_URL",
+            default_value = "https://api.openai.com/v1"
+        )]
+        openai_base_url: String,
+        /// Anthropic's base URL, as the Anthropic SDKs take it (without /v1).
+        #[arg(
+            long,
+            env = "ANTHROPIC_BASE_URL",
+            default_value = "https://api.anthropic.com"
+        )]
+        anthropic_base_url: String,
+        /// Base URL (with /v1) of the OpenAI-compatible server (vLLM, Ollama, llama.cpp) that
+        /// the openai_compatible provider names.
+        #[arg(long, env = "OPENAI_COMPATIBLE_BASE_URL")]
+        openai_compatible_base_url: Option<String>,
+        /// Seconds one provider call may take; must be shorter than the lease.
+        #[arg(long, env = "BULKHEAD_PROVIDER_TIMEOUT_SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        provider_timeout_secs: u64,
     },
     /// Narrated walk-through of tenant isolation on a fresh database (recreated at every run).
     Demo {
@@ -75,6 +102,11 @@ async fn main() -> ExitCode {
             shutdown_secs,
             metrics_addr,
             log_format,
+            drain,
+            openai_base_url,
+            anthropic_base_url,
+            openai_compatible_base_url,
+            provider_timeout_secs,
         } => worker::run(worker::Config {
             database_url,
             name: name.unwrap_or_else(|| {
@@ -87,6 +119,13 @@ async fn main() -> ExitCode {
             shutdown_grace: Duration::from_secs(shutdown_secs),
             metrics_addr,
             json_logs: log_format == "json",
+            drain,
+            endpoints: providers::Endpoints {
+                openai: openai_base_url,
+                anthropic: anthropic_base_url,
+                openai_compatible: openai_compatible_base_url,
+            },
+            provider_timeout: Duration::from_secs(provider_timeout_secs),
         })
         .await
         .map_err(|e| e.to_string()),

@@ -22,6 +22,8 @@ struct State {
     /// Jobs finished, by (kind, outcome).
     jobs: BTreeMap<(String, &'static str), u64>,
     durations: BTreeMap<String, Histogram>,
+    /// Failed provider calls, by (provider, class).
+    provider_errors: BTreeMap<(String, &'static str), u64>,
     connected: bool,
 }
 
@@ -46,6 +48,17 @@ impl Metrics {
         }
         histogram.count += 1;
         histogram.sum += seconds;
+    }
+
+    /// A provider call that failed; `class` is rate_limited, server, timeout, connect, client or
+    /// malformed (never anything from the response, which could echo a key).
+    pub fn provider_error(&self, provider: &str, class: &'static str) {
+        if let Ok(mut state) = self.state.lock() {
+            *state
+                .provider_errors
+                .entry((provider.to_string(), class))
+                .or_default() += 1;
+        }
     }
 
     pub fn set_connected(&self, connected: bool) {
@@ -74,6 +87,15 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "bulkhead_jobs_total{{kind=\"{kind}\",outcome=\"{outcome}\"}} {n}"
+            );
+        }
+        let _ = writeln!(out, "# HELP bulkhead_provider_errors_total Failed provider calls, by provider and class (rate_limited, server, timeout, connect, client, malformed).");
+        let _ = writeln!(out, "# TYPE bulkhead_provider_errors_total counter");
+        for ((provider, class), n) in &state.provider_errors {
+            let provider = label(provider);
+            let _ = writeln!(
+                out,
+                "bulkhead_provider_errors_total{{provider=\"{provider}\",class=\"{class}\"}} {n}"
             );
         }
         let _ = writeln!(

@@ -10,7 +10,9 @@
 //! SIGTERM or SIGINT stops the claiming, waits up to `shutdown_grace` for jobs in flight, and
 //! gives the rest back (`bulkhead.release_job`).
 
+use crate::credentials;
 use crate::metrics::{self, Metrics};
+use crate::providers::{self, CallError, Completion, Providers};
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use sqlx::Row;
 use std::collections::HashMap;
@@ -34,6 +36,12 @@ pub struct Config {
     pub metrics_addr: Option<SocketAddr>,
     /// One JSON object per log line instead of text.
     pub json_logs: bool,
+    /// Exit once no job is runnable and none is in flight (instead of waiting for more).
+    pub drain: bool,
+    /// Where the providers are reached.
+    pub endpoints: providers::Endpoints,
+    /// How long one provider call may take; shorter than the lease.
+    pub provider_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,12 +53,16 @@ pub enum WorkerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("the lease ({lease:?}) must be longer than the provider timeout ({timeout:?}), or a slow call would run twice")]
+    LeaseTooShort { lease: Duration, timeout: Duration },
 }
 
 /// A claimed job, as `claim_jobs` returns it.
 #[derive(Debug, Clone, Copy)]
 struct Claimed {
-    id: Uuid,
+    id: i64,
     tenant: Uuid,
 }
 
@@ -62,8 +74,34 @@ struct Failure {
     retry_after: Option<Duration>,
 }
 
-/// Runs until SIGTERM or SIGINT; reconnects after connection failures.
+/// How a job ended well: a result to record as is, or a provider call to settle.
+#[derive(Debug)]
+enum Finish {
+    Result(serde_json::Value),
+    Completion(Completion),
+}
+
+/// What a job's task needs besides its payload.
+struct TaskContext {
+    pool: PgPool,
+    providers: Arc<Providers>,
+    metrics: Arc<Metrics>,
+    worker: String,
+}
+
+/// Runs until SIGTERM or SIGINT (or, with `drain`, until the queue is empty); reconnects after
+/// connection failures.
 pub async fn run(config: Config) -> Result<(), WorkerError> {
+    if config.lease <= config.provider_timeout {
+        return Err(WorkerError::LeaseTooShort {
+            lease: config.lease,
+            timeout: config.provider_timeout,
+        });
+    }
+    let providers = Arc::new(Providers::new(
+        config.endpoints.clone(),
+        config.provider_timeout,
+    )?);
     let metrics = Arc::new(Metrics::default());
     let _endpoint = match config.metrics_addr {
         Some(addr) => {
@@ -82,7 +120,7 @@ pub async fn run(config: Config) -> Result<(), WorkerError> {
     });
     let mut backoff = Duration::from_millis(200);
     loop {
-        let session = serve(&config, &metrics, &mut work, stop.clone()).await;
+        let session = serve(&config, &metrics, &providers, &mut work, stop.clone()).await;
         metrics.set_connected(false);
         match session {
             Ok(()) => {
@@ -129,12 +167,7 @@ async fn wait_for_signal() {
 }
 
 /// A job's outcome, sent by its task to the loop, which records outcomes in batches.
-type Outcome = (
-    Claimed,
-    String,
-    Duration,
-    Result<serde_json::Value, Failure>,
-);
+type Outcome = (Claimed, String, Duration, Result<Finish, Failure>);
 
 /// Outcomes recorded per statement, at most.
 const SETTLE_BATCH: usize = 256;
@@ -142,7 +175,7 @@ const SETTLE_BATCH: usize = 256;
 /// What outlives one database session: the jobs this worker holds, their tasks, and outcomes
 /// not yet recorded. After a reconnect they are recorded, not run again.
 struct Work {
-    held: HashMap<Uuid, Claimed>,
+    held: HashMap<i64, Claimed>,
     tasks: JoinSet<()>,
     outcomes_tx: mpsc::UnboundedSender<Outcome>,
     outcomes: mpsc::UnboundedReceiver<Outcome>,
@@ -200,7 +233,8 @@ impl Work {
 /// One connected session of the claim loop.
 async fn serve(
     config: &Config,
-    metrics: &Metrics,
+    metrics: &Arc<Metrics>,
+    providers: &Arc<Providers>,
     work: &mut Work,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), WorkerError> {
@@ -221,16 +255,26 @@ async fn serve(
         work.record(&pool, config, metrics, batch).await?;
     }
 
+    let context = Arc::new(TaskContext {
+        pool: pool.clone(),
+        providers: Arc::clone(providers),
+        metrics: Arc::clone(metrics),
+        worker: config.name.clone(),
+    });
     while !*stop.borrow() {
         let free = config.concurrency.saturating_sub(work.held.len());
+        let mut claimed_now = 0;
         if free > 0 {
-            for (job, kind, payload) in claim_and_start(&pool, config, free).await? {
+            let claimed = claim_and_start(&pool, config, free).await?;
+            claimed_now = claimed.len();
+            for (job, kind, payload) in claimed {
                 work.held.insert(job.id, job);
                 let outcomes_tx = work.outcomes_tx.clone();
+                let context = Arc::clone(&context);
                 work.tasks.spawn(async move {
                     let started = Instant::now();
                     let outcome = match payload {
-                        Ok(payload) => execute(&kind, &payload).await,
+                        Ok(payload) => execute(&context, job, &kind, &payload).await,
                         Err(message) => Err(Failure {
                             message,
                             transient: false,
@@ -240,6 +284,10 @@ async fn serve(
                     let _ = outcomes_tx.send((job, kind, started.elapsed(), outcome));
                 });
             }
+        }
+        if config.drain && claimed_now == 0 && work.held.is_empty() {
+            log(config, "drained", "");
+            break;
         }
         tokio::select! {
             notification = listener.recv() => { notification?; }
@@ -322,14 +370,101 @@ async fn claim_and_start(
 }
 
 /// The work itself, by kind. Kinds join as the daemon learns them (see jobs_kind_known).
-async fn execute(kind: &str, _payload: &serde_json::Value) -> Result<serde_json::Value, Failure> {
+async fn execute(
+    context: &TaskContext,
+    job: Claimed,
+    kind: &str,
+    payload: &serde_json::Value,
+) -> Result<Finish, Failure> {
     match kind {
-        "noop" => Ok(serde_json::json!({"ok": true})),
-        other => Err(Failure {
-            message: format!("this worker cannot run jobs of kind {other:?}"),
+        "noop" => Ok(Finish::Result(serde_json::json!({"ok": true}))),
+        "completion" => complete(context, job, payload)
+            .await
+            .map(Finish::Completion),
+        other => Err(Failure::permanent(format!(
+            "this worker cannot run jobs of kind {other:?}"
+        ))),
+    }
+}
+
+/// One queued completion: the tenant's credential, resolved now, and the provider call. The
+/// settle happens when the outcome is recorded (`_finish_completion`).
+async fn complete(
+    context: &TaskContext,
+    job: Claimed,
+    payload: &serde_json::Value,
+) -> Result<Completion, Failure> {
+    let text = |name: &str| {
+        payload[name]
+            .as_str()
+            .ok_or_else(|| Failure::permanent(format!("the completion payload has no {name}")))
+    };
+    let provider = text("provider")?;
+    let max_output_tokens = payload["max_output_tokens"]
+        .as_u64()
+        .and_then(|n| u32::try_from(n).ok())
+        .ok_or_else(|| {
+            Failure::permanent("the completion payload has no max_output_tokens".into())
+        })?;
+    let credential = sqlx::query_as::<_, (String, Option<String>)>(
+        "select secret_ref, provider_project_id from bulkhead.job_credential($1, $2, $3)",
+    )
+    .bind(job.id)
+    .bind(&context.worker)
+    .bind(provider)
+    .fetch_optional(&context.pool)
+    .await
+    .map_err(|err| Failure::transient(format!("reading the credential failed: {err}")))?;
+    let Some((secret_ref, project)) = credential else {
+        return Err(Failure::permanent(format!(
+            "the tenant has no {provider} credential and there is no shared one (bulkhead.set_credential)"
+        )));
+    };
+    let key = credentials::resolve(&secret_ref, &context.pool)
+        .await
+        .map_err(Failure::permanent)?;
+    let request = providers::Request {
+        provider,
+        model: text("model")?,
+        prompt: text("prompt")?,
+        max_output_tokens,
+        stream: payload["stream"].as_bool().unwrap_or(false),
+        est_input_tokens: payload["est_input_tokens"].as_u64().unwrap_or(0),
+        key: &key,
+        project: project.as_deref(),
+    };
+    context.providers.complete(&request).await.map_err(|err| {
+        context.metrics.provider_error(provider, err.class());
+        match err {
+            CallError::RateLimited {
+                retry_after,
+                message,
+            } => Failure {
+                message,
+                transient: true,
+                retry_after: Some(retry_after),
+            },
+            CallError::Transient { message, .. } => Failure::transient(message),
+            CallError::Permanent { message, .. } => Failure::permanent(message),
+        }
+    })
+}
+
+impl Failure {
+    fn permanent(message: String) -> Self {
+        Failure {
+            message,
             transient: false,
             retry_after: None,
-        }),
+        }
+    }
+
+    fn transient(message: String) -> Self {
+        Failure {
+            message,
+            transient: true,
+            retry_after: None,
+        }
     }
 }
 
@@ -346,36 +481,49 @@ async fn settle(
     let mut done_results = Vec::new();
     for (job, kind, took, outcome) in batch {
         match outcome {
-            Ok(result) => {
+            Ok(Finish::Result(result)) => {
                 done_ids.push(job.id);
                 done_results.push(result.clone());
             }
-            Err(failure) => {
-                let retry_after_ms = failure
-                    .retry_after
-                    .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-                let failed = sqlx::query(
-                    "select bulkhead.fail_job($1, $2, $3, $4, make_interval(secs => $5::float8 / 1000))",
-                )
-                .bind(job.id)
-                .bind(&config.name)
-                .bind(&failure.message)
-                .bind(failure.transient)
-                .bind(retry_after_ms)
-                .execute(pool)
-                .await;
-                match failed {
-                    Ok(_) => metrics.job_finished(kind, "failed", *took),
-                    // A job whose lease is gone (55000) has a new holder; anything else retries.
-                    Err(sqlx::Error::Database(err)) if err.code().as_deref() == Some("55000") => {
+            Ok(Finish::Completion(completion)) => {
+                let settled =
+                    sqlx::query("select bulkhead._finish_completion($1, $2, $3, $4, $5, $6)")
+                        .bind(job.id)
+                        .bind(&config.name)
+                        .bind(&completion.usage)
+                        .bind(&completion.request_id)
+                        .bind(&completion.output)
+                        .bind(&completion.cut_short)
+                        .execute(pool)
+                        .await;
+                match settled {
+                    Ok(_) => {
+                        let outcome = if completion.cut_short.is_some() {
+                            "failed"
+                        } else {
+                            "done"
+                        };
+                        metrics.job_finished(kind, outcome, *took);
+                    }
+                    Err(err) if is_lease_lost(&err) => {
                         log(
                             config,
                             "lease_lost",
                             &format!("job={} tenant={}", job.id, job.tenant),
                         );
                     }
-                    Err(err) => return Err(err),
+                    Err(err) if is_infrastructure(&err) => return Err(err),
+                    // The settle itself was refused (say, a usage object the ledger cannot
+                    // price): retrying would call the provider again, so the job fails for good.
+                    Err(err) => {
+                        let failure =
+                            Failure::permanent(format!("settling the call failed: {err}"));
+                        record_failure(pool, config, metrics, job, kind, *took, &failure).await?;
+                    }
                 }
+            }
+            Err(failure) => {
+                record_failure(pool, config, metrics, job, kind, *took, failure).await?;
             }
         }
     }
@@ -387,7 +535,7 @@ async fn settle(
             .fetch_one(pool)
             .await?;
         for (_, kind, took, outcome) in batch {
-            if outcome.is_ok() {
+            if matches!(outcome, Ok(Finish::Result(_))) {
                 metrics.job_finished(kind, "done", *took);
             }
         }
@@ -400,6 +548,73 @@ async fn settle(
         }
     }
     Ok(())
+}
+
+/// Records a failure (`fail_job` decides: retry later, or dead). A job whose lease is gone has a
+/// new holder, which records its own outcome.
+async fn record_failure(
+    pool: &PgPool,
+    config: &Config,
+    metrics: &Metrics,
+    job: &Claimed,
+    kind: &str,
+    took: Duration,
+    failure: &Failure,
+) -> Result<(), sqlx::Error> {
+    let retry_after_ms = failure
+        .retry_after
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let failed = sqlx::query_scalar::<_, String>(
+        "select bulkhead.fail_job($1, $2, $3, $4, make_interval(secs => $5::float8 / 1000))",
+    )
+    .bind(job.id)
+    .bind(&config.name)
+    .bind(&failure.message)
+    .bind(failure.transient)
+    .bind(retry_after_ms)
+    .fetch_one(pool)
+    .await;
+    match failed {
+        Ok(next) => {
+            metrics.job_finished(kind, "failed", took);
+            log(
+                config,
+                "job_failed",
+                &format!(
+                    "job={} tenant={} kind={kind} next={next} error={:?}",
+                    job.id, job.tenant, failure.message
+                ),
+            );
+            Ok(())
+        }
+        Err(err) if is_lease_lost(&err) => {
+            log(
+                config,
+                "lease_lost",
+                &format!("job={} tenant={}", job.id, job.tenant),
+            );
+            Ok(())
+        }
+        Err(err) => Err(err),
+    }
+}
+
+fn is_lease_lost(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("55000")
+        && db.message().contains("is not held by worker"))
+}
+
+/// Errors of the connection or the server rather than of the statement: the session ends and
+/// the outcome is recorded after reconnecting.
+fn is_infrastructure(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            ["08", "40", "53", "57", "58"]
+                .iter()
+                .any(|class| code.starts_with(class))
+        }),
+        _ => true,
+    }
 }
 
 async fn release(pool: &PgPool, worker: &str, job: Claimed) -> Result<(), sqlx::Error> {

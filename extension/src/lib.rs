@@ -74,7 +74,12 @@ extension_sql_file!(
 extension_sql_file!(
     "../../sql/jobs.sql",
     name = "jobs",
-    requires = ["retrieval"],
+    requires = ["retrieval"]
+);
+extension_sql_file!(
+    "../../sql/completions.sql",
+    name = "completions",
+    requires = ["jobs"],
     finalize
 );
 

@@ -17,7 +17,8 @@ begin
     return 'ok: ' || coalesce(result, 'NULL');
 exception when others then
     return 'ERROR ' || sqlstate || ': '
-        || regexp_replace(sqlerrm, '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}', '<uuid>', 'g');
+        || regexp_replace(regexp_replace(sqlerrm, '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}', '<uuid>', 'g'),
+                          'job [0-9]+', 'job <n>', 'g');
 end
 $$;
 grant execute on function pg_temp.attempt(text) to public;

@@ -29,7 +29,10 @@ definer_allow_list (proname) as (
            ('_build_tenant_index'), ('_build_tenant_index_if_due'), ('_drop_tenant_index'),
            ('_queue_pinecone_sync'), ('_queue_namespace_deletion'),
     -- Applications queue jobs and read their status, never the schedule itself.
-           ('enqueue_job'), ('job_status')
+           ('enqueue_job'), ('job_status'),
+    -- Only complete() queues a completion (admitted first); results are read, never written, by apps;
+    -- a dead completion releases its reservation.
+           ('complete'), ('completion_result'), ('_cancel_reservation')
 ),
 unpinned_allow_list (proname) as (
     -- Runs no SQL; a SET clause would add a settings save/restore to every policy evaluation.

@@ -1,0 +1,207 @@
+-- Queued completions: bulkhead.complete() admits a provider call against the tenant's budget,
+-- renders its prompt and queues it, in the caller's transaction: a rollback leaves neither a
+-- reservation nor a job. The daemon calls the provider with the tenant's credential and settles
+-- the reservation with the provider's usage (bulkhead._finish_completion) in one transaction
+-- with the job's outcome, so a call is recorded in the ledger at most once, whatever crashes.
+
+-- Releases an open reservation whose call will not be made (its job died): the budget it held
+-- and the tokens it took come back. Same lock order as budget_check (state row first).
+create function bulkhead._cancel_reservation(reservation uuid)
+returns boolean
+language plpgsql volatile
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    tenant uuid := bulkhead.current_tenant();
+    r record;
+begin
+    if tenant is null then
+        raise exception 'no tenant context' using errcode = '42501';
+    end if;
+    perform from bulkhead.budget_state s where s.tenant_id = tenant for update;
+    update bulkhead.reservations x set expired_at = pg_catalog.clock_timestamp()
+    where x.tenant_id = tenant and x.id = reservation and x.settled_at is null and x.expired_at is null
+    returning x.reserved_usd, x.est_input_tokens, x.max_output_tokens into r;
+    if not found then
+        return false;
+    end if;
+    update bulkhead.budget_state s
+    set reserved_usd = greatest(s.reserved_usd - r.reserved_usd, 0),
+        itpm_level = least(s.itpm_cap, s.itpm_level + r.est_input_tokens),
+        otpm_level = least(s.otpm_cap, s.otpm_level + r.max_output_tokens),
+        next_expiry = (select min(o.lease_expires_at) from bulkhead.reservations o
+                       where o.tenant_id = tenant and o.settled_at is null and o.expired_at is null)
+    where s.tenant_id = tenant;
+    return true;
+end
+$$;
+comment on function bulkhead._cancel_reservation(uuid) is
+    'Releases one of the current tenant''s open reservations whose call will not be made (the worker, for a dead completion).';
+
+-- Admits, renders and queues one completion for the current tenant; returns the job id.
+-- SECURITY DEFINER (as bulkhead_meter): only this function may queue a completion job, so every
+-- provider call the daemon makes was admitted against the budget first.
+create function bulkhead.complete(
+    template_name text,
+    vars jsonb,
+    model text,
+    max_output_tokens int,
+    stream boolean default false,
+    lease interval default '30 minutes',
+    idempotency_key text default null
+)
+returns bigint
+language plpgsql volatile
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    tenant uuid := bulkhead.current_tenant();
+    prompt text;
+    est_input int;
+    reservation uuid;
+    r bulkhead.reservations;
+    job bigint;
+begin
+    if tenant is null then
+        raise exception 'no tenant context'
+            using errcode = '42501', hint = 'Call bulkhead.set_tenant(...) first: a completion runs for one tenant.';
+    end if;
+    if template_name is null or vars is null or model is null or max_output_tokens is null or stream is null then
+        raise exception 'template_name, vars, model, max_output_tokens and stream are required' using errcode = '22004';
+    end if;
+    if max_output_tokens < 1 then
+        raise exception 'max_output_tokens must be at least 1' using errcode = '22023';
+    end if;
+    if idempotency_key is not null then
+        select j.id into job from bulkhead.jobs j
+        where j.tenant_id = tenant and j.idempotency_key = 'completion:' || complete.idempotency_key;
+        if found then
+            return job;  -- a retried request: no second admission, no second call
+        end if;
+    end if;
+    prompt := bulkhead.render_prompt(template_name, vars);
+    -- Tokens are not counted here: a byte is at most one token for the tokenizers in use, and
+    -- English text runs about four bytes a token, so a third of the bytes (plus framing) rarely
+    -- underestimates. The settle charges what the provider counted and returns the rest.
+    est_input := least(pg_catalog.ceil(pg_catalog.octet_length(prompt) / 3.0) + 16, 100000000)::int;
+    reservation := bulkhead.budget_check(model, est_input, max_output_tokens, lease);
+    -- budget_check may have switched synchronous commit off for the transaction (admission
+    -- state need not be durable); a queued job must be, once the caller saw its id.
+    perform pg_catalog.set_config('synchronous_commit', 'on', true);
+    select * into r from bulkhead.reservations x where x.tenant_id = tenant and x.id = reservation;
+    return bulkhead._enqueue(
+        'completion',
+        pg_catalog.jsonb_build_object(
+            'reservation', reservation,
+            'provider', r.provider,
+            'model', r.model,
+            'template', template_name,
+            'prompt', prompt,
+            'max_output_tokens', max_output_tokens,
+            'est_input_tokens', est_input,
+            'stream', stream),
+        'completion:' || coalesce(complete.idempotency_key, reservation::text),
+        null,
+        5);
+end
+$$;
+comment on function bulkhead.complete(text, jsonb, text, int, boolean, interval, text) is
+    'Admits one LLM call against the current tenant''s budget, renders the prompt and queues the call for the daemon; returns the job id.';
+
+-- A completion's outcome, for the tenant that queued it (no row of another tenant is visible).
+-- status: queued, running (also while waiting to retry after a transient failure), done, failed.
+create function bulkhead.completion_result(job_id bigint)
+returns table (status text, output text, cost_usd numeric, error text)
+language plpgsql stable
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+begin
+    if bulkhead.current_tenant() is null then
+        raise exception 'no tenant context' using errcode = '42501';
+    end if;
+    return query
+        select case s.state when 'dead' then 'failed' else s.state end,
+               j.result ->> 'output',
+               (j.result ->> 'cost_usd')::numeric,
+               j.last_error
+        from bulkhead.jobs j join bulkhead.job_schedule s on s.job_id = j.id and s.job_tenant = j.tenant_id
+        where j.tenant_id = bulkhead.current_tenant() and j.id = completion_result.job_id
+          and j.kind = 'completion';
+    if not found then
+        raise exception 'no completion job % for the current tenant', job_id
+            using errcode = 'P0002', hint = 'Pass the id bulkhead.complete() returned, in the same tenant''s context.';
+    end if;
+end
+$$;
+comment on function bulkhead.completion_result(bigint) is
+    'Status, output, settled cost and error of one of the current tenant''s completion jobs.';
+
+-- The provider credential for a job the worker holds, read in the job's tenant context (its
+-- own credential, else the shared pool). The worker resolves the reference at call time.
+create function bulkhead.job_credential(job bigint, worker text, provider text)
+returns table (secret_ref text, kind text, provider_project_id text)
+language plpgsql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+begin
+    perform bulkhead._held_job(job, worker);
+    return query select c.secret_ref, c.kind, c.provider_project_id
+        from bulkhead.credential_for_tenant(provider) c;
+end
+$$;
+
+-- Settles a completion the worker holds with the provider's usage and records its outcome, in
+-- one transaction: the ledger row and the job's result commit together or not at all. With an
+-- error (a stream cut short), the call is settled for what was streamed and the job fails.
+create function bulkhead._finish_completion(
+    job bigint, worker text, usage jsonb, request_id text, output text, error text default null
+)
+returns numeric
+language plpgsql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    payload jsonb;
+    cost numeric;
+begin
+    perform bulkhead._held_job(job, worker);
+    select j.payload into payload from bulkhead.jobs j
+    where j.tenant_id = bulkhead.current_tenant() and j.id = job and j.kind = 'completion';
+    if not found then
+        raise exception 'job % is not a completion', job using errcode = '22023';
+    end if;
+    cost := bulkhead.ledger_record((payload ->> 'reservation')::uuid, usage, request_id);
+    update bulkhead.jobs j
+    set result = pg_catalog.jsonb_build_object(
+            'output', output, 'cost_usd', cost, 'request_id', request_id, 'usage', usage),
+        last_error = pg_catalog.left(error, 2000)
+    where j.tenant_id = bulkhead.current_tenant() and j.id = job;
+    update bulkhead.job_schedule s
+    set state = case when error is null then 'done' else 'dead' end,
+        leased_by = null, leased_until = null, updated_at = pg_catalog.clock_timestamp()
+    where s.job_id = job;
+    return cost;
+end
+$$;
+
+alter function bulkhead._cancel_reservation(uuid) owner to bulkhead_meter;
+alter function bulkhead.complete(text, jsonb, text, int, boolean, interval, text) owner to bulkhead_meter;
+alter function bulkhead.completion_result(bigint) owner to bulkhead_meter;
+
+revoke all on function bulkhead._cancel_reservation(uuid) from public;
+revoke all on function bulkhead.complete(text, jsonb, text, int, boolean, interval, text) from public;
+revoke all on function bulkhead.completion_result(bigint) from public;
+revoke all on function bulkhead.job_credential(bigint, text, text) from public;
+revoke all on function bulkhead._finish_completion(bigint, text, jsonb, text, text, text) from public;
+grant execute on function bulkhead.complete(text, jsonb, text, int, boolean, interval, text),
+    bulkhead.completion_result(bigint) to bulkhead_app, bulkhead_admin;
+grant execute on function bulkhead._cancel_reservation(uuid), bulkhead.job_credential(bigint, text, text),
+    bulkhead._finish_completion(bigint, text, jsonb, text, text, text) to bulkhead_worker;
+-- complete() runs as bulkhead_meter: it renders and admits like the caller would.
+grant execute on function bulkhead.render_prompt(text, jsonb), bulkhead._render_prompt(text, text),
+    bulkhead.budget_check(text, int, int, interval) to bulkhead_meter;

@@ -1,0 +1,531 @@
+//! Provider calls for completion jobs: OpenAI chat completions, Anthropic messages, and any
+//! OpenAI-compatible server (vLLM, Ollama, llama.cpp). Each answer comes back with the provider's
+//! own usage object, which `bulkhead.ledger_record` prices by that provider's counting rules.
+//!
+//! Failures are classified for the queue: a 429 waits as long as the provider asked without
+//! using up an attempt; 5xx, timeouts, dropped connections and unreadable answers back off; any
+//! other 4xx is final. Error texts never carry the key: provider bodies are redacted and cut.
+
+use serde_json::{json, Value};
+use std::fmt;
+use std::time::Duration;
+
+/// An API key, resolved at call time. Never printed: Debug shows nothing of it.
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(key: String) -> Self {
+        Secret(key)
+    }
+
+    fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// Where each provider is reached (the SDKs' own environment variables, see `bulkhead worker --help`).
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    /// OpenAI's base URL, up to and including /v1.
+    pub openai: String,
+    /// Anthropic's base URL, without /v1 (as the Anthropic SDKs take it).
+    pub anthropic: String,
+    /// An OpenAI-compatible server's base URL, up to and including /v1.
+    pub openai_compatible: Option<String>,
+}
+
+/// One completion to make.
+pub struct Request<'a> {
+    pub provider: &'a str,
+    pub model: &'a str,
+    pub prompt: &'a str,
+    pub max_output_tokens: u32,
+    pub stream: bool,
+    /// What admission estimated for the prompt: the input count of a stream cut before usage.
+    pub est_input_tokens: u64,
+    pub key: &'a Secret,
+    pub project: Option<&'a str>,
+}
+
+/// A provider's answer: what the ledger settles.
+#[derive(Debug)]
+pub struct Completion {
+    pub request_id: String,
+    pub output: String,
+    /// The provider's usage object, as it sent it (or, for a stream cut short, as counted).
+    pub usage: Value,
+    /// Set when a stream ended before the provider reported usage: the call is settled for what
+    /// was streamed and the job fails with this reason.
+    pub cut_short: Option<String>,
+}
+
+/// Why a call failed, for the queue's retry decision and the metrics.
+#[derive(Debug)]
+pub enum CallError {
+    /// 429: try again after the provider's retry-after, without using up an attempt.
+    RateLimited {
+        retry_after: Duration,
+        message: String,
+    },
+    /// 5xx, timeouts, connection errors, unreadable answers: back off and try again.
+    Transient {
+        class: &'static str,
+        message: String,
+    },
+    /// Any other 4xx, or a provider this worker cannot reach: retrying cannot help.
+    Permanent {
+        class: &'static str,
+        message: String,
+    },
+}
+
+impl CallError {
+    pub fn class(&self) -> &'static str {
+        match self {
+            CallError::RateLimited { .. } => "rate_limited",
+            CallError::Transient { class, .. } | CallError::Permanent { class, .. } => class,
+        }
+    }
+}
+
+/// The largest answer read from a provider; a longer one is refused as malformed.
+const MAX_BODY_BYTES: usize = 16 << 20;
+/// A 429 without a usable retry-after waits this long.
+const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(2);
+
+pub struct Providers {
+    http: reqwest::Client,
+    endpoints: Endpoints,
+}
+
+impl Providers {
+    pub fn new(endpoints: Endpoints, timeout: Duration) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .user_agent(concat!("bulkhead/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Providers { http, endpoints })
+    }
+
+    pub async fn complete(&self, request: &Request<'_>) -> Result<Completion, CallError> {
+        let key = request.key.expose();
+        let builder = match request.provider {
+            "openai" | "openai_compatible" => {
+                let base = if request.provider == "openai" {
+                    &self.endpoints.openai
+                } else {
+                    self.endpoints.openai_compatible.as_ref().ok_or_else(|| {
+                        CallError::Permanent {
+                            class: "client",
+                            message: "no OpenAI-compatible base URL is configured (OPENAI_COMPATIBLE_BASE_URL)".into(),
+                        }
+                    })?
+                };
+                let mut body = json!({
+                    "model": request.model,
+                    "messages": [{"role": "user", "content": request.prompt}],
+                });
+                // OpenAI's own API wants max_completion_tokens (reasoning models refuse
+                // max_tokens); compatible servers know max_tokens.
+                let limit_field = if request.provider == "openai" {
+                    "max_completion_tokens"
+                } else {
+                    "max_tokens"
+                };
+                body[limit_field] = json!(request.max_output_tokens);
+                if request.stream {
+                    body["stream"] = json!(true);
+                    body["stream_options"] = json!({"include_usage": true});
+                }
+                let mut builder = self
+                    .http
+                    .post(format!("{}/chat/completions", base.trim_end_matches('/')))
+                    .bearer_auth(key)
+                    .json(&body);
+                if let (Some(project), "openai") = (request.project, request.provider) {
+                    builder = builder.header("OpenAI-Project", project);
+                }
+                builder
+            }
+            "anthropic" => {
+                let mut body = json!({
+                    "model": request.model,
+                    "max_tokens": request.max_output_tokens,
+                    "messages": [{"role": "user", "content": request.prompt}],
+                });
+                if request.stream {
+                    body["stream"] = json!(true);
+                }
+                self.http
+                    .post(format!(
+                        "{}/v1/messages",
+                        self.endpoints.anthropic.trim_end_matches('/')
+                    ))
+                    .header("x-api-key", key)
+                    .header("anthropic-version", "2023-06-01")
+                    .json(&body)
+            }
+            other => {
+                return Err(CallError::Permanent {
+                    class: "client",
+                    message: format!("this worker cannot call provider {other:?}"),
+                })
+            }
+        };
+
+        let response = builder
+            .send()
+            .await
+            .map_err(|err| transport_error(&err, key))?;
+        let status = response.status();
+        let header_request_id = ["x-request-id", "request-id"]
+            .iter()
+            .find_map(|name| response.headers().get(*name))
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        if !status.is_success() {
+            let retry_after = retry_after(response.headers());
+            let body = read_capped(response, 4096).await.unwrap_or_default();
+            let message = format!(
+                "{} returned HTTP {}: {}",
+                request.provider,
+                status.as_u16(),
+                redact(&error_text(&body), key)
+            );
+            return Err(match status.as_u16() {
+                429 => CallError::RateLimited {
+                    retry_after: retry_after.unwrap_or(DEFAULT_RETRY_AFTER),
+                    message,
+                },
+                // Anthropic's 529 is "overloaded"; 408 is a timeout.
+                408 | 409 | 500..=599 => CallError::Transient {
+                    class: "server",
+                    message,
+                },
+                _ => CallError::Permanent {
+                    class: "client",
+                    message,
+                },
+            });
+        }
+
+        if request.stream {
+            let stream = Stream::read(response, request, key).await?;
+            return stream.into_completion(request, header_request_id);
+        }
+        let body = read_capped(response, MAX_BODY_BYTES)
+            .await
+            .map_err(|err| transport_error(&err, key))?;
+        let answer: Value =
+            serde_json::from_slice(&body).map_err(|err| malformed(request, &err))?;
+        let (output, usage) = if request.provider == "anthropic" {
+            let output = answer["content"]
+                .as_array()
+                .map(|blocks| {
+                    blocks
+                        .iter()
+                        .filter(|b| b["type"] == "text")
+                        .filter_map(|b| b["text"].as_str())
+                        .collect::<String>()
+                })
+                .ok_or_else(|| malformed(request, &"no content array"))?;
+            (output, answer["usage"].clone())
+        } else {
+            let message = &answer["choices"][0]["message"];
+            if !message.is_object() {
+                return Err(malformed(request, &"no choices[0].message"));
+            }
+            let output = message["content"].as_str().unwrap_or_default().to_string();
+            (output, answer["usage"].clone())
+        };
+        if !usage.is_object() {
+            return Err(malformed(request, &"no usage object"));
+        }
+        let request_id = answer["id"]
+            .as_str()
+            .filter(|id| !id.is_empty())
+            .map(str::to_string)
+            .or(header_request_id)
+            .ok_or_else(|| malformed(request, &"no id"))?;
+        Ok(Completion {
+            request_id,
+            output,
+            usage,
+            cut_short: None,
+        })
+    }
+}
+
+/// What a stream delivered so far.
+#[derive(Default)]
+struct Stream {
+    request_id: Option<String>,
+    output: String,
+    deltas: u64,
+    usage: Option<Value>,
+    /// Anthropic's message_start usage, completed by message_delta.
+    anthropic_usage: Option<Value>,
+    finished: bool,
+    broken: Option<String>,
+}
+
+impl Stream {
+    /// Reads server-sent events until the stream ends; a read error ends it early.
+    async fn read(
+        mut response: reqwest::Response,
+        request: &Request<'_>,
+        key: &str,
+    ) -> Result<Stream, CallError> {
+        let mut stream = Stream::default();
+        let mut pending: Vec<u8> = Vec::new();
+        let mut total = 0usize;
+        loop {
+            match response.chunk().await {
+                Ok(Some(bytes)) => {
+                    total += bytes.len();
+                    if total > MAX_BODY_BYTES {
+                        stream.broken = Some("the stream exceeded 16 MiB".into());
+                        break;
+                    }
+                    pending.extend_from_slice(&bytes);
+                    while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                        let line: Vec<u8> = pending.drain(..=end).collect();
+                        let line = String::from_utf8_lossy(&line);
+                        stream.event_line(line.trim_end(), request.provider);
+                    }
+                    if stream.finished {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(err) => {
+                    stream.broken = Some(redact(&err.to_string(), key));
+                    break;
+                }
+            }
+        }
+        Ok(stream)
+    }
+
+    fn event_line(&mut self, line: &str, provider: &str) {
+        let Some(data) = line.strip_prefix("data:").map(str::trim_start) else {
+            return; // event names, comments, blank separators
+        };
+        if data == "[DONE]" {
+            self.finished = true;
+            return;
+        }
+        let Ok(event) = serde_json::from_str::<Value>(data) else {
+            return;
+        };
+        if provider == "anthropic" {
+            match event["type"].as_str() {
+                Some("message_start") => {
+                    self.request_id = event["message"]["id"].as_str().map(str::to_string);
+                    self.anthropic_usage = Some(event["message"]["usage"].clone());
+                }
+                Some("content_block_delta") => {
+                    if let Some(text) = event["delta"]["text"].as_str() {
+                        self.output.push_str(text);
+                        self.deltas += 1;
+                    }
+                }
+                Some("message_delta") => {
+                    if let (Some(usage), Some(out)) = (
+                        self.anthropic_usage.as_mut(),
+                        event["usage"]["output_tokens"].as_u64(),
+                    ) {
+                        usage["output_tokens"] = json!(out);
+                    }
+                }
+                Some("message_stop") => {
+                    self.usage = self.anthropic_usage.clone();
+                    self.finished = true;
+                }
+                _ => {}
+            }
+        } else {
+            if self.request_id.is_none() {
+                self.request_id = event["id"].as_str().map(str::to_string);
+            }
+            if let Some(text) = event["choices"][0]["delta"]["content"].as_str() {
+                self.output.push_str(text);
+                self.deltas += 1;
+            }
+            if event["usage"].is_object() {
+                self.usage = Some(event["usage"].clone());
+            }
+        }
+    }
+
+    fn into_completion(
+        self,
+        request: &Request<'_>,
+        header_request_id: Option<String>,
+    ) -> Result<Completion, CallError> {
+        let request_id = self.request_id.or(header_request_id);
+        match (self.usage, request_id) {
+            (Some(usage), Some(request_id)) if usage.is_object() => Ok(Completion {
+                request_id,
+                output: self.output,
+                usage,
+                cut_short: None,
+            }),
+            // Cut before usage came: settle for what was streamed, a token per delta.
+            (_, Some(request_id)) if self.deltas > 0 => {
+                let reason = self.broken.unwrap_or_else(|| {
+                    "the stream ended before the provider reported usage".into()
+                });
+                let usage = if request.provider == "anthropic" {
+                    let input = self
+                        .anthropic_usage
+                        .as_ref()
+                        .and_then(|u| u["input_tokens"].as_u64())
+                        .unwrap_or(request.est_input_tokens);
+                    json!({"input_tokens": input, "output_tokens": self.deltas})
+                } else {
+                    json!({"prompt_tokens": request.est_input_tokens, "completion_tokens": self.deltas})
+                };
+                Ok(Completion {
+                    request_id,
+                    output: self.output,
+                    usage,
+                    cut_short: Some(format!("stream cut short: {reason}")),
+                })
+            }
+            _ => Err(CallError::Transient {
+                class: "malformed",
+                message: format!(
+                    "{} stream ended before any output: {}",
+                    request.provider,
+                    self.broken.unwrap_or_else(|| "no events".into())
+                ),
+            }),
+        }
+    }
+}
+
+fn malformed(request: &Request<'_>, why: &dyn fmt::Display) -> CallError {
+    CallError::Transient {
+        class: "malformed",
+        message: format!("{} sent an unreadable answer: {why}", request.provider),
+    }
+}
+
+fn transport_error(err: &reqwest::Error, key: &str) -> CallError {
+    let class = if err.is_timeout() {
+        "timeout"
+    } else if err.is_connect() {
+        "connect"
+    } else {
+        "server"
+    };
+    // reqwest's Display walks no headers, but redact anyway: its sources may quote a URL.
+    let mut message = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    CallError::Transient {
+        class,
+        message: redact(&message, key),
+    }
+}
+
+async fn read_capped(
+    mut response: reqwest::Response,
+    cap: usize,
+) -> Result<Vec<u8>, reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        let room = cap.saturating_sub(body.len());
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() >= cap {
+            break;
+        }
+    }
+    Ok(body)
+}
+
+/// Seconds (retry-after, or OpenAI's retry-after-ms); an HTTP date is not worth parsing here.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(ms) = text("retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok()) {
+        return Duration::try_from_secs_f64(ms / 1000.0).ok();
+    }
+    text("retry-after")
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+}
+
+/// The error message of a provider's error body ({"error": {"message": ...}}), else the body.
+fn error_text(body: &[u8]) -> String {
+    let text = match serde_json::from_slice::<Value>(body) {
+        Ok(v) => v["error"]["message"]
+            .as_str()
+            .or_else(|| v["message"].as_str())
+            .map(str::to_string)
+            .unwrap_or_else(|| v.to_string()),
+        Err(_) => String::from_utf8_lossy(body).into_owned(),
+    };
+    text.chars().take(500).collect()
+}
+
+/// Removes the key, and anything shaped like one, from text bound for logs and job rows.
+pub fn redact(text: &str, key: &str) -> String {
+    let mut out = if key.len() >= 4 {
+        text.replace(key, "[redacted]")
+    } else {
+        text.to_string()
+    };
+    // Provider-style keys (sk-..., sk-ant-...) echoed in part, e.g. "Incorrect API key: sk-ab***yz".
+    let mut cleaned = String::with_capacity(out.len());
+    let mut rest = out.as_str();
+    while let Some(at) = rest.find("sk-") {
+        cleaned.push_str(&rest[..at]);
+        cleaned.push_str("[redacted]");
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == ',')
+            .unwrap_or(tail.len());
+        rest = &tail[end..];
+    }
+    cleaned.push_str(rest);
+    out = cleaned;
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_removes_the_key_and_key_shapes() {
+        let key = "sk-planted-0123456789";
+        let text = format!("bad key {key}, or was it sk-ab***yz? ok");
+        let out = redact(&text, key);
+        assert!(!out.contains("planted"), "{out}");
+        assert!(!out.contains("sk-"), "{out}");
+        assert!(out.ends_with("? ok") || out.contains("ok"), "{out}");
+    }
+
+    #[test]
+    fn error_text_prefers_the_provider_message() {
+        assert_eq!(
+            error_text(
+                br#"{"error": {"message": "model not found", "type": "invalid_request_error"}}"#
+            ),
+            "model not found"
+        );
+        assert_eq!(error_text(b"<html>oops</html>"), "<html>oops</html>");
+    }
+}

@@ -1,0 +1,233 @@
+#!/usr/bin/env python3
+"""Test double: a FAKE OpenAI + Anthropic server on 127.0.0.1, for tests and the demo only.
+
+It speaks the providers' real wire formats (no real model behind it):
+  POST /v1/chat/completions   OpenAI Chat Completions, plain or streamed (SSE, stream_options.include_usage)
+  POST /v1/messages           Anthropic Messages, plain or streamed (SSE events)
+Point the worker at it with OPENAI_BASE_URL=http://127.0.0.1:PORT/v1, ANTHROPIC_BASE_URL=http://127.0.0.1:PORT
+and OPENAI_COMPATIBLE_BASE_URL=http://127.0.0.1:PORT/v1.
+
+Answers are deterministic: "fake answer: <the first words of the prompt>". Usage counts a token
+per 4 bytes of prompt and a token per answer word, capped at the request's max tokens.
+
+Faults are injected per path, consumed one per request, in order:
+  POST   /_fake/faults    {"path": "/v1/chat/completions", "faults": [F, ...]} where F is one of
+                          {"status": 429, "retry_after": "1"}, {"status": 503}, {"status": 400, "message": "..."},
+                          {"delay": 3} (answer after 3 s: a timeout for a short client timeout),
+                          {"malformed": true} (200 with a body that is not JSON),
+                          {"cut_after": 2} (a stream that stops after 2 deltas, without usage)
+  DELETE /_fake/faults    clears them
+  GET    /_fake/requests  every request received: path, headers, JSON body
+  DELETE /_fake/requests  clears the log
+Prints "listening on 127.0.0.1:PORT" once ready (--port 0 picks a free port).
+"""
+
+import argparse
+import json
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+LOCK = threading.Lock()
+FAULTS = {}  # path -> [fault, ...]
+REQUESTS = []
+COUNTER = [0]
+
+
+def next_id():
+    with LOCK:
+        COUNTER[0] += 1
+        return COUNTER[0]
+
+
+def take_fault(path):
+    with LOCK:
+        queue = FAULTS.get(path) or []
+        return queue.pop(0) if queue else None
+
+
+def answer_words(prompt, limit):
+    words = ["fake", "answer:"] + prompt.split()[:6]
+    return words[: max(1, limit)]
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):  # quiet
+        pass
+
+    def send_json(self, status, obj, headers=None):
+        body = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def read_body(self):
+        length = int(self.headers.get("content-length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        try:
+            return json.loads(raw) if raw else None
+        except ValueError:
+            return None
+
+    def do_GET(self):
+        if self.path == "/_fake/requests":
+            with LOCK:
+                self.send_json(200, list(REQUESTS))
+        else:
+            self.send_json(404, {"error": {"message": "not found"}})
+
+    def do_DELETE(self):
+        with LOCK:
+            if self.path == "/_fake/faults":
+                FAULTS.clear()
+            elif self.path == "/_fake/requests":
+                REQUESTS.clear()
+        self.send_json(200, {"ok": True})
+
+    def do_POST(self):
+        body = self.read_body()
+        if self.path == "/_fake/faults":
+            with LOCK:
+                FAULTS.setdefault(body["path"], []).extend(body["faults"])
+            self.send_json(200, {"ok": True})
+            return
+        with LOCK:
+            REQUESTS.append({"path": self.path, "headers": dict(self.headers.items()), "body": body})
+        fault = take_fault(self.path)
+        if fault and "delay" in fault:
+            time.sleep(fault["delay"])
+            fault = None
+        if fault and "status" in fault:
+            headers = {"retry-after": str(fault["retry_after"])} if "retry_after" in fault else {}
+            kind = "rate_limit_error" if fault["status"] == 429 else "api_error"
+            self.send_json(fault["status"], {"error": {"message": fault.get("message", "injected fault"), "type": kind}}, headers)
+            return
+        if fault and fault.get("malformed"):
+            raw = b'{"id": "chatcmpl-broken", "choices": [{"mess'
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+            return
+        cut_after = fault.get("cut_after") if fault else None
+        if self.path == "/v1/chat/completions":
+            self.openai_chat(body or {}, cut_after)
+        elif self.path == "/v1/messages":
+            self.anthropic_messages(body or {}, cut_after)
+        else:
+            self.send_json(404, {"error": {"message": "unknown path " + self.path}})
+
+    # ------------------------------------------------------------------ OpenAI
+    def openai_chat(self, req, cut_after):
+        if not (self.headers.get("authorization") or "").startswith("Bearer "):
+            self.send_json(401, {"error": {"message": "You didn't provide an API key.", "type": "invalid_request_error"}})
+            return
+        prompt = " ".join(str(m.get("content", "")) for m in req.get("messages", []))
+        limit = req.get("max_completion_tokens") or req.get("max_tokens") or 16
+        words = answer_words(prompt, limit)
+        prompt_tokens = max(1, len(prompt.encode()) // 4)
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": len(words),
+            "total_tokens": prompt_tokens + len(words),
+            "prompt_tokens_details": {"cached_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0},
+        }
+        rid = "chatcmpl-fake-%d" % next_id()
+        if not req.get("stream"):
+            self.send_json(200, {
+                "id": rid, "object": "chat.completion", "created": int(time.time()), "model": req.get("model"),
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": " ".join(words)}, "finish_reason": "stop"}],
+                "usage": usage,
+            }, {"x-request-id": "req_" + rid})
+            return
+        self.start_stream()
+        for i, word in enumerate(words):
+            if cut_after is not None and i >= cut_after:
+                return self.cut()
+            chunk = {"id": rid, "object": "chat.completion.chunk", "model": req.get("model"),
+                     "choices": [{"index": 0, "delta": {"content": (" " if i else "") + word}, "finish_reason": None}]}
+            self.event(None, chunk)
+        self.event(None, {"id": rid, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        if (req.get("stream_options") or {}).get("include_usage"):
+            self.event(None, {"id": rid, "object": "chat.completion.chunk", "choices": [], "usage": usage})
+        self.wfile.write(b"data: [DONE]\n\n")
+        self.wfile.flush()
+
+    # --------------------------------------------------------------- Anthropic
+    def anthropic_messages(self, req, cut_after):
+        if not self.headers.get("x-api-key") or not self.headers.get("anthropic-version"):
+            self.send_json(401, {"type": "error", "error": {"type": "authentication_error", "message": "x-api-key and anthropic-version are required"}})
+            return
+        prompt = " ".join(str(m.get("content", "")) for m in req.get("messages", []))
+        words = answer_words(prompt, req.get("max_tokens") or 16)
+        input_tokens = max(1, len(prompt.encode()) // 4)
+        usage = {"input_tokens": input_tokens, "output_tokens": len(words),
+                 "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}
+        rid = "msg_fake_%d" % next_id()
+        if not req.get("stream"):
+            self.send_json(200, {
+                "id": rid, "type": "message", "role": "assistant", "model": req.get("model"),
+                "content": [{"type": "text", "text": " ".join(words)}],
+                "stop_reason": "end_turn", "stop_sequence": None, "usage": usage,
+            }, {"request-id": "req_" + rid})
+            return
+        self.start_stream()
+        start_usage = dict(usage, output_tokens=1)
+        self.event("message_start", {"type": "message_start", "message": {
+            "id": rid, "type": "message", "role": "assistant", "model": req.get("model"), "content": [],
+            "stop_reason": None, "usage": start_usage}})
+        self.event("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
+        for i, word in enumerate(words):
+            if cut_after is not None and i >= cut_after:
+                return self.cut()
+            self.event("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                               "delta": {"type": "text_delta", "text": (" " if i else "") + word}})
+        self.event("content_block_stop", {"type": "content_block_stop", "index": 0})
+        self.event("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+                                     "usage": {"output_tokens": len(words)}})
+        self.event("message_stop", {"type": "message_stop"})
+
+    # ------------------------------------------------------------------ SSE
+    def start_stream(self):
+        # No content-length: the stream ends when the connection closes.
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("connection", "close")
+        self.end_headers()
+        self.close_connection = True
+
+    def event(self, name, data):
+        out = ("event: %s\n" % name if name else "") + "data: " + json.dumps(data) + "\n\n"
+        self.wfile.write(out.encode())
+        self.wfile.flush()
+
+    def cut(self):
+        self.wfile.flush()
+        self.close_connection = True
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+    server.daemon_threads = True
+    print("listening on 127.0.0.1:%d" % server.server_address[1], flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
