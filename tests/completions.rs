@@ -1,0 +1,517 @@
+//! Queued completions end to end: app -> `bulkhead.complete()` -> `bulkhead worker` -> the FAKE
+//! provider server (tests/fakes/fake_providers.py, a test double speaking OpenAI's and
+//! Anthropic's wire formats) -> the ledger -> `bulkhead.completion_result()`.
+//!
+//! One test function: workers claim any tenant's jobs, so scenarios run in sequence.
+
+mod common;
+
+use common::{admin, app, begin_as, create_tenant, sqlstate, superuser};
+use serde_json::Value;
+use sqlx::PgConnection;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+const TEMPLATE: &str = "it_completion";
+
+/// The fake provider server, killed when dropped.
+struct FakeProviders {
+    child: Child,
+    port: u16,
+}
+
+impl FakeProviders {
+    fn start() -> Self {
+        let mut child = Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fakes/fake_providers.py"
+            ))
+            .args(["--port", "0"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 runs the fake provider server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line from the fake: {line:?}"));
+        FakeProviders { child, port }
+    }
+
+    fn call(&self, method: &str, path: &str, body: &str) -> String {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default()
+    }
+
+    fn inject(&self, path: &str, faults: Value) {
+        let body = serde_json::json!({"path": path, "faults": faults}).to_string();
+        self.call("POST", "/_fake/faults", &body);
+    }
+
+    fn requests(&self) -> Vec<Value> {
+        serde_json::from_str(&self.call("GET", "/_fake/requests", "")).unwrap()
+    }
+}
+
+impl Drop for FakeProviders {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn worker_url() -> String {
+    std::env::var("BULKHEAD_TEST_DATABASE_URL")
+        .expect("BULKHEAD_TEST_DATABASE_URL is set by `make test-integration`")
+        .replacen("postgres@", "bulkhead_test_worker@", 1)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn scrape(port: u16) -> String {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+async fn complete(
+    conn: &mut PgConnection,
+    tenant: Uuid,
+    question: &str,
+    model: &str,
+    stream: bool,
+) -> i64 {
+    let mut tx = begin_as(conn, tenant).await.unwrap();
+    let job: i64 = sqlx::query_scalar(
+        "select bulkhead.complete($1, jsonb_build_object('question', $2::text), $3, 40, stream => $4)",
+    )
+    .bind(TEMPLATE)
+    .bind(question)
+    .bind(model)
+    .bind(stream)
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    job
+}
+
+/// (status, output, cost, error) as the job's own tenant reads it; the cost as PostgreSQL prints it.
+async fn result(
+    conn: &mut PgConnection,
+    tenant: Uuid,
+    job: i64,
+) -> (String, Option<String>, Option<String>, Option<String>) {
+    let mut tx = begin_as(conn, tenant).await.unwrap();
+    let row = sqlx::query_as(
+        "select status, output, cost_usd::text, error from bulkhead.completion_result($1)",
+    )
+    .bind(job)
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    row
+}
+
+/// Waits until a job is done or dead; returns (state, attempts).
+async fn wait_for(job: i64, within: Duration) -> (String, i32) {
+    let start = Instant::now();
+    let mut su = superuser().await;
+    loop {
+        let row: (String, i32) =
+            sqlx::query_as("select state, attempts from bulkhead.job_schedule where job_id = $1")
+                .bind(job)
+                .fetch_one(&mut su)
+                .await
+                .unwrap();
+        if row.0 == "done" || row.0 == "dead" || start.elapsed() > within {
+            return row;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn completions_flow_to_the_ledger_and_survive_provider_faults() {
+    let fake = FakeProviders::start();
+    let mut admin_conn = admin().await;
+    let mut conn = app().await;
+    let mut su = superuser().await;
+    let scratch = tempdir();
+
+    // The planted key: it must reach the provider and nothing else.
+    let planted = format!("sk-planted-{}", Uuid::new_v4().simple());
+    let anthropic_key = format!("sk-ant-file-{}", Uuid::new_v4().simple());
+    let vault_key = format!("sk-vault-{}", Uuid::new_v4().simple());
+    let key_file = scratch.join("anthropic.key");
+    std::fs::write(&key_file, format!("{anthropic_key}\n")).unwrap();
+
+    // A test double of Supabase Vault's decrypted view (the real one decrypts on read).
+    sqlx::raw_sql(
+        "create schema if not exists vault;
+         create table if not exists vault.secrets (id uuid primary key, secret text not null);
+         create or replace view vault.decrypted_secrets as select id, secret as decrypted_secret from vault.secrets;
+         grant usage on schema vault to bulkhead_worker;
+         grant select on vault.decrypted_secrets to bulkhead_worker;",
+    )
+    .execute(&mut su)
+    .await
+    .unwrap();
+    let vault_id = Uuid::new_v4();
+    sqlx::query("insert into vault.secrets values ($1, $2)")
+        .bind(vault_id)
+        .bind(&vault_key)
+        .execute(&mut su)
+        .await
+        .unwrap();
+
+    let a = create_tenant(&mut admin_conn, "cmpl-a").await;
+    let b = create_tenant(&mut admin_conn, "cmpl-b").await;
+    let c = create_tenant(&mut admin_conn, "cmpl-c").await;
+    sqlx::query("select bulkhead.set_skeleton($1, 'You help {{ slots.company }}. Question: {{ vars.question }}')")
+        .bind(TEMPLATE)
+        .execute(&mut admin_conn)
+        .await
+        .unwrap();
+    for (tenant, company) in [(a, "Acme"), (b, "Globex"), (c, "Initech")] {
+        sqlx::query(
+            "select bulkhead.publish_prompt($1, $2, jsonb_build_object('company', $3::text))",
+        )
+        .bind(tenant)
+        .bind(TEMPLATE)
+        .bind(company)
+        .execute(&mut admin_conn)
+        .await
+        .unwrap();
+        sqlx::query("select bulkhead.activate_prompt($1, $2, 1)")
+            .bind(tenant)
+            .bind(TEMPLATE)
+            .execute(&mut admin_conn)
+            .await
+            .unwrap();
+    }
+    let env_name = format!("BULKHEAD_IT_KEY_{}", Uuid::new_v4().simple());
+    for (tenant, provider, reference) in [
+        (a, "openai", format!("env:{env_name}")),
+        (b, "anthropic", format!("file:{}", key_file.display())),
+        (c, "openai", format!("vault:{vault_id}")),
+    ] {
+        sqlx::query("select bulkhead.set_credential($1, $2, $3, 'dedicated', 'proj_it')")
+            .bind(tenant)
+            .bind(provider)
+            .bind(reference)
+            .execute(&mut admin_conn)
+            .await
+            .unwrap();
+    }
+
+    // A rolled-back complete() leaves neither a reservation nor a job.
+    {
+        let mut tx = begin_as(&mut conn, a).await.unwrap();
+        sqlx::query(
+            "select bulkhead.complete($1, '{\"question\": \"never mind\"}', 'gpt-4o-mini', 40)",
+        )
+        .bind(TEMPLATE)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        tx.rollback().await.unwrap();
+        let left: (i64, i64) = sqlx::query_as(
+            "select (select count(*) from bulkhead.jobs where tenant_id = $1),
+                    (select count(*) from bulkhead.reservations where tenant_id = $1)",
+        )
+        .bind(a)
+        .fetch_one(&mut su)
+        .await
+        .unwrap();
+        assert_eq!(left, (0, 0), "a rollback leaves no job and no reservation");
+    }
+    // The app cannot queue a completion around the budget.
+    {
+        let mut tx = begin_as(&mut conn, a).await.unwrap();
+        let direct =
+            sqlx::query("select bulkhead.enqueue_job('completion', '{\"prompt\": \"free ride\"}')")
+                .execute(&mut *tx)
+                .await;
+        assert_eq!(sqlstate(&direct), "42501");
+    }
+
+    // The worker runs beside the scenarios, with a one-second provider timeout.
+    let metrics_port = free_port();
+    let log_path = scratch.join("worker.log");
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .args([
+            "worker",
+            "--name",
+            "it-completions",
+            "--concurrency",
+            "4",
+            "--poll-ms",
+            "100",
+        ])
+        .args([
+            "--lease-secs",
+            "30",
+            "--provider-timeout-secs",
+            "1",
+            "--log-format",
+            "json",
+        ])
+        .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+        .env("DATABASE_URL", worker_url())
+        .env(
+            "OPENAI_BASE_URL",
+            format!("http://127.0.0.1:{}/v1", fake.port),
+        )
+        .env(
+            "ANTHROPIC_BASE_URL",
+            format!("http://127.0.0.1:{}", fake.port),
+        )
+        .env(&env_name, &planted)
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .expect("start bulkhead worker");
+
+    // 1. Each provider, plain and streamed, settles to the ledger with the provider's usage.
+    let mut jobs = Vec::new();
+    for (tenant, model) in [
+        (a, "gpt-4o-mini"),
+        (b, "claude-haiku-4-5"),
+        (c, "gpt-4o-mini"),
+    ] {
+        for stream in [false, true] {
+            let job = complete(&mut conn, tenant, "where is my order?", model, stream).await;
+            jobs.push((tenant, job));
+        }
+    }
+    for &(tenant, job) in &jobs {
+        assert_eq!(
+            wait_for(job, Duration::from_secs(20)).await,
+            ("done".into(), 1)
+        );
+        let (status, output, cost, error) = result(&mut conn, tenant, job).await;
+        assert_eq!(status, "done");
+        assert!(
+            output
+                .as_deref()
+                .unwrap()
+                .starts_with("fake answer: You help"),
+            "{output:?}"
+        );
+        assert_eq!(error, None);
+        // The cost is the ledger's, for exactly one row of this job's reservation.
+        let ledger: Vec<String> = sqlx::query_scalar(
+            "select l.cost_usd::text from bulkhead.ledger l join bulkhead.jobs j
+               on j.tenant_id = l.tenant_id and (j.payload ->> 'reservation')::uuid = l.reservation_id
+             where j.id = $1",
+        )
+        .bind(job)
+        .fetch_all(&mut su)
+        .await
+        .unwrap();
+        assert_eq!(ledger.len(), 1, "one ledger row per completion");
+        assert_eq!(cost.unwrap(), ledger[0]);
+    }
+    // Each call carried its tenant's own key, in the provider's own header.
+    let seen = fake.requests();
+    let auth = |path: &str, header: &str| -> Vec<String> {
+        seen.iter()
+            .filter(|r| r["path"] == path)
+            .filter_map(|r| r["headers"][header].as_str().map(str::to_string))
+            .collect()
+    };
+    let bearer = auth("/v1/chat/completions", "authorization");
+    assert_eq!(
+        bearer
+            .iter()
+            .filter(|h| **h == format!("Bearer {planted}"))
+            .count(),
+        2
+    );
+    assert_eq!(
+        bearer
+            .iter()
+            .filter(|h| **h == format!("Bearer {vault_key}"))
+            .count(),
+        2
+    );
+    assert_eq!(
+        auth("/v1/messages", "x-api-key"),
+        vec![anthropic_key.clone(); 2]
+    );
+    assert!(seen
+        .iter()
+        .any(|r| r["body"]["stream_options"]["include_usage"] == true));
+
+    // Another tenant cannot read the result (the same error as for no such job).
+    let mut tx = begin_as(&mut conn, b).await.unwrap();
+    let foreign = sqlx::query("select * from bulkhead.completion_result($1)")
+        .bind(jobs[0].1)
+        .fetch_all(&mut *tx)
+        .await;
+    assert_eq!(sqlstate(&foreign), "P0002");
+    drop(tx);
+
+    // 2. Faults. A 429 with retry-after waits without using up an attempt.
+    let chat = "/v1/chat/completions";
+    fake.inject(chat, serde_json::json!([{"status": 429, "retry_after": "1"}, {"status": 429, "retry_after": "1"}]));
+    let job = complete(&mut conn, a, "rate limited", "gpt-4o-mini", false).await;
+    assert_eq!(
+        wait_for(job, Duration::from_secs(20)).await,
+        ("done".into(), 1)
+    );
+    let deferrals: i32 =
+        sqlx::query_scalar("select deferrals from bulkhead.job_schedule where job_id = $1")
+            .bind(job)
+            .fetch_one(&mut su)
+            .await
+            .unwrap();
+    assert_eq!(deferrals, 2);
+    // 5xx, a timeout and a malformed body each cost an attempt and back off.
+    for fault in [
+        serde_json::json!({"status": 503}),
+        serde_json::json!({"delay": 3}),
+        serde_json::json!({"malformed": true}),
+    ] {
+        fake.inject(chat, serde_json::json!([fault]));
+        let job = complete(&mut conn, a, "flaky", "gpt-4o-mini", false).await;
+        assert_eq!(
+            wait_for(job, Duration::from_secs(20)).await,
+            ("done".into(), 2),
+            "after {fault}"
+        );
+    }
+    // Another 4xx is final: a readable error, the key redacted even where the provider echoed
+    // it, and the reservation released.
+    fake.inject(
+        chat,
+        serde_json::json!([{"status": 401, "message": format!("Incorrect API key provided: {planted}")}]),
+    );
+    let job = complete(&mut conn, a, "bad key", "gpt-4o-mini", false).await;
+    assert_eq!(
+        wait_for(job, Duration::from_secs(20)).await,
+        ("dead".into(), 1)
+    );
+    let (status, output, cost, error) = result(&mut conn, a, job).await;
+    assert_eq!((status.as_str(), output, cost), ("failed", None, None));
+    let error = error.unwrap();
+    assert!(
+        error.contains("HTTP 401") && error.contains("Incorrect API key provided"),
+        "{error}"
+    );
+    assert!(
+        error.contains("[redacted]") && !error.contains(&planted),
+        "{error}"
+    );
+    let reserved: String = sqlx::query_scalar(
+        "select reserved_usd::float8::text from bulkhead.budget_state where tenant_id = $1",
+    )
+    .bind(a)
+    .fetch_one(&mut su)
+    .await
+    .unwrap();
+    assert_eq!(
+        reserved, "0",
+        "the dead job's reservation no longer holds budget"
+    );
+    // A stream cut before usage settles what was streamed, and the job fails with the reason.
+    fake.inject(chat, serde_json::json!([{"cut_after": 2}]));
+    let job = complete(&mut conn, a, "cut me off", "gpt-4o-mini", true).await;
+    assert_eq!(wait_for(job, Duration::from_secs(20)).await.0, "dead");
+    let (status, output, cost, error) = result(&mut conn, a, job).await;
+    assert_eq!(status, "failed");
+    assert_eq!(output.as_deref(), Some("fake answer:"));
+    assert!(
+        cost.is_some_and(|c| c != "0"),
+        "the streamed part is charged"
+    );
+    assert!(error.unwrap().contains("stream cut short"));
+
+    // Metrics count the provider errors by class.
+    let metrics = scrape(metrics_port);
+    for class in ["rate_limited", "server", "timeout", "malformed", "client"] {
+        assert!(
+            metrics.contains(&format!(
+                "bulkhead_provider_errors_total{{provider=\"openai\",class=\"{class}\"}}"
+            )),
+            "{class} missing from:\n{metrics}"
+        );
+    }
+
+    // Stop the worker, then grep everything it wrote or touched for the keys.
+    terminate(&mut worker);
+    assert!(worker.wait().unwrap().success());
+    let logs = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        logs.contains("job_failed"),
+        "the worker logged the failures:\n{logs}"
+    );
+    let rows: String = sqlx::query_scalar(
+        "select concat_ws(' ',
+            (select string_agg(j::text, ' ') from bulkhead.jobs j),
+            (select string_agg(s::text, ' ') from bulkhead.job_schedule s),
+            (select string_agg(l::text, ' ') from bulkhead.ledger l),
+            (select string_agg(c::text, ' ') from bulkhead.tenant_credentials c))",
+    )
+    .fetch_one(&mut su)
+    .await
+    .unwrap();
+    assert!(
+        rows.contains("Incorrect API key provided"),
+        "the grep reads the job rows"
+    );
+    for key in [&planted, &anthropic_key, &vault_key] {
+        for (place, text) in [("logs", &logs), ("rows", &rows), ("metrics", &metrics)] {
+            assert!(
+                !text.contains(key.as_str()),
+                "a key leaked into the {place}"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+}
+
+/// SIGTERM: the worker finishes or gives back its jobs and exits 0.
+fn terminate(child: &mut Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("bulkhead-it-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
