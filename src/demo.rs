@@ -17,6 +17,8 @@ pub enum DemoError {
     NoDatabaseName,
     #[error("isolation check failed: {0}")]
     Leak(String),
+    #[error("{0}")]
+    Setup(String),
 }
 
 pub async fn run(database_url: &str) -> Result<(), DemoError> {
@@ -331,7 +333,9 @@ pub async fn run(database_url: &str) -> Result<(), DemoError> {
         "rollback restores exactly the previous text",
     )?;
 
-    step("10. \"Why is our chatbot quoting Customer A's pricing to Customer B?\" Not here.");
+    completion_through_the_daemon(&mut conn, database_url, globex).await?;
+
+    step("11. \"Why is our chatbot quoting Customer A's pricing to Customer B?\" Not here.");
     let mut tx = conn.begin().await?;
     tx.execute("set local role bulkhead_admin").await?;
     for tenant in [acme, globex] {
@@ -407,7 +411,7 @@ pub async fn run(database_url: &str) -> Result<(), DemoError> {
         "globex's searches return globex's documents only, though acme's page is the nearest neighbour",
     )?;
 
-    step("11. Acme churns: one call deletes every Acme row and leaves a receipt.");
+    step("12. Acme churns: one call deletes every Acme row and leaves a receipt.");
     let mut tx = conn.begin().await?;
     tx.execute("set local role bulkhead_admin").await?;
     let receipt: Uuid = sqlx::query_scalar("select bulkhead.delete_tenant($1)")
@@ -504,6 +508,153 @@ async fn llm_call(
         .await?;
     tx.commit().await?;
     Ok(Ok(cost))
+}
+
+/// Step 10: a completion goes app -> SQL -> `bulkhead worker` -> provider -> ledger. The provider
+/// is OpenAI when OPENAI_API_KEY is set, else the FAKE provider server (a test double speaking
+/// OpenAI's wire format, tests/fakes/fake_providers.py) on 127.0.0.1.
+async fn completion_through_the_daemon(
+    conn: &mut PgConnection,
+    database_url: &str,
+    tenant: Uuid,
+) -> Result<(), DemoError> {
+    step("10. Globex's app asks a question through bulkhead.complete(); the daemon calls the provider.");
+    let real_key = std::env::var("OPENAI_API_KEY").is_ok_and(|k| !k.is_empty());
+    let mut fake = None;
+    let mut worker = std::process::Command::new(
+        std::env::current_exe().map_err(|e| DemoError::Setup(e.to_string()))?,
+    );
+    if real_key {
+        say("   OPENAI_API_KEY is set: the call goes to OpenAI (shared pool credential env:OPENAI_API_KEY).");
+    } else {
+        let (child, port) = start_fake_provider()?;
+        fake = Some(child);
+        say(&format!(
+            "   No OPENAI_API_KEY: the call goes to the FAKE provider server (a test double) on 127.0.0.1:{port}."
+        ));
+        worker
+            .env("OPENAI_BASE_URL", format!("http://127.0.0.1:{port}/v1"))
+            .env("OPENAI_API_KEY", "sk-demo-fake-key");
+    }
+    let mut tx = conn.begin().await?;
+    tx.execute("set local role bulkhead_admin").await?;
+    sqlx::query(
+        "select bulkhead.set_credential(null, 'openai', 'env:OPENAI_API_KEY', 'shared_pool')",
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    // The daemon logs in as a member of bulkhead_worker: row level security applies to it.
+    conn.execute(
+        "do $$ begin
+           if not exists (select from pg_roles where rolname = 'bulkhead_demo_worker') then
+             create role bulkhead_demo_worker login in role bulkhead_worker;
+           end if;
+         end $$",
+    )
+    .await?;
+
+    let mut tx = conn.begin().await?;
+    enter_app(&mut tx, Some(tenant)).await?;
+    let job: i64 = sqlx::query_scalar("select bulkhead.complete('support', $1, 'gpt-4o-mini', 60)")
+        .bind(serde_json::json!({"question": "Can I get a discount?"}))
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    say(&format!(
+        "   select bulkhead.complete('support', '{{\"question\": \"Can I get a discount?\"}}', 'gpt-4o-mini', 60) -> job {job}"
+    ));
+
+    let mut worker_url =
+        reqwest::Url::parse(database_url).map_err(|e| DemoError::Setup(e.to_string()))?;
+    let _ = worker_url.set_username("bulkhead_demo_worker");
+    let _ = worker_url.set_password(None);
+    let status = worker
+        .args(["worker", "--drain", "--name", "demo-worker"])
+        .env("DATABASE_URL", worker_url.as_str())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map_err(|e| DemoError::Setup(format!("cannot run bulkhead worker: {e}")))?;
+    if let Some(mut child) = fake {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    say(&format!("   bulkhead worker --drain -> {status}"));
+
+    let mut tx = conn.begin().await?;
+    enter_app(&mut tx, Some(tenant)).await?;
+    let (state, output, cost, error): (String, Option<String>, Option<String>, Option<String>) =
+        sqlx::query_as(
+            "select status, output, cost_usd::text, error from bulkhead.completion_result($1)",
+        )
+        .bind(job)
+        .fetch_one(&mut *tx)
+        .await?;
+    let ledger: Vec<(String, i64, i64, String)> = sqlx::query_as(
+        "select request_id, input_tokens, output_tokens, cost_usd::text from bulkhead.ledger \
+         where request_id not like 'chatcmpl-globex-%' order by created_at",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let report: Vec<(String, i64, String)> = sqlx::query_as(
+        "select model, requests, cost_usd::text from bulkhead.usage_report(now() - interval '1 day', now() + interval '1 day')",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    say(&format!(
+        "   completion_result({job}) -> status {state}, cost ${}",
+        cost.as_deref().unwrap_or("-")
+    ));
+    say(&indent(
+        "answer",
+        output.as_deref().unwrap_or(error.as_deref().unwrap_or("")),
+    ));
+    for (request_id, input, output, cost) in &ledger {
+        say(&format!(
+            "   ledger: {request_id}  {input} input + {output} output tokens  ${cost}"
+        ));
+    }
+    for (model, requests, cost) in &report {
+        say(&format!(
+            "   Globex's usage_report: {model}  {requests} calls  ${cost}"
+        ));
+    }
+    expect(
+        status.success()
+            && state == "done"
+            && ledger.len() == 1
+            && cost.as_deref() == Some(ledger[0].3.as_str()),
+        "the completion was settled once in globex's ledger at the provider's usage",
+    )?;
+    expect(
+        report.iter().map(|r| r.1).sum::<i64>() == 2,
+        "globex's cost report counts the simulated call and the daemon's call",
+    )
+}
+
+/// Starts the fake provider server; returns it and its port.
+fn start_fake_provider() -> Result<(std::process::Child, u16), DemoError> {
+    use std::io::BufRead;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fakes/fake_providers.py");
+    let mut child = std::process::Command::new("python3")
+        .args([script, "--port", "0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| DemoError::Setup(format!("cannot start {script}: {e}")))?;
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        std::io::BufReader::new(out)
+            .read_line(&mut line)
+            .map_err(|e| DemoError::Setup(e.to_string()))?;
+    }
+    let port = line
+        .trim()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| DemoError::Setup(format!("the fake provider said {line:?}")))?;
+    Ok((child, port))
 }
 
 async fn create_tenant(conn: &mut PgConnection, slug: &str, name: &str) -> Result<Uuid, DemoError> {
