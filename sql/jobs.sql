@@ -8,9 +8,9 @@
 
 create table bulkhead.jobs (
     tenant_id       uuid        not null,
-    -- A number, not a uuid: bulkhead.complete() returns it. Its gaps show how busy the platform
-    -- is, nothing about whose jobs they were.
-    id              bigint      not null generated always as identity,
+    -- A number (bulkhead.complete() returns one), but random, not a sequence: a global counter
+    -- would tell a tenant how many jobs the others queue. 60 random bits from gen_random_uuid().
+    id              bigint      not null default (('x' || pg_catalog.substr(pg_catalog.md5(pg_catalog.gen_random_uuid()::text), 1, 15))::bit(60)::bigint),
     kind            text        not null,
     payload         jsonb       not null default '{}',
     idempotency_key text,
@@ -71,7 +71,6 @@ grant select, insert, update on bulkhead.job_schedule to bulkhead_meter;
 grant select on bulkhead.job_schedule to bulkhead_admin;
 select pg_catalog.pg_extension_config_dump('bulkhead.jobs', '');
 select pg_catalog.pg_extension_config_dump('bulkhead.job_schedule', '');
-select pg_catalog.pg_extension_config_dump('bulkhead.jobs_id_seq', '');
 
 -- Dead jobs, for operators: which job of which tenant, after how many attempts, since when. The
 -- kind and last error are tenant data: job_status shows them inside the tenant's context.

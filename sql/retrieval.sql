@@ -207,6 +207,8 @@ begin
         on conflict (tenant_id, chunk_id) where processed_at is null
         do update set op = 'upsert', namespace = excluded.namespace, enqueued_at = excluded.enqueued_at;
     end if;
+    -- Wakes a worker syncing Pinecone at commit (one notification per transaction).
+    perform pg_catalog.pg_notify('bulkhead_pinecone', '');
     return null;
 end
 $$;
@@ -232,6 +234,7 @@ begin
     select t.pinecone_namespace into namespace from bulkhead.tenants t where t.id = tenant;
     insert into bulkhead.pinecone_namespace_deletions (deleted_tenant, namespace, receipt_id)
     values (tenant, namespace, receipt);
+    perform pg_catalog.pg_notify('bulkhead_pinecone', '');
     return namespace;
 end
 $$;

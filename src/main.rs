@@ -10,6 +10,7 @@ use std::time::Duration;
 mod credentials;
 mod demo;
 mod metrics;
+mod pinecone;
 mod providers;
 mod worker;
 
@@ -79,6 +80,10 @@ enum Command {
         /// Seconds one provider call may take; must be shorter than the lease.
         #[arg(long, env = "BULKHEAD_PROVIDER_TIMEOUT_SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
         provider_timeout_secs: u64,
+        /// Host of the Pinecone index to mirror chunks into (each tenant in its own namespace).
+        /// Needs PINECONE_API_KEY in the environment (never a flag: it would show in ps).
+        #[arg(long, env = "PINECONE_INDEX_HOST")]
+        pinecone_index_host: Option<String>,
     },
     /// Narrated walk-through of tenant isolation on a fresh database (recreated at every run).
     Demo {
@@ -107,6 +112,7 @@ async fn main() -> ExitCode {
             anthropic_base_url,
             openai_compatible_base_url,
             provider_timeout_secs,
+            pinecone_index_host,
         } => worker::run(worker::Config {
             database_url,
             name: name.unwrap_or_else(|| {
@@ -126,6 +132,18 @@ async fn main() -> ExitCode {
                 openai_compatible: openai_compatible_base_url,
             },
             provider_timeout: Duration::from_secs(provider_timeout_secs),
+            pinecone: match (pinecone_index_host, std::env::var("PINECONE_API_KEY").ok()) {
+                (Some(host), Some(key)) if !key.is_empty() => {
+                    Some((host, providers::Secret::new(key)))
+                }
+                (Some(_), _) => {
+                    eprintln!(
+                        "bulkhead: --pinecone-index-host needs PINECONE_API_KEY in the environment"
+                    );
+                    return ExitCode::from(2);
+                }
+                (None, _) => None,
+            },
         })
         .await
         .map_err(|e| e.to_string()),

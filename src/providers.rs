@@ -11,6 +11,7 @@ use std::fmt;
 use std::time::Duration;
 
 /// An API key, resolved at call time. Never printed: Debug shows nothing of it.
+#[derive(Clone)]
 pub struct Secret(String);
 
 impl Secret {
@@ -18,7 +19,7 @@ impl Secret {
         Secret(key)
     }
 
-    fn expose(&self) -> &str {
+    pub fn expose(&self) -> &str {
         &self.0
     }
 }
@@ -191,29 +192,7 @@ impl Providers {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         if !status.is_success() {
-            let retry_after = retry_after(response.headers());
-            let body = read_capped(response, 4096).await.unwrap_or_default();
-            let message = format!(
-                "{} returned HTTP {}: {}",
-                request.provider,
-                status.as_u16(),
-                redact(&error_text(&body), key)
-            );
-            return Err(match status.as_u16() {
-                429 => CallError::RateLimited {
-                    retry_after: retry_after.unwrap_or(DEFAULT_RETRY_AFTER),
-                    message,
-                },
-                // Anthropic's 529 is "overloaded"; 408 is a timeout.
-                408 | 409 | 500..=599 => CallError::Transient {
-                    class: "server",
-                    message,
-                },
-                _ => CallError::Permanent {
-                    class: "client",
-                    message,
-                },
-            });
+            return Err(error_response(request.provider, response, key).await);
         }
 
         if request.stream {
@@ -412,6 +391,33 @@ impl Stream {
     }
 }
 
+/// A provider's (or Pinecone's) error answer, classified; its text redacted and cut.
+pub async fn error_response(who: &str, response: reqwest::Response, key: &str) -> CallError {
+    let status = response.status();
+    let retry_after = retry_after(response.headers());
+    let body = read_capped(response, 4096).await.unwrap_or_default();
+    let message = format!(
+        "{who} returned HTTP {}: {}",
+        status.as_u16(),
+        redact(&error_text(&body), key)
+    );
+    match status.as_u16() {
+        429 => CallError::RateLimited {
+            retry_after: retry_after.unwrap_or(DEFAULT_RETRY_AFTER),
+            message,
+        },
+        // Anthropic's 529 is "overloaded"; 408 is a timeout.
+        408 | 409 | 500..=599 => CallError::Transient {
+            class: "server",
+            message,
+        },
+        _ => CallError::Permanent {
+            class: "client",
+            message,
+        },
+    }
+}
+
 fn malformed(request: &Request<'_>, why: &dyn fmt::Display) -> CallError {
     CallError::Transient {
         class: "malformed",
@@ -419,7 +425,7 @@ fn malformed(request: &Request<'_>, why: &dyn fmt::Display) -> CallError {
     }
 }
 
-fn transport_error(err: &reqwest::Error, key: &str) -> CallError {
+pub fn transport_error(err: &reqwest::Error, key: &str) -> CallError {
     let class = if err.is_timeout() {
         "timeout"
     } else if err.is_connect() {
@@ -441,7 +447,7 @@ fn transport_error(err: &reqwest::Error, key: &str) -> CallError {
     }
 }
 
-async fn read_capped(
+pub async fn read_capped(
     mut response: reqwest::Response,
     cap: usize,
 ) -> Result<Vec<u8>, reqwest::Error> {

@@ -12,14 +12,15 @@
 
 use crate::credentials;
 use crate::metrics::{self, Metrics};
-use crate::providers::{self, CallError, Completion, Providers};
+use crate::pinecone::Pinecone;
+use crate::providers::{self, CallError, Completion, Providers, Secret};
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use sqlx::Row;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
@@ -42,6 +43,8 @@ pub struct Config {
     pub endpoints: providers::Endpoints,
     /// How long one provider call may take; shorter than the lease.
     pub provider_timeout: Duration,
+    /// Pinecone index host and API key: with both, the worker syncs chunks to Pinecone.
+    pub pinecone: Option<(String, Secret)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +105,14 @@ pub async fn run(config: Config) -> Result<(), WorkerError> {
         config.endpoints.clone(),
         config.provider_timeout,
     )?);
+    let pinecone = match &config.pinecone {
+        Some((host, key)) => Some(Arc::new(Pinecone::new(
+            host,
+            key.expose().to_string(),
+            config.provider_timeout,
+        )?)),
+        None => None,
+    };
     let metrics = Arc::new(Metrics::default());
     let _endpoint = match config.metrics_addr {
         Some(addr) => {
@@ -120,7 +131,15 @@ pub async fn run(config: Config) -> Result<(), WorkerError> {
     });
     let mut backoff = Duration::from_millis(200);
     loop {
-        let session = serve(&config, &metrics, &providers, &mut work, stop.clone()).await;
+        let session = serve(
+            &config,
+            &metrics,
+            &providers,
+            pinecone.as_ref(),
+            &mut work,
+            stop.clone(),
+        )
+        .await;
         metrics.set_connected(false);
         match session {
             Ok(()) => {
@@ -235,6 +254,7 @@ async fn serve(
     config: &Config,
     metrics: &Arc<Metrics>,
     providers: &Arc<Providers>,
+    pinecone: Option<&Arc<Pinecone>>,
     work: &mut Work,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), WorkerError> {
@@ -243,7 +263,21 @@ async fn serve(
         .connect(&config.database_url)
         .await?;
     let mut listener = PgListener::connect_with(&pool).await?;
-    listener.listen("bulkhead_jobs").await?;
+    listener
+        .listen_all(["bulkhead_jobs", "bulkhead_pinecone"])
+        .await?;
+    // Pinecone sync runs beside the claim loop, woken by NOTIFY bulkhead_pinecone or the poll.
+    let pinecone_wake = Arc::new(Notify::new());
+    let _pinecone_sync = match pinecone {
+        Some(pinecone) if !config.drain => Some(AbortOnDrop(tokio::spawn(pinecone_loop(
+            Arc::clone(pinecone),
+            pool.clone(),
+            Arc::clone(metrics),
+            Arc::clone(&pinecone_wake),
+            config.clone(),
+        )))),
+        _ => None,
+    };
     metrics.set_connected(true);
     log(
         config,
@@ -286,11 +320,18 @@ async fn serve(
             }
         }
         if config.drain && claimed_now == 0 && work.held.is_empty() {
+            if let Some(pinecone) = pinecone {
+                drain_pinecone(pinecone, &pool, metrics, config).await?;
+            }
             log(config, "drained", "");
             break;
         }
         tokio::select! {
-            notification = listener.recv() => { notification?; }
+            notification = listener.recv() => {
+                if notification?.channel() == "bulkhead_pinecone" {
+                    pinecone_wake.notify_one();
+                }
+            }
             Some(first) = work.outcomes.recv() => {
                 let batch = work.next_batch(Some(first));
                 work.record(&pool, config, metrics, batch).await?;
@@ -332,6 +373,73 @@ async fn serve(
         }
     }
     Ok(())
+}
+
+/// Aborts a background task when the session that started it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Sweeps the Pinecone outbox until it is empty, then waits for a NOTIFY or the poll interval.
+async fn pinecone_loop(
+    pinecone: Arc<Pinecone>,
+    pool: PgPool,
+    metrics: Arc<Metrics>,
+    wake: Arc<Notify>,
+    config: Config,
+) {
+    loop {
+        match pinecone.round(&pool, &metrics).await {
+            // Work done and none failed: more may be pending, go again at once.
+            Ok(round) if round.failures == 0 && round.synced + round.namespaces_deleted > 0 => {
+                continue
+            }
+            Ok(round) if round.failures > 0 => log(
+                &config,
+                "pinecone_failures",
+                &format!("failed={} synced={}", round.failures, round.synced),
+            ),
+            Ok(_) => {}
+            Err(err) => log(&config, "pinecone_error", &format!("error={err}")),
+        }
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(config.poll_interval) => {}
+        }
+    }
+}
+
+/// With --drain: sweeps until a round finds nothing to do; failing rounds are retried after
+/// the poll interval, at most 20 times, and whatever still fails is left for the next run.
+async fn drain_pinecone(
+    pinecone: &Pinecone,
+    pool: &PgPool,
+    metrics: &Metrics,
+    config: &Config,
+) -> Result<(), sqlx::Error> {
+    let mut failed_rounds = 0;
+    loop {
+        let round = pinecone.round(pool, metrics).await?;
+        if round.failures == 0 && round.synced + round.namespaces_deleted == 0 {
+            return Ok(());
+        }
+        if round.failures > 0 {
+            failed_rounds += 1;
+            if failed_rounds >= 20 {
+                log(
+                    config,
+                    "pinecone_left_pending",
+                    &format!("failed={}", round.failures),
+                );
+                return Ok(());
+            }
+            tokio::time::sleep(config.poll_interval).await;
+        }
+    }
 }
 
 /// A claimed job's payload, or why it could not be read (a payload serde_json refuses, e.g.

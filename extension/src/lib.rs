@@ -79,7 +79,12 @@ extension_sql_file!(
 extension_sql_file!(
     "../../sql/completions.sql",
     name = "completions",
-    requires = ["jobs"],
+    requires = ["jobs"]
+);
+extension_sql_file!(
+    "../../sql/pinecone.sql",
+    name = "pinecone",
+    requires = ["completions"],
     finalize
 );
 

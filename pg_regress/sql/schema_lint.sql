@@ -32,7 +32,15 @@ definer_allow_list (proname) as (
            ('enqueue_job'), ('job_status'),
     -- Only complete() queues a completion (admitted first); results are read, never written, by apps;
     -- a dead completion releases its reservation.
-           ('complete'), ('completion_result'), ('_cancel_reservation')
+           ('complete'), ('completion_result'), ('_cancel_reservation'),
+    -- The Pinecone sweep learns which tenants have pending changes (ids only).
+           ('pinecone_pending_tenants')
+),
+-- Extra policies on tenant tables (beside the one on current_tenant() for all roles), each read
+-- only by one SECURITY DEFINER function that returns no tenant data.
+cross_tenant_policy_allow_list (table_name, polname) as (
+    -- pinecone_pending_tenants(): which tenants have unsynced chunk changes (tenant ids only).
+    values ('bulkhead.pinecone_outbox', 'meter_lists_pending'::name)
 ),
 unpinned_allow_list (proname) as (
     -- Runs no SQL; a SET clause would add a settings save/restore to every policy evaluation.
@@ -58,11 +66,13 @@ union all
 select 'tenant table policy not for all roles', t.name || ' ' || p.polname
 from tenant_tables t join pg_policy p on p.polrelid = t.oid
 where p.polroles <> '{0}'
+  and (t.name, p.polname) not in (select table_name, polname from cross_tenant_policy_allow_list)
 union all
 select 'tenant table policy not on current_tenant()', t.name || ' ' || p.polname
 from tenant_tables t join pg_policy p on p.polrelid = t.oid
-where pg_get_expr(p.polqual, p.polrelid) !~ 'bulkhead\.current_tenant\(\)'
-   or (p.polwithcheck is not null and pg_get_expr(p.polwithcheck, p.polrelid) !~ 'bulkhead\.current_tenant\(\)')
+where (pg_get_expr(p.polqual, p.polrelid) !~ 'bulkhead\.current_tenant\(\)'
+       or (p.polwithcheck is not null and pg_get_expr(p.polwithcheck, p.polrelid) !~ 'bulkhead\.current_tenant\(\)'))
+  and (t.name, p.polname) not in (select table_name, polname from cross_tenant_policy_allow_list)
 union all
 select 'unique key without tenant_id', t.name || ' ' || i.indexrelid::regclass::text
 from tenant_tables t join pg_index i on i.indrelid = t.oid

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""Test double: a FAKE OpenAI + Anthropic server on 127.0.0.1, for tests and the demo only.
+"""Test double: a FAKE OpenAI + Anthropic + Pinecone server on 127.0.0.1, for tests and the demo only.
 
 It speaks the providers' real wire formats (no real model behind it):
   POST /v1/chat/completions   OpenAI Chat Completions, plain or streamed (SSE, stream_options.include_usage)
   POST /v1/messages           Anthropic Messages, plain or streamed (SSE events)
+  POST /vectors/upsert        Pinecone data plane (the index host is http://127.0.0.1:PORT)
+  POST /vectors/delete        Pinecone: by ids, or {"deleteAll": true} for a namespace (404 if it does not exist)
 Point the worker at it with OPENAI_BASE_URL=http://127.0.0.1:PORT/v1, ANTHROPIC_BASE_URL=http://127.0.0.1:PORT
 and OPENAI_COMPATIBLE_BASE_URL=http://127.0.0.1:PORT/v1.
 
@@ -16,8 +18,10 @@ Faults are injected per path, consumed one per request, in order:
                           {"delay": 3} (answer after 3 s: a timeout for a short client timeout),
                           {"malformed": true} (200 with a body that is not JSON),
                           {"cut_after": 2} (a stream that stops after 2 deltas, without usage)
+  GET    /_fake/faults    the faults not yet consumed
   DELETE /_fake/faults    clears them
   GET    /_fake/requests  every request received: path, headers, JSON body
+  GET    /_fake/pinecone  the fake index: {namespace: {id: {"values": [...], "metadata": {...}}}}
   DELETE /_fake/requests  clears the log
 Prints "listening on 127.0.0.1:PORT" once ready (--port 0 picks a free port).
 """
@@ -32,6 +36,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 LOCK = threading.Lock()
 FAULTS = {}  # path -> [fault, ...]
 REQUESTS = []
+INDEX = {}  # Pinecone: namespace -> id -> vector
 COUNTER = [0]
 
 
@@ -80,6 +85,12 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/_fake/requests":
             with LOCK:
                 self.send_json(200, list(REQUESTS))
+        elif self.path == "/_fake/faults":
+            with LOCK:
+                self.send_json(200, {k: v for k, v in FAULTS.items() if v})
+        elif self.path == "/_fake/pinecone":
+            with LOCK:
+                self.send_json(200, INDEX)
         else:
             self.send_json(404, {"error": {"message": "not found"}})
 
@@ -122,6 +133,8 @@ class Handler(BaseHTTPRequestHandler):
             self.openai_chat(body or {}, cut_after)
         elif self.path == "/v1/messages":
             self.anthropic_messages(body or {}, cut_after)
+        elif self.path in ("/vectors/upsert", "/vectors/delete"):
+            self.pinecone(body or {})
         else:
             self.send_json(404, {"error": {"message": "unknown path " + self.path}})
 
@@ -195,6 +208,35 @@ class Handler(BaseHTTPRequestHandler):
         self.event("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
                                      "usage": {"output_tokens": len(words)}})
         self.event("message_stop", {"type": "message_stop"})
+
+    # ---------------------------------------------------------------- Pinecone
+    def pinecone(self, req):
+        if not self.headers.get("api-key"):
+            self.send_json(401, {"code": 16, "message": "Invalid API Key", "details": []})
+            return
+        namespace = req.get("namespace", "")
+        with LOCK:
+            if self.path == "/vectors/upsert":
+                vectors = req.get("vectors") or []
+                for v in vectors:
+                    if not isinstance(v.get("values"), list) or not v.get("id"):
+                        self.send_json(400, {"code": 3, "message": "vector id and values are required", "details": []})
+                        return
+                space = INDEX.setdefault(namespace, {})
+                for v in vectors:
+                    space[v["id"]] = {"values": v["values"], "metadata": v.get("metadata") or {}}
+                self.send_json(200, {"upsertedCount": len(vectors)})
+            elif req.get("deleteAll"):
+                if namespace not in INDEX:
+                    self.send_json(404, {"code": 5, "message": "Namespace not found", "details": []})
+                    return
+                del INDEX[namespace]
+                self.send_json(200, {})
+            else:
+                space = INDEX.get(namespace, {})
+                for i in req.get("ids") or []:
+                    space.pop(i, None)
+                self.send_json(200, {})
 
     # ------------------------------------------------------------------ SSE
     def start_stream(self):
