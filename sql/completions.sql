@@ -189,6 +189,124 @@ begin
 end
 $$;
 
+-- Admits and queues the embedding of a document's chunks for the current tenant; returns the
+-- job id. The worker calls the provider's embeddings endpoint (at the tenant's dimension) and
+-- ingests the chunks with their embeddings (bulkhead.ingest_document), in the tenant's context.
+-- SECURITY DEFINER (as bulkhead_meter): only this function may queue an embedding job.
+create function bulkhead.embed_document(
+    external_id text,
+    chunks jsonb,
+    model text default 'text-embedding-3-small',
+    title text default null,
+    metadata jsonb default '{}',
+    lease interval default '30 minutes'
+)
+returns bigint
+language plpgsql volatile
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    tenant uuid := bulkhead.current_tenant();
+    dims int;
+    bytes bigint;
+    est_input int;
+    reservation uuid;
+    r bulkhead.reservations;
+begin
+    if tenant is null then
+        raise exception 'no tenant context'
+            using errcode = '42501', hint = 'Call bulkhead.set_tenant(...) first.';
+    end if;
+    if external_id is null or chunks is null or model is null or metadata is null then
+        raise exception 'external_id, chunks, model and metadata are required' using errcode = '22004';
+    end if;
+    if pg_catalog.jsonb_typeof(chunks) <> 'array' or pg_catalog.jsonb_array_length(chunks) = 0
+       or pg_catalog.jsonb_array_length(chunks) > 2048
+       or exists (select from pg_catalog.jsonb_array_elements(chunks) c
+                  where pg_catalog.jsonb_typeof(c) <> 'object'
+                     or pg_catalog.jsonb_typeof(c->'content') is distinct from 'string'
+                     or c ? 'embedding'
+                     or pg_catalog.jsonb_typeof(coalesce(c->'metadata', '{}')) <> 'object') then
+        raise exception 'chunks must be an array of 1 to 2048 {"content": text, "metadata": {...}} without embeddings'
+            using errcode = '22023', hint = 'Chunks that already have embeddings go to bulkhead.ingest_document().';
+    end if;
+    if pg_catalog.jsonb_typeof(metadata) <> 'object' then
+        raise exception 'metadata must be a JSON object' using errcode = '22023';
+    end if;
+    select s.embedding_dims into dims from bulkhead.retrieval_settings s where s.tenant_id = tenant;
+    if dims is null then
+        raise exception 'the tenant has no embedding dimension'
+            using errcode = '55000', hint = 'bulkhead_admin sets one with bulkhead.set_embedding_dims().';
+    end if;
+    select sum(pg_catalog.octet_length(c->>'content')) into bytes from pg_catalog.jsonb_array_elements(chunks) c;
+    -- As in complete(): a third of the bytes, plus a little per input.
+    est_input := least(pg_catalog.ceil(bytes / 3.0) + 8 * pg_catalog.jsonb_array_length(chunks), 100000000)::int;
+    reservation := bulkhead.budget_check(model, est_input, 0, lease);
+    perform pg_catalog.set_config('synchronous_commit', 'on', true);
+    select * into r from bulkhead.reservations x where x.tenant_id = tenant and x.id = reservation;
+    if r.provider not in ('openai', 'openai_compatible') then
+        raise exception 'model % is not an embedding model of an OpenAI-style provider', pg_catalog.quote_literal(model)
+            using errcode = '22023';
+    end if;
+    return bulkhead._enqueue(
+        'embedding',
+        pg_catalog.jsonb_build_object(
+            'reservation', reservation, 'provider', r.provider, 'model', r.model, 'dims', dims,
+            'external_id', external_id, 'title', title, 'metadata', metadata, 'chunks', chunks),
+        'embedding:' || reservation::text,
+        null,
+        5);
+end
+$$;
+comment on function bulkhead.embed_document(text, jsonb, text, text, jsonb, interval) is
+    'Admits and queues the embedding of a document''s chunks; the worker ingests them with their embeddings. Returns the job id.';
+
+-- Settles an embedding job the worker holds and ingests the document, in one transaction.
+create function bulkhead._finish_embedding(job bigint, worker text, usage jsonb, request_id text, embeddings jsonb)
+returns numeric
+language plpgsql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    payload jsonb;
+    cost numeric;
+    doc uuid;
+begin
+    perform bulkhead._held_job(job, worker);
+    select j.payload into payload from bulkhead.jobs j
+    where j.tenant_id = bulkhead.current_tenant() and j.id = job and j.kind = 'embedding';
+    if not found then
+        raise exception 'job % is not an embedding job', job using errcode = '22023';
+    end if;
+    if pg_catalog.jsonb_typeof(embeddings) is distinct from 'array'
+       or pg_catalog.jsonb_array_length(embeddings) <> pg_catalog.jsonb_array_length(payload -> 'chunks') then
+        raise exception 'the provider returned % embeddings for % chunks',
+                pg_catalog.jsonb_array_length(embeddings), pg_catalog.jsonb_array_length(payload -> 'chunks')
+            using errcode = '22023';
+    end if;
+    cost := bulkhead.ledger_record((payload ->> 'reservation')::uuid, usage, request_id);
+    doc := bulkhead.ingest_document(
+        payload ->> 'external_id',
+        (select pg_catalog.jsonb_agg(c.value || pg_catalog.jsonb_build_object('embedding', e.value) order by c.ordinality)
+         from pg_catalog.jsonb_array_elements(payload -> 'chunks') with ordinality c
+         join pg_catalog.jsonb_array_elements(embeddings) with ordinality e on e.ordinality = c.ordinality),
+        payload ->> 'title',
+        payload -> 'metadata');
+    update bulkhead.jobs j
+    set result = pg_catalog.jsonb_build_object('document_id', doc, 'cost_usd', cost, 'request_id', request_id,
+                                               'chunks', pg_catalog.jsonb_array_length(embeddings), 'usage', usage),
+        last_error = null
+    where j.tenant_id = bulkhead.current_tenant() and j.id = job;
+    update bulkhead.job_schedule s
+    set state = 'done', leased_by = null, leased_until = null, updated_at = pg_catalog.clock_timestamp()
+    where s.job_id = job;
+    return cost;
+end
+$$;
+
+alter function bulkhead.embed_document(text, jsonb, text, text, jsonb, interval) owner to bulkhead_meter;
 alter function bulkhead._cancel_reservation(uuid) owner to bulkhead_meter;
 alter function bulkhead.complete(text, jsonb, text, int, boolean, interval, text) owner to bulkhead_meter;
 alter function bulkhead.completion_result(bigint) owner to bulkhead_meter;
@@ -196,6 +314,10 @@ alter function bulkhead.completion_result(bigint) owner to bulkhead_meter;
 revoke all on function bulkhead._cancel_reservation(uuid) from public;
 revoke all on function bulkhead.complete(text, jsonb, text, int, boolean, interval, text) from public;
 revoke all on function bulkhead.completion_result(bigint) from public;
+revoke all on function bulkhead.embed_document(text, jsonb, text, text, jsonb, interval) from public;
+revoke all on function bulkhead._finish_embedding(bigint, text, jsonb, text, jsonb) from public;
+grant execute on function bulkhead.embed_document(text, jsonb, text, text, jsonb, interval) to bulkhead_app;
+grant execute on function bulkhead._finish_embedding(bigint, text, jsonb, text, jsonb) to bulkhead_worker;
 revoke all on function bulkhead.job_credential(bigint, text, text) from public;
 revoke all on function bulkhead._finish_completion(bigint, text, jsonb, text, text, text) from public;
 grant execute on function bulkhead.complete(text, jsonb, text, int, boolean, interval, text),

@@ -21,9 +21,10 @@ create table bulkhead.jobs (
     constraint jobs_idempotency_key unique (tenant_id, idempotency_key),
     constraint jobs_tenant_fkey foreign key (tenant_id) references bulkhead.tenants (id),
     -- Kinds join as the daemon learns to run them.
-    -- noop: does nothing (tests, benchmarks). completion: one provider call queued by
-    -- bulkhead.complete(), which alone may queue it (its payload names an open reservation).
-    constraint jobs_kind_known check (kind in ('noop', 'completion')),
+    -- noop: does nothing (tests, benchmarks). completion and embedding: one provider call,
+    -- queued only by bulkhead.complete() and bulkhead.embed_document() (the payload names an
+    -- open reservation).
+    constraint jobs_kind_known check (kind in ('noop', 'completion', 'embedding')),
     constraint jobs_payload_object check (pg_catalog.jsonb_typeof(payload) = 'object'),
     constraint jobs_idempotency_key_length check (pg_catalog.char_length(idempotency_key) between 1 and 200)
 );
@@ -136,7 +137,7 @@ begin
     exception
         when check_violation then
             raise exception 'unknown job kind %', pg_catalog.quote_literal(kind)
-                using errcode = '22023', detail = 'Known kinds: noop, completion.';
+                using errcode = '22023', detail = 'Known kinds: noop, completion, embedding.';
         when unique_violation then
             -- A concurrent enqueue of the same key won: answer with its job (invisible to a
             -- REPEATABLE READ snapshot taken before it committed: then retry the transaction).
@@ -172,10 +173,11 @@ security definer
 set search_path to pg_catalog, pg_temp
 as $$
 begin
-    if kind = 'completion' then
-        raise exception 'completion jobs are queued by bulkhead.complete()'
+    if kind in ('completion', 'embedding') then
+        raise exception '% jobs are queued by bulkhead.%()', kind,
+                case kind when 'completion' then 'complete' else 'embed_document' end
             using errcode = '42501',
-                  detail = 'complete() admits the call against the tenant''s budget and renders its prompt in the same transaction.';
+                  detail = 'They admit the provider call against the tenant''s budget in the same transaction.';
     end if;
     return bulkhead._enqueue(kind, payload, idempotency_key, run_at, max_attempts);
 end
@@ -332,10 +334,10 @@ begin
         delay := pg_catalog.make_interval(secs => least(300, 2 ^ (s.attempts - 1)) * (0.5 + pg_catalog.random() / 2));
     else
         next_state := 'dead';
-        -- A completion that will not be made stops holding its tenant's budget now.
+        -- A provider call that will not be made stops holding its tenant's budget now.
         perform bulkhead._cancel_reservation((j.payload ->> 'reservation')::uuid)
         from bulkhead.jobs j
-        where j.tenant_id = bulkhead.current_tenant() and j.id = job and j.kind = 'completion';
+        where j.tenant_id = bulkhead.current_tenant() and j.id = job and j.kind in ('completion', 'embedding');
     end if;
     update bulkhead.job_schedule x
     set state = next_state, attempts = s.attempts, deferrals = s.deferrals, leased_by = null, leased_until = null,

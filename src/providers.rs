@@ -242,6 +242,128 @@ impl Providers {
     }
 }
 
+/// One embeddings call (OpenAI or an OpenAI-compatible server).
+pub struct EmbeddingRequest<'a> {
+    pub provider: &'a str,
+    pub model: &'a str,
+    pub inputs: Vec<&'a str>,
+    /// The tenant's dimension: asked for where the model can shorten (OpenAI's
+    /// text-embedding-3), and checked on every vector returned.
+    pub dims: usize,
+    pub key: &'a Secret,
+    pub project: Option<&'a str>,
+    /// The request id to record when the provider sends none (embeddings answers have no id).
+    pub fallback_request_id: String,
+}
+
+#[derive(Debug)]
+pub struct Embeddings {
+    pub request_id: String,
+    /// One array of numbers per input, in input order.
+    pub vectors: Value,
+    pub usage: Value,
+}
+
+impl Providers {
+    pub async fn embed(&self, request: &EmbeddingRequest<'_>) -> Result<Embeddings, CallError> {
+        let key = request.key.expose();
+        let base =
+            match request.provider {
+                "openai" => &self.endpoints.openai,
+                "openai_compatible" => {
+                    self.endpoints.openai_compatible.as_ref().ok_or_else(|| {
+                        CallError::Permanent {
+                    class: "client",
+                    message:
+                        "no OpenAI-compatible base URL is configured (OPENAI_COMPATIBLE_BASE_URL)"
+                            .into(),
+                }
+                    })?
+                }
+                other => {
+                    return Err(CallError::Permanent {
+                        class: "client",
+                        message: format!("provider {other:?} has no embeddings endpoint here"),
+                    })
+                }
+            };
+        let mut body =
+            json!({"model": request.model, "input": request.inputs, "encoding_format": "float"});
+        if request.provider == "openai" && request.model.starts_with("text-embedding-3") {
+            body["dimensions"] = json!(request.dims);
+        }
+        let mut builder = self
+            .http
+            .post(format!("{}/embeddings", base.trim_end_matches('/')))
+            .bearer_auth(key)
+            .json(&body);
+        if let (Some(project), "openai") = (request.project, request.provider) {
+            builder = builder.header("OpenAI-Project", project);
+        }
+        let response = builder
+            .send()
+            .await
+            .map_err(|err| transport_error(&err, key))?;
+        if !response.status().is_success() {
+            return Err(error_response(request.provider, response, key).await);
+        }
+        let request_id = response
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .unwrap_or_else(|| request.fallback_request_id.clone());
+        let body = read_capped(response, MAX_BODY_BYTES)
+            .await
+            .map_err(|err| transport_error(&err, key))?;
+        let bad = |why: &str| CallError::Transient {
+            class: "malformed",
+            message: format!(
+                "{} sent an unreadable embeddings answer: {why}",
+                request.provider
+            ),
+        };
+        let answer: Value = serde_json::from_slice(&body).map_err(|_| bad("not JSON"))?;
+        let mut data: Vec<&Value> = answer["data"]
+            .as_array()
+            .ok_or_else(|| bad("no data array"))?
+            .iter()
+            .collect();
+        data.sort_by_key(|d| d["index"].as_u64().unwrap_or(u64::MAX));
+        if data.len() != request.inputs.len() {
+            return Err(bad("not one embedding per input"));
+        }
+        let mut vectors = Vec::with_capacity(data.len());
+        for item in data {
+            let vector = item["embedding"]
+                .as_array()
+                .ok_or_else(|| bad("an embedding is not an array"))?;
+            if vector.len() != request.dims || !vector.iter().all(Value::is_number) {
+                // The model does not produce the tenant's dimension: retrying cannot help.
+                return Err(CallError::Permanent {
+                    class: "client",
+                    message: format!(
+                        "{} returned {}-dimensional embeddings; the tenant's dimension is {}",
+                        request.model,
+                        vector.len(),
+                        request.dims
+                    ),
+                });
+            }
+            vectors.push(Value::Array(vector.clone()));
+        }
+        let usage = answer["usage"].clone();
+        if !usage.is_object() {
+            return Err(bad("no usage object"));
+        }
+        Ok(Embeddings {
+            request_id,
+            vectors: Value::Array(vectors),
+            usage,
+        })
+    }
+}
+
 /// What a stream delivered so far.
 #[derive(Default)]
 struct Stream {

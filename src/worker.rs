@@ -13,7 +13,7 @@
 use crate::credentials;
 use crate::metrics::{self, Metrics};
 use crate::pinecone::Pinecone;
-use crate::providers::{self, CallError, Completion, Providers, Secret};
+use crate::providers::{self, CallError, Completion, Embeddings, Providers, Secret};
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use sqlx::Row;
 use std::collections::HashMap;
@@ -82,6 +82,7 @@ struct Failure {
 enum Finish {
     Result(serde_json::Value),
     Completion(Completion),
+    Embedding(Embeddings),
 }
 
 /// What a job's task needs besides its payload.
@@ -489,31 +490,20 @@ async fn execute(
         "completion" => complete(context, job, payload)
             .await
             .map(Finish::Completion),
+        "embedding" => embed(context, job, payload).await.map(Finish::Embedding),
         other => Err(Failure::permanent(format!(
             "this worker cannot run jobs of kind {other:?}"
         ))),
     }
 }
 
-/// One queued completion: the tenant's credential, resolved now, and the provider call. The
-/// settle happens when the outcome is recorded (`_finish_completion`).
-async fn complete(
+/// The tenant's credential for a provider, read in the job's tenant context and resolved now:
+/// the key and the provider project id.
+async fn credential_for(
     context: &TaskContext,
     job: Claimed,
-    payload: &serde_json::Value,
-) -> Result<Completion, Failure> {
-    let text = |name: &str| {
-        payload[name]
-            .as_str()
-            .ok_or_else(|| Failure::permanent(format!("the completion payload has no {name}")))
-    };
-    let provider = text("provider")?;
-    let max_output_tokens = payload["max_output_tokens"]
-        .as_u64()
-        .and_then(|n| u32::try_from(n).ok())
-        .ok_or_else(|| {
-            Failure::permanent("the completion payload has no max_output_tokens".into())
-        })?;
+    provider: &str,
+) -> Result<(Secret, Option<String>), Failure> {
     let credential = sqlx::query_as::<_, (String, Option<String>)>(
         "select secret_ref, provider_project_id from bulkhead.job_credential($1, $2, $3)",
     )
@@ -531,31 +521,98 @@ async fn complete(
     let key = credentials::resolve(&secret_ref, &context.pool)
         .await
         .map_err(Failure::permanent)?;
+    Ok((key, project))
+}
+
+/// Maps a provider failure to the queue's terms, counting it in the metrics.
+fn provider_failure(context: &TaskContext, provider: &str, err: CallError) -> Failure {
+    context.metrics.provider_error(provider, err.class());
+    match err {
+        CallError::RateLimited {
+            retry_after,
+            message,
+        } => Failure {
+            message,
+            transient: true,
+            retry_after: Some(retry_after),
+        },
+        CallError::Transient { message, .. } => Failure::transient(message),
+        CallError::Permanent { message, .. } => Failure::permanent(message),
+    }
+}
+
+/// A payload field the job cannot run without.
+fn field<'a>(payload: &'a serde_json::Value, name: &str) -> Result<&'a str, Failure> {
+    payload[name]
+        .as_str()
+        .ok_or_else(|| Failure::permanent(format!("the job payload has no {name}")))
+}
+
+/// One queued embedding: the chunks' texts to the provider's embeddings endpoint. The settle
+/// and the ingest happen when the outcome is recorded (`_finish_embedding`).
+async fn embed(
+    context: &TaskContext,
+    job: Claimed,
+    payload: &serde_json::Value,
+) -> Result<Embeddings, Failure> {
+    let provider = field(payload, "provider")?;
+    let chunks = payload["chunks"]
+        .as_array()
+        .ok_or_else(|| Failure::permanent("the job payload has no chunks".into()))?;
+    let inputs = chunks
+        .iter()
+        .map(|c| c["content"].as_str())
+        .collect::<Option<Vec<&str>>>()
+        .ok_or_else(|| Failure::permanent("a chunk has no content".into()))?;
+    let dims = payload["dims"]
+        .as_u64()
+        .and_then(|d| usize::try_from(d).ok())
+        .ok_or_else(|| Failure::permanent("the job payload has no dims".into()))?;
+    let (key, project) = credential_for(context, job, provider).await?;
+    let request = providers::EmbeddingRequest {
+        provider,
+        model: field(payload, "model")?,
+        inputs,
+        dims,
+        key: &key,
+        project: project.as_deref(),
+        fallback_request_id: format!("embedding-job-{}", job.id),
+    };
+    context
+        .providers
+        .embed(&request)
+        .await
+        .map_err(|err| provider_failure(context, provider, err))
+}
+
+/// One queued completion: the tenant's credential, resolved now, and the provider call. The
+/// settle happens when the outcome is recorded (`_finish_completion`).
+async fn complete(
+    context: &TaskContext,
+    job: Claimed,
+    payload: &serde_json::Value,
+) -> Result<Completion, Failure> {
+    let provider = field(payload, "provider")?;
+    let max_output_tokens = payload["max_output_tokens"]
+        .as_u64()
+        .and_then(|n| u32::try_from(n).ok())
+        .ok_or_else(|| Failure::permanent("the job payload has no max_output_tokens".into()))?;
+    let (key, project) = credential_for(context, job, provider).await?;
     let request = providers::Request {
         provider,
-        model: text("model")?,
-        prompt: text("prompt")?,
+        model: field(payload, "model")?,
+        prompt: field(payload, "prompt")?,
         max_output_tokens,
         stream: payload["stream"].as_bool().unwrap_or(false),
         est_input_tokens: payload["est_input_tokens"].as_u64().unwrap_or(0),
         key: &key,
         project: project.as_deref(),
     };
-    context.providers.complete(&request).await.map_err(|err| {
-        context.metrics.provider_error(provider, err.class());
-        match err {
-            CallError::RateLimited {
-                retry_after,
-                message,
-            } => Failure {
-                message,
-                transient: true,
-                retry_after: Some(retry_after),
-            },
-            CallError::Transient { message, .. } => Failure::transient(message),
-            CallError::Permanent { message, .. } => Failure::permanent(message),
-        }
-    })
+    context
+        .providers
+        .complete(&request)
+        .await
+        .map_err(|err| provider_failure(context, provider, err))
 }
 
 impl Failure {
@@ -593,24 +650,36 @@ async fn settle(
                 done_ids.push(job.id);
                 done_results.push(result.clone());
             }
-            Ok(Finish::Completion(completion)) => {
-                let settled =
-                    sqlx::query("select bulkhead._finish_completion($1, $2, $3, $4, $5, $6)")
-                        .bind(job.id)
-                        .bind(&config.name)
-                        .bind(&completion.usage)
-                        .bind(&completion.request_id)
-                        .bind(&completion.output)
-                        .bind(&completion.cut_short)
-                        .execute(pool)
-                        .await;
+            Ok(Finish::Completion(_) | Finish::Embedding(_)) => {
+                let (settled, failed) = match outcome {
+                    Ok(Finish::Completion(completion)) => (
+                        sqlx::query("select bulkhead._finish_completion($1, $2, $3, $4, $5, $6)")
+                            .bind(job.id)
+                            .bind(&config.name)
+                            .bind(&completion.usage)
+                            .bind(&completion.request_id)
+                            .bind(&completion.output)
+                            .bind(&completion.cut_short)
+                            .execute(pool)
+                            .await,
+                        completion.cut_short.is_some(),
+                    ),
+                    Ok(Finish::Embedding(embeddings)) => (
+                        sqlx::query("select bulkhead._finish_embedding($1, $2, $3, $4, $5)")
+                            .bind(job.id)
+                            .bind(&config.name)
+                            .bind(&embeddings.usage)
+                            .bind(&embeddings.request_id)
+                            .bind(&embeddings.vectors)
+                            .execute(pool)
+                            .await,
+                        false,
+                    ),
+                    _ => unreachable!("matched above"),
+                };
                 match settled {
                     Ok(_) => {
-                        let outcome = if completion.cut_short.is_some() {
-                            "failed"
-                        } else {
-                            "done"
-                        };
+                        let outcome = if failed { "failed" } else { "done" };
                         metrics.job_finished(kind, outcome, *took);
                     }
                     Err(err) if is_lease_lost(&err) => {

@@ -72,6 +72,16 @@ impl FakeProviders {
     }
 }
 
+/// A child process killed when dropped, so that a failing test leaves no worker behind.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 impl Drop for FakeProviders {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -269,38 +279,41 @@ async fn completions_flow_to_the_ledger_and_survive_provider_faults() {
     // The worker runs beside the scenarios, with a one-second provider timeout.
     let metrics_port = free_port();
     let log_path = scratch.join("worker.log");
-    let mut worker = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
-        .args([
-            "worker",
-            "--name",
-            "it-completions",
-            "--concurrency",
-            "4",
-            "--poll-ms",
-            "100",
-        ])
-        .args([
-            "--lease-secs",
-            "30",
-            "--provider-timeout-secs",
-            "1",
-            "--log-format",
-            "json",
-        ])
-        .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
-        .env("DATABASE_URL", worker_url())
-        .env(
-            "OPENAI_BASE_URL",
-            format!("http://127.0.0.1:{}/v1", fake.port),
-        )
-        .env(
-            "ANTHROPIC_BASE_URL",
-            format!("http://127.0.0.1:{}", fake.port),
-        )
-        .env(&env_name, &planted)
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .expect("start bulkhead worker");
+    let mut worker = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+            .args([
+                "worker",
+                "--name",
+                "it-completions",
+                "--concurrency",
+                "4",
+                "--poll-ms",
+                "100",
+            ])
+            .args([
+                "--lease-secs",
+                "30",
+                "--provider-timeout-secs",
+                "1",
+                "--log-format",
+                "json",
+            ])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+            .env("DATABASE_URL", worker_url())
+            .env(
+                "OPENAI_BASE_URL",
+                format!("http://127.0.0.1:{}/v1", fake.port),
+            )
+            .env(
+                "ANTHROPIC_BASE_URL",
+                format!("http://127.0.0.1:{}", fake.port),
+            )
+            .env(&env_name, &planted)
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start bulkhead worker"),
+    );
 
     // 1. Each provider, plain and streamed, settles to the ledger with the provider's usage.
     let mut jobs = Vec::new();
@@ -381,6 +394,68 @@ async fn completions_flow_to_the_ledger_and_survive_provider_faults() {
         .await;
     assert_eq!(sqlstate(&foreign), "P0002");
     drop(tx);
+
+    // Embedding jobs fill chunk embeddings: the provider embeds, the worker ingests and settles.
+    sqlx::query("select bulkhead.set_embedding_dims($1, 8)")
+        .bind(a)
+        .execute(&mut admin_conn)
+        .await
+        .unwrap();
+    let mut tx = begin_as(&mut conn, a).await.unwrap();
+    let embed_job: i64 = sqlx::query_scalar(
+        "select bulkhead.embed_document('kb-refunds', '[{\"content\": \"Refunds take 5 days.\"}, {\"content\": \"Shipping is free.\", \"metadata\": {\"lang\": \"en\"}}]')",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        wait_for(embed_job, Duration::from_secs(20)).await,
+        ("done".into(), 1)
+    );
+    let mut tx = begin_as(&mut conn, a).await.unwrap();
+    let embedded: Vec<(String, i32, Option<String>)> = sqlx::query_as(
+        "select c.content, vector_dims(c.embedding), c.metadata ->> 'lang' from bulkhead.chunks c
+         join bulkhead.documents d on d.tenant_id = c.tenant_id and d.id = c.document_id
+         where d.external_id = 'kb-refunds' order by c.ordinal",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
+    let nearest: String = sqlx::query_scalar(
+        "select s.content from bulkhead.chunks c, bulkhead.tenant_search(c.embedding, 1) s
+         where c.content = 'Shipping is free.'",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        embedded,
+        vec![
+            ("Refunds take 5 days.".to_string(), 8, None),
+            ("Shipping is free.".to_string(), 8, Some("en".to_string()))
+        ]
+    );
+    assert_eq!(
+        nearest, "Shipping is free.",
+        "the stored embedding is the provider's"
+    );
+    let embedding_cost: (String, i64) = sqlx::query_as(
+        "select model, input_tokens from bulkhead.ledger where tenant_id = $1 and model like 'text-embedding%'",
+    )
+    .bind(a)
+    .fetch_one(&mut su)
+    .await
+    .unwrap();
+    assert_eq!(embedding_cost, ("text-embedding-3-small".to_string(), 9));
+    let asked_dims = fake
+        .requests()
+        .iter()
+        .filter(|r| r["path"] == "/v1/embeddings")
+        .map(|r| r["body"]["dimensions"].clone())
+        .collect::<Vec<_>>();
+    assert_eq!(asked_dims, vec![serde_json::json!(8)]);
 
     // 2. Faults. A 429 with retry-after waits without using up an attempt.
     let chat = "/v1/chat/completions";
@@ -469,8 +544,8 @@ async fn completions_flow_to_the_ledger_and_survive_provider_faults() {
     }
 
     // Stop the worker, then grep everything it wrote or touched for the keys.
-    terminate(&mut worker);
-    assert!(worker.wait().unwrap().success());
+    terminate(&mut worker.0);
+    assert!(worker.0.wait().unwrap().success());
     let logs = std::fs::read_to_string(&log_path).unwrap();
     assert!(
         logs.contains("job_failed"),

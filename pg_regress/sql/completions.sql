@@ -46,6 +46,18 @@ select pg_temp.attempt($q$select bulkhead.complete('cmp', '{"q": "hi"}', 'cmp-mo
 select pg_temp.attempt($q$select bulkhead.complete('cmp', '{"q": "hi"}', 'cmp-model', null)$q$) as null_tokens;
 select pg_temp.attempt($q$select bulkhead.complete('cmp', '{"q": "hi"}', 'cmp-model', 1000000)$q$) as over_otpm;
 select pg_temp.attempt($q$select bulkhead.enqueue_job('completion', '{"prompt": "free ride"}')$q$) as enqueue_directly;
+-- embed_document(): the same admission for embeddings, refused before any reservation stays.
+select pg_temp.attempt($q$select bulkhead.embed_document('doc', '[{"content": "x"}]')$q$) as no_dimension;
+reset role;
+set local role regress_cmp_admin;
+select bulkhead.set_embedding_dims('00000000-0000-4000-8000-0000000000c1', 4);
+reset role;
+set local role regress_cmp_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000c1');
+select pg_temp.attempt($q$select bulkhead.embed_document('doc', '[{"content": "x", "embedding": [1, 2, 3, 4]}]')$q$) as with_embeddings;
+select pg_temp.attempt($q$select bulkhead.embed_document('doc', '[]')$q$) as no_chunks;
+select pg_temp.attempt($q$select bulkhead.embed_document('doc', '[{"content": "x"}]', model => 'claude-haiku-4-5')$q$) as not_an_embedding_provider;
+select pg_temp.attempt($q$select bulkhead.enqueue_job('embedding', '{}')$q$) as enqueue_embedding_directly;
 select count(*) as reservations_after_refusals from bulkhead.reservations;
 
 -- One admitted completion: a reservation and a job, together; the same idempotency key again

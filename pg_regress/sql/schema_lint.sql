@@ -32,7 +32,7 @@ definer_allow_list (proname) as (
            ('enqueue_job'), ('job_status'),
     -- Only complete() queues a completion (admitted first); results are read, never written, by apps;
     -- a dead completion releases its reservation.
-           ('complete'), ('completion_result'), ('_cancel_reservation'),
+           ('complete'), ('embed_document'), ('completion_result'), ('_cancel_reservation'),
     -- The Pinecone sweep learns which tenants have pending changes (ids only).
            ('pinecone_pending_tenants')
 ),

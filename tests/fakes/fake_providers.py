@@ -3,6 +3,7 @@
 
 It speaks the providers' real wire formats (no real model behind it):
   POST /v1/chat/completions   OpenAI Chat Completions, plain or streamed (SSE, stream_options.include_usage)
+  POST /v1/embeddings         OpenAI Embeddings (deterministic unit vectors of the requested dimensions)
   POST /v1/messages           Anthropic Messages, plain or streamed (SSE events)
   POST /vectors/upsert        Pinecone data plane (the index host is http://127.0.0.1:PORT)
   POST /vectors/delete        Pinecone: by ids, or {"deleteAll": true} for a namespace (404 if it does not exist)
@@ -27,7 +28,9 @@ Prints "listening on 127.0.0.1:PORT" once ready (--port 0 picks a free port).
 """
 
 import argparse
+import hashlib
 import json
+import math
 import sys
 import threading
 import time
@@ -131,6 +134,8 @@ class Handler(BaseHTTPRequestHandler):
         cut_after = fault.get("cut_after") if fault else None
         if self.path == "/v1/chat/completions":
             self.openai_chat(body or {}, cut_after)
+        elif self.path == "/v1/embeddings":
+            self.openai_embeddings(body or {})
         elif self.path == "/v1/messages":
             self.anthropic_messages(body or {}, cut_after)
         elif self.path in ("/vectors/upsert", "/vectors/delete"):
@@ -174,6 +179,24 @@ class Handler(BaseHTTPRequestHandler):
             self.event(None, {"id": rid, "object": "chat.completion.chunk", "choices": [], "usage": usage})
         self.wfile.write(b"data: [DONE]\n\n")
         self.wfile.flush()
+
+    def openai_embeddings(self, req):
+        if not (self.headers.get("authorization") or "").startswith("Bearer "):
+            self.send_json(401, {"error": {"message": "You didn't provide an API key.", "type": "invalid_request_error"}})
+            return
+        inputs = req.get("input")
+        inputs = [inputs] if isinstance(inputs, str) else (inputs or [])
+        dims = int(req.get("dimensions") or 1536)
+        data = []
+        for i, text in enumerate(inputs):
+            seed = hashlib.sha256(str(text).encode()).digest()
+            raw = [((seed[j % 32] * (j + 1)) % 251) / 125.0 - 1.0 for j in range(dims)]
+            norm = math.sqrt(sum(x * x for x in raw)) or 1.0
+            data.append({"object": "embedding", "index": i, "embedding": [x / norm for x in raw]})
+        tokens = sum(max(1, len(str(t).encode()) // 4) for t in inputs)
+        self.send_json(200, {"object": "list", "data": data, "model": req.get("model"),
+                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}},
+                       {"x-request-id": "req_emb_%d" % next_id()})
 
     # --------------------------------------------------------------- Anthropic
     def anthropic_messages(self, req, cut_after):
