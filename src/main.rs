@@ -12,6 +12,7 @@ mod demo;
 mod metrics;
 mod pinecone;
 mod providers;
+mod reconcile;
 mod worker;
 
 #[derive(Parser)]
@@ -85,6 +86,30 @@ enum Command {
         #[arg(long, env = "PINECONE_INDEX_HOST")]
         pinecone_index_host: Option<String>,
     },
+    /// Compares one finished UTC day of provider usage (OpenAI's organization usage API by
+    /// project, Anthropic's usage report by workspace) with the ledger and records the drift
+    /// (bulkhead.usage_drift_report). Needs OPENAI_ADMIN_KEY and/or ANTHROPIC_ADMIN_KEY in the
+    /// environment. `bulkhead worker` does this daily on its own when they are set.
+    Reconcile {
+        /// URL of a role in bulkhead_worker.
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+        /// The UTC day, YYYY-MM-DD (default: yesterday).
+        #[arg(long)]
+        day: Option<String>,
+        #[arg(
+            long,
+            env = "OPENAI_BASE_URL",
+            default_value = "https://api.openai.com/v1"
+        )]
+        openai_base_url: String,
+        #[arg(
+            long,
+            env = "ANTHROPIC_BASE_URL",
+            default_value = "https://api.anthropic.com"
+        )]
+        anthropic_base_url: String,
+    },
     /// Narrated walk-through of tenant isolation on a fresh database (recreated at every run).
     Demo {
         /// Superuser URL of the database to (re)create for the demo.
@@ -93,11 +118,76 @@ enum Command {
     },
 }
 
+/// Admin keys come from the environment only (a flag would show in ps).
+fn usage_apis(openai_base: String, anthropic_base: String) -> reconcile::UsageApis {
+    let key = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .filter(|k| !k.is_empty())
+            .map(providers::Secret::new)
+    };
+    reconcile::UsageApis {
+        openai_base,
+        anthropic_base,
+        openai_admin_key: key("OPENAI_ADMIN_KEY"),
+        anthropic_admin_key: key("ANTHROPIC_ADMIN_KEY"),
+    }
+}
+
+async fn reconcile_once(
+    database_url: &str,
+    day: Option<String>,
+    apis: reconcile::UsageApis,
+) -> Result<(), String> {
+    if !apis.configured() {
+        return Err(
+            "set OPENAI_ADMIN_KEY and/or ANTHROPIC_ADMIN_KEY to read the providers' usage".into(),
+        );
+    }
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(database_url)
+        .await
+        .map_err(|e| e.to_string())?;
+    let day = match day {
+        Some(day) => day,
+        None => sqlx::query_scalar("select ((now() at time zone 'UTC')::date - 1)::text")
+            .fetch_one(&pool)
+            .await
+            .map_err(|e| e.to_string())?,
+    };
+    let outcome = reconcile::reconcile_day(&pool, &apis, &day)
+        .await
+        .map_err(|e| e.to_string())?;
+    for (provider, disagreeing) in outcome {
+        match disagreeing {
+            Some(n) => println!(
+                "{provider} {day}: {n} credential(s) disagree (bulkhead.usage_drift_report)"
+            ),
+            None => println!("{provider} {day}: reconciled before; nothing recorded"),
+        }
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Demo { database_url } => demo::run(&database_url).await.map_err(|e| e.to_string()),
+        Command::Reconcile {
+            database_url,
+            day,
+            openai_base_url,
+            anthropic_base_url,
+        } => {
+            reconcile_once(
+                &database_url,
+                day,
+                usage_apis(openai_base_url, anthropic_base_url),
+            )
+            .await
+        }
         Command::Worker {
             database_url,
             name,
@@ -127,11 +217,12 @@ async fn main() -> ExitCode {
             json_logs: log_format == "json",
             drain,
             endpoints: providers::Endpoints {
-                openai: openai_base_url,
-                anthropic: anthropic_base_url,
+                openai: openai_base_url.clone(),
+                anthropic: anthropic_base_url.clone(),
                 openai_compatible: openai_compatible_base_url,
             },
             provider_timeout: Duration::from_secs(provider_timeout_secs),
+            usage_apis: usage_apis(openai_base_url, anthropic_base_url),
             pinecone: match (pinecone_index_host, std::env::var("PINECONE_API_KEY").ok()) {
                 (Some(host), Some(key)) if !key.is_empty() => {
                     Some((host, providers::Secret::new(key)))

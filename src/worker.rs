@@ -14,6 +14,7 @@ use crate::credentials;
 use crate::metrics::{self, Metrics};
 use crate::pinecone::Pinecone;
 use crate::providers::{self, CallError, Completion, Embeddings, Providers, Secret};
+use crate::reconcile::{self, UsageApis};
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use sqlx::Row;
 use std::collections::HashMap;
@@ -45,6 +46,8 @@ pub struct Config {
     pub provider_timeout: Duration,
     /// Pinecone index host and API key: with both, the worker syncs chunks to Pinecone.
     pub pinecone: Option<(String, Secret)>,
+    /// The providers' usage APIs: with an admin key, the worker reconciles each finished day.
+    pub usage_apis: UsageApis,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -269,6 +272,8 @@ async fn serve(
         .await?;
     // Pinecone sync runs beside the claim loop, woken by NOTIFY bulkhead_pinecone or the poll.
     let pinecone_wake = Arc::new(Notify::new());
+    let _reconciliation = (config.usage_apis.configured() && !config.drain)
+        .then(|| AbortOnDrop(tokio::spawn(reconcile_loop(pool.clone(), config.clone()))));
     let _pinecone_sync = match pinecone {
         Some(pinecone) if !config.drain => Some(AbortOnDrop(tokio::spawn(pinecone_loop(
             Arc::clone(pinecone),
@@ -382,6 +387,42 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// Once an hour: reconciles yesterday (UTC) for each provider with an admin key, unless a
+/// worker did already.
+async fn reconcile_loop(pool: PgPool, config: Config) {
+    loop {
+        let pending: Result<Option<String>, sqlx::Error> = sqlx::query_scalar(
+            "select d::text from (select (now() at time zone 'UTC')::date - 1 as d) y
+             where (select count(*) from bulkhead.reconciliation_runs r where r.usage_date = y.d) < $1",
+        )
+        .bind(
+            i64::from(config.usage_apis.openai_admin_key.is_some())
+                + i64::from(config.usage_apis.anthropic_admin_key.is_some()),
+        )
+        .fetch_optional(&pool)
+        .await;
+        match pending {
+            Ok(Some(day)) => {
+                match reconcile::reconcile_day(&pool, &config.usage_apis, &day).await {
+                    Ok(outcome) => log(
+                        &config,
+                        "reconciled",
+                        &format!("day={day} disagreeing={outcome:?}"),
+                    ),
+                    Err(err) => log(
+                        &config,
+                        "reconcile_failed",
+                        &format!("day={day} error={err}"),
+                    ),
+                }
+            }
+            Ok(None) => {}
+            Err(err) => log(&config, "reconcile_failed", &format!("error={err}")),
+        }
+        tokio::time::sleep(Duration::from_secs(3600)).await;
     }
 }
 

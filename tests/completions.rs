@@ -182,6 +182,8 @@ async fn completions_flow_to_the_ledger_and_survive_provider_faults() {
     // The planted key: it must reach the provider and nothing else.
     let planted = format!("sk-planted-{}", Uuid::new_v4().simple());
     let anthropic_key = format!("sk-ant-file-{}", Uuid::new_v4().simple());
+    // Project and workspace ids unique to this run: reconciliation groups by them.
+    let run = &Uuid::new_v4().simple().to_string()[..8];
     let vault_key = format!("sk-vault-{}", Uuid::new_v4().simple());
     let key_file = scratch.join("anthropic.key");
     std::fs::write(&key_file, format!("{anthropic_key}\n")).unwrap();
@@ -230,16 +232,33 @@ async fn completions_flow_to_the_ledger_and_survive_provider_faults() {
             .await
             .unwrap();
     }
+    // The fake tells Anthropic workspaces apart by key, as Anthropic does.
+    fake.call(
+        "POST",
+        "/_fake/workspaces",
+        &serde_json::json!({&anthropic_key: format!("wrkspc_b{run}")}).to_string(),
+    );
     let env_name = format!("BULKHEAD_IT_KEY_{}", Uuid::new_v4().simple());
-    for (tenant, provider, reference) in [
-        (a, "openai", format!("env:{env_name}")),
-        (b, "anthropic", format!("file:{}", key_file.display())),
-        (c, "openai", format!("vault:{vault_id}")),
+    let (proj_a, wrkspc_b, proj_c) = (
+        format!("proj_a{run}"),
+        format!("wrkspc_b{run}"),
+        format!("proj_c{run}"),
+    );
+    for (tenant, provider, reference, project) in [
+        (a, "openai", format!("env:{env_name}"), &proj_a),
+        (
+            b,
+            "anthropic",
+            format!("file:{}", key_file.display()),
+            &wrkspc_b,
+        ),
+        (c, "openai", format!("vault:{vault_id}"), &proj_c),
     ] {
-        sqlx::query("select bulkhead.set_credential($1, $2, $3, 'dedicated', 'proj_it')")
+        sqlx::query("select bulkhead.set_credential($1, $2, $3, 'dedicated', $4)")
             .bind(tenant)
             .bind(provider)
             .bind(reference)
+            .bind(project)
             .execute(&mut admin_conn)
             .await
             .unwrap();
@@ -573,6 +592,114 @@ async fn completions_flow_to_the_ledger_and_survive_provider_faults() {
             );
         }
     }
+
+    // 3. Reconciliation: the fake providers count what they served, by project and workspace.
+    // A key of tenant A used outside Bulkhead, and a project Bulkhead does not know, make drift.
+    for (project, prompt) in [
+        (proj_a.as_str(), "leaked key"),
+        ("proj_rogue", "unknown project"),
+    ] {
+        let body = serde_json::json!({"model": "gpt-4o-mini", "max_completion_tokens": 5,
+                                      "messages": [{"role": "user", "content": prompt}]})
+        .to_string();
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", fake.port)).unwrap();
+        write!(
+            stream,
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer sk-outside\r\nopenai-project: {project}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    // The call the worker timed out on is still being answered (and counted) by the fake.
+    let settle_start = Instant::now();
+    while !fake
+        .call("GET", "/_fake/inflight", "")
+        .contains("\"inflight\": 0")
+    {
+        assert!(
+            settle_start.elapsed() < Duration::from_secs(10),
+            "the fake never finished answering"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Everything happened today; reconciliation compares finished days, so the ledger rows of
+    // these tenants and the fake's record both move back one day.
+    sqlx::query("update bulkhead.ledger set created_at = created_at - interval '1 day' where tenant_id = any($1)")
+        .bind(vec![a, b, c])
+        .execute(&mut su)
+        .await
+        .unwrap();
+    fake.call("POST", "/_fake/usage/shift", "{\"seconds\": -86400}");
+    let yesterday: String =
+        sqlx::query_scalar("select ((now() at time zone 'UTC')::date - 1)::text")
+            .fetch_one(&mut su)
+            .await
+            .unwrap();
+    let reconcile = |expect: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+            .args(["reconcile", "--day", &yesterday])
+            .env("DATABASE_URL", worker_url())
+            .env(
+                "OPENAI_BASE_URL",
+                format!("http://127.0.0.1:{}/v1", fake.port),
+            )
+            .env(
+                "ANTHROPIC_BASE_URL",
+                format!("http://127.0.0.1:{}", fake.port),
+            )
+            .env("OPENAI_ADMIN_KEY", "sk-admin-fake")
+            .env("ANTHROPIC_ADMIN_KEY", "sk-ant-admin-fake")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains(expect), "{stdout}");
+    };
+    reconcile("credential(s) disagree");
+    reconcile("reconciled before");
+    let report: Vec<(String, String, Option<Uuid>, Option<i64>)> = sqlx::query_as(
+        "select provider_project_id, attribution, dedicated_tenant, request_drift
+         from bulkhead.usage_drift_report where usage_date = $1::date order by 1",
+    )
+    .bind(&yesterday)
+    .fetch_all(&mut admin_conn)
+    .await
+    .unwrap();
+    let drift_of = |project: &str| report.iter().find(|r| r.0 == project);
+    let rogue = drift_of("proj_rogue").expect("an unknown project is reported");
+    assert_eq!((rogue.1.as_str(), rogue.2), ("unknown", None));
+    let leaked = drift_of(&proj_a).expect("the leaked key's calls are reported");
+    assert_eq!((leaked.1.as_str(), leaked.2), ("tenant", Some(a)));
+    // Two calls the provider served that the ledger never settled: the leaked key's, and the
+    // one the worker gave up on at its one-second timeout (the provider answered it anyway).
+    assert_eq!(leaked.3, Some(2), "{leaked:?}");
+    // Tenant C's calls all went through Bulkhead: compared, and in agreement.
+    assert!(drift_of(&proj_c).is_none(), "{report:?}");
+    assert!(drift_of(&wrkspc_b).is_none(), "{report:?}");
+    let c_compared: (i64, i64, i64) = sqlx::query_as(
+        "select ledger_requests, provider_requests, ledger_output_tokens from bulkhead.usage_drift
+         where usage_date = $1::date and provider_project_id = $2",
+    )
+    .bind(&yesterday)
+    .bind(&proj_c)
+    .fetch_one(&mut admin_conn)
+    .await
+    .unwrap();
+    assert_eq!((c_compared.0, c_compared.1), (2, 2));
+    // The app cannot read the drift (finance data across tenants).
+    let mut tx = begin_as(&mut conn, a).await.unwrap();
+    let denied = sqlx::query("select count(*) from bulkhead.usage_drift")
+        .fetch_one(&mut *tx)
+        .await;
+    assert_eq!(sqlstate(&denied), "42501");
+    drop(tx);
     let _ = std::fs::remove_dir_all(&scratch);
 }
 

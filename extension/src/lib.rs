@@ -84,7 +84,12 @@ extension_sql_file!(
 extension_sql_file!(
     "../../sql/pinecone.sql",
     name = "pinecone",
-    requires = ["completions"],
+    requires = ["completions"]
+);
+extension_sql_file!(
+    "../../sql/reconcile.sql",
+    name = "reconcile",
+    requires = ["pinecone"],
     finalize
 );
 

@@ -115,4 +115,29 @@ select count(*) filter (where settled_at is null and expired_at is null) as open
 select pg_temp.attempt($q$select bulkhead._cancel_reservation(gen_random_uuid())$q$) as app_cancels;
 select pg_temp.attempt($q$select bulkhead._finish_completion((select id from doomed), 'w1', '{}', 'x', 'y')$q$) as app_finishes;
 select pg_temp.attempt($q$select secret_ref from bulkhead.job_credential((select id from doomed), 'w1', 'openai')$q$) as app_reads_credential;
+
+-- Reconciliation input: a finished UTC day, a well-formed report; the app may not run it.
+select pg_temp.attempt($q$select bulkhead.reconcile_usage('openai', current_date - 1, '[]')$q$) as app_reconciles;
+reset role;
+set local role regress_cmp_worker;
+select bulkhead.set_tenant(null);
+select pg_temp.attempt($q$select bulkhead.reconcile_usage('openai', (now() at time zone 'UTC')::date, '[]')$q$) as today;
+select pg_temp.attempt($q$select bulkhead.reconcile_usage('mistral', '2025-01-01', '[]')$q$) as unknown_provider;
+select pg_temp.attempt($q$select bulkhead.reconcile_usage('openai', '2025-01-01', '[{"project_id": 1}]')$q$) as malformed_report;
+-- A's ledger row (moved to a finished day) against a report that counts one call more.
+reset role;
+update bulkhead.ledger set created_at = '2025-01-01 12:00+00' where tenant_id = '00000000-0000-4000-8000-0000000000c1';
+set local role regress_cmp_admin;
+select bulkhead.set_credential('00000000-0000-4000-8000-0000000000c1', 'openai', 'env:ACME_OPENAI_KEY', 'dedicated', 'proj_acme') is not null as a_project;
+reset role;
+set local role regress_cmp_worker;
+select bulkhead.reconcile_usage('openai', '2025-01-01',
+    '[{"project_id": "proj_acme", "input_tokens": 1500, "output_tokens": 60, "requests": 2},
+      {"project_id": "proj_elsewhere", "input_tokens": 10, "output_tokens": 1, "requests": 1}]') as disagreeing;
+select pg_temp.attempt($q$select bulkhead.reconcile_usage('openai', '2025-01-01', '[]')$q$) as again;
+select pg_temp.attempt($q$select count(*) from bulkhead.usage_drift$q$) as worker_reads_drift;
+reset role;
+set local role regress_cmp_admin;
+select provider_project_id, attribution, dedicated_tenant, input_token_drift, output_token_drift, request_drift
+from bulkhead.usage_drift_report where usage_date = '2025-01-01';
 rollback;

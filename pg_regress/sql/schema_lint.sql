@@ -34,7 +34,9 @@ definer_allow_list (proname) as (
     -- a dead completion releases its reservation.
            ('complete'), ('embed_document'), ('completion_result'), ('_cancel_reservation'),
     -- The Pinecone sweep learns which tenants have pending changes (ids only).
-           ('pinecone_pending_tenants')
+           ('pinecone_pending_tenants'),
+    -- Reconciliation compares every tenant's ledger (each read in its own context) with a provider's report.
+           ('reconcile_usage')
 ),
 -- Extra policies on tenant tables (beside the one on current_tenant() for all roles), each read
 -- only by one SECURITY DEFINER function that returns no tenant data.

@@ -5,6 +5,12 @@ It speaks the providers' real wire formats (no real model behind it):
   POST /v1/chat/completions   OpenAI Chat Completions, plain or streamed (SSE, stream_options.include_usage)
   POST /v1/embeddings         OpenAI Embeddings (deterministic unit vectors of the requested dimensions)
   POST /v1/messages           Anthropic Messages, plain or streamed (SSE events)
+  GET  /v1/organization/usage/completions, /v1/organization/usage/embeddings
+                              OpenAI's organization usage API (bucket_width=1d, group_by=project_id),
+                              from the calls this fake served (project: the OpenAI-Project header)
+  GET  /v1/organizations/usage_report/messages
+                              Anthropic's usage report (group_by[]=workspace_id), from the calls served
+                              (workspace: registered per key with POST /_fake/workspaces {"key": "wrkspc_..."})
   POST /vectors/upsert        Pinecone data plane (the index host is http://127.0.0.1:PORT)
   POST /vectors/delete        Pinecone: by ids, or {"deleteAll": true} for a namespace (404 if it does not exist)
 Point the worker at it with OPENAI_BASE_URL=http://127.0.0.1:PORT/v1, ANTHROPIC_BASE_URL=http://127.0.0.1:PORT
@@ -22,6 +28,8 @@ Faults are injected per path, consumed one per request, in order:
   GET    /_fake/faults    the faults not yet consumed
   DELETE /_fake/faults    clears them
   GET    /_fake/requests  every request received: path, headers, JSON body
+  POST   /_fake/usage/shift  {"seconds": -86400}: moves every served call back in time
+  GET    /_fake/inflight  how many requests are still being answered
   GET    /_fake/pinecone  the fake index: {namespace: {id: {"values": [...], "metadata": {...}}}}
   DELETE /_fake/requests  clears the log
 Prints "listening on 127.0.0.1:PORT" once ready (--port 0 picks a free port).
@@ -40,7 +48,16 @@ LOCK = threading.Lock()
 FAULTS = {}  # path -> [fault, ...]
 REQUESTS = []
 INDEX = {}  # Pinecone: namespace -> id -> vector
+USAGE = []  # calls served: {"api", "project", "ts", "input", "cached", "cache_write", "output"}
+WORKSPACES = {}  # Anthropic key -> workspace id
+
+
+def record_usage(api, project, input_tokens, output_tokens, cached=0, cache_write=0):
+    with LOCK:
+        USAGE.append({"api": api, "project": project, "ts": time.time(), "input": input_tokens,
+                      "cached": cached, "cache_write": cache_write, "output": output_tokens})
 COUNTER = [0]
+INFLIGHT = [0]  # POST requests being answered (a delayed answer counts until it is written)
 
 
 def next_id():
@@ -85,12 +102,22 @@ class Handler(BaseHTTPRequestHandler):
             return None
 
     def do_GET(self):
+        from urllib.parse import urlparse, parse_qs
+        url = urlparse(self.path)
+        query = parse_qs(url.query)
+        if url.path in ("/v1/organization/usage/completions", "/v1/organization/usage/embeddings"):
+            return self.openai_usage(url.path.rsplit("/", 1)[1], query)
+        if url.path == "/v1/organizations/usage_report/messages":
+            return self.anthropic_usage(query)
         if self.path == "/_fake/requests":
             with LOCK:
                 self.send_json(200, list(REQUESTS))
         elif self.path == "/_fake/faults":
             with LOCK:
                 self.send_json(200, {k: v for k, v in FAULTS.items() if v})
+        elif self.path == "/_fake/inflight":
+            with LOCK:
+                self.send_json(200, {"inflight": INFLIGHT[0]})
         elif self.path == "/_fake/pinecone":
             with LOCK:
                 self.send_json(200, INDEX)
@@ -106,10 +133,30 @@ class Handler(BaseHTTPRequestHandler):
         self.send_json(200, {"ok": True})
 
     def do_POST(self):
+        with LOCK:
+            INFLIGHT[0] += 1
+        try:
+            self.answer_post()
+        finally:
+            with LOCK:
+                INFLIGHT[0] -= 1
+
+    def answer_post(self):
         body = self.read_body()
         if self.path == "/_fake/faults":
             with LOCK:
                 FAULTS.setdefault(body["path"], []).extend(body["faults"])
+            self.send_json(200, {"ok": True})
+            return
+        if self.path == "/_fake/workspaces":
+            with LOCK:
+                WORKSPACES.update(body)
+            self.send_json(200, {"ok": True})
+            return
+        if self.path == "/_fake/usage/shift":
+            with LOCK:
+                for u in USAGE:
+                    u["ts"] += body["seconds"]
             self.send_json(200, {"ok": True})
             return
         with LOCK:
@@ -160,7 +207,9 @@ class Handler(BaseHTTPRequestHandler):
             "completion_tokens_details": {"reasoning_tokens": 0},
         }
         rid = "chatcmpl-fake-%d" % next_id()
+        project = self.headers.get("openai-project") or "proj_default"
         if not req.get("stream"):
+            record_usage("completions", project, prompt_tokens, len(words))
             self.send_json(200, {
                 "id": rid, "object": "chat.completion", "created": int(time.time()), "model": req.get("model"),
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": " ".join(words)}, "finish_reason": "stop"}],
@@ -170,10 +219,12 @@ class Handler(BaseHTTPRequestHandler):
         self.start_stream()
         for i, word in enumerate(words):
             if cut_after is not None and i >= cut_after:
+                record_usage("completions", project, prompt_tokens, i)
                 return self.cut()
             chunk = {"id": rid, "object": "chat.completion.chunk", "model": req.get("model"),
                      "choices": [{"index": 0, "delta": {"content": (" " if i else "") + word}, "finish_reason": None}]}
             self.event(None, chunk)
+        record_usage("completions", project, prompt_tokens, len(words))
         self.event(None, {"id": rid, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
         if (req.get("stream_options") or {}).get("include_usage"):
             self.event(None, {"id": rid, "object": "chat.completion.chunk", "choices": [], "usage": usage})
@@ -194,9 +245,63 @@ class Handler(BaseHTTPRequestHandler):
             norm = math.sqrt(sum(x * x for x in raw)) or 1.0
             data.append({"object": "embedding", "index": i, "embedding": [x / norm for x in raw]})
         tokens = sum(max(1, len(str(t).encode()) // 4) for t in inputs)
+        record_usage("embeddings", self.headers.get("openai-project") or "proj_default", tokens, 0)
         self.send_json(200, {"object": "list", "data": data, "model": req.get("model"),
                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}},
                        {"x-request-id": "req_emb_%d" % next_id()})
+
+    # ------------------------------------------------------------ usage APIs
+    def served(self, api, start, end):
+        with LOCK:
+            return [u for u in USAGE if u["api"] == api and start <= u["ts"] < end]
+
+    def openai_usage(self, api, query):
+        if not (self.headers.get("authorization") or "").startswith("Bearer "):
+            self.send_json(401, {"error": {"message": "admin key required"}})
+            return
+        start = int(query["start_time"][0])
+        end = int(query.get("end_time", [start + 86400])[0])
+        by_project = {}
+        for u in self.served(api, start, end):
+            r = by_project.setdefault(u["project"], {"input_tokens": 0, "output_tokens": 0, "input_cached_tokens": 0, "num_model_requests": 0})
+            r["input_tokens"] += u["input"] + u["cached"]
+            r["input_cached_tokens"] += u["cached"]
+            r["output_tokens"] += u["output"]
+            r["num_model_requests"] += 1
+        kind = "organization.usage.%s.result" % api
+        results = [dict(r, object=kind, project_id=p, model=None, user_id=None, api_key_id=None, batch=None)
+                   for p, r in sorted(by_project.items())]
+        if api == "embeddings":
+            for r in results:
+                r.pop("output_tokens")
+                r.pop("input_cached_tokens")
+        # One page per project, to exercise pagination.
+        page = int((query.get("page") or ["0"])[0])
+        self.send_json(200, {"object": "page", "data": [{"object": "bucket", "start_time": start, "end_time": end,
+                                                        "results": results[page:page + 1]}],
+                             "has_more": page + 1 < len(results), "next_page": str(page + 1) if page + 1 < len(results) else None})
+
+    def anthropic_usage(self, query):
+        if not self.headers.get("x-api-key") or not self.headers.get("anthropic-version"):
+            self.send_json(401, {"type": "error", "error": {"type": "authentication_error", "message": "admin key required"}})
+            return
+        from datetime import datetime
+        parse = lambda t: datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp()
+        start = parse(query["starting_at"][0])
+        end = parse(query["ending_at"][0]) if "ending_at" in query else start + 86400
+        by_workspace = {}
+        for u in self.served("messages", start, end):
+            r = by_workspace.setdefault(u["project"], {"uncached_input_tokens": 0, "cache_read_input_tokens": 0,
+                                                      "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+                                                      "output_tokens": 0})
+            r["uncached_input_tokens"] += u["input"]
+            r["cache_read_input_tokens"] += u["cached"]
+            r["cache_creation"]["ephemeral_5m_input_tokens"] += u["cache_write"]
+            r["output_tokens"] += u["output"]
+        results = [dict(r, workspace_id=w, model=None, api_key_id=None, service_tier=None, context_window=None)
+                   for w, r in by_workspace.items()]
+        self.send_json(200, {"data": [{"starting_at": query["starting_at"][0], "ending_at": query.get("ending_at", [""])[0],
+                                       "results": results}], "has_more": False, "next_page": None})
 
     # --------------------------------------------------------------- Anthropic
     def anthropic_messages(self, req, cut_after):
@@ -209,7 +314,9 @@ class Handler(BaseHTTPRequestHandler):
         usage = {"input_tokens": input_tokens, "output_tokens": len(words),
                  "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}
         rid = "msg_fake_%d" % next_id()
+        workspace = WORKSPACES.get(self.headers.get("x-api-key"))
         if not req.get("stream"):
+            record_usage("messages", workspace, input_tokens, len(words))
             self.send_json(200, {
                 "id": rid, "type": "message", "role": "assistant", "model": req.get("model"),
                 "content": [{"type": "text", "text": " ".join(words)}],
@@ -224,9 +331,11 @@ class Handler(BaseHTTPRequestHandler):
         self.event("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
         for i, word in enumerate(words):
             if cut_after is not None and i >= cut_after:
+                record_usage("messages", workspace, input_tokens, i)
                 return self.cut()
             self.event("content_block_delta", {"type": "content_block_delta", "index": 0,
                                                "delta": {"type": "text_delta", "text": (" " if i else "") + word}})
+        record_usage("messages", workspace, input_tokens, len(words))
         self.event("content_block_stop", {"type": "content_block_stop", "index": 0})
         self.event("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
                                      "usage": {"output_tokens": len(words)}})

@@ -1,0 +1,234 @@
+//! Usage reconciliation: what the providers counted for one UTC day, by project (OpenAI's
+//! organization usage API) or workspace (Anthropic's usage report), handed to
+//! `bulkhead.reconcile_usage`, which compares it with the ledger and records the drift.
+//!
+//! Needs the providers' admin keys (OPENAI_ADMIN_KEY, ANTHROPIC_ADMIN_KEY): the usage APIs do
+//! not accept project or workspace keys.
+
+use crate::providers::{self, CallError, Secret};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Pages read per report, at most: a day has one bucket, and a page holds many projects.
+const MAX_PAGES: usize = 100;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("{provider} usage API: {message}")]
+    Provider { provider: String, message: String },
+    #[error("HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+/// The admin keys and where to reach the usage APIs (Debug shows no key: Secret hides it).
+#[derive(Clone, Debug)]
+pub struct UsageApis {
+    pub openai_base: String,
+    pub anthropic_base: String,
+    pub openai_admin_key: Option<Secret>,
+    pub anthropic_admin_key: Option<Secret>,
+}
+
+impl UsageApis {
+    pub fn configured(&self) -> bool {
+        self.openai_admin_key.is_some() || self.anthropic_admin_key.is_some()
+    }
+}
+
+/// Per project: input tokens (cache reads and writes included), output tokens, requests.
+type Totals = BTreeMap<String, (i64, i64, Option<i64>)>;
+
+/// Reconciles one UTC day (YYYY-MM-DD) for every provider with an admin key; returns, per
+/// provider, how many credentials disagree (None: that day was reconciled before).
+pub async fn reconcile_day(
+    pool: &PgPool,
+    apis: &UsageApis,
+    day: &str,
+) -> Result<Vec<(&'static str, Option<i32>)>, ReconcileError> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .user_agent(concat!("bulkhead/", env!("CARGO_PKG_VERSION")))
+        .build()?;
+    // The day's bounds, computed (and validated) by PostgreSQL.
+    let (start, next_day): (i64, String) = sqlx::query_as(
+        "select extract(epoch from $1::date::timestamp at time zone 'UTC')::bigint, ($1::date + 1)::text",
+    )
+    .bind(day)
+    .fetch_one(pool)
+    .await?;
+    let mut outcome = Vec::new();
+    if let Some(key) = &apis.openai_admin_key {
+        let mut totals = Totals::new();
+        for api in ["completions", "embeddings"] {
+            openai_usage(&http, apis, key, api, start, &mut totals).await?;
+        }
+        outcome.push(("openai", record(pool, "openai", day, &totals).await?));
+    }
+    if let Some(key) = &apis.anthropic_admin_key {
+        let totals = anthropic_usage(&http, apis, key, day, &next_day).await?;
+        outcome.push(("anthropic", record(pool, "anthropic", day, &totals).await?));
+    }
+    Ok(outcome)
+}
+
+async fn record(
+    pool: &PgPool,
+    provider: &str,
+    day: &str,
+    totals: &Totals,
+) -> Result<Option<i32>, sqlx::Error> {
+    let rows: Vec<Value> = totals
+        .iter()
+        .map(|(project, (input, output, requests))| {
+            json!({"project_id": project, "input_tokens": input, "output_tokens": output, "requests": requests})
+        })
+        .collect();
+    sqlx::query_scalar("select bulkhead.reconcile_usage($1, $2::date, $3)")
+        .bind(provider)
+        .bind(day)
+        .bind(Value::Array(rows))
+        .fetch_one(pool)
+        .await
+}
+
+async fn get_json(
+    request: reqwest::RequestBuilder,
+    provider: &str,
+    key: &Secret,
+) -> Result<Value, ReconcileError> {
+    let fail = |err: CallError| ReconcileError::Provider {
+        provider: provider.to_string(),
+        message: match err {
+            CallError::RateLimited { message, .. }
+            | CallError::Transient { message, .. }
+            | CallError::Permanent { message, .. } => message,
+        },
+    };
+    let response = request
+        .send()
+        .await
+        .map_err(|err| fail(providers::transport_error(&err, key.expose())))?;
+    if !response.status().is_success() {
+        return Err(fail(
+            providers::error_response(provider, response, key.expose()).await,
+        ));
+    }
+    let body = providers::read_capped(response, 16 << 20)
+        .await
+        .map_err(|err| fail(providers::transport_error(&err, key.expose())))?;
+    serde_json::from_slice(&body).map_err(|_| ReconcileError::Provider {
+        provider: provider.to_string(),
+        message: "the usage report is not JSON".into(),
+    })
+}
+
+/// GET /organization/usage/{completions,embeddings}, one day, grouped by project, all pages.
+async fn openai_usage(
+    http: &reqwest::Client,
+    apis: &UsageApis,
+    key: &Secret,
+    api: &str,
+    start: i64,
+    totals: &mut Totals,
+) -> Result<(), ReconcileError> {
+    let url = format!(
+        "{}/organization/usage/{api}",
+        apis.openai_base.trim_end_matches('/')
+    );
+    let mut page: Option<String> = None;
+    for _ in 0..MAX_PAGES {
+        let mut query = vec![
+            ("start_time", start.to_string()),
+            ("end_time", (start + 86_400).to_string()),
+            ("bucket_width", "1d".to_string()),
+            ("group_by", "project_id".to_string()),
+        ];
+        if let Some(page) = &page {
+            query.push(("page", page.clone()));
+        }
+        let answer = get_json(
+            http.get(&url).query(&query).bearer_auth(key.expose()),
+            "openai",
+            key,
+        )
+        .await?;
+        for bucket in answer["data"].as_array().into_iter().flatten() {
+            for result in bucket["results"].as_array().into_iter().flatten() {
+                let project = result["project_id"].as_str().unwrap_or("").to_string();
+                let entry = totals.entry(project).or_insert((0, 0, Some(0)));
+                entry.0 += result["input_tokens"].as_i64().unwrap_or(0);
+                entry.1 += result["output_tokens"].as_i64().unwrap_or(0);
+                entry.2 =
+                    Some(entry.2.unwrap_or(0) + result["num_model_requests"].as_i64().unwrap_or(0));
+            }
+        }
+        match (answer["has_more"].as_bool(), answer["next_page"].as_str()) {
+            (Some(true), Some(next)) => page = Some(next.to_string()),
+            _ => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
+/// GET /v1/organizations/usage_report/messages, one day, grouped by workspace, all pages.
+/// The report has no request counts.
+async fn anthropic_usage(
+    http: &reqwest::Client,
+    apis: &UsageApis,
+    key: &Secret,
+    day: &str,
+    next_day: &str,
+) -> Result<Totals, ReconcileError> {
+    let url = format!(
+        "{}/v1/organizations/usage_report/messages",
+        apis.anthropic_base.trim_end_matches('/')
+    );
+    let mut totals = Totals::new();
+    let mut page: Option<String> = None;
+    for _ in 0..MAX_PAGES {
+        let mut query = vec![
+            ("starting_at", format!("{day}T00:00:00Z")),
+            ("ending_at", format!("{next_day}T00:00:00Z")),
+            ("bucket_width", "1d".to_string()),
+            ("group_by[]", "workspace_id".to_string()),
+        ];
+        if let Some(page) = &page {
+            query.push(("page", page.clone()));
+        }
+        let answer = get_json(
+            http.get(&url)
+                .query(&query)
+                .header("x-api-key", key.expose())
+                .header("anthropic-version", "2023-06-01"),
+            "anthropic",
+            key,
+        )
+        .await?;
+        for bucket in answer["data"].as_array().into_iter().flatten() {
+            for result in bucket["results"].as_array().into_iter().flatten() {
+                // The default workspace has no id.
+                let workspace = result["workspace_id"]
+                    .as_str()
+                    .unwrap_or("default")
+                    .to_string();
+                let count = |v: &Value| v.as_i64().unwrap_or(0);
+                let input = count(&result["uncached_input_tokens"])
+                    + count(&result["cache_read_input_tokens"])
+                    + count(&result["cache_creation"]["ephemeral_5m_input_tokens"])
+                    + count(&result["cache_creation"]["ephemeral_1h_input_tokens"]);
+                let entry = totals.entry(workspace).or_insert((0, 0, None));
+                entry.0 += input;
+                entry.1 += count(&result["output_tokens"]);
+            }
+        }
+        match (answer["has_more"].as_bool(), answer["next_page"].as_str()) {
+            (Some(true), Some(next)) => page = Some(next.to_string()),
+            _ => return Ok(totals),
+        }
+    }
+    Ok(totals)
+}
