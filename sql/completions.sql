@@ -306,6 +306,45 @@ begin
 end
 $$;
 
+-- Settles many completions in one round trip and one commit (one WAL flush for the batch):
+-- each in its own subtransaction, so a refused settle leaves the others in place. Returns per
+-- job: done, failed (a stream cut short, settled), lease_lost, or the error that refused it.
+create function bulkhead._finish_completions(
+    worker text, jobs bigint[], usages jsonb[], request_ids text[], outputs text[], errors text[]
+)
+returns table (job_id bigint, outcome text)
+language plpgsql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    n int := pg_catalog.cardinality(jobs);
+begin
+    if bulkhead.current_tenant() is not null then
+        raise exception '_finish_completions runs without a tenant context' using errcode = '42501',
+            detail = 'It enters each job''s own tenant in turn.';
+    end if;
+    if worker is null or jobs is null or pg_catalog.cardinality(usages) is distinct from n
+       or pg_catalog.cardinality(request_ids) is distinct from n or pg_catalog.cardinality(outputs) is distinct from n
+       or pg_catalog.cardinality(errors) is distinct from n then
+        raise exception 'worker, and one usage, request id, output and error per job, are required' using errcode = '22023';
+    end if;
+    for i in 1 .. coalesce(n, 0) loop
+        job_id := jobs[i];
+        begin
+            perform bulkhead._set_tenant_within_function(null);
+            perform bulkhead._finish_completion(jobs[i], worker, usages[i], request_ids[i], outputs[i], errors[i]);
+            outcome := case when errors[i] is null then 'done' else 'failed' end;
+        exception when others then
+            outcome := case when sqlstate = '55000' and sqlerrm like '%is not held by worker%' then 'lease_lost'
+                            else 'error ' || sqlstate || ': ' || sqlerrm end;
+        end;
+        return next;
+    end loop;
+    perform bulkhead._set_tenant_within_function(null);
+end
+$$;
+
 alter function bulkhead.embed_document(text, jsonb, text, text, jsonb, interval) owner to bulkhead_meter;
 alter function bulkhead._cancel_reservation(uuid) owner to bulkhead_meter;
 alter function bulkhead.complete(text, jsonb, text, int, boolean, interval, text) owner to bulkhead_meter;
@@ -320,6 +359,8 @@ grant execute on function bulkhead.embed_document(text, jsonb, text, text, jsonb
 grant execute on function bulkhead._finish_embedding(bigint, text, jsonb, text, jsonb) to bulkhead_worker;
 revoke all on function bulkhead.job_credential(bigint, text, text) from public;
 revoke all on function bulkhead._finish_completion(bigint, text, jsonb, text, text, text) from public;
+revoke all on function bulkhead._finish_completions(text, bigint[], jsonb[], text[], text[], text[]) from public;
+grant execute on function bulkhead._finish_completions(text, bigint[], jsonb[], text[], text[], text[]) to bulkhead_worker;
 grant execute on function bulkhead.complete(text, jsonb, text, int, boolean, interval, text),
     bulkhead.completion_result(bigint) to bulkhead_app, bulkhead_admin;
 grant execute on function bulkhead._cancel_reservation(uuid), bulkhead.job_credential(bigint, text, text),

@@ -369,7 +369,7 @@ $$;
 -- tenant's jobs are read inside that tenant's context (row level security decides), one tenant
 -- at a time; the context is cleared again before returning.
 create function bulkhead.claim_and_start_jobs(worker text, max_jobs int default 10, lease interval default '5 minutes')
-returns table (job_id bigint, tenant_id uuid, kind text, payload jsonb)
+returns table (job_id bigint, tenant_id uuid, kind text, payload jsonb, credential jsonb)
 language plpgsql volatile
 security invoker
 set search_path to pg_catalog, pg_temp
@@ -388,7 +388,13 @@ begin
     from bulkhead.claim_jobs(worker, max_jobs, lease) c;
     foreach tenant in array coalesce(claimed_tenants, '{}') loop
         perform bulkhead._set_tenant_within_function(tenant);
-        return query select j.id, j.tenant_id, j.kind, j.payload from bulkhead.jobs j
+        -- A provider call's credential reference comes along (the tenant's own, else the
+        -- shared pool), read in the same context: the worker resolves it at call time.
+        return query select j.id, j.tenant_id, j.kind, j.payload,
+                            case when j.kind in ('completion', 'embedding') then
+                                (select pg_catalog.to_jsonb(c) from bulkhead.credential_for_tenant(j.payload ->> 'provider') c)
+                            end
+            from bulkhead.jobs j
             where j.tenant_id = tenant and j.id = any (claimed);
     end loop;
     perform bulkhead._set_tenant_within_function(null);

@@ -93,7 +93,6 @@ struct TaskContext {
     pool: PgPool,
     providers: Arc<Providers>,
     metrics: Arc<Metrics>,
-    worker: String,
 }
 
 /// Runs until SIGTERM or SIGINT (or, with `drain`, until the queue is empty); reconnects after
@@ -299,7 +298,6 @@ async fn serve(
         pool: pool.clone(),
         providers: Arc::clone(providers),
         metrics: Arc::clone(metrics),
-        worker: config.name.clone(),
     });
     while !*stop.borrow() {
         let free = config.concurrency.saturating_sub(work.held.len());
@@ -307,14 +305,16 @@ async fn serve(
         if free > 0 {
             let claimed = claim_and_start(&pool, config, free).await?;
             claimed_now = claimed.len();
-            for (job, kind, payload) in claimed {
+            for (job, kind, payload, credential) in claimed {
                 work.held.insert(job.id, job);
                 let outcomes_tx = work.outcomes_tx.clone();
                 let context = Arc::clone(&context);
                 work.tasks.spawn(async move {
                     let started = Instant::now();
                     let outcome = match payload {
-                        Ok(payload) => execute(&context, job, &kind, &payload).await,
+                        Ok(payload) => {
+                            execute(&context, job, &kind, &payload, credential.as_ref()).await
+                        }
                         Err(message) => Err(Failure {
                             message,
                             transient: false,
@@ -493,10 +493,10 @@ async fn claim_and_start(
     pool: &PgPool,
     config: &Config,
     max_jobs: usize,
-) -> Result<Vec<(Claimed, String, Payload)>, sqlx::Error> {
+) -> Result<Vec<(Claimed, String, Payload, Option<serde_json::Value>)>, sqlx::Error> {
     let lease_ms = i64::try_from(config.lease.as_millis()).unwrap_or(i64::MAX);
     let rows = sqlx::query(
-        "select job_id, tenant_id, kind, payload
+        "select job_id, tenant_id, kind, payload, credential
          from bulkhead.claim_and_start_jobs($1, $2, make_interval(secs => $3::float8 / 1000))",
     )
     .bind(&config.name)
@@ -514,7 +514,12 @@ async fn claim_and_start(
         let payload = row
             .try_get::<serde_json::Value, _>(3)
             .map_err(|err| format!("the payload cannot be read: {err}"));
-        claimed.push((job, kind, payload));
+        // A credential that cannot be read is as good as none: the job then fails for good.
+        let credential = row
+            .try_get::<Option<serde_json::Value>, _>(4)
+            .ok()
+            .flatten();
+        claimed.push((job, kind, payload, credential));
     }
     Ok(claimed)
 }
@@ -525,41 +530,38 @@ async fn execute(
     job: Claimed,
     kind: &str,
     payload: &serde_json::Value,
+    credential: Option<&serde_json::Value>,
 ) -> Result<Finish, Failure> {
     match kind {
         "noop" => Ok(Finish::Result(serde_json::json!({"ok": true}))),
-        "completion" => complete(context, job, payload)
+        "completion" => complete(context, payload, credential)
             .await
             .map(Finish::Completion),
-        "embedding" => embed(context, job, payload).await.map(Finish::Embedding),
+        "embedding" => embed(context, job, payload, credential)
+            .await
+            .map(Finish::Embedding),
         other => Err(Failure::permanent(format!(
             "this worker cannot run jobs of kind {other:?}"
         ))),
     }
 }
 
-/// The tenant's credential for a provider, read in the job's tenant context and resolved now:
-/// the key and the provider project id.
+/// The tenant's credential for a provider (its reference came with the claim, read in the
+/// job's tenant context), resolved now: the key and the provider project id.
 async fn credential_for(
     context: &TaskContext,
-    job: Claimed,
+    credential: Option<&serde_json::Value>,
     provider: &str,
 ) -> Result<(Secret, Option<String>), Failure> {
-    let credential = sqlx::query_as::<_, (String, Option<String>)>(
-        "select secret_ref, provider_project_id from bulkhead.job_credential($1, $2, $3)",
-    )
-    .bind(job.id)
-    .bind(&context.worker)
-    .bind(provider)
-    .fetch_optional(&context.pool)
-    .await
-    .map_err(|err| Failure::transient(format!("reading the credential failed: {err}")))?;
-    let Some((secret_ref, project)) = credential else {
+    let Some(secret_ref) = credential.and_then(|c| c["secret_ref"].as_str()) else {
         return Err(Failure::permanent(format!(
             "the tenant has no {provider} credential and there is no shared one (bulkhead.set_credential)"
         )));
     };
-    let key = credentials::resolve(&secret_ref, &context.pool)
+    let project = credential
+        .and_then(|c| c["provider_project_id"].as_str())
+        .map(str::to_string);
+    let key = credentials::resolve(secret_ref, &context.pool)
         .await
         .map_err(Failure::permanent)?;
     Ok((key, project))
@@ -595,6 +597,7 @@ async fn embed(
     context: &TaskContext,
     job: Claimed,
     payload: &serde_json::Value,
+    credential: Option<&serde_json::Value>,
 ) -> Result<Embeddings, Failure> {
     let provider = field(payload, "provider")?;
     let chunks = payload["chunks"]
@@ -609,7 +612,7 @@ async fn embed(
         .as_u64()
         .and_then(|d| usize::try_from(d).ok())
         .ok_or_else(|| Failure::permanent("the job payload has no dims".into()))?;
-    let (key, project) = credential_for(context, job, provider).await?;
+    let (key, project) = credential_for(context, credential, provider).await?;
     let request = providers::EmbeddingRequest {
         provider,
         model: field(payload, "model")?,
@@ -630,15 +633,15 @@ async fn embed(
 /// settle happens when the outcome is recorded (`_finish_completion`).
 async fn complete(
     context: &TaskContext,
-    job: Claimed,
     payload: &serde_json::Value,
+    credential: Option<&serde_json::Value>,
 ) -> Result<Completion, Failure> {
     let provider = field(payload, "provider")?;
     let max_output_tokens = payload["max_output_tokens"]
         .as_u64()
         .and_then(|n| u32::try_from(n).ok())
         .ok_or_else(|| Failure::permanent("the job payload has no max_output_tokens".into()))?;
-    let (key, project) = credential_for(context, job, provider).await?;
+    let (key, project) = credential_for(context, credential, provider).await?;
     let request = providers::Request {
         provider,
         model: field(payload, "model")?,
@@ -685,51 +688,31 @@ async fn settle(
 ) -> Result<(), sqlx::Error> {
     let mut done_ids = Vec::new();
     let mut done_results = Vec::new();
+    let mut completions = Vec::new();
     for (job, kind, took, outcome) in batch {
         match outcome {
             Ok(Finish::Result(result)) => {
                 done_ids.push(job.id);
                 done_results.push(result.clone());
             }
-            Ok(Finish::Completion(_) | Finish::Embedding(_)) => {
-                let (settled, failed) = match outcome {
-                    Ok(Finish::Completion(completion)) => (
-                        sqlx::query("select bulkhead._finish_completion($1, $2, $3, $4, $5, $6)")
-                            .bind(job.id)
-                            .bind(&config.name)
-                            .bind(&completion.usage)
-                            .bind(&completion.request_id)
-                            .bind(&completion.output)
-                            .bind(&completion.cut_short)
-                            .execute(pool)
-                            .await,
-                        completion.cut_short.is_some(),
-                    ),
-                    Ok(Finish::Embedding(embeddings)) => (
-                        sqlx::query("select bulkhead._finish_embedding($1, $2, $3, $4, $5)")
-                            .bind(job.id)
-                            .bind(&config.name)
-                            .bind(&embeddings.usage)
-                            .bind(&embeddings.request_id)
-                            .bind(&embeddings.vectors)
-                            .execute(pool)
-                            .await,
-                        false,
-                    ),
-                    _ => unreachable!("matched above"),
-                };
+            // Completions settle together below: one statement, one commit.
+            Ok(Finish::Completion(completion)) => completions.push((job, kind, took, completion)),
+            Ok(Finish::Embedding(embeddings)) => {
+                let settled = sqlx::query("select bulkhead._finish_embedding($1, $2, $3, $4, $5)")
+                    .bind(job.id)
+                    .bind(&config.name)
+                    .bind(&embeddings.usage)
+                    .bind(&embeddings.request_id)
+                    .bind(&embeddings.vectors)
+                    .execute(pool)
+                    .await;
                 match settled {
-                    Ok(_) => {
-                        let outcome = if failed { "failed" } else { "done" };
-                        metrics.job_finished(kind, outcome, *took);
-                    }
-                    Err(err) if is_lease_lost(&err) => {
-                        log(
-                            config,
-                            "lease_lost",
-                            &format!("job={} tenant={}", job.id, job.tenant),
-                        );
-                    }
+                    Ok(_) => metrics.job_finished(kind, "done", *took),
+                    Err(err) if is_lease_lost(&err) => log(
+                        config,
+                        "lease_lost",
+                        &format!("job={} tenant={}", job.id, job.tenant),
+                    ),
                     Err(err) if is_infrastructure(&err) => return Err(err),
                     // The settle itself was refused (say, a usage object the ledger cannot
                     // price): retrying would call the provider again, so the job fails for good.
@@ -744,6 +727,9 @@ async fn settle(
                 record_failure(pool, config, metrics, job, kind, *took, failure).await?;
             }
         }
+    }
+    if !completions.is_empty() {
+        settle_completions(pool, config, metrics, &completions).await?;
     }
     if !done_ids.is_empty() {
         let recorded: i32 = sqlx::query_scalar("select bulkhead.complete_jobs($1, $2, $3)")
@@ -763,6 +749,56 @@ async fn settle(
                 "leases_lost",
                 &format!("completed={} recorded={recorded}", done_ids.len()),
             );
+        }
+    }
+    Ok(())
+}
+
+/// Settles provider calls and records their jobs' outcomes in one statement
+/// (`_finish_completions`: each job in its tenant's context and its own subtransaction).
+async fn settle_completions(
+    pool: &PgPool,
+    config: &Config,
+    metrics: &Metrics,
+    completions: &[(&Claimed, &String, &Duration, &Completion)],
+) -> Result<(), sqlx::Error> {
+    let ids: Vec<i64> = completions.iter().map(|c| c.0.id).collect();
+    let usages: Vec<&serde_json::Value> = completions.iter().map(|c| &c.3.usage).collect();
+    let request_ids: Vec<&str> = completions
+        .iter()
+        .map(|c| c.3.request_id.as_str())
+        .collect();
+    let outputs: Vec<&str> = completions.iter().map(|c| c.3.output.as_str()).collect();
+    let errors: Vec<Option<&str>> = completions
+        .iter()
+        .map(|c| c.3.cut_short.as_deref())
+        .collect();
+    let outcomes: Vec<(i64, String)> = sqlx::query_as(
+        "select job_id, outcome from bulkhead._finish_completions($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&config.name)
+    .bind(&ids)
+    .bind(&usages)
+    .bind(&request_ids)
+    .bind(&outputs)
+    .bind(&errors)
+    .fetch_all(pool)
+    .await?;
+    for ((job, kind, took, _), (_, outcome)) in completions.iter().zip(&outcomes) {
+        match outcome.as_str() {
+            "done" => metrics.job_finished(kind, "done", **took),
+            "failed" => metrics.job_finished(kind, "failed", **took),
+            "lease_lost" => log(
+                config,
+                "lease_lost",
+                &format!("job={} tenant={}", job.id, job.tenant),
+            ),
+            // The settle was refused (say, a usage object the ledger cannot price): retrying
+            // would call the provider again, so the job fails for good.
+            refused => {
+                let failure = Failure::permanent(format!("settling the call failed: {refused}"));
+                record_failure(pool, config, metrics, job, kind, **took, &failure).await?;
+            }
         }
     }
     Ok(())

@@ -1,8 +1,10 @@
 """Queue benchmark: jobs drained per second by 1, 4 and 16 workers, and enqueue-to-start latency.
 
-Jobs are `noop`: the worker does everything a real job does (claim, read the payload in the
-tenant's context, record the outcome) except the provider call, which is the zero-latency fake
-provider. Each worker is a `bulkhead worker` process running up to CONCURRENCY jobs at a time
+Two kinds of job. `noop`: the worker claims it, reads its payload in the tenant's context and
+records the outcome, with no provider call: the queue's own cost. `completion`: queued by
+bulkhead.complete() (admission, render, enqueue), then the worker reads the tenant's credential,
+calls the FAKE OpenAI server (tests/fakes/fake_providers.py, a test double that answers at once)
+and settles the ledger with the job's outcome: the whole path. Each worker is a `bulkhead worker` process running up to CONCURRENCY jobs at a time
 (default 16, the worker's default). Throughput: JOBS jobs queued over 10 tenants, then N workers started; the time until the
 last is done. Latency: 4 idle workers, jobs queued one by one (about 100 a second), then
 claimed_at - created_at per job.
@@ -16,6 +18,8 @@ import time
 
 import psycopg
 
+FAKE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests", "fakes", "fake_providers.py")
+
 URL, BIN = sys.argv[1], sys.argv[2]
 JOBS = int(sys.argv[3]) if len(sys.argv) > 3 else 10000
 TENANTS = [f"00000000-0000-4000-8000-{i:012x}" for i in range(1, 11)]
@@ -23,8 +27,10 @@ WORKER_URL = URL.replace("postgres@", "bulkhead_bench_worker@")
 CONCURRENCY = os.environ.get("CONCURRENCY", "16")
 
 
-def workers(n, poll_ms=1000):
+def workers(n, poll_ms=1000, fake_port=None):
     env = dict(os.environ, DATABASE_URL=WORKER_URL)
+    if fake_port:
+        env.update(OPENAI_BASE_URL=f"http://127.0.0.1:{fake_port}/v1", BENCH_OPENAI_KEY="sk-bench-fake")
     return [subprocess.Popen([BIN, "worker", "--name", f"bench-{i}", "--concurrency", CONCURRENCY, "--poll-ms", str(poll_ms)],
                              env=env, stderr=subprocess.DEVNULL) for i in range(n)]
 
@@ -36,26 +42,47 @@ def stop(procs):
         p.wait()
 
 
+def drain(db, n, queue_sql, fake_port=None):
+    with db.transaction():
+        for t in TENANTS:
+            db.execute("select bulkhead.set_tenant(%s)", (t,))
+            db.execute(queue_sql, (JOBS // len(TENANTS),))
+    start = time.perf_counter()
+    procs = workers(n, fake_port=fake_port)
+    while db.execute("select count(*) from bulkhead.job_schedule where state not in ('done', 'dead')").fetchone()[0] > 0:
+        time.sleep(0.05)
+    elapsed = time.perf_counter() - start
+    stop(procs)
+    dead = db.execute("select count(*) from bulkhead.job_schedule where state = 'dead'").fetchone()[0]
+    assert dead == 0, f"{dead} jobs died"
+    return elapsed
+
+
 def main():
     db = psycopg.connect(URL, autocommit=True)
+    db.execute("select bulkhead.set_skeleton('bench', 'Answer briefly: {{ vars.q }}')")
     for t in TENANTS:
         db.execute("insert into bulkhead.tenants (id, slug, name, pinecone_namespace) values (%s, %s, %s, %s)",
                    (t, "q" + t[-4:], "Queue " + t[-4:], "tenant-" + t))
-    print(f"| workers (processes, {CONCURRENCY} jobs at a time each) | jobs | seconds | jobs/s |")
-    print("|---:|---:|---:|---:|")
+        db.execute("select bulkhead.publish_prompt(%s, 'bench', '{}')", (t,))
+        db.execute("select bulkhead.activate_prompt(%s, 'bench', 1)", (t,))
+        db.execute("select bulkhead.set_credential(%s, 'openai', 'env:BENCH_OPENAI_KEY')", (t,))
+        db.execute("select bulkhead.set_budget(%s, 100000000, 2000000000, 2000000000, 1000000)", (t,))
+    fake = subprocess.Popen([sys.executable, FAKE, "--port", "0"], stdout=subprocess.PIPE, text=True)
+    fake_port = int(fake.stdout.readline().strip().rsplit(":", 1)[1])
+    print(f"| workers (processes, {CONCURRENCY} jobs at a time each) | job | jobs | seconds | jobs/s |")
+    print("|---:|---|---:|---:|---:|")
     for n in (1, 4, 16):
-        with db.transaction():
-            for t in TENANTS:
-                db.execute("select bulkhead.set_tenant(%s)", (t,))
-                db.execute("select count(bulkhead.enqueue_job('noop', jsonb_build_object('n', i))) "
-                           "from generate_series(1, %s) i", (JOBS // len(TENANTS),))
-        start = time.perf_counter()
-        procs = workers(n)
-        while db.execute("select count(*) from bulkhead.job_schedule where state <> 'done'").fetchone()[0] > 0:
-            time.sleep(0.05)
-        elapsed = time.perf_counter() - start
-        stop(procs)
-        print(f"| {n} | {JOBS} | {elapsed:.2f} | {JOBS / elapsed:.0f} |")
+        elapsed = drain(db, n, "select count(bulkhead.enqueue_job('noop', jsonb_build_object('n', i))) "
+                               "from generate_series(1, %s) i")
+        print(f"| {n} | noop (queue only) | {JOBS} | {elapsed:.2f} | {JOBS / elapsed:.0f} |")
+    for n in (1, 4, 16):
+        elapsed = drain(db, n, "select count(bulkhead.complete('bench', jsonb_build_object('q', i), 'gpt-4o-mini', 16)) "
+                               "from generate_series(1, %s) i", fake_port)
+        print(f"| {n} | completion (fake OpenAI, ledger settle) | {JOBS} | {elapsed:.2f} | {JOBS / elapsed:.0f} |")
+    fake.terminate()
+    ledger = db.execute("select count(*) from bulkhead.ledger").fetchone()[0]
+    assert ledger == 3 * JOBS, f"{ledger} ledger rows for {3 * JOBS} completions"
 
     procs = workers(4)
     time.sleep(1.0)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Queue benchmark: jobs/s drained by 1, 4 and 16 `bulkhead worker` processes against the
-# zero-latency `noop` job, and enqueue-to-start latency. Needs the cluster of `make db` (and
+# zero-latency `noop` job and completions against the fake provider, and enqueue-to-start latency. Needs the cluster of `make db` (and
 # `make build` for target/release/bulkhead). Usage: bench/queue/run.sh [jobs per run]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
