@@ -319,6 +319,7 @@ set search_path to pg_catalog, pg_temp
 as $$
 declare
     n int := pg_catalog.cardinality(jobs);
+    i bigint;
 begin
     if bulkhead.current_tenant() is not null then
         raise exception '_finish_completions runs without a tenant context' using errcode = '42501',
@@ -329,7 +330,13 @@ begin
        or pg_catalog.cardinality(errors) is distinct from n then
         raise exception 'worker, and one usage, request id, output and error per job, are required' using errcode = '22023';
     end if;
-    for i in 1 .. coalesce(n, 0) loop
+    -- Tenant by tenant, in tenant id order: each settle locks its tenant's budget state until
+    -- commit, and one global order keeps concurrent batches of other workers from deadlocking.
+    for i in
+        select b.i from pg_catalog.unnest(jobs) with ordinality as b(job, i)
+        left join bulkhead.job_schedule s on s.job_id = b.job
+        order by s.job_tenant, b.job
+    loop
         job_id := jobs[i];
         begin
             perform bulkhead._set_tenant_within_function(null);

@@ -784,8 +784,12 @@ async fn settle_completions(
     .bind(&errors)
     .fetch_all(pool)
     .await?;
-    for ((job, kind, took, _), (_, outcome)) in completions.iter().zip(&outcomes) {
-        match outcome.as_str() {
+    // Outcomes come back in settle order (by tenant), so they are matched by job id.
+    let by_job: HashMap<i64, &str> = outcomes.iter().map(|(id, o)| (*id, o.as_str())).collect();
+    let mut conflicted = 0;
+    for (job, kind, took, _) in completions {
+        let outcome = by_job.get(&job.id).copied().unwrap_or("lease_lost");
+        match outcome {
             "done" => metrics.job_finished(kind, "done", **took),
             "failed" => metrics.job_finished(kind, "failed", **took),
             "lease_lost" => log(
@@ -793,6 +797,9 @@ async fn settle_completions(
                 "lease_lost",
                 &format!("job={} tenant={}", job.id, job.tenant),
             ),
+            // A serialization failure or deadlock (class 40) says nothing about the call: the
+            // batch is kept and settled again after the session restarts.
+            conflict if conflict.starts_with("error 40") => conflicted += 1,
             // The settle was refused (say, a usage object the ledger cannot price): retrying
             // would call the provider again, so the job fails for good.
             refused => {
@@ -800,6 +807,11 @@ async fn settle_completions(
                 record_failure(pool, config, metrics, job, kind, **took, &failure).await?;
             }
         }
+    }
+    if conflicted > 0 {
+        return Err(sqlx::Error::Protocol(format!(
+            "{conflicted} settle(s) hit a lock conflict; the batch is retried"
+        )));
     }
     Ok(())
 }

@@ -3,8 +3,9 @@
 Two kinds of job. `noop`: the worker claims it, reads its payload in the tenant's context and
 records the outcome, with no provider call: the queue's own cost. `completion`: queued by
 bulkhead.complete() (admission, render, enqueue), then the worker reads the tenant's credential,
-calls the FAKE OpenAI server (tests/fakes/fake_providers.py, a test double that answers at once)
-and settles the ledger with the job's outcome: the whole path. Each worker is a `bulkhead worker` process running up to CONCURRENCY jobs at a time
+calls a FAKE OpenAI server (bench/fake-openai, a test double in Rust that answers at once, so
+that the fake's own CPU stays out of the measurement) and settles the ledger with the job's
+outcome: the whole path. Each worker is a `bulkhead worker` process running up to CONCURRENCY jobs at a time
 (default 16, the worker's default). Throughput: JOBS jobs queued over 10 tenants, then N workers started; the time until the
 last is done. Latency: 4 idle workers, jobs queued one by one (about 100 a second), then
 claimed_at - created_at per job.
@@ -18,7 +19,7 @@ import time
 
 import psycopg
 
-FAKE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests", "fakes", "fake_providers.py")
+FAKE = sys.argv[4] if len(sys.argv) > 4 else None
 
 URL, BIN = sys.argv[1], sys.argv[2]
 JOBS = int(sys.argv[3]) if len(sys.argv) > 3 else 10000
@@ -50,6 +51,9 @@ def drain(db, n, queue_sql, fake_port=None):
     start = time.perf_counter()
     procs = workers(n, fake_port=fake_port)
     while db.execute("select count(*) from bulkhead.job_schedule where state not in ('done', 'dead')").fetchone()[0] > 0:
+        if time.perf_counter() - start > 300:
+            stop(procs)
+            raise RuntimeError("jobs still pending after 300 s")
         time.sleep(0.05)
     elapsed = time.perf_counter() - start
     stop(procs)
@@ -68,8 +72,16 @@ def main():
         db.execute("select bulkhead.activate_prompt(%s, 'bench', 1)", (t,))
         db.execute("select bulkhead.set_credential(%s, 'openai', 'env:BENCH_OPENAI_KEY')", (t,))
         db.execute("select bulkhead.set_budget(%s, 100000000, 2000000000, 2000000000, 1000000)", (t,))
-    fake = subprocess.Popen([sys.executable, FAKE, "--port", "0"], stdout=subprocess.PIPE, text=True)
-    fake_port = int(fake.stdout.readline().strip().rsplit(":", 1)[1])
+    fake = subprocess.Popen([FAKE, "--port", "0"], stdout=subprocess.PIPE, text=True)
+    try:
+        fake_port = int(fake.stdout.readline().strip().rsplit(":", 1)[1])
+        throughput(db, fake_port)
+    finally:
+        fake.terminate()
+    latency(db)
+
+
+def throughput(db, fake_port):
     print(f"| workers (processes, {CONCURRENCY} jobs at a time each) | job | jobs | seconds | jobs/s |")
     print("|---:|---|---:|---:|---:|")
     for n in (1, 4, 16):
@@ -80,10 +92,11 @@ def main():
         elapsed = drain(db, n, "select count(bulkhead.complete('bench', jsonb_build_object('q', i), 'gpt-4o-mini', 16)) "
                                "from generate_series(1, %s) i", fake_port)
         print(f"| {n} | completion (fake OpenAI, ledger settle) | {JOBS} | {elapsed:.2f} | {JOBS / elapsed:.0f} |")
-    fake.terminate()
     ledger = db.execute("select count(*) from bulkhead.ledger").fetchone()[0]
     assert ledger == 3 * JOBS, f"{ledger} ledger rows for {3 * JOBS} completions"
 
+
+def latency(db):
     procs = workers(4)
     time.sleep(1.0)
     ids = []

@@ -19,4 +19,6 @@ psql() { "$pgi/psql" -X -q -v ON_ERROR_STOP=1 "$@"; }
 psql -d "$super/postgres" -c "set client_min_messages = warning" -c "drop database if exists $db with (force)" -c "create database $db"
 psql -d "$super/$db" -c "set client_min_messages = warning" -c "create extension bulkhead cascade" \
     -c "do \$\$ begin if not exists (select from pg_roles where rolname = 'bulkhead_bench_worker') then create role bulkhead_bench_worker login in role bulkhead_worker; end if; end \$\$"
-"$home/bench-venv/bin/python" "$here/bench.py" "$super/$db" "$root/target/release/bulkhead" "${1:-10000}"
+(cd "$root" && cargo build --release --locked -q -p bench-fake-openai)
+"$home/bench-venv/bin/python" "$here/bench.py" "$super/$db" "$root/target/release/bulkhead" "${1:-10000}" \
+    "$root/target/release/bench-fake-openai"
