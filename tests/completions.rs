@@ -264,6 +264,22 @@ async fn completions_flow_to_the_ledger_and_survive_provider_faults() {
             .unwrap();
     }
 
+    // An OpenAI-compatible server (vLLM, Ollama...) through the shared pool: a model priced under
+    // openai_compatible, and a shared credential every tenant without its own uses.
+    let compat_model = format!("llama-it-{run}");
+    let compat_key = format!("sk-compat-{}", Uuid::new_v4().simple());
+    let compat_env = format!("BULKHEAD_IT_COMPAT_{}", Uuid::new_v4().simple());
+    sqlx::query("select bulkhead.set_price('openai_compatible', $1, 0.10, 0.20)")
+        .bind(&compat_model)
+        .execute(&mut admin_conn)
+        .await
+        .unwrap();
+    sqlx::query("select bulkhead.set_credential(null, 'openai_compatible', $1, 'shared_pool')")
+        .bind(format!("env:{compat_env}"))
+        .execute(&mut admin_conn)
+        .await
+        .unwrap();
+
     // A rolled-back complete() leaves neither a reservation nor a job.
     {
         let mut tx = begin_as(&mut conn, a).await.unwrap();
@@ -328,6 +344,11 @@ async fn completions_flow_to_the_ledger_and_survive_provider_faults() {
                 format!("http://127.0.0.1:{}", fake.port),
             )
             .env(&env_name, &planted)
+            .env(&compat_env, &compat_key)
+            .env(
+                "OPENAI_COMPATIBLE_BASE_URL",
+                format!("http://127.0.0.1:{}/v1", fake.port),
+            )
             .stderr(std::fs::File::create(&log_path).unwrap())
             .stdout(Stdio::null())
             .spawn()
@@ -340,6 +361,7 @@ async fn completions_flow_to_the_ledger_and_survive_provider_faults() {
         (a, "gpt-4o-mini"),
         (b, "claude-haiku-4-5"),
         (c, "gpt-4o-mini"),
+        (b, compat_model.as_str()),
     ] {
         for stream in [false, true] {
             let job = complete(&mut conn, tenant, "where is my order?", model, stream).await;
@@ -401,6 +423,20 @@ async fn completions_flow_to_the_ledger_and_survive_provider_faults() {
         auth("/v1/messages", "x-api-key"),
         vec![anthropic_key.clone(); 2]
     );
+    // The compatible server got the shared pool's key and max_tokens (not max_completion_tokens).
+    let compat_calls: Vec<&Value> = seen
+        .iter()
+        .filter(|r| r["body"]["model"] == compat_model.as_str())
+        .collect();
+    assert_eq!(compat_calls.len(), 2);
+    for call in compat_calls {
+        assert_eq!(
+            call["headers"]["authorization"],
+            format!("Bearer {compat_key}")
+        );
+        assert_eq!(call["body"]["max_tokens"], 40);
+        assert!(call["body"].get("max_completion_tokens").is_none());
+    }
     assert!(seen
         .iter()
         .any(|r| r["body"]["stream_options"]["include_usage"] == true));
@@ -584,7 +620,7 @@ async fn completions_flow_to_the_ledger_and_survive_provider_faults() {
         rows.contains("Incorrect API key provided"),
         "the grep reads the job rows"
     );
-    for key in [&planted, &anthropic_key, &vault_key] {
+    for key in [&planted, &anthropic_key, &vault_key, &compat_key] {
         for (place, text) in [("logs", &logs), ("rows", &rows), ("metrics", &metrics)] {
             assert!(
                 !text.contains(key.as_str()),

@@ -38,6 +38,9 @@ fn start_worker_with(name: &str, lease_secs: u64, extra: &[&str], stderr: Stdio)
             &lease_secs.to_string(),
             "--shutdown-secs",
             "5",
+            // Shorter than the shortest lease here (2 s); noop jobs call no provider anyway.
+            "--provider-timeout-secs",
+            "1",
         ])
         .args(extra)
         .env("DATABASE_URL", worker_url())
