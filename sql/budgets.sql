@@ -81,6 +81,8 @@ create table bulkhead.reservations (
     lease_expires_at     timestamptz not null,
     settled_at           timestamptz,
     expired_at           timestamptz,
+    -- Admitted for a queued call (complete(), embed_document()): only the worker settles it.
+    queued               boolean     not null default false,
     constraint reservations_pkey primary key (tenant_id, id),
     constraint reservations_tenant_fkey foreign key (tenant_id) references bulkhead.tenants (id)
 );

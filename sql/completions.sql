@@ -90,7 +90,9 @@ begin
     -- budget_check may have switched synchronous commit off for the transaction (admission
     -- state need not be durable); a queued job must be, once the caller saw its id.
     perform pg_catalog.set_config('synchronous_commit', 'on', true);
-    select * into r from bulkhead.reservations x where x.tenant_id = tenant and x.id = reservation;
+    update bulkhead.reservations x set queued = true
+    where x.tenant_id = tenant and x.id = reservation
+    returning * into r;
     return bulkhead._enqueue(
         'completion',
         pg_catalog.jsonb_build_object(
@@ -175,7 +177,7 @@ begin
     if not found then
         raise exception 'job % is not a completion', job using errcode = '22023';
     end if;
-    cost := bulkhead.ledger_record((payload ->> 'reservation')::uuid, usage, request_id);
+    cost := bulkhead._settle_queued_call((payload ->> 'reservation')::uuid, usage, request_id);
     update bulkhead.jobs j
     set result = pg_catalog.jsonb_build_object(
             'output', output, 'cost_usd', cost, 'request_id', request_id, 'usage', usage),
@@ -222,17 +224,25 @@ begin
         raise exception 'external_id, chunks, model and metadata are required' using errcode = '22004';
     end if;
     if pg_catalog.jsonb_typeof(chunks) <> 'array' or pg_catalog.jsonb_array_length(chunks) = 0
-       or pg_catalog.jsonb_array_length(chunks) > 2048
+       or pg_catalog.jsonb_array_length(chunks) > 256
        or exists (select from pg_catalog.jsonb_array_elements(chunks) c
                   where pg_catalog.jsonb_typeof(c) <> 'object'
                      or pg_catalog.jsonb_typeof(c->'content') is distinct from 'string'
                      or c ? 'embedding'
                      or pg_catalog.jsonb_typeof(coalesce(c->'metadata', '{}')) <> 'object') then
-        raise exception 'chunks must be an array of 1 to 2048 {"content": text, "metadata": {...}} without embeddings'
+        raise exception 'chunks must be an array of 1 to 256 {"content": text, "metadata": {...}} without embeddings'
             using errcode = '22023', hint = 'Chunks that already have embeddings go to bulkhead.ingest_document().';
     end if;
     if pg_catalog.jsonb_typeof(metadata) <> 'object' then
         raise exception 'metadata must be a JSON object' using errcode = '22023';
+    end if;
+    -- What ingest_document will require, checked before the provider is paid.
+    if pg_catalog.char_length(external_id) not between 1 and 500 then
+        raise exception 'external_id must be 1 to 500 characters' using errcode = '22023';
+    end if;
+    if exists (select from pg_catalog.jsonb_array_elements(chunks) c
+               where pg_catalog.octet_length(c->>'content') not between 1 and 65536) then
+        raise exception 'each chunk''s content must be 1 to 65536 bytes' using errcode = '22023';
     end if;
     select s.embedding_dims into dims from bulkhead.retrieval_settings s where s.tenant_id = tenant;
     if dims is null then
@@ -244,7 +254,9 @@ begin
     est_input := least(pg_catalog.ceil(bytes / 3.0) + 8 * pg_catalog.jsonb_array_length(chunks), 100000000)::int;
     reservation := bulkhead.budget_check(model, est_input, 0, lease);
     perform pg_catalog.set_config('synchronous_commit', 'on', true);
-    select * into r from bulkhead.reservations x where x.tenant_id = tenant and x.id = reservation;
+    update bulkhead.reservations x set queued = true
+    where x.tenant_id = tenant and x.id = reservation
+    returning * into r;
     if r.provider not in ('openai', 'openai_compatible') then
         raise exception 'model % is not an embedding model of an OpenAI-style provider', pg_catalog.quote_literal(model)
             using errcode = '22023';
@@ -286,14 +298,27 @@ begin
                 pg_catalog.jsonb_array_length(embeddings), pg_catalog.jsonb_array_length(payload -> 'chunks')
             using errcode = '22023';
     end if;
-    cost := bulkhead.ledger_record((payload ->> 'reservation')::uuid, usage, request_id);
-    doc := bulkhead.ingest_document(
-        payload ->> 'external_id',
-        (select pg_catalog.jsonb_agg(c.value || pg_catalog.jsonb_build_object('embedding', e.value) order by c.ordinality)
-         from pg_catalog.jsonb_array_elements(payload -> 'chunks') with ordinality c
-         join pg_catalog.jsonb_array_elements(embeddings) with ordinality e on e.ordinality = c.ordinality),
-        payload ->> 'title',
-        payload -> 'metadata');
+    perform pg_catalog.set_config('lock_timeout', '500ms', true);
+    cost := bulkhead._settle_queued_call((payload ->> 'reservation')::uuid, usage, request_id);
+    -- The provider did the work: if the ingest is refused, the charge stays and the job fails.
+    begin
+        doc := bulkhead.ingest_document(
+            payload ->> 'external_id',
+            (select pg_catalog.jsonb_agg(c.value || pg_catalog.jsonb_build_object('embedding', e.value) order by c.ordinality)
+             from pg_catalog.jsonb_array_elements(payload -> 'chunks') with ordinality c
+             join pg_catalog.jsonb_array_elements(embeddings) with ordinality e on e.ordinality = c.ordinality),
+            payload ->> 'title',
+            payload -> 'metadata');
+    exception when others then
+        update bulkhead.jobs j
+        set result = pg_catalog.jsonb_build_object('cost_usd', cost, 'request_id', request_id, 'usage', usage),
+            last_error = pg_catalog.left('the embeddings were paid for but could not be ingested: ' || sqlerrm, 2000)
+        where j.tenant_id = bulkhead.current_tenant() and j.id = job;
+        update bulkhead.job_schedule s
+        set state = 'dead', leased_by = null, leased_until = null, updated_at = pg_catalog.clock_timestamp()
+        where s.job_id = job;
+        return cost;
+    end;
     update bulkhead.jobs j
     set result = pg_catalog.jsonb_build_object('document_id', doc, 'cost_usd', cost, 'request_id', request_id,
                                                'chunks', pg_catalog.jsonb_array_length(embeddings), 'usage', usage),
@@ -332,6 +357,9 @@ begin
     end if;
     -- Tenant by tenant, in tenant id order: each settle locks its tenant's budget state until
     -- commit, and one global order keeps concurrent batches of other workers from deadlocking.
+    -- A tenant's own open transaction holding its budget row must not stall the batch: a
+    -- settle that cannot lock it soon is reported (55P03) and retried by the worker later.
+    perform pg_catalog.set_config('lock_timeout', '500ms', true);
     for i in
         select b.i from pg_catalog.unnest(jobs) with ordinality as b(job, i)
         left join bulkhead.job_schedule s on s.job_id = b.job

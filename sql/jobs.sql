@@ -9,8 +9,8 @@
 create table bulkhead.jobs (
     tenant_id       uuid        not null,
     -- A number (bulkhead.complete() returns one), but random, not a sequence: a global counter
-    -- would tell a tenant how many jobs the others queue. 60 random bits from gen_random_uuid().
-    id              bigint      not null default (('x' || pg_catalog.substr(pg_catalog.md5(pg_catalog.gen_random_uuid()::text), 1, 15))::bit(60)::bigint),
+    -- would tell a tenant how many jobs the others queue. 62 random bits from gen_random_uuid().
+    id              bigint      not null default (('x' || pg_catalog.substr(pg_catalog.md5(pg_catalog.gen_random_uuid()::text), 1, 16))::bit(64)::bigint & 4611686018427387903),
     kind            text        not null,
     payload         jsonb       not null default '{}',
     idempotency_key text,
@@ -369,7 +369,7 @@ $$;
 -- tenant's jobs are read inside that tenant's context (row level security decides), one tenant
 -- at a time; the context is cleared again before returning.
 create function bulkhead.claim_and_start_jobs(worker text, max_jobs int default 10, lease interval default '5 minutes')
-returns table (job_id bigint, tenant_id uuid, kind text, payload jsonb, credential jsonb)
+returns table (job_id bigint, tenant_id uuid, kind text, payload jsonb, credential jsonb, reservation_left float8)
 language plpgsql volatile
 security invoker
 set search_path to pg_catalog, pg_temp
@@ -390,9 +390,17 @@ begin
         perform bulkhead._set_tenant_within_function(tenant);
         -- A provider call's credential reference comes along (the tenant's own, else the
         -- shared pool), read in the same context: the worker resolves it at call time.
+        -- So does how long its reservation still holds budget (NULL: no longer open): the
+        -- worker makes no call its reservation would not cover to the end.
         return query select j.id, j.tenant_id, j.kind, j.payload,
                             case when j.kind in ('completion', 'embedding') then
                                 (select pg_catalog.to_jsonb(c) from bulkhead.credential_for_tenant(j.payload ->> 'provider') c)
+                            end,
+                            case when j.kind in ('completion', 'embedding') then
+                                (select extract(epoch from r.lease_expires_at - pg_catalog.clock_timestamp())::float8
+                                 from bulkhead.reservations r
+                                 where r.tenant_id = tenant and r.id = (j.payload ->> 'reservation')::uuid
+                                   and r.settled_at is null and r.expired_at is null)
                             end
             from bulkhead.jobs j
             where j.tenant_id = tenant and j.id = any (claimed);

@@ -44,15 +44,18 @@ select pg_catalog.pg_extension_config_dump('bulkhead.ledger', '');
 -- Settles a reservation with the provider's usage object; returns the call's cost in USD.
 -- Idempotent on the provider's request id. Releases what the reservation held beyond the
 -- actual cost, and refunds to the token buckets what the provider did not count.
-create function bulkhead.ledger_record(
+-- The body of ledger_record and _settle_queued_call, run as bulkhead_meter: a reservation of a
+-- queued call (complete(), embed_document()) is settled by the worker only (queued_ok).
+create function bulkhead._ledger_record(
     reservation uuid,
     usage jsonb,
     request_id text,
-    model text default null
+    model text,
+    queued_ok boolean
 )
 returns numeric
 language plpgsql volatile
-security definer
+security invoker
 set search_path to pg_catalog, pg_temp
 as $$
 declare
@@ -101,7 +104,7 @@ begin
         end if;
         is_orphan := true;
         select p.* into price from bulkhead.prices p
-        where p.model = ledger_record.model and p.effective_from <= now_ts
+        where p.model = _ledger_record.model and p.effective_from <= now_ts
         order by p.effective_from desc limit 1;
         if not found then
             raise exception 'unknown model %', pg_catalog.quote_literal(model)
@@ -113,6 +116,13 @@ begin
         r.est_input_tokens := 0;
         r.max_output_tokens := 0;
     else
+        -- The worker makes a queued call and settles it: were the app to settle it first (at
+        -- zero), the call would be made unpaid.
+        if r.queued and not queued_ok then
+            raise exception 'reservation % belongs to a queued call', reservation
+                using errcode = '42501',
+                      detail = 'bulkhead.complete() and bulkhead.embed_document() reservations are settled by the worker that makes the call.';
+        end if;
         select p.* into price from bulkhead.prices p
         where p.provider = r.provider and p.model = r.model and p.effective_from = r.price_effective_from;
     end if;
@@ -120,7 +130,7 @@ begin
     -- A repeated settle of the same provider call is answered from the ledger; the same request
     -- id on another reservation is a caller's bug, not a repeat.
     select l.cost_usd, l.reservation_id into existing, existing_reservation from bulkhead.ledger l
-    where l.tenant_id = tenant and l.provider = r.provider and l.request_id = ledger_record.request_id;
+    where l.tenant_id = tenant and l.provider = r.provider and l.request_id = _ledger_record.request_id;
     if found then
         if existing_reservation <> r.id then
             raise exception 'request_id % is already recorded for another reservation', pg_catalog.quote_literal(request_id)
@@ -146,7 +156,7 @@ begin
              cache_write_tokens, output_tokens, reasoning_tokens, itpm_tokens, reserved_usd, cost_usd,
              price_effective_from, orphan, created_at)
         values
-            (tenant, r.id, ledger_record.request_id, r.provider, r.model, priced.input_tokens, priced.cached_input_tokens,
+            (tenant, r.id, _ledger_record.request_id, r.provider, r.model, priced.input_tokens, priced.cached_input_tokens,
              priced.cache_write_tokens, priced.output_tokens, priced.reasoning_tokens, priced.itpm_tokens,
              case when is_orphan then null else r.reserved_usd end, priced.cost_usd,
              price.effective_from, is_orphan, now_ts);
@@ -176,6 +186,26 @@ begin
     return priced.cost_usd;
 end
 $$;
+create function bulkhead.ledger_record(
+    reservation uuid,
+    usage jsonb,
+    request_id text,
+    model text default null
+)
+returns numeric
+language sql volatile
+security definer
+set search_path to pg_catalog, pg_temp
+as $$ select bulkhead._ledger_record(reservation, usage, request_id, model, false) $$;
+
+-- The worker's settle of a queued call (see complete() and _finish_completion).
+create function bulkhead._settle_queued_call(reservation uuid, usage jsonb, request_id text)
+returns numeric
+language sql volatile
+security definer
+set search_path to pg_catalog, pg_temp
+as $$ select bulkhead._ledger_record(reservation, usage, request_id, null, true) $$;
+
 comment on function bulkhead.ledger_record(uuid, jsonb, text, text) is
     'Settles a reservation with the provider''s usage object (OpenAI or Anthropic shape) and returns the cost in USD; idempotent on request_id.';
 
@@ -291,8 +321,13 @@ alter function bulkhead.budget_check(text, int, int, interval) owner to bulkhead
 alter function bulkhead.expire_reservations() owner to bulkhead_meter;
 alter function bulkhead.expire_all_reservations() owner to bulkhead_meter;
 alter function bulkhead.ledger_record(uuid, jsonb, text, text) owner to bulkhead_meter;
+alter function bulkhead._settle_queued_call(uuid, jsonb, text) owner to bulkhead_meter;
 
 revoke all on function bulkhead.ledger_record(uuid, jsonb, text, text) from public;
+revoke all on function bulkhead._ledger_record(uuid, jsonb, text, text, boolean) from public;
+revoke all on function bulkhead._settle_queued_call(uuid, jsonb, text) from public;
+grant execute on function bulkhead._ledger_record(uuid, jsonb, text, text, boolean) to bulkhead_meter;
+grant execute on function bulkhead._settle_queued_call(uuid, jsonb, text) to bulkhead_worker;
 revoke all on function bulkhead.usage_report(timestamptz, timestamptz) from public;
 revoke all on function bulkhead.usage_by_tenant(timestamptz, timestamptz) from public;
 grant execute on function bulkhead.ledger_record(uuid, jsonb, text, text) to bulkhead_app, bulkhead_worker;

@@ -18,6 +18,18 @@ use uuid::Uuid;
 const BATCH: i32 = 100;
 /// Batches per tenant and round, so that one busy tenant cannot hold up the others.
 const BATCHES_PER_TENANT: usize = 10;
+/// Pinecone refuses requests over 2 MB; upserts are cut well below.
+const MAX_UPSERT_BYTES: usize = 1_500_000;
+/// Pinecone refuses metadata over 40 KB per vector; larger metadata is left out.
+const MAX_METADATA_BYTES: usize = 40_000;
+
+/// One worker at a time syncs a tenant (session advisory lock, on one connection): two workers
+/// sending the same chunk could otherwise land an older upsert after a newer delete, or upsert
+/// into a namespace already deleted.
+const LOCK_SQL: &str =
+    "select pg_try_advisory_lock(hashtext('bulkhead.pinecone'), hashtext($1::text))";
+const UNLOCK_SQL: &str =
+    "select pg_advisory_unlock(hashtext('bulkhead.pinecone'), hashtext($1::text))";
 
 pub struct Pinecone {
     http: reqwest::Client,
@@ -75,13 +87,31 @@ impl Pinecone {
         Err(providers::error_response("pinecone", response, key).await)
     }
 
+    /// Upserts in requests Pinecone accepts (bytes and count).
     async fn upsert(&self, namespace: &str, vectors: Vec<Value>) -> Result<(), CallError> {
-        self.post(
-            "/vectors/upsert",
-            &json!({"namespace": namespace, "vectors": vectors}),
-        )
-        .await
-        .map(drop)
+        let mut request: Vec<Value> = Vec::new();
+        let mut bytes = 0;
+        for vector in vectors {
+            let size = vector.to_string().len();
+            if !request.is_empty() && (bytes + size > MAX_UPSERT_BYTES || request.len() >= 1000) {
+                self.post(
+                    "/vectors/upsert",
+                    &json!({"namespace": namespace, "vectors": std::mem::take(&mut request)}),
+                )
+                .await?;
+                bytes = 0;
+            }
+            bytes += size;
+            request.push(vector);
+        }
+        if !request.is_empty() {
+            self.post(
+                "/vectors/upsert",
+                &json!({"namespace": namespace, "vectors": request}),
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     async fn delete(&self, namespace: &str, ids: Vec<String>) -> Result<(), CallError> {
@@ -107,25 +137,40 @@ impl Pinecone {
     /// for the next round; database errors end the round.
     pub async fn round(&self, pool: &PgPool, metrics: &Metrics) -> Result<Round, sqlx::Error> {
         let mut round = Round::default();
-        let deletions: Vec<(i64, String)> = sqlx::query_as(
-            "select id, namespace from bulkhead.pinecone_namespace_deletions
+        let deletions: Vec<(i64, Uuid, String)> = sqlx::query_as(
+            "select id, deleted_tenant, namespace from bulkhead.pinecone_namespace_deletions
              where processed_at is null order by id limit 100",
         )
         .fetch_all(pool)
         .await?;
-        for (id, namespace) in deletions {
-            match self.delete_namespace(&namespace).await {
-                Ok(()) => {
-                    sqlx::query("select bulkhead.pinecone_namespace_deleted($1)")
-                        .bind(id)
-                        .execute(pool)
-                        .await?;
-                    round.namespaces_deleted += 1;
-                }
+        for (id, tenant, namespace) in deletions {
+            let mut conn = pool.acquire().await?;
+            let locked: bool = sqlx::query_scalar(LOCK_SQL)
+                .bind(tenant)
+                .fetch_one(&mut *conn)
+                .await?;
+            if !locked {
+                continue; // a sync of this tenant is in flight: delete after it
+            }
+            let deleted = self.delete_namespace(&namespace).await;
+            let marked = match deleted {
+                Ok(()) => sqlx::query("select bulkhead.pinecone_namespace_deleted($1)")
+                    .bind(id)
+                    .execute(&mut *conn)
+                    .await
+                    .map(|_| true),
                 Err(err) => {
                     metrics.provider_error("pinecone", err.class());
                     round.failures += 1;
+                    Ok(false)
                 }
+            };
+            sqlx::query(UNLOCK_SQL)
+                .bind(tenant)
+                .execute(&mut *conn)
+                .await?;
+            if marked? {
+                round.namespaces_deleted += 1;
             }
         }
 
@@ -134,17 +179,35 @@ impl Pinecone {
                 .fetch_all(pool)
                 .await?;
         for tenant in tenants {
+            let mut conn = pool.acquire().await?;
+            let locked: bool = sqlx::query_scalar(LOCK_SQL)
+                .bind(tenant)
+                .fetch_one(&mut *conn)
+                .await?;
+            if !locked {
+                continue; // another worker is syncing this tenant
+            }
+            let mut outcome = Ok(());
             for _ in 0..BATCHES_PER_TENANT {
-                match self.sync_batch(pool, tenant).await? {
-                    Ok(0) => break,
-                    Ok(n) => round.synced += n,
-                    Err(err) => {
+                match self.sync_batch(&mut conn, tenant).await {
+                    Ok(Ok(0)) => break,
+                    Ok(Ok(n)) => round.synced += n,
+                    Ok(Err(err)) => {
                         metrics.provider_error("pinecone", err.class());
                         round.failures += 1;
                         break;
                     }
+                    Err(err) => {
+                        outcome = Err(err);
+                        break;
+                    }
                 }
             }
+            sqlx::query(UNLOCK_SQL)
+                .bind(tenant)
+                .execute(&mut *conn)
+                .await?;
+            outcome?;
         }
         Ok(round)
     }
@@ -152,7 +215,7 @@ impl Pinecone {
     /// Syncs one batch of a tenant's changes; Ok(0) when none is pending.
     async fn sync_batch(
         &self,
-        pool: &PgPool,
+        conn: &mut sqlx::PgConnection,
         tenant: Uuid,
     ) -> Result<Result<usize, CallError>, sqlx::Error> {
         // enqueued_at travels as PostgreSQL's own text, so the compare-and-mark sees the exact value.
@@ -172,7 +235,7 @@ impl Pinecone {
         )
         .bind(tenant)
         .bind(BATCH)
-        .fetch_all(pool)
+        .fetch_all(&mut *conn)
         .await?;
         if rows.is_empty() {
             return Ok(Ok(0));
@@ -211,7 +274,7 @@ impl Pinecone {
         .bind(tenant)
         .bind(&ids)
         .bind(&enqueued)
-        .fetch_one(pool)
+        .fetch_one(&mut *conn)
         .await?;
         Ok(Ok(usize::try_from(marked).unwrap_or(0)))
     }
@@ -233,6 +296,9 @@ fn pinecone_metadata(document: Option<Uuid>, metadata: Option<&Value>) -> Value 
             }
         }
     }
+    if Value::Object(out.clone()).to_string().len() > MAX_METADATA_BYTES {
+        out.clear();
+    }
     if let Some(document) = document {
         out.insert("document_id".into(), json!(document.to_string()));
     }
@@ -242,6 +308,14 @@ fn pinecone_metadata(document: Option<Uuid>, metadata: Option<&Value>) -> Value 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metadata_over_pinecones_limit_is_left_out() {
+        let doc = Uuid::nil();
+        let big = "x".repeat(MAX_METADATA_BYTES);
+        let out = pinecone_metadata(Some(doc), Some(&json!({"body": big})));
+        assert_eq!(out, json!({"document_id": doc.to_string()}));
+    }
 
     #[test]
     fn metadata_keeps_what_pinecone_accepts() {

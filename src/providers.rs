@@ -61,9 +61,12 @@ pub struct Completion {
     pub output: String,
     /// The provider's usage object, as it sent it (or, for a stream cut short, as counted).
     pub usage: Value,
-    /// Set when a stream ended before the provider reported usage: the call is settled for what
-    /// was streamed and the job fails with this reason.
+    /// Set when a stream ended before the provider reported usage, or the answer could not be
+    /// read: the call is settled for what was streamed (or at the reservation's estimate) and
+    /// the job fails with this reason, without calling again.
     pub cut_short: Option<String>,
+    /// The answer was unreadable (for the metrics).
+    pub malformed: bool,
 }
 
 /// Why a call failed, for the queue's retry decision and the metrics.
@@ -95,8 +98,9 @@ impl CallError {
     }
 }
 
-/// The largest answer read from a provider; a longer one is refused as malformed.
-const MAX_BODY_BYTES: usize = 16 << 20;
+/// The largest answer read from a provider; a longer one is refused as malformed. Embeddings
+/// of 256 chunks at 3,072 dimensions take about 16 MiB as JSON.
+const MAX_BODY_BYTES: usize = 32 << 20;
 /// A 429 without a usable retry-after waits this long.
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(2);
 
@@ -195,15 +199,44 @@ impl Providers {
             return Err(error_response(request.provider, response, key).await);
         }
 
-        if request.stream {
+        // From here on the provider accepted the call and bills it: an answer that cannot be
+        // read is charged at the reservation's estimate, never made again for free.
+        let read = if request.stream {
             let stream = Stream::read(response, request, key).await?;
-            return stream.into_completion(request, header_request_id);
-        }
+            stream.into_completion(request, header_request_id.clone())
+        } else {
+            read_answer(request, response, key, header_request_id.clone()).await
+        };
+        Ok(read.unwrap_or_else(|why| Completion {
+            request_id: header_request_id
+                .unwrap_or_else(|| format!("unreadable-{}", uuid::Uuid::new_v4().simple())),
+            output: String::new(),
+            usage: if request.provider == "anthropic" {
+                json!({"input_tokens": request.est_input_tokens, "output_tokens": request.max_output_tokens})
+            } else {
+                json!({"prompt_tokens": request.est_input_tokens, "completion_tokens": request.max_output_tokens})
+            },
+            cut_short: Some(format!(
+                "{} sent an answer that could not be read ({why}); charged at the reservation's estimate",
+                request.provider
+            )),
+            malformed: true,
+        }))
+    }
+}
+
+/// A plain (not streamed) answer: the output, the usage object and the request id.
+async fn read_answer(
+    request: &Request<'_>,
+    response: reqwest::Response,
+    key: &str,
+    header_request_id: Option<String>,
+) -> Result<Completion, String> {
+    {
         let body = read_capped(response, MAX_BODY_BYTES)
             .await
-            .map_err(|err| transport_error(&err, key))?;
-        let answer: Value =
-            serde_json::from_slice(&body).map_err(|err| malformed(request, &err))?;
+            .map_err(|err| redact(&err.to_string(), key))?;
+        let answer: Value = serde_json::from_slice(&body).map_err(|err| err.to_string())?;
         let (output, usage) = if request.provider == "anthropic" {
             let output = answer["content"]
                 .as_array()
@@ -214,30 +247,31 @@ impl Providers {
                         .filter_map(|b| b["text"].as_str())
                         .collect::<String>()
                 })
-                .ok_or_else(|| malformed(request, &"no content array"))?;
+                .ok_or("no content array")?;
             (output, answer["usage"].clone())
         } else {
             let message = &answer["choices"][0]["message"];
             if !message.is_object() {
-                return Err(malformed(request, &"no choices[0].message"));
+                return Err("no choices[0].message".into());
             }
             let output = message["content"].as_str().unwrap_or_default().to_string();
             (output, answer["usage"].clone())
         };
         if !usage.is_object() {
-            return Err(malformed(request, &"no usage object"));
+            return Err("no usage object".into());
         }
         let request_id = answer["id"]
             .as_str()
             .filter(|id| !id.is_empty())
             .map(str::to_string)
             .or(header_request_id)
-            .ok_or_else(|| malformed(request, &"no id"))?;
+            .ok_or("no id")?;
         Ok(Completion {
             request_id,
             output,
             usage,
             cut_short: None,
+            malformed: false,
         })
     }
 }
@@ -392,7 +426,7 @@ impl Stream {
                 Ok(Some(bytes)) => {
                     total += bytes.len();
                     if total > MAX_BODY_BYTES {
-                        stream.broken = Some("the stream exceeded 16 MiB".into());
+                        stream.broken = Some("the stream exceeded 32 MiB".into());
                         break;
                     }
                     pending.extend_from_slice(&bytes);
@@ -470,7 +504,7 @@ impl Stream {
         self,
         request: &Request<'_>,
         header_request_id: Option<String>,
-    ) -> Result<Completion, CallError> {
+    ) -> Result<Completion, String> {
         let request_id = self.request_id.or(header_request_id);
         match (self.usage, request_id) {
             (Some(usage), Some(request_id)) if usage.is_object() => Ok(Completion {
@@ -478,6 +512,7 @@ impl Stream {
                 output: self.output,
                 usage,
                 cut_short: None,
+                malformed: false,
             }),
             // Cut before usage came: settle for what was streamed, a token per delta.
             (_, Some(request_id)) if self.deltas > 0 => {
@@ -499,16 +534,13 @@ impl Stream {
                     output: self.output,
                     usage,
                     cut_short: Some(format!("stream cut short: {reason}")),
+                    malformed: false,
                 })
             }
-            _ => Err(CallError::Transient {
-                class: "malformed",
-                message: format!(
-                    "{} stream ended before any output: {}",
-                    request.provider,
-                    self.broken.unwrap_or_else(|| "no events".into())
-                ),
-            }),
+            _ => Err(format!(
+                "the stream ended before any output: {}",
+                self.broken.unwrap_or_else(|| "no events".into())
+            )),
         }
     }
 }
@@ -537,13 +569,6 @@ pub async fn error_response(who: &str, response: reqwest::Response, key: &str) -
             class: "client",
             message,
         },
-    }
-}
-
-fn malformed(request: &Request<'_>, why: &dyn fmt::Display) -> CallError {
-    CallError::Transient {
-        class: "malformed",
-        message: format!("{} sent an unreadable answer: {why}", request.provider),
     }
 }
 

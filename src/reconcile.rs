@@ -171,7 +171,15 @@ async fn openai_usage(
             _ => return Ok(()),
         }
     }
-    Ok(())
+    Err(too_many_pages("openai"))
+}
+
+/// Partial totals would be recorded as drift for good: stop instead.
+fn too_many_pages(provider: &str) -> ReconcileError {
+    ReconcileError::Provider {
+        provider: provider.to_string(),
+        message: format!("the usage report has more than {MAX_PAGES} pages; nothing was recorded"),
+    }
 }
 
 /// GET /v1/organizations/usage_report/messages, one day, grouped by workspace, all pages.
@@ -230,5 +238,5 @@ async fn anthropic_usage(
             _ => return Ok(totals),
         }
     }
-    Ok(totals)
+    Err(too_many_pages("anthropic"))
 }

@@ -93,6 +93,7 @@ struct TaskContext {
     pool: PgPool,
     providers: Arc<Providers>,
     metrics: Arc<Metrics>,
+    provider_timeout: Duration,
 }
 
 /// Runs until SIGTERM or SIGINT (or, with `drain`, until the queue is empty); reconnects after
@@ -202,6 +203,10 @@ struct Work {
     outcomes_tx: mpsc::UnboundedSender<Outcome>,
     outcomes: mpsc::UnboundedReceiver<Outcome>,
     unrecorded: Vec<Outcome>,
+    /// Settles that met a lock (a tenant's own open transaction holds its budget row), tried
+    /// again from `retry_at` on, without holding up the others.
+    deferred: Vec<Outcome>,
+    retry_at: Option<Instant>,
 }
 
 impl Work {
@@ -213,12 +218,25 @@ impl Work {
             outcomes_tx,
             outcomes,
             unrecorded: Vec::new(),
+            deferred: Vec::new(),
+            retry_at: None,
+        }
+    }
+
+    /// Deferred settles whose time has come (all of them when `force`).
+    fn due_deferred(&mut self, force: bool) -> Vec<Outcome> {
+        if force || self.retry_at.is_some_and(|at| Instant::now() >= at) {
+            self.retry_at = None;
+            std::mem::take(&mut self.deferred)
+        } else {
+            Vec::new()
         }
     }
 
     /// Unrecorded outcomes first, then whatever is waiting, up to a batch.
     fn next_batch(&mut self, first: Option<Outcome>) -> Vec<Outcome> {
         let mut batch: Vec<Outcome> = self.unrecorded.drain(..).collect();
+        batch.extend(self.due_deferred(false));
         batch.extend(first);
         while batch.len() < SETTLE_BATCH {
             match self.outcomes.try_recv() {
@@ -238,9 +256,16 @@ impl Work {
         batch: Vec<Outcome>,
     ) -> Result<(), sqlx::Error> {
         match settle(pool, config, metrics, &batch).await {
-            Ok(()) => {
-                for (job, ..) in &batch {
-                    self.held.remove(&job.id);
+            Ok(retry) => {
+                for outcome in batch {
+                    if retry.contains(&outcome.0.id) {
+                        self.deferred.push(outcome);
+                    } else {
+                        self.held.remove(&outcome.0.id);
+                    }
+                }
+                if !self.deferred.is_empty() && self.retry_at.is_none() {
+                    self.retry_at = Some(Instant::now() + Duration::from_secs(1));
                 }
                 Ok(())
             }
@@ -298,6 +323,7 @@ async fn serve(
         pool: pool.clone(),
         providers: Arc::clone(providers),
         metrics: Arc::clone(metrics),
+        provider_timeout: config.provider_timeout,
     });
     while !*stop.borrow() {
         let free = config.concurrency.saturating_sub(work.held.len());
@@ -305,13 +331,25 @@ async fn serve(
         if free > 0 {
             let claimed = claim_and_start(&pool, config, free).await?;
             claimed_now = claimed.len();
-            for (job, kind, payload, credential) in claimed {
+            for (job, kind, payload, credential, reservation_left) in claimed {
                 work.held.insert(job.id, job);
                 let outcomes_tx = work.outcomes_tx.clone();
                 let context = Arc::clone(&context);
                 work.tasks.spawn(async move {
                     let started = Instant::now();
                     let outcome = match payload {
+                        // A provider call is made only while its reservation holds budget, to
+                        // the end of the longest call: an expired one was released already.
+                        Ok(_)
+                            if (kind == "completion" || kind == "embedding")
+                                && reservation_left.is_none_or(|left| {
+                                    left < context.provider_timeout.as_secs_f64() + 5.0
+                                }) =>
+                        {
+                            Err(Failure::permanent(
+                                "the call's reservation ended (its lease ran out) before the call could be made; queue it again, with a longer lease if the queue is slow".into(),
+                            ))
+                        }
                         Ok(payload) => {
                             execute(&context, job, &kind, &payload, credential.as_ref()).await
                         }
@@ -343,6 +381,10 @@ async fn serve(
                 work.record(&pool, config, metrics, batch).await?;
             }
             Some(_) = work.tasks.join_next(), if !work.tasks.is_empty() => {}
+            _ = sleep_until(work.retry_at), if work.retry_at.is_some() => {
+                let batch = work.next_batch(None);
+                work.record(&pool, config, metrics, batch).await?;
+            }
             _ = tokio::time::sleep(config.poll_interval) => {}
             _ = stop.changed() => {}
         }
@@ -365,7 +407,8 @@ async fn serve(
     while !work.tasks.is_empty() {
         let _ = work.tasks.join_next().await;
     }
-    let batch = work.next_batch(None);
+    let mut batch = work.next_batch(None);
+    batch.extend(work.due_deferred(true));
     if !batch.is_empty() {
         work.record(&pool, config, metrics, batch).await?;
     }
@@ -381,6 +424,12 @@ async fn serve(
     Ok(())
 }
 
+async fn sleep_until(at: Option<Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at.into()).await;
+    }
+}
+
 /// Aborts a background task when the session that started it ends.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -390,12 +439,13 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Once an hour: reconciles yesterday (UTC) for each provider with an admin key, unless a
-/// worker did already.
+/// Once an hour: reconciles the last UTC day that ended at least 6 hours ago, for each provider
+/// with an admin key, unless a worker did already.
 async fn reconcile_loop(pool: PgPool, config: Config) {
     loop {
         let pending: Result<Option<String>, sqlx::Error> = sqlx::query_scalar(
-            "select d::text from (select (now() at time zone 'UTC')::date - 1 as d) y
+            // The last UTC day that ended at least 6 hours ago: the usage APIs lag a little.
+            "select d::text from (select ((now() at time zone 'UTC') - interval '30 hours')::date as d) y
              where (select count(*) from bulkhead.reconciliation_runs r where r.usage_date = y.d) < $1",
         )
         .bind(
@@ -493,10 +543,19 @@ async fn claim_and_start(
     pool: &PgPool,
     config: &Config,
     max_jobs: usize,
-) -> Result<Vec<(Claimed, String, Payload, Option<serde_json::Value>)>, sqlx::Error> {
+) -> Result<
+    Vec<(
+        Claimed,
+        String,
+        Payload,
+        Option<serde_json::Value>,
+        Option<f64>,
+    )>,
+    sqlx::Error,
+> {
     let lease_ms = i64::try_from(config.lease.as_millis()).unwrap_or(i64::MAX);
     let rows = sqlx::query(
-        "select job_id, tenant_id, kind, payload, credential
+        "select job_id, tenant_id, kind, payload, credential, reservation_left
          from bulkhead.claim_and_start_jobs($1, $2, make_interval(secs => $3::float8 / 1000))",
     )
     .bind(&config.name)
@@ -519,7 +578,8 @@ async fn claim_and_start(
             .try_get::<Option<serde_json::Value>, _>(4)
             .ok()
             .flatten();
-        claimed.push((job, kind, payload, credential));
+        let reservation_left = row.try_get::<Option<f64>, _>(5)?;
+        claimed.push((job, kind, payload, credential, reservation_left));
     }
     Ok(claimed)
 }
@@ -620,7 +680,8 @@ async fn embed(
         dims,
         key: &key,
         project: project.as_deref(),
-        fallback_request_id: format!("embedding-job-{}", job.id),
+        // Unguessable: a tenant must not be able to record this id first.
+        fallback_request_id: format!("embedding-job-{}-{}", job.id, uuid::Uuid::new_v4().simple()),
     };
     context
         .providers
@@ -656,6 +717,12 @@ async fn complete(
         .providers
         .complete(&request)
         .await
+        .map(|completion| {
+            if completion.malformed {
+                context.metrics.provider_error(provider, "malformed");
+            }
+            completion
+        })
         .map_err(|err| provider_failure(context, provider, err))
 }
 
@@ -685,7 +752,8 @@ async fn settle(
     config: &Config,
     metrics: &Metrics,
     batch: &[Outcome],
-) -> Result<(), sqlx::Error> {
+) -> Result<Vec<i64>, sqlx::Error> {
+    let mut retry = Vec::new();
     let mut done_ids = Vec::new();
     let mut done_results = Vec::new();
     let mut completions = Vec::new();
@@ -729,7 +797,7 @@ async fn settle(
         }
     }
     if !completions.is_empty() {
-        settle_completions(pool, config, metrics, &completions).await?;
+        retry = settle_completions(pool, config, metrics, &completions).await?;
     }
     if !done_ids.is_empty() {
         let recorded: i32 = sqlx::query_scalar("select bulkhead.complete_jobs($1, $2, $3)")
@@ -751,42 +819,43 @@ async fn settle(
             );
         }
     }
-    Ok(())
+    Ok(retry)
 }
 
 /// Settles provider calls and records their jobs' outcomes in one statement
 /// (`_finish_completions`: each job in its tenant's context and its own subtransaction).
+/// Returns the jobs to settle again later: those that met a lock or a serialization conflict.
+/// If the statement itself is refused (not a connection problem), each job is settled alone,
+/// so that one bad outcome cannot stop the worker.
 async fn settle_completions(
     pool: &PgPool,
     config: &Config,
     metrics: &Metrics,
     completions: &[(&Claimed, &String, &Duration, &Completion)],
-) -> Result<(), sqlx::Error> {
-    let ids: Vec<i64> = completions.iter().map(|c| c.0.id).collect();
-    let usages: Vec<&serde_json::Value> = completions.iter().map(|c| &c.3.usage).collect();
-    let request_ids: Vec<&str> = completions
-        .iter()
-        .map(|c| c.3.request_id.as_str())
-        .collect();
-    let outputs: Vec<&str> = completions.iter().map(|c| c.3.output.as_str()).collect();
-    let errors: Vec<Option<&str>> = completions
-        .iter()
-        .map(|c| c.3.cut_short.as_deref())
-        .collect();
-    let outcomes: Vec<(i64, String)> = sqlx::query_as(
-        "select job_id, outcome from bulkhead._finish_completions($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(&config.name)
-    .bind(&ids)
-    .bind(&usages)
-    .bind(&request_ids)
-    .bind(&outputs)
-    .bind(&errors)
-    .fetch_all(pool)
-    .await?;
+) -> Result<Vec<i64>, sqlx::Error> {
+    let outcomes = match finish_completions(pool, config, completions).await {
+        Ok(outcomes) => outcomes,
+        Err(err) if is_infrastructure(&err) || completions.len() == 1 => {
+            if is_infrastructure(&err) {
+                return Err(err);
+            }
+            vec![(completions[0].0.id, format!("error {err}"))]
+        }
+        Err(_) => {
+            let mut outcomes = Vec::with_capacity(completions.len());
+            for one in completions {
+                match finish_completions(pool, config, std::slice::from_ref(one)).await {
+                    Ok(mut outcome) => outcomes.append(&mut outcome),
+                    Err(err) if is_infrastructure(&err) => return Err(err),
+                    Err(err) => outcomes.push((one.0.id, format!("error {err}"))),
+                }
+            }
+            outcomes
+        }
+    };
     // Outcomes come back in settle order (by tenant), so they are matched by job id.
     let by_job: HashMap<i64, &str> = outcomes.iter().map(|(id, o)| (*id, o.as_str())).collect();
-    let mut conflicted = 0;
+    let mut retry = Vec::new();
     for (job, kind, took, _) in completions {
         let outcome = by_job.get(&job.id).copied().unwrap_or("lease_lost");
         match outcome {
@@ -797,9 +866,11 @@ async fn settle_completions(
                 "lease_lost",
                 &format!("job={} tenant={}", job.id, job.tenant),
             ),
-            // A serialization failure or deadlock (class 40) says nothing about the call: the
-            // batch is kept and settled again after the session restarts.
-            conflict if conflict.starts_with("error 40") => conflicted += 1,
+            // A lock held elsewhere (55P03, say a tenant's own open transaction) or a
+            // serialization failure (class 40) says nothing about the call: settle it later.
+            conflict if conflict.starts_with("error 55P03") || conflict.starts_with("error 40") => {
+                retry.push(job.id);
+            }
             // The settle was refused (say, a usage object the ledger cannot price): retrying
             // would call the provider again, so the job fails for good.
             refused => {
@@ -808,12 +879,64 @@ async fn settle_completions(
             }
         }
     }
-    if conflicted > 0 {
-        return Err(sqlx::Error::Protocol(format!(
-            "{conflicted} settle(s) hit a lock conflict; the batch is retried"
-        )));
+    if !retry.is_empty() {
+        log(config, "settle_deferred", &format!("jobs={retry:?}"));
     }
-    Ok(())
+    Ok(retry)
+}
+
+async fn finish_completions(
+    pool: &PgPool,
+    config: &Config,
+    completions: &[(&Claimed, &String, &Duration, &Completion)],
+) -> Result<Vec<(i64, String)>, sqlx::Error> {
+    let ids: Vec<i64> = completions.iter().map(|c| c.0.id).collect();
+    let usages: Vec<serde_json::Value> = completions
+        .iter()
+        .map(|c| without_nul_json(&c.3.usage))
+        .collect();
+    let request_ids: Vec<String> = completions
+        .iter()
+        .map(|c| without_nul(&c.3.request_id))
+        .collect();
+    // PostgreSQL text cannot hold U+0000, and a model can be made to emit it.
+    let outputs: Vec<String> = completions
+        .iter()
+        .map(|c| without_nul(&c.3.output))
+        .collect();
+    let errors: Vec<Option<String>> = completions
+        .iter()
+        .map(|c| c.3.cut_short.as_deref().map(without_nul))
+        .collect();
+    sqlx::query_as(
+        "select job_id, outcome from bulkhead._finish_completions($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&config.name)
+    .bind(&ids)
+    .bind(&usages)
+    .bind(&request_ids)
+    .bind(&outputs)
+    .bind(&errors)
+    .fetch_all(pool)
+    .await
+}
+
+/// Text PostgreSQL accepts: U+0000 becomes U+FFFD.
+fn without_nul(text: &str) -> String {
+    text.replace('\0', "\u{FFFD}")
+}
+
+/// A JSON value jsonb accepts (it refuses \u0000 in strings).
+fn without_nul_json(value: &serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::String(text) => serde_json::Value::String(without_nul(text)),
+        serde_json::Value::Array(items) => items.iter().map(without_nul_json).collect(),
+        serde_json::Value::Object(fields) => fields
+            .iter()
+            .map(|(k, v)| (without_nul(k), without_nul_json(v)))
+            .collect(),
+        other => other.clone(),
+    }
 }
 
 /// Records a failure (`fail_job` decides: retry later, or dead). A job whose lease is gone has a
@@ -835,7 +958,7 @@ async fn record_failure(
     )
     .bind(job.id)
     .bind(&config.name)
-    .bind(&failure.message)
+    .bind(without_nul(&failure.message))
     .bind(failure.transient)
     .bind(retry_after_ms)
     .fetch_one(pool)

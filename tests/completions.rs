@@ -527,11 +527,10 @@ async fn completions_flow_to_the_ledger_and_survive_provider_faults() {
             .await
             .unwrap();
     assert_eq!(deferrals, 2);
-    // 5xx, a timeout and a malformed body each cost an attempt and back off.
+    // 5xx and a timeout each cost an attempt and back off.
     for fault in [
         serde_json::json!({"status": 503}),
         serde_json::json!({"delay": 3}),
-        serde_json::json!({"malformed": true}),
     ] {
         fake.inject(chat, serde_json::json!([fault]));
         let job = complete(&mut conn, a, "flaky", "gpt-4o-mini", false).await;
@@ -541,6 +540,32 @@ async fn completions_flow_to_the_ledger_and_survive_provider_faults() {
             "after {fault}"
         );
     }
+    // An answer that cannot be read came from a call the provider bills: it is charged at the
+    // reservation's estimate and not made again.
+    fake.inject(chat, serde_json::json!([{"malformed": true}]));
+    let job = complete(&mut conn, a, "garbled", "gpt-4o-mini", false).await;
+    assert_eq!(
+        wait_for(job, Duration::from_secs(20)).await,
+        ("dead".into(), 1)
+    );
+    let (status, _, cost, error) = result(&mut conn, a, job).await;
+    assert_eq!(status, "failed");
+    assert!(error.unwrap().contains("could not be read"));
+    let charged: (String, String) = sqlx::query_as(
+        "select l.cost_usd::text, l.reserved_usd::text from bulkhead.ledger l join bulkhead.jobs j
+           on j.tenant_id = l.tenant_id and (j.payload ->> 'reservation')::uuid = l.reservation_id
+         where j.id = $1",
+    )
+    .bind(job)
+    .fetch_one(&mut su)
+    .await
+    .unwrap();
+    assert_eq!(Some(charged.0.clone()), cost);
+    assert_eq!(
+        charged.0.parse::<f64>().unwrap(),
+        charged.1.parse::<f64>().unwrap(),
+        "charged exactly what was reserved"
+    );
     // Another 4xx is final: a readable error, the key redacted even where the provider echoed
     // it, and the reservation released.
     fake.inject(

@@ -71,6 +71,8 @@ select j.kind, j.payload ->> 'prompt' as prompt, j.payload ->> 'provider' as pro
        (j.payload ->> 'reservation')::uuid = (select id from bulkhead.reservations) as names_its_reservation
 from bulkhead.jobs j where j.id = (select id from cmp);
 select * from bulkhead.completion_result((select id from cmp));
+-- The app cannot settle the queued call's reservation itself (at zero, before the worker calls).
+select pg_temp.attempt($q$select bulkhead.ledger_record((select id from bulkhead.reservations), '{"prompt_tokens": 0, "completion_tokens": 0}', 'chatcmpl-free')$q$) as app_settles_queued;
 -- Tenant B sees nothing of it, and gets the error a missing job gets.
 select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000c2');
 select pg_temp.attempt($q$select status from bulkhead.completion_result((select id from cmp))$q$) as b_reads_a;

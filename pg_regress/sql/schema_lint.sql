@@ -20,7 +20,7 @@ tenant_tables as (
 ),
 definer_allow_list (proname) as (
     -- The metering functions: callers may not write budget state or the ledger themselves.
-    values ('budget_check'::name), ('ledger_record'), ('expire_reservations'), ('expire_all_reservations'),
+    values ('budget_check'::name), ('ledger_record'), ('_settle_queued_call'), ('expire_reservations'), ('expire_all_reservations'),
     -- The prompt writers: every skeleton and version passes the template checks on the way in.
            ('set_skeleton'), ('publish_prompt'), ('activate_prompt'), ('rollback_prompt'),
     -- Checks at commit, as any role, that deleted prompt rows went with their tenant.

@@ -171,6 +171,10 @@ class Handler(BaseHTTPRequestHandler):
             self.send_json(fault["status"], {"error": {"message": fault.get("message", "injected fault"), "type": kind}}, headers)
             return
         if fault and fault.get("malformed"):
+            # The provider did the work (and bills it); only the answer is garbled on the way.
+            prompt = " ".join(str(m.get("content", "")) for m in (body or {}).get("messages", []))
+            record_usage("completions", self.headers.get("openai-project") or "proj_default",
+                         max(1, len(prompt.encode()) // 4), 1)
             raw = b'{"id": "chatcmpl-broken", "choices": [{"mess'
             self.send_response(200)
             self.send_header("content-type", "application/json")
