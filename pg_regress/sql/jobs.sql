@@ -129,4 +129,23 @@ select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000a');
 select pg_temp.attempt($q$select bulkhead.complete_jobs('w5', '{}', '{}')$q$) as with_a_context;
 reset role;
 select s.state, s.leased_by, count(*) from bulkhead.job_schedule s where s.job_id in (select job_id from batch) group by 1, 2 order by 1;
+
+-- Fair claims: tenant A queues 50 jobs, then tenant B one; B's job is claimed right after A's
+-- first block of 16, not after A's whole backlog (51st, in plain arrival order).
+reset role;
+update bulkhead.job_schedule set state = 'done' where state in ('queued', 'running');
+set local role regress_job_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000a');
+select count(bulkhead.enqueue_job('noop', jsonb_build_object('flood', n))) as a_flood from generate_series(1, 50) n;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
+select bulkhead.enqueue_job('noop', '{"late": true}') is not null as b_late;
+reset role;
+-- In arrival order (run_at) B's job would not be among the first twenty:
+select count(*) filter (where job_tenant = '00000000-0000-4000-8000-00000000000b') as b_in_first_twenty_by_arrival
+from (select job_tenant from bulkhead.job_schedule where state = 'queued' order by run_at limit 20) first_twenty;
+set local role regress_job_worker;
+select bulkhead.set_tenant(null);
+select count(*) filter (where tenant_id = '00000000-0000-4000-8000-00000000000b') as b_in_first_twenty,
+       count(*) as claimed
+from bulkhead.claim_jobs('fair', 20, '1 minute');
 rollback;
