@@ -6,87 +6,18 @@
 
 mod common;
 
-use common::{admin, app, begin_as, create_tenant, sqlstate, superuser};
+use common::{admin, app, begin_as, create_tenant, sqlstate, superuser, FakeProviders, KillOnDrop};
 use serde_json::Value;
 use sqlx::PgConnection;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 const TEMPLATE: &str = "it_completion";
 
-/// The fake provider server, killed when dropped.
-struct FakeProviders {
-    child: Child,
-    port: u16,
-}
-
-impl FakeProviders {
-    fn start() -> Self {
-        let mut child = Command::new("python3")
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/fakes/fake_providers.py"
-            ))
-            .args(["--port", "0"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 runs the fake provider server");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .trim()
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line from the fake: {line:?}"));
-        FakeProviders { child, port }
-    }
-
-    fn call(&self, method: &str, path: &str, body: &str) -> String {
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        write!(
-            stream,
-            "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        response
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default()
-    }
-
-    fn inject(&self, path: &str, faults: Value) {
-        let body = serde_json::json!({"path": path, "faults": faults}).to_string();
-        self.call("POST", "/_fake/faults", &body);
-    }
-
-    fn requests(&self) -> Vec<Value> {
-        serde_json::from_str(&self.call("GET", "/_fake/requests", "")).unwrap()
-    }
-}
-
-/// A child process killed when dropped, so that a failing test leaves no worker behind.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for FakeProviders {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn requests(fake: &FakeProviders) -> Vec<Value> {
+    serde_json::from_str(&fake.call("GET", "/_fake/requests", "")).unwrap()
 }
 
 fn worker_url() -> String {
@@ -397,7 +328,7 @@ async fn completions_flow_to_the_ledger_and_survive_provider_faults() {
         assert_eq!(cost.unwrap(), ledger[0]);
     }
     // Each call carried its tenant's own key, in the provider's own header.
-    let seen = fake.requests();
+    let seen = requests(&fake);
     let auth = |path: &str, header: &str| -> Vec<String> {
         seen.iter()
             .filter(|r| r["path"] == path)
@@ -504,8 +435,7 @@ async fn completions_flow_to_the_ledger_and_survive_provider_faults() {
     .await
     .unwrap();
     assert_eq!(embedding_cost, ("text-embedding-3-small".to_string(), 9));
-    let asked_dims = fake
-        .requests()
+    let asked_dims = requests(&fake)
         .iter()
         .filter(|r| r["path"] == "/v1/embeddings")
         .map(|r| r["body"]["dimensions"].clone())

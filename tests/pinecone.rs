@@ -6,88 +6,34 @@
 
 mod common;
 
-use common::{admin, app, begin_as, create_tenant, superuser};
+use common::{admin, app, begin_as, create_tenant, superuser, FakeProviders};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use uuid::Uuid;
 
-struct FakePinecone {
-    child: Child,
-    port: u16,
-}
-
-impl FakePinecone {
-    fn start() -> Self {
-        let mut child = Command::new("python3")
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/fakes/fake_providers.py"
-            ))
-            .args(["--port", "0"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 runs the fake server");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line.trim().rsplit(':').next().unwrap().parse().unwrap();
-        FakePinecone { child, port }
-    }
-
-    fn call(&self, method: &str, path: &str, body: &str) -> String {
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        write!(
-            stream,
-            "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        response.split_once("\r\n\r\n").unwrap().1.to_string()
-    }
-
-    fn inject(&self, path: &str, faults: Value) {
-        self.call(
-            "POST",
-            "/_fake/faults",
-            &json!({"path": path, "faults": faults}).to_string(),
-        );
-    }
-
-    /// namespace -> chunk id -> values, as the fake index holds them.
-    fn index(&self) -> BTreeMap<String, BTreeMap<String, Vec<f64>>> {
-        let state: Value = serde_json::from_str(&self.call("GET", "/_fake/pinecone", "")).unwrap();
-        let mut out = BTreeMap::new();
-        for (namespace, vectors) in state.as_object().unwrap() {
-            let mut ids = BTreeMap::new();
-            for (id, v) in vectors.as_object().unwrap() {
-                let values = v["values"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|x| x.as_f64().unwrap())
-                    .collect();
-                ids.insert(id.clone(), values);
-            }
-            out.insert(namespace.clone(), ids);
+/// namespace -> chunk id -> values, as the fake index holds them.
+fn index(fake: &FakeProviders) -> BTreeMap<String, BTreeMap<String, Vec<f64>>> {
+    let state: Value = serde_json::from_str(&fake.call("GET", "/_fake/pinecone", "")).unwrap();
+    let mut out = BTreeMap::new();
+    for (namespace, vectors) in state.as_object().unwrap() {
+        let mut ids = BTreeMap::new();
+        for (id, v) in vectors.as_object().unwrap() {
+            let values = v["values"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect();
+            ids.insert(id.clone(), values);
         }
-        out
+        out.insert(namespace.clone(), ids);
     }
-}
-
-impl Drop for FakePinecone {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    out
 }
 
 /// `bulkhead worker --drain` with Pinecone configured; returns its exit status.
-fn drain(fake: &FakePinecone) -> std::process::ExitStatus {
+fn drain(fake: &FakeProviders) -> std::process::ExitStatus {
     let url = std::env::var("BULKHEAD_TEST_DATABASE_URL")
         .unwrap()
         .replacen("postgres@", "bulkhead_test_worker@", 1);
@@ -113,7 +59,7 @@ fn drain(fake: &FakePinecone) -> std::process::ExitStatus {
 
 /// Chunks of these tenants that the fake index does not hold exactly (missing, stale values,
 /// or extra ids in their namespaces).
-async fn divergence(fake: &FakePinecone, tenants: &[Uuid]) -> usize {
+async fn divergence(fake: &FakeProviders, tenants: &[Uuid]) -> usize {
     let mut su = superuser().await;
     let rows: Vec<(String, String, Vec<f32>)> = sqlx::query_as(
         "select t.pinecone_namespace, c.id::text, c.embedding::real[]
@@ -130,7 +76,7 @@ async fn divergence(fake: &FakePinecone, tenants: &[Uuid]) -> usize {
             .fetch_all(&mut su)
             .await
             .unwrap();
-    let index = fake.index();
+    let held = index(fake);
     let mut diverging = 0;
     let mut expected: BTreeMap<&str, BTreeMap<&str, &Vec<f32>>> = BTreeMap::new();
     for (namespace, id, values) in &rows {
@@ -138,7 +84,7 @@ async fn divergence(fake: &FakePinecone, tenants: &[Uuid]) -> usize {
     }
     for namespace in &namespaces {
         let want = expected.remove(namespace.as_str()).unwrap_or_default();
-        let have = index.get(namespace).cloned().unwrap_or_default();
+        let have = held.get(namespace).cloned().unwrap_or_default();
         for (id, values) in &want {
             let same = have.get(*id).is_some_and(|got| {
                 got.len() == values.len()
@@ -170,7 +116,7 @@ async fn ingest(conn: &mut sqlx::PgConnection, tenant: Uuid, external_id: &str, 
 
 #[tokio::test]
 async fn pinecone_converges_after_faults_and_loses_deleted_namespaces() {
-    let fake = FakePinecone::start();
+    let fake = FakeProviders::start();
     let mut admin_conn = admin().await;
     let mut conn = app().await;
     let p1 = create_tenant(&mut admin_conn, "pc-one").await;
@@ -279,7 +225,7 @@ async fn pinecone_converges_after_faults_and_loses_deleted_namespaces() {
         .fetch_one(&mut admin_conn)
         .await
         .unwrap();
-    assert!(fake.index().contains_key(&namespace));
+    assert!(index(&fake).contains_key(&namespace));
     fake.inject("/vectors/delete", json!([{"status": 503}]));
     assert!(drain(&fake).success());
     assert_eq!(
@@ -288,7 +234,7 @@ async fn pinecone_converges_after_faults_and_loses_deleted_namespaces() {
         "every fault was met"
     );
     assert!(
-        !fake.index().contains_key(&namespace),
+        !index(&fake).contains_key(&namespace),
         "the namespace is gone at Pinecone"
     );
     let steps: Vec<String> = sqlx::query_scalar(

@@ -115,7 +115,7 @@ async fn workers_drain_every_tenant_and_lose_nothing_when_killed() {
         .unwrap();
     tx.commit().await.unwrap();
     let metrics_addr = "127.0.0.1:54391";
-    let mut worker = start_worker_with(
+    let worker = start_worker_with(
         "drain",
         30,
         &["--metrics-addr", metrics_addr, "--log-format", "json"],

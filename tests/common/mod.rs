@@ -123,3 +123,77 @@ pub fn crash_and_restart() {
         .unwrap();
     assert!(status.success(), "pg_ctl restart failed");
 }
+
+/// The FAKE provider server (tests/fakes/fake_providers.py: a test double speaking OpenAI's,
+/// Anthropic's and Pinecone's wire formats, with injectable faults), killed when dropped.
+pub struct FakeProviders {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl FakeProviders {
+    pub fn start() -> Self {
+        use std::io::BufRead;
+        let mut child = Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fakes/fake_providers.py"
+            ))
+            .args(["--port", "0"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 runs the fake provider server");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line from the fake: {line:?}"));
+        FakeProviders { child, port }
+    }
+
+    /// One HTTP request to the fake; returns the response body.
+    pub fn call(&self, method: &str, path: &str, body: &str) -> String {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default()
+    }
+
+    /// Queues faults for the next requests to `path`, one per request.
+    pub fn inject(&self, path: &str, faults: serde_json::Value) {
+        let body = serde_json::json!({"path": path, "faults": faults}).to_string();
+        self.call("POST", "/_fake/faults", &body);
+    }
+}
+
+impl Drop for FakeProviders {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A child process killed when dropped, so that a failing test leaves no worker behind.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
