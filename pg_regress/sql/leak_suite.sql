@@ -492,6 +492,44 @@ reset role;
 select 'A44 queued namespaces' as attack, string_agg(distinct tenant_id::text || '=' || namespace, ', ') as jobs
 from bulkhead.pinecone_outbox;
 
+-- A45: B reads A's queued completion (its rendered prompt is A's data): the job table and
+-- completion_result show B nothing, the same as for a job that does not exist.
+set local role regress_leak_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000a');
+create temp table a_completion as
+select bulkhead.complete('leak-tpl', '{"q": "quote my price"}', 'leak-model', 10) as id;
+grant select on a_completion to public;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
+select 'A45 B reads A''s completion' as attack,
+    pg_temp.attempt($q$select * from bulkhead.jobs where kind = 'completion'$q$) as jobs_seen,
+    regexp_replace(pg_temp.attempt($q$select * from bulkhead.completion_result((select id from a_completion))$q$),
+                   '[0-9]{6,}', '<job>') as result_seen;
+set local role regress_leak_bypass;
+select 'A45 as BYPASSRLS' as attack,
+    pg_temp.attempt($q$select * from bulkhead.jobs where kind = 'completion'$q$) as jobs_seen;
+
+-- A46: A's own app settles its queued call's reservation at zero before the worker calls the
+-- provider (a free call): refused. The same settle of a reservation it admitted for itself works.
+set local role regress_leak_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000a');
+savepoint settle;
+select 'A46 settle the queued reservation' as attack,
+    regexp_replace(pg_temp.attempt($q$select bulkhead.ledger_record((select (payload ->> 'reservation')::uuid from bulkhead.jobs
+        where id = (select id from a_completion)), '{"prompt_tokens": 0, "completion_tokens": 0}', 'free-call')$q$),
+                   '[0-9a-f]{8}-[0-9a-f-]{27}', '<uuid>') as app_result;
+select 'A46 settle its own reservation' as attack,
+    pg_temp.attempt($q$select bulkhead.ledger_record('00000000-0000-4000-8000-0000000000a1',
+        '{"prompt_tokens": 0, "completion_tokens": 0}', 'own-call')$q$) as app_result;
+rollback to savepoint settle;
+
+-- A47: the app reads the usage drift (finance data across tenants); bulkhead_admin may.
+select 'A47 app reads usage drift' as attack,
+    pg_temp.attempt($q$select * from bulkhead.usage_drift_report$q$) as app_result;
+set local role regress_leak_admin;
+select 'A47 as bulkhead_admin' as attack,
+    pg_temp.attempt($q$select * from bulkhead.usage_drift_report$q$) as admin_result;
+reset role;
+
 -- A29: shadowing bulkhead.current_tenant() through search_path changes nothing: policies hold
 -- the function itself, not its name.
 set local role regress_leak_app;
