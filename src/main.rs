@@ -32,7 +32,7 @@ enum Command {
     /// SIGINT after finishing, or giving back, the jobs in flight.
     Worker {
         /// URL of a role in bulkhead_worker.
-        #[arg(long, env = "DATABASE_URL")]
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
         database_url: String,
         /// Name recorded on the jobs this worker leases; unique per process (default:
         /// worker-<pid>-<random>, so replicas whose pid is 1 still differ).
@@ -92,7 +92,7 @@ enum Command {
     /// environment. `bulkhead worker` does this daily on its own when they are set.
     Reconcile {
         /// URL of a role in bulkhead_worker.
-        #[arg(long, env = "DATABASE_URL")]
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
         database_url: String,
         /// The UTC day, YYYY-MM-DD (default: yesterday).
         #[arg(long)]
@@ -113,7 +113,7 @@ enum Command {
     /// Narrated walk-through of tenant isolation on a fresh database (recreated at every run).
     Demo {
         /// Superuser URL of the database to (re)create for the demo.
-        #[arg(long, env = "DATABASE_URL")]
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
         database_url: String,
     },
 }
