@@ -19,6 +19,8 @@ begin
     if tenant is null then
         raise exception 'no tenant context' using errcode = '42501';
     end if;
+    -- A tenant's own open transaction must not stall the worker here (55P03: retried later).
+    perform pg_catalog.set_config('lock_timeout', '500ms', true);
     perform from bulkhead.budget_state s where s.tenant_id = tenant for update;
     update bulkhead.reservations x set expired_at = pg_catalog.clock_timestamp()
     where x.tenant_id = tenant and x.id = reservation and x.settled_at is null and x.expired_at is null
@@ -301,6 +303,8 @@ begin
     perform pg_catalog.set_config('lock_timeout', '500ms', true);
     cost := bulkhead._settle_queued_call((payload ->> 'reservation')::uuid, usage, request_id);
     -- The provider did the work: if the ingest is refused, the charge stays and the job fails.
+    -- A lock conflict is not a refusal: it undoes the settle too, and the worker tries again.
+    perform pg_catalog.set_config('lock_timeout', '0', true);
     begin
         doc := bulkhead.ingest_document(
             payload ->> 'external_id',
@@ -309,7 +313,10 @@ begin
              join pg_catalog.jsonb_array_elements(embeddings) with ordinality e on e.ordinality = c.ordinality),
             payload ->> 'title',
             payload -> 'metadata');
-    exception when others then
+    exception
+        when lock_not_available or serialization_failure or deadlock_detected then
+            raise;
+        when others then
         update bulkhead.jobs j
         set result = pg_catalog.jsonb_build_object('cost_usd', cost, 'request_id', request_id, 'usage', usage),
             last_error = pg_catalog.left('the embeddings were paid for but could not be ingested: ' || sqlerrm, 2000)
@@ -373,6 +380,13 @@ begin
         exception when others then
             outcome := case when sqlstate = '55000' and sqlerrm like '%is not held by worker%' then 'lease_lost'
                             else 'error ' || sqlstate || ': ' || sqlerrm end;
+            -- A settle the worker will try again keeps its lease meanwhile: otherwise another
+            -- worker would claim the job and make the call a second time.
+            if sqlstate = '55P03' or sqlstate like '40%' then
+                update bulkhead.job_schedule x
+                set leased_until = greatest(x.leased_until, pg_catalog.clock_timestamp() + interval '5 minutes')
+                where x.job_id = jobs[i] and x.state = 'running' and x.leased_by = worker;
+            end if;
         end;
         return next;
     end loop;

@@ -38,9 +38,11 @@ create table bulkhead.job_schedule (
     -- Waits a provider asked for (429 retry-after): they give the attempt back, up to 50 times.
     deferrals    int         not null default 0,
     run_at       timestamptz not null default pg_catalog.clock_timestamp(),
-    -- Claim order among due jobs (fair queuing): a tenant's queued jobs take keys in blocks of
-    -- 16, each block 10 ms after the previous one. A tenant that queues 10,000 jobs at once puts
-    -- its last one about 6 s "later", and another tenant's job queued meanwhile goes first.
+    -- Claim order among due jobs (start-time fair queuing): a job's key is virtual time. A
+    -- tenant with nothing queued starts at the front (the smallest queued key); a tenant with a
+    -- backlog continues after its own last key, in blocks of at most 16 jobs, each block 10 ms
+    -- of virtual time after the previous one. So a tenant that queues 10,000 jobs at once
+    -- delays another tenant's job by one block, not by its backlog, whatever the drain rate.
     -- Blocks keep a claim's batch to few tenants (each read in its own context).
     -- Nothing waits for it: a due job is claimable whatever its key.
     fair_key     timestamptz not null default pg_catalog.clock_timestamp(),
@@ -56,7 +58,9 @@ create table bulkhead.job_schedule (
     constraint job_schedule_attempts_range check (attempts >= 0 and max_attempts between 1 and 100)
 );
 create index job_schedule_ready on bulkhead.job_schedule (fair_key) where state = 'queued';
-create index job_schedule_tenant_queue on bulkhead.job_schedule (job_tenant, fair_key) where state = 'queued';
+-- All states: a block counts every job ever given its key, claimed ones too, so a tenant that
+-- keeps topping up a partly claimed block cannot hold the front forever.
+create index job_schedule_tenant_keys on bulkhead.job_schedule (job_tenant, fair_key);
 create index job_schedule_leased on bulkhead.job_schedule (leased_until) where state = 'running';
 
 alter table bulkhead.jobs enable row level security;
@@ -107,6 +111,7 @@ declare
     tenant uuid := bulkhead.current_tenant();
     job bigint;
     starts timestamptz;
+    front timestamptz;
     last_key timestamptz;
 begin
     if tenant is null then
@@ -159,15 +164,19 @@ begin
             return job;
     end;
     starts := greatest(coalesce(_enqueue.run_at, pg_catalog.clock_timestamp()), pg_catalog.clock_timestamp());
-    -- Fair key: join the tenant's last block of due jobs while it has room, else open the next
-    -- one 10 ms on (or now, if later). A tenant with nothing due starts at now; a job set to
-    -- start later is ordered by its own start and joins no block.
+    -- Fair key (see job_schedule.fair_key): a job set to start later is ordered by its own
+    -- start and joins no block.
     if starts <= pg_catalog.clock_timestamp() then
+        select min(s.fair_key) into front from bulkhead.job_schedule s
+        where s.state = 'queued' and s.run_at <= pg_catalog.clock_timestamp();
         select max(s.fair_key) into last_key from bulkhead.job_schedule s
         where s.job_tenant = tenant and s.state = 'queued' and s.run_at <= pg_catalog.clock_timestamp();
-        if last_key is not null and (select count(*) from bulkhead.job_schedule s
-                                     where s.job_tenant = tenant and s.state = 'queued' and s.fair_key = last_key) >= 16 then
-            last_key := greatest(starts, last_key + interval '10 milliseconds');
+        if last_key is null then
+            last_key := coalesce(front, starts);
+        end if;
+        if (select count(*) from bulkhead.job_schedule s
+            where s.job_tenant = tenant and s.fair_key = last_key) >= 16 then
+            last_key := last_key + interval '10 milliseconds';  -- the block is full: the next one
         end if;
     end if;
     insert into bulkhead.job_schedule (job_id, job_tenant, max_attempts, run_at, fair_key)

@@ -132,13 +132,24 @@ begin
     select l.cost_usd, l.reservation_id into existing, existing_reservation from bulkhead.ledger l
     where l.tenant_id = tenant and l.provider = r.provider and l.request_id = _ledger_record.request_id;
     if found then
-        if existing_reservation <> r.id then
+        if existing_reservation = r.id then
+            return existing;
+        end if;
+        if not queued_ok then
             raise exception 'request_id % is already recorded for another reservation', pg_catalog.quote_literal(request_id)
                 using errcode = '23505',
                       detail = 'A provider request id settles one reservation; this reservation stays open.',
                       hint = 'Pass the provider''s own id for this call.';
         end if;
-        return existing;
+        -- The worker's settle of a call it made: an id recorded first by someone else (an
+        -- application that guessed it) must not leave the call unpaid. It is recorded under an
+        -- id qualified by the reservation instead.
+        request_id := pg_catalog.left(request_id, 140) || '#' || r.id::text;
+        select l.cost_usd into existing from bulkhead.ledger l
+        where l.tenant_id = tenant and l.provider = r.provider and l.request_id = _ledger_record.request_id;
+        if found then
+            return existing;
+        end if;
     end if;
     if r.settled_at is not null then
         raise exception 'reservation % is already settled by another request', reservation

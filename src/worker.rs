@@ -781,6 +781,8 @@ async fn settle(
                         "lease_lost",
                         &format!("job={} tenant={}", job.id, job.tenant),
                     ),
+                    // A lock held elsewhere or a serialization failure: settle it again later.
+                    Err(err) if is_lock_conflict(&err) => retry.push(job.id),
                     Err(err) if is_infrastructure(&err) => return Err(err),
                     // The settle itself was refused (say, a usage object the ledger cannot
                     // price): retrying would call the provider again, so the job fails for good.
@@ -797,7 +799,7 @@ async fn settle(
         }
     }
     if !completions.is_empty() {
-        retry = settle_completions(pool, config, metrics, &completions).await?;
+        retry.extend(settle_completions(pool, config, metrics, &completions).await?);
     }
     if !done_ids.is_empty() {
         let recorded: i32 = sqlx::query_scalar("select bulkhead.complete_jobs($1, $2, $3)")
@@ -986,6 +988,11 @@ async fn record_failure(
         }
         Err(err) => Err(err),
     }
+}
+
+fn is_lock_conflict(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db)
+        if db.code().is_some_and(|code| code == "55P03" || code.starts_with("40")))
 }
 
 fn is_lease_lost(err: &sqlx::Error) -> bool {

@@ -118,6 +118,24 @@ select pg_temp.attempt($q$select bulkhead._cancel_reservation(gen_random_uuid())
 select pg_temp.attempt($q$select bulkhead._finish_completion((select id from doomed), 'w1', '{}', 'x', 'y')$q$) as app_finishes;
 select pg_temp.attempt($q$select secret_ref from bulkhead.job_credential((select id from doomed), 'w1', 'openai')$q$) as app_reads_credential;
 
+-- An application records first the request id the worker's call will get: the worker's settle
+-- is still recorded (under the id qualified by its reservation), so the call is paid.
+select bulkhead.ledger_record(gen_random_uuid(), '{"prompt_tokens": 1, "completion_tokens": 1}', 'chatcmpl-guessed',
+                              model => 'cmp-model') > 0 as squatted;
+create temp table guessed as select bulkhead.complete('cmp', '{"q": "guess"}', 'cmp-model', 100) as id;
+grant select on guessed to public;
+reset role;
+set local role regress_cmp_worker;
+select bulkhead.set_tenant(null);
+select count(*) as claimed from bulkhead.claim_jobs('w1', 10, '1 minute') where job_id = (select id from guessed);
+select bulkhead._finish_completion((select id from guessed), 'w1',
+    '{"prompt_tokens": 100, "completion_tokens": 10}', 'chatcmpl-guessed', 'ok') > 0 as paid;
+reset role;
+select count(*) as guessed_rows, count(*) filter (where request_id like 'chatcmpl-guessed#%') as qualified
+from bulkhead.ledger where request_id like 'chatcmpl-guessed%';
+set local role regress_cmp_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000c1');
+
 -- Reconciliation input: a finished UTC day, a well-formed report; the app may not run it.
 select pg_temp.attempt($q$select bulkhead.reconcile_usage('openai', current_date - 1, '[]')$q$) as app_reconciles;
 reset role;
@@ -126,7 +144,8 @@ select bulkhead.set_tenant(null);
 select pg_temp.attempt($q$select bulkhead.reconcile_usage('openai', (now() at time zone 'UTC')::date, '[]')$q$) as today;
 select pg_temp.attempt($q$select bulkhead.reconcile_usage('mistral', '2025-01-01', '[]')$q$) as unknown_provider;
 select pg_temp.attempt($q$select bulkhead.reconcile_usage('openai', '2025-01-01', '[{"project_id": 1}]')$q$) as malformed_report;
--- A's ledger row (moved to a finished day) against a report that counts one call more.
+-- A's ledger rows (moved to a finished day: 3 calls, 1101 input and 61 output tokens) against a
+-- report that disagrees, and a project no credential names.
 reset role;
 update bulkhead.ledger set created_at = '2025-01-01 12:00+00' where tenant_id = '00000000-0000-4000-8000-0000000000c1';
 set local role regress_cmp_admin;
