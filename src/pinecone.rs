@@ -23,13 +23,12 @@ const MAX_UPSERT_BYTES: usize = 1_500_000;
 /// Pinecone refuses metadata over 40 KB per vector; larger metadata is left out.
 const MAX_METADATA_BYTES: usize = 40_000;
 
-/// One worker at a time syncs a tenant (session advisory lock, on one connection): two workers
-/// sending the same chunk could otherwise land an older upsert after a newer delete, or upsert
-/// into a namespace already deleted.
+/// One worker at a time syncs a tenant: two workers sending the same chunk could otherwise land
+/// an older upsert after a newer delete, or upsert into a namespace already deleted. The lock
+/// belongs to the transaction around the tenant's sync, so however the sync ends (an error, a
+/// worker killed or aborted), its end releases the lock; the marks commit with it.
 const LOCK_SQL: &str =
-    "select pg_try_advisory_lock(hashtext('bulkhead.pinecone'), hashtext($1::text))";
-const UNLOCK_SQL: &str =
-    "select pg_advisory_unlock(hashtext('bulkhead.pinecone'), hashtext($1::text))";
+    "select pg_try_advisory_xact_lock(hashtext('bulkhead.pinecone'), hashtext($1::text))";
 
 pub struct Pinecone {
     http: reqwest::Client,
@@ -144,33 +143,27 @@ impl Pinecone {
         .fetch_all(pool)
         .await?;
         for (id, tenant, namespace) in deletions {
-            let mut conn = pool.acquire().await?;
+            let mut tx = pool.begin().await?;
             let locked: bool = sqlx::query_scalar(LOCK_SQL)
                 .bind(tenant)
-                .fetch_one(&mut *conn)
+                .fetch_one(&mut *tx)
                 .await?;
             if !locked {
                 continue; // a sync of this tenant is in flight: delete after it
             }
-            let deleted = self.delete_namespace(&namespace).await;
-            let marked = match deleted {
-                Ok(()) => sqlx::query("select bulkhead.pinecone_namespace_deleted($1)")
-                    .bind(id)
-                    .execute(&mut *conn)
-                    .await
-                    .map(|_| true),
+            match self.delete_namespace(&namespace).await {
+                Ok(()) => {
+                    sqlx::query("select bulkhead.pinecone_namespace_deleted($1)")
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    round.namespaces_deleted += 1;
+                }
                 Err(err) => {
                     metrics.provider_error("pinecone", err.class());
                     round.failures += 1;
-                    Ok(false)
                 }
-            };
-            sqlx::query(UNLOCK_SQL)
-                .bind(tenant)
-                .execute(&mut *conn)
-                .await?;
-            if marked? {
-                round.namespaces_deleted += 1;
             }
         }
 
@@ -179,35 +172,29 @@ impl Pinecone {
                 .fetch_all(pool)
                 .await?;
         for tenant in tenants {
-            let mut conn = pool.acquire().await?;
-            let locked: bool = sqlx::query_scalar(LOCK_SQL)
-                .bind(tenant)
-                .fetch_one(&mut *conn)
-                .await?;
-            if !locked {
-                continue; // another worker is syncing this tenant
-            }
-            let mut outcome = Ok(());
+            // A transaction per batch: the marks commit right after Pinecone acknowledged them,
+            // so the outbox rows they touch are locked only for a moment.
             for _ in 0..BATCHES_PER_TENANT {
-                match self.sync_batch(&mut conn, tenant).await {
-                    Ok(Ok(0)) => break,
-                    Ok(Ok(n)) => round.synced += n,
-                    Ok(Err(err)) => {
+                let mut tx = pool.begin().await?;
+                let locked: bool = sqlx::query_scalar(LOCK_SQL)
+                    .bind(tenant)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if !locked {
+                    break; // another worker is syncing this tenant
+                }
+                let batch = self.sync_batch(&mut tx, tenant).await?;
+                tx.commit().await?;
+                match batch {
+                    Ok(0) => break,
+                    Ok(n) => round.synced += n,
+                    Err(err) => {
                         metrics.provider_error("pinecone", err.class());
                         round.failures += 1;
                         break;
                     }
-                    Err(err) => {
-                        outcome = Err(err);
-                        break;
-                    }
                 }
             }
-            sqlx::query(UNLOCK_SQL)
-                .bind(tenant)
-                .execute(&mut *conn)
-                .await?;
-            outcome?;
         }
         Ok(round)
     }
