@@ -277,7 +277,11 @@ comment on function bulkhead.embed_document(text, jsonb, text, text, jsonb, inte
     'Admits and queues the embedding of a document''s chunks; the worker ingests them with their embeddings. Returns the job id.';
 
 -- Settles an embedding job the worker holds and ingests the document, in one transaction.
-create function bulkhead._finish_embedding(job bigint, worker text, usage jsonb, request_id text, embeddings jsonb)
+-- With an error (an answer that could not be used), the call is charged at the reservation's
+-- estimate, nothing is ingested and the job fails.
+create function bulkhead._finish_embedding(
+    job bigint, worker text, usage jsonb, request_id text, embeddings jsonb, error text default null
+)
 returns numeric
 language plpgsql volatile
 security invoker
@@ -293,6 +297,23 @@ begin
     where j.tenant_id = bulkhead.current_tenant() and j.id = job and j.kind = 'embedding';
     if not found then
         raise exception 'job % is not an embedding job', job using errcode = '22023';
+    end if;
+    if error is not null then
+        perform pg_catalog.set_config('lock_timeout', '500ms', true);
+        cost := bulkhead._settle_queued_call(
+            (payload ->> 'reservation')::uuid,
+            (select pg_catalog.jsonb_build_object('prompt_tokens', r.est_input_tokens)
+             from bulkhead.reservations r
+             where r.tenant_id = bulkhead.current_tenant() and r.id = (payload ->> 'reservation')::uuid),
+            request_id);
+        update bulkhead.jobs j
+        set result = pg_catalog.jsonb_build_object('cost_usd', cost, 'request_id', request_id),
+            last_error = pg_catalog.left(error, 2000)
+        where j.tenant_id = bulkhead.current_tenant() and j.id = job;
+        update bulkhead.job_schedule s
+        set state = 'dead', leased_by = null, leased_until = null, updated_at = pg_catalog.clock_timestamp()
+        where s.job_id = job;
+        return cost;
     end if;
     if pg_catalog.jsonb_typeof(embeddings) is distinct from 'array'
        or pg_catalog.jsonb_array_length(embeddings) <> pg_catalog.jsonb_array_length(payload -> 'chunks') then
@@ -403,9 +424,9 @@ revoke all on function bulkhead._cancel_reservation(uuid) from public;
 revoke all on function bulkhead.complete(text, jsonb, text, int, boolean, interval, text) from public;
 revoke all on function bulkhead.completion_result(bigint) from public;
 revoke all on function bulkhead.embed_document(text, jsonb, text, text, jsonb, interval) from public;
-revoke all on function bulkhead._finish_embedding(bigint, text, jsonb, text, jsonb) from public;
+revoke all on function bulkhead._finish_embedding(bigint, text, jsonb, text, jsonb, text) from public;
 grant execute on function bulkhead.embed_document(text, jsonb, text, text, jsonb, interval) to bulkhead_app;
-grant execute on function bulkhead._finish_embedding(bigint, text, jsonb, text, jsonb) to bulkhead_worker;
+grant execute on function bulkhead._finish_embedding(bigint, text, jsonb, text, jsonb, text) to bulkhead_worker;
 revoke all on function bulkhead.job_credential(bigint, text, text) from public;
 revoke all on function bulkhead._finish_completion(bigint, text, jsonb, text, text, text) from public;
 revoke all on function bulkhead._finish_completions(text, bigint[], jsonb[], text[], text[], text[]) from public;

@@ -293,9 +293,12 @@ pub struct EmbeddingRequest<'a> {
 #[derive(Debug)]
 pub struct Embeddings {
     pub request_id: String,
-    /// One array of numbers per input, in input order.
+    /// One array of numbers per input, in input order (null when unusable).
     pub vectors: Value,
     pub usage: Value,
+    /// Set when the answer could not be used: the call is charged at the estimate and the job
+    /// fails with this reason.
+    pub unusable: Option<String>,
 }
 
 impl Providers {
@@ -347,54 +350,68 @@ impl Providers {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
             .unwrap_or_else(|| request.fallback_request_id.clone());
+        // The provider accepted the call and bills it: an answer that cannot be used is charged
+        // at the reservation's estimate (see `_finish_embedding`), never made again for free.
+        Ok(match read_embeddings(request, response, key).await {
+            Ok((vectors, usage)) => Embeddings {
+                request_id,
+                vectors,
+                usage,
+                unusable: None,
+            },
+            Err(why) => Embeddings {
+                request_id,
+                vectors: Value::Null,
+                usage: Value::Null,
+                unusable: Some(format!(
+                    "{} sent an embeddings answer that could not be used ({why}); charged at the reservation's estimate",
+                    request.provider
+                )),
+            },
+        })
+    }
+}
+
+/// The vectors, in input order, and the usage object of an embeddings answer.
+async fn read_embeddings(
+    request: &EmbeddingRequest<'_>,
+    response: reqwest::Response,
+    key: &str,
+) -> Result<(Value, Value), String> {
+    {
         let body = read_capped(response, MAX_BODY_BYTES)
             .await
-            .map_err(|err| transport_error(&err, key))?;
-        let bad = |why: &str| CallError::Transient {
-            class: "malformed",
-            message: format!(
-                "{} sent an unreadable embeddings answer: {why}",
-                request.provider
-            ),
-        };
-        let answer: Value = serde_json::from_slice(&body).map_err(|_| bad("not JSON"))?;
+            .map_err(|err| redact(&err.to_string(), key))?;
+        let answer: Value = serde_json::from_slice(&body).map_err(|_| "not JSON".to_string())?;
         let mut data: Vec<&Value> = answer["data"]
             .as_array()
-            .ok_or_else(|| bad("no data array"))?
+            .ok_or("no data array")?
             .iter()
             .collect();
         data.sort_by_key(|d| d["index"].as_u64().unwrap_or(u64::MAX));
         if data.len() != request.inputs.len() {
-            return Err(bad("not one embedding per input"));
+            return Err("not one embedding per input".into());
         }
         let mut vectors = Vec::with_capacity(data.len());
         for item in data {
             let vector = item["embedding"]
                 .as_array()
-                .ok_or_else(|| bad("an embedding is not an array"))?;
+                .ok_or("an embedding is not an array")?;
             if vector.len() != request.dims || !vector.iter().all(Value::is_number) {
-                // The model does not produce the tenant's dimension: retrying cannot help.
-                return Err(CallError::Permanent {
-                    class: "client",
-                    message: format!(
-                        "{} returned {}-dimensional embeddings; the tenant's dimension is {}",
-                        request.model,
-                        vector.len(),
-                        request.dims
-                    ),
-                });
+                return Err(format!(
+                    "{} returned {}-dimensional embeddings; the tenant's dimension is {}",
+                    request.model,
+                    vector.len(),
+                    request.dims
+                ));
             }
             vectors.push(Value::Array(vector.clone()));
         }
         let usage = answer["usage"].clone();
         if !usage.is_object() {
-            return Err(bad("no usage object"));
+            return Err("no usage object".into());
         }
-        Ok(Embeddings {
-            request_id,
-            vectors: Value::Array(vectors),
-            usage,
-        })
+        Ok((Value::Array(vectors), usage))
     }
 }
 

@@ -687,6 +687,12 @@ async fn embed(
         .providers
         .embed(&request)
         .await
+        .map(|embeddings| {
+            if embeddings.unusable.is_some() {
+                context.metrics.provider_error(provider, "malformed");
+            }
+            embeddings
+        })
         .map_err(|err| provider_failure(context, provider, err))
 }
 
@@ -766,15 +772,20 @@ async fn settle(
             // Completions settle together below: one statement, one commit.
             Ok(Finish::Completion(completion)) => completions.push((job, kind, took, completion)),
             Ok(Finish::Embedding(embeddings)) => {
-                let settled = sqlx::query("select bulkhead._finish_embedding($1, $2, $3, $4, $5)")
-                    .bind(job.id)
-                    .bind(&config.name)
-                    .bind(&embeddings.usage)
-                    .bind(&embeddings.request_id)
-                    .bind(&embeddings.vectors)
-                    .execute(pool)
-                    .await;
+                let settled =
+                    sqlx::query("select bulkhead._finish_embedding($1, $2, $3, $4, $5, $6)")
+                        .bind(job.id)
+                        .bind(&config.name)
+                        .bind(without_nul_json(&embeddings.usage))
+                        .bind(without_nul(&embeddings.request_id))
+                        .bind(&embeddings.vectors)
+                        .bind(embeddings.unusable.as_deref().map(without_nul))
+                        .execute(pool)
+                        .await;
                 match settled {
+                    Ok(_) if embeddings.unusable.is_some() => {
+                        metrics.job_finished(kind, "failed", *took)
+                    }
                     Ok(_) => metrics.job_finished(kind, "done", *took),
                     Err(err) if is_lease_lost(&err) => log(
                         config,

@@ -442,6 +442,40 @@ async fn completions_flow_to_the_ledger_and_survive_provider_faults() {
         .collect::<Vec<_>>();
     assert_eq!(asked_dims, vec![serde_json::json!(8)]);
 
+    // An embeddings answer that cannot be used was still paid for: charged at the estimate,
+    // nothing ingested, the job failed, the call not made again.
+    fake.inject("/v1/embeddings", serde_json::json!([{"malformed": true}]));
+    let mut tx = begin_as(&mut conn, a).await.unwrap();
+    let broken_job: i64 = sqlx::query_scalar(
+        "select bulkhead.embed_document('kb-broken', '[{\"content\": \"Never ingested.\"}]')",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        wait_for(broken_job, Duration::from_secs(20)).await,
+        ("dead".into(), 1)
+    );
+    let (charged, reserved, ingested): (String, String, i64) = sqlx::query_as(
+        "select l.cost_usd::text, l.reserved_usd::text,
+                (select count(*) from bulkhead.documents d where d.tenant_id = $1 and d.external_id = 'kb-broken')
+         from bulkhead.ledger l join bulkhead.jobs j
+           on j.tenant_id = l.tenant_id and (j.payload ->> 'reservation')::uuid = l.reservation_id
+         where j.id = $2",
+    )
+    .bind(a)
+    .bind(broken_job)
+    .fetch_one(&mut su)
+    .await
+    .unwrap();
+    assert_eq!(ingested, 0);
+    assert_eq!(
+        charged.parse::<f64>().unwrap(),
+        reserved.parse::<f64>().unwrap()
+    );
+    assert!(charged.parse::<f64>().unwrap() > 0.0);
+
     // 2. Faults. A 429 with retry-after waits without using up an attempt.
     let chat = "/v1/chat/completions";
     fake.inject(chat, serde_json::json!([{"status": 429, "retry_after": "1"}, {"status": 429, "retry_after": "1"}]));
