@@ -180,15 +180,8 @@ begin
         raise exception 'job % is not a completion', job using errcode = '22023';
     end if;
     cost := bulkhead._settle_queued_call((payload ->> 'reservation')::uuid, usage, request_id);
-    update bulkhead.jobs j
-    set result = pg_catalog.jsonb_build_object(
-            'output', output, 'cost_usd', cost, 'request_id', request_id, 'usage', usage),
-        last_error = pg_catalog.left(error, 2000)
-    where j.tenant_id = bulkhead.current_tenant() and j.id = job;
-    update bulkhead.job_schedule s
-    set state = case when error is null then 'done' else 'dead' end,
-        leased_by = null, leased_until = null, updated_at = pg_catalog.clock_timestamp()
-    where s.job_id = job;
+    perform bulkhead._close_job(job, pg_catalog.jsonb_build_object(
+        'output', output, 'cost_usd', cost, 'request_id', request_id, 'usage', usage), error);
     return cost;
 end
 $$;
@@ -306,13 +299,7 @@ begin
              from bulkhead.reservations r
              where r.tenant_id = bulkhead.current_tenant() and r.id = (payload ->> 'reservation')::uuid),
             request_id);
-        update bulkhead.jobs j
-        set result = pg_catalog.jsonb_build_object('cost_usd', cost, 'request_id', request_id),
-            last_error = pg_catalog.left(error, 2000)
-        where j.tenant_id = bulkhead.current_tenant() and j.id = job;
-        update bulkhead.job_schedule s
-        set state = 'dead', leased_by = null, leased_until = null, updated_at = pg_catalog.clock_timestamp()
-        where s.job_id = job;
+        perform bulkhead._close_job(job, pg_catalog.jsonb_build_object('cost_usd', cost, 'request_id', request_id), error);
         return cost;
     end if;
     if pg_catalog.jsonb_typeof(embeddings) is distinct from 'array'
@@ -338,23 +325,14 @@ begin
         when lock_not_available or serialization_failure or deadlock_detected then
             raise;
         when others then
-        update bulkhead.jobs j
-        set result = pg_catalog.jsonb_build_object('cost_usd', cost, 'request_id', request_id, 'usage', usage),
-            last_error = pg_catalog.left('the embeddings were paid for but could not be ingested: ' || sqlerrm, 2000)
-        where j.tenant_id = bulkhead.current_tenant() and j.id = job;
-        update bulkhead.job_schedule s
-        set state = 'dead', leased_by = null, leased_until = null, updated_at = pg_catalog.clock_timestamp()
-        where s.job_id = job;
-        return cost;
+            perform bulkhead._close_job(job,
+                pg_catalog.jsonb_build_object('cost_usd', cost, 'request_id', request_id, 'usage', usage),
+                'the embeddings were paid for but could not be ingested: ' || sqlerrm);
+            return cost;
     end;
-    update bulkhead.jobs j
-    set result = pg_catalog.jsonb_build_object('document_id', doc, 'cost_usd', cost, 'request_id', request_id,
-                                               'chunks', pg_catalog.jsonb_array_length(embeddings), 'usage', usage),
-        last_error = null
-    where j.tenant_id = bulkhead.current_tenant() and j.id = job;
-    update bulkhead.job_schedule s
-    set state = 'done', leased_by = null, leased_until = null, updated_at = pg_catalog.clock_timestamp()
-    where s.job_id = job;
+    perform bulkhead._close_job(job, pg_catalog.jsonb_build_object(
+        'document_id', doc, 'cost_usd', cost, 'request_id', request_id,
+        'chunks', pg_catalog.jsonb_array_length(embeddings), 'usage', usage), null);
     return cost;
 end
 $$;

@@ -317,6 +317,22 @@ begin
 end
 $$;
 
+-- Closes a held job in its tenant's context: its result and error, then done (no error) or
+-- dead (an error). The worker's settles end with it.
+create function bulkhead._close_job(job bigint, result jsonb, error text)
+returns void
+language sql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+    update bulkhead.jobs j set result = _close_job.result, last_error = pg_catalog.left(error, 2000)
+    where j.tenant_id = bulkhead.current_tenant() and j.id = job;
+    update bulkhead.job_schedule s
+    set state = case when error is null then 'done' else 'dead' end,
+        leased_by = null, leased_until = null, updated_at = pg_catalog.clock_timestamp()
+    where s.job_id = job;
+$$;
+
 -- Records a job's success (as the worker holding it, in the job's tenant context).
 create function bulkhead.complete_job(job bigint, worker text, result jsonb default null)
 returns void
@@ -326,11 +342,7 @@ set search_path to pg_catalog, pg_temp
 as $$
 begin
     perform bulkhead._held_job(job, worker);
-    update bulkhead.jobs j set result = complete_job.result, last_error = null
-    where j.tenant_id = bulkhead.current_tenant() and j.id = job;
-    update bulkhead.job_schedule s
-    set state = 'done', leased_by = null, leased_until = null, updated_at = pg_catalog.clock_timestamp()
-    where s.job_id = job;
+    perform bulkhead._close_job(job, complete_job.result, null);
 end
 $$;
 
@@ -504,6 +516,7 @@ revoke all on function bulkhead.enqueue_job(text, jsonb, text, timestamptz, int)
 grant execute on function bulkhead._enqueue(text, jsonb, text, timestamptz, int) to bulkhead_meter;
 revoke all on function bulkhead.claim_jobs(text, int, interval) from public;
 revoke all on function bulkhead._held_job(bigint, text) from public;
+revoke all on function bulkhead._close_job(bigint, jsonb, text) from public;
 revoke all on function bulkhead.complete_job(bigint, text, jsonb) from public;
 revoke all on function bulkhead.start_job(bigint, text) from public;
 revoke all on function bulkhead.claim_and_start_jobs(text, int, interval) from public;
@@ -514,6 +527,6 @@ revoke all on function bulkhead.job_status(bigint) from public;
 grant execute on function bulkhead.enqueue_job(text, jsonb, text, timestamptz, int), bulkhead.job_status(bigint)
     to bulkhead_app, bulkhead_worker, bulkhead_admin;
 grant execute on function bulkhead.claim_jobs(text, int, interval), bulkhead._held_job(bigint, text),
-    bulkhead.start_job(bigint, text), bulkhead.complete_job(bigint, text, jsonb), bulkhead.fail_job(bigint, text, text, boolean, interval),
+    bulkhead.start_job(bigint, text), bulkhead.complete_job(bigint, text, jsonb), bulkhead._close_job(bigint, jsonb, text), bulkhead.fail_job(bigint, text, text, boolean, interval),
     bulkhead.claim_and_start_jobs(text, int, interval), bulkhead.complete_jobs(text, bigint[], jsonb[]),
     bulkhead.release_job(bigint, text) to bulkhead_worker;
