@@ -83,6 +83,9 @@ create table bulkhead.reservations (
     expired_at           timestamptz,
     -- Admitted for a queued call (complete(), embed_document()): only the worker settles it.
     queued               boolean     not null default false,
+    -- Admitted in memory (bulkhead.memory_admission): its hold on the budget is in the tenant's
+    -- slot in shared memory, not in budget_state, and is released there when this row closes.
+    held_in_memory       boolean     not null default false,
     constraint reservations_pkey primary key (tenant_id, id),
     constraint reservations_tenant_fkey foreign key (tenant_id) references bulkhead.tenants (id)
 );
@@ -223,10 +226,11 @@ exception when foreign_key_violation then
 end
 $$;
 
--- Admits one LLM call for the current tenant, or raises PT429. Returns the reservation id to
--- pass to bulkhead.ledger_record(). Call it in a short transaction: the tenant's budget row stays
--- locked until that transaction ends, so never hold it open across the provider call.
-create function bulkhead.budget_check(
+-- The table path of bulkhead.budget_check (extension/src/admission.rs), which calls it as
+-- bulkhead_meter unless bulkhead.memory_admission is on. Admits one LLM call for the current
+-- tenant, or raises PT429; returns the reservation id to pass to bulkhead.ledger_record(). The
+-- tenant's budget row stays locked until the transaction ends, so keep it short.
+create function bulkhead._budget_check_table(
     model text,
     est_input_tokens int,
     max_output_tokens int,
@@ -248,6 +252,8 @@ declare
     freed numeric;
     reservation uuid := pg_catalog.gen_random_uuid();
     lease_seconds numeric;
+    -- Named as the public function in messages.
+    budget_check constant text := 'budget_check';
     lease_end timestamptz;
 begin
     if tenant is null then
@@ -255,6 +261,11 @@ begin
             using errcode = '42501',
                   detail = 'budget_check admits calls for the current tenant, and this transaction has none.',
                   hint = 'Call bulkhead.set_tenant(...) first, or pass a JWT with app_metadata.tenant_id.';
+    end if;
+    -- Two admission states for one tenant could together admit more than its budget.
+    if bulkhead._admission_in_memory() then
+        raise exception 'budget_check admits in memory in this session'
+            using errcode = '55000', detail = 'bulkhead.memory_admission is on: the table path must not admit too.';
     end if;
     if model is null or est_input_tokens is null or max_output_tokens is null or lease is null then
         raise exception 'model, est_input_tokens, max_output_tokens and lease are required'
@@ -293,7 +304,7 @@ begin
         left join lateral (
             select pr.provider, pr.effective_from, pr.input_per_mtok, pr.output_per_mtok
             from bulkhead.prices pr
-            where pr.model = budget_check.model and pr.effective_from <= now_ts
+            where pr.model = _budget_check_table.model and pr.effective_from <= now_ts
             order by pr.effective_from desc
             limit 1
         ) p on true
@@ -397,7 +408,7 @@ begin
         (tenant_id, id, provider, model, est_input_tokens, max_output_tokens, reserved_usd,
          price_effective_from, created_at, lease_expires_at)
     values
-        (tenant, reservation, st.price_provider, budget_check.model, est_input_tokens, max_output_tokens, estimate,
+        (tenant, reservation, st.price_provider, _budget_check_table.model, est_input_tokens, max_output_tokens, estimate,
          st.price_from, now_ts, lease_end);
     update bulkhead.budget_state s
     set rpm_level = st.rpm_level - 1,
@@ -424,8 +435,163 @@ begin
     return reservation;
 end
 $$;
+-- Admits one LLM call for the current tenant against RPM, ITPM, OTPM and the dollar budget, or
+-- raises PT429; returns the reservation id to pass to bulkhead.ledger_record(). In memory when
+-- bulkhead.memory_admission is on (extension/src/admission.rs), else by the table path.
+-- No SET search_path: it runs on every LLM call, and every name in it is schema-qualified.
+create function bulkhead.budget_check(
+    model text,
+    est_input_tokens int,
+    max_output_tokens int,
+    lease interval default '10 minutes'
+)
+returns uuid
+language plpgsql volatile
+security invoker
+as $$
+declare
+    reservation uuid;
+    refusal record;
+begin
+    if not bulkhead._admission_in_memory() then
+        return bulkhead._budget_check_table(model, est_input_tokens, max_output_tokens, lease);
+    end if;
+    reservation := bulkhead._admit_in_memory(model, est_input_tokens, max_output_tokens, lease);
+    if reservation is null then
+        select * into refusal from bulkhead._admission_refusal();
+        raise exception using errcode = refusal.sqlstate, message = refusal.message,
+                              detail = refusal.detail, hint = refusal.hint;
+    end if;
+    return reservation;
+end
+$$;
 comment on function bulkhead.budget_check(text, int, int, interval) is
     'Admits one LLM call for the current tenant against RPM, ITPM, OTPM and the dollar budget, or raises PT429; returns the reservation id.';
+
+-- Microseconds since 2000-01-01 UTC: PostgreSQL's own TimestampTz, as the Rust side reads it.
+create function bulkhead._micros(t timestamptz)
+returns bigint
+language sql immutable parallel safe
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$ select ((extract(epoch from t) - 946684800) * 1000000)::bigint $$;
+
+-- What memory admission needs from the tables for one (tenant, model): the tenant's status,
+-- its limits (or the default's) and the model's price in effect. No row: no such tenant.
+create function bulkhead._admission_terms(model text)
+returns table (status text, rpm int, itpm int, otpm int, dollar_limit text, period text,
+               provider text, price_from bigint, input_per_mtok text, output_per_mtok text)
+language sql stable
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+    select t.status, coalesce(b.rpm, d.rpm), coalesce(b.itpm, d.itpm), coalesce(b.otpm, d.otpm),
+           coalesce(b.dollar_limit, d.dollar_limit)::text, coalesce(b.period, d.period),
+           p.provider, bulkhead._micros(p.effective_from), p.input_per_mtok::text, p.output_per_mtok::text
+    from bulkhead.tenants t
+    cross join bulkhead.budget_defaults d
+    left join bulkhead.budgets b on b.tenant_id = t.id
+    left join lateral (
+        select pr.provider, pr.effective_from, pr.input_per_mtok, pr.output_per_mtok
+        from bulkhead.prices pr
+        where pr.model = _admission_terms.model and pr.effective_from <= pg_catalog.clock_timestamp()
+        order by pr.effective_from desc
+        limit 1
+    ) p on true
+    where t.id = bulkhead.current_tenant()
+$$;
+
+-- The current tenant's period bounds and money, for a memory slot that is new or whose period
+-- ended. It locks the budget_state row that settles lock too, until this transaction ends: a
+-- settle either committed before the ledger is summed here (and is in the sum) or commits after
+-- the slot holds this sum (and adds its cost to the slot). held_usd: open rows held in memory.
+create function bulkhead._admission_load(period text)
+returns table (period_start bigint, period_end bigint, spent_usd text, held_usd text, held_next_expiry bigint)
+language plpgsql volatile
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    tenant uuid := bulkhead.current_tenant();
+    now_ts timestamptz := pg_catalog.clock_timestamp();
+    tz text := pg_catalog.current_setting('bulkhead.billing_time_zone');
+    local_period timestamp := pg_catalog.date_trunc(period, now_ts at time zone tz);
+    starts timestamptz := local_period at time zone tz;
+    ends timestamptz := (local_period + pg_catalog.make_interval(
+        days => case period when 'day' then 1 when 'week' then 7 else 0 end,
+        months => case period when 'month' then 1 else 0 end)) at time zone tz;
+begin
+    perform from bulkhead.budget_state s where s.tenant_id = tenant for update;
+    if not found then
+        perform bulkhead._create_budget_state(tenant, now_ts);
+        perform from bulkhead.budget_state s where s.tenant_id = tenant for update;
+    end if;
+    return query
+    select bulkhead._micros(starts), bulkhead._micros(ends),
+           (select coalesce(sum(l.cost_usd), 0) from bulkhead.ledger l
+            where l.tenant_id = tenant and l.created_at >= starts and l.created_at < ends)::text,
+           (select coalesce(sum(r.reserved_usd), 0) from bulkhead.reservations r
+            where r.tenant_id = tenant and r.held_in_memory and r.settled_at is null and r.expired_at is null)::text,
+           (select bulkhead._micros(min(r.lease_expires_at)) from bulkhead.reservations r
+            where r.tenant_id = tenant and r.held_in_memory and r.settled_at is null and r.expired_at is null);
+end
+$$;
+
+-- Writes an in-memory reservation of the current tenant as a row (its hold stays in memory).
+create function bulkhead._reservation_from_memory(
+    id uuid, provider text, model text, est_input_tokens int, max_output_tokens int,
+    reserved_usd numeric, price_from bigint, created bigint, lease_end bigint, expired boolean)
+returns void
+language sql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+    insert into bulkhead.reservations
+        (tenant_id, id, provider, model, est_input_tokens, max_output_tokens, reserved_usd,
+         price_effective_from, created_at, lease_expires_at, expired_at, held_in_memory)
+    select bulkhead.current_tenant(), id, provider, model, est_input_tokens, max_output_tokens, reserved_usd,
+           ts.price_from, ts.created, ts.lease_end, case when expired then ts.lease_end end, true
+    from (select timestamptz '2000-01-01 00:00:00+00' + price_from * interval '1 microsecond' as price_from,
+                 timestamptz '2000-01-01 00:00:00+00' + created * interval '1 microsecond' as created,
+                 timestamptz '2000-01-01 00:00:00+00' + lease_end * interval '1 microsecond' as lease_end) ts
+$$;
+
+-- Before memory admission refuses for money: the current tenant's rows held in memory whose
+-- lease ran out stop holding budget (released in memory at commit). Returns what they held
+-- and the earliest lease still open.
+create function bulkhead._expire_held_in_memory()
+returns table (freed numeric, next_expiry bigint)
+language plpgsql volatile
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    tenant uuid := bulkhead.current_tenant();
+begin
+    perform from bulkhead.budget_state s where s.tenant_id = tenant for update;
+    with expired as (
+        update bulkhead.reservations r set expired_at = pg_catalog.clock_timestamp()
+        where r.tenant_id = tenant and r.held_in_memory and r.settled_at is null and r.expired_at is null
+          and r.lease_expires_at <= pg_catalog.clock_timestamp()
+        returning r.reserved_usd
+    )
+    select coalesce(sum(e.reserved_usd), 0) into freed from expired e;
+    if freed > 0 then
+        perform bulkhead._release_in_memory(freed, 0, 0, 0);
+    end if;
+    select bulkhead._micros(min(r.lease_expires_at)) into next_expiry from bulkhead.reservations r
+    where r.tenant_id = tenant and r.held_in_memory and r.settled_at is null and r.expired_at is null;
+    return next;
+end
+$$;
+
+-- Changes to limits and prices reach every backend's cached terms (the same signal as tenants).
+create trigger budgets_changed after insert or update or delete or truncate on bulkhead.budgets
+    for each statement execute function bulkhead._tenants_changed();
+create trigger budget_defaults_changed after insert or update or delete or truncate on bulkhead.budget_defaults
+    for each statement execute function bulkhead._tenants_changed();
+create trigger prices_changed after insert or update or delete or truncate on bulkhead.prices
+    for each statement execute function bulkhead._tenants_changed();
 
 -- Expires the current tenant's unsettled reservations whose lease ran out; returns how many.
 create function bulkhead.expire_reservations()
@@ -482,6 +648,7 @@ as $$
 declare
     n bigint;
     freed numeric;
+    freed_in_memory numeric;
 begin
     if skip_busy then
         perform from bulkhead.budget_state s where s.tenant_id = tenant for update skip locked;
@@ -495,9 +662,15 @@ begin
         update bulkhead.reservations r set expired_at = pg_catalog.clock_timestamp()
         where r.tenant_id = tenant and r.settled_at is null and r.expired_at is null
           and r.lease_expires_at <= pg_catalog.clock_timestamp()
-        returning r.reserved_usd
+        returning r.reserved_usd, r.held_in_memory
     )
-    select count(*), coalesce(sum(e.reserved_usd), 0) into n, freed from expired e;
+    select count(*), coalesce(sum(e.reserved_usd) filter (where not e.held_in_memory), 0),
+           coalesce(sum(e.reserved_usd) filter (where e.held_in_memory), 0)
+    into n, freed, freed_in_memory from expired e;
+    if freed_in_memory > 0 then
+        perform bulkhead._release_in_memory(freed_in_memory, 0, 0, 0);
+    end if;
+    n := n + bulkhead._expire_in_memory(false);
     if n > 0 then
         update bulkhead.budget_state s
         set reserved_usd = greatest(s.reserved_usd - freed, 0),
@@ -513,6 +686,20 @@ revoke all on function bulkhead.set_budget(uuid, int, int, int, numeric, text) f
 revoke all on function bulkhead._refuse(uuid, text, text, bigint) from public;
 revoke all on function bulkhead._create_budget_state(uuid, timestamptz) from public;
 revoke all on function bulkhead.budget_check(text, int, int, interval) from public;
+revoke all on function bulkhead._budget_check_table(text, int, int, interval) from public;
+revoke all on function bulkhead._admission_terms(text) from public;
+revoke all on function bulkhead._admission_load(text) from public;
+revoke all on function bulkhead._reservation_from_memory(uuid, text, text, int, int, numeric, bigint, bigint, bigint, boolean) from public;
+revoke all on function bulkhead._expire_held_in_memory() from public;
+revoke all on function bulkhead._admission_in_memory() from public;
+revoke all on function bulkhead._materialize_reservation(uuid) from public;
+revoke all on function bulkhead._release_in_memory(numeric, numeric, bigint, bigint) from public;
+revoke all on function bulkhead._forget_in_memory(uuid) from public;
+revoke all on function bulkhead._expire_in_memory(boolean) from public;
+revoke all on function bulkhead._open_in_memory() from public;
+revoke all on function bulkhead._admit_in_memory(text, int, int, interval) from public;
+revoke all on function bulkhead._admission_refusal() from public;
+revoke all on function bulkhead._micros(timestamptz) from public;
 revoke all on function bulkhead.expire_reservations() from public;
 revoke all on function bulkhead.expire_all_reservations() from public;
 revoke all on function bulkhead._expire_tenant(uuid, boolean) from public;
@@ -520,7 +707,20 @@ grant execute on function bulkhead.set_budget(uuid, int, int, int, numeric, text
 grant execute on function bulkhead._refuse(uuid, text, text, bigint) to bulkhead_meter;
 grant execute on function bulkhead._create_budget_state(uuid, timestamptz) to bulkhead_meter;
 grant execute on function bulkhead._leave_tenant(text) to bulkhead_meter;
-grant execute on function bulkhead.budget_check(text, int, int, interval) to bulkhead_app, bulkhead_worker;
+grant execute on function bulkhead.budget_check(text, int, int, interval) to bulkhead_app, bulkhead_worker, bulkhead_meter;
+grant execute on function bulkhead._budget_check_table(text, int, int, interval), bulkhead._admission_in_memory(),
+    bulkhead._admit_in_memory(text, int, int, interval), bulkhead._admission_refusal()
+    to bulkhead_app, bulkhead_worker;
+-- budget_check runs its slow paths as bulkhead_meter: only the meter reaches these.
+grant execute on function bulkhead._budget_check_table(text, int, int, interval), bulkhead._admission_terms(text),
+    bulkhead._admission_load(text), bulkhead._expire_held_in_memory(), bulkhead._admission_in_memory(),
+    bulkhead._reservation_from_memory(uuid, text, text, int, int, numeric, bigint, bigint, bigint, boolean),
+    bulkhead._materialize_reservation(uuid), bulkhead._release_in_memory(numeric, numeric, bigint, bigint),
+    bulkhead._expire_in_memory(boolean), bulkhead._open_in_memory(), bulkhead._micros(timestamptz),
+    bulkhead._admit_in_memory(text, int, int, interval), bulkhead._admission_refusal() to bulkhead_meter;
+grant execute on function bulkhead._forget_in_memory(uuid) to bulkhead_admin;
+-- usage_report (invoker) lists the caller's own open reservations in memory.
+grant execute on function bulkhead._open_in_memory() to bulkhead_app, bulkhead_worker, bulkhead_admin;
 grant execute on function bulkhead.expire_reservations() to bulkhead_app, bulkhead_worker;
 grant execute on function bulkhead.expire_all_reservations() to bulkhead_worker, bulkhead_admin;
 grant execute on function bulkhead._expire_tenant(uuid, boolean) to bulkhead_meter;

@@ -24,9 +24,13 @@ begin
     perform from bulkhead.budget_state s where s.tenant_id = tenant for update;
     update bulkhead.reservations x set expired_at = pg_catalog.clock_timestamp()
     where x.tenant_id = tenant and x.id = reservation and x.settled_at is null and x.expired_at is null
-    returning x.reserved_usd, x.est_input_tokens, x.max_output_tokens into r;
+    returning x.reserved_usd, x.est_input_tokens, x.max_output_tokens, x.held_in_memory into r;
     if not found then
         return false;
+    end if;
+    if r.held_in_memory then
+        perform bulkhead._release_in_memory(r.reserved_usd, 0, r.est_input_tokens, r.max_output_tokens);
+        return true;
     end if;
     update bulkhead.budget_state s
     set reserved_usd = greatest(s.reserved_usd - r.reserved_usd, 0),
@@ -89,6 +93,8 @@ begin
     -- underestimates. The settle charges what the provider counted and returns the rest.
     est_input := least(pg_catalog.ceil(pg_catalog.octet_length(prompt) / 3.0) + 16, 100000000)::int;
     reservation := bulkhead.budget_check(model, est_input, max_output_tokens, lease);
+    -- Admitted in memory: the worker's call needs the reservation as a row.
+    perform bulkhead._materialize_reservation(reservation);
     -- budget_check may have switched synchronous commit off for the transaction (admission
     -- state need not be durable); a queued job must be, once the caller saw its id.
     perform pg_catalog.set_config('synchronous_commit', 'on', true);
@@ -248,6 +254,7 @@ begin
     -- As in complete(): a third of the bytes, plus a little per input.
     est_input := least(pg_catalog.ceil(bytes / 3.0) + 8 * pg_catalog.jsonb_array_length(chunks), 100000000)::int;
     reservation := bulkhead.budget_check(model, est_input, 0, lease);
+    perform bulkhead._materialize_reservation(reservation);
     perform pg_catalog.set_config('synchronous_commit', 'on', true);
     update bulkhead.reservations x set queued = true
     where x.tenant_id = tenant and x.id = reservation

@@ -194,6 +194,7 @@ begin
         previous := bulkhead._enter_tenant(tenant);
         delete from bulkhead.budget_state s where s.tenant_id = tenant;
         get diagnostics state_rows = row_count;
+        perform bulkhead._forget_in_memory(tenant);
         perform bulkhead._leave_tenant(previous);
     end if;
     -- The row lock serialises concurrent deletions of one tenant and blocks new rows that

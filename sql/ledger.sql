@@ -95,6 +95,10 @@ begin
         select * into st from bulkhead.budget_state s where s.tenant_id = tenant for update;
     end if;
     select * into r from bulkhead.reservations x where x.tenant_id = tenant and x.id = reservation for update;
+    -- Admitted in memory: written to the table first (its hold stays in memory until commit).
+    if not found and bulkhead._materialize_reservation(reservation) then
+        select * into r from bulkhead.reservations x where x.tenant_id = tenant and x.id = reservation for update;
+    end if;
     if not found then
         if model is null then
             raise exception 'reservation % does not exist', reservation
@@ -180,6 +184,15 @@ begin
         update bulkhead.reservations x set settled_at = now_ts where x.tenant_id = tenant and x.id = r.id;
     end if;
 
+    -- Holds in memory are released there, and costs counted there, when this commits.
+    if r.held_in_memory then
+        perform bulkhead._release_in_memory(case when r.expired_at is null then r.reserved_usd else 0 end,
+                                            priced.cost_usd, r.est_input_tokens - priced.itpm_tokens,
+                                            r.max_output_tokens - priced.output_tokens);
+    elsif bulkhead._admission_in_memory() then
+        perform bulkhead._release_in_memory(0, priced.cost_usd, 0, 0);
+    end if;
+
     if st.tenant_id is not null then
         update bulkhead.budget_state s
         -- Costs count in the period they are settled in; outside the state's window the next
@@ -187,11 +200,13 @@ begin
         set spent_usd = s.spent_usd + case when now_ts >= s.period_start and now_ts < s.period_end
                                             then priced.cost_usd else 0 end,
             -- An expired reservation released its hold already.
-            reserved_usd = case when is_orphan or r.expired_at is not null then s.reserved_usd
+            reserved_usd = case when is_orphan or r.expired_at is not null or r.held_in_memory then s.reserved_usd
                                 else greatest(s.reserved_usd - r.reserved_usd, 0) end,
             -- Tokens estimated but not counted by the provider go back; overruns stay as debt.
-            itpm_level = least(s.itpm_cap, s.itpm_level + (r.est_input_tokens - priced.itpm_tokens)),
-            otpm_level = least(s.otpm_cap, s.otpm_level + (r.max_output_tokens - priced.output_tokens))
+            itpm_level = case when r.held_in_memory then s.itpm_level
+                              else least(s.itpm_cap, s.itpm_level + (r.est_input_tokens - priced.itpm_tokens)) end,
+            otpm_level = case when r.held_in_memory then s.otpm_level
+                              else least(s.otpm_cap, s.otpm_level + (r.max_output_tokens - priced.output_tokens)) end
         where s.tenant_id = tenant;
     end if;
     return priced.cost_usd;
@@ -244,12 +259,24 @@ as $$
         where l.tenant_id = bulkhead.current_tenant() and l.created_at >= "from" and l.created_at < "to"
         group by 1, 2, 3
     ),
-    open as (
+    open_rows as (
         select (r.created_at at time zone pg_catalog.current_setting('bulkhead.billing_time_zone'))::date as day,
                r.provider, r.model, count(*) as open_reservations, sum(r.reserved_usd) as open_reserved_usd
         from bulkhead.reservations r
         where r.tenant_id = bulkhead.current_tenant() and r.created_at >= "from" and r.created_at < "to"
           and r.settled_at is null and r.expired_at is null and r.lease_expires_at > pg_catalog.clock_timestamp()
+        group by 1, 2, 3
+        union all
+        -- Admitted in memory and not settled yet (bulkhead.memory_admission): listed under today.
+        select (pg_catalog.clock_timestamp() at time zone pg_catalog.current_setting('bulkhead.billing_time_zone'))::date,
+               m.provider, m.model, m.open_reservations, m.open_reserved_usd
+        from bulkhead._open_in_memory() m
+        where pg_catalog.clock_timestamp() >= "from" and pg_catalog.clock_timestamp() < "to"
+    ),
+    open as (
+        select o.day, o.provider, o.model, sum(o.open_reservations)::bigint as open_reservations,
+               sum(o.open_reserved_usd) as open_reserved_usd
+        from open_rows o
         group by 1, 2, 3
     )
     select coalesce(s.day, o.day), coalesce(s.provider, o.provider), coalesce(s.model, o.model),
@@ -328,7 +355,10 @@ grant execute on function bulkhead.price_usage(text, jsonb, numeric, numeric, nu
     to bulkhead_app, bulkhead_worker, bulkhead_admin, bulkhead_meter;
 
 -- The metering functions run as bulkhead_meter (see budgets.sql).
-alter function bulkhead.budget_check(text, int, int, interval) owner to bulkhead_meter;
+alter function bulkhead._budget_check_table(text, int, int, interval) owner to bulkhead_meter;
+alter function bulkhead._admission_terms(text) owner to bulkhead_meter;
+alter function bulkhead._admission_load(text) owner to bulkhead_meter;
+alter function bulkhead._expire_held_in_memory() owner to bulkhead_meter;
 alter function bulkhead.expire_reservations() owner to bulkhead_meter;
 alter function bulkhead.expire_all_reservations() owner to bulkhead_meter;
 alter function bulkhead.ledger_record(uuid, jsonb, text, text) owner to bulkhead_meter;

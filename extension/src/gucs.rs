@@ -40,6 +40,9 @@ static RETRIEVAL_INDEX_THRESHOLD: GucSetting<i32> = GucSetting::<i32>::new(50_00
 static MIN_LEASE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"1 minute"));
 
+/// `bulkhead.memory_admission`: budget_check keeps admission state in shared memory.
+static MEMORY_ADMISSION: GucSetting<bool> = GucSetting::<bool>::new(false);
+
 /// True only while `set_tenant` writes the setting.
 static SET_TENANT_IN_PROGRESS: AtomicBool = AtomicBool::new(false);
 
@@ -94,6 +97,14 @@ pub fn init() {
         GucFlags::default(),
     );
     GucRegistry::define_bool_guc(
+        c"bulkhead.memory_admission",
+        c"Admit LLM calls against budgets kept in shared memory (needs bulkhead in shared_preload_libraries).",
+        c"Set it per database (ALTER DATABASE) or in postgresql.conf, and change it only with no calls in flight. A restart forgets open in-memory reservations: a tenant can overspend by at most those.",
+        &MEMORY_ADMISSION,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
         c"bulkhead.remember_tenants",
         c"Let set_tenant remember, per backend, the tenants it found (needs bulkhead preloaded).",
         c"Off: every set_tenant looks the tenant up. Turning it off only costs time.",
@@ -129,6 +140,18 @@ pub fn init() {
         GucContext::Suset,
         GucFlags::UNIT_KB,
     );
+}
+
+pub fn memory_admission() -> bool {
+    MEMORY_ADMISSION.get()
+}
+
+/// `bulkhead.min_lease` as written (an interval).
+pub fn min_lease() -> String {
+    MIN_LEASE
+        .get()
+        .map(|v| v.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "1 minute".to_string())
 }
 
 /// The render output limit in bytes.

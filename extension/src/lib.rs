@@ -5,6 +5,7 @@
 
 use pgrx::prelude::*;
 
+mod admission;
 mod context;
 mod errors;
 mod gucs;
@@ -43,7 +44,17 @@ extension_sql_file!(
 extension_sql_file!(
     "../../sql/budgets.sql",
     name = "budgets",
-    requires = ["prices"]
+    requires = [
+        "prices",
+        admission::_admit_in_memory,
+        admission::_admission_refusal,
+        admission::_admission_in_memory,
+        admission::_materialize_reservation,
+        admission::_release_in_memory,
+        admission::_forget_in_memory,
+        admission::_expire_in_memory,
+        admission::_open_in_memory
+    ]
 );
 extension_sql_file!(
     "../../sql/ledger.sql",
@@ -97,6 +108,7 @@ extension_sql_file!(
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
     shared::init();
+    admission::init();
 }
 
 #[cfg(any(test, feature = "pg_test"))]

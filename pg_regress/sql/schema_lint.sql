@@ -20,7 +20,8 @@ tenant_tables as (
 ),
 definer_allow_list (proname) as (
     -- The metering functions: callers may not write budget state or the ledger themselves.
-    values ('budget_check'::name), ('ledger_record'), ('_settle_queued_call'), ('expire_reservations'), ('expire_all_reservations'),
+    -- The table path of budget_check and the reads memory admission makes as bulkhead_meter.
+    values ('_budget_check_table'::name), ('_admission_terms'), ('_admission_load'), ('_expire_held_in_memory'), ('ledger_record'), ('_settle_queued_call'), ('expire_reservations'), ('expire_all_reservations'),
     -- The prompt writers: every skeleton and version passes the template checks on the way in.
            ('set_skeleton'), ('publish_prompt'), ('activate_prompt'), ('rollback_prompt'),
     -- Checks at commit, as any role, that deleted prompt rows went with their tenant.
@@ -46,7 +47,10 @@ cross_tenant_policy_allow_list (table_name, polname) as (
 ),
 unpinned_allow_list (proname) as (
     -- Runs no SQL; a SET clause would add a settings save/restore to every policy evaluation.
-    values ('current_tenant'::name)
+    values ('current_tenant'::name),
+    -- Admission in memory: per call only shared memory; its slow paths call only schema-qualified,
+    -- pinned meter functions with typed parameters, so the caller's search_path resolves nothing.
+           ('budget_check'), ('_admit_in_memory')
 )
 select 'rls not enabled and forced' as rule, name as object
 from tables where not (relrowsecurity and relforcerowsecurity)

@@ -1,6 +1,7 @@
 //! Bulkhead's policy logic: the rules that decide, kept free of Postgres and of any runtime so
 //! that the extension and the daemon share one tested implementation.
 
+pub mod admission;
 pub mod context;
 pub mod prompts;
 pub mod sqlstate;

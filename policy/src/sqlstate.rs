@@ -26,6 +26,12 @@ impl SqlState {
     pub const INSUFFICIENT_PRIVILEGE: SqlState = SqlState("42501");
     /// 42704: a named object (here: a tenant) does not exist or is not visible.
     pub const UNDEFINED_OBJECT: SqlState = SqlState("42704");
+    /// 53200: a fixed-size shared structure is full.
+    pub const OUT_OF_MEMORY: SqlState = SqlState("53200");
+    /// PT429: a tenant's budget or rate limit refuses the call (PostgREST answers HTTP 429).
+    pub const TENANT_LIMIT_EXCEEDED: SqlState = SqlState("PT429");
+    /// PT403: the tenant may not make the call (PostgREST answers HTTP 403).
+    pub const TENANT_FORBIDDEN: SqlState = SqlState("PT403");
 
     pub const fn code(self) -> &'static str {
         self.0
@@ -69,6 +75,9 @@ mod tests {
             SqlState::PROGRAM_LIMIT_EXCEEDED,
             SqlState::STATEMENT_TOO_COMPLEX,
             SqlState::UNTRANSLATABLE_CHARACTER,
+            SqlState::OUT_OF_MEMORY,
+            SqlState::TENANT_LIMIT_EXCEEDED,
+            SqlState::TENANT_FORBIDDEN,
         ] {
             let code = state.code();
             assert_eq!(code.len(), 5, "{code}");

@@ -1,0 +1,1275 @@
+//! `bulkhead.budget_check`: admission against every limit, in shared memory when
+//! `bulkhead.memory_admission` is on (bulkhead preloaded), else by the table path in
+//! sql/budgets.sql (`_budget_check_table`).
+//!
+//! In memory, a tenant's bucket levels, its period's money and its open reservations live in one
+//! slot, and an admission is a few microseconds under one lock: no row written, no WAL, no lock
+//! held after it returns. What must survive stays in tables: the ledger (written by the settle),
+//! limits and prices, and the reservations of queued calls. A reservation is written to
+//! `bulkhead.reservations` (`held_in_memory`) when it is settled, handed to the worker, or when
+//! the memory is full; its hold on the budget stays in the slot, released when its row is
+//! settled, cancelled or expired, at that transaction's commit.
+//!
+//! The bound, stated and tested (tests/memory_admission.rs): a restart or crash forgets the
+//! open in-memory reservations and refills the buckets. A tenant can then overspend by at most
+//! the reservations open at that moment; the ledger loses nothing, and a settle of a forgotten
+//! reservation is recorded as an orphan (`ledger_record(..., model => ...)`).
+
+use crate::{context, errors, gucs};
+use bulkhead_policy::admission::{self, Buckets, Limits, Micros, Refusal, Request};
+use bulkhead_policy::sqlstate::{HasSqlState, SqlState};
+use pgrx::pg_shmem_init;
+use pgrx::prelude::*;
+use pgrx::shmem::PgSharedMemoryInitialization;
+use pgrx::spi::SpiClient;
+use rust_decimal::Decimal;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::CStr;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use std::time::{Duration, Instant};
+
+/// Tenants with admission state, over every database of the cluster.
+const TENANT_SLOTS: usize = 1 << 15;
+/// Open reservations kept in memory, over all tenants; more go to the table.
+const RECORDS: usize = 1 << 15;
+/// Reservations one tenant may keep in memory (open or expired); more go to the table, so one
+/// tenant cannot fill the memory the others use.
+const TENANT_RECORDS_MAX: u32 = 2048;
+/// How long an expired reservation is kept so that a late settle finds it.
+const EXPIRED_KEPT: Micros = 3600 * 1_000_000;
+const NONE: u32 = u32::MAX;
+const NEVER: Micros = i64::MAX;
+const MODEL_MAX: usize = 200;
+const PROVIDER_MAX: usize = 24;
+const NAME: &CStr = c"bulkhead_admission";
+/// Limits, prices and tenant status are re-read at least this often even without a signal.
+const TERMS_TTL: Duration = Duration::from_secs(1);
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[repr(C)]
+struct TenantKey {
+    db: u32,
+    tenant: [u8; 16],
+}
+
+#[repr(C)]
+struct TenantSlot {
+    /// 0 empty, 1 live, 2 deleted (a tombstone the probe walks past).
+    used: u8,
+    period: u8,
+    key: TenantKey,
+    buckets: Buckets,
+    period_start: Micros,
+    period_end: Micros,
+    /// Cost settled within the period (from the ledger, then each settle at its commit).
+    spent: Decimal,
+    /// What open reservations hold: those in memory and those written with held_in_memory.
+    reserved: Decimal,
+    /// The tenant's records, a doubly linked list through `Record::prev/next`.
+    head: u32,
+    records: u32,
+    /// Earliest moment a record of this tenant expires or is forgotten.
+    next_expiry: Micros,
+    /// Earliest lease among its reservation rows held in memory (checked before a refusal).
+    held_next_expiry: Micros,
+}
+
+#[repr(C)]
+struct Record {
+    /// 0 free, 1 holding budget, 2 expired (hold released, kept for a late settle).
+    state: u8,
+    /// Being written to the table by an uncommitted transaction: expiry leaves it alone.
+    materializing: u8,
+    provider_len: u8,
+    model_len: u8,
+    key: TenantKey,
+    id: [u8; 16],
+    prev: u32,
+    next: u32,
+    est_input: i32,
+    max_output: i32,
+    reserved: Decimal,
+    created_at: Micros,
+    lease_end: Micros,
+    price_from: Micros,
+    provider: [u8; PROVIDER_MAX],
+    model: [u8; MODEL_MAX],
+}
+
+#[repr(C)]
+struct Admission {
+    lock: *mut pg_sys::LWLock,
+    free_head: u32,
+    occupied_slots: u32,
+    tenants: [TenantSlot; TENANT_SLOTS],
+    records: [Record; RECORDS],
+}
+
+static MEMORY: AtomicPtr<Admission> = AtomicPtr::new(std::ptr::null_mut());
+static PRELOADED: AtomicBool = AtomicBool::new(false);
+
+/// Requests and creates the shared segment (the postmaster, while preloading).
+struct AdmissionSegment;
+static SEGMENT: AdmissionSegment = AdmissionSegment;
+
+impl PgSharedMemoryInitialization for AdmissionSegment {
+    type Value = ();
+
+    unsafe fn on_shmem_request(&'static self) {
+        // SAFETY: called from shmem_request_hook, where these requests belong.
+        unsafe {
+            pg_sys::RequestAddinShmemSpace(std::mem::size_of::<Admission>());
+            pg_sys::RequestNamedLWLockTranche(NAME.as_ptr(), 1);
+        }
+    }
+
+    unsafe fn on_shmem_startup(&'static self, _value: ()) {
+        // SAFETY: shmem_startup_hook, under AddinShmemInitLock as every add-in does; the
+        // segment is zeroed (an empty state) before the free list is threaded through it.
+        unsafe {
+            let init_lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock;
+            pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+            let mut found = false;
+            let memory = pg_sys::ShmemInitStruct(
+                NAME.as_ptr(),
+                std::mem::size_of::<Admission>(),
+                &mut found,
+            )
+            .cast::<Admission>();
+            if !found {
+                std::ptr::write_bytes(memory.cast::<u8>(), 0, std::mem::size_of::<Admission>());
+                let m = &mut *memory;
+                m.lock = &raw mut (*pg_sys::GetNamedLWLockTranche(NAME.as_ptr())).lock;
+                for (i, record) in m.records.iter_mut().enumerate() {
+                    record.next = if i + 1 < RECORDS {
+                        (i + 1) as u32
+                    } else {
+                        NONE
+                    };
+                }
+                m.free_head = 0;
+            }
+            MEMORY.store(memory, Ordering::Release);
+            pg_sys::LWLockRelease(init_lock);
+        }
+    }
+}
+
+pub fn init() {
+    // SAFETY: a plain global the postmaster sets while it loads shared_preload_libraries.
+    if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        return;
+    }
+    pg_shmem_init!(SEGMENT = ());
+    PRELOADED.store(true, Ordering::Relaxed);
+    // SAFETY: registered once per process; the callbacks are #[pg_guard]ed and touch only
+    // this module's state.
+    unsafe {
+        pg_sys::RegisterXactCallback(Some(on_xact_event), std::ptr::null_mut());
+        pg_sys::RegisterSubXactCallback(Some(on_subxact_event), std::ptr::null_mut());
+    }
+}
+
+/// Whether budget_check admits in memory in this session.
+fn in_memory() -> bool {
+    PRELOADED.load(Ordering::Relaxed)
+        && gucs::memory_admission()
+        && !MEMORY.load(Ordering::Acquire).is_null()
+}
+
+/// Runs `f` under the admission lock. `f` must not raise: errors are decided after the lock
+/// is released (an ERROR would release it too, but leave the state half-changed).
+fn locked<R>(f: impl FnOnce(&mut Admission) -> R) -> R {
+    let memory = MEMORY.load(Ordering::Acquire);
+    assert!(
+        !memory.is_null(),
+        "bulkhead admission memory is not attached"
+    );
+    // SAFETY: the segment lives as long as the cluster; the LWLock serialises every access.
+    unsafe {
+        let m = &mut *memory;
+        pg_sys::LWLockAcquire(m.lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+        let result = f(m);
+        pg_sys::LWLockRelease(m.lock);
+        result
+    }
+}
+
+fn now() -> Micros {
+    // SAFETY: reads the clock.
+    unsafe { pg_sys::GetCurrentTimestamp() }
+}
+
+fn key_of(tenant: pgrx::Uuid) -> TenantKey {
+    TenantKey {
+        // SAFETY: a plain global set at connection start.
+        db: unsafe { pg_sys::MyDatabaseId }.to_u32(),
+        tenant: *tenant.as_bytes(),
+    }
+}
+
+impl Admission {
+    fn probe_start(key: &TenantKey) -> usize {
+        // Tenant ids are random (v4 or v7 tails): their bytes hash well enough.
+        let mut h = u64::from(key.db).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        for chunk in key.tenant.chunks(8) {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            h = (h ^ u64::from_le_bytes(word)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+        (h as usize) & (TENANT_SLOTS - 1)
+    }
+
+    fn find(&self, key: &TenantKey) -> Option<usize> {
+        let mut i = Self::probe_start(key);
+        for _ in 0..TENANT_SLOTS {
+            let slot = &self.tenants[i];
+            match slot.used {
+                0 => return None,
+                1 if slot.key == *key => return Some(i),
+                _ => i = (i + 1) & (TENANT_SLOTS - 1),
+            }
+        }
+        None
+    }
+
+    /// The slot for `key`, created empty (period 0, so the caller loads it) if missing.
+    fn find_or_insert(&mut self, key: &TenantKey) -> Option<usize> {
+        if let Some(i) = self.find(key) {
+            return Some(i);
+        }
+        if self.occupied_slots as usize >= TENANT_SLOTS * 7 / 8 {
+            return None;
+        }
+        let mut i = Self::probe_start(key);
+        while self.tenants[i].used == 1 {
+            i = (i + 1) & (TENANT_SLOTS - 1);
+        }
+        let slot = &mut self.tenants[i];
+        if slot.used == 0 {
+            self.occupied_slots += 1;
+        }
+        slot.used = 1;
+        slot.period = 0;
+        slot.key = *key;
+        slot.buckets = Buckets::default();
+        slot.period_start = 0;
+        slot.period_end = 0;
+        slot.spent = Decimal::ZERO;
+        slot.reserved = Decimal::ZERO;
+        slot.head = NONE;
+        slot.records = 0;
+        slot.next_expiry = NEVER;
+        slot.held_next_expiry = NEVER;
+        Some(i)
+    }
+
+    fn record_index(id: &[u8; 16]) -> usize {
+        let mut tail = [0u8; 4];
+        tail.copy_from_slice(&id[12..16]);
+        (u32::from_le_bytes(tail) as usize) & (RECORDS - 1)
+    }
+
+    /// The live record with this id, of this tenant.
+    fn record(&self, id: &[u8; 16], key: &TenantKey) -> Option<usize> {
+        let i = Self::record_index(id);
+        let r = &self.records[i];
+        (r.state != 0 && r.id == *id && r.key == *key).then_some(i)
+    }
+
+    fn unlink_and_free(&mut self, slot: usize, index: usize) {
+        let (prev, next) = (self.records[index].prev, self.records[index].next);
+        if prev == NONE {
+            self.tenants[slot].head = next;
+        } else {
+            self.records[prev as usize].next = next;
+        }
+        if next != NONE {
+            self.records[next as usize].prev = prev;
+        }
+        self.tenants[slot].records -= 1;
+        let r = &mut self.records[index];
+        r.state = 0;
+        r.materializing = 0;
+        r.prev = NONE;
+        r.next = self.free_head;
+        self.free_head = index as u32;
+    }
+
+    /// Expired leases stop holding budget; records expired long ago are forgotten.
+    /// Returns how many leases expired.
+    fn expire(&mut self, slot: usize, now: Micros) -> i64 {
+        if self.tenants[slot].next_expiry > now {
+            return 0;
+        }
+        let mut expired = 0;
+        let mut next_expiry = NEVER;
+        let mut i = self.tenants[slot].head;
+        while i != NONE {
+            let index = i as usize;
+            i = self.records[index].next;
+            let r = &mut self.records[index];
+            if r.materializing != 0 {
+                continue;
+            }
+            if r.state == 1 && r.lease_end <= now {
+                r.state = 2;
+                let hold = r.reserved;
+                let s = &mut self.tenants[slot];
+                s.reserved = (s.reserved - hold).max(Decimal::ZERO);
+                expired += 1;
+            }
+            let r = &self.records[index];
+            if r.state == 2 && r.lease_end.saturating_add(EXPIRED_KEPT) <= now {
+                self.unlink_and_free(slot, index);
+                continue;
+            }
+            let due = if r.state == 1 {
+                r.lease_end
+            } else {
+                r.lease_end.saturating_add(EXPIRED_KEPT)
+            };
+            next_expiry = next_expiry.min(due);
+        }
+        self.tenants[slot].next_expiry = next_expiry;
+        expired
+    }
+}
+
+/// The terms of one (tenant, model): limits, period, price, status. Cached per backend.
+#[derive(Clone)]
+struct Terms {
+    active: bool,
+    limits: Limits,
+    period: u8,
+    period_name: String,
+    price: Option<Price>,
+}
+
+#[derive(Clone)]
+struct Price {
+    provider: String,
+    effective_from: Micros,
+    input_per_mtok: Decimal,
+    output_per_mtok: Decimal,
+}
+
+struct CachedTerms {
+    generation: Option<u64>,
+    role: pg_sys::Oid,
+    read_at: Instant,
+    terms: Terms,
+}
+
+/// What this backend must do to the shared state when a (sub)transaction ends.
+enum Pending {
+    /// Abort: take back an admission still in memory.
+    Admitted {
+        key: TenantKey,
+        index: u32,
+        id: [u8; 16],
+    },
+    /// Abort: take back an admission whose reservation went to the table (memory full).
+    AdmittedToTable {
+        key: TenantKey,
+        hold: Decimal,
+        tokens: [f64; 3],
+    },
+    /// Commit: the record now lives in the table, forget it here. Abort: it stays here.
+    Materializing {
+        key: TenantKey,
+        index: u32,
+        id: [u8; 16],
+    },
+    /// Commit: a row held in memory was settled, cancelled or expired; a cost was recorded.
+    Release {
+        key: TenantKey,
+        hold: Decimal,
+        spent: Decimal,
+        itpm: f64,
+        otpm: f64,
+    },
+    /// Commit: the tenant was deleted.
+    Forget { key: TenantKey },
+}
+
+thread_local! {
+    static TERMS: RefCell<HashMap<(pgrx::Uuid, String), CachedTerms>> = RefCell::new(HashMap::new());
+    static PENDING: RefCell<Vec<(pg_sys::SubTransactionId, Pending)>> = const { RefCell::new(Vec::new()) };
+    static REFUSAL: RefCell<Option<AdmissionError>> = const { RefCell::new(None) };
+    static MIN_LEASE: RefCell<Option<(String, f64)>> = const { RefCell::new(None) };
+}
+
+fn push_pending(action: Pending) {
+    // SAFETY: reads the current subtransaction id.
+    let subxid = unsafe { pg_sys::GetCurrentSubTransactionId() };
+    PENDING.with(|p| p.borrow_mut().push((subxid, action)));
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_xact_event(
+    event: pg_sys::XactEvent::Type,
+    _arg: *mut std::ffi::c_void,
+) {
+    use pg_sys::XactEvent::*;
+    match event {
+        XACT_EVENT_PRE_PREPARE if PENDING.with(|p| !p.borrow().is_empty()) => {
+            errors::raise(&AdmissionError::Prepared);
+        }
+        XACT_EVENT_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PREPARE => {
+            let actions = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
+            if actions.is_empty() || MEMORY.load(Ordering::Acquire).is_null() {
+                return;
+            }
+            let commit = event == XACT_EVENT_COMMIT;
+            locked(|m| {
+                for (_, action) in actions.into_iter().rev() {
+                    if commit {
+                        on_commit(m, action);
+                    } else {
+                        on_abort(m, action);
+                    }
+                }
+            });
+        }
+        _ => {}
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_subxact_event(
+    event: pg_sys::SubXactEvent::Type,
+    my_subid: pg_sys::SubTransactionId,
+    parent_subid: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    use pg_sys::SubXactEvent::*;
+    match event {
+        SUBXACT_EVENT_COMMIT_SUB => PENDING.with(|p| {
+            for (subxid, _) in p.borrow_mut().iter_mut() {
+                if *subxid == my_subid {
+                    *subxid = parent_subid;
+                }
+            }
+        }),
+        SUBXACT_EVENT_ABORT_SUB => {
+            let undone: Vec<Pending> = PENDING.with(|p| {
+                let mut p = p.borrow_mut();
+                let (undone, kept) = std::mem::take(&mut *p)
+                    .into_iter()
+                    .partition::<Vec<_>, _>(|(subxid, _)| *subxid == my_subid);
+                *p = kept;
+                undone.into_iter().map(|(_, action)| action).collect()
+            });
+            if !undone.is_empty() && !MEMORY.load(Ordering::Acquire).is_null() {
+                locked(|m| {
+                    undone
+                        .into_iter()
+                        .rev()
+                        .for_each(|action| on_abort(m, action))
+                });
+            }
+        }
+        _ => {}
+    }
+}
+
+fn on_commit(m: &mut Admission, action: Pending) {
+    match action {
+        Pending::Admitted { .. } | Pending::AdmittedToTable { .. } => {}
+        Pending::Materializing { key, index, id } => {
+            if let (Some(slot), true) = (m.find(&key), m.record(&id, &key) == Some(index as usize))
+            {
+                m.unlink_and_free(slot, index as usize);
+            }
+        }
+        Pending::Release {
+            key,
+            hold,
+            spent,
+            itpm,
+            otpm,
+        } => {
+            if let Some(slot) = m.find(&key) {
+                let s = &mut m.tenants[slot];
+                s.reserved = (s.reserved - hold).max(Decimal::ZERO);
+                let t = now();
+                if t >= s.period_start && t < s.period_end {
+                    s.spent += spent;
+                }
+                s.buckets.refund(0.0, itpm, otpm);
+            }
+        }
+        Pending::Forget { key } => {
+            if let Some(slot) = m.find(&key) {
+                while m.tenants[slot].head != NONE {
+                    let head = m.tenants[slot].head as usize;
+                    m.unlink_and_free(slot, head);
+                }
+                m.tenants[slot].used = 2;
+            }
+        }
+    }
+}
+
+fn on_abort(m: &mut Admission, action: Pending) {
+    match action {
+        Pending::Admitted { key, index, id } => {
+            let (Some(slot), Some(i)) = (m.find(&key), m.record(&id, &key)) else {
+                return; // settled and written to the table meanwhile: the row owns the hold
+            };
+            if i != index as usize || m.records[i].materializing != 0 {
+                return;
+            }
+            let r = &m.records[i];
+            let hold = if r.state == 1 {
+                r.reserved
+            } else {
+                Decimal::ZERO
+            };
+            let tokens = [1.0, f64::from(r.est_input), f64::from(r.max_output)];
+            let s = &mut m.tenants[slot];
+            s.reserved = (s.reserved - hold).max(Decimal::ZERO);
+            s.buckets.refund(tokens[0], tokens[1], tokens[2]);
+            m.unlink_and_free(slot, i);
+        }
+        Pending::AdmittedToTable { key, hold, tokens } => {
+            if let Some(slot) = m.find(&key) {
+                let s = &mut m.tenants[slot];
+                s.reserved = (s.reserved - hold).max(Decimal::ZERO);
+                s.buckets.refund(tokens[0], tokens[1], tokens[2]);
+            }
+        }
+        Pending::Materializing { key, index, id } => {
+            if m.record(&id, &key) == Some(index as usize) {
+                m.records[index as usize].materializing = 0;
+            }
+        }
+        Pending::Release { .. } | Pending::Forget { .. } => {}
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum AdmissionError {
+    #[error("no tenant context")]
+    NoTenant,
+    #[error("model, est_input_tokens, max_output_tokens and lease are required")]
+    MissingArgument,
+    #[error("token counts must be between 0 and 100000000")]
+    TokenRange,
+    #[error("lease must be between bulkhead.min_lease ({0}) and one day")]
+    Lease(String),
+    #[error("tenant {0} does not exist")]
+    UnknownTenant(pgrx::Uuid),
+    #[error("tenant_suspended")]
+    Suspended(pgrx::Uuid),
+    #[error("unknown model '{0}'")]
+    UnknownModel(String),
+    #[error("{}", .refusal.code)]
+    Refused {
+        tenant: pgrx::Uuid,
+        refusal: Refusal,
+    },
+    #[error("admission memory is full")]
+    Full,
+    #[error("a transaction that admitted or settled LLM calls in memory cannot be prepared")]
+    Prepared,
+    #[error("invalid amount {0}")]
+    Amount(String),
+}
+
+impl HasSqlState for AdmissionError {
+    fn sqlstate(&self) -> SqlState {
+        match self {
+            AdmissionError::NoTenant => SqlState::INSUFFICIENT_PRIVILEGE,
+            AdmissionError::MissingArgument => SqlState::NULL_VALUE_NOT_ALLOWED,
+            AdmissionError::TokenRange
+            | AdmissionError::Lease(_)
+            | AdmissionError::UnknownModel(_) => SqlState::INVALID_PARAMETER_VALUE,
+            AdmissionError::UnknownTenant(_) => SqlState::UNDEFINED_OBJECT,
+            AdmissionError::Suspended(_) => SqlState::TENANT_FORBIDDEN,
+            AdmissionError::Refused { .. } => SqlState::TENANT_LIMIT_EXCEEDED,
+            AdmissionError::Full => SqlState::OUT_OF_MEMORY,
+            AdmissionError::Prepared => SqlState::FEATURE_NOT_SUPPORTED,
+            AdmissionError::Amount(_) => SqlState::NUMERIC_VALUE_OUT_OF_RANGE,
+        }
+    }
+
+    fn detail(&self) -> Option<String> {
+        Some(match self {
+            AdmissionError::NoTenant => "budget_check admits calls for the current tenant, and this transaction has none.".into(),
+            AdmissionError::MissingArgument => "budget_check cannot estimate a call without them.".into(),
+            AdmissionError::TokenRange => "est_input_tokens and max_output_tokens describe one call.".into(),
+            AdmissionError::Lease(_) => "An unsettled reservation stops holding budget when its lease ends, so a lease shorter than the provider call would let the call escape the budget.".into(),
+            AdmissionError::UnknownTenant(_) => "The tenant context names no tenant, so it has no budget.".into(),
+            AdmissionError::Suspended(tenant) => {
+                format!(r#"{{"code": "tenant_suspended", "tenant_id": "{tenant}"}}"#)
+            }
+            AdmissionError::UnknownModel(_) => "No price is in effect for this model, so its cost cannot be bounded; the call is refused.".into(),
+            // The same text as the table path's jsonb_build_object.
+            AdmissionError::Refused { tenant, refusal } => format!(
+                r#"{{"code": "{}", "limit": "{}", "tenant_id": "{tenant}", "retry_after_ms": {}}}"#,
+                refusal.code,
+                refusal.limit,
+                refusal.retry_after_ms.map_or("null".to_string(), |ms| ms.to_string())
+            ),
+            AdmissionError::Full => format!("Shared memory holds admission state for {} tenants; every database of the cluster counts.", TENANT_SLOTS * 7 / 8),
+            AdmissionError::Prepared => "Their budget holds live in this server's memory and are applied when the transaction commits here.".into(),
+            AdmissionError::Amount(_) => "Amounts are finite USD values with at most 28 significant digits.".into(),
+        })
+    }
+
+    fn hint(&self) -> Option<String> {
+        match self {
+            AdmissionError::NoTenant => Some("Call bulkhead.set_tenant(...) first, or pass a JWT with app_metadata.tenant_id.".into()),
+            AdmissionError::Suspended(_) => Some("A suspended tenant makes no LLM calls until bulkhead_admin sets its status back to active.".into()),
+            AdmissionError::UnknownModel(_) => Some("Add one with bulkhead.set_price(provider, model, input_per_mtok, output_per_mtok).".into()),
+            AdmissionError::Refused { refusal, .. } => Some(if refusal.retry_after_ms.is_none() {
+                "This request can never fit the tenant's limit; lower it or raise the limit.".into()
+            } else {
+                "Retry after retry_after_ms milliseconds.".into()
+            }),
+            AdmissionError::Full => Some("Turn bulkhead.memory_admission off, or delete unused tenants.".into()),
+            _ => None,
+        }
+    }
+}
+
+fn decimal(text: &str) -> Decimal {
+    Decimal::from_str(text).unwrap_or_else(|_| errors::raise(&AdmissionError::Amount(text.into())))
+}
+
+/// Runs `f` as bulkhead_meter, as the table path's SECURITY DEFINER functions run: the slow
+/// paths call only meter-owned helpers with pinned search paths.
+fn as_meter<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(pg_sys::Oid, i32);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: restores what GetUserIdAndSecContext returned.
+            unsafe { pg_sys::SetUserIdAndSecContext(self.0, self.1) };
+        }
+    }
+    // SAFETY: the same switch fmgr makes for a SECURITY DEFINER function; an error unwinds
+    // through Restore, and transaction abort restores it anyway.
+    unsafe {
+        let (mut user, mut context) = (pg_sys::InvalidOid, 0);
+        pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
+        let meter = pg_sys::get_role_oid(c"bulkhead_meter".as_ptr(), false);
+        pg_sys::SetUserIdAndSecContext(
+            meter,
+            context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+        );
+        let _restore = Restore(user, context);
+        f()
+    }
+}
+
+fn terms_for(tenant: pgrx::Uuid, model: &str) -> Terms {
+    let generation = crate::shared::tenants_generation();
+    // SAFETY: reads the backend's current role.
+    let role = unsafe { pg_sys::GetUserId() };
+    let cache_key = (tenant, model.to_string());
+    let cached = TERMS.with(|t| {
+        t.borrow().get(&cache_key).and_then(|c| {
+            (generation.is_some()
+                && c.generation == generation
+                && c.role == role
+                && c.read_at.elapsed() < TERMS_TTL)
+                .then(|| c.terms.clone())
+        })
+    });
+    if let Some(terms) = cached {
+        return terms;
+    }
+    let terms = as_meter(|| Spi::connect_mut(|client| read_terms(client, model)))
+        .unwrap_or_else(|e| error!("reading admission terms: {e}"))
+        .unwrap_or_else(|| errors::raise(&AdmissionError::UnknownTenant(tenant)));
+    TERMS.with(|t| {
+        let mut t = t.borrow_mut();
+        if t.len() >= 4096 {
+            t.clear();
+        }
+        t.insert(
+            cache_key,
+            CachedTerms {
+                generation,
+                role,
+                read_at: Instant::now(),
+                terms: terms.clone(),
+            },
+        );
+    });
+    terms
+}
+
+fn read_terms(client: &mut SpiClient<'_>, model: &str) -> pgrx::spi::SpiResult<Option<Terms>> {
+    let table = client.update(
+        "select * from bulkhead._admission_terms($1)",
+        Some(1),
+        &[model.into()],
+    )?;
+    if table.is_empty() {
+        return Ok(None);
+    }
+    let row = table.first();
+    let period_name: String = row.get(6)?.unwrap_or_default();
+    let provider: Option<String> = row.get(7)?;
+    Ok(Some(Terms {
+        active: row.get::<String>(1)?.as_deref() == Some("active"),
+        limits: Limits {
+            rpm: row.get(2)?.unwrap_or(0),
+            itpm: row.get(3)?.unwrap_or(0),
+            otpm: row.get(4)?.unwrap_or(0),
+            dollars: decimal(&row.get::<String>(5)?.unwrap_or_default()),
+        },
+        period: match period_name.as_str() {
+            "day" => 1,
+            "week" => 2,
+            _ => 3,
+        },
+        period_name,
+        price: match provider {
+            None => None,
+            Some(provider) => Some(Price {
+                provider,
+                effective_from: row.get(8)?.unwrap_or(0),
+                input_per_mtok: decimal(&row.get::<String>(9)?.unwrap_or_default()),
+                output_per_mtok: decimal(&row.get::<String>(10)?.unwrap_or_default()),
+            }),
+        },
+    }))
+}
+
+/// The period's bounds and money from the tables, for a slot that is new or whose period ended.
+struct Loaded {
+    period_start: Micros,
+    period_end: Micros,
+    spent: Decimal,
+    held: Decimal,
+    held_next_expiry: Micros,
+}
+
+fn load_period(period_name: &str) -> Loaded {
+    as_meter(|| {
+        Spi::connect_mut(|client| {
+            let row = client
+                .update(
+                    "select * from bulkhead._admission_load($1)",
+                    Some(1),
+                    &[period_name.into()],
+                )?
+                .first();
+            Ok::<_, pgrx::spi::SpiError>(Loaded {
+                period_start: row.get(1)?.unwrap_or(0),
+                period_end: row.get(2)?.unwrap_or(0),
+                spent: decimal(&row.get::<String>(3)?.unwrap_or_default()),
+                held: decimal(&row.get::<String>(4)?.unwrap_or_default()),
+                held_next_expiry: row.get(5)?.unwrap_or(NEVER),
+            })
+        })
+    })
+    .unwrap_or_else(|e| error!("loading admission state: {e}"))
+}
+
+/// bulkhead.min_lease in seconds (the setting parsed by PostgreSQL, once per value).
+fn min_lease_seconds() -> (String, f64) {
+    let setting = gucs::min_lease();
+    if let Some(hit) = MIN_LEASE.with(|m| m.borrow().clone().filter(|(s, _)| *s == setting)) {
+        return hit;
+    }
+    let seconds = Spi::get_one_with_args::<f64>(
+        "select pg_catalog.date_part('epoch', $1::pg_catalog.interval)",
+        &[setting.as_str().into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(60.0);
+    let hit = (setting, seconds);
+    MIN_LEASE.with(|m| *m.borrow_mut() = Some(hit.clone()));
+    hit
+}
+
+/// The memory path of bulkhead.budget_check (sql/budgets.sql): admits one LLM call for the
+/// current tenant and returns its reservation id, or returns NULL when a limit refuses it; the
+/// caller then raises `_admission_refusal()` (pgrx cannot raise a SQLSTATE outside the standard
+/// list, such as PT429).
+#[pg_extern(volatile, parallel_unsafe)]
+fn _admit_in_memory(
+    model: Option<&str>,
+    est_input_tokens: Option<i32>,
+    max_output_tokens: Option<i32>,
+    lease: Option<pgrx::datum::Interval>,
+) -> Option<pgrx::Uuid> {
+    if !in_memory() {
+        error!("bulkhead.memory_admission is off in this session (or bulkhead is not preloaded)");
+    }
+    let Some(tenant) = context::current_tenant() else {
+        errors::raise(&AdmissionError::NoTenant);
+    };
+    let (Some(model), Some(est_input), Some(max_output), Some(lease)) =
+        (model, est_input_tokens, max_output_tokens, lease)
+    else {
+        errors::raise(&AdmissionError::MissingArgument);
+    };
+    if !(0..=100_000_000).contains(&est_input) || !(0..=100_000_000).contains(&max_output) {
+        errors::raise(&AdmissionError::TokenRange);
+    }
+    // PostgreSQL's extract(epoch from interval): a month is 30.4375 days.
+    let lease_seconds = f64::from(lease.months()) * 30.4375 * 86400.0
+        + f64::from(lease.days()) * 86400.0
+        + lease.micros() as f64 / 1e6;
+    let (min_lease, min_seconds) = min_lease_seconds();
+    if lease_seconds < min_seconds || lease_seconds > 86400.0 {
+        errors::raise(&AdmissionError::Lease(min_lease));
+    }
+    let terms = terms_for(tenant, model);
+    if !terms.active {
+        return refuse(AdmissionError::Suspended(tenant));
+    }
+    let Some(price) = terms.price.clone() else {
+        errors::raise(&AdmissionError::UnknownModel(model.to_string()));
+    };
+    let request = Request {
+        est_input_tokens: est_input,
+        max_output_tokens: max_output,
+        estimate: admission::estimate(
+            est_input,
+            max_output,
+            price.input_per_mtok,
+            price.output_per_mtok,
+        ),
+    };
+    let key = key_of(tenant);
+    let mut id = [0u8; 16];
+    // SAFETY: fills the buffer.
+    if !unsafe { pg_sys::pg_strong_random(id.as_mut_ptr().cast(), id.len()) } {
+        error!("could not generate a reservation id");
+    }
+    id[6] = (id[6] & 0x0f) | 0x40;
+    id[8] = (id[8] & 0x3f) | 0x80;
+
+    let mut provisional = Decimal::ZERO;
+    let mut loaded: Option<Loaded> = None;
+    for attempt in 0..3 {
+        let t = now();
+        let lease_end = t + (lease_seconds * 1e6) as i64;
+        let outcome = locked(|m| {
+            admit_locked(
+                m,
+                &key,
+                &terms,
+                &price,
+                &request,
+                model,
+                &mut id,
+                t,
+                lease_end,
+                loaded.take(),
+                provisional,
+            )
+        });
+        match outcome {
+            Outcome::Admitted(index) => {
+                push_pending(Pending::Admitted { key, index, id });
+                return Some(pgrx::Uuid::from_bytes(id));
+            }
+            Outcome::AdmittedToTable => {
+                push_pending(Pending::AdmittedToTable {
+                    key,
+                    hold: request.estimate,
+                    tokens: [1.0, f64::from(est_input), f64::from(max_output)],
+                });
+                let reservation = pgrx::Uuid::from_bytes(id);
+                as_meter(|| {
+                    Spi::run_with_args(
+                        "select bulkhead._reservation_from_memory($1, $2, $3, $4, $5, $6::pg_catalog.numeric, $7, $8, $9, false)",
+                        &[
+                            reservation.into(),
+                            price.provider.as_str().into(),
+                            model.into(),
+                            est_input.into(),
+                            max_output.into(),
+                            request.estimate.to_string().into(),
+                            price.effective_from.into(),
+                            t.into(),
+                            lease_end.into(),
+                        ],
+                    )
+                })
+                .unwrap_or_else(|e| error!("writing a reservation: {e}"));
+                locked(|m| {
+                    if let Some(slot) = m.find(&key) {
+                        let s = &mut m.tenants[slot];
+                        s.held_next_expiry = s.held_next_expiry.min(lease_end);
+                    }
+                });
+                return Some(reservation);
+            }
+            Outcome::Load => loaded = Some(load_period(&terms.period_name)),
+            Outcome::Full => errors::raise(&AdmissionError::Full),
+            Outcome::Refused(refusal, held_due) => {
+                // Before refusing for money, let expired rows held in memory go (their release
+                // is applied at commit; this decision counts it already).
+                if attempt < 2
+                    && refusal.limit == "dollar_budget"
+                    && held_due
+                    && provisional.is_zero()
+                {
+                    let (freed, next) = as_meter(|| {
+                        Spi::get_two::<String, i64>(
+                            "select freed::pg_catalog.text, next_expiry from bulkhead._expire_held_in_memory()",
+                        )
+                    })
+                    .unwrap_or_else(|e| error!("expiring reservations: {e}"));
+                    let freed = freed.map(|s| decimal(&s)).unwrap_or(Decimal::ZERO);
+                    locked(|m| {
+                        if let Some(slot) = m.find(&key) {
+                            m.tenants[slot].held_next_expiry = next.unwrap_or(NEVER);
+                        }
+                    });
+                    if freed > Decimal::ZERO {
+                        provisional = freed;
+                        continue;
+                    }
+                }
+                return refuse(AdmissionError::Refused { tenant, refusal });
+            }
+        }
+    }
+    error!("budget_check could not load the tenant's admission state")
+}
+
+/// Keeps a refusal for `_admission_refusal()` and answers NULL.
+fn refuse(err: AdmissionError) -> Option<pgrx::Uuid> {
+    REFUSAL.with(|r| *r.borrow_mut() = Some(err));
+    None
+}
+
+/// The refusal `_admit_in_memory` just answered with NULL: (sqlstate, message, detail, hint).
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn _admission_refusal() -> TableIterator<
+    'static,
+    (
+        name!(sqlstate, String),
+        name!(message, String),
+        name!(detail, Option<String>),
+        name!(hint, Option<String>),
+    ),
+> {
+    let refusal = REFUSAL.with(|r| r.borrow_mut().take());
+    TableIterator::new(refusal.into_iter().map(|err| {
+        (
+            err.sqlstate().code().to_string(),
+            err.to_string(),
+            err.detail(),
+            err.hint(),
+        )
+    }))
+}
+
+enum Outcome {
+    Admitted(u32),
+    AdmittedToTable,
+    Load,
+    Full,
+    /// The refusal, and whether rows held in memory have leases due.
+    Refused(Refusal, bool),
+}
+
+#[allow(clippy::too_many_arguments)]
+fn admit_locked(
+    m: &mut Admission,
+    key: &TenantKey,
+    terms: &Terms,
+    price: &Price,
+    request: &Request,
+    model: &str,
+    id: &mut [u8; 16],
+    t: Micros,
+    lease_end: Micros,
+    loaded: Option<Loaded>,
+    provisional: Decimal,
+) -> Outcome {
+    let Some(slot) = m.find_or_insert(key) else {
+        return Outcome::Full;
+    };
+    {
+        let s = &m.tenants[slot];
+        let stale =
+            s.period == 0 || s.period != terms.period || t >= s.period_end || t < s.period_start;
+        if stale {
+            let Some(l) = loaded else {
+                return Outcome::Load;
+            };
+            let s = &mut m.tenants[slot];
+            if s.period == 0 {
+                // New here (or after a restart): full buckets; holds are the rows held in memory.
+                s.buckets = Buckets::full(&terms.limits, t);
+                s.reserved = l.held;
+                s.held_next_expiry = l.held_next_expiry;
+            }
+            s.period = terms.period;
+            s.period_start = l.period_start;
+            s.period_end = l.period_end;
+            s.spent = l.spent;
+        }
+    }
+    m.expire(slot, t);
+    let s = &m.tenants[slot];
+    let reserved = (s.reserved - provisional).max(Decimal::ZERO);
+    let buckets = match admission::admit(
+        &s.buckets,
+        &terms.limits,
+        s.spent,
+        reserved,
+        request,
+        t,
+        s.period_end,
+    ) {
+        Ok(b) => b,
+        Err(refusal) => return Outcome::Refused(refusal, s.held_next_expiry <= t),
+    };
+    let fits = model.len() <= MODEL_MAX
+        && price.provider.len() <= PROVIDER_MAX
+        && s.records < TENANT_RECORDS_MAX
+        && m.free_head != NONE;
+    let s = &mut m.tenants[slot];
+    s.buckets = buckets;
+    s.reserved += request.estimate;
+    if !fits {
+        return Outcome::AdmittedToTable;
+    }
+    let index = m.free_head as usize;
+    m.free_head = m.records[index].next;
+    id[12..16].copy_from_slice(&(index as u32).to_le_bytes());
+    let head = m.tenants[slot].head;
+    let r = &mut m.records[index];
+    r.state = 1;
+    r.materializing = 0;
+    r.key = *key;
+    r.id = *id;
+    r.prev = NONE;
+    r.next = head;
+    r.est_input = request.est_input_tokens;
+    r.max_output = request.max_output_tokens;
+    r.reserved = request.estimate;
+    r.created_at = t;
+    r.lease_end = lease_end;
+    r.price_from = price.effective_from;
+    r.provider_len = price.provider.len() as u8;
+    r.provider[..price.provider.len()].copy_from_slice(price.provider.as_bytes());
+    r.model_len = model.len() as u8;
+    r.model[..model.len()].copy_from_slice(model.as_bytes());
+    if head != NONE {
+        m.records[head as usize].prev = index as u32;
+    }
+    let s = &mut m.tenants[slot];
+    s.head = index as u32;
+    s.records += 1;
+    s.next_expiry = s.next_expiry.min(lease_end);
+    Outcome::Admitted(index as u32)
+}
+
+/// Whether this session admits in memory (for the SQL paths that settle and cancel).
+#[pg_extern(stable, parallel_safe)]
+#[search_path(pg_catalog, pg_temp)]
+fn _admission_in_memory() -> bool {
+    in_memory()
+}
+
+/// Writes one of the current tenant's in-memory reservations to `bulkhead.reservations`
+/// (`held_in_memory`): for a settle, or a queued call the worker will make. The record leaves
+/// memory when this transaction commits. False when no such record is in memory.
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn _materialize_reservation(reservation: pgrx::Uuid) -> bool {
+    if MEMORY.load(Ordering::Acquire).is_null() {
+        return false;
+    }
+    let Some(tenant) = context::current_tenant() else {
+        return false;
+    };
+    let key = key_of(tenant);
+    let id = *reservation.as_bytes();
+    let found = locked(|m| {
+        let index = m.record(&id, &key)?;
+        let r = &mut m.records[index];
+        if r.materializing != 0 {
+            return None;
+        }
+        r.materializing = 1;
+        Some((
+            index as u32,
+            String::from_utf8_lossy(&r.provider[..r.provider_len as usize]).into_owned(),
+            String::from_utf8_lossy(&r.model[..r.model_len as usize]).into_owned(),
+            r.est_input,
+            r.max_output,
+            r.reserved,
+            r.price_from,
+            r.created_at,
+            r.lease_end,
+            r.state == 2,
+        ))
+    });
+    let Some((
+        index,
+        provider,
+        model,
+        est_input,
+        max_output,
+        reserved,
+        price_from,
+        created_at,
+        lease_end,
+        expired,
+    )) = found
+    else {
+        return false;
+    };
+    push_pending(Pending::Materializing { key, index, id });
+    Spi::run_with_args(
+        "select bulkhead._reservation_from_memory($1, $2, $3, $4, $5, $6::pg_catalog.numeric, $7, $8, $9, $10)",
+        &[
+            reservation.into(),
+            provider.as_str().into(),
+            model.as_str().into(),
+            est_input.into(),
+            max_output.into(),
+            reserved.to_string().into(),
+            price_from.into(),
+            created_at.into(),
+            lease_end.into(),
+            expired.into(),
+        ],
+    )
+    .unwrap_or_else(|e| error!("writing a reservation: {e}"));
+    if !expired {
+        locked(|m| {
+            if let Some(slot) = m.find(&key) {
+                let s = &mut m.tenants[slot];
+                s.held_next_expiry = s.held_next_expiry.min(lease_end);
+            }
+        });
+    }
+    true
+}
+
+/// At commit: releases `hold` from the current tenant's budget in memory, counts `spent` in its
+/// period and gives back the tokens the provider did not count (negative: debt).
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn _release_in_memory(
+    hold: pgrx::AnyNumeric,
+    spent: pgrx::AnyNumeric,
+    itpm_refund: i64,
+    otpm_refund: i64,
+) {
+    let Some(tenant) = context::current_tenant() else {
+        return;
+    };
+    let (hold, spent) = (decimal(&hold.to_string()), decimal(&spent.to_string()));
+    if hold < Decimal::ZERO || spent < Decimal::ZERO {
+        errors::raise(&AdmissionError::Amount(format!("{hold} / {spent}")));
+    }
+    if MEMORY.load(Ordering::Acquire).is_null() {
+        return;
+    }
+    push_pending(Pending::Release {
+        key: key_of(tenant),
+        hold,
+        spent,
+        itpm: itpm_refund as f64,
+        otpm: otpm_refund as f64,
+    });
+}
+
+/// At commit: forgets a deleted tenant's admission state in this database.
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn _forget_in_memory(tenant: pgrx::Uuid) {
+    if !MEMORY.load(Ordering::Acquire).is_null() {
+        push_pending(Pending::Forget {
+            key: key_of(tenant),
+        });
+    }
+}
+
+/// Expires the in-memory reservations whose lease ran out: the current tenant's, or (every)
+/// those of all tenants of this database. Returns how many.
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn _expire_in_memory(every: bool) -> i64 {
+    if MEMORY.load(Ordering::Acquire).is_null() {
+        return 0;
+    }
+    let t = now();
+    let only = context::current_tenant().map(key_of);
+    // SAFETY: a plain global set at connection start.
+    let db = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    locked(|m| {
+        let mut expired = 0;
+        for slot in 0..TENANT_SLOTS {
+            let s = &m.tenants[slot];
+            let mine = if every {
+                s.key.db == db
+            } else {
+                Some(s.key) == only
+            };
+            if s.used == 1 && mine {
+                expired += m.expire(slot, t);
+            }
+        }
+        expired
+    })
+}
+
+/// The current tenant's open in-memory reservations by model: (provider, model, count, held).
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn _open_in_memory() -> TableIterator<
+    'static,
+    (
+        name!(provider, String),
+        name!(model, String),
+        name!(open_reservations, i64),
+        name!(open_reserved_usd, pgrx::AnyNumeric),
+    ),
+> {
+    let mut rows: HashMap<(String, String), (i64, Decimal)> = HashMap::new();
+    if let (false, Some(tenant)) = (
+        MEMORY.load(Ordering::Acquire).is_null(),
+        context::current_tenant(),
+    ) {
+        let key = key_of(tenant);
+        locked(|m| {
+            if let Some(slot) = m.find(&key) {
+                let mut i = m.tenants[slot].head;
+                while i != NONE {
+                    let r = &m.records[i as usize];
+                    if r.state == 1 && r.materializing == 0 {
+                        let k = (
+                            String::from_utf8_lossy(&r.provider[..r.provider_len as usize])
+                                .into_owned(),
+                            String::from_utf8_lossy(&r.model[..r.model_len as usize]).into_owned(),
+                        );
+                        let e = rows.entry(k).or_default();
+                        e.0 += 1;
+                        e.1 += r.reserved;
+                    }
+                    i = r.next;
+                }
+            }
+        });
+    }
+    TableIterator::new(rows.into_iter().map(|((provider, model), (n, held))| {
+        (
+            provider,
+            model,
+            n,
+            pgrx::AnyNumeric::try_from(held.to_string().as_str()).unwrap_or_default(),
+        )
+    }))
+}
