@@ -435,10 +435,30 @@ begin
     return reservation;
 end
 $$;
+-- Raises the refusal bulkhead._admit_in_memory() just answered with NULL (PT429 or PT403).
+create function bulkhead._raise_refusal()
+returns uuid
+language plpgsql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    refusal record;
+begin
+    select * into refusal from bulkhead._admission_refusal();
+    if not found then
+        raise exception 'budget_check found no refusal to raise' using errcode = 'XX000';
+    end if;
+    raise exception using errcode = refusal.sqlstate, message = refusal.message,
+                          detail = refusal.detail, hint = refusal.hint;
+end
+$$;
+
 -- Admits one LLM call for the current tenant against RPM, ITPM, OTPM and the dollar budget, or
 -- raises PT429; returns the reservation id to pass to bulkhead.ledger_record(). In memory when
 -- bulkhead.memory_admission is on (extension/src/admission.rs), else by the table path.
--- No SET search_path: it runs on every LLM call, and every name in it is schema-qualified.
+-- A single SELECT in SQL, without SET search_path, so that the planner inlines it into the
+-- caller's statement: it runs on every LLM call, and every name in it is schema-qualified.
 create function bulkhead.budget_check(
     model text,
     est_input_tokens int,
@@ -446,24 +466,14 @@ create function bulkhead.budget_check(
     lease interval default '10 minutes'
 )
 returns uuid
-language plpgsql volatile
+language sql volatile
 security invoker
 as $$
-declare
-    reservation uuid;
-    refusal record;
-begin
-    if not bulkhead._admission_in_memory() then
-        return bulkhead._budget_check_table(model, est_input_tokens, max_output_tokens, lease);
-    end if;
-    reservation := bulkhead._admit_in_memory(model, est_input_tokens, max_output_tokens, lease);
-    if reservation is null then
-        select * into refusal from bulkhead._admission_refusal();
-        raise exception using errcode = refusal.sqlstate, message = refusal.message,
-                              detail = refusal.detail, hint = refusal.hint;
-    end if;
-    return reservation;
-end
+    select case when bulkhead._admission_in_memory()
+                then coalesce(bulkhead._admit_in_memory(model, est_input_tokens, max_output_tokens, lease),
+                              bulkhead._raise_refusal())
+                else bulkhead._budget_check_table(model, est_input_tokens, max_output_tokens, lease)
+           end
 $$;
 comment on function bulkhead.budget_check(text, int, int, interval) is
     'Admits one LLM call for the current tenant against RPM, ITPM, OTPM and the dollar budget, or raises PT429; returns the reservation id.';
@@ -525,6 +535,11 @@ begin
     if not found then
         perform bulkhead._create_budget_state(tenant, now_ts);
         perform from bulkhead.budget_state s where s.tenant_id = tenant for update;
+    end if;
+    -- As on the table path: admission state need not survive a crash (the lock above made this
+    -- transaction write), so it commits without waiting for a WAL flush.
+    if pg_catalog.current_setting('bulkhead.async_admission')::boolean then
+        perform pg_catalog.set_config('synchronous_commit', 'off', true);
     end if;
     return query
     select bulkhead._micros(starts), bulkhead._micros(ends),
@@ -699,6 +714,7 @@ revoke all on function bulkhead._expire_in_memory(boolean) from public;
 revoke all on function bulkhead._open_in_memory() from public;
 revoke all on function bulkhead._admit_in_memory(text, int, int, interval) from public;
 revoke all on function bulkhead._admission_refusal() from public;
+revoke all on function bulkhead._raise_refusal() from public;
 revoke all on function bulkhead._micros(timestamptz) from public;
 revoke all on function bulkhead.expire_reservations() from public;
 revoke all on function bulkhead.expire_all_reservations() from public;
@@ -709,8 +725,8 @@ grant execute on function bulkhead._create_budget_state(uuid, timestamptz) to bu
 grant execute on function bulkhead._leave_tenant(text) to bulkhead_meter;
 grant execute on function bulkhead.budget_check(text, int, int, interval) to bulkhead_app, bulkhead_worker, bulkhead_meter;
 grant execute on function bulkhead._budget_check_table(text, int, int, interval), bulkhead._admission_in_memory(),
-    bulkhead._admit_in_memory(text, int, int, interval), bulkhead._admission_refusal()
-    to bulkhead_app, bulkhead_worker;
+    bulkhead._admit_in_memory(text, int, int, interval), bulkhead._admission_refusal(), bulkhead._raise_refusal()
+    to bulkhead_app, bulkhead_worker, bulkhead_meter;
 -- budget_check runs its slow paths as bulkhead_meter: only the meter reaches these.
 grant execute on function bulkhead._budget_check_table(text, int, int, interval), bulkhead._admission_terms(text),
     bulkhead._admission_load(text), bulkhead._expire_held_in_memory(), bulkhead._admission_in_memory(),

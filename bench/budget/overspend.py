@@ -22,7 +22,7 @@ COST = 0.0002  # 100 input + 100 output tokens at $1 per million each
 CAP = K * COST
 
 
-def bulkhead(url):
+def bulkhead(url, role, design):
     admin = psycopg.connect(url, autocommit=True)
     tenant = uuid.uuid4()
     admin.execute(
@@ -37,7 +37,7 @@ def bulkhead(url):
     admitted = []
 
     def client(n):
-        conn = psycopg.connect(url.replace("postgres@", "bulkhead_bench_app@"))
+        conn = psycopg.connect(url.replace("postgres@", role + "@"))
         count = 0
         while True:
             try:
@@ -63,7 +63,7 @@ def bulkhead(url):
     [t.join() for t in threads]
     spent = float(admin.execute("select coalesce(sum(cost_usd), 0) from bulkhead.ledger where tenant_id = %s",
                                 (tenant,)).fetchone()[0])
-    return {"design": "bulkhead reserve-then-settle", "clients": CLIENTS, "budget_calls": K,
+    return {"design": design, "clients": CLIENTS, "budget_calls": K,
             "admitted": sum(admitted), "cap_usd": round(CAP, 6), "spent_usd": round(spent, 6),
             "overspend_usd": round(max(spent - CAP, 0), 6)}
 
@@ -98,5 +98,6 @@ def redis_check_then_charge(port, script):
 
 if __name__ == "__main__":
     url, redis_port, script_path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    print(json.dumps(bulkhead(url)))
+    print(json.dumps(bulkhead(url, "bulkhead_bench_app", "bulkhead reserve-then-settle, table path")))
+    print(json.dumps(bulkhead(url, "bulkhead_bench_memory_app", "bulkhead reserve-then-settle, in memory")))
     print(json.dumps(redis_check_then_charge(redis_port, open(script_path).read())))

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Budget admission benchmark: Bulkhead's budget_check (pgbench) against the seed's design, a Redis
-# token bucket in Lua (redis-benchmark), side by side in one run; then the overspend of each under
-# 64 concurrent clients. Needs the cluster of `make db`. Usage: bench/budget/run.sh [seconds per run]
+# Budget admission benchmark: Bulkhead's budget_check (pgbench), on the table path and in shared
+# memory (bulkhead.memory_admission), against the seed's design, a Redis token bucket in Lua
+# (redis-benchmark), side by side in one run; then the overspend of each under 64 concurrent
+# clients. Runs on its own cluster (see env.sh). Usage: bench/budget/run.sh [seconds per run]
 set -euo pipefail
 # shellcheck source=bench/budget/env.sh
 source "$(dirname "$0")/env.sh"
@@ -24,6 +25,7 @@ redis-server --port $redis_port --bind 127.0.0.1 --save '' --appendonly no --dae
     --logfile "$out/redis.log" --dir "$out"
 trap 'redis-cli -p $redis_port shutdown nosave >/dev/null 2>&1 || true' EXIT
 
+bench_cluster start
 psql() { "$pgi/psql" -X -q -v ON_ERROR_STOP=1 "$@"; }
 psql -d "$super/postgres" -c "set client_min_messages = warning" -c "drop database if exists $db with (force)" -c "create database $db"
 psql -d "$super/$db" -c "set client_min_messages = warning" -c "create extension bulkhead cascade" \
@@ -35,16 +37,34 @@ percentiles() {
     cat "$@" | awk '{print $3}' | sort -n | awk '{a[NR]=$1} END {printf "%.2f %.2f", a[int(NR*0.5)]/1000, a[int(NR*0.99)]/1000}'
 }
 
-echo "| workload | clients | Bulkhead checks/s | p50 ms | p99 ms | Redis Lua checks/s | p50 ms | p99 ms | ratio |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+# One pgbench cell as `role`; prints "tps p50 p99".
+pgbench_cell() {
+    local role=$1 workload=$2 clients=$3 threads
+    threads=$(( clients < 2 ? 1 : 2 ))
+    rm -f "$out"/pgbench_log.*
+    local tps
+    tps=$(cd "$out" && "$pgi/pgbench" -n -M prepared -c "$clients" -j "$threads" -T "$duration" -l \
+          -f "$here/admit_$workload.sql" "postgres://$role@127.0.0.1:$port/$db" 2>/dev/null \
+          | awk '/^tps/ {print int($3)}')
+    echo "$tps $(percentiles "$out"/pgbench_log.*)"
+}
+
+# Before each memory cell: a restart forgets the reservations earlier cells left open (nothing
+# here settles), then one admission per tenant loads each tenant's slot, as traffic would.
+fresh_memory() {
+    bench_cluster restart
+    for i in $(seq 1 1000); do
+        printf "begin; select bulkhead.set_tenant(bench.tenant_id(%d)); select bulkhead.budget_check('bench-model', 100, 100); commit;\n" "$i"
+    done | psql -d "postgres://bulkhead_bench_memory_app@127.0.0.1:$port/$db" >/dev/null
+}
+
+echo "| workload | clients | table path checks/s | in memory checks/s | p50 ms | p99 ms | Redis Lua checks/s | p50 ms | p99 ms | table / Redis | memory / Redis |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for workload in hot spread; do
     for clients in 1 16 64; do
-        rm -f "$out"/pgbench_log.*
-        threads=$(( clients < 2 ? 1 : 2 ))
-        tps=$(cd "$out" && "$pgi/pgbench" -n -M simple -c "$clients" -j "$threads" -T "$duration" -l \
-              -f "$here/check_$workload.sql" "postgres://bulkhead_bench_app@127.0.0.1:$port/$db" 2>/dev/null \
-              | awk '/^tps/ {print int($3)}')
-        read -r p50 p99 <<<"$(percentiles "$out"/pgbench_log.*)"
+        read -r table_tps _ _ <<<"$(pgbench_cell bulkhead_bench_app "$workload" "$clients")"
+        fresh_memory
+        read -r memory_tps p50 p99 <<<"$(pgbench_cell bulkhead_bench_memory_app "$workload" "$clients")"
         if [ "$workload" = hot ]; then keys="bench:hot:bucket bench:hot:spent"; rand=""; else
             keys="bench:__rand_int__:bucket bench:__rand_int__:spent"; rand="-r 1000"; fi
         requests=$(( duration * 20000 ))
@@ -54,9 +74,10 @@ for workload in hot spread; do
         rps=$(echo "$csv" | tr -d '"' | cut -d, -f2 | cut -d. -f1)
         rp50=$(echo "$csv" | tr -d '"' | cut -d, -f5)
         rp99=$(echo "$csv" | tr -d '"' | cut -d, -f7)
-        ratio=$(awk -v a="$tps" -v b="$rps" 'BEGIN {printf "%.2f", a / b}')
+        table_ratio=$(awk -v a="$table_tps" -v b="$rps" 'BEGIN {printf "%.2f", a / b}')
+        memory_ratio=$(awk -v a="$memory_tps" -v b="$rps" 'BEGIN {printf "%.2f", a / b}')
         label=$([ "$workload" = hot ] && echo "1 hot tenant" || echo "1,000 tenants")
-        echo "| $label | $clients | $tps | $p50 | $p99 | $rps | $rp50 | $rp99 | $ratio |"
+        echo "| $label | $clients | $table_tps | $memory_tps | $p50 | $p99 | $rps | $rp50 | $rp99 | $table_ratio | $memory_ratio |"
     done
 done
 

@@ -32,20 +32,24 @@ use std::time::{Duration, Instant};
 
 /// Tenants with admission state, over every database of the cluster.
 const TENANT_SLOTS: usize = 1 << 15;
-/// Open reservations kept in memory, over all tenants; more go to the table.
-const RECORDS: usize = 1 << 15;
-/// Reservations one tenant may keep in memory (open or expired); more go to the table, so one
-/// tenant cannot fill the memory the others use.
-const TENANT_RECORDS_MAX: u32 = 2048;
+/// A tenant may always keep this many reservations in memory; beyond it, at most half of what
+/// the other tenants leave free, so that no tenant can fill the memory the others use. More go
+/// to the table.
+const TENANT_RECORDS_FLOOR: u32 = 1024;
+/// The reservation index lives in the low 24 bits of the (enciphered) id tail.
+const INDEX_BITS: u32 = 24;
 /// How long an expired reservation is kept so that a late settle finds it.
 const EXPIRED_KEPT: Micros = 3600 * 1_000_000;
 const NONE: u32 = u32::MAX;
 const NEVER: Micros = i64::MAX;
-const MODEL_MAX: usize = 200;
+const MODEL_MAX: usize = 64;
 const PROVIDER_MAX: usize = 24;
 const NAME: &CStr = c"bulkhead_admission";
-/// Limits, prices and tenant status are re-read at least this often even without a signal.
+/// Limits, prices and tenant status are re-read at least this often even without a signal (a
+/// COMMIT PREPARED of a change, say); every committed change signals at once.
 const TERMS_TTL: Duration = Duration::from_secs(1);
+/// A tenant's terms in its slot: one read per tenant per 10 s over the whole cluster.
+const TERMS_TTL_MICROS: Micros = 10_000_000;
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[repr(C)]
@@ -74,6 +78,11 @@ struct TenantSlot {
     next_expiry: Micros,
     /// Earliest lease among its reservation rows held in memory (checked before a refusal).
     held_next_expiry: Micros,
+    /// The tenant's terms, shared by every backend: read at `terms_read_at` under generation
+    /// `terms_generation` of limits, prices and tenants (see shared.rs).
+    terms: TenantTerms,
+    terms_generation: u64,
+    terms_read_at: Micros,
 }
 
 #[repr(C)]
@@ -103,8 +112,16 @@ struct Admission {
     lock: *mut pg_sys::LWLock,
     free_head: u32,
     occupied_slots: u32,
+    /// Reservation records (bulkhead.memory_admission_reservations), stored after this header.
+    capacity: u32,
+    used_records: u32,
+    /// Key of the permutation that hides a record's index in its reservation id.
+    id_key: u64,
     tenants: [TenantSlot; TENANT_SLOTS],
-    records: [Record; RECORDS],
+}
+
+fn segment_size(capacity: u32) -> usize {
+    std::mem::size_of::<Admission>() + capacity as usize * std::mem::size_of::<Record>()
 }
 
 static MEMORY: AtomicPtr<Admission> = AtomicPtr::new(std::ptr::null_mut());
@@ -120,7 +137,7 @@ impl PgSharedMemoryInitialization for AdmissionSegment {
     unsafe fn on_shmem_request(&'static self) {
         // SAFETY: called from shmem_request_hook, where these requests belong.
         unsafe {
-            pg_sys::RequestAddinShmemSpace(std::mem::size_of::<Admission>());
+            pg_sys::RequestAddinShmemSpace(segment_size(gucs::memory_admission_reservations()));
             pg_sys::RequestNamedLWLockTranche(NAME.as_ptr(), 1);
         }
     }
@@ -132,18 +149,20 @@ impl PgSharedMemoryInitialization for AdmissionSegment {
             let init_lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock;
             pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
             let mut found = false;
-            let memory = pg_sys::ShmemInitStruct(
-                NAME.as_ptr(),
-                std::mem::size_of::<Admission>(),
-                &mut found,
-            )
-            .cast::<Admission>();
+            let capacity = gucs::memory_admission_reservations();
+            let size = segment_size(capacity);
+            let memory =
+                pg_sys::ShmemInitStruct(NAME.as_ptr(), size, &mut found).cast::<Admission>();
             if !found {
-                std::ptr::write_bytes(memory.cast::<u8>(), 0, std::mem::size_of::<Admission>());
+                std::ptr::write_bytes(memory.cast::<u8>(), 0, size);
                 let m = &mut *memory;
                 m.lock = &raw mut (*pg_sys::GetNamedLWLockTranche(NAME.as_ptr())).lock;
-                for (i, record) in m.records.iter_mut().enumerate() {
-                    record.next = if i + 1 < RECORDS {
+                m.capacity = capacity;
+                let mut key = [0u8; 8];
+                pg_sys::pg_strong_random(key.as_mut_ptr().cast(), key.len());
+                m.id_key = u64::from_le_bytes(key);
+                for (i, record) in m.records_mut().iter_mut().enumerate() {
+                    record.next = if i + 1 < capacity as usize {
                         (i + 1) as u32
                     } else {
                         NONE
@@ -263,38 +282,91 @@ impl Admission {
         slot.records = 0;
         slot.next_expiry = NEVER;
         slot.held_next_expiry = NEVER;
+        slot.terms.period = 0;
         Some(i)
     }
 
-    fn record_index(id: &[u8; 16]) -> usize {
+    fn records(&self) -> &[Record] {
+        // SAFETY: `capacity` records follow the header in the segment (see segment_size).
+        unsafe {
+            let first = (self as *const Admission).add(1).cast::<Record>();
+            std::slice::from_raw_parts(first, self.capacity as usize)
+        }
+    }
+
+    fn records_mut(&mut self) -> &mut [Record] {
+        // SAFETY: as in records(); the caller holds the lock and `&mut self`.
+        unsafe {
+            let first = (self as *mut Admission).add(1).cast::<Record>();
+            std::slice::from_raw_parts_mut(first, self.capacity as usize)
+        }
+    }
+
+    /// A four-round Feistel permutation of the id's last 32 bits: the record index (and with it,
+    /// how many reservations are open in the cluster) cannot be read from an id.
+    fn permute(&self, x: u32, inverse: bool) -> u32 {
+        let round_key = |round: u32| (self.id_key >> (16 * round)) as u32 & 0xFFFF;
+        let f = |half: u32, k: u32| ((half ^ k).wrapping_mul(0x9E37_79B1) >> 13) & 0xFFFF;
+        let (mut left, mut right) = (x >> 16, x & 0xFFFF);
+        if inverse {
+            for round in (0..4).rev() {
+                (left, right) = (right ^ f(left, round_key(round)), left);
+            }
+        } else {
+            for round in 0..4 {
+                (left, right) = (right, left ^ f(right, round_key(round)));
+            }
+        }
+        (left << 16) | right
+    }
+
+    fn record_index(&self, id: &[u8; 16]) -> usize {
         let mut tail = [0u8; 4];
         tail.copy_from_slice(&id[12..16]);
-        (u32::from_le_bytes(tail) as usize) & (RECORDS - 1)
+        (self.permute(u32::from_le_bytes(tail), true) & ((1 << INDEX_BITS) - 1)) as usize
+    }
+
+    /// Writes record `index` into the tail of `id`, under random high bits.
+    fn stamp_index(&self, id: &mut [u8; 16], index: usize) {
+        let high = u32::from(id[12]) << INDEX_BITS;
+        let tail = self.permute(high | index as u32, false);
+        id[12..16].copy_from_slice(&tail.to_le_bytes());
     }
 
     /// The live record with this id, of this tenant.
     fn record(&self, id: &[u8; 16], key: &TenantKey) -> Option<usize> {
-        let i = Self::record_index(id);
-        let r = &self.records[i];
+        let i = self.record_index(id);
+        let r = self.records().get(i)?;
         (r.state != 0 && r.id == *id && r.key == *key).then_some(i)
     }
 
+    /// Whether a tenant holding `held` records may take one more.
+    fn may_take_record(&self, held: u32) -> bool {
+        let left_by_others = self.capacity - (self.used_records - held);
+        self.free_head != NONE && (held < TENANT_RECORDS_FLOOR || held < left_by_others / 2)
+    }
+
     fn unlink_and_free(&mut self, slot: usize, index: usize) {
-        let (prev, next) = (self.records[index].prev, self.records[index].next);
+        let (prev, next) = (
+            self.records_mut()[index].prev,
+            self.records_mut()[index].next,
+        );
         if prev == NONE {
             self.tenants[slot].head = next;
         } else {
-            self.records[prev as usize].next = next;
+            self.records_mut()[prev as usize].next = next;
         }
         if next != NONE {
-            self.records[next as usize].prev = prev;
+            self.records_mut()[next as usize].prev = prev;
         }
         self.tenants[slot].records -= 1;
-        let r = &mut self.records[index];
+        self.used_records -= 1;
+        let free_head = self.free_head;
+        let r = &mut self.records_mut()[index];
         r.state = 0;
         r.materializing = 0;
         r.prev = NONE;
-        r.next = self.free_head;
+        r.next = free_head;
         self.free_head = index as u32;
     }
 
@@ -309,8 +381,8 @@ impl Admission {
         let mut i = self.tenants[slot].head;
         while i != NONE {
             let index = i as usize;
-            i = self.records[index].next;
-            let r = &mut self.records[index];
+            i = self.records_mut()[index].next;
+            let r = &mut self.records_mut()[index];
             if r.materializing != 0 {
                 continue;
             }
@@ -321,7 +393,7 @@ impl Admission {
                 s.reserved = (s.reserved - hold).max(Decimal::ZERO);
                 expired += 1;
             }
-            let r = &self.records[index];
+            let r = &self.records_mut()[index];
             if r.state == 2 && r.lease_end.saturating_add(EXPIRED_KEPT) <= now {
                 self.unlink_and_free(slot, index);
                 continue;
@@ -338,16 +410,24 @@ impl Admission {
     }
 }
 
-/// The terms of one (tenant, model): limits, period, price, status. Cached per backend.
-#[derive(Clone)]
-struct Terms {
+/// A tenant's status, limits and billing period (1 day, 2 week, 3 month; 0: never read).
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct TenantTerms {
     active: bool,
-    limits: Limits,
     period: u8,
-    period_name: String,
-    price: Option<Price>,
+    limits: Limits,
 }
 
+fn period_name(period: u8) -> &'static str {
+    match period {
+        1 => "day",
+        2 => "week",
+        _ => "month",
+    }
+}
+
+/// A model's price in effect.
 #[derive(Clone)]
 struct Price {
     provider: String,
@@ -356,11 +436,11 @@ struct Price {
     output_per_mtok: Decimal,
 }
 
-struct CachedTerms {
-    generation: Option<u64>,
-    role: pg_sys::Oid,
+/// A backend's memory of a model's price (None: the model has no price).
+struct CachedPrice {
+    generation: u64,
     read_at: Instant,
-    terms: Terms,
+    price: Option<Price>,
 }
 
 /// What this backend must do to the shared state when a (sub)transaction ends.
@@ -396,9 +476,10 @@ enum Pending {
 }
 
 thread_local! {
-    static TERMS: RefCell<HashMap<(pgrx::Uuid, String), CachedTerms>> = RefCell::new(HashMap::new());
+    static PRICES: RefCell<HashMap<String, CachedPrice>> = RefCell::new(HashMap::new());
     static PENDING: RefCell<Vec<(pg_sys::SubTransactionId, Pending)>> = const { RefCell::new(Vec::new()) };
     static REFUSAL: RefCell<Option<AdmissionError>> = const { RefCell::new(None) };
+    static ENTROPY: RefCell<([u8; 4096], usize)> = const { RefCell::new(([0; 4096], 4096)) };
     static MIN_LEASE: RefCell<Option<(String, f64)>> = const { RefCell::new(None) };
 }
 
@@ -419,11 +500,20 @@ unsafe extern "C-unwind" fn on_xact_event(
             errors::raise(&AdmissionError::Prepared);
         }
         XACT_EVENT_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PREPARE => {
-            let actions = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
+            let mut actions = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
+            let commit = event == XACT_EVENT_COMMIT;
+            if commit {
+                // An admission that commits is already in place: no second trip to the lock.
+                actions.retain(|(_, action)| {
+                    !matches!(
+                        action,
+                        Pending::Admitted { .. } | Pending::AdmittedToTable { .. }
+                    )
+                });
+            }
             if actions.is_empty() || MEMORY.load(Ordering::Acquire).is_null() {
                 return;
             }
-            let commit = event == XACT_EVENT_COMMIT;
             locked(|m| {
                 for (_, action) in actions.into_iter().rev() {
                     if commit {
@@ -520,10 +610,10 @@ fn on_abort(m: &mut Admission, action: Pending) {
             let (Some(slot), Some(i)) = (m.find(&key), m.record(&id, &key)) else {
                 return; // settled and written to the table meanwhile: the row owns the hold
             };
-            if i != index as usize || m.records[i].materializing != 0 {
+            if i != index as usize || m.records_mut()[i].materializing != 0 {
                 return;
             }
-            let r = &m.records[i];
+            let r = &m.records_mut()[i];
             let hold = if r.state == 1 {
                 r.reserved
             } else {
@@ -544,7 +634,7 @@ fn on_abort(m: &mut Admission, action: Pending) {
         }
         Pending::Materializing { key, index, id } => {
             if m.record(&id, &key) == Some(index as usize) {
-                m.records[index as usize].materializing = 0;
+                m.records_mut()[index as usize].materializing = 0;
             }
         }
         Pending::Release { .. } | Pending::Forget { .. } => {}
@@ -666,45 +756,46 @@ fn as_meter<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
-fn terms_for(tenant: pgrx::Uuid, model: &str) -> Terms {
-    let generation = crate::shared::tenants_generation();
-    // SAFETY: reads the backend's current role.
-    let role = unsafe { pg_sys::GetUserId() };
-    let cache_key = (tenant, model.to_string());
-    let cached = TERMS.with(|t| {
-        t.borrow().get(&cache_key).and_then(|c| {
-            (generation.is_some()
-                && c.generation == generation
-                && c.role == role
-                && c.read_at.elapsed() < TERMS_TTL)
-                .then(|| c.terms.clone())
-        })
-    });
-    if let Some(terms) = cached {
-        return terms;
-    }
-    let terms = as_meter(|| Spi::connect_mut(|client| read_terms(client, model)))
-        .unwrap_or_else(|e| error!("reading admission terms: {e}"))
-        .unwrap_or_else(|| errors::raise(&AdmissionError::UnknownTenant(tenant)));
-    TERMS.with(|t| {
-        let mut t = t.borrow_mut();
-        if t.len() >= 4096 {
-            t.clear();
-        }
-        t.insert(
-            cache_key,
-            CachedTerms {
-                generation,
-                role,
-                read_at: Instant::now(),
-                terms: terms.clone(),
-            },
-        );
-    });
-    terms
+fn generation() -> u64 {
+    crate::shared::tenants_generation().unwrap_or(0)
 }
 
-fn read_terms(client: &mut SpiClient<'_>, model: &str) -> pgrx::spi::SpiResult<Option<Terms>> {
+fn cached_price(model: &str, generation: u64) -> Option<Option<Price>> {
+    PRICES.with(|p| {
+        p.borrow().get(model).and_then(|c| {
+            (c.generation == generation && c.read_at.elapsed() < TERMS_TTL).then(|| c.price.clone())
+        })
+    })
+}
+
+/// Reads the tenant's terms and the model's price (as bulkhead_meter) and remembers the price.
+/// None: the tenant does not exist.
+fn read_terms(model: &str, generation: u64) -> Option<(TenantTerms, Option<Price>)> {
+    let read = as_meter(|| Spi::connect_mut(|client| read_terms_row(client, model)))
+        .unwrap_or_else(|e| error!("reading admission terms: {e}"));
+    if let Some((_, price)) = &read {
+        PRICES.with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() >= 1024 {
+                p.clear();
+            }
+            p.insert(
+                model.to_string(),
+                CachedPrice {
+                    generation,
+                    read_at: Instant::now(),
+                    price: price.clone(),
+                },
+            );
+        });
+    }
+    read
+}
+
+fn read_terms_row(
+    client: &mut SpiClient<'_>,
+    model: &str,
+) -> pgrx::spi::SpiResult<Option<(TenantTerms, Option<Price>)>> {
     let table = client.update(
         "select * from bulkhead._admission_terms($1)",
         Some(1),
@@ -714,32 +805,30 @@ fn read_terms(client: &mut SpiClient<'_>, model: &str) -> pgrx::spi::SpiResult<O
         return Ok(None);
     }
     let row = table.first();
-    let period_name: String = row.get(6)?.unwrap_or_default();
-    let provider: Option<String> = row.get(7)?;
-    Ok(Some(Terms {
+    let terms = TenantTerms {
         active: row.get::<String>(1)?.as_deref() == Some("active"),
+        period: match row.get::<String>(6)?.as_deref() {
+            Some("day") => 1,
+            Some("week") => 2,
+            _ => 3,
+        },
         limits: Limits {
             rpm: row.get(2)?.unwrap_or(0),
             itpm: row.get(3)?.unwrap_or(0),
             otpm: row.get(4)?.unwrap_or(0),
             dollars: decimal(&row.get::<String>(5)?.unwrap_or_default()),
         },
-        period: match period_name.as_str() {
-            "day" => 1,
-            "week" => 2,
-            _ => 3,
-        },
-        period_name,
-        price: match provider {
-            None => None,
-            Some(provider) => Some(Price {
-                provider,
-                effective_from: row.get(8)?.unwrap_or(0),
-                input_per_mtok: decimal(&row.get::<String>(9)?.unwrap_or_default()),
-                output_per_mtok: decimal(&row.get::<String>(10)?.unwrap_or_default()),
-            }),
-        },
-    }))
+    };
+    let price = match row.get::<String>(7)? {
+        None => None,
+        Some(provider) => Some(Price {
+            provider,
+            effective_from: row.get(8)?.unwrap_or(0),
+            input_per_mtok: decimal(&row.get::<String>(9)?.unwrap_or_default()),
+            output_per_mtok: decimal(&row.get::<String>(10)?.unwrap_or_default()),
+        }),
+    };
+    Ok(Some((terms, price)))
 }
 
 /// The period's bounds and money from the tables, for a slot that is new or whose period ended.
@@ -824,11 +913,21 @@ fn _admit_in_memory(
     if lease_seconds < min_seconds || lease_seconds > 86400.0 {
         errors::raise(&AdmissionError::Lease(min_lease));
     }
-    let terms = terms_for(tenant, model);
-    if !terms.active {
-        return refuse(AdmissionError::Suspended(tenant));
-    }
-    let Some(price) = terms.price.clone() else {
+    let generation = generation();
+    // The tenant's terms come from its slot; a backend reads them (and the price) when the slot
+    // has none that are current.
+    let mut fresh: Option<TenantTerms> = None;
+    let price = match cached_price(model, generation) {
+        Some(price) => price,
+        None => {
+            let Some((terms, price)) = read_terms(model, generation) else {
+                errors::raise(&AdmissionError::UnknownTenant(tenant));
+            };
+            fresh = Some(terms);
+            price
+        }
+    };
+    let Some(price) = price else {
         errors::raise(&AdmissionError::UnknownModel(model.to_string()));
     };
     let request = Request {
@@ -842,24 +941,20 @@ fn _admit_in_memory(
         ),
     };
     let key = key_of(tenant);
-    let mut id = [0u8; 16];
-    // SAFETY: fills the buffer.
-    if !unsafe { pg_sys::pg_strong_random(id.as_mut_ptr().cast(), id.len()) } {
-        error!("could not generate a reservation id");
-    }
+    let mut id = random_bytes();
     id[6] = (id[6] & 0x0f) | 0x40;
     id[8] = (id[8] & 0x3f) | 0x80;
 
     let mut provisional = Decimal::ZERO;
     let mut loaded: Option<Loaded> = None;
-    for attempt in 0..3 {
+    for attempt in 0..4 {
         let t = now();
         let lease_end = t + (lease_seconds * 1e6) as i64;
         let outcome = locked(|m| {
             admit_locked(
                 m,
                 &key,
-                &terms,
+                fresh.take().map(|terms| (terms, generation)),
                 &price,
                 &request,
                 model,
@@ -899,6 +994,11 @@ fn _admit_in_memory(
                     )
                 })
                 .unwrap_or_else(|e| error!("writing a reservation: {e}"));
+                // As on the table path: admission state need not survive a crash.
+                if gucs::async_admission() {
+                    Spi::run("select pg_catalog.set_config('synchronous_commit', 'off', true)")
+                        .unwrap_or_else(|e| error!("setting synchronous_commit: {e}"));
+                }
                 locked(|m| {
                     if let Some(slot) = m.find(&key) {
                         let s = &mut m.tenants[slot];
@@ -907,7 +1007,12 @@ fn _admit_in_memory(
                 });
                 return Some(reservation);
             }
-            Outcome::Load => loaded = Some(load_period(&terms.period_name)),
+            Outcome::Load(period) => loaded = Some(load_period(period_name(period))),
+            Outcome::Terms => match read_terms(model, generation) {
+                Some((terms, _)) => fresh = Some(terms),
+                None => errors::raise(&AdmissionError::UnknownTenant(tenant)),
+            },
+            Outcome::Suspended => return refuse(AdmissionError::Suspended(tenant)),
             Outcome::Full => errors::raise(&AdmissionError::Full),
             Outcome::Refused(refusal, held_due) => {
                 // Before refusing for money, let expired rows held in memory go (their release
@@ -939,6 +1044,28 @@ fn _admit_in_memory(
         }
     }
     error!("budget_check could not load the tenant's admission state")
+}
+
+/// 16 bytes from pg_strong_random, drawn 4 kB at a time: without OpenSSL each call opens and
+/// reads /dev/urandom, which cost more than the rest of an admission.
+fn random_bytes() -> [u8; 16] {
+    ENTROPY.with(|e| {
+        let mut e = e.borrow_mut();
+        let (pool, used) = &mut *e;
+        if *used + 16 > pool.len() {
+            // SAFETY: fills the buffer.
+            if !unsafe { pg_sys::pg_strong_random(pool.as_mut_ptr().cast(), pool.len()) } {
+                error!("could not generate a reservation id");
+            }
+            *used = 0;
+        }
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&pool[*used..*used + 16]);
+        // Used bytes are overwritten, so that no id can be read back from the pool.
+        pool[*used..*used + 16].fill(0);
+        *used += 16;
+        id
+    })
 }
 
 /// Keeps a refusal for `_admission_refusal()` and answers NULL.
@@ -973,7 +1100,11 @@ fn _admission_refusal() -> TableIterator<
 enum Outcome {
     Admitted(u32),
     AdmittedToTable,
-    Load,
+    /// The slot has no current terms: read them and come back.
+    Terms,
+    Suspended,
+    /// The slot's money is not for the current period (of this kind): load it and come back.
+    Load(u8),
     Full,
     /// The refusal, and whether rows held in memory have leases due.
     Refused(Refusal, bool),
@@ -983,7 +1114,7 @@ enum Outcome {
 fn admit_locked(
     m: &mut Admission,
     key: &TenantKey,
-    terms: &Terms,
+    fresh: Option<(TenantTerms, u64)>,
     price: &Price,
     request: &Request,
     model: &str,
@@ -996,13 +1127,28 @@ fn admit_locked(
     let Some(slot) = m.find_or_insert(key) else {
         return Outcome::Full;
     };
+    let s = &mut m.tenants[slot];
+    if let Some((terms, read_under)) = fresh {
+        s.terms = terms;
+        s.terms_generation = read_under;
+        s.terms_read_at = t;
+    } else if s.terms.period == 0
+        || s.terms_generation != generation()
+        || t - s.terms_read_at >= TERMS_TTL_MICROS
+    {
+        return Outcome::Terms;
+    }
+    let terms = s.terms;
+    if !terms.active {
+        return Outcome::Suspended;
+    }
     {
         let s = &m.tenants[slot];
         let stale =
             s.period == 0 || s.period != terms.period || t >= s.period_end || t < s.period_start;
         if stale {
             let Some(l) = loaded else {
-                return Outcome::Load;
+                return Outcome::Load(terms.period);
             };
             let s = &mut m.tenants[slot];
             if s.period == 0 {
@@ -1034,8 +1180,7 @@ fn admit_locked(
     };
     let fits = model.len() <= MODEL_MAX
         && price.provider.len() <= PROVIDER_MAX
-        && s.records < TENANT_RECORDS_MAX
-        && m.free_head != NONE;
+        && m.may_take_record(s.records);
     let s = &mut m.tenants[slot];
     s.buckets = buckets;
     s.reserved += request.estimate;
@@ -1043,10 +1188,11 @@ fn admit_locked(
         return Outcome::AdmittedToTable;
     }
     let index = m.free_head as usize;
-    m.free_head = m.records[index].next;
-    id[12..16].copy_from_slice(&(index as u32).to_le_bytes());
+    m.free_head = m.records_mut()[index].next;
+    m.used_records += 1;
+    m.stamp_index(id, index);
     let head = m.tenants[slot].head;
-    let r = &mut m.records[index];
+    let r = &mut m.records_mut()[index];
     r.state = 1;
     r.materializing = 0;
     r.key = *key;
@@ -1064,7 +1210,7 @@ fn admit_locked(
     r.model_len = model.len() as u8;
     r.model[..model.len()].copy_from_slice(model.as_bytes());
     if head != NONE {
-        m.records[head as usize].prev = index as u32;
+        m.records_mut()[head as usize].prev = index as u32;
     }
     let s = &mut m.tenants[slot];
     s.head = index as u32;
@@ -1074,8 +1220,8 @@ fn admit_locked(
 }
 
 /// Whether this session admits in memory (for the SQL paths that settle and cancel).
+/// Runs no SQL, so it carries no SET search_path (budget_check calls it on every admission).
 #[pg_extern(stable, parallel_safe)]
-#[search_path(pg_catalog, pg_temp)]
 fn _admission_in_memory() -> bool {
     in_memory()
 }
@@ -1096,7 +1242,7 @@ fn _materialize_reservation(reservation: pgrx::Uuid) -> bool {
     let id = *reservation.as_bytes();
     let found = locked(|m| {
         let index = m.record(&id, &key)?;
-        let r = &mut m.records[index];
+        let r = &mut m.records_mut()[index];
         if r.materializing != 0 {
             return None;
         }
@@ -1248,7 +1394,7 @@ fn _open_in_memory() -> TableIterator<
             if let Some(slot) = m.find(&key) {
                 let mut i = m.tenants[slot].head;
                 while i != NONE {
-                    let r = &m.records[i as usize];
+                    let r = &m.records_mut()[i as usize];
                     if r.state == 1 && r.materializing == 0 {
                         let k = (
                             String::from_utf8_lossy(&r.provider[..r.provider_len as usize])

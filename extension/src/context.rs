@@ -19,7 +19,7 @@ thread_local! {
 
 /// How long a remembered check stays good even if no change is signalled (a COMMIT PREPARED
 /// of a deletion, or the extension dropped and created again, signals none).
-const KNOWN_TENANT_TTL: Duration = Duration::from_secs(1);
+const KNOWN_TENANT_TTL: Duration = Duration::from_secs(30);
 const KNOWN_TENANTS_MAX: usize = 4096;
 
 /// The existence checks one backend remembers, valid for one role and one generation of

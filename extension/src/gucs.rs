@@ -40,6 +40,9 @@ static RETRIEVAL_INDEX_THRESHOLD: GucSetting<i32> = GucSetting::<i32>::new(50_00
 static MIN_LEASE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"1 minute"));
 
+/// `bulkhead.memory_admission_reservations`: open reservations kept in shared memory.
+static MEMORY_ADMISSION_RESERVATIONS: GucSetting<i32> = GucSetting::<i32>::new(65536);
+
 /// `bulkhead.memory_admission`: budget_check keeps admission state in shared memory.
 static MEMORY_ADMISSION: GucSetting<bool> = GucSetting::<bool>::new(false);
 
@@ -104,6 +107,16 @@ pub fn init() {
         GucContext::Suset,
         GucFlags::default(),
     );
+    GucRegistry::define_int_guc(
+        c"bulkhead.memory_admission_reservations",
+        c"Open reservations memory admission keeps in shared memory (about 190 bytes each).",
+        c"Reservations beyond it are written to bulkhead.reservations, at the table path's speed. Read at server start.",
+        &MEMORY_ADMISSION_RESERVATIONS,
+        1024,
+        1 << 24,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
     GucRegistry::define_bool_guc(
         c"bulkhead.remember_tenants",
         c"Let set_tenant remember, per backend, the tenants it found (needs bulkhead preloaded).",
@@ -144,6 +157,14 @@ pub fn init() {
 
 pub fn memory_admission() -> bool {
     MEMORY_ADMISSION.get()
+}
+
+pub fn memory_admission_reservations() -> u32 {
+    MEMORY_ADMISSION_RESERVATIONS.get().max(1024) as u32
+}
+
+pub fn async_admission() -> bool {
+    ASYNC_ADMISSION.get()
 }
 
 /// `bulkhead.min_lease` as written (an interval).
