@@ -685,7 +685,7 @@ begin
     if freed_in_memory > 0 then
         perform bulkhead._release_in_memory(freed_in_memory, 0, 0, 0);
     end if;
-    n := n + bulkhead._expire_in_memory(false);
+    n := n + bulkhead._expire_in_memory();
     if n > 0 then
         update bulkhead.budget_state s
         set reserved_usd = greatest(s.reserved_usd - freed, 0),
@@ -710,7 +710,7 @@ revoke all on function bulkhead._admission_in_memory() from public;
 revoke all on function bulkhead._materialize_reservation(uuid) from public;
 revoke all on function bulkhead._release_in_memory(numeric, numeric, bigint, bigint) from public;
 revoke all on function bulkhead._forget_in_memory(uuid) from public;
-revoke all on function bulkhead._expire_in_memory(boolean) from public;
+revoke all on function bulkhead._expire_in_memory() from public;
 revoke all on function bulkhead._open_in_memory() from public;
 revoke all on function bulkhead._admit_in_memory(text, int, int, interval) from public;
 revoke all on function bulkhead._admission_refusal() from public;
@@ -732,7 +732,7 @@ grant execute on function bulkhead._budget_check_table(text, int, int, interval)
     bulkhead._admission_load(text), bulkhead._expire_held_in_memory(), bulkhead._admission_in_memory(),
     bulkhead._reservation_from_memory(uuid, text, text, int, int, numeric, bigint, bigint, bigint, boolean),
     bulkhead._materialize_reservation(uuid), bulkhead._release_in_memory(numeric, numeric, bigint, bigint),
-    bulkhead._expire_in_memory(boolean), bulkhead._open_in_memory(), bulkhead._micros(timestamptz),
+    bulkhead._expire_in_memory(), bulkhead._open_in_memory(), bulkhead._micros(timestamptz),
     bulkhead._admit_in_memory(text, int, int, interval), bulkhead._admission_refusal() to bulkhead_meter;
 grant execute on function bulkhead._forget_in_memory(uuid) to bulkhead_admin;
 -- usage_report (invoker) lists the caller's own open reservations in memory.

@@ -4,19 +4,27 @@
 //! last moments. The claim: after a crash a tenant can overspend by at most the reservations that
 //! were in flight (admitted, not yet settled) at the crash. Settled costs are never lost, because
 //! ledger_record commits synchronously (and so flushes every earlier asynchronous commit too).
-//! This test is alone in its binary: it crashes and restarts the shared test cluster.
+//!
+//! With admission in shared memory (bulkhead.memory_admission) a crash forgets every open
+//! in-memory reservation, whatever its age: the same bound holds, with all of them lost.
+//! This test is alone in its binary: it crashes and restarts the shared test cluster, once per
+//! admission path, in sequence.
 
 mod common;
 
-use common::{admin, app, create_tenant};
+use common::{admin, app, create_tenant, memory_app};
 use uuid::Uuid;
 
 const K: i64 = 20;
 const SETTLED: i64 = 5;
 const IN_FLIGHT: i64 = 10;
 
-async fn check(tenant: Uuid, model: &str) -> Result<Uuid, sqlx::Error> {
-    let mut conn = app().await;
+async fn check(tenant: Uuid, model: &str, in_memory: bool) -> Result<Uuid, sqlx::Error> {
+    let mut conn = if in_memory {
+        memory_app().await
+    } else {
+        app().await
+    };
     let mut tx = common::begin_as(&mut conn, tenant).await?;
     let reservation = sqlx::query_scalar("select bulkhead.budget_check($1, 1, 0)")
         .bind(model)
@@ -41,6 +49,11 @@ async fn settle(tenant: Uuid, reservation: Uuid, request: &str, model: Option<&s
 
 #[tokio::test]
 async fn a_crash_costs_at_most_the_reservations_in_flight() {
+    crash_with_reservations_in_flight(false).await;
+    crash_with_reservations_in_flight(true).await;
+}
+
+async fn crash_with_reservations_in_flight(in_memory: bool) {
     let mut admin_conn = admin().await;
     let tenant = create_tenant(&mut admin_conn, "crash").await;
     let model = format!("crash-model-{}", Uuid::new_v4().simple());
@@ -58,12 +71,12 @@ async fn a_crash_costs_at_most_the_reservations_in_flight() {
     drop(admin_conn);
 
     for n in 0..SETTLED {
-        let reservation = check(tenant, &model).await.unwrap();
+        let reservation = check(tenant, &model, in_memory).await.unwrap();
         settle(tenant, reservation, &format!("settled-{n}"), None).await;
     }
     let mut in_flight = Vec::new();
     for _ in 0..IN_FLIGHT {
-        in_flight.push(check(tenant, &model).await.unwrap());
+        in_flight.push(check(tenant, &model, in_memory).await.unwrap());
     }
 
     common::crash_and_restart();
@@ -85,11 +98,17 @@ async fn a_crash_costs_at_most_the_reservations_in_flight() {
     .unwrap();
     let lost = IN_FLIGHT - surviving;
     assert!((0..=IN_FLIGHT).contains(&lost));
+    if in_memory {
+        assert_eq!(
+            lost, IN_FLIGHT,
+            "a restart forgets every open in-memory reservation"
+        );
+    }
 
     // Admit until refused: exactly what the surviving records leave room for.
     let mut admitted_after = 0;
     loop {
-        match check(tenant, &model).await {
+        match check(tenant, &model, in_memory).await {
             Ok(_) => admitted_after += 1,
             Err(err) => {
                 assert_eq!(
@@ -128,5 +147,6 @@ async fn a_crash_costs_at_most_the_reservations_in_flight() {
             .await
             .unwrap();
     assert_eq!(orphans, lost);
-    eprintln!("crash lost {lost} of {IN_FLIGHT} in-flight reservations; overspend {overspent_calls} calls");
+    let path = if in_memory { "in memory" } else { "table path" };
+    eprintln!("{path}: crash lost {lost} of {IN_FLIGHT} in-flight reservations; overspend {overspent_calls} calls");
 }

@@ -12,6 +12,10 @@ begin
     if not exists (select from pg_roles where rolname = 'bulkhead_test_worker') then
         create role bulkhead_test_worker login in role bulkhead_worker;
     end if;
+    -- The application again, admitting in shared memory (bulkhead.memory_admission).
+    if not exists (select from pg_roles where rolname = 'bulkhead_test_memory_app') then
+        create role bulkhead_test_memory_app login in role bulkhead_app;
+    end if;
 end
 $$;
 
@@ -21,3 +25,5 @@ begin
     execute format('alter database %I set bulkhead.min_lease = %L', current_database(), '100 milliseconds');
 end
 $$;
+
+alter role bulkhead_test_memory_app set bulkhead.memory_admission = on;

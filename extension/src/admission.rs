@@ -668,6 +668,8 @@ enum AdmissionError {
     Prepared,
     #[error("invalid amount {0}")]
     Amount(String),
+    #[error("memory admission is off in this session")]
+    Off,
 }
 
 impl HasSqlState for AdmissionError {
@@ -684,6 +686,7 @@ impl HasSqlState for AdmissionError {
             AdmissionError::Full => SqlState::OUT_OF_MEMORY,
             AdmissionError::Prepared => SqlState::FEATURE_NOT_SUPPORTED,
             AdmissionError::Amount(_) => SqlState::NUMERIC_VALUE_OUT_OF_RANGE,
+            AdmissionError::Off => SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
         }
     }
 
@@ -708,6 +711,7 @@ impl HasSqlState for AdmissionError {
             AdmissionError::Full => format!("Shared memory holds admission state for {} tenants; every database of the cluster counts.", TENANT_SLOTS * 7 / 8),
             AdmissionError::Prepared => "Their budget holds live in this server's memory and are applied when the transaction commits here.".into(),
             AdmissionError::Amount(_) => "Amounts are finite USD values with at most 28 significant digits.".into(),
+            AdmissionError::Off => "bulkhead.memory_admission is off, or bulkhead is not in shared_preload_libraries; bulkhead.budget_check takes the table path.".into(),
         })
     }
 
@@ -892,7 +896,7 @@ fn _admit_in_memory(
     lease: Option<pgrx::datum::Interval>,
 ) -> Option<pgrx::Uuid> {
     if !in_memory() {
-        error!("bulkhead.memory_admission is off in this session (or bulkhead is not preloaded)");
+        errors::raise(&AdmissionError::Off);
     }
     let Some(tenant) = context::current_tenant() else {
         errors::raise(&AdmissionError::NoTenant);
@@ -1343,33 +1347,19 @@ fn _forget_in_memory(tenant: pgrx::Uuid) {
     }
 }
 
-/// Expires the in-memory reservations whose lease ran out: the current tenant's, or (every)
-/// those of all tenants of this database. Returns how many.
+/// Expires the current tenant's in-memory reservations whose lease ran out; returns how many
+/// (for expire_reservations() and the sweep of expire_all_reservations()).
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
-fn _expire_in_memory(every: bool) -> i64 {
+fn _expire_in_memory() -> i64 {
     if MEMORY.load(Ordering::Acquire).is_null() {
         return 0;
     }
+    let Some(key) = context::current_tenant().map(key_of) else {
+        return 0;
+    };
     let t = now();
-    let only = context::current_tenant().map(key_of);
-    // SAFETY: a plain global set at connection start.
-    let db = unsafe { pg_sys::MyDatabaseId }.to_u32();
-    locked(|m| {
-        let mut expired = 0;
-        for slot in 0..TENANT_SLOTS {
-            let s = &m.tenants[slot];
-            let mine = if every {
-                s.key.db == db
-            } else {
-                Some(s.key) == only
-            };
-            if s.used == 1 && mine {
-                expired += m.expire(slot, t);
-            }
-        }
-        expired
-    })
+    locked(|m| m.find(&key).map_or(0, |slot| m.expire(slot, t)))
 }
 
 /// The current tenant's open in-memory reservations by model: (provider, model, count, held).

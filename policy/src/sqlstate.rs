@@ -26,6 +26,8 @@ impl SqlState {
     pub const INSUFFICIENT_PRIVILEGE: SqlState = SqlState("42501");
     /// 42704: a named object (here: a tenant) does not exist or is not visible.
     pub const UNDEFINED_OBJECT: SqlState = SqlState("42704");
+    /// 55000: the object is not in the state the operation needs.
+    pub const OBJECT_NOT_IN_PREREQUISITE_STATE: SqlState = SqlState("55000");
     /// 53200: a fixed-size shared structure is full.
     pub const OUT_OF_MEMORY: SqlState = SqlState("53200");
     /// PT429: a tenant's budget or rate limit refuses the call (PostgREST answers HTTP 429).
@@ -76,6 +78,7 @@ mod tests {
             SqlState::STATEMENT_TOO_COMPLEX,
             SqlState::UNTRANSLATABLE_CHARACTER,
             SqlState::OUT_OF_MEMORY,
+            SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
             SqlState::TENANT_LIMIT_EXCEEDED,
             SqlState::TENANT_FORBIDDEN,
         ] {

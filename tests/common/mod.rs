@@ -59,6 +59,16 @@ pub async fn app() -> PgConnection {
         .expect("app connection")
 }
 
+/// Connects as `bulkhead_test_memory_app`: the application, admitting in shared memory
+/// (`bulkhead.memory_admission` is on for this role; see tests/setup.sql).
+pub async fn memory_app() -> PgConnection {
+    superuser_options()
+        .username("bulkhead_test_memory_app")
+        .connect()
+        .await
+        .expect("memory app connection")
+}
+
 /// Connects as `bulkhead_test_admin`, a LOGIN role in bulkhead_admin.
 pub async fn admin() -> PgConnection {
     superuser_options()
