@@ -27,3 +27,5 @@ end
 $$;
 
 alter role bulkhead_test_memory_app set bulkhead.memory_admission = on;
+-- tests/tenant_cache.rs waits out the memory of tenants: one second, not the default 30.
+alter role bulkhead_test_app set bulkhead.remember_tenants_for = 1;

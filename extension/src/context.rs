@@ -7,7 +7,7 @@ use pgrx::spi::{OwnedPreparedStatement, SpiResult};
 use pgrx::PgOid;
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 thread_local! {
     /// The existence check's plan, prepared once per backend (the plan cache re-plans it when
@@ -17,9 +17,6 @@ thread_local! {
     static KNOWN_TENANTS: RefCell<KnownTenants> = RefCell::new(KnownTenants::default());
 }
 
-/// How long a remembered check stays good even if no change is signalled (a COMMIT PREPARED
-/// of a deletion, or the extension dropped and created again, signals none).
-const KNOWN_TENANT_TTL: Duration = Duration::from_secs(30);
 const KNOWN_TENANTS_MAX: usize = 4096;
 
 /// The existence checks one backend remembers, valid for one role and one generation of
@@ -39,7 +36,7 @@ impl KnownTenants {
             && self
                 .checked_at
                 .get(&id)
-                .is_some_and(|at| at.elapsed() < KNOWN_TENANT_TTL)
+                .is_some_and(|at| at.elapsed() < gucs::remember_tenants_for())
     }
 
     fn remember(&mut self, generation: u64, role: pg_sys::Oid, id: uuid::Uuid) {

@@ -24,6 +24,10 @@ static BILLING_TIME_ZONE: GucSetting<Option<CString>> =
 /// `bulkhead.async_admission`: budget_check commits asynchronously (no WAL flush per check).
 static ASYNC_ADMISSION: GucSetting<bool> = GucSetting::<bool>::new(true);
 
+/// `bulkhead.remember_tenants_for`: how long a remembered tenant stays good without a signal
+/// (a COMMIT PREPARED of a deletion, or the extension dropped and created again, signals none).
+static REMEMBER_TENANTS_FOR: GucSetting<i32> = GucSetting::<i32>::new(30);
+
 /// `bulkhead.remember_tenants`: set_tenant may answer from the backend's memory of tenants.
 static REMEMBER_TENANTS: GucSetting<bool> = GucSetting::<bool>::new(true);
 
@@ -107,16 +111,21 @@ pub fn init() {
         GucContext::Suset,
         GucFlags::default(),
     );
-    GucRegistry::define_int_guc(
-        c"bulkhead.memory_admission_reservations",
-        c"Open reservations memory admission keeps in shared memory (about 190 bytes each).",
-        c"Reservations beyond it are written to bulkhead.reservations, at the table path's speed. Read at server start.",
-        &MEMORY_ADMISSION_RESERVATIONS,
-        1024,
-        1 << 24,
-        GucContext::Postmaster,
-        GucFlags::default(),
-    );
+    // A server-start setting can only be defined while the postmaster preloads the library
+    // (defining it later is a FATAL error); without preload there is no memory to size.
+    // SAFETY: a plain global the postmaster sets while it loads shared_preload_libraries.
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        GucRegistry::define_int_guc(
+            c"bulkhead.memory_admission_reservations",
+            c"Open reservations memory admission keeps in shared memory (about 190 bytes each).",
+            c"Reservations beyond it are written to bulkhead.reservations, at the table path's speed. Read at server start.",
+            &MEMORY_ADMISSION_RESERVATIONS,
+            1024,
+            1 << 24,
+            GucContext::Postmaster,
+            GucFlags::default(),
+        );
+    }
     GucRegistry::define_bool_guc(
         c"bulkhead.remember_tenants",
         c"Let set_tenant remember, per backend, the tenants it found (needs bulkhead preloaded).",
@@ -124,6 +133,16 @@ pub fn init() {
         &REMEMBER_TENANTS,
         GucContext::Userset,
         GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"bulkhead.remember_tenants_for",
+        c"How long set_tenant trusts a remembered tenant when no change was signalled.",
+        c"Every committed change to bulkhead.tenants is signalled at once; this bounds the rest (COMMIT PREPARED).",
+        &REMEMBER_TENANTS_FOR,
+        0,
+        3600,
+        GucContext::Suset,
+        GucFlags::UNIT_S,
     );
     GucRegistry::define_bool_guc(
         c"bulkhead.prompt_cache",
@@ -153,6 +172,10 @@ pub fn init() {
         GucContext::Suset,
         GucFlags::UNIT_KB,
     );
+}
+
+pub fn remember_tenants_for() -> std::time::Duration {
+    std::time::Duration::from_secs(REMEMBER_TENANTS_FOR.get().max(0) as u64)
 }
 
 pub fn memory_admission() -> bool {
