@@ -262,11 +262,6 @@ begin
                   detail = 'budget_check admits calls for the current tenant, and this transaction has none.',
                   hint = 'Call bulkhead.set_tenant(...) first, or pass a JWT with app_metadata.tenant_id.';
     end if;
-    -- Two admission states for one tenant could together admit more than its budget.
-    if bulkhead._admission_in_memory() then
-        raise exception 'budget_check admits in memory in this session'
-            using errcode = '55000', detail = 'bulkhead.memory_admission is on: the table path must not admit too.';
-    end if;
     if model is null or est_input_tokens is null or max_output_tokens is null or lease is null then
         raise exception 'model, est_input_tokens, max_output_tokens and lease are required'
             using errcode = '22004', detail = 'budget_check cannot estimate a call without them.';
@@ -313,6 +308,12 @@ begin
         exit when found;
         perform bulkhead._create_budget_state(tenant, now_ts);
     end loop;
+
+    -- A tenant that admits in memory (a slot was loaded, under the lock now held) keeps a single
+    -- admission state there: this call goes there too.
+    if bulkhead._admission_in_memory() then
+        return bulkhead.budget_check(model, est_input_tokens, max_output_tokens, lease);
+    end if;
 
     if st.tenant_status <> 'active' then
         raise exception using
@@ -514,7 +515,8 @@ $$;
 -- The current tenant's period bounds and money, for a memory slot that is new or whose period
 -- ended. It locks the budget_state row that settles lock too, until this transaction ends: a
 -- settle either committed before the ledger is summed here (and is in the sum) or commits after
--- the slot holds this sum (and adds its cost to the slot). held_usd: open rows held in memory.
+-- the slot holds this sum (and adds its cost to the slot). held_usd: what the tenant's open
+-- reservation rows hold, whichever path admitted them (a slot holds every hold of its tenant).
 create function bulkhead._admission_load(period text)
 returns table (period_start bigint, period_end bigint, spent_usd text, held_usd text, held_next_expiry bigint)
 language plpgsql volatile
@@ -536,19 +538,14 @@ begin
         perform bulkhead._create_budget_state(tenant, now_ts);
         perform from bulkhead.budget_state s where s.tenant_id = tenant for update;
     end if;
-    -- As on the table path: admission state need not survive a crash (the lock above made this
-    -- transaction write), so it commits without waiting for a WAL flush.
-    if pg_catalog.current_setting('bulkhead.async_admission')::boolean then
-        perform pg_catalog.set_config('synchronous_commit', 'off', true);
-    end if;
     return query
     select bulkhead._micros(starts), bulkhead._micros(ends),
            (select coalesce(sum(l.cost_usd), 0) from bulkhead.ledger l
             where l.tenant_id = tenant and l.created_at >= starts and l.created_at < ends)::text,
            (select coalesce(sum(r.reserved_usd), 0) from bulkhead.reservations r
-            where r.tenant_id = tenant and r.held_in_memory and r.settled_at is null and r.expired_at is null)::text,
+            where r.tenant_id = tenant and r.settled_at is null and r.expired_at is null)::text,
            (select bulkhead._micros(min(r.lease_expires_at)) from bulkhead.reservations r
-            where r.tenant_id = tenant and r.held_in_memory and r.settled_at is null and r.expired_at is null);
+            where r.tenant_id = tenant and r.settled_at is null and r.expired_at is null);
 end
 $$;
 
@@ -571,9 +568,9 @@ as $$
                  timestamptz '2000-01-01 00:00:00+00' + lease_end * interval '1 microsecond' as lease_end) ts
 $$;
 
--- Before memory admission refuses for money: the current tenant's rows held in memory whose
--- lease ran out stop holding budget (released in memory at commit). Returns what they held
--- and the earliest lease still open.
+-- Before memory admission refuses for money: the current tenant's reservation rows whose lease
+-- ran out stop holding budget (released in memory at commit). Returns what they held and the
+-- earliest lease still open.
 create function bulkhead._expire_held_in_memory()
 returns table (freed numeric, next_expiry bigint)
 language plpgsql volatile
@@ -582,20 +579,27 @@ set search_path to pg_catalog, pg_temp
 as $$
 declare
     tenant uuid := bulkhead.current_tenant();
+    freed_in_table numeric;
 begin
     perform from bulkhead.budget_state s where s.tenant_id = tenant for update;
     with expired as (
         update bulkhead.reservations r set expired_at = pg_catalog.clock_timestamp()
-        where r.tenant_id = tenant and r.held_in_memory and r.settled_at is null and r.expired_at is null
+        where r.tenant_id = tenant and r.settled_at is null and r.expired_at is null
           and r.lease_expires_at <= pg_catalog.clock_timestamp()
-        returning r.reserved_usd
+        returning r.reserved_usd, r.held_in_memory
     )
-    select coalesce(sum(e.reserved_usd), 0) into freed from expired e;
+    select coalesce(sum(e.reserved_usd), 0), coalesce(sum(e.reserved_usd) filter (where not e.held_in_memory), 0)
+    into freed, freed_in_table from expired e;
     if freed > 0 then
         perform bulkhead._release_in_memory(freed, 0, 0, 0);
     end if;
+    -- Rows the table path admitted are in budget_state's holds too.
+    if freed_in_table > 0 then
+        update bulkhead.budget_state s set reserved_usd = greatest(s.reserved_usd - freed_in_table, 0)
+        where s.tenant_id = tenant;
+    end if;
     select bulkhead._micros(min(r.lease_expires_at)) into next_expiry from bulkhead.reservations r
-    where r.tenant_id = tenant and r.held_in_memory and r.settled_at is null and r.expired_at is null;
+    where r.tenant_id = tenant and r.settled_at is null and r.expired_at is null;
     return next;
 end
 $$;
@@ -680,8 +684,9 @@ begin
         returning r.reserved_usd, r.held_in_memory
     )
     select count(*), coalesce(sum(e.reserved_usd) filter (where not e.held_in_memory), 0),
-           coalesce(sum(e.reserved_usd) filter (where e.held_in_memory), 0)
+           coalesce(sum(e.reserved_usd), 0)
     into n, freed, freed_in_memory from expired e;
+    -- A tenant with a slot in memory holds every row's hold there (applied at commit).
     if freed_in_memory > 0 then
         perform bulkhead._release_in_memory(freed_in_memory, 0, 0, 0);
     end if;

@@ -28,8 +28,8 @@ begin
     if not found then
         return false;
     end if;
+    perform bulkhead._release_in_memory(r.reserved_usd, 0, r.est_input_tokens, r.max_output_tokens);
     if r.held_in_memory then
-        perform bulkhead._release_in_memory(r.reserved_usd, 0, r.est_input_tokens, r.max_output_tokens);
         return true;
     end if;
     update bulkhead.budget_state s

@@ -184,14 +184,13 @@ begin
         update bulkhead.reservations x set settled_at = now_ts where x.tenant_id = tenant and x.id = r.id;
     end if;
 
-    -- Holds in memory are released there, and costs counted there, when this commits.
-    if r.held_in_memory then
-        perform bulkhead._release_in_memory(case when r.expired_at is null then r.reserved_usd else 0 end,
-                                            priced.cost_usd, r.est_input_tokens - priced.itpm_tokens,
-                                            r.max_output_tokens - priced.output_tokens);
-    elsif bulkhead._admission_in_memory() then
-        perform bulkhead._release_in_memory(0, priced.cost_usd, 0, 0);
-    end if;
+    -- A tenant with a slot in memory holds every reservation's hold and counts every cost there:
+    -- released and counted when this commits (nothing happens for a tenant without a slot).
+    perform bulkhead._release_in_memory(
+        case when is_orphan or r.expired_at is not null then 0 else r.reserved_usd end,
+        priced.cost_usd,
+        case when is_orphan then 0 else r.est_input_tokens - priced.itpm_tokens end,
+        case when is_orphan then 0 else r.max_output_tokens - priced.output_tokens end);
 
     if st.tenant_id is not null then
         update bulkhead.budget_state s

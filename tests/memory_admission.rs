@@ -300,30 +300,92 @@ async fn a_transaction_that_admitted_in_memory_cannot_be_prepared() {
 }
 
 #[tokio::test]
-async fn the_two_paths_never_admit_for_the_same_session() {
-    let (tenant, model) = tenant_with_budget("mem-paths", "10").await;
-    let mut memory = memory_app().await;
-    let mut tx = common::begin_as(&mut memory, tenant).await.unwrap();
-    let table_path = sqlx::query("select bulkhead._budget_check_table($1, 1, 0, '10 minutes')")
+async fn a_tenant_admitted_in_memory_is_admitted_there_from_every_session() {
+    // On the table path first: a session with memory admission off writes a reservation row.
+    let (tenant, model) = tenant_with_budget("mem-paths", "3.5").await;
+    let mut table = app().await;
+    check(&mut table, tenant, &model, "10 minutes")
+        .await
+        .unwrap();
+    assert_eq!(rows_written(tenant).await, 1);
+    // Without a slot, the memory path refuses a session with memory admission off.
+    let mut tx = common::begin_as(&mut table, tenant).await.unwrap();
+    let direct = sqlx::query("select bulkhead._admit_in_memory($1, 1, 0, '10 minutes')")
         .bind(&model)
         .execute(&mut *tx)
         .await;
-    assert_eq!(sqlstate(&table_path), "55000");
+    assert_eq!(sqlstate(&direct), "55000");
     drop(tx);
 
-    let mut table = app().await;
-    let mut tx = common::begin_as(&mut table, tenant).await.unwrap();
-    let memory_path = sqlx::query("select bulkhead._admit_in_memory($1, 1, 0, '10 minutes')")
-        .bind(&model)
-        .execute(&mut *tx)
-        .await;
-    assert_eq!(sqlstate(&memory_path), "55000");
-    drop(tx);
-    // The twin: each path admits for its own session.
+    // A memory session loads the tenant's slot, with the open row's hold in it; from then on
+    // the table session's checks go to memory too (no new row), against the same budget.
+    let mut memory = memory_app().await;
     check(&mut memory, tenant, &model, "10 minutes")
         .await
         .unwrap();
     check(&mut table, tenant, &model, "10 minutes")
         .await
+        .expect("routed to memory");
+    assert_eq!(rows_written(tenant).await, 1, "no second table-path row");
+    // Three calls of the 3.5 the budget holds: whichever session asks, the fourth is refused.
+    let fourth = check(&mut table, tenant, &model, "10 minutes").await;
+    assert_eq!(refusal(&fourth).0, "PT429");
+    let fourth = check(&mut memory, tenant, &model, "10 minutes").await;
+    assert_eq!(refusal(&fourth).0, "PT429");
+    // Calling the table path directly changes nothing: it goes to memory as well.
+    let mut tx = common::begin_as(&mut table, tenant).await.unwrap();
+    let direct = sqlx::query("select bulkhead._budget_check_table($1, 1, 0, '10 minutes')")
+        .bind(&model)
+        .execute(&mut *tx)
+        .await;
+    assert_eq!(sqlstate(&direct), "PT429");
+    drop(tx);
+    assert_eq!(rows_written(tenant).await, 1);
+}
+
+#[tokio::test]
+async fn a_slot_loaded_after_a_settle_in_the_same_transaction_survives_its_rollback() {
+    // A call admitted on the table path, estimated at two thousandths, before any slot exists.
+    let (tenant, model) = tenant_with_budget("mem-reload", "2.5").await;
+    let mut table = app().await;
+    let mut tx = common::begin_as(&mut table, tenant).await.unwrap();
+    let first: Uuid = sqlx::query_scalar("select bulkhead.budget_check($1, 2, 0)")
+        .bind(&model)
+        .fetch_one(&mut *tx)
+        .await
         .unwrap();
+    tx.commit().await.unwrap();
+
+    // One transaction settles it (for nothing), then admits in memory: the tenant's slot is
+    // loaded from tables that already show the settle. Then the transaction rolls back.
+    let mut memory = memory_app().await;
+    let mut tx = common::begin_as(&mut memory, tenant).await.unwrap();
+    sqlx::query("select bulkhead.ledger_record($1, '{\"prompt_tokens\": 0, \"completion_tokens\": 0}', 'chatcmpl-undone')")
+        .bind(first)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("select bulkhead.budget_check($1, 1, 0)")
+        .bind(&model)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+
+    // The first call is open again and holds its two thousandths: a third one does not fit.
+    // (A slot that kept what the rolled-back transaction showed would admit it.)
+    let next = check(&mut memory, tenant, &model, "10 minutes").await;
+    assert_eq!(refusal(&next).0, "PT429");
+    // Settled for real, its hold goes, once.
+    settle(&mut memory, tenant, first, 0, "chatcmpl-done")
+        .await
+        .unwrap();
+    check(&mut memory, tenant, &model, "10 minutes")
+        .await
+        .unwrap();
+    check(&mut memory, tenant, &model, "10 minutes")
+        .await
+        .unwrap();
+    let third = check(&mut memory, tenant, &model, "10 minutes").await;
+    assert_eq!(refusal(&third).0, "PT429");
 }

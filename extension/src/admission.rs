@@ -74,6 +74,9 @@ struct TenantSlot {
     /// The tenant's records, a doubly linked list through `Record::prev/next`.
     head: u32,
     records: u32,
+    /// Records still holding budget (state 1) and what they hold, for usage reports.
+    open_records: u32,
+    open_held: Decimal,
     /// Earliest moment a record of this tenant expires or is forgotten.
     next_expiry: Micros,
     /// Earliest lease among its reservation rows held in memory (checked before a refusal).
@@ -111,7 +114,8 @@ struct Record {
 struct Admission {
     lock: *mut pg_sys::LWLock,
     free_head: u32,
-    occupied_slots: u32,
+    /// Live tenant slots (deleted ones are tombstones, reused by later inserts).
+    live_slots: u32,
     /// Reservation records (bulkhead.memory_admission_reservations), stored after this header.
     capacity: u32,
     used_records: u32,
@@ -191,11 +195,23 @@ pub fn init() {
     }
 }
 
-/// Whether budget_check admits in memory in this session.
+fn attached() -> bool {
+    PRELOADED.load(Ordering::Relaxed) && !MEMORY.load(Ordering::Acquire).is_null()
+}
+
+/// Whether the current tenant admits in memory: when this session's setting says so, and
+/// always once the tenant has a slot (since the server started), whatever the session's
+/// setting, so that a tenant never has two admission states (a slot and budget_state) at once.
 fn in_memory() -> bool {
-    PRELOADED.load(Ordering::Relaxed)
-        && gucs::memory_admission()
-        && !MEMORY.load(Ordering::Acquire).is_null()
+    if !attached() {
+        return false;
+    }
+    if gucs::memory_admission() {
+        return true;
+    }
+    context::current_tenant()
+        .map(key_of)
+        .is_some_and(|key| locked(|m| m.find(&key).is_some()))
 }
 
 /// Runs `f` under the admission lock. `f` must not raise: errors are decided after the lock
@@ -254,22 +270,22 @@ impl Admission {
         None
     }
 
-    /// The slot for `key`, created empty (period 0, so the caller loads it) if missing.
+    /// The slot for `key`, created empty (period 0, so the caller loads it) if missing. Only
+    /// for a tenant whose terms were just read (so it exists): no slot for an unknown id.
     fn find_or_insert(&mut self, key: &TenantKey) -> Option<usize> {
         if let Some(i) = self.find(key) {
             return Some(i);
         }
-        if self.occupied_slots as usize >= TENANT_SLOTS * 7 / 8 {
+        if self.live_slots as usize >= TENANT_SLOTS * 7 / 8 {
             return None;
         }
+        // The first empty slot or tombstone on the probe path (find() walks past tombstones).
         let mut i = Self::probe_start(key);
         while self.tenants[i].used == 1 {
             i = (i + 1) & (TENANT_SLOTS - 1);
         }
+        self.live_slots += 1;
         let slot = &mut self.tenants[i];
-        if slot.used == 0 {
-            self.occupied_slots += 1;
-        }
         slot.used = 1;
         slot.period = 0;
         slot.key = *key;
@@ -280,6 +296,8 @@ impl Admission {
         slot.reserved = Decimal::ZERO;
         slot.head = NONE;
         slot.records = 0;
+        slot.open_records = 0;
+        slot.open_held = Decimal::ZERO;
         slot.next_expiry = NEVER;
         slot.held_next_expiry = NEVER;
         slot.terms.period = 0;
@@ -361,6 +379,12 @@ impl Admission {
         }
         self.tenants[slot].records -= 1;
         self.used_records -= 1;
+        if self.records()[index].state == 1 {
+            let hold = self.records()[index].reserved;
+            let s = &mut self.tenants[slot];
+            s.open_records -= 1;
+            s.open_held = (s.open_held - hold).max(Decimal::ZERO);
+        }
         let free_head = self.free_head;
         let r = &mut self.records_mut()[index];
         r.state = 0;
@@ -384,6 +408,9 @@ impl Admission {
             i = self.records_mut()[index].next;
             let r = &mut self.records_mut()[index];
             if r.materializing != 0 {
+                // Being written to the table: left alone, but its due time still counts, so a
+                // writer that rolls back leaves a record the next pass expires.
+                next_expiry = next_expiry.min(r.lease_end);
                 continue;
             }
             if r.state == 1 && r.lease_end <= now {
@@ -391,6 +418,8 @@ impl Admission {
                 let hold = r.reserved;
                 let s = &mut self.tenants[slot];
                 s.reserved = (s.reserved - hold).max(Decimal::ZERO);
+                s.open_records -= 1;
+                s.open_held = (s.open_held - hold).max(Decimal::ZERO);
                 expired += 1;
             }
             let r = &self.records_mut()[index];
@@ -463,13 +492,18 @@ enum Pending {
         index: u32,
         id: [u8; 16],
     },
-    /// Commit: a row held in memory was settled, cancelled or expired; a cost was recorded.
+    /// Commit: a reservation row was settled, cancelled or expired; a cost was recorded.
+    /// `counted`: a reload of the tenant's slot in this same transaction read the tables with
+    /// this change in them already (hold released, cost in the ledger), so commit must not
+    /// apply it again, and an abort must take it back out of the slot.
     Release {
         key: TenantKey,
         hold: Decimal,
         spent: Decimal,
         itpm: f64,
         otpm: f64,
+        counted_hold: bool,
+        counted_spent: bool,
     },
     /// Commit: the tenant was deleted.
     Forget { key: TenantKey },
@@ -496,8 +530,26 @@ unsafe extern "C-unwind" fn on_xact_event(
 ) {
     use pg_sys::XactEvent::*;
     match event {
-        XACT_EVENT_PRE_PREPARE if PENDING.with(|p| !p.borrow().is_empty()) => {
-            errors::raise(&AdmissionError::Prepared);
+        XACT_EVENT_PRE_PREPARE => {
+            // Nothing in memory can wait for a COMMIT PREPARED in another session. What may be
+            // skipped: forgetting a deleted tenant (its slot only goes stale), and releases for
+            // tenants without a slot (the table path's settles).
+            let actions = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
+            if actions.is_empty() || !attached() {
+                return;
+            }
+            let blocking = locked(|m| {
+                actions.iter().any(|(_, action)| match action {
+                    Pending::Forget { .. } => false,
+                    Pending::Release { key, .. } => m.find(key).is_some(),
+                    _ => true,
+                })
+            });
+            if blocking {
+                // Kept for the abort that this error causes.
+                PENDING.with(|p| *p.borrow_mut() = actions);
+                errors::raise(&AdmissionError::Prepared);
+            }
         }
         XACT_EVENT_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PREPARE => {
             let mut actions = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
@@ -581,12 +633,16 @@ fn on_commit(m: &mut Admission, action: Pending) {
             spent,
             itpm,
             otpm,
+            counted_hold,
+            counted_spent,
         } => {
             if let Some(slot) = m.find(&key) {
                 let s = &mut m.tenants[slot];
-                s.reserved = (s.reserved - hold).max(Decimal::ZERO);
+                if !counted_hold {
+                    s.reserved = (s.reserved - hold).max(Decimal::ZERO);
+                }
                 let t = now();
-                if t >= s.period_start && t < s.period_end {
+                if !counted_spent && t >= s.period_start && t < s.period_end {
                     s.spent += spent;
                 }
                 s.buckets.refund(0.0, itpm, otpm);
@@ -599,6 +655,7 @@ fn on_commit(m: &mut Admission, action: Pending) {
                     m.unlink_and_free(slot, head);
                 }
                 m.tenants[slot].used = 2;
+                m.live_slots -= 1;
             }
         }
     }
@@ -633,11 +690,35 @@ fn on_abort(m: &mut Admission, action: Pending) {
             }
         }
         Pending::Materializing { key, index, id } => {
-            if m.record(&id, &key) == Some(index as usize) {
-                m.records_mut()[index as usize].materializing = 0;
+            if let (Some(slot), true) = (m.find(&key), m.record(&id, &key) == Some(index as usize))
+            {
+                let r = &mut m.records_mut()[index as usize];
+                r.materializing = 0;
+                let due = r.lease_end;
+                let s = &mut m.tenants[slot];
+                s.next_expiry = s.next_expiry.min(due);
             }
         }
-        Pending::Release { .. } | Pending::Forget { .. } => {}
+        Pending::Release {
+            key,
+            hold,
+            spent,
+            counted_hold,
+            counted_spent,
+            ..
+        } => {
+            // The reload counted this change, which did not happen after all.
+            if let Some(slot) = m.find(&key) {
+                let s = &mut m.tenants[slot];
+                if counted_hold {
+                    s.reserved += hold;
+                }
+                if counted_spent {
+                    s.spent = (s.spent - spent).max(Decimal::ZERO);
+                }
+            }
+        }
+        Pending::Forget { .. } => {}
     }
 }
 
@@ -837,6 +918,8 @@ fn read_terms_row(
 
 /// The period's bounds and money from the tables, for a slot that is new or whose period ended.
 struct Loaded {
+    /// The kind of period it was computed for (the terms may change meanwhile).
+    period: u8,
     period_start: Micros,
     period_end: Micros,
     spent: Decimal,
@@ -844,7 +927,8 @@ struct Loaded {
     held_next_expiry: Micros,
 }
 
-fn load_period(period_name: &str) -> Loaded {
+fn load_period(period: u8) -> Loaded {
+    let period_name = period_name(period);
     as_meter(|| {
         Spi::connect_mut(|client| {
             let row = client
@@ -855,6 +939,7 @@ fn load_period(period_name: &str) -> Loaded {
                 )?
                 .first();
             Ok::<_, pgrx::spi::SpiError>(Loaded {
+                period,
                 period_start: row.get(1)?.unwrap_or(0),
                 period_end: row.get(2)?.unwrap_or(0),
                 spent: decimal(&row.get::<String>(3)?.unwrap_or_default()),
@@ -920,14 +1005,16 @@ fn _admit_in_memory(
     let generation = generation();
     // The tenant's terms come from its slot; a backend reads them (and the price) when the slot
     // has none that are current.
-    let mut fresh: Option<TenantTerms> = None;
+    // Terms this call read, with the generation they were read under: used for this call even
+    // if a change lands meanwhile (as if the call had come just before it).
+    let mut fresh: Option<(TenantTerms, u64)> = None;
     let price = match cached_price(model, generation) {
         Some(price) => price,
         None => {
             let Some((terms, price)) = read_terms(model, generation) else {
                 errors::raise(&AdmissionError::UnknownTenant(tenant));
             };
-            fresh = Some(terms);
+            fresh = Some((terms, generation));
             price
         }
     };
@@ -950,25 +1037,32 @@ fn _admit_in_memory(
     id[8] = (id[8] & 0x3f) | 0x80;
 
     let mut provisional = Decimal::ZERO;
+    let mut expired_rows = false;
     let mut loaded: Option<Loaded> = None;
-    for attempt in 0..4 {
+    for _ in 0..8 {
         let t = now();
         let lease_end = t + (lease_seconds * 1e6) as i64;
+        let mut installed = None;
         let outcome = locked(|m| {
             admit_locked(
                 m,
                 &key,
-                fresh.take().map(|terms| (terms, generation)),
+                fresh.as_ref(),
                 &price,
                 &request,
                 model,
                 &mut id,
                 t,
                 lease_end,
-                loaded.take(),
+                loaded.as_ref(),
+                &mut installed,
                 provisional,
             )
         });
+        if let Some(new_slot) = installed {
+            loaded = None;
+            count_as_loaded(&key, new_slot);
+        }
         match outcome {
             Outcome::Admitted(index) => {
                 push_pending(Pending::Admitted { key, index, id });
@@ -998,11 +1092,6 @@ fn _admit_in_memory(
                     )
                 })
                 .unwrap_or_else(|e| error!("writing a reservation: {e}"));
-                // As on the table path: admission state need not survive a crash.
-                if gucs::async_admission() {
-                    Spi::run("select pg_catalog.set_config('synchronous_commit', 'off', true)")
-                        .unwrap_or_else(|e| error!("setting synchronous_commit: {e}"));
-                }
                 locked(|m| {
                     if let Some(slot) = m.find(&key) {
                         let s = &mut m.tenants[slot];
@@ -1011,21 +1100,21 @@ fn _admit_in_memory(
                 });
                 return Some(reservation);
             }
-            Outcome::Load(period) => loaded = Some(load_period(period_name(period))),
-            Outcome::Terms => match read_terms(model, generation) {
-                Some((terms, _)) => fresh = Some(terms),
-                None => errors::raise(&AdmissionError::UnknownTenant(tenant)),
-            },
+            Outcome::Load(period) => loaded = Some(load_period(period)),
+            Outcome::Terms => {
+                let generation = self::generation();
+                match read_terms(model, generation) {
+                    Some((terms, _)) => fresh = Some((terms, generation)),
+                    None => errors::raise(&AdmissionError::UnknownTenant(tenant)),
+                }
+            }
             Outcome::Suspended => return refuse(AdmissionError::Suspended(tenant)),
             Outcome::Full => errors::raise(&AdmissionError::Full),
             Outcome::Refused(refusal, held_due) => {
                 // Before refusing for money, let expired rows held in memory go (their release
                 // is applied at commit; this decision counts it already).
-                if attempt < 2
-                    && refusal.limit == "dollar_budget"
-                    && held_due
-                    && provisional.is_zero()
-                {
+                if refusal.limit == "dollar_budget" && held_due && !expired_rows {
+                    expired_rows = true;
                     let (freed, next) = as_meter(|| {
                         Spi::get_two::<String, i64>(
                             "select freed::pg_catalog.text, next_expiry from bulkhead._expire_held_in_memory()",
@@ -1070,6 +1159,28 @@ fn random_bytes() -> [u8; 16] {
         *used += 16;
         id
     })
+}
+
+/// After a reload of `key`'s slot in this transaction: the releases this transaction queued
+/// for the tenant are in what the reload read (their holds, if the slot is new; their costs
+/// either way), so commit must not apply them twice and an abort must take them back out.
+fn count_as_loaded(key: &TenantKey, new_slot: bool) {
+    PENDING.with(|p| {
+        for (_, action) in p.borrow_mut().iter_mut() {
+            if let Pending::Release {
+                key: k,
+                counted_hold,
+                counted_spent,
+                ..
+            } = action
+            {
+                if k == key {
+                    *counted_hold |= new_slot;
+                    *counted_spent = true;
+                }
+            }
+        }
+    });
 }
 
 /// Keeps a refusal for `_admission_refusal()` and answers NULL.
@@ -1118,24 +1229,34 @@ enum Outcome {
 fn admit_locked(
     m: &mut Admission,
     key: &TenantKey,
-    fresh: Option<(TenantTerms, u64)>,
+    fresh: Option<&(TenantTerms, u64)>,
     price: &Price,
     request: &Request,
     model: &str,
     id: &mut [u8; 16],
     t: Micros,
     lease_end: Micros,
-    loaded: Option<Loaded>,
+    loaded: Option<&Loaded>,
+    installed: &mut Option<bool>,
     provisional: Decimal,
 ) -> Outcome {
-    let Some(slot) = m.find_or_insert(key) else {
-        return Outcome::Full;
+    // A slot is created only from terms just read, which prove the tenant exists.
+    let slot = match (m.find(key), fresh.is_some()) {
+        (Some(slot), _) => slot,
+        (None, true) => match m.find_or_insert(key) {
+            Some(slot) => slot,
+            None => return Outcome::Full,
+        },
+        (None, false) => return Outcome::Terms,
     };
     let s = &mut m.tenants[slot];
     if let Some((terms, read_under)) = fresh {
-        s.terms = terms;
-        s.terms_generation = read_under;
-        s.terms_read_at = t;
+        // Unless another backend put terms read under a newer generation there meanwhile.
+        if s.terms.period == 0 || s.terms_generation <= *read_under {
+            s.terms = *terms;
+            s.terms_generation = *read_under;
+            s.terms_read_at = t;
+        }
     } else if s.terms.period == 0
         || s.terms_generation != generation()
         || t - s.terms_read_at >= TERMS_TTL_MICROS
@@ -1151,10 +1272,11 @@ fn admit_locked(
         let stale =
             s.period == 0 || s.period != terms.period || t >= s.period_end || t < s.period_start;
         if stale {
-            let Some(l) = loaded else {
+            let Some(l) = loaded.filter(|l| l.period == terms.period) else {
                 return Outcome::Load(terms.period);
             };
             let s = &mut m.tenants[slot];
+            *installed = Some(s.period == 0);
             if s.period == 0 {
                 // New here (or after a restart): full buckets; holds are the rows held in memory.
                 s.buckets = Buckets::full(&terms.limits, t);
@@ -1219,6 +1341,8 @@ fn admit_locked(
     let s = &mut m.tenants[slot];
     s.head = index as u32;
     s.records += 1;
+    s.open_records += 1;
+    s.open_held += request.estimate;
     s.next_expiry = s.next_expiry.min(lease_end);
     Outcome::Admitted(index as u32)
 }
@@ -1324,15 +1448,21 @@ fn _release_in_memory(
     if hold < Decimal::ZERO || spent < Decimal::ZERO {
         errors::raise(&AdmissionError::Amount(format!("{hold} / {spent}")));
     }
-    if MEMORY.load(Ordering::Acquire).is_null() {
+    if !attached() {
         return;
     }
+    // Applied at commit to the tenant's slot, if it has one. Kept even when it has none now: a
+    // slot loaded later in this transaction reads the tables with this change in them (see
+    // Pending::Release). A slot loaded by another session waits for the budget_state row lock
+    // every caller holds, so it reads the tables after this transaction ends.
     push_pending(Pending::Release {
         key: key_of(tenant),
         hold,
         spent,
         itpm: itpm_refund as f64,
         otpm: otpm_refund as f64,
+        counted_hold: false,
+        counted_spent: false,
     });
 }
 
@@ -1340,10 +1470,9 @@ fn _release_in_memory(
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn _forget_in_memory(tenant: pgrx::Uuid) {
-    if !MEMORY.load(Ordering::Acquire).is_null() {
-        push_pending(Pending::Forget {
-            key: key_of(tenant),
-        });
+    let key = key_of(tenant);
+    if attached() && locked(|m| m.find(&key).is_some()) {
+        push_pending(Pending::Forget { key });
     }
 }
 
@@ -1362,7 +1491,13 @@ fn _expire_in_memory() -> i64 {
     locked(|m| m.find(&key).map_or(0, |slot| m.expire(slot, t)))
 }
 
+/// Records `_open_in_memory` lists one by one; the rest are summed from the slot's counters,
+/// so that a report never holds the admission lock for longer than this walk.
+const REPORT_WALK_MAX: usize = 256;
+
 /// The current tenant's open in-memory reservations by model: (provider, model, count, held).
+/// Beyond REPORT_WALK_MAX records, the rest come as one row with an empty provider and model
+/// `(more in memory)`.
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn _open_in_memory() -> TableIterator<
@@ -1374,31 +1509,47 @@ fn _open_in_memory() -> TableIterator<
         name!(open_reserved_usd, pgrx::AnyNumeric),
     ),
 > {
-    let mut rows: HashMap<(String, String), (i64, Decimal)> = HashMap::new();
-    if let (false, Some(tenant)) = (
-        MEMORY.load(Ordering::Acquire).is_null(),
-        context::current_tenant(),
-    ) {
+    type Copied = ([u8; PROVIDER_MAX], u8, [u8; MODEL_MAX], u8, Decimal);
+    let mut copied: Vec<Copied> = Vec::with_capacity(REPORT_WALK_MAX);
+    let mut total = (0u32, Decimal::ZERO);
+    if let (true, Some(tenant)) = (attached(), context::current_tenant()) {
         let key = key_of(tenant);
         locked(|m| {
-            if let Some(slot) = m.find(&key) {
-                let mut i = m.tenants[slot].head;
-                while i != NONE {
-                    let r = &m.records_mut()[i as usize];
-                    if r.state == 1 && r.materializing == 0 {
-                        let k = (
-                            String::from_utf8_lossy(&r.provider[..r.provider_len as usize])
-                                .into_owned(),
-                            String::from_utf8_lossy(&r.model[..r.model_len as usize]).into_owned(),
-                        );
-                        let e = rows.entry(k).or_default();
-                        e.0 += 1;
-                        e.1 += r.reserved;
-                    }
-                    i = r.next;
+            let Some(slot) = m.find(&key) else {
+                return;
+            };
+            total = (m.tenants[slot].open_records, m.tenants[slot].open_held);
+            let mut i = m.tenants[slot].head;
+            while i != NONE && copied.len() < REPORT_WALK_MAX {
+                let r = &m.records()[i as usize];
+                if r.state == 1 {
+                    copied.push((r.provider, r.provider_len, r.model, r.model_len, r.reserved));
                 }
+                i = r.next;
             }
         });
+    }
+    let mut rows: HashMap<(String, String), (i64, Decimal)> = HashMap::new();
+    let (mut listed, mut listed_held) = (0u32, Decimal::ZERO);
+    for (provider, provider_len, model, model_len, held) in copied {
+        let name =
+            |bytes: &[u8], len: u8| String::from_utf8_lossy(&bytes[..len as usize]).into_owned();
+        let e = rows
+            .entry((name(&provider, provider_len), name(&model, model_len)))
+            .or_default();
+        e.0 += 1;
+        e.1 += held;
+        listed += 1;
+        listed_held += held;
+    }
+    if total.0 > listed {
+        rows.insert(
+            (String::new(), "(more in memory)".to_string()),
+            (
+                i64::from(total.0 - listed),
+                (total.1 - listed_held).max(Decimal::ZERO),
+            ),
+        );
     }
     TableIterator::new(rows.into_iter().map(|((provider, model), (n, held))| {
         (

@@ -186,10 +186,6 @@ pub fn memory_admission_reservations() -> u32 {
     MEMORY_ADMISSION_RESERVATIONS.get().max(1024) as u32
 }
 
-pub fn async_admission() -> bool {
-    ASYNC_ADMISSION.get()
-}
-
 /// `bulkhead.min_lease` as written (an interval).
 pub fn min_lease() -> String {
     MIN_LEASE
