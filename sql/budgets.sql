@@ -250,6 +250,7 @@ declare
     local_period timestamp;
     elapsed float8;
     freed numeric;
+    freed_all numeric;
     reservation uuid := pg_catalog.gen_random_uuid();
     lease_seconds numeric;
     -- Named as the public function in messages.
@@ -345,7 +346,9 @@ begin
         select coalesce(sum(l.cost_usd), 0) into st.spent_usd
         from bulkhead.ledger l
         where l.tenant_id = tenant and l.created_at >= st.period_start and l.created_at < st.period_end;
-        select coalesce(sum(r.reserved_usd), 0), min(r.lease_expires_at) into st.reserved_usd, st.next_expiry
+        -- Holds of rows admitted in memory were never in budget_state (nor are released there).
+        select coalesce(sum(r.reserved_usd) filter (where not r.held_in_memory), 0), min(r.lease_expires_at)
+        into st.reserved_usd, st.next_expiry
         from bulkhead.reservations r
         where r.tenant_id = tenant and r.settled_at is null and r.expired_at is null;
     end if;
@@ -356,10 +359,16 @@ begin
             update bulkhead.reservations r set expired_at = now_ts
             where r.tenant_id = tenant and r.settled_at is null and r.expired_at is null
               and r.lease_expires_at <= now_ts
-            returning r.reserved_usd
+            returning r.reserved_usd, r.held_in_memory
         )
-        select coalesce(sum(e.reserved_usd), 0) into freed from expired e;
+        select coalesce(sum(e.reserved_usd) filter (where not e.held_in_memory), 0), coalesce(sum(e.reserved_usd), 0)
+        into freed, freed_all from expired e;
         st.reserved_usd := greatest(st.reserved_usd - freed, 0);
+        -- Should this transaction go on to load the tenant's slot in memory (see
+        -- Pending::Release in extension/src/admission.rs).
+        if freed_all > 0 then
+            perform bulkhead._release_in_memory(freed_all, 0, 0, 0);
+        end if;
         select min(r.lease_expires_at) into st.next_expiry
         from bulkhead.reservations r
         where r.tenant_id = tenant and r.settled_at is null and r.expired_at is null;
@@ -426,6 +435,8 @@ begin
         reserved_usd = st.reserved_usd + estimate,
         next_expiry = least(st.next_expiry, lease_end)
     where s.tenant_id = tenant;
+    -- Should this transaction go on to load the tenant's slot in memory, it counts this row.
+    perform bulkhead._table_hold_in_memory(estimate);
 
     -- Admission state need not survive a crash (the ledger does): an asynchronous commit lets
     -- checks run without a WAL flush each. A crash loses at most the reservations in flight.
@@ -721,6 +732,7 @@ revoke all on function bulkhead._admit_in_memory(text, int, int, interval) from 
 revoke all on function bulkhead._admission_refusal() from public;
 revoke all on function bulkhead._raise_refusal() from public;
 revoke all on function bulkhead._micros(timestamptz) from public;
+revoke all on function bulkhead._table_hold_in_memory(numeric) from public;
 revoke all on function bulkhead.expire_reservations() from public;
 revoke all on function bulkhead.expire_all_reservations() from public;
 revoke all on function bulkhead._expire_tenant(uuid, boolean) from public;
@@ -738,7 +750,8 @@ grant execute on function bulkhead._budget_check_table(text, int, int, interval)
     bulkhead._reservation_from_memory(uuid, text, text, int, int, numeric, bigint, bigint, bigint, boolean),
     bulkhead._materialize_reservation(uuid), bulkhead._release_in_memory(numeric, numeric, bigint, bigint),
     bulkhead._expire_in_memory(), bulkhead._open_in_memory(), bulkhead._micros(timestamptz),
-    bulkhead._admit_in_memory(text, int, int, interval), bulkhead._admission_refusal() to bulkhead_meter;
+    bulkhead._admit_in_memory(text, int, int, interval), bulkhead._admission_refusal(),
+    bulkhead._table_hold_in_memory(numeric) to bulkhead_meter;
 grant execute on function bulkhead._forget_in_memory(uuid) to bulkhead_admin;
 -- usage_report (invoker) lists the caller's own open reservations in memory.
 grant execute on function bulkhead._open_in_memory() to bulkhead_app, bulkhead_worker, bulkhead_admin;

@@ -389,3 +389,71 @@ async fn a_slot_loaded_after_a_settle_in_the_same_transaction_survives_its_rollb
     let third = check(&mut memory, tenant, &model, "10 minutes").await;
     assert_eq!(refusal(&third).0, "PT429");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_path_admission_rolled_back_after_its_slot_loaded_leaves_no_hold() {
+    let (tenant, model) = tenant_with_budget("mem-handover", "3.5").await;
+    // T, on the table path, admits after a savepoint and keeps the tenant's budget_state row.
+    let mut table = app().await;
+    let mut tx = common::begin_as(&mut table, tenant).await.unwrap();
+    sqlx::query("savepoint before_checks")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("select bulkhead.budget_check($1, 1, 0)")
+        .bind(&model)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+
+    // M's first check in memory creates the tenant's slot, then waits for that row to load it.
+    let memory_check = {
+        let model = model.clone();
+        tokio::spawn(async move {
+            let mut memory = memory_app().await;
+            check(&mut memory, tenant, &model, "10 minutes").await
+        })
+    };
+    let mut su = common::superuser().await;
+    let mut waited = 0;
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "select count(*) from pg_stat_activity where usename = 'bulkhead_test_memory_app' and wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut su)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        waited += 1;
+        assert!(waited < 100, "the memory session never waited for the row");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    // T checks again: the tenant has a slot now, so T loads it (seeing its own uncommitted row)
+    // and admits in memory. Then T rolls both back.
+    sqlx::query("select bulkhead.budget_check($1, 1, 0)")
+        .bind(&model)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("rollback to savepoint before_checks")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    memory_check.await.unwrap().expect("M's check fits");
+
+    // Only M's call holds budget: two more fit, the third does not.
+    let mut memory = memory_app().await;
+    check(&mut memory, tenant, &model, "10 minutes")
+        .await
+        .unwrap();
+    check(&mut memory, tenant, &model, "10 minutes")
+        .await
+        .unwrap();
+    let fourth = check(&mut memory, tenant, &model, "10 minutes").await;
+    assert_eq!(refusal(&fourth).0, "PT429");
+    assert_eq!(rows_written(tenant).await, 0);
+}

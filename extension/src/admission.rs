@@ -211,7 +211,32 @@ fn in_memory() -> bool {
     }
     context::current_tenant()
         .map(key_of)
-        .is_some_and(|key| locked(|m| m.find(&key).is_some()))
+        .is_some_and(|key| has_slot(&key))
+}
+
+/// Whether any tenant has a slot: read without the lock, as a hint that lets sessions of a
+/// cluster where nobody admits in memory skip the lock. A slot created concurrently is loaded
+/// under the tenant's budget_state row lock, which the table path holds when it checks again.
+fn any_slot() -> bool {
+    let memory = MEMORY.load(Ordering::Acquire);
+    // SAFETY: an aligned u32 in the attached segment; a stale read only costs a lock trip.
+    !memory.is_null() && unsafe { std::ptr::read_volatile(&raw const (*memory).live_slots) } > 0
+}
+
+/// Whether `key` has a slot, under the lock in shared mode.
+fn has_slot(key: &TenantKey) -> bool {
+    if !any_slot() {
+        return false;
+    }
+    let memory = MEMORY.load(Ordering::Acquire);
+    // SAFETY: as in locked(); shared mode, and only reads.
+    unsafe {
+        let m = &*memory;
+        pg_sys::LWLockAcquire(m.lock, pg_sys::LWLockMode::LW_SHARED);
+        let found = m.find(key).is_some();
+        pg_sys::LWLockRelease(m.lock);
+        found
+    }
 }
 
 /// Runs `f` under the admission lock. `f` must not raise: errors are decided after the lock
@@ -408,9 +433,8 @@ impl Admission {
             i = self.records_mut()[index].next;
             let r = &mut self.records_mut()[index];
             if r.materializing != 0 {
-                // Being written to the table: left alone, but its due time still counts, so a
-                // writer that rolls back leaves a record the next pass expires.
-                next_expiry = next_expiry.min(r.lease_end);
+                // Being written to the table: left alone (a writer that rolls back puts its
+                // due time back, see on_abort).
                 continue;
             }
             if r.state == 1 && r.lease_end <= now {
@@ -505,6 +529,14 @@ enum Pending {
         counted_hold: bool,
         counted_spent: bool,
     },
+    /// The table path admitted a call (a reservation row) for a tenant without a slot. If this
+    /// transaction then loads the tenant's slot, the load counts that row (`counted`), and an
+    /// abort must take it back out.
+    TableHold {
+        key: TenantKey,
+        hold: Decimal,
+        counted: bool,
+    },
     /// Commit: the tenant was deleted.
     Forget { key: TenantKey },
 }
@@ -513,6 +545,8 @@ thread_local! {
     static PRICES: RefCell<HashMap<String, CachedPrice>> = RefCell::new(HashMap::new());
     static PENDING: RefCell<Vec<(pg_sys::SubTransactionId, Pending)>> = const { RefCell::new(Vec::new()) };
     static REFUSAL: RefCell<Option<AdmissionError>> = const { RefCell::new(None) };
+    /// Releases applied at PRE_COMMIT, undone if the transaction aborts after all.
+    static APPLIED: RefCell<Vec<(Pending, Applied)>> = const { RefCell::new(Vec::new()) };
     static ENTROPY: RefCell<([u8; 4096], usize)> = const { RefCell::new(([0; 4096], 4096)) };
     static MIN_LEASE: RefCell<Option<(String, f64)>> = const { RefCell::new(None) };
 }
@@ -532,8 +566,8 @@ unsafe extern "C-unwind" fn on_xact_event(
     match event {
         XACT_EVENT_PRE_PREPARE => {
             // Nothing in memory can wait for a COMMIT PREPARED in another session. What may be
-            // skipped: forgetting a deleted tenant (its slot only goes stale), and releases for
-            // tenants without a slot (the table path's settles).
+            // skipped: forgetting a deleted tenant (its slot only goes stale), and what concerns
+            // tenants without a slot (the table path's admissions and settles).
             let actions = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
             if actions.is_empty() || !attached() {
                 return;
@@ -541,7 +575,9 @@ unsafe extern "C-unwind" fn on_xact_event(
             let blocking = locked(|m| {
                 actions.iter().any(|(_, action)| match action {
                     Pending::Forget { .. } => false,
-                    Pending::Release { key, .. } => m.find(key).is_some(),
+                    Pending::Release { key, .. } | Pending::TableHold { key, .. } => {
+                        m.find(key).is_some()
+                    }
                     _ => true,
                 })
             });
@@ -551,22 +587,65 @@ unsafe extern "C-unwind" fn on_xact_event(
                 errors::raise(&AdmissionError::Prepared);
             }
         }
+        XACT_EVENT_PRE_COMMIT => {
+            // Releases are applied while this transaction still holds its budget_state row
+            // locks: a slot loaded after them reads tables that show them and a slot that
+            // already shows them (applied at COMMIT, a load could fall between the commit
+            // becoming visible and the callback). Undone if the commit fails after this.
+            let releases =
+                PENDING.with(|p| {
+                    let mut p = p.borrow_mut();
+                    let (releases, rest) =
+                        std::mem::take(&mut *p).into_iter().partition::<Vec<_>, _>(
+                            |(_, action)| matches!(action, Pending::Release { .. }),
+                        );
+                    *p = rest;
+                    releases
+                });
+            if releases.is_empty() || !attached() {
+                return;
+            }
+            let applied = locked(|m| {
+                releases
+                    .into_iter()
+                    .map(|(_, release)| {
+                        let applied = apply_release(m, &release);
+                        (release, applied)
+                    })
+                    .collect::<Vec<_>>()
+            });
+            APPLIED.with(|a| *a.borrow_mut() = applied);
+        }
         XACT_EVENT_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PREPARE => {
+            let applied = APPLIED.with(|a| std::mem::take(&mut *a.borrow_mut()));
             let mut actions = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
+            if event == XACT_EVENT_PREPARE || !attached() {
+                return; // PRE_PREPARE let only what may be skipped through
+            }
             let commit = event == XACT_EVENT_COMMIT;
             if commit {
                 // An admission that commits is already in place: no second trip to the lock.
                 actions.retain(|(_, action)| {
                     !matches!(
                         action,
-                        Pending::Admitted { .. } | Pending::AdmittedToTable { .. }
+                        Pending::Admitted { .. }
+                            | Pending::AdmittedToTable { .. }
+                            | Pending::TableHold { .. }
                     )
                 });
-            }
-            if actions.is_empty() || MEMORY.load(Ordering::Acquire).is_null() {
+                if actions.is_empty() {
+                    return;
+                }
+            } else if actions.is_empty() && applied.is_empty() {
                 return;
             }
             locked(|m| {
+                if !commit {
+                    for (release, applied) in applied {
+                        revert_release(m, &release, applied);
+                        on_abort(m, release);
+                    }
+                }
                 for (_, action) in actions.into_iter().rev() {
                     if commit {
                         on_commit(m, action);
@@ -618,35 +697,70 @@ unsafe extern "C-unwind" fn on_subxact_event(
     }
 }
 
+/// What applying a Release changed in its tenant's slot, to undo it exactly.
+#[derive(Default)]
+struct Applied {
+    hold: Decimal,
+    spent: Decimal,
+    tokens: (f64, f64),
+}
+
+fn apply_release(m: &mut Admission, release: &Pending) -> Applied {
+    let Pending::Release {
+        key,
+        hold,
+        spent,
+        itpm,
+        otpm,
+        counted_hold,
+        counted_spent,
+    } = release
+    else {
+        return Applied::default();
+    };
+    let Some(slot) = m.find(key) else {
+        return Applied::default();
+    };
+    let s = &mut m.tenants[slot];
+    let mut applied = Applied::default();
+    if !counted_hold {
+        let before = s.reserved;
+        s.reserved = (s.reserved - *hold).max(Decimal::ZERO);
+        applied.hold = before - s.reserved;
+    }
+    let t = now();
+    if !counted_spent && t >= s.period_start && t < s.period_end {
+        s.spent += *spent;
+        applied.spent = *spent;
+    }
+    s.buckets.refund(0.0, *itpm, *otpm);
+    applied.tokens = (*itpm, *otpm);
+    applied
+}
+
+fn revert_release(m: &mut Admission, release: &Pending, applied: Applied) {
+    let Pending::Release { key, .. } = release else {
+        return;
+    };
+    if let Some(slot) = m.find(key) {
+        let s = &mut m.tenants[slot];
+        s.reserved += applied.hold;
+        s.spent = (s.spent - applied.spent).max(Decimal::ZERO);
+        s.buckets.refund(0.0, -applied.tokens.0, -applied.tokens.1);
+    }
+}
+
 fn on_commit(m: &mut Admission, action: Pending) {
     match action {
-        Pending::Admitted { .. } | Pending::AdmittedToTable { .. } => {}
+        Pending::Admitted { .. } | Pending::AdmittedToTable { .. } | Pending::TableHold { .. } => {}
         Pending::Materializing { key, index, id } => {
             if let (Some(slot), true) = (m.find(&key), m.record(&id, &key) == Some(index as usize))
             {
                 m.unlink_and_free(slot, index as usize);
             }
         }
-        Pending::Release {
-            key,
-            hold,
-            spent,
-            itpm,
-            otpm,
-            counted_hold,
-            counted_spent,
-        } => {
-            if let Some(slot) = m.find(&key) {
-                let s = &mut m.tenants[slot];
-                if !counted_hold {
-                    s.reserved = (s.reserved - hold).max(Decimal::ZERO);
-                }
-                let t = now();
-                if !counted_spent && t >= s.period_start && t < s.period_end {
-                    s.spent += spent;
-                }
-                s.buckets.refund(0.0, itpm, otpm);
-            }
+        release @ Pending::Release { .. } => {
+            apply_release(m, &release);
         }
         Pending::Forget { key } => {
             if let Some(slot) = m.find(&key) {
@@ -718,7 +832,17 @@ fn on_abort(m: &mut Admission, action: Pending) {
                 }
             }
         }
-        Pending::Forget { .. } => {}
+        Pending::TableHold {
+            key,
+            hold,
+            counted: true,
+        } => {
+            if let Some(slot) = m.find(&key) {
+                let s = &mut m.tenants[slot];
+                s.reserved = (s.reserved - hold).max(Decimal::ZERO);
+            }
+        }
+        Pending::TableHold { .. } | Pending::Forget { .. } => {}
     }
 }
 
@@ -1167,17 +1291,20 @@ fn random_bytes() -> [u8; 16] {
 fn count_as_loaded(key: &TenantKey, new_slot: bool) {
     PENDING.with(|p| {
         for (_, action) in p.borrow_mut().iter_mut() {
-            if let Pending::Release {
-                key: k,
-                counted_hold,
-                counted_spent,
-                ..
-            } = action
-            {
-                if k == key {
+            match action {
+                Pending::Release {
+                    key: k,
+                    counted_hold,
+                    counted_spent,
+                    ..
+                } if k == key => {
                     *counted_hold |= new_slot;
                     *counted_spent = true;
                 }
+                Pending::TableHold {
+                    key: k, counted, ..
+                } if k == key => *counted |= new_slot,
+                _ => {}
             }
         }
     });
@@ -1466,12 +1593,26 @@ fn _release_in_memory(
     });
 }
 
+/// The table path admitted a call holding `hold` for the current tenant (see Pending::TableHold).
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn _table_hold_in_memory(hold: pgrx::AnyNumeric) {
+    let (true, Some(tenant)) = (attached(), context::current_tenant()) else {
+        return;
+    };
+    push_pending(Pending::TableHold {
+        key: key_of(tenant),
+        hold: decimal(&hold.to_string()).max(Decimal::ZERO),
+        counted: false,
+    });
+}
+
 /// At commit: forgets a deleted tenant's admission state in this database.
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn _forget_in_memory(tenant: pgrx::Uuid) {
     let key = key_of(tenant);
-    if attached() && locked(|m| m.find(&key).is_some()) {
+    if attached() && has_slot(&key) {
         push_pending(Pending::Forget { key });
     }
 }
@@ -1519,13 +1660,14 @@ fn _open_in_memory() -> TableIterator<
                 return;
             };
             total = (m.tenants[slot].open_records, m.tenants[slot].open_held);
-            let mut i = m.tenants[slot].head;
-            while i != NONE && copied.len() < REPORT_WALK_MAX {
+            let (mut i, mut steps) = (m.tenants[slot].head, 0);
+            while i != NONE && steps < REPORT_WALK_MAX {
                 let r = &m.records()[i as usize];
                 if r.state == 1 {
                     copied.push((r.provider, r.provider_len, r.model, r.model_len, r.reserved));
                 }
                 i = r.next;
+                steps += 1;
             }
         });
     }

@@ -51,6 +51,7 @@ extension_sql_file!(
         admission::_admission_in_memory,
         admission::_materialize_reservation,
         admission::_release_in_memory,
+        admission::_table_hold_in_memory,
         admission::_forget_in_memory,
         admission::_expire_in_memory,
         admission::_open_in_memory
