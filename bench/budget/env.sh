@@ -12,7 +12,8 @@ pgrun=$home/bench-pg/run
 
 as_pg() { if [ "$(id -u)" = 0 ]; then sudo -u postgres "$@"; else "$@"; fi; }
 
-# bench_cluster start | restart. A restart forgets the open in-memory reservations.
+# bench_cluster start | restart: starts the cluster, or restarts it when running ("restart"),
+# which forgets the open in-memory reservations.
 bench_cluster() {
     mkdir -p "$pgrun"
     [ "$(id -u)" = 0 ] && chown postgres "$home/bench-pg" "$pgrun"
@@ -23,7 +24,9 @@ bench_cluster() {
     local options="-c listen_addresses=127.0.0.1 -p $port -c unix_socket_directories=$pgrun -c max_connections=200"
     options="$options -c shared_preload_libraries=bulkhead -c bulkhead.memory_admission_reservations=1048576"
     if as_pg "$pgi/pg_ctl" -D "$pgdata" status >/dev/null 2>&1; then
-        [ "$1" = restart ] && as_pg "$pgi/pg_ctl" -D "$pgdata" -w -m fast -o "$options" restart >/dev/null
+        if [ "$1" = restart ]; then
+            as_pg "$pgi/pg_ctl" -D "$pgdata" -w -m fast -o "$options" restart >/dev/null
+        fi
     else
         as_pg "$pgi/pg_ctl" -D "$pgdata" -l "$home/bench-pg/postgres.log" -w -o "$options" start >/dev/null
     fi
