@@ -3,20 +3,9 @@
 
 mod common;
 
-use common::{admin, app, create_tenant};
+use common::{admin, app, create_tenant, thousandth_dollar_model};
 use sqlx::PgConnection;
 use uuid::Uuid;
-
-/// A model priced so that one input token costs exactly $0.001 and output is free.
-async fn thousandth_dollar_model(admin: &mut PgConnection) -> String {
-    let model = format!("it-model-{}", Uuid::new_v4().simple());
-    sqlx::query("select bulkhead.set_price('openai', $1, 1000, 0, effective_from => now() - interval '1 minute')")
-        .bind(&model)
-        .execute(admin)
-        .await
-        .unwrap();
-    model
-}
 
 /// One admission in its own transaction, as an application would do it.
 async fn check(

@@ -5,21 +5,10 @@
 
 mod common;
 
-use common::{admin, app, create_tenant, memory_app, sqlstate};
+use common::{admin, app, create_tenant, memory_app, sqlstate, thousandth_dollar_model};
 use sqlx::types::BigDecimal;
 use sqlx::PgConnection;
 use uuid::Uuid;
-
-/// A model priced so that one input token costs exactly $0.001 and output is free.
-async fn thousandth_dollar_model(admin: &mut PgConnection) -> String {
-    let model = format!("mem-model-{}", Uuid::new_v4().simple());
-    sqlx::query("select bulkhead.set_price('openai', $1, 1000, 0, effective_from => now() - interval '1 minute')")
-        .bind(&model)
-        .execute(admin)
-        .await
-        .unwrap();
-    model
-}
 
 /// A tenant whose budget holds `calls` calls of one input token.
 async fn tenant_with_budget(prefix: &str, calls: &str) -> (Uuid, String) {

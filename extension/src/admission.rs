@@ -1200,27 +1200,21 @@ fn _admit_in_memory(
                 });
                 let reservation = pgrx::Uuid::from_bytes(id);
                 as_meter(|| {
-                    Spi::run_with_args(
-                        "select bulkhead._reservation_from_memory($1, $2, $3, $4, $5, $6::pg_catalog.numeric, $7, $8, $9, false)",
-                        &[
-                            reservation.into(),
-                            price.provider.as_str().into(),
-                            model.into(),
-                            est_input.into(),
-                            max_output.into(),
-                            request.estimate.to_string().into(),
-                            price.effective_from.into(),
-                            t.into(),
-                            lease_end.into(),
-                        ],
+                    write_reservation_row(
+                        &key,
+                        reservation,
+                        &ReservationRow {
+                            provider: &price.provider,
+                            model,
+                            est_input,
+                            max_output,
+                            reserved: request.estimate,
+                            price_from: price.effective_from,
+                            created_at: t,
+                            lease_end,
+                            expired: false,
+                        },
                     )
-                })
-                .unwrap_or_else(|e| error!("writing a reservation: {e}"));
-                locked(|m| {
-                    if let Some(slot) = m.find(&key) {
-                        let s = &mut m.tenants[slot];
-                        s.held_next_expiry = s.held_next_expiry.min(lease_end);
-                    }
                 });
                 return Some(reservation);
             }
@@ -1474,6 +1468,47 @@ fn admit_locked(
     Outcome::Admitted(index as u32)
 }
 
+/// An in-memory reservation, as `_reservation_from_memory` writes it to the table.
+struct ReservationRow<'a> {
+    provider: &'a str,
+    model: &'a str,
+    est_input: i32,
+    max_output: i32,
+    reserved: Decimal,
+    price_from: Micros,
+    created_at: Micros,
+    lease_end: Micros,
+    expired: bool,
+}
+
+/// Writes the row (its hold stays in the tenant's slot) and keeps the slot's earliest row lease.
+fn write_reservation_row(key: &TenantKey, reservation: pgrx::Uuid, row: &ReservationRow) {
+    Spi::run_with_args(
+        "select bulkhead._reservation_from_memory($1, $2, $3, $4, $5, $6::pg_catalog.numeric, $7, $8, $9, $10)",
+        &[
+            reservation.into(),
+            row.provider.into(),
+            row.model.into(),
+            row.est_input.into(),
+            row.max_output.into(),
+            row.reserved.to_string().into(),
+            row.price_from.into(),
+            row.created_at.into(),
+            row.lease_end.into(),
+            row.expired.into(),
+        ],
+    )
+    .unwrap_or_else(|e| error!("writing a reservation: {e}"));
+    if !row.expired {
+        locked(|m| {
+            if let Some(slot) = m.find(key) {
+                let s = &mut m.tenants[slot];
+                s.held_next_expiry = s.held_next_expiry.min(row.lease_end);
+            }
+        });
+    }
+}
+
 /// Whether this session admits in memory (for the SQL paths that settle and cancel).
 /// Runs no SQL, so it carries no SET search_path (budget_check calls it on every admission).
 #[pg_extern(stable, parallel_safe)]
@@ -1531,30 +1566,21 @@ fn _materialize_reservation(reservation: pgrx::Uuid) -> bool {
         return false;
     };
     push_pending(Pending::Materializing { key, index, id });
-    Spi::run_with_args(
-        "select bulkhead._reservation_from_memory($1, $2, $3, $4, $5, $6::pg_catalog.numeric, $7, $8, $9, $10)",
-        &[
-            reservation.into(),
-            provider.as_str().into(),
-            model.as_str().into(),
-            est_input.into(),
-            max_output.into(),
-            reserved.to_string().into(),
-            price_from.into(),
-            created_at.into(),
-            lease_end.into(),
-            expired.into(),
-        ],
-    )
-    .unwrap_or_else(|e| error!("writing a reservation: {e}"));
-    if !expired {
-        locked(|m| {
-            if let Some(slot) = m.find(&key) {
-                let s = &mut m.tenants[slot];
-                s.held_next_expiry = s.held_next_expiry.min(lease_end);
-            }
-        });
-    }
+    write_reservation_row(
+        &key,
+        reservation,
+        &ReservationRow {
+            provider: &provider,
+            model: &model,
+            est_input,
+            max_output,
+            reserved,
+            price_from,
+            created_at,
+            lease_end,
+            expired,
+        },
+    );
     true
 }
 

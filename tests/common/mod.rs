@@ -93,6 +93,17 @@ pub async fn create_tenant(admin: &mut PgConnection, prefix: &str) -> Uuid {
         .expect("create_tenant")
 }
 
+/// A model priced so that one input token costs exactly $0.001 and output is free.
+pub async fn thousandth_dollar_model(admin: &mut PgConnection) -> String {
+    let model = format!("it-model-{}", Uuid::new_v4().simple());
+    sqlx::query("select bulkhead.set_price('openai', $1, 1000, 0, effective_from => now() - interval '1 minute')")
+        .bind(&model)
+        .execute(admin)
+        .await
+        .expect("set_price");
+    model
+}
+
 /// Begins a transaction acting for `tenant`: set_tenant inside it, as applications do.
 pub async fn begin_as(
     conn: &mut PgConnection,
