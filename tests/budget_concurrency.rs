@@ -3,26 +3,9 @@
 
 mod common;
 
-use common::{admin, app, create_tenant, thousandth_dollar_model};
+use common::{admin, app, check, create_tenant, thousandth_dollar_model};
 use sqlx::PgConnection;
 use uuid::Uuid;
-
-/// One admission in its own transaction, as an application would do it.
-async fn check(
-    conn: &mut PgConnection,
-    tenant: Uuid,
-    model: &str,
-    lease: &str,
-) -> Result<Uuid, sqlx::Error> {
-    let mut tx = common::begin_as(conn, tenant).await?;
-    let reservation = sqlx::query_scalar("select bulkhead.budget_check($1, 1, 0, $2::interval)")
-        .bind(model)
-        .bind(lease)
-        .fetch_one(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok(reservation)
-}
 
 fn refusal_code(err: &sqlx::Error) -> Option<(String, String)> {
     err.as_database_error().map(|e| {

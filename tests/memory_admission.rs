@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{admin, app, create_tenant, memory_app, sqlstate, thousandth_dollar_model};
+use common::{admin, app, check, create_tenant, memory_app, sqlstate, thousandth_dollar_model};
 use sqlx::types::BigDecimal;
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -24,22 +24,6 @@ async fn tenant_with_budget(prefix: &str, calls: &str) -> (Uuid, String) {
     .await
     .unwrap();
     (tenant, model)
-}
-
-async fn check(
-    conn: &mut PgConnection,
-    tenant: Uuid,
-    model: &str,
-    lease: &str,
-) -> Result<Uuid, sqlx::Error> {
-    let mut tx = common::begin_as(conn, tenant).await?;
-    let reservation = sqlx::query_scalar("select bulkhead.budget_check($1, 1, 0, $2::interval)")
-        .bind(model)
-        .bind(lease)
-        .fetch_one(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok(reservation)
 }
 
 async fn settle(

@@ -104,6 +104,23 @@ pub async fn thousandth_dollar_model(admin: &mut PgConnection) -> String {
     model
 }
 
+/// One admission of a one-input-token call in its own transaction, as an application does it.
+pub async fn check(
+    conn: &mut PgConnection,
+    tenant: Uuid,
+    model: &str,
+    lease: &str,
+) -> Result<Uuid, sqlx::Error> {
+    let mut tx = begin_as(conn, tenant).await?;
+    let reservation = sqlx::query_scalar("select bulkhead.budget_check($1, 1, 0, $2::interval)")
+        .bind(model)
+        .bind(lease)
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(reservation)
+}
+
 /// Begins a transaction acting for `tenant`: set_tenant inside it, as applications do.
 pub async fn begin_as(
     conn: &mut PgConnection,
