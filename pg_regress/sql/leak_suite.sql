@@ -530,6 +530,30 @@ select 'A47 as bulkhead_admin' as attack,
     pg_temp.attempt($q$select * from bulkhead.usage_drift_report$q$) as admin_result;
 reset role;
 
+-- A48: admission in shared memory (bulkhead.memory_admission). B neither sees, settles nor
+-- releases A's in-memory reservation: memory is keyed by database and tenant, and the release
+-- function is the meter's. The twin: A settles it.
+set local bulkhead.memory_admission = on;
+set local role regress_leak_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000a');
+create temp table a_memory as select bulkhead.budget_check('leak-model', 10, 10) as id;
+grant select on a_memory to public;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
+select 'A48 B lists A''s holds' as attack, count(*) as seen from bulkhead._open_in_memory();
+select 'A48 B settles A''s reservation' as attack,
+    regexp_replace(pg_temp.attempt($q$select bulkhead.ledger_record((select id from a_memory),
+        '{"prompt_tokens": 0, "completion_tokens": 0}', 'b-takes-it')$q$),
+                   '[0-9a-f]{8}-[0-9a-f-]{27}', '<uuid>') as b_result;
+select 'A48 B releases a hold' as attack,
+    pg_temp.attempt($q$select bulkhead._release_in_memory(1, 0, 0, 0)$q$) as b_result;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000a');
+select 'A48 A lists its holds' as attack, count(*) as seen from bulkhead._open_in_memory();
+select 'A48 A settles its reservation' as attack,
+    pg_temp.attempt($q$select bulkhead.ledger_record((select id from a_memory),
+        '{"prompt_tokens": 0, "completion_tokens": 0}', 'a-memory-call')$q$) as a_result;
+reset role;
+set local bulkhead.memory_admission = off;
+
 -- A29: shadowing bulkhead.current_tenant() through search_path changes nothing: policies hold
 -- the function itself, not its name.
 set local role regress_leak_app;
