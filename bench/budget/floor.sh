@@ -10,6 +10,7 @@
 set -euo pipefail
 # shellcheck source=bench/budget/env.sh
 source "$(dirname "$0")/env.sh"
+bench_cluster restart  # the cluster run.sh prepared, on the installed library
 duration=${1:-6}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
