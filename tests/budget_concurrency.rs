@@ -35,35 +35,7 @@ async fn a_thousand_checks_from_32_connections_admit_exactly_the_budget() {
     .await
     .unwrap();
 
-    let mut workers = Vec::new();
-    for worker in 0..CONNECTIONS {
-        let model = model.clone();
-        workers.push(tokio::spawn(async move {
-            let mut conn = app().await;
-            let (mut admitted, mut refused) = (0i64, 0i64);
-            for _ in (worker..ATTEMPTS).step_by(CONNECTIONS) {
-                match check(&mut conn, tenant, &model, "10 minutes").await {
-                    Ok(_) => admitted += 1,
-                    Err(err) => {
-                        let (code, message) = refusal_code(&err).expect("a database error");
-                        assert_eq!(
-                            (code.as_str(), message.as_str()),
-                            ("PT429", "tenant_budget_exceeded")
-                        );
-                        refused += 1;
-                    }
-                }
-            }
-            (admitted, refused)
-        }));
-    }
-    let (mut admitted, mut refused) = (0, 0);
-    for worker in workers {
-        let (a, r) = worker.await.unwrap();
-        admitted += a;
-        refused += r;
-    }
-    assert_eq!(admitted + refused, ATTEMPTS as i64);
+    let admitted = common::race_for_budget(tenant, &model, false, CONNECTIONS, ATTEMPTS).await;
     assert_eq!(admitted, K, "exactly K calls fit the budget");
 
     let mut su = common::superuser().await;

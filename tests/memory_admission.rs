@@ -70,34 +70,7 @@ async fn a_thousand_checks_from_32_connections_admit_exactly_the_budget_in_memor
     const K: i64 = 137;
     let (tenant, model) = tenant_with_budget("mem-race", &K.to_string()).await;
 
-    let mut workers = Vec::new();
-    for worker in 0..CONNECTIONS {
-        let model = model.clone();
-        workers.push(tokio::spawn(async move {
-            let mut conn = memory_app().await;
-            let (mut admitted, mut refused) = (0i64, 0i64);
-            for _ in (worker..ATTEMPTS).step_by(CONNECTIONS) {
-                let result = check(&mut conn, tenant, &model, "10 minutes").await;
-                if result.is_ok() {
-                    admitted += 1;
-                } else {
-                    assert_eq!(
-                        refusal(&result),
-                        ("PT429".into(), "tenant_budget_exceeded".into())
-                    );
-                    refused += 1;
-                }
-            }
-            (admitted, refused)
-        }));
-    }
-    let (mut admitted, mut refused) = (0, 0);
-    for worker in workers {
-        let (a, r) = worker.await.unwrap();
-        admitted += a;
-        refused += r;
-    }
-    assert_eq!(admitted + refused, ATTEMPTS as i64);
+    let admitted = common::race_for_budget(tenant, &model, true, CONNECTIONS, ATTEMPTS).await;
     assert_eq!(admitted, K, "exactly K calls fit the budget");
     // Admitted in memory: no row was written, and the tenant's open holds are the K calls.
     assert_eq!(rows_written(tenant).await, 0);

@@ -79,7 +79,8 @@ struct TenantSlot {
     open_held: Decimal,
     /// Earliest moment a record of this tenant expires or is forgotten.
     next_expiry: Micros,
-    /// Earliest lease among its reservation rows held in memory (checked before a refusal).
+    /// Earliest lease among the tenant's open reservation rows, whose holds the slot counts
+    /// (checked before a refusal for money).
     held_next_expiry: Micros,
     /// The tenant's terms, shared by every backend: read at `terms_read_at` under generation
     /// `terms_generation` of limits, prices and tenants (see shared.rs).

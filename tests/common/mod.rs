@@ -121,6 +121,57 @@ pub async fn check(
     Ok(reservation)
 }
 
+/// `attempts` one-token checks for `tenant` from `connections` concurrent sessions, as the
+/// memory-admission app (`in_memory`) or the plain app. Every refusal must be PT429
+/// `tenant_budget_exceeded`; returns how many were admitted.
+pub async fn race_for_budget(
+    tenant: Uuid,
+    model: &str,
+    in_memory: bool,
+    connections: usize,
+    attempts: usize,
+) -> i64 {
+    let mut workers = Vec::new();
+    for worker in 0..connections {
+        let model = model.to_string();
+        workers.push(tokio::spawn(async move {
+            let mut conn = if in_memory {
+                memory_app().await
+            } else {
+                app().await
+            };
+            let (mut admitted, mut refused) = (0i64, 0i64);
+            for _ in (worker..attempts).step_by(connections) {
+                match check(&mut conn, tenant, &model, "10 minutes").await {
+                    Ok(_) => admitted += 1,
+                    Err(err) => {
+                        let refusal = err.as_database_error().map(|e| {
+                            (
+                                e.code().unwrap_or_default().to_string(),
+                                e.message().to_string(),
+                            )
+                        });
+                        assert_eq!(
+                            refusal,
+                            Some(("PT429".to_string(), "tenant_budget_exceeded".to_string()))
+                        );
+                        refused += 1;
+                    }
+                }
+            }
+            (admitted, refused)
+        }));
+    }
+    let (mut admitted, mut refused) = (0, 0);
+    for worker in workers {
+        let (a, r) = worker.await.expect("a racing session");
+        admitted += a;
+        refused += r;
+    }
+    assert_eq!(admitted + refused, attempts as i64);
+    admitted
+}
+
 /// Begins a transaction acting for `tenant`: set_tenant inside it, as applications do.
 pub async fn begin_as(
     conn: &mut PgConnection,
