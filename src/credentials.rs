@@ -25,7 +25,7 @@ pub async fn resolve(reference: &str, pool: &PgPool) -> Result<Secret, String> {
         let id = uuid::Uuid::parse_str(id).map_err(|_| format!("{reference} is not a vault id"))?;
         // Supabase Vault decrypts on read, for roles granted its view.
         let secret: Option<Option<String>> = sqlx::query_scalar(
-            "select decrypted_secret from vault.decrypted_secrets where id = $1",
+            "select decrypted_secret from vault.decrypted_secrets where id OPERATOR(pg_catalog.=) $1",
         )
         .bind(id)
         .fetch_optional(pool)

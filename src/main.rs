@@ -8,11 +8,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 mod credentials;
+mod database;
 mod demo;
 mod metrics;
 mod pinecone;
 mod providers;
 mod reconcile;
+mod secrets;
 mod worker;
 
 #[derive(Parser)]
@@ -34,6 +36,10 @@ enum Command {
         /// URL of a role in bulkhead_worker.
         #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
         database_url: String,
+        /// Run even if the role is SUPERUSER or BYPASSRLS (row level security would not apply
+        /// to the worker's sessions); refused otherwise.
+        #[arg(long, env = "BULKHEAD_ALLOW_PRIVILEGED_ROLE")]
+        allow_privileged_role: bool,
         /// Name recorded on the jobs this worker leases; unique per process (default:
         /// worker-<pid>-<random>, so replicas whose pid is 1 still differ).
         #[arg(long, env = "BULKHEAD_WORKER_NAME")]
@@ -146,12 +152,15 @@ async fn reconcile_once(
     }
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(2)
-        .connect(database_url)
+        .connect_with(database::connect_options(database_url).map_err(|e| e.to_string())?)
+        .await
+        .map_err(|e| e.to_string())?;
+    database::refuse_privileged_role(&pool, false)
         .await
         .map_err(|e| e.to_string())?;
     let day = match day {
         Some(day) => day,
-        None => sqlx::query_scalar("select ((now() at time zone 'UTC')::date - 1)::text")
+        None => sqlx::query_scalar("select ((pg_catalog.now() at time zone 'UTC')::pg_catalog.date OPERATOR(pg_catalog.-) 1)::pg_catalog.text")
             .fetch_one(&pool)
             .await
             .map_err(|e| e.to_string())?,
@@ -190,6 +199,7 @@ async fn main() -> ExitCode {
         }
         Command::Worker {
             database_url,
+            allow_privileged_role,
             name,
             concurrency,
             poll_ms,
@@ -205,6 +215,7 @@ async fn main() -> ExitCode {
             pinecone_index_host,
         } => worker::run(worker::Config {
             database_url,
+            allow_privileged_role,
             name: name.unwrap_or_else(|| {
                 let suffix = uuid::Uuid::new_v4().simple().to_string();
                 format!("worker-{}-{}", std::process::id(), &suffix[..8])

@@ -73,7 +73,7 @@ impl Pinecone {
             .json(body)
             .send()
             .await
-            .map_err(|err| providers::transport_error(&err, key))?;
+            .map_err(|err| providers::transport_error(&err))?;
         let status = response.status();
         if status.is_success() {
             // The answer ({"upsertedCount": n} or {}) is not needed; read it to reuse the connection.
@@ -83,7 +83,7 @@ impl Pinecone {
         if status == reqwest::StatusCode::NOT_FOUND && path == "/vectors/delete" {
             return Ok(status); // deleting from a namespace that does not exist: nothing to do
         }
-        Err(providers::error_response("pinecone", response, key).await)
+        Err(providers::error_response("pinecone", response).await)
     }
 
     /// Upserts in requests Pinecone accepts (bytes and count).

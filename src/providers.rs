@@ -7,28 +7,10 @@
 //! other 4xx is final. Error texts never carry the key: provider bodies are redacted and cut.
 
 use serde_json::{json, Value};
-use std::fmt;
 use std::time::Duration;
 
-/// An API key, resolved at call time. Never printed: Debug shows nothing of it.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(key: String) -> Self {
-        Secret(key)
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(..)")
-    }
-}
+pub use crate::secrets::Secret;
+use crate::secrets::{redact, redact_and_cut};
 
 /// Where each provider is reached (the SDKs' own environment variables, see `bulkhead worker --help`).
 #[derive(Debug, Clone)]
@@ -103,6 +85,8 @@ impl CallError {
 const MAX_BODY_BYTES: usize = 32 << 20;
 /// A 429 without a usable retry-after waits this long.
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(2);
+/// How much of a provider's error text a job's error keeps (after redaction).
+const ERROR_TEXT_CHARS: usize = 500;
 
 pub struct Providers {
     http: reqwest::Client,
@@ -185,10 +169,7 @@ impl Providers {
             }
         };
 
-        let response = builder
-            .send()
-            .await
-            .map_err(|err| transport_error(&err, key))?;
+        let response = builder.send().await.map_err(|err| transport_error(&err))?;
         let status = response.status();
         let header_request_id = ["x-request-id", "request-id"]
             .iter()
@@ -196,16 +177,16 @@ impl Providers {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         if !status.is_success() {
-            return Err(error_response(request.provider, response, key).await);
+            return Err(error_response(request.provider, response).await);
         }
 
         // From here on the provider accepted the call and bills it: an answer that cannot be
         // read is charged at the reservation's estimate, never made again for free.
         let read = if request.stream {
-            let stream = Stream::read(response, request, key).await?;
+            let stream = Stream::read(response, request.provider).await?;
             stream.into_completion(request, header_request_id.clone())
         } else {
-            read_answer(request, response, key, header_request_id.clone()).await
+            read_answer(request, response, header_request_id.clone()).await
         };
         Ok(read.unwrap_or_else(|why| Completion {
             request_id: header_request_id
@@ -229,13 +210,12 @@ impl Providers {
 async fn read_answer(
     request: &Request<'_>,
     response: reqwest::Response,
-    key: &str,
     header_request_id: Option<String>,
 ) -> Result<Completion, String> {
     {
         let body = read_capped(response, MAX_BODY_BYTES)
             .await
-            .map_err(|err| redact(&err.to_string(), key))?;
+            .map_err(|err| redact(&err.to_string()))?;
         let answer: Value = serde_json::from_slice(&body).map_err(|err| err.to_string())?;
         let (output, usage) = if request.provider == "anthropic" {
             let output = answer["content"]
@@ -337,12 +317,9 @@ impl Providers {
         if let (Some(project), "openai") = (request.project, request.provider) {
             builder = builder.header("OpenAI-Project", project);
         }
-        let response = builder
-            .send()
-            .await
-            .map_err(|err| transport_error(&err, key))?;
+        let response = builder.send().await.map_err(|err| transport_error(&err))?;
         if !response.status().is_success() {
-            return Err(error_response(request.provider, response, key).await);
+            return Err(error_response(request.provider, response).await);
         }
         let request_id = response
             .headers()
@@ -352,7 +329,7 @@ impl Providers {
             .unwrap_or_else(|| request.fallback_request_id.clone());
         // The provider accepted the call and bills it: an answer that cannot be used is charged
         // at the reservation's estimate (see `_finish_embedding`), never made again for free.
-        Ok(match read_embeddings(request, response, key).await {
+        Ok(match read_embeddings(request, response).await {
             Ok((vectors, usage)) => Embeddings {
                 request_id,
                 vectors,
@@ -376,12 +353,11 @@ impl Providers {
 async fn read_embeddings(
     request: &EmbeddingRequest<'_>,
     response: reqwest::Response,
-    key: &str,
 ) -> Result<(Value, Value), String> {
     {
         let body = read_capped(response, MAX_BODY_BYTES)
             .await
-            .map_err(|err| redact(&err.to_string(), key))?;
+            .map_err(|err| redact(&err.to_string()))?;
         let answer: Value = serde_json::from_slice(&body).map_err(|_| "not JSON".to_string())?;
         let mut data: Vec<&Value> = answer["data"]
             .as_array()
@@ -430,11 +406,7 @@ struct Stream {
 
 impl Stream {
     /// Reads server-sent events until the stream ends; a read error ends it early.
-    async fn read(
-        mut response: reqwest::Response,
-        request: &Request<'_>,
-        key: &str,
-    ) -> Result<Stream, CallError> {
+    async fn read(mut response: reqwest::Response, provider: &str) -> Result<Stream, CallError> {
         let mut stream = Stream::default();
         let mut pending: Vec<u8> = Vec::new();
         let mut total = 0usize;
@@ -450,7 +422,7 @@ impl Stream {
                     while let Some(end) = pending.iter().position(|b| *b == b'\n') {
                         let line: Vec<u8> = pending.drain(..=end).collect();
                         let line = String::from_utf8_lossy(&line);
-                        stream.event_line(line.trim_end(), request.provider);
+                        stream.event_line(line.trim_end(), provider);
                     }
                     if stream.finished {
                         break;
@@ -458,7 +430,7 @@ impl Stream {
                 }
                 Ok(None) => break,
                 Err(err) => {
-                    stream.broken = Some(redact(&err.to_string(), key));
+                    stream.broken = Some(redact(&err.to_string()));
                     break;
                 }
             }
@@ -563,14 +535,15 @@ impl Stream {
 }
 
 /// A provider's (or Pinecone's) error answer, classified; its text redacted and cut.
-pub async fn error_response(who: &str, response: reqwest::Response, key: &str) -> CallError {
+pub async fn error_response(who: &str, response: reqwest::Response) -> CallError {
     let status = response.status();
     let retry_after = retry_after(response.headers());
     let body = read_capped(response, 4096).await.unwrap_or_default();
+    // Redacted before it is cut: a key straddling the cut would survive in part.
     let message = format!(
         "{who} returned HTTP {}: {}",
         status.as_u16(),
-        redact(&error_text(&body), key)
+        redact_and_cut(&error_text(&body), ERROR_TEXT_CHARS)
     );
     match status.as_u16() {
         429 => CallError::RateLimited {
@@ -589,7 +562,7 @@ pub async fn error_response(who: &str, response: reqwest::Response, key: &str) -
     }
 }
 
-pub fn transport_error(err: &reqwest::Error, key: &str) -> CallError {
+pub fn transport_error(err: &reqwest::Error) -> CallError {
     let class = if err.is_timeout() {
         "timeout"
     } else if err.is_connect() {
@@ -607,7 +580,7 @@ pub fn transport_error(err: &reqwest::Error, key: &str) -> CallError {
     }
     CallError::Transient {
         class,
-        message: redact(&message, key),
+        message: redact_and_cut(&message, ERROR_TEXT_CHARS),
     }
 }
 
@@ -647,46 +620,12 @@ fn error_text(body: &[u8]) -> String {
             .unwrap_or_else(|| v.to_string()),
         Err(_) => String::from_utf8_lossy(body).into_owned(),
     };
-    text.chars().take(500).collect()
-}
-
-/// Removes the key, and anything shaped like one, from text bound for logs and job rows.
-pub fn redact(text: &str, key: &str) -> String {
-    let mut out = if key.len() >= 4 {
-        text.replace(key, "[redacted]")
-    } else {
-        text.to_string()
-    };
-    // Provider-style keys (sk-..., sk-ant-...) echoed in part, e.g. "Incorrect API key: sk-ab***yz".
-    let mut cleaned = String::with_capacity(out.len());
-    let mut rest = out.as_str();
-    while let Some(at) = rest.find("sk-") {
-        cleaned.push_str(&rest[..at]);
-        cleaned.push_str("[redacted]");
-        let tail = &rest[at..];
-        let end = tail
-            .find(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == ',')
-            .unwrap_or(tail.len());
-        rest = &tail[end..];
-    }
-    cleaned.push_str(rest);
-    out = cleaned;
-    out
+    text
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redact_removes_the_key_and_key_shapes() {
-        let key = "sk-planted-0123456789";
-        let text = format!("bad key {key}, or was it sk-ab***yz? ok");
-        let out = redact(&text, key);
-        assert!(!out.contains("planted"), "{out}");
-        assert!(!out.contains("sk-"), "{out}");
-        assert!(out.ends_with("? ok") || out.contains("ok"), "{out}");
-    }
 
     #[test]
     fn error_text_prefers_the_provider_message() {

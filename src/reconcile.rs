@@ -55,7 +55,8 @@ pub async fn reconcile_day(
         .build()?;
     // The day's bounds, computed (and validated) by PostgreSQL.
     let (start, next_day): (i64, String) = sqlx::query_as(
-        "select extract(epoch from $1::date::timestamp at time zone 'UTC')::bigint, ($1::date + 1)::text",
+        "select extract(epoch from $1::pg_catalog.date::pg_catalog.timestamp at time zone 'UTC')::pg_catalog.int8,
+                ($1::pg_catalog.date OPERATOR(pg_catalog.+) 1)::pg_catalog.text",
     )
     .bind(day)
     .fetch_one(pool)
@@ -98,7 +99,6 @@ async fn record(
 async fn get_json(
     request: reqwest::RequestBuilder,
     provider: &str,
-    key: &Secret,
 ) -> Result<Value, ReconcileError> {
     let fail = |err: CallError| ReconcileError::Provider {
         provider: provider.to_string(),
@@ -111,15 +111,13 @@ async fn get_json(
     let response = request
         .send()
         .await
-        .map_err(|err| fail(providers::transport_error(&err, key.expose())))?;
+        .map_err(|err| fail(providers::transport_error(&err)))?;
     if !response.status().is_success() {
-        return Err(fail(
-            providers::error_response(provider, response, key.expose()).await,
-        ));
+        return Err(fail(providers::error_response(provider, response).await));
     }
     let body = providers::read_capped(response, 16 << 20)
         .await
-        .map_err(|err| fail(providers::transport_error(&err, key.expose())))?;
+        .map_err(|err| fail(providers::transport_error(&err)))?;
     serde_json::from_slice(&body).map_err(|_| ReconcileError::Provider {
         provider: provider.to_string(),
         message: "the usage report is not JSON".into(),
@@ -153,7 +151,6 @@ async fn openai_usage(
         let answer = get_json(
             http.get(&url).query(&query).bearer_auth(key.expose()),
             "openai",
-            key,
         )
         .await?;
         for bucket in answer["data"].as_array().into_iter().flatten() {
@@ -213,7 +210,6 @@ async fn anthropic_usage(
                 .header("x-api-key", key.expose())
                 .header("anthropic-version", "2023-06-01"),
             "anthropic",
-            key,
         )
         .await?;
         for bucket in answer["data"].as_array().into_iter().flatten() {

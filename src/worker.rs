@@ -11,10 +11,12 @@
 //! gives the rest back (`bulkhead.release_job`).
 
 use crate::credentials;
+use crate::database;
 use crate::metrics::{self, Metrics};
 use crate::pinecone::Pinecone;
 use crate::providers::{self, CallError, Completion, Embeddings, Providers, Secret};
 use crate::reconcile::{self, UsageApis};
+use crate::secrets;
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use sqlx::Row;
 use std::collections::HashMap;
@@ -29,6 +31,8 @@ use uuid::Uuid;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub database_url: String,
+    /// Run as a SUPERUSER or BYPASSRLS role anyway (`--allow-privileged-role`).
+    pub allow_privileged_role: bool,
     pub name: String,
     pub concurrency: usize,
     pub poll_interval: Duration,
@@ -61,6 +65,8 @@ pub enum WorkerError {
     },
     #[error("HTTP client: {0}")]
     Http(#[from] reqwest::Error),
+    #[error("{0}")]
+    Role(database::RoleError),
     #[error("the lease ({lease:?}) must be longer than the provider timeout ({timeout:?}), or a slow call would run twice")]
     LeaseTooShort { lease: Duration, timeout: Duration },
 }
@@ -75,9 +81,13 @@ struct Claimed {
 /// Why a job did not succeed, and whether trying again may help.
 #[derive(Debug)]
 struct Failure {
+    /// What the job row keeps: the tenant reads it.
     message: String,
     transient: bool,
     retry_after: Option<Duration>,
+    /// What only the worker's log gets (say, which credential reference could not be read:
+    /// on the shared pool, every tenant would otherwise read the operator's configuration).
+    operator_detail: Option<String>,
 }
 
 /// How a job ended well: a result to record as is, or a provider call to settle.
@@ -150,6 +160,8 @@ pub async fn run(config: Config) -> Result<(), WorkerError> {
                 log(&config, "stopped", "");
                 return Ok(());
             }
+            // Reconnecting would not change the role.
+            Err(err @ WorkerError::Role(_)) => return Err(err),
             Err(err) => {
                 log(
                     &config,
@@ -288,8 +300,14 @@ async fn serve(
 ) -> Result<(), WorkerError> {
     let pool = PgPoolOptions::new()
         .max_connections(u32::try_from(config.concurrency + 2).unwrap_or(u32::MAX))
-        .connect(&config.database_url)
+        .connect_with(database::connect_options(&config.database_url)?)
         .await?;
+    database::refuse_privileged_role(&pool, config.allow_privileged_role)
+        .await
+        .map_err(|err| match err {
+            database::RoleError::Database(err) => WorkerError::Database(err),
+            refused => WorkerError::Role(refused),
+        })?;
     let mut listener = PgListener::connect_with(&pool).await?;
     listener
         .listen_all(["bulkhead_jobs", "bulkhead_pinecone"])
@@ -353,11 +371,7 @@ async fn serve(
                         Ok(payload) => {
                             execute(&context, job, &kind, &payload, credential.as_ref()).await
                         }
-                        Err(message) => Err(Failure {
-                            message,
-                            transient: false,
-                            retry_after: None,
-                        }),
+                        Err(message) => Err(Failure::permanent(message)),
                     };
                     let _ = outcomes_tx.send((job, kind, started.elapsed(), outcome));
                 });
@@ -445,8 +459,11 @@ async fn reconcile_loop(pool: PgPool, config: Config) {
     loop {
         let pending: Result<Option<String>, sqlx::Error> = sqlx::query_scalar(
             // The last UTC day that ended at least 6 hours ago: the usage APIs lag a little.
-            "select d::text from (select ((now() at time zone 'UTC') - interval '30 hours')::date as d) y
-             where (select count(*) from bulkhead.reconciliation_runs r where r.usage_date = y.d) < $1",
+            // Qualified throughout, like all of this program's SQL (see database.rs).
+            "select y.d::pg_catalog.text
+             from (select ((pg_catalog.now() at time zone 'UTC') OPERATOR(pg_catalog.-) interval '30 hours')::pg_catalog.date as d) y
+             where (select pg_catalog.count(*) from bulkhead.reconciliation_runs r
+                    where r.usage_date OPERATOR(pg_catalog.=) y.d) OPERATOR(pg_catalog.<) $1",
         )
         .bind(
             i64::from(config.usage_apis.openai_admin_key.is_some())
@@ -556,7 +573,8 @@ async fn claim_and_start(
     let lease_ms = i64::try_from(config.lease.as_millis()).unwrap_or(i64::MAX);
     let rows = sqlx::query(
         "select job_id, tenant_id, kind, payload, credential, reservation_left
-         from bulkhead.claim_and_start_jobs($1, $2, make_interval(secs => $3::float8 / 1000))",
+         from bulkhead.claim_and_start_jobs($1, $2,
+             pg_catalog.make_interval(secs => $3::pg_catalog.float8 OPERATOR(pg_catalog./) 1000))",
     )
     .bind(&config.name)
     .bind(i32::try_from(max_jobs).unwrap_or(i32::MAX))
@@ -623,7 +641,12 @@ async fn credential_for(
         .map(str::to_string);
     let key = credentials::resolve(secret_ref, &context.pool)
         .await
-        .map_err(Failure::permanent)?;
+        .map_err(|detail| Failure {
+            operator_detail: Some(detail),
+            ..Failure::permanent(format!(
+                "the {provider} credential is unavailable; the operator's worker log says why"
+            ))
+        })?;
     Ok((key, project))
 }
 
@@ -635,9 +658,8 @@ fn provider_failure(context: &TaskContext, provider: &str, err: CallError) -> Fa
             retry_after,
             message,
         } => Failure {
-            message,
-            transient: true,
             retry_after: Some(retry_after),
+            ..Failure::transient(message)
         },
         CallError::Transient { message, .. } => Failure::transient(message),
         CallError::Permanent { message, .. } => Failure::permanent(message),
@@ -733,19 +755,20 @@ async fn complete(
 }
 
 impl Failure {
+    /// Every failure's text is redacted here, whatever produced it: it reaches a job row.
     fn permanent(message: String) -> Self {
         Failure {
-            message,
+            message: secrets::redact(&message),
             transient: false,
             retry_after: None,
+            operator_detail: None,
         }
     }
 
     fn transient(message: String) -> Self {
         Failure {
-            message,
             transient: true,
-            retry_after: None,
+            ..Failure::permanent(message)
         }
     }
 }
@@ -967,7 +990,7 @@ async fn record_failure(
         .retry_after
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
     let failed = sqlx::query_scalar::<_, String>(
-        "select bulkhead.fail_job($1, $2, $3, $4, make_interval(secs => $5::float8 / 1000))",
+        "select bulkhead.fail_job($1, $2, $3, $4, pg_catalog.make_interval(secs => $5::pg_catalog.float8 OPERATOR(pg_catalog./) 1000))",
     )
     .bind(job.id)
     .bind(&config.name)
@@ -983,8 +1006,15 @@ async fn record_failure(
                 config,
                 "job_failed",
                 &format!(
-                    "job={} tenant={} kind={kind} next={next} error={:?}",
-                    job.id, job.tenant, failure.message
+                    "job={} tenant={} kind={kind} next={next} error={:?}{}",
+                    job.id,
+                    job.tenant,
+                    failure.message,
+                    failure
+                        .operator_detail
+                        .as_ref()
+                        .map(|d| format!(" detail={d:?}"))
+                        .unwrap_or_default()
                 ),
             );
             Ok(())
@@ -1033,7 +1063,9 @@ async fn release(pool: &PgPool, worker: &str, job: Claimed) -> Result<(), sqlx::
     Ok(())
 }
 
+/// Every line is redacted against the keys the process holds, whatever it carries.
 fn log(config: &Config, event: &str, fields: &str) {
+    let fields = &secrets::redact(fields);
     if config.json_logs {
         let line = serde_json::json!({
             "ts": std::time::SystemTime::now()
