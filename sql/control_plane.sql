@@ -4,10 +4,34 @@
 -- row level security still confines them: a bug here cannot touch another tenant's rows.
 -- The previous context is restored before returning.
 
+-- Columns of schema bulkhead whose comment declares how they name a tenant (the markers are
+-- listed in tenants.sql: tenant-ref, tenant-ref-cascade, tenant-credential-ref,
+-- tenant-project-ref, kept). Deletion and the schema lint read this list.
+create function bulkhead.tenant_references()
+returns table (table_name regclass, column_name name, marker text, note text)
+language sql stable
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+    select c.oid::regclass, a.attname,
+           pg_catalog.substring(d.description, '^bulkhead:([a-z-]+)'),
+           pg_catalog.btrim(pg_catalog.substring(d.description, '^bulkhead:[a-z-]+(.*)$'))
+    from pg_catalog.pg_class c
+    join pg_catalog.pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
+    join pg_catalog.pg_description d
+      on d.classoid = 'pg_catalog.pg_class'::regclass and d.objoid = c.oid and d.objsubid = a.attnum
+    where c.relnamespace = 'bulkhead'::regnamespace
+      and c.relkind in ('r', 'p')
+      and d.description like 'bulkhead:%'
+    order by c.oid::regclass::text, a.attname
+$$;
+comment on function bulkhead.tenant_references() is
+    'Columns that name a tenant outside the tenant_id rule, with their declared marker (see delete_tenant).';
+
 -- Every table in schema bulkhead that holds tenant data, in an order that is safe to delete in:
 -- tables that reference others come first. Deletion and the schema lint both read this list, so a
--- new table is covered the moment it has a tenant_id column. Receipts are the one exception:
--- they outlive the tenant and hold counts, not tenant data.
+-- new table is covered the moment it has a tenant_id column. The exception is a tenant_id
+-- column marked bulkhead:kept (receipts: they outlive the tenant and hold counts, not data).
 create function bulkhead.tenant_scoped_tables()
 returns table (table_name regclass, deletion_order int)
 language sql stable
@@ -22,7 +46,7 @@ as $$
           and c.relkind in ('r', 'p')
           and not c.relispartition
           and a.attname = 'tenant_id' and a.attnum > 0 and not a.attisdropped
-          and c.oid <> 'bulkhead.deletion_receipts'::regclass
+          and coalesce(pg_catalog.col_description(c.oid, a.attnum), '') not like 'bulkhead:kept%'
     ),
     references_between as (
         select distinct con.conrelid as referencing, con.confrelid as referenced
@@ -181,6 +205,11 @@ declare
     state_rows bigint := 0;
     remaining bigint;
     steps jsonb := '[]';
+    reference record;
+    credential_ids uuid[];
+    project_ids text[];
+    touched text[] := '{}';
+    index_drop text;
 begin
     if tenant is null then
         raise exception 'tenant id must not be null'
@@ -208,6 +237,22 @@ begin
     end if;
 
     previous := bulkhead._enter_tenant(tenant);
+    -- The tenant's own vector index first: its name is in the tenant's retrieval row. A drop that
+    -- met a long reader is deferred (bulkhead.drop_pending_indexes) rather than waited for.
+    index_drop := bulkhead._drop_tenant_index(tenant);
+    steps := steps || pg_catalog.jsonb_build_object(
+        'step', 'tenant vector index', 'rows', (index_drop = 'dropped')::int,
+        'at', pg_catalog.clock_timestamp());
+    if index_drop = 'deferred' then
+        steps := steps || pg_catalog.jsonb_build_object(
+            'step', 'tenant vector index drop deferred (bulkhead.drop_pending_indexes)', 'rows', 1,
+            'at', pg_catalog.clock_timestamp());
+    end if;
+    -- What other tables may name the tenant by: its credentials and provider projects (read
+    -- before its credentials go).
+    select pg_catalog.array_agg(c.id), pg_catalog.array_agg(c.provider_project_id) filter (where c.provider_project_id is not null)
+    into credential_ids, project_ids
+    from bulkhead.tenant_credentials c where c.tenant_id = tenant;
     for target in select table_name from bulkhead.tenant_scoped_tables() order by deletion_order desc, table_name::text loop
         -- Identifiers come from the catalog, the value is a bound parameter; RLS confines the delete.
         execute pg_catalog.format('delete from %s where tenant_id = $1', target.table_name) using tenant;
@@ -224,13 +269,50 @@ begin
         end if;
         steps := steps || pg_catalog.jsonb_build_object(
             'step', target.table_name::text, 'rows', deleted, 'at', pg_catalog.clock_timestamp());
+        if deleted > 0 then
+            touched := touched || target.table_name::text;
+        end if;
     end loop;
 
-    -- The tenant's own vector index (if it had one) goes with its rows, and its Pinecone
-    -- namespace is queued for deletion (the daemon marks that job done).
-    steps := steps || pg_catalog.jsonb_build_object(
-        'step', 'tenant vector index', 'rows', bulkhead._drop_tenant_index(tenant)::int,
-        'at', pg_catalog.clock_timestamp());
+    -- Tables that name the tenant without a tenant_id column, found by their declared markers
+    -- (bulkhead.tenant_references()), not by column names; the schema lint requires a marker.
+    for reference in select * from bulkhead.tenant_references() r where r.marker <> 'kept' loop
+        deleted := 0;
+        if reference.marker = 'tenant-ref' then
+            execute pg_catalog.format('delete from %s where %I = $1', reference.table_name, reference.column_name)
+                using tenant;
+            get diagnostics deleted = row_count;
+        elsif reference.marker = 'tenant-credential-ref' and credential_ids is not null then
+            execute pg_catalog.format('delete from %s where %I = any($1)', reference.table_name, reference.column_name)
+                using credential_ids;
+            get diagnostics deleted = row_count;
+        elsif reference.marker = 'tenant-project-ref' and project_ids is not null then
+            execute pg_catalog.format('delete from %s where %I = any($1)', reference.table_name, reference.column_name)
+                using project_ids;
+            get diagnostics deleted = row_count;
+        elsif reference.marker not in ('tenant-ref-cascade', 'tenant-credential-ref', 'tenant-project-ref') then
+            raise exception 'unknown tenant reference marker % on %.%', reference.marker,
+                    reference.table_name, reference.column_name
+                using errcode = '55000', detail = 'Nothing was deleted.';
+        end if;
+        if reference.marker in ('tenant-ref', 'tenant-ref-cascade') then
+            execute pg_catalog.format('select count(*) from %s where %I = $1', reference.table_name, reference.column_name)
+                into remaining using tenant;
+            if remaining <> 0 then
+                raise exception 'tenant deletion left % rows in % (%)', remaining, reference.table_name, reference.column_name
+                    using errcode = '55000',
+                          detail = 'Rows naming the tenant remained after the delete, so nothing was deleted.';
+            end if;
+        end if;
+        steps := steps || pg_catalog.jsonb_build_object(
+            'step', reference.table_name::text || '.' || reference.column_name, 'rows', deleted,
+            'at', pg_catalog.clock_timestamp());
+        if deleted > 0 then
+            touched := touched || reference.table_name::text;
+        end if;
+    end loop;
+
+    -- Its Pinecone namespace is queued for deletion (the daemon marks that job done).
     perform bulkhead._queue_namespace_deletion(tenant, receipt);
     steps := steps || pg_catalog.jsonb_build_object(
         'step', 'pinecone namespace deletion queued', 'rows', 1, 'at', pg_catalog.clock_timestamp());
@@ -240,8 +322,19 @@ begin
         'step', 'bulkhead.tenants', 'rows', deleted, 'at', pg_catalog.clock_timestamp());
     perform bulkhead._leave_tenant(previous);
 
-    insert into bulkhead.deletion_receipts (id, tenant_id, started_at, completed_at)
-    values (receipt, tenant, started, pg_catalog.clock_timestamp());
+    touched := touched || 'bulkhead.tenants'::text;
+    insert into bulkhead.deletion_receipts (id, tenant_id, started_at, completed_at, remaining_physical_state)
+    values (receipt, tenant, started, pg_catalog.clock_timestamp(), pg_catalog.jsonb_build_object(
+        'dead_row_versions', pg_catalog.jsonb_build_object(
+            'tables', (select pg_catalog.jsonb_agg(distinct t) from pg_catalog.unnest(touched) t),
+            'until', 'VACUUM of each table (autovacuum, or `bulkhead vacuum-deleted`); bulkhead.record_vacuum(receipt, table) proves it on this receipt'),
+        'planner_statistics', pg_catalog.jsonb_build_object(
+            'tables', (select pg_catalog.jsonb_agg(distinct t) from pg_catalog.unnest(touched) t),
+            'until', 'ANALYZE of each table (`bulkhead vacuum-deleted` runs VACUUM (ANALYZE))'),
+        'vector_index', 'dropped in this transaction; its pages are freed at commit',
+        'wal', 'the deleted rows stay in write-ahead log segments until they are recycled after a checkpoint, and in WAL archives until those expire',
+        'backups', 'base backups and dumps taken before this deletion keep the rows until they expire',
+        'pinecone', 'the namespace is deleted by the worker; the step ''pinecone namespace deleted'' on this receipt proves it'));
     insert into bulkhead.deletion_receipt_steps (receipt_id, step, rows_deleted, completed_at)
     select receipt, s->>'step', (s->>'rows')::bigint, (s->>'at')::timestamptz
     from pg_catalog.jsonb_array_elements(steps) s;
@@ -251,15 +344,67 @@ $$;
 comment on function bulkhead.delete_tenant(uuid) is
     'Deletes a tenant and all its rows in every tenant table, in one transaction; returns the deletion receipt id. bulkhead_admin only.';
 
+-- Proves on a deletion receipt that one of its tables was vacuumed and analyzed after the
+-- deletion: PostgreSQL's own statistics (pg_stat_all_tables) show a VACUUM and an ANALYZE (manual
+-- or autovacuum's) that started after the receipt completed, so the deleted row versions were
+-- removable and the planner statistics no longer sample them. The step records the table's dead
+-- row versions left at that time (0 unless an older snapshot was still open). VACUUM cannot run
+-- inside a function: `bulkhead vacuum-deleted --receipt <id>` runs it, as the tables' owner, and
+-- then calls this. bulkhead_admin.
+create function bulkhead.record_vacuum(receipt uuid, table_name regclass)
+returns bigint
+language plpgsql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    done timestamptz;
+    touched jsonb;
+    stats record;
+begin
+    if receipt is null or table_name is null then
+        raise exception 'receipt and table_name are required' using errcode = '22004';
+    end if;
+    select r.completed_at, r.remaining_physical_state->'dead_row_versions'->'tables' into done, touched
+    from bulkhead.deletion_receipts r where r.id = receipt;
+    if not found then
+        raise exception 'deletion receipt % does not exist', receipt using errcode = '42704';
+    end if;
+    if touched is null or not touched ? table_name::text then
+        raise exception '% held no rows of the deleted tenant', table_name
+            using errcode = '22023', detail = 'The receipt lists the tables its deletion left dead row versions in.';
+    end if;
+    select greatest(s.last_vacuum, s.last_autovacuum) as vacuumed, greatest(s.last_analyze, s.last_autoanalyze) as analyzed,
+           s.n_dead_tup
+    into stats from pg_catalog.pg_stat_all_tables s where s.relid = table_name;
+    if stats.vacuumed is null or stats.vacuumed < done or stats.analyzed is null or stats.analyzed < done then
+        raise exception '% was not vacuumed and analyzed since the deletion', table_name
+            using errcode = '55000',
+                  detail = pg_catalog.format('The deletion completed at %s; last vacuum %s, last analyze %s.',
+                                             done, coalesce(stats.vacuumed::text, 'never'), coalesce(stats.analyzed::text, 'never')),
+                  hint = 'Run VACUUM (ANALYZE) on it as its owner, or `bulkhead vacuum-deleted --receipt <id>`.';
+    end if;
+    insert into bulkhead.deletion_receipt_steps (receipt_id, step, rows_deleted, completed_at)
+    values (receipt, 'vacuumed and analyzed ' || table_name::text, stats.n_dead_tup, least(stats.vacuumed, stats.analyzed))
+    on conflict on constraint deletion_receipt_steps_pkey do nothing;  -- receipts are append-only
+    return stats.n_dead_tup;
+end
+$$;
+comment on function bulkhead.record_vacuum(uuid, regclass) is
+    'Records on a deletion receipt that a table was vacuumed and analyzed after the deletion (bulkhead_admin).';
+
 revoke all on function bulkhead.tenant_scoped_tables() from public;
 revoke all on function bulkhead._enter_tenant(uuid) from public;
 revoke all on function bulkhead._leave_tenant(text) from public;
 revoke all on function bulkhead.create_tenant(text, text) from public;
 revoke all on function bulkhead.set_tenant_settings(uuid, text, text, text, text[]) from public;
 revoke all on function bulkhead.delete_tenant(uuid) from public;
+revoke all on function bulkhead.tenant_references() from public;
+revoke all on function bulkhead.record_vacuum(uuid, regclass) from public;
 grant execute on function bulkhead.tenant_scoped_tables() to bulkhead_admin;
 grant execute on function bulkhead._enter_tenant(uuid) to bulkhead_admin;
 grant execute on function bulkhead._leave_tenant(text) to bulkhead_admin;
 grant execute on function bulkhead.create_tenant(text, text) to bulkhead_admin;
 grant execute on function bulkhead.set_tenant_settings(uuid, text, text, text, text[]) to bulkhead_admin;
 grant execute on function bulkhead.delete_tenant(uuid) to bulkhead_admin;
+grant execute on function bulkhead.tenant_references(), bulkhead.record_vacuum(uuid, regclass) to bulkhead_admin;

@@ -48,6 +48,9 @@ create table bulkhead.shared_credentials (
     constraint shared_credentials_reference_only check (bulkhead._is_secret_reference(secret_ref))
 );
 
+comment on column bulkhead.shared_credentials.provider_project_id is
+    'bulkhead:kept The shared pool''s project belongs to the platform, not to a tenant.';
+
 alter table bulkhead.tenant_credentials enable row level security;
 alter table bulkhead.tenant_credentials force row level security;
 alter table bulkhead.shared_credentials enable row level security;

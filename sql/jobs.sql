@@ -9,8 +9,8 @@
 create table bulkhead.jobs (
     tenant_id       uuid        not null,
     -- A number (bulkhead.complete() returns one), but random, not a sequence: a global counter
-    -- would tell a tenant how many jobs the others queue. 62 random bits from gen_random_uuid().
-    id              bigint      not null default (('x' || pg_catalog.substr(pg_catalog.md5(pg_catalog.gen_random_uuid()::text), 1, 16))::bit(64)::bigint & 4611686018427387903),
+    -- would tell a tenant how many jobs the others queue. Within 2^53 (bulkhead._random_id).
+    id              bigint      not null default bulkhead._random_id(),
     kind            text        not null,
     payload         jsonb       not null default '{}',
     idempotency_key text,
@@ -57,6 +57,8 @@ create table bulkhead.job_schedule (
     constraint job_schedule_state_known check (state in ('queued', 'running', 'done', 'dead')),
     constraint job_schedule_attempts_range check (attempts >= 0 and max_attempts between 1 and 100)
 );
+comment on column bulkhead.job_schedule.job_tenant is
+    'bulkhead:tenant-ref-cascade Deleted with the job (jobs.tenant_id, ON DELETE CASCADE).';
 create index job_schedule_ready on bulkhead.job_schedule (fair_key) where state = 'queued';
 -- All states: a block counts every job ever given its key, claimed ones too, so a tenant that
 -- keeps topping up a partly claimed block cannot hold the front forever.
@@ -144,9 +146,15 @@ begin
             return job;
         end if;
     end if;
+    -- A random id no job of any tenant has (the schedule lists them all): 2^53 ids make a
+    -- collision rare, not impossible, and a collision must not fail (or tell) anything.
+    loop
+        job := bulkhead._random_id();
+        exit when not exists (select from bulkhead.job_schedule s where s.job_id = job);
+    end loop;
     begin
-        insert into bulkhead.jobs (tenant_id, kind, payload, idempotency_key)
-        values (tenant, _enqueue.kind, _enqueue.payload, _enqueue.idempotency_key)
+        insert into bulkhead.jobs (tenant_id, id, kind, payload, idempotency_key)
+        values (tenant, job, _enqueue.kind, _enqueue.payload, _enqueue.idempotency_key)
         returning id into job;
     exception
         when check_violation then

@@ -362,6 +362,7 @@ alter function bulkhead.expire_reservations() owner to bulkhead_meter;
 alter function bulkhead.expire_all_reservations() owner to bulkhead_meter;
 alter function bulkhead.ledger_record(uuid, jsonb, text, text) owner to bulkhead_meter;
 alter function bulkhead._settle_queued_call(uuid, jsonb, text) owner to bulkhead_meter;
+alter function bulkhead._raise_refusal() owner to bulkhead_meter;
 
 revoke all on function bulkhead.ledger_record(uuid, jsonb, text, text) from public;
 revoke all on function bulkhead._ledger_record(uuid, jsonb, text, text, boolean) from public;

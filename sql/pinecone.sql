@@ -57,6 +57,40 @@ begin
 end
 $$;
 
+-- One worker at a time syncs a tenant: enters the tenant's context (for the rest of the
+-- transaction) and takes its retrieval row lock without waiting (_lock_tenant_retrieval). False
+-- when another worker holds it. delete_tenant waits for it, so no sync outlives its tenant.
+create function bulkhead.pinecone_lock_tenant(tenant uuid)
+returns boolean
+language plpgsql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+begin
+    if bulkhead.current_tenant() is not null and bulkhead.current_tenant() <> tenant then
+        raise exception 'pinecone_lock_tenant locks the tenant it names only' using errcode = '42501';
+    end if;
+    perform bulkhead._set_tenant_within_function(tenant);
+    return bulkhead._lock_tenant_retrieval(tenant);
+end
+$$;
+
+-- One worker at a time deletes a namespace: the deletion's row lock, without waiting. Only
+-- roles that may update the row can take it (not an advisory key anyone could hold).
+create function bulkhead.pinecone_lock_deletion(deletion bigint)
+returns boolean
+language plpgsql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+begin
+    perform from bulkhead.pinecone_namespace_deletions d
+    where d.id = deletion and d.processed_at is null
+    for update skip locked;
+    return found;
+end
+$$;
+
 -- Marks synced changes; a change rewritten since it was read (another enqueued_at) stays pending.
 create function bulkhead.pinecone_synced(tenant uuid, outbox_ids bigint[], enqueued timestamptz[])
 returns int
@@ -119,6 +153,9 @@ revoke all on function bulkhead.pinecone_pending_tenants(int) from public;
 revoke all on function bulkhead.pinecone_batch(uuid, int) from public;
 revoke all on function bulkhead.pinecone_synced(uuid, bigint[], timestamptz[]) from public;
 revoke all on function bulkhead.pinecone_namespace_deleted(bigint) from public;
+revoke all on function bulkhead.pinecone_lock_tenant(uuid) from public;
+revoke all on function bulkhead.pinecone_lock_deletion(bigint) from public;
 grant execute on function bulkhead.pinecone_pending_tenants(int), bulkhead.pinecone_batch(uuid, int),
-    bulkhead.pinecone_synced(uuid, bigint[], timestamptz[]), bulkhead.pinecone_namespace_deleted(bigint)
+    bulkhead.pinecone_synced(uuid, bigint[], timestamptz[]), bulkhead.pinecone_namespace_deleted(bigint),
+    bulkhead.pinecone_lock_tenant(uuid), bulkhead.pinecone_lock_deletion(bigint)
     to bulkhead_worker;

@@ -61,8 +61,12 @@ create table bulkhead.prompt_versions (
 -- Every pointer move: who, when, from, to, and whether it skipped the eval gate.
 create table bulkhead.prompt_releases (
     tenant_id     uuid        not null,
-    id            bigint      generated always as identity,
+    -- Random (bulkhead._random_id): a sequence would tell each tenant how often the others release.
+    id            bigint      not null default bulkhead._random_id(),
     template_name text        not null,
+    -- The move's place in this template's history (1, 2, ...), numbered under the pointer's row
+    -- lock: the order rollbacks walk back through.
+    seq           int         not null,
     action        text        not null,
     from_version  int,
     to_version    int         not null,
@@ -80,11 +84,11 @@ create table bulkhead.prompt_releases (
     constraint prompt_releases_undoes_fkey foreign key (tenant_id, undoes)
         references bulkhead.prompt_releases (tenant_id, id),
     constraint prompt_releases_undoes_once unique (tenant_id, undoes),
+    constraint prompt_releases_seq_key unique (tenant_id, template_name, seq),
     constraint prompt_releases_action_known check (action in ('activate', 'rollback')),
     constraint prompt_releases_rollback_undoes check ((action = 'rollback') = (undoes is not null)),
     constraint prompt_releases_reason_length check (pg_catalog.char_length(reason) <= 1000)
 );
-create index prompt_releases_by_template on bulkhead.prompt_releases (tenant_id, template_name, id desc);
 
 -- The eval gate's evidence (filled by the Evals issue): version V of template T passed tenant
 -- X's eval set in run R. activate_prompt will require a row here unless force => true.
@@ -253,14 +257,22 @@ begin
             using errcode = '22004', detail = 'A skeleton is a named template body.';
     end if;
     declared := bulkhead._check_skeleton(template_name, body);
-    -- Serialises versions of one skeleton (two admins publishing at once).
-    perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('bulkhead.prompt_skeletons'),
-                                            pg_catalog.hashtext(template_name));
-    select coalesce(max(s.version), 0) + 1 into new_version
-    from bulkhead.prompt_skeletons s where s.template_name = set_skeleton.template_name;
-    insert into bulkhead.prompt_skeletons (template_name, version, body, slots, created_by)
-    values (set_skeleton.template_name, new_version, set_skeleton.body, declared, bulkhead._caller());
-    return new_version;
+    -- Two admins publishing at once: the loser of the (template_name, version) key numbers
+    -- again. No lock: an advisory key (as before) is open to any role that can connect, which
+    -- could hold it forever.
+    loop
+        select coalesce(max(s.version), 0) + 1 into new_version
+        from bulkhead.prompt_skeletons s where s.template_name = set_skeleton.template_name;
+        begin
+            insert into bulkhead.prompt_skeletons (template_name, version, body, slots, created_by)
+            values (set_skeleton.template_name, new_version, set_skeleton.body, declared, bulkhead._caller());
+            return new_version;
+        exception when unique_violation then
+            if pg_catalog.current_setting('transaction_isolation') <> 'read committed' then
+                raise;  -- a snapshot that cannot see the winner would number the same again
+            end if;
+        end;
+    end loop;
 end
 $$;
 comment on function bulkhead.set_skeleton(text, text) is
@@ -325,11 +337,13 @@ begin
     where t.tenant_id = tenant and t.template_name = name
     returning * into head;
     insert into bulkhead.prompt_releases
-        (tenant_id, template_name, action, from_version, to_version, forced, reason, undoes, released_by)
-    values (tenant, name, move_action,
-            (select r.to_version from bulkhead.prompt_releases r
-             where r.tenant_id = tenant and r.template_name = name order by r.id desc limit 1),
-            target, is_forced, why, undone, bulkhead._caller());
+        (tenant_id, template_name, seq, action, from_version, to_version, forced, reason, undoes, released_by)
+    select tenant, name, coalesce(last.seq, 0) + 1, move_action, last.to_version,
+           target, is_forced, why, undone, bulkhead._caller()
+    from (select) one
+    left join lateral (select r.seq, r.to_version from bulkhead.prompt_releases r
+                       where r.tenant_id = tenant and r.template_name = name
+                       order by r.seq desc limit 1) last on true;
     return target;
 end
 $$;
@@ -402,7 +416,7 @@ begin
       and r.action = 'activate'
       and not exists (select from bulkhead.prompt_releases u
                       where u.tenant_id = r.tenant_id and u.undoes = r.id)
-    order by r.id desc limit 1;
+    order by r.seq desc limit 1;
     if target is null then
         raise exception 'prompt % has no earlier version to roll back to', pg_catalog.quote_literal(template_name)
             using errcode = '55000',

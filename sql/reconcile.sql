@@ -39,6 +39,12 @@ create table bulkhead.usage_drift (
     constraint usage_drift_attribution_known check (attribution in ('tenant', 'shared_pool', 'unknown'))
 );
 create index usage_drift_by_day on bulkhead.usage_drift (usage_date, provider);
+comment on column bulkhead.usage_drift.dedicated_tenant is
+    'bulkhead:tenant-ref The tenant whose dedicated credential this is.';
+comment on column bulkhead.usage_drift.credential_id is
+    'bulkhead:tenant-credential-ref A tenant''s credential (or the shared pool''s, which stays).';
+comment on column bulkhead.usage_drift.provider_project_id is
+    'bulkhead:tenant-project-ref The provider project or workspace: a tenant''s names the tenant.';
 
 alter table bulkhead.reconciliation_runs enable row level security;
 alter table bulkhead.reconciliation_runs force row level security;
@@ -48,8 +54,11 @@ create policy meter_records on bulkhead.reconciliation_runs for all to bulkhead_
 create policy admin_reads on bulkhead.reconciliation_runs for select to bulkhead_admin, bulkhead_worker using (true);
 create policy meter_records on bulkhead.usage_drift for all to bulkhead_meter using (true) with check (true);
 create policy admin_reads on bulkhead.usage_drift for select to bulkhead_admin using (true);
+-- Tenant deletion (delete_tenant runs as bulkhead_admin) removes the rows that name the tenant.
+create policy admin_deletes_with_tenant on bulkhead.usage_drift for delete to bulkhead_admin using (true);
 grant select, insert on bulkhead.reconciliation_runs, bulkhead.usage_drift to bulkhead_meter;
 grant select on bulkhead.reconciliation_runs, bulkhead.usage_drift to bulkhead_admin;
+grant delete on bulkhead.usage_drift to bulkhead_admin;  -- tenant deletion only
 -- The worker checks which days still need a run (no tenant data there).
 grant select on bulkhead.reconciliation_runs to bulkhead_worker;
 select pg_catalog.pg_extension_config_dump('bulkhead.reconciliation_runs', '');

@@ -18,8 +18,11 @@ create table bulkhead.retrieval_settings (
     embedding_dims int         not null,
     -- hnsw.ef_search for this tenant's index scans (at least k is used).
     ef_search      int         not null default 400,
-    -- The tenant's own HNSW index, once built; NULL: exact scans.
+    -- The tenant's own HNSW index, once built; NULL: exact scans. Its name is random.
     index_name     text,
+    -- What the tenant's partial index is defined on (chunks.index_key = this): random, so that
+    -- index definitions, public in pg_indexes, do not name the tenant.
+    index_key      bigint      not null default bulkhead._random_id(),
     indexed_at     timestamptz,
     updated_at     timestamptz not null default pg_catalog.clock_timestamp(),
     constraint retrieval_settings_pkey primary key (tenant_id),
@@ -53,6 +56,9 @@ create table bulkhead.chunks (
     embedding   vector      not null,
     tsv         tsvector    generated always as (pg_catalog.to_tsvector('simple'::regconfig, content)) stored,
     metadata    jsonb       not null default '{}',
+    -- The tenant's retrieval_settings.index_key, set by the chunks_embedding_dims trigger: the
+    -- tenant's own index covers the rows with it.
+    index_key   bigint,
     created_at  timestamptz not null default pg_catalog.clock_timestamp(),
     constraint chunks_pkey primary key (tenant_id, id),
     constraint chunks_ordinal_key unique (tenant_id, document_id, ordinal),
@@ -96,6 +102,27 @@ create table bulkhead.pinecone_namespace_deletions (
     constraint pinecone_namespace_deletions_pkey primary key (id)
 );
 
+comment on column bulkhead.pinecone_namespace_deletions.deleted_tenant is
+    'bulkhead:kept The job that deletes the namespace outlives the tenant; it holds ids only.';
+comment on column bulkhead.pinecone_namespace_deletions.namespace is
+    'bulkhead:kept The namespace to delete at Pinecone (tenant-<id>), named on the receipt.';
+
+-- Tenant indexes whose DROP met a lock (a long reader of chunks): dropped later by
+-- bulkhead.drop_pending_indexes(). Their names are random and their keys belong to no tenant
+-- any more, so they hold no tenant data once vacuumed; they only wait for their DROP.
+create table bulkhead.pending_index_drops (
+    index_name   text        not null,
+    requested_at timestamptz not null default pg_catalog.clock_timestamp(),
+    constraint pending_index_drops_pkey primary key (index_name)
+);
+alter table bulkhead.pending_index_drops enable row level security;
+alter table bulkhead.pending_index_drops force row level security;
+create policy meter_drops on bulkhead.pending_index_drops for all to bulkhead_meter using (true) with check (true);
+create policy admin_reads on bulkhead.pending_index_drops for select to bulkhead_admin using (true);
+grant select, insert, delete on bulkhead.pending_index_drops to bulkhead_meter;
+grant select on bulkhead.pending_index_drops to bulkhead_admin;
+select pg_catalog.pg_extension_config_dump('bulkhead.pending_index_drops', '');
+
 alter table bulkhead.retrieval_settings enable row level security;
 alter table bulkhead.retrieval_settings force row level security;
 alter table bulkhead.documents enable row level security;
@@ -127,9 +154,10 @@ alter table bulkhead.chunks owner to bulkhead_meter;
 grant create on schema bulkhead to bulkhead_meter;
 grant select on bulkhead.retrieval_settings to bulkhead_app, bulkhead_worker, bulkhead_admin, bulkhead_meter;
 grant insert, update on bulkhead.retrieval_settings to bulkhead_admin, bulkhead_meter;
-grant select, insert, update, delete on bulkhead.documents to bulkhead_app, bulkhead_worker;
-grant select, insert, update, delete on bulkhead.chunks to bulkhead_app, bulkhead_worker;
-grant select on bulkhead.documents, bulkhead.chunks to bulkhead_admin, bulkhead_meter;
+-- Reads only: writes go through ingest_document and delete_document (as bulkhead_meter), so no
+-- application role can take a lock on these tables that blocks other tenants.
+grant select on bulkhead.documents, bulkhead.chunks to bulkhead_app, bulkhead_worker, bulkhead_admin, bulkhead_meter;
+grant insert, update, delete on bulkhead.documents to bulkhead_meter;
 -- The daemon marks jobs done; it can never readdress one.
 grant select, update (processed_at) on bulkhead.pinecone_outbox to bulkhead_worker;
 grant select on bulkhead.pinecone_outbox to bulkhead_admin;
@@ -157,12 +185,14 @@ set search_path to pg_catalog, pg_temp
 as $$
 declare
     dims int;
+    key bigint;
 begin
+    select s.embedding_dims, s.index_key into dims, key from bulkhead.retrieval_settings s where s.tenant_id = new.tenant_id;
+    new.index_key := key;
     -- A row of another tenant is row level security's to refuse, with its own error.
     if new.tenant_id is distinct from bulkhead.current_tenant() then
         return new;
     end if;
-    select s.embedding_dims into dims from bulkhead.retrieval_settings s where s.tenant_id = new.tenant_id;
     if dims is null then
         raise exception 'tenant % has no embedding dimension', new.tenant_id
             using errcode = '55000',
@@ -281,13 +311,36 @@ $$;
 comment on function bulkhead.set_embedding_dims(uuid, int, int) is
     'Sets a tenant''s embedding dimension (and HNSW ef_search). bulkhead_admin only.';
 
--- The name of a tenant's own index: derived from its id, never from input.
-create function bulkhead._tenant_index_name(tenant uuid)
+-- A new name for a tenant's own index: random, never derived from the tenant. Index names and
+-- their scan counts are public (pg_indexes, pg_stat_user_indexes): a name derived from the
+-- tenant would tell anyone which tenants are large and how often each one searches. The name
+-- is kept in the tenant's retrieval_settings row, under row level security.
+create function bulkhead._new_tenant_index_name()
 returns text
-language sql immutable
+language sql volatile
 security invoker
 set search_path to pg_catalog, pg_temp
-as $$ select 'chunks_hnsw_' || pg_catalog.replace(tenant::text, '-', '') $$;
+as $$ select 'chunks_hnsw_' || pg_catalog.substr(pg_catalog.md5(pg_catalog.gen_random_uuid()::text), 1, 16) $$;
+
+-- Takes the tenant's retrieval row lock without waiting: the mutex of its index build and of
+-- its Pinecone sync. A row lock, not an advisory lock, because only roles that may UPDATE
+-- retrieval_settings (bulkhead_meter, bulkhead_admin) can take it: an advisory key is open to
+-- every role that can connect, which could hold a tenant's lock forever. In the tenant's own
+-- context; false when the lock is held elsewhere or the tenant has no retrieval row.
+create function bulkhead._lock_tenant_retrieval(tenant uuid)
+returns boolean
+language plpgsql volatile
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+begin
+    if tenant is null or tenant is distinct from bulkhead.current_tenant() then
+        raise exception 'a tenant''s retrieval lock is taken in its own context' using errcode = '42501';
+    end if;
+    perform from bulkhead.retrieval_settings s where s.tenant_id = tenant for no key update skip locked;
+    return found;
+end
+$$;
 
 -- HNSW indexes pgvector's vector type up to 2000 dimensions; wider tenants stay on exact scans.
 create function bulkhead._hnsw_max_dims()
@@ -310,12 +363,16 @@ set search_path to pg_catalog, pg_temp
 as $$
 declare
     dims int;
-    name text := bulkhead._tenant_index_name(tenant);
+    name text;
+    key bigint;
 begin
     if tenant is null or tenant is distinct from bulkhead.current_tenant() then
         raise exception 'a tenant''s index is built in its own context' using errcode = '42501';
     end if;
-    select s.embedding_dims into dims from bulkhead.retrieval_settings s where s.tenant_id = tenant;
+    -- Under the tenant's retrieval row lock: two builds never pick two names.
+    select s.embedding_dims, coalesce(s.index_name, bulkhead._new_tenant_index_name()), s.index_key
+    into dims, name, key
+    from bulkhead.retrieval_settings s where s.tenant_id = tenant for no key update;
     if dims is null then
         raise exception 'tenant % has no embedding dimension', tenant using errcode = '55000';
     end if;
@@ -324,12 +381,13 @@ begin
             using errcode = '0A000', detail = 'The tenant stays on exact scans, which keep full recall.';
     end if;
     if pg_catalog.to_regclass('bulkhead.' || pg_catalog.quote_ident(name)) is null then
-        -- Identifiers and the dimension are derived (uuid, int); the tenant id is a literal because
-        -- a partial index predicate cannot take a parameter.
+        -- The name is random, the dimension an int and the key a bigint; the key is a literal
+        -- because a partial index predicate cannot take a parameter. Not the tenant id: index
+        -- definitions are public (pg_indexes).
         execute pg_catalog.format(
             'create index %I on bulkhead.chunks using hnsw ((embedding::@extschema:vector@.vector(%s)) @extschema:vector@.vector_cosine_ops)'
-            ' with (m = 16, ef_construction = 64) where tenant_id = %L::uuid',
-            name, dims, tenant);
+            ' with (m = 16, ef_construction = 64) where index_key = %s::bigint',
+            name, dims, key);
     end if;
     update bulkhead.retrieval_settings s
     set index_name = name, indexed_at = pg_catalog.clock_timestamp(), updated_at = pg_catalog.clock_timestamp()
@@ -358,8 +416,7 @@ begin
     if not found or cfg.index_name is not null or cfg.embedding_dims > bulkhead._hnsw_max_dims()
        or (select count(*) from bulkhead.chunks c where c.tenant_id = tenant)
           < pg_catalog.current_setting('bulkhead.retrieval_index_threshold')::bigint
-       or not pg_catalog.pg_try_advisory_xact_lock(pg_catalog.hashtext('bulkhead.chunks index'),
-                                                   pg_catalog.hashtext(tenant::text)) then
+       or not bulkhead._lock_tenant_retrieval(tenant) then
         return false;
     end if;
     begin
@@ -374,30 +431,80 @@ begin
 end
 $$;
 
--- Drops a tenant's own index, in its context, once its chunks are gone (tenant deletion, a
--- dimension change). SECURITY DEFINER as bulkhead_meter. DROP INDEX holds an ACCESS EXCLUSIVE
--- lock on chunks until the transaction ends.
-create function bulkhead._drop_tenant_index(tenant uuid)
-returns boolean
+-- Drops one index on chunks now if its lock comes within 500 ms, else queues it in
+-- pending_index_drops: DROP INDEX needs an ACCESS EXCLUSIVE lock on chunks, and waiting behind
+-- one long reader (any role that may SELECT chunks) would queue every tenant's search behind it.
+-- Runs as bulkhead_meter (its callers' owner). 'dropped' or 'deferred'.
+create function bulkhead._drop_index_now_or_later(name text)
+returns text
+language plpgsql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    saved_timeout text := pg_catalog.current_setting('lock_timeout');
+begin
+    perform pg_catalog.set_config('lock_timeout', '500ms', true);
+    begin
+        execute pg_catalog.format('drop index if exists bulkhead.%I', name);
+        delete from bulkhead.pending_index_drops p where p.index_name = name;
+        perform pg_catalog.set_config('lock_timeout', saved_timeout, true);
+        return 'dropped';
+    exception when lock_not_available then
+        perform pg_catalog.set_config('lock_timeout', saved_timeout, true);
+        insert into bulkhead.pending_index_drops (index_name) values (name) on conflict do nothing;
+        return 'deferred';
+    end;
+end
+$$;
+
+-- Drops the tenant indexes whose DROP was deferred, each if its lock comes within 500 ms; returns
+-- how many were dropped. The worker calls it; so does `bulkhead vacuum-deleted`. SECURITY
+-- DEFINER as bulkhead_meter, the indexes' owner.
+create function bulkhead.drop_pending_indexes()
+returns int
 language plpgsql volatile
 security definer
 set search_path to pg_catalog, pg_temp
 as $$
 declare
-    name text := bulkhead._tenant_index_name(tenant);
+    pending record;
+    dropped int := 0;
+begin
+    for pending in select p.index_name from bulkhead.pending_index_drops p order by p.requested_at loop
+        if bulkhead._drop_index_now_or_later(pending.index_name) = 'dropped' then
+            dropped := dropped + 1;
+        end if;
+    end loop;
+    return dropped;
+end
+$$;
+
+-- Drops a tenant's own index, in its context (tenant deletion, before its rows go; a dimension
+-- change, once its chunks are gone); its searches go back to exact scans, and the tenant gets a
+-- new index key, so that an index whose drop was deferred receives none of its new rows.
+-- SECURITY DEFINER as bulkhead_meter. 'dropped', 'deferred' (see _drop_index_now_or_later) or
+-- 'none'.
+create function bulkhead._drop_tenant_index(tenant uuid)
+returns text
+language plpgsql volatile
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    name text;
 begin
     if tenant is null or tenant is distinct from bulkhead.current_tenant() then
         raise exception 'a tenant''s index is dropped in its own context' using errcode = '42501';
     end if;
-    if exists (select from bulkhead.chunks c where c.tenant_id = tenant) then
-        raise exception 'a tenant''s index is dropped only once its chunks are gone' using errcode = '55000';
+    select s.index_name into name from bulkhead.retrieval_settings s where s.tenant_id = tenant for update;
+    update bulkhead.retrieval_settings s
+    set index_name = null, indexed_at = null, index_key = bulkhead._random_id()
+    where s.tenant_id = tenant;
+    if name is null or pg_catalog.to_regclass('bulkhead.' || pg_catalog.quote_ident(name)) is null then
+        return 'none';
     end if;
-    update bulkhead.retrieval_settings s set index_name = null, indexed_at = null where s.tenant_id = tenant;
-    if pg_catalog.to_regclass('bulkhead.' || pg_catalog.quote_ident(name)) is null then
-        return false;
-    end if;
-    execute pg_catalog.format('drop index bulkhead.%I', name);
-    return true;
+    return bulkhead._drop_index_now_or_later(name);
 end
 $$;
 
@@ -428,7 +535,7 @@ create function bulkhead.ingest_document(
 )
 returns uuid
 language plpgsql volatile
-security invoker
+security definer
 set search_path to pg_catalog, pg_temp
 as $$
 declare
@@ -467,6 +574,33 @@ begin
     return doc;
 end
 $$;
+
+-- Deletes one of the current tenant's documents and its chunks (their deletions queue for
+-- Pinecone). SECURITY DEFINER (as bulkhead_meter), like ingest_document: applications hold no
+-- write privilege on documents or chunks, and so cannot lock those tables against other tenants
+-- (LOCK TABLE ... IN ACCESS EXCLUSIVE MODE needs one). Row level security still applies.
+create function bulkhead.delete_document(external_id text)
+returns boolean
+language plpgsql volatile
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    tenant uuid := bulkhead.current_tenant();
+begin
+    if tenant is null then
+        raise exception 'no tenant context'
+            using errcode = '42501', hint = 'Call bulkhead.set_tenant(...) first.';
+    end if;
+    if external_id is null then
+        raise exception 'external_id is required' using errcode = '22004';
+    end if;
+    delete from bulkhead.documents d where d.tenant_id = tenant and d.external_id = delete_document.external_id;
+    return found;
+end
+$$;
+comment on function bulkhead.delete_document(text) is
+    'Deletes one of the current tenant''s documents and its chunks; false if it had none by that external_id.';
 comment on function bulkhead.ingest_document(text, jsonb, text, jsonb) is
     'Stores a document and its chunks (with app-supplied embeddings) for the current tenant; replaces the same external_id.';
 
@@ -499,7 +633,7 @@ as $$
         '  select c.id, c.document_id, c.content,'
         '         (c.embedding::@extschema:vector@.vector(%1$s) operator(@extschema:vector@.<=>) $2::@extschema:vector@.vector(%1$s))::float8 as distance, c.metadata'
         '  from bulkhead.chunks c'
-        '  where c.tenant_id = $1 and ($3::jsonb is null or c.metadata @> $3)'
+        '  where c.tenant_id = $1 and c.index_key = $5 and ($3::jsonb is null or c.metadata @> $3)'
         '  order by c.embedding::@extschema:vector@.vector(%1$s) operator(@extschema:vector@.<=>) $2::@extschema:vector@.vector(%1$s)'
         '  limit $4)'
         ' select * from nearest order by distance, id',
@@ -569,7 +703,7 @@ begin
     perform pg_catalog.set_config('hnsw.iterative_scan', 'relaxed_order', true);
     perform pg_catalog.set_config('hnsw.max_scan_tuples', '2147483647', true);
     return query execute bulkhead._indexed_search_sql(cfg.embedding_dims)
-        using tenant, query, filter, k;
+        using tenant, query, filter, k, cfg.index_key;
     perform pg_catalog.set_config('hnsw.ef_search', saved_ef, true);
     perform pg_catalog.set_config('hnsw.iterative_scan', saved_iterative, true);
     perform pg_catalog.set_config('hnsw.max_scan_tuples', saved_max_scan, true);
@@ -605,7 +739,7 @@ begin
     perform pg_catalog.set_config('hnsw.iterative_scan', 'relaxed_order', true);
     perform pg_catalog.set_config('hnsw.max_scan_tuples', '2147483647', true);
     return query execute 'explain (costs off) ' || bulkhead._indexed_search_sql(cfg.embedding_dims)
-        using tenant, query, filter, k;
+        using tenant, query, filter, k, cfg.index_key;
 end
 $$;
 comment on function bulkhead.tenant_search_explain(vector, int, jsonb) is
@@ -662,13 +796,22 @@ comment on function bulkhead.tenant_search_hybrid(text, vector, int) is
 alter function bulkhead._queue_pinecone_sync() owner to bulkhead_meter;
 alter function bulkhead._build_tenant_index(uuid) owner to bulkhead_meter;
 alter function bulkhead._drop_tenant_index(uuid) owner to bulkhead_meter;
+alter function bulkhead._lock_tenant_retrieval(uuid) owner to bulkhead_meter;
+alter function bulkhead.drop_pending_indexes() owner to bulkhead_meter;
+alter function bulkhead.ingest_document(text, jsonb, text, jsonb) owner to bulkhead_meter;
+alter function bulkhead.delete_document(text) owner to bulkhead_meter;
 alter function bulkhead._build_tenant_index_if_due(uuid) owner to bulkhead_meter;
 alter function bulkhead._queue_namespace_deletion(uuid, uuid) owner to bulkhead_meter;
 
 revoke all on function bulkhead._check_chunk_embedding() from public;
 revoke all on function bulkhead._queue_pinecone_sync() from public;
 revoke all on function bulkhead.set_embedding_dims(uuid, int, int) from public;
-revoke all on function bulkhead._tenant_index_name(uuid) from public;
+revoke all on function bulkhead._new_tenant_index_name() from public;
+revoke all on function bulkhead._lock_tenant_retrieval(uuid) from public;
+revoke all on function bulkhead._drop_index_now_or_later(text) from public;
+revoke all on function bulkhead.drop_pending_indexes() from public;
+grant execute on function bulkhead._drop_index_now_or_later(text) to bulkhead_meter;
+grant execute on function bulkhead.drop_pending_indexes() to bulkhead_worker, bulkhead_admin;
 revoke all on function bulkhead._build_tenant_index(uuid) from public;
 revoke all on function bulkhead._drop_tenant_index(uuid) from public;
 revoke all on function bulkhead._build_tenant_index_if_due(uuid) from public;
@@ -676,6 +819,7 @@ revoke all on function bulkhead._queue_namespace_deletion(uuid, uuid) from publi
 revoke all on function bulkhead._hnsw_max_dims() from public;
 revoke all on function bulkhead.build_tenant_index(uuid) from public;
 revoke all on function bulkhead.ingest_document(text, jsonb, text, jsonb) from public;
+revoke all on function bulkhead.delete_document(text) from public;
 revoke all on function bulkhead.tenant_search_path() from public;
 revoke all on function bulkhead._indexed_search_sql(int) from public;
 revoke all on function bulkhead.tenant_search_explain(vector, int, jsonb) from public;
@@ -683,11 +827,12 @@ revoke all on function bulkhead.tenant_search(vector, int, jsonb) from public;
 revoke all on function bulkhead.tenant_search_hybrid(text, vector, int) from public;
 grant execute on function bulkhead.set_embedding_dims(uuid, int, int), bulkhead.build_tenant_index(uuid)
     to bulkhead_admin;
-grant execute on function bulkhead._tenant_index_name(uuid), bulkhead._hnsw_max_dims() to bulkhead_meter;
+grant execute on function bulkhead._new_tenant_index_name(), bulkhead._hnsw_max_dims() to bulkhead_meter;
+grant execute on function bulkhead._lock_tenant_retrieval(uuid) to bulkhead_worker, bulkhead_meter;
 grant execute on function bulkhead._build_tenant_index(uuid), bulkhead._drop_tenant_index(uuid),
     bulkhead._queue_namespace_deletion(uuid, uuid) to bulkhead_admin;
-grant execute on function bulkhead._build_tenant_index_if_due(uuid) to bulkhead_app, bulkhead_worker;
-grant execute on function bulkhead.ingest_document(text, jsonb, text, jsonb), bulkhead.tenant_search_path(),
+grant execute on function bulkhead.ingest_document(text, jsonb, text, jsonb), bulkhead.delete_document(text),
+    bulkhead.tenant_search_path(),
     bulkhead._indexed_search_sql(int), bulkhead.tenant_search_explain(vector, int, jsonb),
     bulkhead.tenant_search(vector, int, jsonb), bulkhead.tenant_search_hybrid(text, vector, int)
     to bulkhead_app, bulkhead_worker, bulkhead_admin;

@@ -5,6 +5,20 @@
 -- (select bulkhead.current_tenant()), and tenant_id in every UNIQUE and FOREIGN KEY.
 -- The sub-select makes the context an InitPlan: evaluated once per query, not once per row.
 
+-- A random id for rows a tenant can see: a sequence would tell each tenant how many rows the
+-- others write. At most 2^53 - 1, so that JavaScript clients (supabase-js parses JSON numbers
+-- as doubles) read it exactly.
+create function bulkhead._random_id()
+returns bigint
+language sql volatile parallel safe
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+    select 1 + ('x' || substr(md5(gen_random_uuid()::text), 1, 14))::bit(56)::bigint % 9007199254740991
+$$;
+revoke all on function bulkhead._random_id() from public;
+grant execute on function bulkhead._random_id() to bulkhead_meter, bulkhead_admin;
+
 create table bulkhead.tenants (
     id                 uuid        not null default pg_catalog.gen_random_uuid(),
     slug               text        not null,
@@ -51,8 +65,20 @@ create table bulkhead.deletion_receipts (
     requested_by name        not null default current_user,
     started_at   timestamptz not null,
     completed_at timestamptz not null,
+    -- What the deletion could not remove in its transaction, and what removes it (dead row
+    -- versions until VACUUM, planner statistics until ANALYZE, WAL, backups, Pinecone).
+    remaining_physical_state jsonb not null default '{}',
     constraint deletion_receipts_pkey primary key (id)
 );
+-- Columns that name a tenant outside the tenant_id rule carry a marker in their comment, which
+-- delete_tenant and the schema lint read (bulkhead.tenant_references()):
+--   bulkhead:tenant-ref                rows naming the tenant are deleted with it
+--   bulkhead:tenant-ref-cascade        ... by a foreign key's ON DELETE CASCADE (checked empty)
+--   bulkhead:tenant-credential-ref     rows naming one of its credentials are deleted with it
+--   bulkhead:tenant-project-ref        rows naming its provider project or workspace are deleted
+--   bulkhead:kept                      the row outlives the tenant on purpose (the comment says why)
+comment on column bulkhead.deletion_receipts.tenant_id is
+    'bulkhead:kept The receipt proves the deletion; it holds ids and counts, not tenant data.';
 comment on table bulkhead.deletion_receipts is
     'Proof of tenant deletion: one row per deleted tenant, with one step row per table or external action.';
 

@@ -15,6 +15,7 @@ mod pinecone;
 mod providers;
 mod reconcile;
 mod secrets;
+mod vacuum;
 mod worker;
 
 #[derive(Parser)]
@@ -116,6 +117,17 @@ enum Command {
         )]
         anthropic_base_url: String,
     },
+    /// The physical end of a tenant deletion: VACUUM (ANALYZE) on every table the deletion
+    /// receipt lists, each then proven on the receipt (bulkhead.record_vacuum). Run it as the
+    /// owner of Bulkhead's tables (the role that created the extension).
+    VacuumDeleted {
+        /// URL of the tables' owner (or a superuser): only they may VACUUM.
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+        /// The receipt bulkhead.delete_tenant returned.
+        #[arg(long)]
+        receipt: uuid::Uuid,
+    },
     /// Narrated walk-through of tenant isolation on a fresh database (recreated at every run).
     Demo {
         /// Superuser URL of the database to (re)create for the demo.
@@ -184,6 +196,17 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Demo { database_url } => demo::run(&database_url).await.map_err(|e| e.to_string()),
+        Command::VacuumDeleted {
+            database_url,
+            receipt,
+        } => vacuum::vacuum_deleted(&database_url, receipt)
+            .await
+            .map(|proven| {
+                for (table, dead) in proven {
+                    println!("{table}: vacuumed and analyzed; {dead} dead row versions left");
+                }
+            })
+            .map_err(|e| e.to_string()),
         Command::Reconcile {
             database_url,
             day,

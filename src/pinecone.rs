@@ -25,16 +25,25 @@ const MAX_METADATA_BYTES: usize = 40_000;
 
 /// One worker at a time syncs a tenant: two workers sending the same chunk could otherwise land
 /// an older upsert after a newer delete, or upsert into a namespace already deleted. The lock
-/// belongs to the transaction around the tenant's sync, so however the sync ends (an error, a
-/// worker killed or aborted), its end releases the lock; the marks commit with it.
-const LOCK_SQL: &str =
-    "select pg_try_advisory_xact_lock(hashtext('bulkhead.pinecone'), hashtext($1::text))";
+/// (the tenant's retrieval row, which only Bulkhead's roles can lock: not an advisory key any
+/// role could hold forever) belongs to the transaction around the tenant's sync, so however the
+/// sync ends (an error, a worker killed or aborted), its end releases the lock; the marks
+/// commit with it. delete_tenant waits for it.
+const LOCK_TENANT_SQL: &str = "select bulkhead.pinecone_lock_tenant($1)";
+/// A namespace deletion's own row lock: one worker deletes it.
+const LOCK_DELETION_SQL: &str = "select bulkhead.pinecone_lock_deletion($1)";
 
 pub struct Pinecone {
     http: reqwest::Client,
     host: String,
     key: Secret,
+    /// Since when each tenant's sync lock has been found held, round after round.
+    busy_since: std::sync::Mutex<std::collections::HashMap<Uuid, std::time::Instant>>,
 }
+
+/// A tenant's sync lock found held this long, round after round, is reported: only Bulkhead's
+/// roles can take it, so it means a stuck session of theirs (an open transaction, say).
+pub const LOCK_HELD_TOO_LONG: Duration = Duration::from_secs(300);
 
 /// What one round did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -42,6 +51,8 @@ pub struct Round {
     pub synced: usize,
     pub namespaces_deleted: usize,
     pub failures: usize,
+    /// Tenants whose sync lock has been held elsewhere for at least LOCK_HELD_TOO_LONG.
+    pub held_too_long: Vec<(Uuid, Duration)>,
 }
 
 impl Pinecone {
@@ -60,6 +71,7 @@ impl Pinecone {
             http,
             host,
             key: Secret::new(key),
+            busy_since: Default::default(),
         })
     }
 
@@ -136,20 +148,21 @@ impl Pinecone {
     /// for the next round; database errors end the round.
     pub async fn round(&self, pool: &PgPool, metrics: &Metrics) -> Result<Round, sqlx::Error> {
         let mut round = Round::default();
-        let deletions: Vec<(i64, Uuid, String)> = sqlx::query_as(
-            "select id, deleted_tenant, namespace from bulkhead.pinecone_namespace_deletions
+        let deletions: Vec<(i64, String)> = sqlx::query_as(
+            "select id, namespace from bulkhead.pinecone_namespace_deletions
              where processed_at is null order by id limit 100",
         )
         .fetch_all(pool)
         .await?;
-        for (id, tenant, namespace) in deletions {
+        // The tenant is gone: its deletion waited for any sync of it in flight.
+        for (id, namespace) in deletions {
             let mut tx = pool.begin().await?;
-            let locked: bool = sqlx::query_scalar(LOCK_SQL)
-                .bind(tenant)
+            let locked: bool = sqlx::query_scalar(LOCK_DELETION_SQL)
+                .bind(id)
                 .fetch_one(&mut *tx)
                 .await?;
             if !locked {
-                continue; // a sync of this tenant is in flight: delete after it
+                continue; // another worker is deleting it, or did
             }
             match self.delete_namespace(&namespace).await {
                 Ok(()) => {
@@ -176,13 +189,26 @@ impl Pinecone {
             // so the outbox rows they touch are locked only for a moment.
             for _ in 0..BATCHES_PER_TENANT {
                 let mut tx = pool.begin().await?;
-                let locked: bool = sqlx::query_scalar(LOCK_SQL)
+                let locked: bool = sqlx::query_scalar(LOCK_TENANT_SQL)
                     .bind(tenant)
                     .fetch_one(&mut *tx)
                     .await?;
                 if !locked {
-                    break; // another worker is syncing this tenant
+                    // Another worker is syncing this tenant, or a session holds its lock.
+                    let mut busy = self.busy_since.lock().unwrap_or_else(|p| p.into_inner());
+                    let held = busy
+                        .entry(tenant)
+                        .or_insert_with(std::time::Instant::now)
+                        .elapsed();
+                    if held >= LOCK_HELD_TOO_LONG {
+                        round.held_too_long.push((tenant, held));
+                    }
+                    break;
                 }
+                self.busy_since
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&tenant);
                 let batch = self.sync_batch(&mut tx, tenant).await?;
                 tx.commit().await?;
                 match batch {

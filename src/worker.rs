@@ -316,6 +316,8 @@ async fn serve(
     let pinecone_wake = Arc::new(Notify::new());
     let _reconciliation = (config.usage_apis.configured() && !config.drain)
         .then(|| AbortOnDrop(tokio::spawn(reconcile_loop(pool.clone(), config.clone()))));
+    let _index_drops = (!config.drain)
+        .then(|| AbortOnDrop(tokio::spawn(index_drop_loop(pool.clone(), config.clone()))));
     let _pinecone_sync = match pinecone {
         Some(pinecone) if !config.drain => Some(AbortOnDrop(tokio::spawn(pinecone_loop(
             Arc::clone(pinecone),
@@ -493,6 +495,22 @@ async fn reconcile_loop(pool: PgPool, config: Config) {
     }
 }
 
+/// Once a minute: drops the tenant indexes whose DROP met a lock at tenant deletion
+/// (`bulkhead.drop_pending_indexes`, which waits at most 500 ms for each).
+async fn index_drop_loop(pool: PgPool, config: Config) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        match sqlx::query_scalar::<_, i32>("select bulkhead.drop_pending_indexes()")
+            .fetch_one(&pool)
+            .await
+        {
+            Ok(0) => {}
+            Ok(dropped) => log(&config, "indexes_dropped", &format!("dropped={dropped}")),
+            Err(err) => log(&config, "index_drop_failed", &format!("error={err}")),
+        }
+    }
+}
+
 /// Sweeps the Pinecone outbox until it is empty, then waits for a NOTIFY or the poll interval.
 async fn pinecone_loop(
     pinecone: Arc<Pinecone>,
@@ -502,7 +520,17 @@ async fn pinecone_loop(
     config: Config,
 ) {
     loop {
-        match pinecone.round(&pool, &metrics).await {
+        let round = pinecone.round(&pool, &metrics).await;
+        if let Ok(round) = &round {
+            for (tenant, held) in &round.held_too_long {
+                log(
+                    &config,
+                    "pinecone_lock_held_long",
+                    &format!("tenant={tenant} held_secs={}", held.as_secs()),
+                );
+            }
+        }
+        match round {
             // Work done and none failed: more may be pending, go again at once.
             Ok(round) if round.failures == 0 && round.synced + round.namespaces_deleted > 0 => {
                 continue

@@ -119,11 +119,21 @@ async fn completions_flow_to_the_ledger_and_survive_provider_faults() {
     let key_file = scratch.join("anthropic.key");
     std::fs::write(&key_file, format!("{anthropic_key}\n")).unwrap();
 
-    // A test double of Supabase Vault's decrypted view (the real one decrypts on read).
+    // A test double of Supabase Vault 0.3 (supabase/vault, sql/supabase_vault--0.3.0.sql): the
+    // view is not security_invoker, so its table needs no grant, but it decrypts with
+    // vault._crypto_aead_det_decrypt, which the reader must be allowed to run. Here it "decrypts"
+    // by reversing what the table holds. The worker's role gets the README's three grants.
     sqlx::raw_sql(
         "create schema if not exists vault;
          create table if not exists vault.secrets (id uuid primary key, secret text not null);
-         create or replace view vault.decrypted_secrets as select id, secret as decrypted_secret from vault.secrets;
+         create or replace function vault._crypto_aead_det_decrypt(message bytea, additional bytea, key_id bigint,
+                 context bytea = 'pgsodium', nonce bytea = null) returns bytea
+             language sql immutable as $f$ select convert_to(reverse(convert_from(message, 'utf8')), 'utf8') $f$;
+         revoke all on function vault._crypto_aead_det_decrypt(bytea, bytea, bigint, bytea, bytea) from public;
+         create or replace view vault.decrypted_secrets as
+             select id, convert_from(vault._crypto_aead_det_decrypt(convert_to(secret, 'utf8'), convert_to(id::text, 'utf8'), 0), 'utf8')
+                    as decrypted_secret
+             from vault.secrets;
          grant usage on schema vault to bulkhead_worker;
          grant select on vault.decrypted_secrets to bulkhead_worker;",
     )
@@ -131,12 +141,40 @@ async fn completions_flow_to_the_ledger_and_survive_provider_faults() {
     .await
     .unwrap();
     let vault_id = Uuid::new_v4();
-    sqlx::query("insert into vault.secrets values ($1, $2)")
+    sqlx::query("insert into vault.secrets values ($1, reverse($2))")
         .bind(vault_id)
         .bind(&vault_key)
         .execute(&mut su)
         .await
         .unwrap();
+    // USAGE and SELECT are not enough (what the README used to say): the decrypt function too.
+    {
+        use sqlx::{ConnectOptions, Connection};
+        let mut worker_session = common::superuser_options()
+            .username("bulkhead_test_worker")
+            .connect()
+            .await
+            .unwrap();
+        let read = "select decrypted_secret from vault.decrypted_secrets where id = $1";
+        let denied = sqlx::query_scalar::<_, String>(read)
+            .bind(vault_id)
+            .fetch_one(&mut worker_session)
+            .await;
+        assert_eq!(sqlstate(&denied), "42501");
+        sqlx::raw_sql(
+            "grant execute on function vault._crypto_aead_det_decrypt(bytea, bytea, bigint, bytea, bytea) to bulkhead_worker",
+        )
+        .execute(&mut su)
+        .await
+        .unwrap();
+        let key: String = sqlx::query_scalar(read)
+            .bind(vault_id)
+            .fetch_one(&mut worker_session)
+            .await
+            .unwrap();
+        assert_eq!(key, vault_key, "the README's three grants read the key");
+        worker_session.close().await.unwrap();
+    }
 
     let a = create_tenant(&mut admin_conn, "cmpl-a").await;
     let b = create_tenant(&mut admin_conn, "cmpl-b").await;

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{admin, app, create_tenant, sqlstate};
-use sqlx::{Connection, Executor, Row};
+use sqlx::{ConnectOptions, Connection, Executor, Row};
 use std::process::{Child, Command};
 use std::time::Duration;
 use uuid::Uuid;
@@ -351,4 +351,180 @@ async fn jwt_claims_count_only_in_the_transaction_that_set_them() {
         .await
         .unwrap();
     assert_eq!(seen, 0);
+}
+
+/// A49 (issue 13, finding 7): in-memory admission keeps the refusal it answered NULL with for
+/// the raise that follows. It must not outlive its transaction (a pooler hands the connection to
+/// another client, acting for another tenant) nor cross to another tenant within one. The twin:
+/// inside the refused transaction, for the refused tenant, the raise finds it.
+#[tokio::test]
+async fn an_admission_refusal_does_not_outlive_its_transaction_or_tenant() {
+    let mut admin_conn = admin().await;
+    let a = create_tenant(&mut admin_conn, "refusal-a").await;
+    let b = create_tenant(&mut admin_conn, "refusal-b").await;
+    let model = common::thousandth_dollar_model(&mut admin_conn).await;
+    sqlx::query("select bulkhead.set_budget($1, 1000, 1000000, 1000000, 0)")
+        .bind(a)
+        .execute(&mut admin_conn)
+        .await
+        .unwrap();
+    let mut conn = common::memory_app().await;
+    let admit = "select bulkhead._admit_in_memory($1, 1, 0, '10 minutes')";
+    let raise = "select bulkhead._raise_refusal()";
+
+    // The twin: refused for A (NULL), the raise in the same transaction is A's refusal.
+    let mut tx = common::begin_as(&mut conn, a).await.unwrap();
+    let refused: Option<Uuid> = sqlx::query_scalar(admit)
+        .bind(&model)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(refused, None, "a zero budget refuses");
+    let err = sqlx::query(raise).execute(&mut *tx).await.unwrap_err();
+    let err = err.as_database_error().unwrap();
+    assert_eq!(err.code().as_deref(), Some("PT429"));
+    assert!(err.message().contains("tenant_budget_exceeded"));
+    tx.rollback().await.unwrap();
+
+    // Refused again, then the transaction ends: the next one (for B) finds nothing of A's.
+    for end_with_commit in [true, false] {
+        let mut tx = common::begin_as(&mut conn, a).await.unwrap();
+        let refused: Option<Uuid> = sqlx::query_scalar(admit)
+            .bind(&model)
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        assert_eq!(refused, None);
+        if end_with_commit {
+            tx.commit().await.unwrap();
+        } else {
+            tx.rollback().await.unwrap();
+        }
+        let mut tx = common::begin_as(&mut conn, b).await.unwrap();
+        let err = sqlx::query(raise).execute(&mut *tx).await.unwrap_err();
+        let err = err.as_database_error().unwrap();
+        assert_eq!(err.code().as_deref(), Some("55000"), "{}", err.message());
+        assert!(!err.message().contains(&a.to_string()));
+        tx.rollback().await.unwrap();
+    }
+
+    // Within one transaction: refused for A, then acting for B, the raise finds nothing.
+    let mut tx = common::begin_as(&mut conn, a).await.unwrap();
+    let _: Option<Uuid> = sqlx::query_scalar(admit)
+        .bind(&model)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("select bulkhead.set_tenant($1)")
+        .bind(b)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let err = sqlx::query(raise).execute(&mut *tx).await.unwrap_err();
+    assert_eq!(
+        err.as_database_error().unwrap().code().as_deref(),
+        Some("55000")
+    );
+    tx.rollback().await.unwrap();
+
+    // And the kept refusal itself is the meter's to read, not the application's.
+    let direct = sqlx::query("select * from bulkhead._admission_refusal()")
+        .execute(&mut conn)
+        .await;
+    assert_eq!(sqlstate(&direct), "42501");
+}
+
+/// A50 (issue 13, finding 4): a role with no Bulkhead grant at all holds the advisory keys the
+/// worker and the index build used (computable from a tenant id) for as long as it likes. They
+/// stop nothing now: the mutexes are row locks only Bulkhead's roles can take. The twin: the
+/// old lock statement, run by the worker's role, is refused its lock while the outsider holds it.
+#[tokio::test]
+async fn an_outsider_holding_advisory_keys_stops_no_worker_or_index_build() {
+    let mut admin_conn = admin().await;
+    let tenant = create_tenant(&mut admin_conn, "advisory").await;
+    sqlx::query("select bulkhead.set_embedding_dims($1, 3)")
+        .bind(tenant)
+        .execute(&mut admin_conn)
+        .await
+        .unwrap();
+    let mut su = common::superuser().await;
+    sqlx::raw_sql(
+        "do $$ begin
+           if not exists (select from pg_roles where rolname = 'bulkhead_test_outsider') then
+             create role bulkhead_test_outsider login;
+           end if;
+         end $$;",
+    )
+    .execute(&mut su)
+    .await
+    .unwrap();
+    let mut outsider = common::superuser_options()
+        .username("bulkhead_test_outsider")
+        .connect()
+        .await
+        .unwrap();
+    let old_keys = [
+        "select pg_advisory_lock(hashtext('bulkhead.pinecone'), hashtext($1::text))",
+        "select pg_advisory_lock(hashtext('bulkhead.chunks index'), hashtext($1::text))",
+    ];
+    for key in old_keys {
+        sqlx::query(key)
+            .bind(tenant)
+            .execute(&mut outsider)
+            .await
+            .unwrap();
+    }
+    // Nor can the outsider take the row lock (no privilege on schema bulkhead at all).
+    let row_lock = sqlx::query("select from bulkhead.retrieval_settings for update")
+        .execute(&mut outsider)
+        .await;
+    assert_eq!(sqlstate(&row_lock), "42501");
+
+    // The twin: the worker's old Pinecone lock is refused while the outsider holds the key.
+    let worker_options = common::superuser_options().username("bulkhead_test_worker");
+    let mut worker = worker_options.connect().await.unwrap();
+    let old: bool = sqlx::query_scalar(
+        "select pg_try_advisory_xact_lock(hashtext('bulkhead.pinecone'), hashtext($1::text))",
+    )
+    .bind(tenant)
+    .fetch_one(&mut worker)
+    .await
+    .unwrap();
+    assert!(!old, "the outsider's advisory lock stops the old sync");
+
+    // The worker's lock now: taken; a second worker (another session) is told it is busy.
+    let mut tx = worker.begin().await.unwrap();
+    let locked: bool = sqlx::query_scalar("select bulkhead.pinecone_lock_tenant($1)")
+        .bind(tenant)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert!(locked, "the sync lock is Bulkhead's own");
+    let mut second = worker_options.connect().await.unwrap();
+    let mut tx2 = second.begin().await.unwrap();
+    let busy: bool = sqlx::query_scalar("select bulkhead.pinecone_lock_tenant($1)")
+        .bind(tenant)
+        .fetch_one(&mut *tx2)
+        .await
+        .unwrap();
+    assert!(!busy, "one worker at a time");
+    tx2.rollback().await.unwrap();
+    tx.rollback().await.unwrap();
+
+    // The tenant's own index builds while the outsider still holds the old key.
+    let built: String = sqlx::query_scalar("select bulkhead.build_tenant_index($1)")
+        .bind(tenant)
+        .fetch_one(&mut admin_conn)
+        .await
+        .unwrap();
+    assert!(built.starts_with("chunks_hnsw_"), "{built}");
+    // And the application, acting for the tenant, cannot take the row lock either.
+    let mut app_conn = app().await;
+    let mut tx = common::begin_as(&mut app_conn, tenant).await.unwrap();
+    let app_lock = sqlx::query("select from bulkhead.retrieval_settings for key share")
+        .execute(&mut *tx)
+        .await;
+    assert_eq!(sqlstate(&app_lock), "42501");
+    tx.rollback().await.unwrap();
+    outsider.close().await.unwrap();
 }

@@ -174,7 +174,7 @@ async fn pinecone_converges_after_faults_and_loses_deleted_namespaces() {
     )
     .await;
     let mut tx = begin_as(&mut conn, p1).await.unwrap();
-    sqlx::query("delete from bulkhead.documents where external_id = 'one-1'")
+    sqlx::query("select bulkhead.delete_document('one-1')")
         .execute(&mut *tx)
         .await
         .unwrap();

@@ -16,7 +16,7 @@ async fn catalog_tenant_tables(conn: &mut PgConnection) -> Vec<String> {
         "select c.oid::regclass::text from pg_class c join pg_attribute a on a.attrelid = c.oid \
          where c.relnamespace = 'bulkhead'::regnamespace and c.relkind in ('r', 'p') \
            and not c.relispartition and a.attname = 'tenant_id' and not a.attisdropped \
-           and c.relname <> 'deletion_receipts' order by 1",
+           and coalesce(col_description(c.oid, a.attnum), '') not like 'bulkhead:kept%' order by 1",
     )
     .fetch_all(conn)
     .await
@@ -40,7 +40,7 @@ async fn populate(admin: &mut PgConnection, tenant: Uuid) {
     for statement in [
         "select bulkhead.set_tenant_settings($1, persona_tone => 'dry', banned_topics => array['x'])",
         "select bulkhead.set_budget($1, 100, 100000, 100000, 50)",
-        "select bulkhead.set_credential($1, 'openai', 'env:OPENAI_KEY_FIXTURE', provider_project_id => 'proj_fixture')",
+        "select bulkhead.set_credential($1, 'openai', 'env:OPENAI_KEY_FIXTURE', provider_project_id => 'proj_' || $1::text)",
     ] {
         sqlx::query(statement).bind(tenant).execute(&mut *admin).await.unwrap();
     }
@@ -84,6 +84,23 @@ async fn populate(admin: &mut PgConnection, tenant: Uuid) {
     .await
     .unwrap();
 
+    // Usage drift names the tenant without a tenant_id column: by its dedicated credential and
+    // by its OpenAI project (a row recorded before the credential was known has only the latter).
+    sqlx::query(
+        "insert into bulkhead.usage_drift (provider, usage_date, provider_project_id, credential_id, attribution,
+             dedicated_tenant, provider_input_tokens, provider_output_tokens, provider_requests,
+             ledger_input_tokens, ledger_output_tokens, ledger_requests)
+         select 'openai', current_date - d, 'proj_' || $1::text,
+                case when d = 1 then (select id from bulkhead.tenant_credentials c where c.tenant_id = $1) end,
+                case when d = 1 then 'tenant' else 'unknown' end,
+                case when d = 1 then $1 end, 100, 10, 1, 90, 10, 1
+         from generate_series(1, 2) d",
+    )
+    .bind(tenant)
+    .execute(&mut superuser().await)
+    .await
+    .unwrap();
+
     // Retrieval: a dimension, a document with chunks (which queue Pinecone sync jobs), and the
     // tenant's own vector index.
     for statement in [
@@ -120,6 +137,13 @@ async fn deletion_empties_every_tenant_table_and_only_that_tenant() {
     populate(&mut admin_conn, survivor).await;
 
     let mut su = superuser().await;
+    let doomed_index: String = sqlx::query_scalar(
+        "select index_name from bulkhead.retrieval_settings where tenant_id = $1",
+    )
+    .bind(doomed)
+    .fetch_one(&mut su)
+    .await
+    .unwrap();
     let tables = catalog_tenant_tables(&mut su).await;
     let listed: Vec<String> = sqlx::query_scalar(
         "select table_name::text from bulkhead.tenant_scoped_tables() order by 1",
@@ -184,13 +208,12 @@ async fn deletion_empties_every_tenant_table_and_only_that_tenant() {
     .await
     .unwrap();
     assert_eq!(namespace_jobs, vec![format!("tenant-{doomed}")]);
-    let index_left: Option<String> = sqlx::query_scalar(
-        "select to_regclass('bulkhead.chunks_hnsw_' || replace($1::text, '-', ''))::text",
-    )
-    .bind(doomed)
-    .fetch_one(&mut su)
-    .await
-    .unwrap();
+    let index_left: Option<String> =
+        sqlx::query_scalar("select to_regclass('bulkhead.' || quote_ident($1))::text")
+            .bind(&doomed_index)
+            .fetch_one(&mut su)
+            .await
+            .unwrap();
     assert_eq!(
         index_left, None,
         "the deleted tenant's vector index is gone"
@@ -209,6 +232,153 @@ async fn deletion_empties_every_tenant_table_and_only_that_tenant() {
             .await
             .unwrap();
     assert_eq!(receipt_tenant, doomed);
+
+    // Nothing in schema bulkhead names the deleted tenant any more, whatever the column: every
+    // uuid, text and jsonb column of every table is searched for its id, except the columns
+    // whose marker says they outlive it (receipts, the namespace deletion job).
+    let columns: Vec<(String, String)> = sqlx::query_as(
+        "select c.oid::regclass::text, a.attname::text
+         from pg_class c join pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
+         where c.relnamespace = 'bulkhead'::regnamespace and c.relkind in ('r', 'p')
+           and a.atttypid in ('uuid'::regtype, 'text'::regtype, 'jsonb'::regtype)
+           and coalesce(col_description(c.oid, a.attnum), '') not like 'bulkhead:kept%'
+         order by 1, 2",
+    )
+    .fetch_all(&mut su)
+    .await
+    .unwrap();
+    assert!(
+        columns.iter().any(|c| c.0 == "bulkhead.usage_drift"),
+        "the scan reaches usage_drift"
+    );
+    let mut left = Vec::new();
+    for (table, column) in &columns {
+        // Identifiers from the catalog, quoted by PostgreSQL; the id is a bound parameter.
+        let count_sql: String = sqlx::query_scalar(
+            "select format('select count(*) from %s where strpos(%I::text, $1) > 0', $1::regclass, $2)",
+        )
+        .bind(table)
+        .bind(column)
+        .fetch_one(&mut su)
+        .await
+        .unwrap();
+        let n: i64 = sqlx::query_scalar(&count_sql)
+            .bind(doomed.to_string())
+            .fetch_one(&mut su)
+            .await
+            .unwrap();
+        if n > 0 {
+            left.push(format!("{table}.{column}: {n}"));
+        }
+    }
+    assert_eq!(
+        left,
+        Vec::<String>::new(),
+        "rows still naming the deleted tenant"
+    );
+    let survivor_drift: i64 = sqlx::query_scalar(
+        "select count(*) from bulkhead.usage_drift where provider_project_id = 'proj_' || $1::text",
+    )
+    .bind(survivor)
+    .fetch_one(&mut su)
+    .await
+    .unwrap();
+    assert_eq!(survivor_drift, 2, "the survivor's drift rows stay");
+    let drift_steps: Vec<(String, i64)> = sqlx::query_as(
+        "select step, rows_deleted from bulkhead.deletion_receipt_steps
+         where receipt_id = $1 and step like 'bulkhead.usage_drift.%' order by step",
+    )
+    .bind(receipt)
+    .fetch_all(&mut su)
+    .await
+    .unwrap();
+    assert_eq!(
+        drift_steps,
+        vec![
+            ("bulkhead.usage_drift.credential_id".to_string(), 1),
+            ("bulkhead.usage_drift.dedicated_tenant".to_string(), 0),
+            ("bulkhead.usage_drift.provider_project_id".to_string(), 1),
+        ],
+        "each marked column is a step, in column order (the dedicated row went by its credential)"
+    );
+
+    // The physical state the transaction could not remove is on the receipt, and VACUUM ANALYZE
+    // is proven table by table. Before any vacuum, the proof is refused.
+    let physical: serde_json::Value = sqlx::query_scalar(
+        "select remaining_physical_state from bulkhead.deletion_receipts where id = $1",
+    )
+    .bind(receipt)
+    .fetch_one(&mut su)
+    .await
+    .unwrap();
+    for key in [
+        "dead_row_versions",
+        "planner_statistics",
+        "wal",
+        "backups",
+        "pinecone",
+    ] {
+        assert!(physical.get(key).is_some(), "{key} missing from {physical}");
+    }
+    let touched: Vec<String> = physical["dead_row_versions"]["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        touched.contains(&"bulkhead.usage_drift".to_string())
+            && touched.contains(&"bulkhead.chunks".to_string()),
+        "{touched:?}"
+    );
+    let early =
+        sqlx::query_scalar::<_, i64>("select bulkhead.record_vacuum($1, 'bulkhead.tenants')")
+            .bind(receipt)
+            .fetch_one(&mut admin_conn)
+            .await;
+    assert_eq!(
+        sqlstate(&early),
+        "55000",
+        "no vacuum ran since the deletion yet"
+    );
+    let url = std::env::var("BULKHEAD_TEST_DATABASE_URL").unwrap();
+    let as_admin = std::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .args(["vacuum-deleted", "--receipt", &receipt.to_string()])
+        .env(
+            "DATABASE_URL",
+            url.replacen("postgres@", "bulkhead_test_admin@", 1),
+        )
+        .output()
+        .unwrap();
+    assert!(
+        !as_admin.status.success(),
+        "only the tables' owner may vacuum them"
+    );
+    assert!(String::from_utf8_lossy(&as_admin.stderr).contains("owner"));
+    let vacuumed = std::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .args(["vacuum-deleted", "--receipt", &receipt.to_string()])
+        .env("DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    assert!(
+        vacuumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&vacuumed.stderr)
+    );
+    let proven: Vec<String> = sqlx::query_scalar(
+        "select replace(step, 'vacuumed and analyzed ', '') from bulkhead.deletion_receipt_steps
+         where receipt_id = $1 and step like 'vacuumed and analyzed %' order by 1",
+    )
+    .bind(receipt)
+    .fetch_all(&mut su)
+    .await
+    .unwrap();
+    let mut expected = touched.clone();
+    expected.sort();
+    assert_eq!(
+        proven, expected,
+        "every table the deletion touched is proven vacuumed"
+    );
 }
 
 #[tokio::test]

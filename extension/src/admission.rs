@@ -618,6 +618,9 @@ unsafe extern "C-unwind" fn on_xact_event(
             APPLIED.with(|a| *a.borrow_mut() = applied);
         }
         XACT_EVENT_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PREPARE => {
+            // A refusal belongs to its transaction: the next one on this connection may act
+            // for another tenant (a pooler hands the connection to another client).
+            REFUSAL.with(|r| r.borrow_mut().take());
             let applied = APPLIED.with(|a| std::mem::take(&mut *a.borrow_mut()));
             let mut actions = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
             if event == XACT_EVENT_PREPARE || !attached() {
@@ -1323,7 +1326,16 @@ fn _admission_refusal() -> TableIterator<
         name!(hint, Option<String>),
     ),
 > {
-    let refusal = REFUSAL.with(|r| r.borrow_mut().take());
+    // Only the current tenant's own refusal: within one transaction the app may switch tenants.
+    let current = context::current_tenant();
+    let refusal = REFUSAL
+        .with(|r| r.borrow_mut().take())
+        .filter(|err| match err {
+            AdmissionError::Refused { tenant, .. } | AdmissionError::Suspended(tenant) => {
+                Some(*tenant) == current
+            }
+            _ => true,
+        });
     TableIterator::new(refusal.into_iter().map(|err| {
         (
             err.sqlstate().code().to_string(),

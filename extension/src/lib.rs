@@ -12,6 +12,7 @@ mod gucs;
 mod pricing;
 mod prompts;
 mod shared;
+mod tokens;
 
 ::pgrx::pg_module_magic!();
 
@@ -91,7 +92,7 @@ extension_sql_file!(
 extension_sql_file!(
     "../../sql/completions.sql",
     name = "completions",
-    requires = ["jobs"]
+    requires = ["jobs", tokens::_input_token_bound]
 );
 extension_sql_file!(
     "../../sql/pinecone.sql",
@@ -101,7 +102,12 @@ extension_sql_file!(
 extension_sql_file!(
     "../../sql/reconcile.sql",
     name = "reconcile",
-    requires = ["pinecone"],
+    requires = ["pinecone"]
+);
+extension_sql_file!(
+    "../../sql/deployment.sql",
+    name = "deployment",
+    requires = ["reconcile"],
     finalize
 );
 

@@ -554,6 +554,72 @@ select 'A48 A settles its reservation' as attack,
 reset role;
 set local bulkhead.memory_admission = off;
 
+-- A49: the app locks a table every tenant searches (LOCK TABLE needs a write privilege for any
+-- mode above ACCESS SHARE, and applications hold none on documents or chunks: ingest_document
+-- and delete_document write for them), or a tenant's retrieval row (the mutex of its index build
+-- and Pinecone sync: FOR UPDATE needs UPDATE). The twin: a role with the write grants the app
+-- used to hold locks chunks against every tenant.
+set local role regress_leak_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
+select 'A49 lock chunks' as attack,
+    pg_temp.attempt($q$lock table bulkhead.chunks in access exclusive mode$q$) as app_result;
+select 'A49 lock documents' as attack,
+    pg_temp.attempt($q$lock table bulkhead.documents in share row exclusive mode$q$) as app_result;
+select 'A49 lock B''s retrieval row' as attack,
+    pg_temp.attempt($q$select count(*) from (select from bulkhead.retrieval_settings for key share) l$q$) as app_result;
+reset role;
+grant insert, update, delete on bulkhead.chunks to regress_leak_writer;
+set local role regress_leak_writer;
+savepoint lock_twin;
+select 'A49 with the old write grants' as attack,
+    pg_temp.attempt($q$lock table bulkhead.chunks in access exclusive mode$q$) as writer_result;
+rollback to savepoint lock_twin;
+reset role;
+
+-- A50: index names, definitions and scan counts are public (pg_indexes, pg_stat_user_indexes, to
+-- any role): a name or a predicate naming the tenant told everyone which tenant is large and how
+-- often it searches. Names are random and predicates name a random key now; only the tenant
+-- reads its own (retrieval_settings, under RLS).
+set local role regress_leak_admin;
+select bulkhead.build_tenant_index('00000000-0000-4000-8000-00000000000a') is not null as a_index_built;
+set local role regress_leak_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
+select 'A50 find A''s index by A''s id' as attack, count(*) as found from pg_indexes
+where indexname like '%' || replace('00000000-0000-4000-8000-00000000000a', '-', '') || '%'
+   or indexname like '%0000000a%' or indexdef like '%00000000-0000-4000-8000-00000000000a%';
+select 'A50 index definitions name no tenant' as attack, count(*) filter (where indexdef ~ '[0-9a-f]{8}-[0-9a-f]{4}-') as naming_a_uuid,
+    count(*) filter (where indexdef like '%WHERE (index_key = %') as keyed_by_opaque_key
+from pg_indexes where schemaname = 'bulkhead' and indexname like 'chunks_hnsw_%';
+select 'A50 B reads A''s index name' as attack, count(*) as seen from bulkhead.retrieval_settings where index_name is not null;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000a');
+select 'A50 the twin: A finds its own index by the name it may read' as attack, count(*) as found from pg_indexes
+where indexname = (select index_name from bulkhead.retrieval_settings);
+reset role;
+
+-- A51: ids a tenant sees say nothing of the others' activity. Between B's two activations A
+-- activates five times: with one sequence (the twin, as prompt_releases.id was) B's ids would
+-- differ by six; they are random now, and B's own history is numbered by its own moves only
+-- (seq 2 and 3, after its first activation at setup).
+create temp sequence pg_temp.old_release_ids;
+grant usage on sequence pg_temp.old_release_ids to public;
+set local role regress_leak_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
+select bulkhead.publish_prompt('00000000-0000-4000-8000-00000000000b', 'leak-tpl', '{"display_name": "B2", "custom_instructions": "B2"}');
+create temp table b_releases (id bigint, seq int, twin bigint);
+select bulkhead.activate_prompt('00000000-0000-4000-8000-00000000000b', 'leak-tpl', 2);
+insert into b_releases select id, seq, nextval('pg_temp.old_release_ids') from bulkhead.prompt_releases order by seq desc limit 1;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000a');
+select count(*) as a_activations from (select bulkhead.activate_prompt('00000000-0000-4000-8000-00000000000a', 'leak-tpl', 1),
+    nextval('pg_temp.old_release_ids') from generate_series(1, 5)) moves;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
+select bulkhead.activate_prompt('00000000-0000-4000-8000-00000000000b', 'leak-tpl', 1);
+insert into b_releases select id, seq, nextval('pg_temp.old_release_ids') from bulkhead.prompt_releases order by seq desc limit 1;
+select 'A51 B''s release ids' as attack,
+    max(id) - min(id) = 6 as ids_count_a, array_agg(seq order by seq) as b_seq,
+    max(twin) - min(twin) as twin_difference, bool_and(id between 1 and 9007199254740991) as within_2_53
+from b_releases;
+reset role;
+
 -- A29: shadowing bulkhead.current_tenant() through search_path changes nothing: policies hold
 -- the function itself, not its name.
 set local role regress_leak_app;

@@ -93,7 +93,7 @@ rollback to savepoint before_publish;
 select bulkhead.publish_prompt('00000000-0000-4000-8000-00000000000b', 'support', '{"display_name": "Kept", "banned_topics": []}') as v3_again;
 select bulkhead.render_prompt_version('support', 3, '{"question": "q"}') like '%Kept%' as renders_the_new_v3;
 select template_name, action, from_version, to_version, forced, reason, released_by
-from bulkhead.prompt_releases order by id;
+from bulkhead.prompt_releases order by seq;
 select bulkhead.render_prompt_version('support', 2, '{"question": "q"}') as b_pinned_v2;
 
 -- Render errors: strict variables, the output cap, fuel; never a crash.

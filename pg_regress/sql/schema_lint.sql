@@ -14,9 +14,21 @@ with tables as (
     from pg_class c
     where c.relnamespace = 'bulkhead'::regnamespace and c.relkind in ('r', 'p')
 ),
--- Receipts outlive their tenant and hold no tenant data: the one table exempt from tenant keys.
+-- Receipts outlive their tenant and hold no tenant data: exempt from tenant keys, by the
+-- bulkhead:kept marker on their tenant_id (as bulkhead.tenant_scoped_tables() reads it).
 tenant_tables as (
-    select * from tables where has_tenant_id and name <> 'bulkhead.deletion_receipts'
+    select * from tables t
+    where has_tenant_id
+      and coalesce(col_description(t.oid, t.tenant_attnum), '') not like 'bulkhead:kept%'
+),
+-- Columns outside tenant tables whose name says they may name a tenant, its credential, its
+-- provider project or its namespace: each must declare how deletion treats it.
+naming_columns as (
+    select t.name, a.attname, col_description(t.oid, a.attnum) as note
+    from tables t join pg_attribute a on a.attrelid = t.oid and a.attnum > 0 and not a.attisdropped
+    where t.name <> 'bulkhead.tenants'
+      and t.oid not in (select oid from tenant_tables)
+      and a.attname ~ '(tenant|project|workspace|credential|namespace)'
 ),
 definer_allow_list (proname) as (
     -- The metering functions: callers may not write budget state or the ledger themselves.
@@ -37,7 +49,15 @@ definer_allow_list (proname) as (
     -- The Pinecone sweep learns which tenants have pending changes (ids only).
            ('pinecone_pending_tenants'),
     -- Reconciliation compares every tenant's ledger (each read in its own context) with a provider's report.
-           ('reconcile_usage')
+           ('reconcile_usage'),
+    -- Only the meter reads a kept admission refusal; applications meet it only as the raise.
+           ('_raise_refusal'),
+    -- Applications write documents and chunks only through these, so they hold no table
+    -- privilege that could lock the tables against other tenants; the retrieval row lock is
+    -- open to roles that may update the row only.
+           ('ingest_document'), ('delete_document'), ('_lock_tenant_retrieval'),
+    -- The owner of the tenant indexes drops those whose drop was deferred.
+           ('drop_pending_indexes')
 ),
 -- Extra policies on tenant tables (beside the one on current_tenant() for all roles), each read
 -- only by one SECURITY DEFINER function that returns no tenant data.
@@ -118,14 +138,20 @@ select 'function executable by PUBLIC', p.oid::regprocedure::text
 from pg_proc p, aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) acl
 where p.pronamespace = 'bulkhead'::regnamespace and acl.grantee = 0
 union all
+select 'column naming a tenant without a deletion marker', name || '.' || attname
+from naming_columns
+where coalesce(note, '') !~ '^bulkhead:(tenant-ref|tenant-ref-cascade|tenant-credential-ref|tenant-project-ref|kept) '
+union all
 select 'bulkhead role can bypass RLS', rolname
-from pg_roles where rolname in ('bulkhead_app', 'bulkhead_admin', 'bulkhead_worker', 'bulkhead_meter') and (rolsuper or rolbypassrls);
+from pg_roles where rolname in ('bulkhead_app', 'bulkhead_admin', 'bulkhead_worker', 'bulkhead_meter', 'bulkhead_end_user') and (rolsuper or rolbypassrls);
 
 -- The installed schema: no violations.
 select rule, object from pg_temp.schema_lint order by rule, object;
 
 -- The deletion list covers exactly the tenant tables the lint sees.
 select table_name, deletion_order from bulkhead.tenant_scoped_tables() order by deletion_order desc, table_name::text;
+-- And the tables that name a tenant another way, by their declared markers.
+select table_name, column_name, marker from bulkhead.tenant_references();
 
 -- Planted violations: each rule fires.
 savepoint planted;
@@ -138,6 +164,11 @@ create policy everyone on bulkhead.lint_bad_policy using (true);
 create policy app_only on bulkhead.lint_bad_policy to bulkhead_app using (tenant_id = (select bulkhead.current_tenant()));
 create function bulkhead.lint_bad_definer() returns int language sql security definer as 'select 1';
 create view bulkhead.lint_bad_view as select 1 as one;
+-- A table naming tenants and projects with no tenant_id and no marker (usage_drift before the fix).
+create table bulkhead.lint_bad_reference (owner_tenant uuid, provider_project_id text);
+alter table bulkhead.lint_bad_reference enable row level security;
+alter table bulkhead.lint_bad_reference force row level security;
+comment on column bulkhead.lint_bad_reference.provider_project_id is 'bulkhead:forgotten not a marker';
 grant select on bulkhead.lint_bad_view to public;
 alter role bulkhead_worker bypassrls;
 select rule, object from pg_temp.schema_lint order by rule, object;

@@ -5,6 +5,7 @@ pub mod admission;
 pub mod context;
 pub mod prompts;
 pub mod sqlstate;
+pub mod tokens;
 pub mod usage;
 
 pub use sqlstate::SqlState;

@@ -24,7 +24,10 @@ Faults are injected per path, consumed one per request, in order:
                           {"status": 429, "retry_after": "1"}, {"status": 503}, {"status": 400, "message": "..."},
                           {"delay": 3} (answer after 3 s: a timeout for a short client timeout),
                           {"malformed": true} (200 with a body that is not JSON),
-                          {"cut_after": 2} (a stream that stops after 2 deltas, without usage)
+                          {"cut_after": 2} (a stream that stops after 2 deltas, without usage),
+                          {"worst_case_tokens": true} (chat usage counts a token per prompt byte plus
+                          OpenAI's documented framing, 7 for one message: what a byte-level BPE bills
+                          for text that tokenizes worst, e.g. rare symbols)
   GET    /_fake/faults    the faults not yet consumed
   DELETE /_fake/faults    clears them
   GET    /_fake/requests  every request received: path, headers, JSON body
@@ -184,7 +187,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         cut_after = fault.get("cut_after") if fault else None
         if self.path == "/v1/chat/completions":
-            self.openai_chat(body or {}, cut_after)
+            self.openai_chat(body or {}, cut_after, bool(fault and fault.get("worst_case_tokens")))
         elif self.path == "/v1/embeddings":
             self.openai_embeddings(body or {})
         elif self.path == "/v1/messages":
@@ -195,14 +198,14 @@ class Handler(BaseHTTPRequestHandler):
             self.send_json(404, {"error": {"message": "unknown path " + self.path}})
 
     # ------------------------------------------------------------------ OpenAI
-    def openai_chat(self, req, cut_after):
+    def openai_chat(self, req, cut_after, worst_case_tokens=False):
         if not (self.headers.get("authorization") or "").startswith("Bearer "):
             self.send_json(401, {"error": {"message": "You didn't provide an API key.", "type": "invalid_request_error"}})
             return
         prompt = " ".join(str(m.get("content", "")) for m in req.get("messages", []))
         limit = req.get("max_completion_tokens") or req.get("max_tokens") or 16
         words = answer_words(prompt, limit)
-        prompt_tokens = max(1, len(prompt.encode()) // 4)
+        prompt_tokens = len(prompt.encode()) + 7 if worst_case_tokens else max(1, len(prompt.encode()) // 4)
         usage = {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": len(words),
