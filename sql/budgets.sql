@@ -185,7 +185,8 @@ comment on function bulkhead.set_budget(uuid, int, int, int, numeric, text) is
 
 -- Raises the 429 that PostgREST turns into HTTP 429, with the JSON detail clients act on.
 -- Raises a refusal (PT429 or PT403, with its JSON detail). A request that came through PostgREST
--- (its transaction-local request.method is set) gets PostgREST's documented custom error
+-- (request.method set in this transaction, not left in the session by an earlier client: Rust,
+-- _postgrest_request) gets PostgREST's documented custom error
 -- instead, RAISE SQLSTATE 'PGRST', so that the HTTP answer carries the status and a Retry-After
 -- header. PostgREST accepts only a string as `details` (an object fails the whole error with
 -- PGRST121), so the JSON detail travels as text there; the headers carry what clients act on.
@@ -200,7 +201,7 @@ declare
     retry_after_ms bigint;
     headers jsonb := '{}';
 begin
-    if code in ('PT429', 'PT403') and nullif(pg_catalog.current_setting('request.method', true), '') is not null then
+    if code in ('PT429', 'PT403') and bulkhead._postgrest_request() then
         retry_after_ms := (detail::jsonb ->> 'retry_after_ms')::bigint;
         if retry_after_ms is not null then
             headers := pg_catalog.jsonb_build_object('Retry-After', pg_catalog.ceil(retry_after_ms / 1000.0)::bigint::text);
@@ -745,6 +746,8 @@ $$;
 revoke all on function bulkhead.set_budget(uuid, int, int, int, numeric, text) from public;
 revoke all on function bulkhead._refuse(uuid, text, text, bigint) from public;
 revoke all on function bulkhead._raise_for_client(text, text, text, text) from public;
+revoke all on function bulkhead._postgrest_request() from public;
+grant execute on function bulkhead._postgrest_request() to bulkhead_meter;
 grant execute on function bulkhead._raise_for_client(text, text, text, text) to bulkhead_meter;
 revoke all on function bulkhead._create_budget_state(uuid, timestamptz) from public;
 revoke all on function bulkhead.budget_check(text, int, int, interval) from public;

@@ -24,7 +24,8 @@ create table bulkhead.jobs (
     -- noop: does nothing (tests, benchmarks). completion and embedding: one provider call,
     -- queued only by bulkhead.complete() and bulkhead.embed_document() (the payload names an
     -- open reservation).
-    constraint jobs_kind_known check (kind in ('noop', 'completion', 'embedding')),
+    -- index_build: a tenant's own vector index, queued by ingest_document (retrieval.sql).
+    constraint jobs_kind_known check (kind in ('noop', 'completion', 'embedding', 'index_build')),
     constraint jobs_payload_object check (pg_catalog.jsonb_typeof(payload) = 'object'),
     constraint jobs_idempotency_key_length check (pg_catalog.char_length(idempotency_key) between 1 and 200)
 );
@@ -159,7 +160,7 @@ begin
     exception
         when check_violation then
             raise exception 'unknown job kind %', pg_catalog.quote_literal(kind)
-                using errcode = '22023', detail = 'Known kinds: noop, completion, embedding.';
+                using errcode = '22023', detail = 'Known kinds: noop, completion, embedding, index_build.';
         when unique_violation then
             -- A concurrent enqueue of the same key won: answer with its job (invisible to a
             -- REPEATABLE READ snapshot taken before it committed: then retry the transaction).
@@ -215,6 +216,10 @@ begin
                 case kind when 'completion' then 'complete' else 'embed_document' end
             using errcode = '42501',
                   detail = 'They admit the provider call against the tenant''s budget in the same transaction.';
+    end if;
+    if kind = 'index_build' then
+        raise exception 'index_build jobs are queued by bulkhead.ingest_document()'
+            using errcode = '42501', detail = 'A tenant''s index is built when it passes bulkhead.retrieval_index_threshold chunks.';
     end if;
     return bulkhead._enqueue(kind, payload, idempotency_key, run_at, max_attempts);
 end
@@ -524,6 +529,8 @@ revoke all on function bulkhead.enqueue_job(text, jsonb, text, timestamptz, int)
 grant execute on function bulkhead._enqueue(text, jsonb, text, timestamptz, int) to bulkhead_meter;
 revoke all on function bulkhead.claim_jobs(text, int, interval) from public;
 revoke all on function bulkhead._held_job(bigint, text) from public;
+-- build_index_for_job (retrieval.sql) runs as bulkhead_meter and checks the worker's lease.
+grant execute on function bulkhead._held_job(bigint, text) to bulkhead_meter;
 revoke all on function bulkhead._close_job(bigint, jsonb, text) from public;
 revoke all on function bulkhead.complete_job(bigint, text, jsonb) from public;
 revoke all on function bulkhead.start_job(bigint, text) from public;

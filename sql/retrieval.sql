@@ -396,38 +396,67 @@ begin
 end
 $$;
 
--- ingest_document's automatic build: only once the tenant has passed the threshold, only one
--- build per tenant at a time, and never at the cost of the ingest. A build that would wait more
--- than a second for its lock, or deadlock with another, is skipped; the next ingest tries again.
-create function bulkhead._build_tenant_index_if_due(tenant uuid)
+-- Whether a tenant is due its own index: it has passed bulkhead.retrieval_index_threshold
+-- chunks, has none yet, and its dimension fits HNSW. In the tenant's context.
+create function bulkhead._tenant_index_due(tenant uuid)
 returns boolean
+language sql stable
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+    select exists (
+        select from bulkhead.retrieval_settings s
+        where s.tenant_id = tenant and s.index_name is null and s.embedding_dims <= bulkhead._hnsw_max_dims()
+          and (select count(*) from bulkhead.chunks c where c.tenant_id = tenant)
+              >= pg_catalog.current_setting('bulkhead.retrieval_index_threshold')::bigint)
+$$;
+
+-- ingest_document's automatic build, queued: an index_build job for the worker, once per index
+-- key (a dropped index retires its key, so the tenant can be due again). The build itself holds a
+-- SHARE lock on chunks (other tenants' writes wait) for as long as its transaction lasts, so it
+-- never runs in an application's transaction, which the application could keep open: the worker
+-- builds in a short transaction of its own (bulkhead.build_index_for_job).
+create function bulkhead._queue_index_build_if_due(tenant uuid)
+returns boolean
+language plpgsql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+begin
+    if not bulkhead._tenant_index_due(tenant) then
+        return false;
+    end if;
+    perform bulkhead._enqueue('index_build', '{}',
+        'index_build:' || (select s.index_key from bulkhead.retrieval_settings s where s.tenant_id = tenant),
+        null, 5);
+    return true;
+end
+$$;
+
+-- The worker's side of an index_build job: the lease is checked and the job's tenant entered
+-- (_held_job), then the tenant's index is built if it is still due, waiting at most 5 s for the
+-- SHARE lock on chunks (lock_not_available makes the job retry with backoff). Returns the index
+-- name, or NULL when there was nothing to build. SECURITY DEFINER as bulkhead_meter, the owner of
+-- chunks; in the job's own short transaction.
+create function bulkhead.build_index_for_job(job bigint, worker text)
+returns text
 language plpgsql volatile
 security definer
 set search_path to pg_catalog, pg_temp
 as $$
 declare
-    cfg bulkhead.retrieval_settings;
-    saved_timeout text := pg_catalog.current_setting('lock_timeout');
+    s bulkhead.job_schedule := bulkhead._held_job(job, worker);
+    name text;
 begin
-    if tenant is null or tenant is distinct from bulkhead.current_tenant() then
-        raise exception 'a tenant''s index is built in its own context' using errcode = '42501';
+    if (select j.kind from bulkhead.jobs j where j.tenant_id = s.job_tenant and j.id = job) <> 'index_build' then
+        raise exception 'job % is not an index_build job', job using errcode = '22023';
     end if;
-    select s.* into cfg from bulkhead.retrieval_settings s where s.tenant_id = tenant;
-    if not found or cfg.index_name is not null or cfg.embedding_dims > bulkhead._hnsw_max_dims()
-       or (select count(*) from bulkhead.chunks c where c.tenant_id = tenant)
-          < pg_catalog.current_setting('bulkhead.retrieval_index_threshold')::bigint
-       or not bulkhead._lock_tenant_retrieval(tenant) then
-        return false;
+    if not bulkhead._tenant_index_due(s.job_tenant) then
+        return null;
     end if;
-    begin
-        perform pg_catalog.set_config('lock_timeout', '1s', true);
-        perform bulkhead._build_tenant_index(tenant);
-        perform pg_catalog.set_config('lock_timeout', saved_timeout, true);
-        return true;
-    exception when lock_not_available or deadlock_detected then
-        perform pg_catalog.set_config('lock_timeout', saved_timeout, true);
-        return false;
-    end;
+    perform pg_catalog.set_config('lock_timeout', '5s', true);
+    name := bulkhead._build_tenant_index(s.job_tenant);
+    return name;
 end
 $$;
 
@@ -570,7 +599,7 @@ begin
            coalesce(e.value->'metadata', '{}')
     from pg_catalog.jsonb_array_elements(chunks) with ordinality e;
 
-    perform bulkhead._build_tenant_index_if_due(tenant);
+    perform bulkhead._queue_index_build_if_due(tenant);
     return doc;
 end
 $$;
@@ -800,7 +829,7 @@ alter function bulkhead._lock_tenant_retrieval(uuid) owner to bulkhead_meter;
 alter function bulkhead.drop_pending_indexes() owner to bulkhead_meter;
 alter function bulkhead.ingest_document(text, jsonb, text, jsonb) owner to bulkhead_meter;
 alter function bulkhead.delete_document(text) owner to bulkhead_meter;
-alter function bulkhead._build_tenant_index_if_due(uuid) owner to bulkhead_meter;
+alter function bulkhead.build_index_for_job(bigint, text) owner to bulkhead_meter;
 alter function bulkhead._queue_namespace_deletion(uuid, uuid) owner to bulkhead_meter;
 
 revoke all on function bulkhead._check_chunk_embedding() from public;
@@ -814,7 +843,11 @@ grant execute on function bulkhead._drop_index_now_or_later(text) to bulkhead_me
 grant execute on function bulkhead.drop_pending_indexes() to bulkhead_worker, bulkhead_admin;
 revoke all on function bulkhead._build_tenant_index(uuid) from public;
 revoke all on function bulkhead._drop_tenant_index(uuid) from public;
-revoke all on function bulkhead._build_tenant_index_if_due(uuid) from public;
+revoke all on function bulkhead._tenant_index_due(uuid) from public;
+revoke all on function bulkhead._queue_index_build_if_due(uuid) from public;
+revoke all on function bulkhead.build_index_for_job(bigint, text) from public;
+grant execute on function bulkhead._tenant_index_due(uuid), bulkhead._queue_index_build_if_due(uuid) to bulkhead_meter;
+grant execute on function bulkhead.build_index_for_job(bigint, text) to bulkhead_worker;
 revoke all on function bulkhead._queue_namespace_deletion(uuid, uuid) from public;
 revoke all on function bulkhead._hnsw_max_dims() from public;
 revoke all on function bulkhead.build_tenant_index(uuid) from public;

@@ -85,7 +85,7 @@ impl Pinecone {
             .json(body)
             .send()
             .await
-            .map_err(|err| providers::transport_error(&err))?;
+            .map_err(|err| providers::transport_error(&err, None))?;
         let status = response.status();
         if status.is_success() {
             // The answer ({"upsertedCount": n} or {}) is not needed; read it to reuse the connection.
@@ -95,7 +95,7 @@ impl Pinecone {
         if status == reqwest::StatusCode::NOT_FOUND && path == "/vectors/delete" {
             return Ok(status); // deleting from a namespace that does not exist: nothing to do
         }
-        Err(providers::error_response("pinecone", response).await)
+        Err(providers::error_response("pinecone", response, None).await)
     }
 
     /// Upserts in requests Pinecone accepts (bytes and count).

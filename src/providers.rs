@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use std::time::Duration;
 
 pub use crate::secrets::Secret;
-use crate::secrets::{redact, redact_and_cut};
+use crate::secrets::{redact_for_tenant, redact_for_tenant_and_cut};
 
 /// Where each provider is reached (the SDKs' own environment variables, see `bulkhead worker --help`).
 #[derive(Debug, Clone)]
@@ -169,7 +169,10 @@ impl Providers {
             }
         };
 
-        let response = builder.send().await.map_err(|err| transport_error(&err))?;
+        let response = builder
+            .send()
+            .await
+            .map_err(|err| transport_error(&err, Some(key)))?;
         let status = response.status();
         let header_request_id = ["x-request-id", "request-id"]
             .iter()
@@ -177,7 +180,7 @@ impl Providers {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         if !status.is_success() {
-            return Err(error_response(request.provider, response).await);
+            return Err(error_response(request.provider, response, Some(key)).await);
         }
 
         // From here on the provider accepted the call and bills it: an answer that cannot be
@@ -215,7 +218,7 @@ async fn read_answer(
     {
         let body = read_capped(response, MAX_BODY_BYTES)
             .await
-            .map_err(|err| redact(&err.to_string()))?;
+            .map_err(|err| redact_for_tenant(&err.to_string(), None))?;
         let answer: Value = serde_json::from_slice(&body).map_err(|err| err.to_string())?;
         let (output, usage) = if request.provider == "anthropic" {
             let output = answer["content"]
@@ -317,9 +320,12 @@ impl Providers {
         if let (Some(project), "openai") = (request.project, request.provider) {
             builder = builder.header("OpenAI-Project", project);
         }
-        let response = builder.send().await.map_err(|err| transport_error(&err))?;
+        let response = builder
+            .send()
+            .await
+            .map_err(|err| transport_error(&err, Some(key)))?;
         if !response.status().is_success() {
-            return Err(error_response(request.provider, response).await);
+            return Err(error_response(request.provider, response, Some(key)).await);
         }
         let request_id = response
             .headers()
@@ -357,7 +363,7 @@ async fn read_embeddings(
     {
         let body = read_capped(response, MAX_BODY_BYTES)
             .await
-            .map_err(|err| redact(&err.to_string()))?;
+            .map_err(|err| redact_for_tenant(&err.to_string(), None))?;
         let answer: Value = serde_json::from_slice(&body).map_err(|_| "not JSON".to_string())?;
         let mut data: Vec<&Value> = answer["data"]
             .as_array()
@@ -430,7 +436,7 @@ impl Stream {
                 }
                 Ok(None) => break,
                 Err(err) => {
-                    stream.broken = Some(redact(&err.to_string()));
+                    stream.broken = Some(redact_for_tenant(&err.to_string(), None));
                     break;
                 }
             }
@@ -535,7 +541,12 @@ impl Stream {
 }
 
 /// A provider's (or Pinecone's) error answer, classified; its text redacted and cut.
-pub async fn error_response(who: &str, response: reqwest::Response) -> CallError {
+/// `key` is the call's own: the text reaches the tenant's job row (see secrets.rs).
+pub async fn error_response(
+    who: &str,
+    response: reqwest::Response,
+    key: Option<&str>,
+) -> CallError {
     let status = response.status();
     let retry_after = retry_after(response.headers());
     let body = read_capped(response, 4096).await.unwrap_or_default();
@@ -543,7 +554,7 @@ pub async fn error_response(who: &str, response: reqwest::Response) -> CallError
     let message = format!(
         "{who} returned HTTP {}: {}",
         status.as_u16(),
-        redact_and_cut(&error_text(&body), ERROR_TEXT_CHARS)
+        redact_for_tenant_and_cut(&error_text(&body), key, ERROR_TEXT_CHARS)
     );
     match status.as_u16() {
         429 => CallError::RateLimited {
@@ -562,7 +573,7 @@ pub async fn error_response(who: &str, response: reqwest::Response) -> CallError
     }
 }
 
-pub fn transport_error(err: &reqwest::Error) -> CallError {
+pub fn transport_error(err: &reqwest::Error, key: Option<&str>) -> CallError {
     let class = if err.is_timeout() {
         "timeout"
     } else if err.is_connect() {
@@ -580,7 +591,7 @@ pub fn transport_error(err: &reqwest::Error) -> CallError {
     }
     CallError::Transient {
         class,
-        message: redact_and_cut(&message, ERROR_TEXT_CHARS),
+        message: redact_for_tenant_and_cut(&message, key, ERROR_TEXT_CHARS),
     }
 }
 

@@ -111,13 +111,15 @@ async fn get_json(
     let response = request
         .send()
         .await
-        .map_err(|err| fail(providers::transport_error(&err)))?;
+        .map_err(|err| fail(providers::transport_error(&err, None)))?;
     if !response.status().is_success() {
-        return Err(fail(providers::error_response(provider, response).await));
+        return Err(fail(
+            providers::error_response(provider, response, None).await,
+        ));
     }
     let body = providers::read_capped(response, 16 << 20)
         .await
-        .map_err(|err| fail(providers::transport_error(&err)))?;
+        .map_err(|err| fail(providers::transport_error(&err, None)))?;
     serde_json::from_slice(&body).map_err(|_| ReconcileError::Provider {
         provider: provider.to_string(),
         message: "the usage report is not JSON".into(),

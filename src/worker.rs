@@ -104,6 +104,8 @@ struct TaskContext {
     providers: Arc<Providers>,
     metrics: Arc<Metrics>,
     provider_timeout: Duration,
+    /// This worker's name, which holds the leases.
+    worker: String,
 }
 
 /// Runs until SIGTERM or SIGINT (or, with `drain`, until the queue is empty); reconnects after
@@ -344,6 +346,7 @@ async fn serve(
         providers: Arc::clone(providers),
         metrics: Arc::clone(metrics),
         provider_timeout: config.provider_timeout,
+        worker: config.name.clone(),
     });
     while !*stop.borrow() {
         let free = config.concurrency.saturating_sub(work.held.len());
@@ -646,6 +649,29 @@ async fn execute(
         "embedding" => embed(context, job, payload, credential)
             .await
             .map(Finish::Embedding),
+        // A tenant's own vector index, in a short transaction of the worker's (never an
+        // application's, which could hold the SHARE lock on chunks the build takes).
+        "index_build" => {
+            sqlx::query_scalar::<_, Option<String>>("select bulkhead.build_index_for_job($1, $2)")
+                .bind(job.id)
+                .bind(&context.worker)
+                .fetch_one(&context.pool)
+                .await
+                .map(|index| Finish::Result(serde_json::json!({"index": index})))
+                .map_err(|err| match &err {
+                    // The lock on chunks did not come within 5 s, or the connection failed: later.
+                    sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03") => {
+                        Failure::transient(format!(
+                            "the index build waited too long for its lock: {}",
+                            db.message()
+                        ))
+                    }
+                    sqlx::Error::Database(db) => {
+                        Failure::permanent(format!("the index build failed: {}", db.message()))
+                    }
+                    other => Failure::transient(format!("the index build failed: {other}")),
+                })
+        }
         other => Err(Failure::permanent(format!(
             "this worker cannot run jobs of kind {other:?}"
         ))),
@@ -783,10 +809,11 @@ async fn complete(
 }
 
 impl Failure {
-    /// Every failure's text is redacted here, whatever produced it: it reaches a job row.
+    /// Every failure's text is redacted here, whatever produced it: it reaches a job row, which
+    /// the tenant reads (key shapes only: see secrets.rs on why not every held key).
     fn permanent(message: String) -> Self {
         Failure {
-            message: secrets::redact(&message),
+            message: secrets::redact_for_tenant(&message, None),
             transient: false,
             retry_after: None,
             operator_detail: None,

@@ -528,3 +528,41 @@ async fn an_outsider_holding_advisory_keys_stops_no_worker_or_index_build() {
     tx.rollback().await.unwrap();
     outsider.close().await.unwrap();
 }
+
+/// Issue 13, finding 8 (review): the PostgREST form of a refusal (SQLSTATE PGRST) is for the
+/// transaction PostgREST set `request.method` in. A session-level value left on a pooled
+/// connection by an earlier client does not turn a backend's PT429 into PGRST; the twin, the
+/// same value set in the refusing transaction (as PostgREST does), does.
+#[tokio::test]
+async fn a_leftover_request_method_does_not_change_the_refusal() {
+    let mut admin_conn = admin().await;
+    let tenant = create_tenant(&mut admin_conn, "pgrst-leftover").await;
+    let model = common::thousandth_dollar_model(&mut admin_conn).await;
+    sqlx::query("select bulkhead.set_budget($1, 1000, 1000000, 1000000, 0)")
+        .bind(tenant)
+        .execute(&mut admin_conn)
+        .await
+        .unwrap();
+    let mut conn = app().await;
+    conn.execute("set request.method = 'POST'").await.unwrap();
+    let refused = common::check(&mut conn, tenant, &model, "10 minutes").await;
+    assert_eq!(
+        sqlstate(&refused),
+        "PT429",
+        "a leftover session value counts for nothing"
+    );
+    let mut tx = common::begin_as(&mut conn, tenant).await.unwrap();
+    sqlx::query("select set_config('request.method', 'POST', true)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let refused = sqlx::query_scalar::<_, Uuid>("select bulkhead.budget_check($1, 1, 0)")
+        .bind(&model)
+        .fetch_one(&mut *tx)
+        .await;
+    assert_eq!(
+        sqlstate(&refused),
+        "PGRST",
+        "set in the refusing transaction, as PostgREST does"
+    );
+}

@@ -363,6 +363,33 @@ async fn postgrest_end_users_act_for_their_jwt_tenant_only() {
     )
     .await
     .unwrap();
+    // Crossing the threshold queued each tenant's index build; the worker builds them (as
+    // bulkhead_meter, with pgvector in `extensions`).
+    let drained = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .args([
+            "worker",
+            "--name",
+            "it-postgrest",
+            "--drain",
+            "--poll-ms",
+            "100",
+        ])
+        .args(["--lease-secs", "30", "--provider-timeout-secs", "5"])
+        .env(
+            "DATABASE_URL",
+            format!(
+                "postgres://bulkhead_test_worker@{}:{}/{DATABASE}",
+                std::env::var("BULKHEAD_TEST_HOST").unwrap(),
+                std::env::var("BULKHEAD_TEST_PORT").unwrap()
+            ),
+        )
+        .output()
+        .expect("run bulkhead worker");
+    assert!(
+        drained.status.success(),
+        "{}",
+        String::from_utf8_lossy(&drained.stderr)
+    );
     let paths: Vec<String> = sqlx::query_scalar(
         "select s.index_name from bulkhead.retrieval_settings s where s.index_name is not null",
     )

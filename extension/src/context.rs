@@ -153,3 +153,11 @@ fn enter_tenant(tenant_id: Option<pgrx::Uuid>) {
 fn uuid_of(id: pgrx::Uuid) -> uuid::Uuid {
     uuid::Uuid::from_bytes(*id.as_bytes())
 }
+
+/// Whether the current transaction serves a PostgREST request (`request.method` set in this
+/// transaction): refusals are then raised as PostgREST's custom error (`_raise_for_client`).
+#[pg_extern(stable, parallel_restricted)]
+#[search_path(pg_catalog, pg_temp)]
+fn _postgrest_request() -> bool {
+    gucs::in_postgrest_request()
+}

@@ -228,14 +228,21 @@ pub fn claim_path() -> ClaimPath {
 /// left over from an earlier transaction (a session-level SET, perhaps by another client of a
 /// transaction-mode pooler) is ignored, so the JWT source is as transaction-scoped as set_tenant.
 pub fn jwt_claims() -> Option<String> {
+    set_in_this_transaction(c"request.jwt.claims")
+}
+
+/// Whether this transaction serves a PostgREST request: PostgREST sets `request.method` with
+/// `set_config(..., true)` in each request's transaction. A session-level value left by an earlier
+/// client does not count (as for the claims above).
+pub fn in_postgrest_request() -> bool {
+    set_in_this_transaction(c"request.method").is_some_and(|method| !method.is_empty())
+}
+
+/// A placeholder setting's value, if it was set in this transaction.
+fn set_in_this_transaction(name: &CStr) -> Option<String> {
     // SAFETY: find_option and GetConfigOption only read GUC storage; the value is copied at once.
     unsafe {
-        let option = pg_sys::find_option(
-            c"request.jwt.claims".as_ptr(),
-            false,
-            true,
-            PgLogLevel::DEBUG1 as i32,
-        );
+        let option = pg_sys::find_option(name.as_ptr(), false, true, PgLogLevel::DEBUG1 as i32);
         if option.is_null() {
             return None;
         }
@@ -245,7 +252,7 @@ pub fn jwt_claims() -> Option<String> {
         if (*option).stack.is_null() {
             return None;
         }
-        let raw = pg_sys::GetConfigOption(c"request.jwt.claims".as_ptr(), true, false);
+        let raw = pg_sys::GetConfigOption(name.as_ptr(), true, false);
         (!raw.is_null()).then(|| CStr::from_ptr(raw).to_string_lossy().into_owned())
     }
 }

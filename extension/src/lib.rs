@@ -55,7 +55,8 @@ extension_sql_file!(
         admission::_table_hold_in_memory,
         admission::_forget_in_memory,
         admission::_expire_in_memory,
-        admission::_open_in_memory
+        admission::_open_in_memory,
+        context::_postgrest_request
     ]
 );
 extension_sql_file!(

@@ -100,12 +100,32 @@ reset role;
 select op, count(*) from bulkhead.pinecone_outbox group by 1 order by 1;
 
 -- Acme grows: its own HNSW index (this threshold is low for the test); searches move to it.
+-- The ingest that crosses the threshold queues the build for the worker: the build holds a SHARE
+-- lock on chunks (every tenant's writes wait) until its transaction ends, and an application
+-- could keep its own transaction open.
 reset role;
 set local bulkhead.retrieval_index_threshold = 46;
+create role regress_ret_worker in role bulkhead_worker;
 set local role regress_ret_app;
 select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000a');
 select bulkhead.ingest_document('more', (select jsonb_agg(jsonb_build_object(
     'content', 'more ' || i, 'embedding', jsonb_build_array(0, 0.01 * i, 1))) from generate_series(1, 5) i)) is not null as crosses_threshold;
+select path from bulkhead.tenant_search_path();
+select count(*) as share_locks_held_by_the_app from pg_locks
+where relation = 'bulkhead.chunks'::regclass and mode = 'ShareLock' and pid = pg_backend_pid();
+select kind, payload from bulkhead.jobs where kind = 'index_build';
+select pg_temp.attempt($q$select bulkhead.enqueue_job('index_build')$q$) as app_queues_a_build;
+-- The worker builds it, in a transaction of its own (here: this one, as the worker's role).
+set local role regress_ret_worker;
+select job_id as build_job from bulkhead.claim_jobs('regress-worker', 10) \gset
+select bulkhead.build_index_for_job(:build_job, 'regress-worker') ~ '^chunks_hnsw_[0-9a-f]{16}$' as built;
+-- The twin: the build holds a SHARE lock on chunks until its transaction ends.
+select count(*) as share_locks_held_by_the_build from pg_locks
+where relation = 'bulkhead.chunks'::regclass and mode = 'ShareLock' and pid = pg_backend_pid();
+select bulkhead.complete_job(:build_job, 'regress-worker', '{}');
+select bulkhead.set_tenant(null);
+set local role regress_ret_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000a');
 select regexp_replace(path, '[0-9a-f]{16}$', '<random>') as path, chunks, embedding_dims, ef_search
 from bulkhead.tenant_search_path();
 select content, round(distance::numeric, 4) as distance from bulkhead.tenant_search('[1, 0.1, 0]', 3);
