@@ -250,9 +250,14 @@ begin
     end if;
     -- What other tables may name the tenant by: its credentials and provider projects (read
     -- before its credentials go).
-    select pg_catalog.array_agg(c.id), pg_catalog.array_agg(c.provider_project_id) filter (where c.provider_project_id is not null)
-    into credential_ids, project_ids
+    select pg_catalog.array_agg(c.id) into credential_ids
     from bulkhead.tenant_credentials c where c.tenant_id = tenant;
+    -- Every project its dedicated credentials ever named, not only the current ones.
+    select pg_catalog.array_agg(distinct p.provider_project_id) into project_ids
+    from (select c.provider_project_id from bulkhead.tenant_credentials c
+          where c.tenant_id = tenant and c.provider_project_id is not null
+          union all
+          select h.provider_project_id from bulkhead.tenant_provider_projects h where h.tenant_id = tenant) p;
     for target in select table_name from bulkhead.tenant_scoped_tables() order by deletion_order desc, table_name::text loop
         -- Identifiers come from the catalog, the value is a bound parameter; RLS confines the delete.
         execute pg_catalog.format('delete from %s where tenant_id = $1', target.table_name) using tenant;
@@ -307,10 +312,17 @@ begin
         steps := steps || pg_catalog.jsonb_build_object(
             'step', reference.table_name::text || '.' || reference.column_name, 'rows', deleted,
             'at', pg_catalog.clock_timestamp());
-        if deleted > 0 then
+        -- Rows that went by cascade left dead versions too.
+        if deleted > 0 or (reference.marker = 'tenant-ref-cascade' and pg_catalog.cardinality(touched) > 0) then
             touched := touched || reference.table_name::text;
         end if;
     end loop;
+    -- Usage reports name a deleted tenant's projects for days after: reconciliation records that
+    -- usage against this receipt, never the project's id (bulkhead.deleted_tenant_projects).
+    insert into bulkhead.deleted_tenant_projects (project_hash, receipt_id)
+    select pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(p, 'UTF8')), 'hex'), receipt
+    from pg_catalog.unnest(project_ids) p
+    on conflict do nothing;
 
     -- Its Pinecone namespace is queued for deletion (the daemon marks that job done).
     perform bulkhead._queue_namespace_deletion(tenant, receipt);

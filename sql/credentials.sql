@@ -51,6 +51,25 @@ create table bulkhead.shared_credentials (
 comment on column bulkhead.shared_credentials.provider_project_id is
     'bulkhead:kept The shared pool''s project belongs to the platform, not to a tenant.';
 
+-- Every provider project or workspace a tenant's dedicated credential ever named: set_credential
+-- overwrites the credential, but usage reports keep naming an old project, and deletion must
+-- know them all (delete_tenant, tenant-project-ref markers).
+create table bulkhead.tenant_provider_projects (
+    tenant_id           uuid        not null,
+    provider            text        not null,
+    provider_project_id text        not null,
+    first_named_at      timestamptz not null default pg_catalog.clock_timestamp(),
+    constraint tenant_provider_projects_pkey primary key (tenant_id, provider, provider_project_id),
+    constraint tenant_provider_projects_tenant_fkey foreign key (tenant_id) references bulkhead.tenants (id)
+);
+alter table bulkhead.tenant_provider_projects enable row level security;
+alter table bulkhead.tenant_provider_projects force row level security;
+create policy tenant_isolation on bulkhead.tenant_provider_projects
+    using (tenant_id = (select bulkhead.current_tenant()))
+    with check (tenant_id = (select bulkhead.current_tenant()));
+grant select, insert, delete on bulkhead.tenant_provider_projects to bulkhead_admin;
+select pg_catalog.pg_extension_config_dump('bulkhead.tenant_provider_projects', '');
+
 alter table bulkhead.tenant_credentials enable row level security;
 alter table bulkhead.tenant_credentials force row level security;
 alter table bulkhead.shared_credentials enable row level security;
@@ -127,6 +146,11 @@ begin
     set secret_ref = excluded.secret_ref, kind = excluded.kind,
         provider_project_id = excluded.provider_project_id, created_at = pg_catalog.now()
     returning c.id into credential;
+    if set_credential.provider_project_id is not null then
+        insert into bulkhead.tenant_provider_projects (tenant_id, provider, provider_project_id)
+        values (set_credential.tenant_id, set_credential.provider, set_credential.provider_project_id)
+        on conflict do nothing;
+    end if;
     perform bulkhead._leave_tenant(previous);
     perform pg_catalog.set_config('log_min_error_statement', statement_logging, true);
     return credential;

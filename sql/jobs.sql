@@ -190,7 +190,7 @@ begin
     end if;
     insert into bulkhead.job_schedule (job_id, job_tenant, max_attempts, run_at, fair_key)
     values (job, tenant, _enqueue.max_attempts, starts, coalesce(last_key, starts));
-    perform pg_catalog.pg_notify('bulkhead_jobs', '');
+    perform bulkhead._notify('bulkhead_jobs');
     return job;
 end
 $$;
@@ -417,7 +417,7 @@ begin
         run_at = pg_catalog.clock_timestamp(), fair_key = pg_catalog.clock_timestamp(),
         updated_at = pg_catalog.clock_timestamp()
     where s.job_id = job;
-    perform pg_catalog.pg_notify('bulkhead_jobs', '');
+    perform bulkhead._notify('bulkhead_jobs');
 end
 $$;
 

@@ -36,9 +36,29 @@ create table bulkhead.usage_drift (
     ledger_requests        bigint   not null,
     checked_at          timestamptz not null default pg_catalog.clock_timestamp(),
     constraint usage_drift_pkey primary key (id),
-    constraint usage_drift_attribution_known check (attribution in ('tenant', 'shared_pool', 'unknown'))
+    constraint usage_drift_attribution_known check (attribution in ('tenant', 'shared_pool', 'unknown', 'deleted_tenant'))
 );
 create index usage_drift_by_day on bulkhead.usage_drift (usage_date, provider);
+
+-- The provider projects of deleted tenants, as hashes: a usage report names a project for days
+-- after its tenant was deleted (the deletion day is reconciled the day after, a leaked key may go
+-- on being used), and reconcile_usage must not write the project's id back. It records such
+-- usage as 'deleted_tenant', naming the deletion receipt instead.
+create table bulkhead.deleted_tenant_projects (
+    project_hash text        not null,
+    receipt_id   uuid        not null,
+    deleted_at   timestamptz not null default pg_catalog.clock_timestamp(),
+    constraint deleted_tenant_projects_pkey primary key (project_hash)
+);
+comment on column bulkhead.deleted_tenant_projects.project_hash is
+    'bulkhead:kept The sha256 of a deleted tenant''s provider project, so that reconciliation never records its id again.';
+alter table bulkhead.deleted_tenant_projects enable row level security;
+alter table bulkhead.deleted_tenant_projects force row level security;
+create policy control_plane_records on bulkhead.deleted_tenant_projects for all to bulkhead_admin using (true) with check (true);
+create policy meter_reads on bulkhead.deleted_tenant_projects for select to bulkhead_meter using (true);
+grant select, insert on bulkhead.deleted_tenant_projects to bulkhead_admin;
+grant select on bulkhead.deleted_tenant_projects to bulkhead_meter;
+select pg_catalog.pg_extension_config_dump('bulkhead.deleted_tenant_projects', '');
 comment on column bulkhead.usage_drift.dedicated_tenant is
     'bulkhead:tenant-ref The tenant whose dedicated credential this is.';
 comment on column bulkhead.usage_drift.credential_id is
@@ -174,13 +194,19 @@ begin
              provider_input_tokens, provider_output_tokens, provider_requests,
              ledger_input_tokens, ledger_output_tokens, ledger_requests)
         select reconcile_usage.provider, reconcile_usage.usage_date,
-               coalesce(e.project_id, p.project_id), e.credential_id, coalesce(e.attribution, 'unknown'),
+               case when d.receipt_id is not null then 'deleted tenant (receipt ' || d.receipt_id || ')'
+                    else coalesce(e.project_id, p.project_id) end,
+               e.credential_id,
+               case when d.receipt_id is not null then 'deleted_tenant' else coalesce(e.attribution, 'unknown') end,
                e.dedicated_tenant,
                coalesce(p.input_tokens, 0), coalesce(p.output_tokens, 0),
                -- Anthropic's report has no request counts: only counts that exist are compared.
                case when p.project_id is null then 0 else p.requests end,
                coalesce(e.input_tokens, 0), coalesce(e.output_tokens, 0), coalesce(e.requests, 0)
         from expected e full join reported p on p.project_id = e.project_id
+        left join bulkhead.deleted_tenant_projects d
+          on e.project_id is null
+         and d.project_hash = pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(p.project_id, 'UTF8')), 'hex')
         -- Projects with no calls on either side say nothing.
         where coalesce(p.input_tokens, 0) + coalesce(p.output_tokens, 0) + coalesce(e.requests, 0) > 0
         returning *

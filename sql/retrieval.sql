@@ -238,7 +238,7 @@ begin
         do update set op = 'upsert', namespace = excluded.namespace, enqueued_at = excluded.enqueued_at;
     end if;
     -- Wakes a worker syncing Pinecone at commit (one notification per transaction).
-    perform pg_catalog.pg_notify('bulkhead_pinecone', '');
+    perform bulkhead._notify('bulkhead_pinecone');
     return null;
 end
 $$;
@@ -264,7 +264,7 @@ begin
     select t.pinecone_namespace into namespace from bulkhead.tenants t where t.id = tenant;
     insert into bulkhead.pinecone_namespace_deletions (deleted_tenant, namespace, receipt_id)
     values (tenant, namespace, receipt);
-    perform pg_catalog.pg_notify('bulkhead_pinecone', '');
+    perform bulkhead._notify('bulkhead_pinecone');
     return namespace;
 end
 $$;

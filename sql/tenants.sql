@@ -17,6 +17,36 @@ as $$
     select 1 + ('x' || substr(md5(gen_random_uuid()::text), 1, 14))::bit(56)::bigint % 9007199254740991
 $$;
 revoke all on function bulkhead._random_id() from public;
+
+-- The worker's wake-up channels carry a secret of this installation: any role that can connect
+-- may LISTEN on a channel it can name, and the notifications (and the sender's process id, which
+-- pg_stat_activity maps to a login) would tell it when and how often tenants queue work.
+create table bulkhead.notification_channels (
+    base   text not null,
+    name   text not null,
+    constraint notification_channels_pkey primary key (base)
+);
+insert into bulkhead.notification_channels (base, name)
+select b, b || '_' || pg_catalog.substr(pg_catalog.md5(pg_catalog.gen_random_uuid()::text), 1, 24)
+from pg_catalog.unnest(array['bulkhead_jobs', 'bulkhead_pinecone']) b;
+alter table bulkhead.notification_channels enable row level security;
+alter table bulkhead.notification_channels force row level security;
+create policy readers on bulkhead.notification_channels for select to bulkhead_meter, bulkhead_worker using (true);
+grant select on bulkhead.notification_channels to bulkhead_meter, bulkhead_worker;
+
+-- Wakes the workers listening on a channel (its secret name) at commit. SECURITY DEFINER as
+-- bulkhead_meter, which reads the names; callable by Bulkhead's own functions only.
+create function bulkhead._notify(base text)
+returns void
+language sql volatile
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+    select pg_catalog.pg_notify(c.name, '') from bulkhead.notification_channels c where c.base = _notify.base
+$$;
+alter function bulkhead._notify(text) owner to bulkhead_meter;
+revoke all on function bulkhead._notify(text) from public;
+grant execute on function bulkhead._notify(text) to bulkhead_meter, bulkhead_worker;
 grant execute on function bulkhead._random_id() to bulkhead_meter, bulkhead_admin;
 
 create table bulkhead.tenants (

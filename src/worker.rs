@@ -310,9 +310,20 @@ async fn serve(
             database::RoleError::Database(err) => WorkerError::Database(err),
             refused => WorkerError::Role(refused),
         })?;
+    // The channels' names carry a secret of the installation (outsiders could LISTEN otherwise).
+    let channels: HashMap<String, String> =
+        sqlx::query_as("select base, name from bulkhead.notification_channels")
+            .fetch_all(&pool)
+            .await?
+            .into_iter()
+            .collect();
+    let pinecone_channel = channels
+        .get("bulkhead_pinecone")
+        .cloned()
+        .unwrap_or_default();
     let mut listener = PgListener::connect_with(&pool).await?;
     listener
-        .listen_all(["bulkhead_jobs", "bulkhead_pinecone"])
+        .listen_all(channels.values().map(String::as_str))
         .await?;
     // Pinecone sync runs beside the claim loop, woken by NOTIFY bulkhead_pinecone or the poll.
     let pinecone_wake = Arc::new(Notify::new());
@@ -391,7 +402,7 @@ async fn serve(
         }
         tokio::select! {
             notification = listener.recv() => {
-                if notification?.channel() == "bulkhead_pinecone" {
+                if notification?.channel() == pinecone_channel {
                     pinecone_wake.notify_one();
                 }
             }

@@ -353,7 +353,7 @@ async fn jwt_claims_count_only_in_the_transaction_that_set_them() {
     assert_eq!(seen, 0);
 }
 
-/// A49 (issue 13, finding 7): in-memory admission keeps the refusal it answered NULL with for
+/// A52 (issue 13, finding 7): in-memory admission keeps the refusal it answered NULL with for
 /// the raise that follows. It must not outlive its transaction (a pooler hands the connection to
 /// another client, acting for another tenant) nor cross to another tenant within one. The twin:
 /// inside the refused transaction, for the refused tenant, the raise finds it.
@@ -434,7 +434,7 @@ async fn an_admission_refusal_does_not_outlive_its_transaction_or_tenant() {
     assert_eq!(sqlstate(&direct), "42501");
 }
 
-/// A50 (issue 13, finding 4): a role with no Bulkhead grant at all holds the advisory keys the
+/// A53 (issue 13, finding 4): a role with no Bulkhead grant at all holds the advisory keys the
 /// worker and the index build used (computable from a tenant id) for as long as it likes. They
 /// stop nothing now: the mutexes are row locks only Bulkhead's roles can take. The twin: the
 /// old lock statement, run by the worker's role, is refused its lock while the outsider holds it.
@@ -529,7 +529,7 @@ async fn an_outsider_holding_advisory_keys_stops_no_worker_or_index_build() {
     outsider.close().await.unwrap();
 }
 
-/// Issue 13, finding 8 (review): the PostgREST form of a refusal (SQLSTATE PGRST) is for the
+/// A55 (issue 13, finding 8; review F8): the PostgREST form of a refusal (SQLSTATE PGRST) is for the
 /// transaction PostgREST set `request.method` in. A session-level value left on a pooled
 /// connection by an earlier client does not turn a backend's PT429 into PGRST; the twin, the
 /// same value set in the refusing transaction (as PostgREST does), does.
@@ -565,4 +565,86 @@ async fn a_leftover_request_method_does_not_change_the_refusal() {
         "PGRST",
         "set in the refusing transaction, as PostgREST does"
     );
+}
+
+/// A54 (issue 13, side channels; review finding F6): a role with no Bulkhead grant LISTENs on
+/// the channel the worker used to wake on, and learns nothing when tenants queue work. The twin:
+/// listening on the installation's actual channel (which only the worker and the meter may
+/// read) it hears every enqueue.
+#[tokio::test]
+async fn an_outsider_cannot_listen_to_tenants_activity() {
+    let mut su = common::superuser().await;
+    sqlx::raw_sql(
+        "do $$ begin
+           if not exists (select from pg_roles where rolname = 'bulkhead_test_outsider') then
+             create role bulkhead_test_outsider login;
+           end if;
+         end $$;",
+    )
+    .execute(&mut su)
+    .await
+    .unwrap();
+    let secret_channel: String = sqlx::query_scalar(
+        "select name from bulkhead.notification_channels where base = 'bulkhead_jobs'",
+    )
+    .fetch_one(&mut su)
+    .await
+    .unwrap();
+    let outsider = common::superuser_options().username("bulkhead_test_outsider");
+    let mut guessed = sqlx::postgres::PgListener::connect_with(
+        &sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(outsider.clone())
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    guessed.listen("bulkhead_jobs").await.unwrap();
+    let mut knowing = sqlx::postgres::PgListener::connect_with(
+        &sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(outsider)
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    knowing.listen(&secret_channel).await.unwrap();
+
+    let tenant = create_tenant(&mut admin().await, "listen").await;
+    let mut conn = app().await;
+    let mut tx = common::begin_as(&mut conn, tenant).await.unwrap();
+    sqlx::query("select bulkhead.enqueue_job('noop')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let heard = tokio::time::timeout(Duration::from_secs(2), knowing.recv()).await;
+    assert!(
+        heard.is_ok_and(|n| n.is_ok()),
+        "the twin: the secret channel carries the enqueue"
+    );
+    let guessed_heard = tokio::time::timeout(Duration::from_millis(500), guessed.recv()).await;
+    assert!(
+        guessed_heard.is_err(),
+        "the old, guessable channel carries nothing"
+    );
+    // Workers of later tests claim any tenant's jobs: this one goes now.
+    sqlx::query("delete from bulkhead.jobs where tenant_id = $1")
+        .bind(tenant)
+        .execute(&mut su)
+        .await
+        .unwrap();
+    // The outsider cannot read the names either.
+    let mut plain = common::superuser_options()
+        .username("bulkhead_test_outsider")
+        .connect()
+        .await
+        .unwrap();
+    let read = sqlx::query_scalar::<_, String>("select name from bulkhead.notification_channels")
+        .fetch_all(&mut plain)
+        .await;
+    assert_eq!(sqlstate(&read), "42501");
 }

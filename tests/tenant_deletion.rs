@@ -276,8 +276,46 @@ async fn deletion_empties_every_tenant_table_and_only_that_tenant() {
         Vec::<String>::new(),
         "rows still naming the deleted tenant"
     );
+
+    // The provider reports the deleted tenant's project for days after (the deletion day is
+    // reconciled the next day; a leaked key goes on being used): reconciliation records that usage
+    // against the receipt, never the project's id. The twin: the survivor's project, reported in
+    // the same report, is recorded by its id.
+    let day: String =
+        sqlx::query_scalar("select (current_date - 3000 - (random() * 3000)::int)::text")
+            .fetch_one(&mut su)
+            .await
+            .unwrap();
+    let report = serde_json::json!([
+        {"project_id": format!("proj_{doomed}"), "input_tokens": 10, "output_tokens": 1, "requests": 1},
+        {"project_id": format!("proj_{survivor}"), "input_tokens": 20, "output_tokens": 2, "requests": 1},
+    ]);
+    sqlx::query("select bulkhead.reconcile_usage('openai_compatible', $1::date, $2)")
+        .bind(&day)
+        .bind(&report)
+        .execute(&mut admin_conn)
+        .await
+        .unwrap();
+    let recorded: Vec<(String, String)> = sqlx::query_as(
+        "select provider_project_id, attribution from bulkhead.usage_drift
+         where provider = 'openai_compatible' and usage_date = $1::date order by attribution",
+    )
+    .bind(&day)
+    .fetch_all(&mut su)
+    .await
+    .unwrap();
+    assert_eq!(
+        recorded,
+        vec![
+            (
+                format!("deleted tenant (receipt {receipt})"),
+                "deleted_tenant".to_string()
+            ),
+            (format!("proj_{survivor}"), "unknown".to_string()),
+        ]
+    );
     let survivor_drift: i64 = sqlx::query_scalar(
-        "select count(*) from bulkhead.usage_drift where provider_project_id = 'proj_' || $1::text",
+        "select count(*) from bulkhead.usage_drift where provider_project_id = 'proj_' || $1::text and provider = 'openai'",
     )
     .bind(survivor)
     .fetch_one(&mut su)

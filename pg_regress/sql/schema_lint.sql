@@ -57,7 +57,9 @@ definer_allow_list (proname) as (
     -- open to roles that may update the row only.
            ('ingest_document'), ('delete_document'), ('_lock_tenant_retrieval'),
     -- The owner of the tenant indexes drops those whose drop was deferred.
-           ('drop_pending_indexes')
+           ('drop_pending_indexes'),
+    -- Wakes the worker on its secret channel names, which only the meter and the worker read.
+           ('_notify')
 ),
 -- Extra policies on tenant tables (beside the one on current_tenant() for all roles), each read
 -- only by one SECURITY DEFINER function that returns no tenant data.
