@@ -210,6 +210,7 @@ declare
     project_ids text[];
     touched text[] := '{}';
     index_drop text;
+    index_name text;
 begin
     if tenant is null then
         raise exception 'tenant id must not be null'
@@ -237,17 +238,10 @@ begin
     end if;
 
     previous := bulkhead._enter_tenant(tenant);
-    -- The tenant's own vector index first: its name is in the tenant's retrieval row. A drop that
-    -- met a long reader is deferred (bulkhead.drop_pending_indexes) rather than waited for.
-    index_drop := bulkhead._drop_tenant_index(tenant);
-    steps := steps || pg_catalog.jsonb_build_object(
-        'step', 'tenant vector index', 'rows', (index_drop = 'dropped')::int,
-        'at', pg_catalog.clock_timestamp());
-    if index_drop = 'deferred' then
-        steps := steps || pg_catalog.jsonb_build_object(
-            'step', 'tenant vector index drop deferred (bulkhead.drop_pending_indexes)', 'rows', 1,
-            'at', pg_catalog.clock_timestamp());
-    end if;
+    -- The tenant's own vector index: detached now (its name is in the tenant's retrieval row,
+    -- which goes), dropped at the end so that DROP INDEX's exclusive lock on chunks is held only
+    -- until the commit, not for the whole deletion.
+    index_name := bulkhead._detach_tenant_index(tenant);
     -- What other tables may name the tenant by: its credentials and provider projects (read
     -- before its credentials go).
     select pg_catalog.array_agg(c.id) into credential_ids
@@ -324,6 +318,17 @@ begin
     from pg_catalog.unnest(project_ids) p
     on conflict do nothing;
 
+    -- The index last; a DROP that meets a long reader of chunks is deferred
+    -- (bulkhead.drop_pending_indexes) rather than waited for.
+    index_drop := case when index_name is null then 'none' else bulkhead._drop_detached_index(index_name) end;
+    steps := steps || pg_catalog.jsonb_build_object(
+        'step', 'tenant vector index', 'rows', (index_drop = 'dropped')::int,
+        'at', pg_catalog.clock_timestamp());
+    if index_drop = 'deferred' then
+        steps := steps || pg_catalog.jsonb_build_object(
+            'step', 'tenant vector index drop deferred (bulkhead.drop_pending_indexes)', 'rows', 1,
+            'at', pg_catalog.clock_timestamp());
+    end if;
     -- Its Pinecone namespace is queued for deletion (the daemon marks that job done).
     perform bulkhead._queue_namespace_deletion(tenant, receipt);
     steps := steps || pg_catalog.jsonb_build_object(
@@ -343,7 +348,10 @@ begin
         'planner_statistics', pg_catalog.jsonb_build_object(
             'tables', (select pg_catalog.jsonb_agg(distinct t) from pg_catalog.unnest(touched) t),
             'until', 'ANALYZE of each table (`bulkhead vacuum-deleted` runs VACUUM (ANALYZE))'),
-        'vector_index', 'dropped in this transaction; its pages are freed at commit',
+        'vector_index', case index_drop
+            when 'dropped' then 'dropped in this transaction; its files are removed at commit'
+            when 'deferred' then 'detached, its drop queued in bulkhead.pending_index_drops: its entries stay in its files until bulkhead.drop_pending_indexes() drops it'
+            else 'none' end,
         'wal', 'the deleted rows stay in write-ahead log segments until they are recycled after a checkpoint, and in WAL archives until those expire',
         'backups', 'base backups and dumps taken before this deletion keep the rows until they expire',
         'pinecone', 'the namespace is deleted by the worker; the step ''pinecone namespace deleted'' on this receipt proves it'));

@@ -70,6 +70,25 @@ create policy tenant_isolation on bulkhead.tenant_provider_projects
 grant select, insert, delete on bulkhead.tenant_provider_projects to bulkhead_admin;
 select pg_catalog.pg_extension_config_dump('bulkhead.tenant_provider_projects', '');
 
+-- Every write of a tenant credential records its project, whoever writes it (set_credential, or
+-- the control plane's own INSERT or UPDATE).
+create function bulkhead._record_provider_project()
+returns trigger
+language plpgsql
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+begin
+    if new.provider_project_id is not null then
+        insert into bulkhead.tenant_provider_projects (tenant_id, provider, provider_project_id)
+        values (new.tenant_id, new.provider, new.provider_project_id)
+        on conflict do nothing;
+    end if;
+    return null;
+end
+$$;
+revoke all on function bulkhead._record_provider_project() from public;
+
 alter table bulkhead.tenant_credentials enable row level security;
 alter table bulkhead.tenant_credentials force row level security;
 alter table bulkhead.shared_credentials enable row level security;
@@ -146,11 +165,6 @@ begin
     set secret_ref = excluded.secret_ref, kind = excluded.kind,
         provider_project_id = excluded.provider_project_id, created_at = pg_catalog.now()
     returning c.id into credential;
-    if set_credential.provider_project_id is not null then
-        insert into bulkhead.tenant_provider_projects (tenant_id, provider, provider_project_id)
-        values (set_credential.tenant_id, set_credential.provider, set_credential.provider_project_id)
-        on conflict do nothing;
-    end if;
     perform bulkhead._leave_tenant(previous);
     perform pg_catalog.set_config('log_min_error_statement', statement_logging, true);
     return credential;
@@ -186,3 +200,6 @@ revoke all on function bulkhead.credential_for_tenant(text) from public;
 grant execute on function bulkhead.set_credential(uuid, text, text, text, text) to bulkhead_admin;
 grant execute on function bulkhead.credential_for_tenant(text) to bulkhead_worker, bulkhead_admin;
 grant set on parameter log_min_error_statement to bulkhead_admin;
+
+create trigger tenant_credentials_record_project after insert or update of provider_project_id
+    on bulkhead.tenant_credentials for each row execute function bulkhead._record_provider_project();

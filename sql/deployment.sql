@@ -66,17 +66,21 @@ as $$
                              pg_catalog.array_to_string(h.bulkhead_roles, ', '))
     from held h where h.rolsuper or h.rolbypassrls
     union all
-    -- ... or holds privileges on Bulkhead's tables directly (the usual service-role setup).
+    -- ... or reads Bulkhead's tables some other way: a direct or column grant, a grant to a group
+    -- it inherits, pg_read_all_data. The privilege functions follow every route. (Superusers
+    -- read everything by definition: only those wired to Bulkhead are named above.)
     select 'role_bypasses_rls', 'critical',
-           pg_catalog.format('role %I is %s and is granted privileges on %s directly: row level security does not apply to it, so it reads every tenant''s rows there. Revoke them; use a role without SUPERUSER or BYPASSRLS in bulkhead_admin instead.',
-                             g.rolname, case when g.rolsuper then 'SUPERUSER' else 'BYPASSRLS' end, g.tables)
-    from (select r.rolname, r.rolsuper, pg_catalog.string_agg(distinct c.oid::regclass::text, ', ') as tables
-          from pg_catalog.pg_class c
-          cross join lateral pg_catalog.aclexplode(c.relacl) a
-          join pg_catalog.pg_roles r on r.oid = a.grantee
-          where c.relnamespace = 'bulkhead'::regnamespace and (r.rolsuper or r.rolbypassrls)
-            and r.oid <> c.relowner and r.rolname not in (select rolname from bulkhead_roles)
-          group by r.rolname, r.rolsuper) g
+           pg_catalog.format('role %I is BYPASSRLS and may read %s: row level security does not apply to it, so it reads every tenant''s rows there. Revoke its access; use a role without BYPASSRLS in bulkhead_admin instead.',
+                             g.rolname, g.tables)
+    from (select r.rolname, pg_catalog.string_agg(c.oid::regclass::text, ', ' order by c.oid::regclass::text) as tables
+          from pg_catalog.pg_roles r
+          cross join pg_catalog.pg_class c
+          where r.rolbypassrls and not r.rolsuper
+            and r.rolname not in (select rolname from bulkhead_roles)
+            and r.rolname not in (select h.rolname from held h)
+            and c.relnamespace = 'bulkhead'::regnamespace and c.relkind in ('r', 'p', 'v')
+            and pg_catalog.has_any_column_privilege(r.oid, c.oid, 'SELECT')
+          group by r.rolname) g
     union all
     -- PostgreSQL 16: a membership granted WITH INHERIT FALSE passes on no privilege.
     select 'grant_does_not_inherit', 'error',
@@ -110,7 +114,10 @@ as $$
     select 'end_user_role_does_not_inherit', 'error',
            pg_catalog.format('role %I holds %s but is NOINHERIT: it gets none of their privileges until it sets the role. ALTER ROLE %I INHERIT.',
                              h.rolname, pg_catalog.array_to_string(h.bulkhead_roles, ', '), h.rolname)
+    -- Direct members only: PostgREST's authenticator is NOINHERIT by design (it SETs the role).
     from held h where not h.rolinherit and not h.rolsuper
+      and exists (select from pg_catalog.pg_auth_members m join bulkhead_roles b on b.oid = m.roleid
+                  where m.member = (select x.oid from pg_catalog.pg_roles x where x.rolname = h.rolname))
     union all
     select 'vector_schema_not_usable', 'error',
            pg_catalog.format('role %I has no USAGE on schema %I, where pgvector lives: searches and the per-tenant index build fail. GRANT USAGE ON SCHEMA %I TO %I.',

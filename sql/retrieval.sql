@@ -426,16 +426,22 @@ begin
     if not bulkhead._tenant_index_due(tenant) then
         return false;
     end if;
-    perform bulkhead._enqueue('index_build', '{}',
-        'index_build:' || (select s.index_key from bulkhead.retrieval_settings s where s.tenant_id = tenant),
-        null, 5);
+    -- One pending build per tenant (not an idempotency key, which a dead job would hold forever,
+    -- or the tenant could take first with a job of its own).
+    if exists (select from bulkhead.jobs j join bulkhead.job_schedule s on s.job_id = j.id
+               where j.tenant_id = tenant and j.kind = 'index_build' and s.state in ('queued', 'running')) then
+        return false;
+    end if;
+    perform bulkhead._enqueue('index_build', '{}', null, null, 5);
     return true;
 end
 $$;
 
 -- The worker's side of an index_build job: the lease is checked and the job's tenant entered
--- (_held_job), then the tenant's index is built if it is still due, waiting at most 5 s for the
--- SHARE lock on chunks (lock_not_available makes the job retry with backoff). Returns the index
+-- (_held_job), then the tenant's index is built if it is still due, waiting at most 200 ms for
+-- the SHARE lock on chunks: while it waits, every tenant's writes queue behind it, and a tenant
+-- could hold a write transaction open on purpose. lock_not_available makes the worker try again
+-- later without using up an attempt. Returns the index
 -- name, or NULL when there was nothing to build. SECURITY DEFINER as bulkhead_meter, the owner of
 -- chunks; in the job's own short transaction.
 create function bulkhead.build_index_for_job(job bigint, worker text)
@@ -454,13 +460,13 @@ begin
     if not bulkhead._tenant_index_due(s.job_tenant) then
         return null;
     end if;
-    perform pg_catalog.set_config('lock_timeout', '5s', true);
+    perform pg_catalog.set_config('lock_timeout', '200ms', true);
     name := bulkhead._build_tenant_index(s.job_tenant);
     return name;
 end
 $$;
 
--- Drops one index on chunks now if its lock comes within 500 ms, else queues it in
+-- Drops one tenant index on chunks now if its lock comes within 100 ms, else queues it in
 -- pending_index_drops: DROP INDEX needs an ACCESS EXCLUSIVE lock on chunks, and waiting behind
 -- one long reader (any role that may SELECT chunks) would queue every tenant's search behind it.
 -- Runs as bulkhead_meter (its callers' owner). 'dropped' or 'deferred'.
@@ -473,7 +479,16 @@ as $$
 declare
     saved_timeout text := pg_catalog.current_setting('lock_timeout');
 begin
-    perform pg_catalog.set_config('lock_timeout', '500ms', true);
+    -- Only a tenant's own index: a partial HNSW index on chunks keyed by index_key, under the
+    -- name _new_tenant_index_name gives (never chunks' shared indexes, whatever a name says).
+    if name !~ '^chunks_hnsw_[0-9a-f]{16}$' or not exists (
+        select from pg_catalog.pg_index i
+        where i.indexrelid = pg_catalog.to_regclass('bulkhead.' || pg_catalog.quote_ident(name))
+          and i.indrelid = 'bulkhead.chunks'::regclass
+          and pg_catalog.pg_get_expr(i.indpred, i.indrelid) ~ '^\(index_key = ''[0-9]+''::bigint\)$') then
+        return 'none';
+    end if;
+    perform pg_catalog.set_config('lock_timeout', '100ms', true);
     begin
         execute pg_catalog.format('drop index if exists bulkhead.%I', name);
         delete from bulkhead.pending_index_drops p where p.index_name = name;
@@ -487,7 +502,7 @@ begin
 end
 $$;
 
--- Drops the tenant indexes whose DROP was deferred, each if its lock comes within 500 ms; returns
+-- Drops the tenant indexes whose DROP was deferred, each if its lock comes within 100 ms; returns
 -- how many were dropped. The worker calls it; so does `bulkhead vacuum-deleted`. SECURITY
 -- DEFINER as bulkhead_meter, the indexes' owner.
 create function bulkhead.drop_pending_indexes()
@@ -509,6 +524,40 @@ begin
 end
 $$;
 
+-- Detaches a tenant's own index: its searches go back to exact scans and it gets a new index key,
+-- so that the index receives none of its new rows. Returns the index's name for the caller to
+-- drop (at once, or at the end of a tenant deletion, so that DROP INDEX's ACCESS EXCLUSIVE lock
+-- on chunks is held only until the commit that follows). In the tenant's context; SECURITY
+-- DEFINER as bulkhead_meter.
+create function bulkhead._detach_tenant_index(tenant uuid)
+returns text
+language plpgsql volatile
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    name text;
+begin
+    if tenant is null or tenant is distinct from bulkhead.current_tenant() then
+        raise exception 'a tenant''s index is detached in its own context' using errcode = '42501';
+    end if;
+    select s.index_name into name from bulkhead.retrieval_settings s where s.tenant_id = tenant for update;
+    update bulkhead.retrieval_settings s
+    set index_name = null, indexed_at = null, index_key = bulkhead._random_id()
+    where s.tenant_id = tenant;
+    return name;
+end
+$$;
+
+-- Drops an index _detach_tenant_index returned (tenant deletion), as bulkhead_meter, the
+-- indexes' owner: 'dropped', 'deferred' or 'none' (see _drop_index_now_or_later).
+create function bulkhead._drop_detached_index(name text)
+returns text
+language sql volatile
+security definer
+set search_path to pg_catalog, pg_temp
+as $$ select bulkhead._drop_index_now_or_later(name) $$;
+
 -- Drops a tenant's own index, in its context (tenant deletion, before its rows go; a dimension
 -- change, once its chunks are gone); its searches go back to exact scans, and the tenant gets a
 -- new index key, so that an index whose drop was deferred receives none of its new rows.
@@ -526,11 +575,8 @@ begin
     if tenant is null or tenant is distinct from bulkhead.current_tenant() then
         raise exception 'a tenant''s index is dropped in its own context' using errcode = '42501';
     end if;
-    select s.index_name into name from bulkhead.retrieval_settings s where s.tenant_id = tenant for update;
-    update bulkhead.retrieval_settings s
-    set index_name = null, indexed_at = null, index_key = bulkhead._random_id()
-    where s.tenant_id = tenant;
-    if name is null or pg_catalog.to_regclass('bulkhead.' || pg_catalog.quote_ident(name)) is null then
+    name := bulkhead._detach_tenant_index(tenant);
+    if name is null then
         return 'none';
     end if;
     return bulkhead._drop_index_now_or_later(name);
@@ -827,6 +873,8 @@ alter function bulkhead._build_tenant_index(uuid) owner to bulkhead_meter;
 alter function bulkhead._drop_tenant_index(uuid) owner to bulkhead_meter;
 alter function bulkhead._lock_tenant_retrieval(uuid) owner to bulkhead_meter;
 alter function bulkhead.drop_pending_indexes() owner to bulkhead_meter;
+alter function bulkhead._detach_tenant_index(uuid) owner to bulkhead_meter;
+alter function bulkhead._drop_detached_index(text) owner to bulkhead_meter;
 alter function bulkhead.ingest_document(text, jsonb, text, jsonb) owner to bulkhead_meter;
 alter function bulkhead.delete_document(text) owner to bulkhead_meter;
 alter function bulkhead.build_index_for_job(bigint, text) owner to bulkhead_meter;
@@ -839,6 +887,10 @@ revoke all on function bulkhead._new_tenant_index_name() from public;
 revoke all on function bulkhead._lock_tenant_retrieval(uuid) from public;
 revoke all on function bulkhead._drop_index_now_or_later(text) from public;
 revoke all on function bulkhead.drop_pending_indexes() from public;
+revoke all on function bulkhead._detach_tenant_index(uuid) from public;
+revoke all on function bulkhead._drop_detached_index(text) from public;
+grant execute on function bulkhead._detach_tenant_index(uuid) to bulkhead_meter, bulkhead_admin;
+grant execute on function bulkhead._drop_detached_index(text) to bulkhead_admin;
 grant execute on function bulkhead._drop_index_now_or_later(text) to bulkhead_meter;
 grant execute on function bulkhead.drop_pending_indexes() to bulkhead_worker, bulkhead_admin;
 revoke all on function bulkhead._build_tenant_index(uuid) from public;

@@ -21,6 +21,8 @@ pub enum VacuumError {
 }
 
 /// Vacuums and analyzes the receipt's tables; returns (table, dead row versions left) for each.
+/// Index cleanup is forced: a small deletion from a large table would otherwise skip it, leaving
+/// the deleted rows' index entries (the tenant's vectors among them) in place.
 pub async fn vacuum_deleted(
     database_url: &str,
     receipt: Uuid,
@@ -45,7 +47,7 @@ pub async fn vacuum_deleted(
     for table in tables {
         // PostgreSQL quotes the name (regclass output), and says whether this role may vacuum it.
         let (statement, may): (String, bool) = sqlx::query_as(
-            "select pg_catalog.format('vacuum (analyze) %s', $1::pg_catalog.regclass),
+            "select pg_catalog.format('vacuum (analyze, index_cleanup on) %s', $1::pg_catalog.regclass),
                     pg_catalog.pg_has_role(c.relowner, 'USAGE') or r.rolsuper
              from pg_catalog.pg_class c, pg_catalog.pg_roles r
              where c.oid OPERATOR(pg_catalog.=) $1::pg_catalog.regclass and r.rolname OPERATOR(pg_catalog.=) current_user",

@@ -670,13 +670,15 @@ async fn execute(
                 .await
                 .map(|index| Finish::Result(serde_json::json!({"index": index})))
                 .map_err(|err| match &err {
-                    // The lock on chunks did not come within 5 s, or the connection failed: later.
-                    sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03") => {
-                        Failure::transient(format!(
-                            "the index build waited too long for its lock: {}",
+                    // The lock on chunks did not come within 200 ms (a writer holds chunks):
+                    // later, without using up an attempt, as for a provider's 429.
+                    sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03") => Failure {
+                        retry_after: Some(Duration::from_secs(30)),
+                        ..Failure::transient(format!(
+                            "the index build could not take its lock on chunks: {}",
                             db.message()
                         ))
-                    }
+                    },
                     sqlx::Error::Database(db) => {
                         Failure::permanent(format!("the index build failed: {}", db.message()))
                     }
@@ -689,13 +691,20 @@ async fn execute(
     }
 }
 
+/// A resolved credential: the key, the provider project id, and whether it is the shared pool's.
+struct Resolved {
+    key: Secret,
+    project: Option<String>,
+    shared: bool,
+}
+
 /// The tenant's credential for a provider (its reference came with the claim, read in the
-/// job's tenant context), resolved now: the key and the provider project id.
+/// job's tenant context), resolved now.
 async fn credential_for(
     context: &TaskContext,
     credential: Option<&serde_json::Value>,
     provider: &str,
-) -> Result<(Secret, Option<String>), Failure> {
+) -> Result<Resolved, Failure> {
     let Some(secret_ref) = credential.and_then(|c| c["secret_ref"].as_str()) else {
         return Err(Failure::permanent(format!(
             "the tenant has no {provider} credential and there is no shared one (bulkhead.set_credential)"
@@ -712,7 +721,32 @@ async fn credential_for(
                 "the {provider} credential is unavailable; the operator's worker log says why"
             ))
         })?;
-    Ok((key, project))
+    let shared = credential.is_some_and(|c| c["source"] == "shared" || c["kind"] == "shared_pool");
+    Ok(Resolved {
+        key,
+        project,
+        shared,
+    })
+}
+
+/// A call on the shared pool's key fails with the provider's status only; its message goes to
+/// the operator's log. A provider that echoes request text in its errors would otherwise let a
+/// tenant test guesses at the platform's key against the redaction of its own error.
+fn for_shared_pool(resolved: &Resolved, failure: Failure) -> Failure {
+    if !resolved.shared {
+        return failure;
+    }
+    let public = match failure.message.split_once(": ") {
+        Some((status, _)) => {
+            format!("{status} (the provider's message is in the operator's worker log)")
+        }
+        None => failure.message.clone(),
+    };
+    Failure {
+        operator_detail: Some(failure.message),
+        message: public,
+        ..failure
+    }
 }
 
 /// Maps a provider failure to the queue's terms, counting it in the metrics.
@@ -759,13 +793,14 @@ async fn embed(
         .as_u64()
         .and_then(|d| usize::try_from(d).ok())
         .ok_or_else(|| Failure::permanent("the job payload has no dims".into()))?;
-    let (key, project) = credential_for(context, credential, provider).await?;
+    let resolved = credential_for(context, credential, provider).await?;
+    let (key, project) = (&resolved.key, resolved.project.clone());
     let request = providers::EmbeddingRequest {
         provider,
         model: field(payload, "model")?,
         inputs,
         dims,
-        key: &key,
+        key,
         project: project.as_deref(),
         // Unguessable: a tenant must not be able to record this id first.
         fallback_request_id: format!("embedding-job-{}-{}", job.id, uuid::Uuid::new_v4().simple()),
@@ -780,7 +815,7 @@ async fn embed(
             }
             embeddings
         })
-        .map_err(|err| provider_failure(context, provider, err))
+        .map_err(|err| for_shared_pool(&resolved, provider_failure(context, provider, err)))
 }
 
 /// One queued completion: the tenant's credential, resolved now, and the provider call. The
@@ -795,7 +830,8 @@ async fn complete(
         .as_u64()
         .and_then(|n| u32::try_from(n).ok())
         .ok_or_else(|| Failure::permanent("the job payload has no max_output_tokens".into()))?;
-    let (key, project) = credential_for(context, credential, provider).await?;
+    let resolved = credential_for(context, credential, provider).await?;
+    let (key, project) = (&resolved.key, resolved.project.clone());
     let request = providers::Request {
         provider,
         model: field(payload, "model")?,
@@ -803,7 +839,7 @@ async fn complete(
         max_output_tokens,
         stream: payload["stream"].as_bool().unwrap_or(false),
         est_input_tokens: payload["est_input_tokens"].as_u64().unwrap_or(0),
-        key: &key,
+        key,
         project: project.as_deref(),
     };
     context
@@ -816,7 +852,7 @@ async fn complete(
             }
             completion
         })
-        .map_err(|err| provider_failure(context, provider, err))
+        .map_err(|err| for_shared_pool(&resolved, provider_failure(context, provider, err)))
 }
 
 impl Failure {
