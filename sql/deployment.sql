@@ -7,8 +7,10 @@
 -- budget like any call) and reads their results. Budget checks and ledger records, whose numbers
 -- the caller supplies, stay with the trusted backend (bulkhead_app).
 grant usage on schema bulkhead to bulkhead_end_user;
-grant select on bulkhead.tenants, bulkhead.tenant_settings, bulkhead.retrieval_settings,
-    bulkhead.documents, bulkhead.chunks, bulkhead.prices to bulkhead_end_user;
+-- Reads: what its functions read as the end user, no more (not the tenant's settings: custom
+-- instructions and banned topics are the tenant's, rendered into prompts as bulkhead_meter).
+grant select on bulkhead.retrieval_settings, bulkhead.documents, bulkhead.chunks, bulkhead.prices
+    to bulkhead_end_user;
 grant execute on function bulkhead.current_tenant(),
     bulkhead.tenant_search(vector, int, jsonb), bulkhead.tenant_search_hybrid(text, vector, int),
     bulkhead.tenant_search_path(), bulkhead._indexed_search_sql(int),

@@ -509,7 +509,10 @@ impl Stream {
                 cut_short: None,
                 malformed: false,
             }),
-            // Cut before usage came: settle for what was streamed, a token per delta.
+            // Cut before usage came: the provider bills what it generated, which a delta count
+            // can undercount (a delta may carry several tokens, and generation may go on after
+            // the cut), so the output is settled at its reservation (max_output_tokens): budgets
+            // fail closed. Reconciliation shows what the provider counted.
             (_, Some(request_id)) if self.deltas > 0 => {
                 let reason = self.broken.unwrap_or_else(|| {
                     "the stream ended before the provider reported usage".into()
@@ -520,9 +523,9 @@ impl Stream {
                         .as_ref()
                         .and_then(|u| u["input_tokens"].as_u64())
                         .unwrap_or(request.est_input_tokens);
-                    json!({"input_tokens": input, "output_tokens": self.deltas})
+                    json!({"input_tokens": input, "output_tokens": request.max_output_tokens})
                 } else {
-                    json!({"prompt_tokens": request.est_input_tokens, "completion_tokens": self.deltas})
+                    json!({"prompt_tokens": request.est_input_tokens, "completion_tokens": request.max_output_tokens})
                 };
                 Ok(Completion {
                     request_id,

@@ -613,6 +613,21 @@ async fn completions_flow_to_the_ledger_and_survive_provider_faults() {
         "the streamed part is charged"
     );
     assert!(error.unwrap().contains("stream cut short"));
+    // At its reservation: a count of deltas could undercount what the provider generated.
+    let charged: (String, String) = sqlx::query_as(
+        "select l.cost_usd::text, l.reserved_usd::text from bulkhead.ledger l join bulkhead.jobs j
+           on j.tenant_id = l.tenant_id and (j.payload ->> 'reservation')::uuid = l.reservation_id
+         where j.id = $1",
+    )
+    .bind(job)
+    .fetch_one(&mut su)
+    .await
+    .unwrap();
+    assert_eq!(
+        charged.0.parse::<f64>().unwrap(),
+        charged.1.parse::<f64>().unwrap(),
+        "a cut stream is charged what was reserved"
+    );
 
     // Metrics count the provider errors by class.
     let metrics = scrape(metrics_port);
