@@ -386,8 +386,9 @@ async fn an_admission_refusal_does_not_outlive_its_transaction_or_tenant() {
     assert!(err.message().contains("tenant_budget_exceeded"));
     tx.rollback().await.unwrap();
 
-    // Refused again, then the transaction ends: the next one (for B) finds nothing of A's.
-    for end_with_commit in [true, false] {
+    // Refused again, then the transaction ends: the next one finds nothing, acting for A again
+    // (only the clearing at transaction end stops that one) or for B (the tenant check too).
+    for (end_with_commit, next) in [(true, a), (false, a), (true, b), (false, b)] {
         let mut tx = common::begin_as(&mut conn, a).await.unwrap();
         let refused: Option<Uuid> = sqlx::query_scalar(admit)
             .bind(&model)
@@ -400,7 +401,7 @@ async fn an_admission_refusal_does_not_outlive_its_transaction_or_tenant() {
         } else {
             tx.rollback().await.unwrap();
         }
-        let mut tx = common::begin_as(&mut conn, b).await.unwrap();
+        let mut tx = common::begin_as(&mut conn, next).await.unwrap();
         let err = sqlx::query(raise).execute(&mut *tx).await.unwrap_err();
         let err = err.as_database_error().unwrap();
         assert_eq!(err.code().as_deref(), Some("55000"), "{}", err.message());
