@@ -238,10 +238,10 @@ begin
     end if;
 
     previous := bulkhead._enter_tenant(tenant);
-    -- The tenant's own vector index: detached now (its name is in the tenant's retrieval row,
-    -- which goes), dropped at the end so that DROP INDEX's exclusive lock on chunks is held only
-    -- until the commit, not for the whole deletion.
-    index_name := bulkhead._detach_tenant_index(tenant);
+    -- The tenant's own vector index: its name is in the tenant's retrieval row, which goes; it is
+    -- dropped at the end, so that DROP INDEX's exclusive lock on chunks is held only until the
+    -- commit, not for the whole deletion.
+    select s.index_name into index_name from bulkhead.retrieval_settings s where s.tenant_id = tenant;
     -- What other tables may name the tenant by: its credentials and provider projects (read
     -- before its credentials go).
     select pg_catalog.array_agg(c.id) into credential_ids
@@ -320,7 +320,7 @@ begin
 
     -- The index last; a DROP that meets a long reader of chunks is deferred
     -- (bulkhead.drop_pending_indexes) rather than waited for.
-    index_drop := case when index_name is null then 'none' else bulkhead._drop_detached_index(index_name) end;
+    index_drop := case when index_name is null then 'none' else bulkhead._drop_deleted_tenant_index(index_name) end;
     steps := steps || pg_catalog.jsonb_build_object(
         'step', 'tenant vector index', 'rows', (index_drop = 'dropped')::int,
         'at', pg_catalog.clock_timestamp());
@@ -339,18 +339,18 @@ begin
         'step', 'bulkhead.tenants', 'rows', deleted, 'at', pg_catalog.clock_timestamp());
     perform bulkhead._leave_tenant(previous);
 
-    touched := touched || 'bulkhead.tenants'::text;
+    touched := array(select distinct t from pg_catalog.unnest(touched || 'bulkhead.tenants'::text) t order by t);
     insert into bulkhead.deletion_receipts (id, tenant_id, started_at, completed_at, remaining_physical_state)
     values (receipt, tenant, started, pg_catalog.clock_timestamp(), pg_catalog.jsonb_build_object(
         'dead_row_versions', pg_catalog.jsonb_build_object(
-            'tables', (select pg_catalog.jsonb_agg(distinct t) from pg_catalog.unnest(touched) t),
+            'tables', pg_catalog.to_jsonb(touched),
             'until', 'VACUUM of each table (autovacuum, or `bulkhead vacuum-deleted`); bulkhead.record_vacuum(receipt, table) proves it on this receipt'),
         'planner_statistics', pg_catalog.jsonb_build_object(
-            'tables', (select pg_catalog.jsonb_agg(distinct t) from pg_catalog.unnest(touched) t),
+            'tables', pg_catalog.to_jsonb(touched),
             'until', 'ANALYZE of each table (`bulkhead vacuum-deleted` runs VACUUM (ANALYZE))'),
         'vector_index', case index_drop
             when 'dropped' then 'dropped in this transaction; its files are removed at commit'
-            when 'deferred' then 'detached, its drop queued in bulkhead.pending_index_drops: its entries stay in its files until bulkhead.drop_pending_indexes() drops it'
+            when 'deferred' then 'its drop queued in bulkhead.pending_index_drops: its entries stay in its files until bulkhead.drop_pending_indexes() drops it'
             else 'none' end,
         'wal', 'the deleted rows stay in write-ahead log segments until they are recycled after a checkpoint, and in WAL archives until those expire',
         'backups', 'base backups and dumps taken before this deletion keep the rows until they expire',

@@ -524,45 +524,24 @@ begin
 end
 $$;
 
--- Detaches a tenant's own index: its searches go back to exact scans and it gets a new index key,
--- so that the index receives none of its new rows. Returns the index's name for the caller to
--- drop (at once, or at the end of a tenant deletion, so that DROP INDEX's ACCESS EXCLUSIVE lock
--- on chunks is held only until the commit that follows). In the tenant's context; SECURITY
--- DEFINER as bulkhead_meter.
-create function bulkhead._detach_tenant_index(tenant uuid)
-returns text
-language plpgsql volatile
-security definer
-set search_path to pg_catalog, pg_temp
-as $$
-declare
-    name text;
-begin
-    if tenant is null or tenant is distinct from bulkhead.current_tenant() then
-        raise exception 'a tenant''s index is detached in its own context' using errcode = '42501';
-    end if;
-    select s.index_name into name from bulkhead.retrieval_settings s where s.tenant_id = tenant for update;
-    update bulkhead.retrieval_settings s
-    set index_name = null, indexed_at = null, index_key = bulkhead._random_id()
-    where s.tenant_id = tenant;
-    return name;
-end
-$$;
-
--- Drops an index _detach_tenant_index returned (tenant deletion), as bulkhead_meter, the
--- indexes' owner: 'dropped', 'deferred' or 'none' (see _drop_index_now_or_later).
-create function bulkhead._drop_detached_index(name text)
+-- Drops the own index of a tenant being deleted (delete_tenant reads its name before the
+-- tenant's retrieval row goes, and calls this last, so that DROP INDEX's ACCESS EXCLUSIVE lock on
+-- chunks is held only until the commit that follows): 'dropped', 'deferred' or 'none' (see
+-- _drop_index_now_or_later, which drops tenant indexes only). The index's key belongs to no
+-- tenant any more, so a deferred index receives no new rows. SECURITY DEFINER as
+-- bulkhead_meter, the indexes' owner.
+create function bulkhead._drop_deleted_tenant_index(name text)
 returns text
 language sql volatile
 security definer
 set search_path to pg_catalog, pg_temp
 as $$ select bulkhead._drop_index_now_or_later(name) $$;
 
--- Drops a tenant's own index, in its context (tenant deletion, before its rows go; a dimension
--- change, once its chunks are gone); its searches go back to exact scans, and the tenant gets a
--- new index key, so that an index whose drop was deferred receives none of its new rows.
--- SECURITY DEFINER as bulkhead_meter. 'dropped', 'deferred' (see _drop_index_now_or_later) or
--- 'none'.
+-- Drops a tenant's own index once its chunks are gone (a dimension change), in its context: its
+-- searches go back to exact scans, and the tenant gets a new index key, so that an index whose
+-- drop was deferred receives none of its new rows (no row has the new key yet: there are no
+-- chunks). SECURITY DEFINER as bulkhead_meter. 'dropped', 'deferred' (see
+-- _drop_index_now_or_later) or 'none'.
 create function bulkhead._drop_tenant_index(tenant uuid)
 returns text
 language plpgsql volatile
@@ -575,7 +554,14 @@ begin
     if tenant is null or tenant is distinct from bulkhead.current_tenant() then
         raise exception 'a tenant''s index is dropped in its own context' using errcode = '42501';
     end if;
-    name := bulkhead._detach_tenant_index(tenant);
+    -- With chunks left, a new key would leave them out of the next index.
+    if exists (select from bulkhead.chunks c where c.tenant_id = tenant) then
+        raise exception 'a tenant''s index is dropped only once its chunks are gone' using errcode = '55000';
+    end if;
+    select s.index_name into name from bulkhead.retrieval_settings s where s.tenant_id = tenant for update;
+    update bulkhead.retrieval_settings s
+    set index_name = null, indexed_at = null, index_key = bulkhead._random_id()
+    where s.tenant_id = tenant;
     if name is null then
         return 'none';
     end if;
@@ -873,8 +859,7 @@ alter function bulkhead._build_tenant_index(uuid) owner to bulkhead_meter;
 alter function bulkhead._drop_tenant_index(uuid) owner to bulkhead_meter;
 alter function bulkhead._lock_tenant_retrieval(uuid) owner to bulkhead_meter;
 alter function bulkhead.drop_pending_indexes() owner to bulkhead_meter;
-alter function bulkhead._detach_tenant_index(uuid) owner to bulkhead_meter;
-alter function bulkhead._drop_detached_index(text) owner to bulkhead_meter;
+alter function bulkhead._drop_deleted_tenant_index(text) owner to bulkhead_meter;
 alter function bulkhead.ingest_document(text, jsonb, text, jsonb) owner to bulkhead_meter;
 alter function bulkhead.delete_document(text) owner to bulkhead_meter;
 alter function bulkhead.build_index_for_job(bigint, text) owner to bulkhead_meter;
@@ -887,10 +872,8 @@ revoke all on function bulkhead._new_tenant_index_name() from public;
 revoke all on function bulkhead._lock_tenant_retrieval(uuid) from public;
 revoke all on function bulkhead._drop_index_now_or_later(text) from public;
 revoke all on function bulkhead.drop_pending_indexes() from public;
-revoke all on function bulkhead._detach_tenant_index(uuid) from public;
-revoke all on function bulkhead._drop_detached_index(text) from public;
-grant execute on function bulkhead._detach_tenant_index(uuid) to bulkhead_meter, bulkhead_admin;
-grant execute on function bulkhead._drop_detached_index(text) to bulkhead_admin;
+revoke all on function bulkhead._drop_deleted_tenant_index(text) from public;
+grant execute on function bulkhead._drop_deleted_tenant_index(text) to bulkhead_admin;
 grant execute on function bulkhead._drop_index_now_or_later(text) to bulkhead_meter;
 grant execute on function bulkhead.drop_pending_indexes() to bulkhead_worker, bulkhead_admin;
 revoke all on function bulkhead._build_tenant_index(uuid) from public;

@@ -510,7 +510,7 @@ async fn reconcile_loop(pool: PgPool, config: Config) {
 }
 
 /// Once a minute: drops the tenant indexes whose DROP met a lock at tenant deletion
-/// (`bulkhead.drop_pending_indexes`, which waits at most 500 ms for each).
+/// (`bulkhead.drop_pending_indexes`, which waits at most 100 ms for each).
 async fn index_drop_loop(pool: PgPool, config: Config) {
     loop {
         tokio::time::sleep(Duration::from_secs(60)).await;
@@ -794,14 +794,14 @@ async fn embed(
         .and_then(|d| usize::try_from(d).ok())
         .ok_or_else(|| Failure::permanent("the job payload has no dims".into()))?;
     let resolved = credential_for(context, credential, provider).await?;
-    let (key, project) = (&resolved.key, resolved.project.clone());
+    let key = &resolved.key;
     let request = providers::EmbeddingRequest {
         provider,
         model: field(payload, "model")?,
         inputs,
         dims,
         key,
-        project: project.as_deref(),
+        project: resolved.project.as_deref(),
         // Unguessable: a tenant must not be able to record this id first.
         fallback_request_id: format!("embedding-job-{}-{}", job.id, uuid::Uuid::new_v4().simple()),
     };
@@ -831,7 +831,7 @@ async fn complete(
         .and_then(|n| u32::try_from(n).ok())
         .ok_or_else(|| Failure::permanent("the job payload has no max_output_tokens".into()))?;
     let resolved = credential_for(context, credential, provider).await?;
-    let (key, project) = (&resolved.key, resolved.project.clone());
+    let key = &resolved.key;
     let request = providers::Request {
         provider,
         model: field(payload, "model")?,
@@ -840,7 +840,7 @@ async fn complete(
         stream: payload["stream"].as_bool().unwrap_or(false),
         est_input_tokens: payload["est_input_tokens"].as_u64().unwrap_or(0),
         key,
-        project: project.as_deref(),
+        project: resolved.project.as_deref(),
     };
     context
         .providers

@@ -40,7 +40,7 @@ definer_allow_list (proname) as (
            ('_check_prompt_row_deleted_with_tenant'),
     -- chunks' owner builds and drops a tenant's own index; the outbox is written by a trigger only.
            ('_build_tenant_index'), ('build_index_for_job'), ('_drop_tenant_index'),
-           ('_detach_tenant_index'), ('_drop_detached_index'),
+           ('_drop_deleted_tenant_index'),
            ('_queue_pinecone_sync'), ('_queue_namespace_deletion'),
     -- Applications queue jobs and read their status, never the schedule itself.
            ('enqueue_job'), ('job_status'),
