@@ -34,7 +34,10 @@ create table bulkhead.budget_defaults (
     otpm         int         not null,
     dollar_limit numeric     not null,
     period       text        not null,
+    -- The output cap of a gateway call that names none (a tenant's own: tenant_settings).
+    default_max_output_tokens int not null default 1024,
     updated_at   timestamptz not null default pg_catalog.now(),
+    constraint budget_defaults_output_cap_valid check (default_max_output_tokens between 1 and 1000000),
     constraint budget_defaults_pkey primary key (singleton),
     constraint budget_defaults_one_row check (singleton),
     constraint budget_defaults_limits_valid check (rpm >= 0 and itpm >= 0 and otpm >= 0 and dollar_limit >= 0 and dollar_limit < 1e12),
@@ -81,8 +84,12 @@ create table bulkhead.reservations (
     lease_expires_at     timestamptz not null,
     settled_at           timestamptz,
     expired_at           timestamptz,
-    -- Admitted for a queued call (complete(), embed_document()): only the worker settles it.
+    -- Admitted for a call Bulkhead makes itself (complete(), embed_document(), the gateway):
+    -- only the worker or the gateway settles it.
     queued               boolean     not null default false,
+    -- A gateway call: when its lease ends unsettled (the gateway died after sending it), it is
+    -- charged at its hold, never released: the provider may have served it (fail closed).
+    bill_on_expiry       boolean     not null default false,
     -- Admitted in memory (bulkhead.memory_admission): its hold on the budget is in the tenant's
     -- slot in shared memory, not in budget_state, and is released there when this row closes.
     held_in_memory       boolean     not null default false,
@@ -279,6 +286,7 @@ declare
     elapsed float8;
     freed numeric;
     freed_all numeric;
+    billed_usd numeric;
     reservation uuid := pg_catalog.gen_random_uuid();
     lease_seconds numeric;
     -- Named as the public function in messages.
@@ -382,18 +390,26 @@ begin
     -- Leases that ran out stop holding budget (here, lazily, and in expire_reservations()).
     if st.next_expiry <= now_ts then
         with expired as (
-            update bulkhead.reservations r set expired_at = now_ts
+            update bulkhead.reservations r set expired_at = now_ts,
+                settled_at = case when r.bill_on_expiry then now_ts end
             where r.tenant_id = tenant and r.settled_at is null and r.expired_at is null
               and r.lease_expires_at <= now_ts
-            returning r.reserved_usd, r.held_in_memory
+            returning r.*
+        ),
+        billed as (
+            select bulkhead._bill_at_hold(pg_catalog.array_agg(row(e.*)::bulkhead.reservations)) as usd from expired e where e.bill_on_expiry
         )
-        select coalesce(sum(e.reserved_usd) filter (where not e.held_in_memory), 0), coalesce(sum(e.reserved_usd), 0)
-        into freed, freed_all from expired e;
+        select coalesce(sum(e.reserved_usd) filter (where not e.held_in_memory), 0), coalesce(sum(e.reserved_usd), 0),
+               coalesce((select b.usd from billed b), 0)
+        into freed, freed_all, billed_usd from expired e;
         st.reserved_usd := greatest(st.reserved_usd - freed, 0);
+        if now_ts >= st.period_start and now_ts < st.period_end then
+            st.spent_usd := st.spent_usd + billed_usd;
+        end if;
         -- Should this transaction go on to load the tenant's slot in memory (see
         -- Pending::Release in extension/src/admission.rs).
         if freed_all > 0 then
-            perform bulkhead._release_in_memory(freed_all, 0, 0, 0);
+            perform bulkhead._release_in_memory(freed_all, billed_usd, 0, 0);
         end if;
         select min(r.lease_expires_at) into st.next_expiry
         from bulkhead.reservations r
@@ -621,22 +637,31 @@ as $$
 declare
     tenant uuid := bulkhead.current_tenant();
     freed_in_table numeric;
+    billed_usd numeric;
 begin
     perform from bulkhead.budget_state s where s.tenant_id = tenant for update;
     with expired as (
-        update bulkhead.reservations r set expired_at = pg_catalog.clock_timestamp()
+        update bulkhead.reservations r set expired_at = pg_catalog.clock_timestamp(),
+            settled_at = case when r.bill_on_expiry then pg_catalog.clock_timestamp() end
         where r.tenant_id = tenant and r.settled_at is null and r.expired_at is null
           and r.lease_expires_at <= pg_catalog.clock_timestamp()
-        returning r.reserved_usd, r.held_in_memory
+        returning r.*
+    ),
+    billed as (
+        select bulkhead._bill_at_hold(pg_catalog.array_agg(row(e.*)::bulkhead.reservations)) as usd from expired e where e.bill_on_expiry
     )
-    select coalesce(sum(e.reserved_usd), 0), coalesce(sum(e.reserved_usd) filter (where not e.held_in_memory), 0)
-    into freed, freed_in_table from expired e;
+    select coalesce(sum(e.reserved_usd), 0), coalesce(sum(e.reserved_usd) filter (where not e.held_in_memory), 0),
+           coalesce((select b.usd from billed b), 0)
+    into freed, freed_in_table, billed_usd from expired e;
+    -- Gateway calls lapsed unsettled: their holds become costs (fail closed), the rest is freed.
     if freed > 0 then
-        perform bulkhead._release_in_memory(freed, 0, 0, 0);
+        perform bulkhead._release_in_memory(freed, billed_usd, 0, 0);
     end if;
     -- Rows the table path admitted are in budget_state's holds too.
-    if freed_in_table > 0 then
-        update bulkhead.budget_state s set reserved_usd = greatest(s.reserved_usd - freed_in_table, 0)
+    if freed_in_table > 0 or billed_usd > 0 then
+        update bulkhead.budget_state s set reserved_usd = greatest(s.reserved_usd - freed_in_table, 0),
+            spent_usd = s.spent_usd + case when pg_catalog.clock_timestamp() >= s.period_start
+                                            and pg_catalog.clock_timestamp() < s.period_end then billed_usd else 0 end
         where s.tenant_id = tenant;
     end if;
     select bulkhead._micros(min(r.lease_expires_at)) into next_expiry from bulkhead.reservations r
@@ -709,6 +734,7 @@ declare
     n bigint;
     freed numeric;
     freed_in_memory numeric;
+    billed_usd numeric;
 begin
     if skip_busy then
         perform from bulkhead.budget_state s where s.tenant_id = tenant for update skip locked;
@@ -719,22 +745,29 @@ begin
         perform from bulkhead.budget_state s where s.tenant_id = tenant for update;
     end if;
     with expired as (
-        update bulkhead.reservations r set expired_at = pg_catalog.clock_timestamp()
+        update bulkhead.reservations r set expired_at = pg_catalog.clock_timestamp(),
+            settled_at = case when r.bill_on_expiry then pg_catalog.clock_timestamp() end
         where r.tenant_id = tenant and r.settled_at is null and r.expired_at is null
           and r.lease_expires_at <= pg_catalog.clock_timestamp()
-        returning r.reserved_usd, r.held_in_memory
+        returning r.*
+    ),
+    billed as (
+        select bulkhead._bill_at_hold(pg_catalog.array_agg(row(e.*)::bulkhead.reservations)) as usd from expired e where e.bill_on_expiry
     )
     select count(*), coalesce(sum(e.reserved_usd) filter (where not e.held_in_memory), 0),
-           coalesce(sum(e.reserved_usd), 0)
-    into n, freed, freed_in_memory from expired e;
-    -- A tenant with a slot in memory holds every row's hold there (applied at commit).
+           coalesce(sum(e.reserved_usd), 0), coalesce((select b.usd from billed b), 0)
+    into n, freed, freed_in_memory, billed_usd from expired e;
+    -- A tenant with a slot in memory holds every row's hold there (applied at commit); gateway
+    -- calls lapsed unsettled become costs at their hold (fail closed).
     if freed_in_memory > 0 then
-        perform bulkhead._release_in_memory(freed_in_memory, 0, 0, 0);
+        perform bulkhead._release_in_memory(freed_in_memory, billed_usd, 0, 0);
     end if;
     n := n + bulkhead._expire_in_memory();
     if n > 0 then
         update bulkhead.budget_state s
         set reserved_usd = greatest(s.reserved_usd - freed, 0),
+            spent_usd = s.spent_usd + case when pg_catalog.clock_timestamp() >= s.period_start
+                                            and pg_catalog.clock_timestamp() < s.period_end then billed_usd else 0 end,
             next_expiry = (select min(r.lease_expires_at) from bulkhead.reservations r
                            where r.tenant_id = tenant and r.settled_at is null and r.expired_at is null)
         where s.tenant_id = tenant;

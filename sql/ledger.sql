@@ -125,7 +125,7 @@ begin
         if r.queued and not queued_ok then
             raise exception 'reservation % belongs to a queued call', reservation
                 using errcode = '42501',
-                      detail = 'bulkhead.complete() and bulkhead.embed_document() reservations are settled by the worker that makes the call.';
+                      detail = 'Reservations of bulkhead.complete(), bulkhead.embed_document() and the gateway are settled by the worker or gateway that makes the call.';
         end if;
         select p.* into price from bulkhead.prices p
         where p.provider = r.provider and p.model = r.model and p.effective_from = r.price_effective_from;
@@ -230,6 +230,35 @@ language sql volatile
 security definer
 set search_path to pg_catalog, pg_temp
 as $$ select bulkhead._ledger_record(reservation, usage, request_id, null, true) $$;
+
+-- Gateway calls whose lease ended unsettled (the gateway died between sending a call and
+-- settling it): each is charged at its hold, as if the provider had served the whole reservation,
+-- under the request id 'lease-ended:<reservation>'. Reconciliation shows what the provider really
+-- counted. Called by the expiry paths, under the tenant's budget_state lock, with the rows they
+-- just closed; returns the total charged (what they add to the period's spending).
+create function bulkhead._bill_at_hold(lapsed bulkhead.reservations[])
+returns numeric
+language sql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+    with billed as (
+        insert into bulkhead.ledger
+            (tenant_id, reservation_id, request_id, provider, model, input_tokens, cached_input_tokens,
+             cache_write_tokens, output_tokens, reasoning_tokens, itpm_tokens, reserved_usd, cost_usd,
+             price_effective_from, orphan, created_at)
+        select r.tenant_id, r.id, 'lease-ended:' || r.id::text, r.provider, r.model, r.est_input_tokens, 0,
+               0, r.max_output_tokens, 0, r.est_input_tokens, r.reserved_usd, r.reserved_usd,
+               r.price_effective_from, false, pg_catalog.clock_timestamp()
+        from pg_catalog.unnest(lapsed) r
+        where r.bill_on_expiry
+        on conflict on constraint ledger_request_key do nothing
+        returning cost_usd
+    )
+    select coalesce(sum(b.cost_usd), 0) from billed b
+$$;
+revoke all on function bulkhead._bill_at_hold(bulkhead.reservations[]) from public;
+grant execute on function bulkhead._bill_at_hold(bulkhead.reservations[]) to bulkhead_meter;
 
 comment on function bulkhead.ledger_record(uuid, jsonb, text, text) is
     'Settles a reservation with the provider''s usage object (OpenAI or Anthropic shape) and returns the cost in USD; idempotent on request_id.';

@@ -74,6 +74,8 @@ create table bulkhead.tenant_settings (
     persona_tone        text,
     custom_instructions text,
     banned_topics       text[]      not null default '{}',
+    -- The output cap of a gateway call that names none; NULL: budget_defaults'.
+    default_max_output_tokens int,
     updated_at          timestamptz not null default pg_catalog.now(),
     constraint tenant_settings_pkey primary key (tenant_id),
     constraint tenant_settings_tenant_fkey foreign key (tenant_id) references bulkhead.tenants (id),
@@ -82,7 +84,8 @@ create table bulkhead.tenant_settings (
     constraint tenant_settings_custom_instructions_length
         check (pg_catalog.octet_length(custom_instructions) <= 65536),
     constraint tenant_settings_banned_topics_size
-        check (pg_catalog.cardinality(banned_topics) <= 200)
+        check (pg_catalog.cardinality(banned_topics) <= 200),
+    constraint tenant_settings_output_cap_valid check (default_max_output_tokens between 1 and 1000000)
 );
 comment on table bulkhead.tenant_settings is
     'Per-tenant prompt slot values (display name, persona tone, custom instructions, banned topics).';

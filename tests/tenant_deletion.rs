@@ -68,6 +68,7 @@ async fn populate(admin: &mut PgConnection, tenant: Uuid) {
     for statement in [
         "select bulkhead.publish_prompt($1, 'deletion-fixture', '{\"name\": \"fixture\"}')",
         "select bulkhead.activate_prompt($1, 'deletion-fixture', 1)",
+        "select bulkhead.create_api_key($1, 'deletion-fixture') is not null",
     ] {
         sqlx::query(statement)
             .bind(tenant)

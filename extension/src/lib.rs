@@ -106,9 +106,14 @@ extension_sql_file!(
     requires = ["pinecone"]
 );
 extension_sql_file!(
+    "../../sql/gateway.sql",
+    name = "gateway",
+    requires = ["reconcile"]
+);
+extension_sql_file!(
     "../../sql/deployment.sql",
     name = "deployment",
-    requires = ["reconcile"],
+    requires = ["gateway"],
     finalize
 );
 

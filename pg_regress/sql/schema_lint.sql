@@ -60,13 +60,21 @@ definer_allow_list (proname) as (
     -- The owner of the tenant indexes drops those whose drop was deferred.
            ('drop_pending_indexes'),
     -- Wakes the worker on its secret channel names, which only the meter and the worker read.
-           ('_notify')
+           ('_notify'),
+    -- The gateway (bulkhead_gateway only) authenticates by a key's hash before it knows the
+    -- tenant, then admits, settles and releases in that tenant's context; the control plane
+    -- finds a key's tenant to revoke it.
+           ('gateway_admit'), ('gateway_settle'), ('gateway_release'), ('gateway_inactive_tenants'),
+           ('gateway_models'), ('_api_key_tenant')
 ),
 -- Extra policies on tenant tables (beside the one on current_tenant() for all roles), each read
 -- only by one SECURITY DEFINER function that returns no tenant data.
 cross_tenant_policy_allow_list (table_name, polname) as (
     -- pinecone_pending_tenants(): which tenants have unsynced chunk changes (tenant ids only).
-    values ('bulkhead.pinecone_outbox', 'meter_lists_pending'::name)
+    values ('bulkhead.pinecone_outbox', 'meter_lists_pending'::name),
+    -- _gateway_authenticate() (in gateway_admit and gateway_models) finds a key by its hash and
+    -- returns only the key's own tenant; _api_key_tenant() returns a key's tenant id.
+           ('bulkhead.api_keys', 'gateway_lookup')
 ),
 unpinned_allow_list (proname) as (
     -- Runs no SQL; a SET clause would add a settings save/restore to every policy evaluation.
@@ -146,7 +154,7 @@ from naming_columns
 where coalesce(note, '') !~ '^bulkhead:(tenant-ref|tenant-ref-cascade|tenant-credential-ref|tenant-project-ref|kept) '
 union all
 select 'bulkhead role can bypass RLS', rolname
-from pg_roles where rolname in ('bulkhead_app', 'bulkhead_admin', 'bulkhead_worker', 'bulkhead_meter', 'bulkhead_end_user') and (rolsuper or rolbypassrls);
+from pg_roles where rolname in ('bulkhead_app', 'bulkhead_admin', 'bulkhead_worker', 'bulkhead_meter', 'bulkhead_end_user', 'bulkhead_gateway') and (rolsuper or rolbypassrls);
 
 -- The installed schema: no violations.
 select rule, object from pg_temp.schema_lint order by rule, object;

@@ -4,7 +4,9 @@
 pub mod admission;
 pub mod context;
 pub mod prompts;
+pub mod requests;
 pub mod sqlstate;
+pub mod streams;
 pub mod tokens;
 pub mod usage;
 

@@ -1,0 +1,513 @@
+-- The gateway's side of the database: per-tenant API keys, tenant suspension, and the functions
+-- `bulkhead gateway` calls. The gateway authenticates a caller (a key's hash, or a JWT it verified
+-- itself) and asks the database, in one round trip, to admit the call: the tenant's context, its
+-- status, the model's provider, the output cap, the rendered tenant prompt, the reservation and
+-- the credential reference. It settles with the provider's usage (gateway_settle), and a call it
+-- never settles is charged at its hold when its lease ends (reservations.bill_on_expiry).
+--
+-- Only bulkhead_gateway may call these functions: it is trusted to name the tenant of a JWT it
+-- verified, as bulkhead_app is trusted to call set_tenant.
+
+-- Per-tenant API keys: the secret ('bk_' + 256 random bits, base64url) is shown once by
+-- create_api_key; only its SHA-256 is kept. A key authenticates its tenant and nothing else.
+create table bulkhead.api_keys (
+    tenant_id    uuid        not null,
+    id           uuid        not null default pg_catalog.gen_random_uuid(),
+    name         text        not null,
+    key_hash     bytea       not null,
+    -- The first characters of the secret, so that people can tell their keys apart.
+    key_prefix   text        not null,
+    created_by   name        not null default current_user,
+    created_at   timestamptz not null default pg_catalog.clock_timestamp(),
+    expires_at   timestamptz,
+    revoked_at   timestamptz,
+    -- Recorded at most once a minute per key (gateway_admit), never a write per request.
+    last_used_at timestamptz,
+    constraint api_keys_pkey primary key (tenant_id, id),
+    constraint api_keys_tenant_fkey foreign key (tenant_id) references bulkhead.tenants (id),
+    constraint api_keys_name_length check (pg_catalog.char_length(name) between 1 and 200),
+    constraint api_keys_hash_length check (pg_catalog.octet_length(key_hash) = 32)
+);
+-- Not unique: a unique index across tenants would be the only cross-tenant constraint, and two
+-- 256-bit secrets never collide anyway.
+create index api_keys_by_hash on bulkhead.api_keys (key_hash);
+comment on table bulkhead.api_keys is
+    'Per-tenant gateway API keys: SHA-256 of the secret only (the secret is shown once by create_api_key).';
+
+alter table bulkhead.api_keys enable row level security;
+alter table bulkhead.api_keys force row level security;
+create policy tenant_isolation on bulkhead.api_keys
+    using (tenant_id = (select bulkhead.current_tenant()))
+    with check (tenant_id = (select bulkhead.current_tenant()));
+-- The gateway's functions find a key by its hash before they know its tenant.
+create policy gateway_lookup on bulkhead.api_keys for select to bulkhead_meter using (true);
+
+grant usage on schema bulkhead to bulkhead_gateway;
+-- Applications and the control plane list a tenant's keys; nobody but the meter reads a hash.
+grant select (tenant_id, id, name, key_prefix, created_by, created_at, expires_at, revoked_at, last_used_at)
+    on bulkhead.api_keys to bulkhead_app, bulkhead_admin;
+grant insert (tenant_id, name, key_hash, key_prefix, expires_at) on bulkhead.api_keys to bulkhead_admin;
+grant update (revoked_at) on bulkhead.api_keys to bulkhead_admin;
+grant delete on bulkhead.api_keys to bulkhead_admin;  -- tenant deletion only
+grant select, update (last_used_at) on bulkhead.api_keys to bulkhead_meter;
+select pg_catalog.pg_extension_config_dump('bulkhead.api_keys', '');
+
+-- Creates an API key for a tenant and returns its secret: the only time it is shown.
+create function bulkhead.create_api_key(tenant_id uuid, name text, expires_at timestamptz default null)
+returns text
+language plpgsql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    secret text;
+    previous text;
+begin
+    if create_api_key.tenant_id is null or create_api_key.name is null then
+        raise exception 'tenant_id and name are required'
+            using errcode = '22004', detail = 'An API key belongs to one tenant and has a name people recognise it by.';
+    end if;
+    if pg_catalog.char_length(pg_catalog.btrim(create_api_key.name)) not between 1 and 200 then
+        raise exception 'api key name must be 1 to 200 characters'
+            using errcode = '22023', detail = 'The name tells people which key is which; it is never secret.';
+    end if;
+    if create_api_key.expires_at is not null and create_api_key.expires_at <= pg_catalog.clock_timestamp() then
+        raise exception 'expires_at must be in the future'
+            using errcode = '22023', detail = 'A key that is already expired could never be used.';
+    end if;
+    if not exists (select from bulkhead.tenants t where t.id = create_api_key.tenant_id) then
+        raise exception 'tenant % does not exist', create_api_key.tenant_id using errcode = '42704';
+    end if;
+    -- 366 random bits (three v4 UUIDs, from pg_strong_random) hashed down to 256.
+    secret := 'bk_' || pg_catalog.rtrim(pg_catalog.translate(pg_catalog.encode(pg_catalog.sha256(
+                  pg_catalog.uuid_send(pg_catalog.gen_random_uuid()) || pg_catalog.uuid_send(pg_catalog.gen_random_uuid())
+                  || pg_catalog.uuid_send(pg_catalog.gen_random_uuid())), 'base64'), '+/', '-_'), '=');
+    previous := bulkhead._enter_tenant(create_api_key.tenant_id);
+    insert into bulkhead.api_keys (tenant_id, name, key_hash, key_prefix, expires_at)
+    values (create_api_key.tenant_id, pg_catalog.btrim(create_api_key.name),
+            pg_catalog.sha256(pg_catalog.convert_to(secret, 'UTF8')), pg_catalog.left(secret, 9),
+            create_api_key.expires_at);
+    perform bulkhead._leave_tenant(previous);
+    return secret;
+end
+$$;
+comment on function bulkhead.create_api_key(uuid, text, timestamptz) is
+    'Creates a gateway API key for a tenant and returns its secret (shown once; only its hash is kept). bulkhead_admin only.';
+
+-- The tenant of a key, for revoke_api_key (the control plane names a key, not its tenant).
+create function bulkhead._api_key_tenant(key_id uuid)
+returns uuid
+language sql stable
+security definer
+set search_path to pg_catalog, pg_temp
+as $$ select k.tenant_id from bulkhead.api_keys k where k.id = _api_key_tenant.key_id $$;
+
+-- Revokes a key: every gateway refuses it from its next request on (each request looks the key
+-- up). Returns false if it was revoked already.
+create function bulkhead.revoke_api_key(key_id uuid)
+returns boolean
+language plpgsql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    tenant uuid := bulkhead._api_key_tenant(key_id);
+    previous text;
+    revoked boolean;
+begin
+    if tenant is null then
+        raise exception 'api key % does not exist', key_id using errcode = '42704';
+    end if;
+    previous := bulkhead._enter_tenant(tenant);
+    update bulkhead.api_keys k set revoked_at = pg_catalog.clock_timestamp()
+    where k.tenant_id = tenant and k.id = revoke_api_key.key_id and k.revoked_at is null;
+    revoked := found;
+    perform bulkhead._leave_tenant(previous);
+    return revoked;
+end
+$$;
+comment on function bulkhead.revoke_api_key(uuid) is
+    'Revokes a gateway API key at once (every gateway looks keys up per request); false if already revoked. bulkhead_admin only.';
+
+-- Sets a tenant's status (suspend_tenant, resume_tenant); false if it had that status already.
+create function bulkhead._set_tenant_status(tenant uuid, new_status text)
+returns boolean
+language plpgsql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+begin
+    if not exists (select from bulkhead.tenants t where t.id = tenant) then
+        raise exception 'tenant % does not exist', tenant using errcode = '42704';
+    end if;
+    update bulkhead.tenants t set status = new_status where t.id = tenant and t.status <> new_status;
+    return found;
+end
+$$;
+
+-- Suspends a tenant: its new calls are refused (PT403), and gateways cut its streams in flight
+-- within a second (they poll gateway_inactive_tenants).
+create function bulkhead.suspend_tenant(tenant_id uuid)
+returns boolean
+language sql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$ select bulkhead._set_tenant_status(suspend_tenant.tenant_id, 'suspended') $$;
+comment on function bulkhead.suspend_tenant(uuid) is
+    'Suspends a tenant: new calls refused (PT403), gateway streams in flight cut within a second; false if already suspended. bulkhead_admin only.';
+
+create function bulkhead.resume_tenant(tenant_id uuid)
+returns boolean
+language sql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$ select bulkhead._set_tenant_status(resume_tenant.tenant_id, 'active') $$;
+comment on function bulkhead.resume_tenant(uuid) is
+    'Lets a suspended tenant make calls again; false if it was active. bulkhead_admin only.';
+
+-- The output cap a gateway call gets when it names none: a tenant's own, or (NULL tenant_id) the
+-- platform default. NULL tokens clears a tenant's own cap.
+create function bulkhead.set_default_max_output_tokens(tenant_id uuid, tokens int)
+returns void
+language plpgsql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    previous text;
+begin
+    if tokens is not null and tokens not between 1 and 1000000 then
+        raise exception 'default max output tokens must be between 1 and 1000000'
+            using errcode = '22023', detail = 'The cap is the most output a call that names none may be reserved and sent.';
+    end if;
+    if set_default_max_output_tokens.tenant_id is null then
+        if tokens is null then
+            raise exception 'the platform default cannot be cleared' using errcode = '22004';
+        end if;
+        update bulkhead.budget_defaults d set default_max_output_tokens = tokens, updated_at = pg_catalog.now();
+        return;
+    end if;
+    if not exists (select from bulkhead.tenants t where t.id = set_default_max_output_tokens.tenant_id) then
+        raise exception 'tenant % does not exist', set_default_max_output_tokens.tenant_id using errcode = '42704';
+    end if;
+    previous := bulkhead._enter_tenant(set_default_max_output_tokens.tenant_id);
+    update bulkhead.tenant_settings s set default_max_output_tokens = tokens, updated_at = pg_catalog.now()
+    where s.tenant_id = set_default_max_output_tokens.tenant_id;
+    perform bulkhead._leave_tenant(previous);
+end
+$$;
+comment on function bulkhead.set_default_max_output_tokens(uuid, int) is
+    'Sets the output cap of gateway calls that name none, for a tenant (or the platform default). bulkhead_admin only.';
+
+-- Who is calling: the tenant of an API key (by its SHA-256), or of a JWT the gateway verified.
+-- Refusals: 28000 for a key that is unknown, revoked or expired (HTTP 401), PT403 for a tenant
+-- that is suspended or gone (HTTP 403). Sets the tenant context for the rest of the transaction.
+create function bulkhead._gateway_authenticate(api_key_hash bytea, jwt_tenant uuid)
+returns table (tenant_id uuid, key_id uuid)
+language plpgsql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    k record;
+    tenant_status text;
+begin
+    if (api_key_hash is null) = (jwt_tenant is null) then
+        raise exception 'exactly one of api_key_hash and jwt_tenant is required' using errcode = '22023';
+    end if;
+    if api_key_hash is not null then
+        select x.tenant_id, x.id, x.revoked_at, x.expires_at into k
+        from bulkhead.api_keys x where x.key_hash = api_key_hash
+        limit 1;
+        if not found then
+            raise exception 'invalid api key' using errcode = '28000';
+        elsif k.revoked_at is not null then
+            raise exception 'api key revoked' using errcode = '28000';
+        elsif k.expires_at is not null and k.expires_at <= pg_catalog.clock_timestamp() then
+            raise exception 'api key expired' using errcode = '28000';
+        end if;
+        tenant_id := k.tenant_id;
+        key_id := k.id;
+    else
+        tenant_id := jwt_tenant;
+    end if;
+    select t.status into tenant_status from bulkhead.tenants t where t.id = _gateway_authenticate.tenant_id;
+    if not found then
+        raise exception 'tenant_not_found'
+            using errcode = 'PT403',
+                  detail = pg_catalog.jsonb_build_object('code', 'tenant_not_found', 'tenant_id', _gateway_authenticate.tenant_id)::text;
+    elsif tenant_status <> 'active' then
+        raise exception 'tenant_suspended'
+            using errcode = 'PT403',
+                  detail = pg_catalog.jsonb_build_object('code', 'tenant_suspended', 'tenant_id', _gateway_authenticate.tenant_id)::text;
+    end if;
+    perform bulkhead._set_tenant_within_function(_gateway_authenticate.tenant_id);
+    -- Last use, at most once a minute per key, and never waiting on another request's update.
+    if key_id is not null then
+        update bulkhead.api_keys x set last_used_at = pg_catalog.clock_timestamp()
+        where x.tenant_id = _gateway_authenticate.tenant_id and x.id = (
+            select y.id from bulkhead.api_keys y
+            where y.tenant_id = _gateway_authenticate.tenant_id and y.id = k.id
+              and (y.last_used_at is null or y.last_used_at < pg_catalog.clock_timestamp() - interval '1 minute')
+            for update skip locked);
+    end if;
+    return next;
+end
+$$;
+
+-- Admits one gateway call, in one round trip. The gateway passes its bounds on the client's
+-- input: tokenized_input with the model's own tokenizer (used only where input_token_bound would
+-- use it: every price row of the model names OpenAI) and byte_input at a token per byte (always
+-- valid), both including its framing, tools and image overheads. Adds the tenant prompt
+-- (rendered here) and reserves input + max_output_tokens x choices. Errors: see README
+-- (28000 -> 401, PT403 -> 403, PT429 -> 429, 42704 unknown model -> 404, 22023 -> 400).
+create function bulkhead.gateway_admit(
+    api_key_hash bytea,
+    jwt_tenant uuid,
+    wire text,
+    endpoint text,
+    model text,
+    tokenized_input bigint,
+    byte_input bigint,
+    max_output_tokens int,
+    choices int,
+    prompt_name text,
+    prompt_vars jsonb,
+    lease interval
+)
+returns table (
+    tenant_id uuid, key_id uuid, reservation uuid, provider text, output_cap int, est_input_tokens int,
+    system_prompt text, secret_ref text, credential_kind text, provider_project_id text
+)
+language plpgsql volatile
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    model_provider text;
+    openai_tokenizer boolean;
+    reserved_output bigint;
+    est bigint;
+    cred record;
+begin
+    if wire is null or endpoint is null or model is null or byte_input is null or choices is null or lease is null then
+        raise exception 'wire, endpoint, model, byte_input, choices and lease are required' using errcode = '22004';
+    end if;
+    if wire not in ('openai', 'anthropic') or endpoint not in ('chat', 'embeddings')
+       or (endpoint = 'embeddings' and wire <> 'openai') then
+        raise exception 'unknown gateway endpoint %/%', wire, endpoint using errcode = '22023';
+    end if;
+    if byte_input < 0 or tokenized_input < 0 then
+        raise exception 'input bounds must not be negative' using errcode = '22023';
+    end if;
+    if choices not between 1 and 128 then
+        raise exception 'n must be between 1 and 128'
+            using errcode = '22023', detail = 'Each choice is reserved at the output cap.';
+    end if;
+    select a.tenant_id, a.key_id into gateway_admit.tenant_id, gateway_admit.key_id
+    from bulkhead._gateway_authenticate(api_key_hash, jwt_tenant) a;
+
+    select p.provider into model_provider from bulkhead.prices p
+    where p.model = gateway_admit.model and p.effective_from <= pg_catalog.clock_timestamp()
+    order by p.effective_from desc limit 1;
+    if not found then
+        raise exception 'unknown model %', pg_catalog.quote_literal(model)
+            using errcode = '42704',
+                  detail = 'No price is in effect for this model, so the gateway serves no call to it.',
+                  hint = 'GET /v1/models lists the models this tenant may use.';
+    end if;
+    if (model_provider = 'anthropic') <> (wire = 'anthropic') then
+        raise exception 'model % is served by %, not through this endpoint', pg_catalog.quote_literal(model), model_provider
+            using errcode = '22023',
+                  detail = case when model_provider = 'anthropic'
+                           then 'Anthropic models are served at POST /v1/messages, in Anthropic''s format.'
+                           else 'OpenAI-format models are served at POST /v1/chat/completions and /v1/embeddings.' end,
+                  hint = 'The gateway does not translate between wire formats.';
+    end if;
+    provider := model_provider;
+
+    -- The credential before the reservation: a call that cannot be made holds no budget.
+    select c.secret_ref, c.kind, c.provider_project_id into cred from bulkhead.credential_for_tenant(model_provider) c;
+    if not found then
+        raise exception 'no credential for provider %', model_provider
+            using errcode = '55000',
+                  detail = 'Neither this tenant nor the shared pool has a credential for this provider.',
+                  hint = 'bulkhead_admin: bulkhead.set_credential(...).';
+    end if;
+    secret_ref := cred.secret_ref;
+    credential_kind := cred.kind;
+    provider_project_id := cred.provider_project_id;
+
+    if endpoint = 'embeddings' then
+        output_cap := 0;
+        reserved_output := 0;
+    else
+        output_cap := coalesce(gateway_admit.max_output_tokens,
+            (select s.default_max_output_tokens from bulkhead.tenant_settings s where s.tenant_id = gateway_admit.tenant_id),
+            (select d.default_max_output_tokens from bulkhead.budget_defaults d));
+        if output_cap < 1 then
+            raise exception 'max_tokens must be at least 1' using errcode = '22023';
+        end if;
+        reserved_output := output_cap::bigint * choices;
+        if reserved_output > 2147483647 then
+            raise exception 'max_tokens x n is too large' using errcode = '22023';
+        end if;
+    end if;
+
+    if prompt_name is not null then
+        system_prompt := bulkhead.render_prompt(prompt_name, coalesce(prompt_vars, '{}'));
+    end if;
+    select pg_catalog.bool_and(p.provider = 'openai') into openai_tokenizer
+    from bulkhead.prices p where p.model = gateway_admit.model;
+    est := case when openai_tokenizer and tokenized_input is not null then tokenized_input else byte_input end;
+    if system_prompt is not null then
+        est := est + (select b.tokens from bulkhead.input_token_bound(model, array[system_prompt], true) b);
+    end if;
+    est_input_tokens := least(est, 100000000)::int;
+
+    reservation := bulkhead.budget_check(model, est_input_tokens, reserved_output::int, lease);
+    perform bulkhead._materialize_reservation(reservation);
+    -- Only the gateway settles it; unsettled when its lease ends, it is charged at its hold.
+    update bulkhead.reservations x set queued = true, bill_on_expiry = true
+    where x.tenant_id = gateway_admit.tenant_id and x.id = reservation;
+    -- The call is made once this returns: its reservation must survive a crash of the server.
+    perform pg_catalog.set_config('synchronous_commit', 'on', true);
+    return next;
+end
+$$;
+comment on function bulkhead.gateway_admit(bytea, uuid, text, text, text, bigint, bigint, int, int, text, jsonb, interval) is
+    'The gateway''s admission of one call: authentication, tenant prompt, credential reference and reservation in one round trip. bulkhead_gateway only.';
+
+-- Settles gateway calls with the providers' usage, each in its tenant's context; one bad item
+-- does not stop the others. A reservation lost in a server crash is recorded as an orphan
+-- (charged, never admitted), so that no call the provider served goes unrecorded.
+create function bulkhead.gateway_settle(
+    tenants uuid[], reservations uuid[], usages jsonb[], request_ids text[], models text[]
+)
+returns table (reservation uuid, cost_usd numeric, error text)
+language plpgsql volatile
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    i int;
+    n int := coalesce(pg_catalog.cardinality(tenants), 0);
+    gateway_call boolean;
+    err text;
+begin
+    if n <> coalesce(pg_catalog.cardinality(reservations), 0) or n <> coalesce(pg_catalog.cardinality(usages), 0)
+       or n <> coalesce(pg_catalog.cardinality(request_ids), 0) or n <> coalesce(pg_catalog.cardinality(models), 0) then
+        raise exception 'gateway_settle needs arrays of one length' using errcode = '22023';
+    end if;
+    for i in 1 .. n loop
+        reservation := reservations[i];
+        cost_usd := null;
+        error := null;
+        begin
+            perform bulkhead._set_tenant_within_function(tenants[i]);
+            select x.bill_on_expiry into gateway_call from bulkhead.reservations x
+            where x.tenant_id = tenants[i] and x.id = reservations[i];
+            if found and not gateway_call then
+                raise exception 'reservation % is not a gateway call', reservations[i] using errcode = '42501';
+            end if;
+            cost_usd := bulkhead._ledger_record(reservations[i], usages[i], request_ids[i], models[i], true);
+        exception when others then
+            get stacked diagnostics err = message_text;
+            error := err;
+        end;
+        return next;
+    end loop;
+    perform bulkhead._set_tenant_within_function(null);
+end
+$$;
+comment on function bulkhead.gateway_settle(uuid[], uuid[], jsonb[], text[], text[]) is
+    'Settles a batch of gateway calls with the providers'' usage, each in its tenant''s context. bulkhead_gateway only.';
+
+-- Gives back the hold of a gateway call the provider refused (an error answer, nothing served).
+create function bulkhead.gateway_release(tenant uuid, reservation uuid)
+returns boolean
+language plpgsql volatile
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    released boolean;
+begin
+    perform bulkhead._set_tenant_within_function(tenant);
+    if not exists (select from bulkhead.reservations x
+                   where x.tenant_id = tenant and x.id = reservation and x.bill_on_expiry) then
+        raise exception 'no gateway reservation %', reservation using errcode = 'P0002';
+    end if;
+    released := bulkhead._cancel_reservation(reservation);
+    perform bulkhead._set_tenant_within_function(null);
+    return released;
+end
+$$;
+
+-- Of these tenants, those that may no longer make calls (suspended or deleted): the gateway
+-- cuts their streams in flight.
+create function bulkhead.gateway_inactive_tenants(tenants uuid[])
+returns setof uuid
+language sql stable
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+    select u from pg_catalog.unnest(tenants) u
+    where not exists (select from bulkhead.tenants t where t.id = u and t.status = 'active')
+$$;
+
+-- The models a caller may use (those with a price in effect), after authenticating it.
+create function bulkhead.gateway_models(api_key_hash bytea, jwt_tenant uuid)
+returns table (model text, provider text, since timestamptz)
+language plpgsql volatile
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+begin
+    perform from bulkhead._gateway_authenticate(api_key_hash, jwt_tenant);
+    return query
+        select distinct on (p.model) p.model, p.provider, p.effective_from
+        from bulkhead.prices p
+        where p.effective_from <= pg_catalog.clock_timestamp()
+        order by p.model, p.effective_from desc;
+end
+$$;
+
+alter function bulkhead._api_key_tenant(uuid) owner to bulkhead_meter;
+alter function bulkhead.gateway_admit(bytea, uuid, text, text, text, bigint, bigint, int, int, text, jsonb, interval)
+    owner to bulkhead_meter;
+alter function bulkhead.gateway_settle(uuid[], uuid[], jsonb[], text[], text[]) owner to bulkhead_meter;
+alter function bulkhead.gateway_release(uuid, uuid) owner to bulkhead_meter;
+alter function bulkhead.gateway_inactive_tenants(uuid[]) owner to bulkhead_meter;
+alter function bulkhead.gateway_models(bytea, uuid) owner to bulkhead_meter;
+
+revoke all on function bulkhead.create_api_key(uuid, text, timestamptz) from public;
+revoke all on function bulkhead._api_key_tenant(uuid) from public;
+revoke all on function bulkhead.revoke_api_key(uuid) from public;
+revoke all on function bulkhead._set_tenant_status(uuid, text) from public;
+revoke all on function bulkhead.suspend_tenant(uuid) from public;
+revoke all on function bulkhead.resume_tenant(uuid) from public;
+revoke all on function bulkhead.set_default_max_output_tokens(uuid, int) from public;
+revoke all on function bulkhead._gateway_authenticate(bytea, uuid) from public;
+revoke all on function bulkhead.gateway_admit(bytea, uuid, text, text, text, bigint, bigint, int, int, text, jsonb, interval) from public;
+revoke all on function bulkhead.gateway_settle(uuid[], uuid[], jsonb[], text[], text[]) from public;
+revoke all on function bulkhead.gateway_release(uuid, uuid) from public;
+revoke all on function bulkhead.gateway_inactive_tenants(uuid[]) from public;
+revoke all on function bulkhead.gateway_models(bytea, uuid) from public;
+grant execute on function bulkhead.create_api_key(uuid, text, timestamptz), bulkhead._api_key_tenant(uuid),
+    bulkhead.revoke_api_key(uuid), bulkhead._set_tenant_status(uuid, text), bulkhead.suspend_tenant(uuid), bulkhead.resume_tenant(uuid),
+    bulkhead.set_default_max_output_tokens(uuid, int)
+    to bulkhead_admin;
+grant execute on function bulkhead._gateway_authenticate(bytea, uuid) to bulkhead_meter;
+grant execute on function
+    bulkhead.gateway_admit(bytea, uuid, text, text, text, bigint, bigint, int, int, text, jsonb, interval),
+    bulkhead.gateway_settle(uuid[], uuid[], jsonb[], text[], text[]),
+    bulkhead.gateway_release(uuid, uuid),
+    bulkhead.gateway_inactive_tenants(uuid[]),
+    bulkhead.gateway_models(bytea, uuid),
+    bulkhead.expire_all_reservations(),
+    bulkhead.input_token_bound(text, text[], boolean)
+    to bulkhead_gateway;
+-- What gateway_admit reads, as bulkhead_meter, in the caller's tenant context.
+grant execute on function bulkhead.credential_for_tenant(text) to bulkhead_meter;
+grant select on bulkhead.tenant_credentials, bulkhead.shared_credentials, bulkhead.tenant_settings to bulkhead_meter;
