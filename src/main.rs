@@ -10,6 +10,7 @@ use std::time::Duration;
 mod credentials;
 mod database;
 mod demo;
+mod gateway;
 mod metrics;
 mod pinecone;
 mod providers;
@@ -92,6 +93,73 @@ enum Command {
         /// Needs PINECONE_API_KEY in the environment (never a flag: it would show in ps).
         #[arg(long, env = "PINECONE_INDEX_HOST")]
         pinecone_index_host: Option<String>,
+    },
+    /// OpenAI- and Anthropic-compatible HTTP endpoints (/v1/chat/completions, /v1/embeddings,
+    /// /v1/messages, /v1/models, /healthz) where every call is authenticated by a per-tenant API
+    /// key or a verified JWT, admitted by the database, relayed and settled in the ledger.
+    /// Stops on SIGTERM or SIGINT, letting streams finish up to --shutdown-secs.
+    Gateway {
+        /// URL of a login in bulkhead_gateway.
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+        /// Run even if the role is SUPERUSER or BYPASSRLS; refused otherwise.
+        #[arg(long, env = "BULKHEAD_ALLOW_PRIVILEGED_ROLE")]
+        allow_privileged_role: bool,
+        /// Address to listen on.
+        #[arg(
+            long,
+            env = "BULKHEAD_GATEWAY_LISTEN",
+            default_value = "127.0.0.1:8787"
+        )]
+        listen: std::net::SocketAddr,
+        /// OpenAI's base URL, as the OpenAI SDKs take it.
+        #[arg(
+            long,
+            env = "OPENAI_BASE_URL",
+            default_value = "https://api.openai.com/v1"
+        )]
+        openai_base_url: String,
+        /// Anthropic's base URL, as the Anthropic SDKs take it (without /v1).
+        #[arg(
+            long,
+            env = "ANTHROPIC_BASE_URL",
+            default_value = "https://api.anthropic.com"
+        )]
+        anthropic_base_url: String,
+        /// Base URL (with /v1) of the OpenAI-compatible server the openai_compatible provider names.
+        #[arg(long, env = "OPENAI_COMPATIBLE_BASE_URL")]
+        openai_compatible_base_url: Option<String>,
+        /// Seconds a provider may stay silent (before its answer, or between stream events).
+        #[arg(long, env = "BULKHEAD_PROVIDER_TIMEOUT_SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        provider_timeout_secs: u64,
+        /// HS256 secret of the JWTs to accept (e.g. Supabase's JWT secret), 32 bytes or more.
+        #[arg(long, env = "BULKHEAD_JWT_SECRET", hide_env_values = true)]
+        jwt_secret: Option<String>,
+        /// JWKS file of the RS256/ES256 keys whose JWTs to accept.
+        #[arg(long, env = "BULKHEAD_JWKS_FILE")]
+        jwks_file: Option<std::path::PathBuf>,
+        /// The audience JWTs must name (aud); unchecked when unset.
+        #[arg(long, env = "BULKHEAD_JWT_AUDIENCE")]
+        jwt_audience: Option<String>,
+        /// Dot path of the tenant id in a JWT (default: the database's bulkhead.jwt_tenant_claim).
+        #[arg(long, env = "BULKHEAD_JWT_TENANT_CLAIM")]
+        jwt_tenant_claim: Option<String>,
+        /// Largest request body accepted (413 beyond).
+        #[arg(long, env = "BULKHEAD_GATEWAY_MAX_BODY_BYTES", default_value_t = 8 << 20)]
+        max_body_bytes: usize,
+        /// Seconds a call's reservation lasts; an unsettled call is charged at its hold after it.
+        #[arg(long, env = "BULKHEAD_GATEWAY_LEASE_SECS", default_value_t = 900, value_parser = clap::value_parser!(u64).range(60..=86400))]
+        lease_secs: u64,
+        /// A client's own system message when the request names a tenant prompt: append (after
+        /// the tenant prompt) or refuse (400).
+        #[arg(long, env = "BULKHEAD_GATEWAY_CLIENT_SYSTEM_PROMPT", default_value = "append", value_parser = ["append", "refuse"])]
+        client_system_prompt: String,
+        /// Seconds streams may take to finish after SIGTERM before they are cut.
+        #[arg(long, env = "BULKHEAD_GATEWAY_SHUTDOWN_SECS", default_value_t = 30)]
+        shutdown_secs: u64,
+        /// Database connections.
+        #[arg(long, env = "BULKHEAD_GATEWAY_POOL_SIZE", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        pool_size: u32,
     },
     /// Compares one finished UTC day of provider usage (OpenAI's organization usage API by
     /// project, Anthropic's usage report by workspace) with the ledger and records the drift
@@ -218,6 +286,50 @@ async fn main() -> ExitCode {
                 day,
                 usage_apis(openai_base_url, anthropic_base_url),
             )
+            .await
+        }
+        Command::Gateway {
+            database_url,
+            allow_privileged_role,
+            listen,
+            openai_base_url,
+            anthropic_base_url,
+            openai_compatible_base_url,
+            provider_timeout_secs,
+            jwt_secret,
+            jwks_file,
+            jwt_audience,
+            jwt_tenant_claim,
+            max_body_bytes,
+            lease_secs,
+            client_system_prompt,
+            shutdown_secs,
+            pool_size,
+        } => {
+            gateway::run(gateway::Config {
+                database_url,
+                allow_privileged_role,
+                listen,
+                endpoints: providers::Endpoints {
+                    openai: openai_base_url,
+                    anthropic: anthropic_base_url,
+                    openai_compatible: openai_compatible_base_url,
+                },
+                provider_idle_timeout: Duration::from_secs(provider_timeout_secs),
+                jwt_secret,
+                jwks_file,
+                jwt_audience,
+                jwt_tenant_claim,
+                max_body_bytes,
+                lease: Duration::from_secs(lease_secs),
+                client_system: if client_system_prompt == "refuse" {
+                    gateway::ClientSystemPrompt::Refuse
+                } else {
+                    gateway::ClientSystemPrompt::Append
+                },
+                shutdown_grace: Duration::from_secs(shutdown_secs),
+                pool_size,
+            })
             .await
         }
         Command::Worker {

@@ -93,6 +93,14 @@ pub struct Providers {
     endpoints: Endpoints,
 }
 
+/// A provider API the worker and the gateway call.
+#[derive(Debug, Clone, Copy)]
+pub enum Api {
+    ChatCompletions,
+    Embeddings,
+    Messages,
+}
+
 impl Providers {
     pub fn new(endpoints: Endpoints, timeout: Duration) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
@@ -103,47 +111,85 @@ impl Providers {
         Ok(Providers { http, endpoints })
     }
 
-    pub async fn complete(&self, request: &Request<'_>) -> Result<Completion, CallError> {
-        let key = request.key.expose();
-        let builder = match request.provider {
-            "openai" | "openai_compatible" => {
-                let base = if request.provider == "openai" {
+    /// For relaying streams: no limit on a whole answer, only on each wait for more of it.
+    pub fn streaming(endpoints: Endpoints, idle_timeout: Duration) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .read_timeout(idle_timeout)
+            .connect_timeout(idle_timeout.min(Duration::from_secs(10)))
+            .pool_max_idle_per_host(256)
+            .user_agent(concat!("bulkhead/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Providers { http, endpoints })
+    }
+
+    /// A POST to a provider's API with the call's key (and OpenAI project), nothing else of
+    /// the client's request: no header a caller sent reaches a provider.
+    pub fn post(
+        &self,
+        provider: &str,
+        api: Api,
+        key: &Secret,
+        project: Option<&str>,
+    ) -> Result<reqwest::RequestBuilder, CallError> {
+        let not_here = |what: String| CallError::Permanent {
+            class: "client",
+            message: what,
+        };
+        let builder = match (provider, api) {
+            ("openai" | "openai_compatible", Api::ChatCompletions | Api::Embeddings) => {
+                let base = if provider == "openai" {
                     &self.endpoints.openai
                 } else {
                     self.endpoints.openai_compatible.as_ref().ok_or_else(|| {
-                        CallError::Permanent {
-                            class: "client",
-                            message: "no OpenAI-compatible base URL is configured (OPENAI_COMPATIBLE_BASE_URL)".into(),
-                        }
+                        not_here("no OpenAI-compatible base URL is configured (OPENAI_COMPATIBLE_BASE_URL)".into())
                     })?
                 };
-                let mut body = json!({
-                    "model": request.model,
-                    "messages": [{"role": "user", "content": request.prompt}],
-                });
-                // OpenAI's own API wants max_completion_tokens (reasoning models refuse
-                // max_tokens); compatible servers know max_tokens.
-                let limit_field = if request.provider == "openai" {
-                    "max_completion_tokens"
-                } else {
-                    "max_tokens"
+                let path = match api {
+                    Api::Embeddings => "embeddings",
+                    _ => "chat/completions",
                 };
-                body[limit_field] = json!(request.max_output_tokens);
-                if request.stream {
-                    body["stream"] = json!(true);
-                    body["stream_options"] = json!({"include_usage": true});
-                }
                 let mut builder = self
                     .http
-                    .post(format!("{}/chat/completions", base.trim_end_matches('/')))
-                    .bearer_auth(key)
-                    .json(&body);
-                if let (Some(project), "openai") = (request.project, request.provider) {
+                    .post(format!("{}/{path}", base.trim_end_matches('/')))
+                    .bearer_auth(key.expose());
+                if let (Some(project), "openai") = (project, provider) {
                     builder = builder.header("OpenAI-Project", project);
                 }
                 builder
             }
-            "anthropic" => {
+            ("anthropic", Api::Messages) => self
+                .http
+                .post(format!(
+                    "{}/v1/messages",
+                    self.endpoints.anthropic.trim_end_matches('/')
+                ))
+                .header("x-api-key", key.expose())
+                .header("anthropic-version", "2023-06-01"),
+            (other, api) => {
+                return Err(not_here(format!(
+                    "provider {other:?} has no {api:?} API here"
+                )))
+            }
+        };
+        Ok(builder)
+    }
+
+    pub async fn complete(&self, request: &Request<'_>) -> Result<Completion, CallError> {
+        let key = request.key.expose();
+        let (api, body) = match request.provider {
+            "openai" | "openai_compatible" => {
+                let mut body = json!({
+                    "model": request.model,
+                    "messages": [{"role": "user", "content": request.prompt}],
+                });
+                body[output_cap_field(request.provider)] = json!(request.max_output_tokens);
+                if request.stream {
+                    body["stream"] = json!(true);
+                    body["stream_options"] = json!({"include_usage": true});
+                }
+                (Api::ChatCompletions, body)
+            }
+            _ => {
                 let mut body = json!({
                     "model": request.model,
                     "max_tokens": request.max_output_tokens,
@@ -152,22 +198,12 @@ impl Providers {
                 if request.stream {
                     body["stream"] = json!(true);
                 }
-                self.http
-                    .post(format!(
-                        "{}/v1/messages",
-                        self.endpoints.anthropic.trim_end_matches('/')
-                    ))
-                    .header("x-api-key", key)
-                    .header("anthropic-version", "2023-06-01")
-                    .json(&body)
-            }
-            other => {
-                return Err(CallError::Permanent {
-                    class: "client",
-                    message: format!("this worker cannot call provider {other:?}"),
-                })
+                (Api::Messages, body)
             }
         };
+        let builder = self
+            .post(request.provider, api, request.key, request.project)?
+            .json(&body);
 
         let response = builder
             .send()
@@ -206,6 +242,16 @@ impl Providers {
             )),
             malformed: true,
         }))
+    }
+}
+
+/// The field that caps a chat call's output: OpenAI's own API wants max_completion_tokens
+/// (reasoning models refuse max_tokens); compatible servers know max_tokens.
+pub fn output_cap_field(provider: &str) -> &'static str {
+    if provider == "openai" {
+        "max_completion_tokens"
+    } else {
+        "max_tokens"
     }
 }
 
@@ -287,39 +333,28 @@ pub struct Embeddings {
 impl Providers {
     pub async fn embed(&self, request: &EmbeddingRequest<'_>) -> Result<Embeddings, CallError> {
         let key = request.key.expose();
-        let base =
-            match request.provider {
-                "openai" => &self.endpoints.openai,
-                "openai_compatible" => {
-                    self.endpoints.openai_compatible.as_ref().ok_or_else(|| {
-                        CallError::Permanent {
-                    class: "client",
-                    message:
-                        "no OpenAI-compatible base URL is configured (OPENAI_COMPATIBLE_BASE_URL)"
-                            .into(),
-                }
-                    })?
-                }
-                other => {
-                    return Err(CallError::Permanent {
-                        class: "client",
-                        message: format!("provider {other:?} has no embeddings endpoint here"),
-                    })
-                }
-            };
+        if !matches!(request.provider, "openai" | "openai_compatible") {
+            return Err(CallError::Permanent {
+                class: "client",
+                message: format!(
+                    "provider {:?} has no embeddings endpoint here",
+                    request.provider
+                ),
+            });
+        }
         let mut body =
             json!({"model": request.model, "input": request.inputs, "encoding_format": "float"});
         if request.provider == "openai" && request.model.starts_with("text-embedding-3") {
             body["dimensions"] = json!(request.dims);
         }
-        let mut builder = self
-            .http
-            .post(format!("{}/embeddings", base.trim_end_matches('/')))
-            .bearer_auth(key)
+        let builder = self
+            .post(
+                request.provider,
+                Api::Embeddings,
+                request.key,
+                request.project,
+            )?
             .json(&body);
-        if let (Some(project), "openai") = (request.project, request.provider) {
-            builder = builder.header("OpenAI-Project", project);
-        }
         let response = builder
             .send()
             .await

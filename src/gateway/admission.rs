@@ -1,0 +1,183 @@
+//! The one round trip before a call: bulkhead.gateway_admit authenticates the caller, checks
+//! the model's wire format, renders the tenant prompt, names the credential and reserves the
+//! budget. Its SQLSTATEs become HTTP statuses here.
+
+use super::auth::Caller;
+use super::errors::ApiError;
+use axum::http::StatusCode;
+use bulkhead_policy::requests::{Bounds, Wire};
+use serde_json::Value;
+use sqlx::PgPool;
+
+pub struct Request<'a> {
+    pub caller: &'a Caller,
+    pub wire: Wire,
+    pub embeddings: bool,
+    pub model: &'a str,
+    pub bounds: Bounds,
+    pub max_output_tokens: Option<i32>,
+    pub choices: i32,
+    pub prompt: Option<(&'a str, &'a Value)>,
+    pub lease_secs: u64,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct Admitted {
+    pub tenant_id: uuid::Uuid,
+    pub reservation: uuid::Uuid,
+    pub provider: String,
+    pub output_cap: i32,
+    pub est_input_tokens: i32,
+    pub system_prompt: Option<String>,
+    pub secret_ref: String,
+    pub credential_kind: String,
+    pub provider_project_id: Option<String>,
+}
+
+pub async fn admit(pool: &PgPool, request: &Request<'_>) -> Result<Admitted, ApiError> {
+    let (key_hash, jwt_tenant) = match request.caller {
+        Caller::ApiKey(hash) => (Some(hash.to_vec()), None),
+        Caller::Jwt(tenant) => (None, Some(*tenant)),
+    };
+    let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    sqlx::query_as::<_, Admitted>(
+        "select tenant_id, reservation, provider, output_cap, est_input_tokens, system_prompt, \
+                secret_ref, credential_kind, provider_project_id \
+         from bulkhead.gateway_admit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
+                                     pg_catalog.make_interval(secs => $12))",
+    )
+    .bind(key_hash)
+    .bind(jwt_tenant)
+    .bind(match request.wire {
+        Wire::OpenAi => "openai",
+        Wire::Anthropic => "anthropic",
+    })
+    .bind(if request.embeddings {
+        "embeddings"
+    } else {
+        "chat"
+    })
+    .bind(request.model)
+    .bind(request.bounds.tokenized.map(as_i64))
+    .bind(as_i64(request.bounds.bytes))
+    .bind(request.max_output_tokens)
+    .bind(request.choices)
+    .bind(request.prompt.map(|(name, _)| name))
+    .bind(request.prompt.map(|(_, vars)| vars.clone()))
+    .bind(request.lease_secs as f64)
+    .fetch_one(pool)
+    .await
+    .map_err(|err| refusal(request.wire, err))
+}
+
+/// A database error as the client sees it. Messages from Bulkhead's own functions are meant
+/// for clients; anything else is logged and answered without detail.
+pub fn refusal(wire: Wire, err: sqlx::Error) -> ApiError {
+    let db = match err {
+        sqlx::Error::Database(db) => db,
+        other => {
+            super::log_error(&format!("database unavailable: {other}"));
+            return ApiError::unavailable(
+                wire,
+                "the gateway cannot reach its database; no call was made",
+            );
+        }
+    };
+    let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+    let message = db.message().to_string();
+    let detail = db
+        .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+        .and_then(|pg| pg.detail().map(str::to_string));
+    match code.as_str() {
+        "28000" => ApiError::unauthorized(wire, message),
+        "PT403" => {
+            let code = if message == "tenant_not_found" {
+                "tenant_not_found"
+            } else {
+                "tenant_suspended"
+            };
+            ApiError::new(
+                wire,
+                StatusCode::FORBIDDEN,
+                code,
+                format!("{code}: this tenant may not make calls"),
+            )
+        }
+        "PT429" => {
+            let detail: Value = detail
+                .as_deref()
+                .and_then(|d| serde_json::from_str(d).ok())
+                .unwrap_or(Value::Null);
+            let code = if message == "tenant_rate_limit_exceeded" {
+                "tenant_rate_limit_exceeded"
+            } else {
+                "tenant_budget_exceeded"
+            };
+            let retry_ms = detail["retry_after_ms"].as_u64();
+            let mut error = ApiError::new(
+                wire,
+                StatusCode::TOO_MANY_REQUESTS,
+                code,
+                format!(
+                    "{code}: the tenant's {} limit does not admit this call{}",
+                    detail["limit"].as_str().unwrap_or("budget"),
+                    match retry_ms {
+                        Some(ms) => format!("; retry after {ms} ms"),
+                        None => " at any time in this period".into(),
+                    }
+                ),
+            );
+            error.details = Some(serde_json::json!({
+                "limit": detail["limit"],
+                "retry_after_ms": detail["retry_after_ms"],
+            }));
+            // No Retry-After for a call that can never fit: SDKs would wait and retry.
+            error.retry_after_secs = retry_ms.map(|ms| ms.div_ceil(1000).max(1));
+            error
+        }
+        "42704" | "P0002" => ApiError::new(
+            wire,
+            StatusCode::NOT_FOUND,
+            "not_found",
+            with_detail(message, detail),
+        ),
+        "55000" => ApiError::new(
+            wire,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "provider_not_configured",
+            with_detail(message, detail),
+        ),
+        c if c.starts_with("22") => ApiError::bad_request(wire, with_detail(message, detail)),
+        _ => {
+            super::log_error(&format!("admission failed ({code}): {message}"));
+            ApiError::new(
+                wire,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "admission failed",
+            )
+        }
+    }
+}
+
+fn with_detail(message: String, detail: Option<String>) -> String {
+    match detail {
+        Some(detail) if !detail.is_empty() => format!("{message}: {detail}"),
+        _ => message,
+    }
+}
+
+/// Gives back the hold of a call the provider refused or that was never sent.
+pub async fn release(pool: &PgPool, tenant: uuid::Uuid, reservation: uuid::Uuid) {
+    if let Err(err) = sqlx::query("select bulkhead.gateway_release($1, $2)")
+        .bind(tenant)
+        .bind(reservation)
+        .execute(pool)
+        .await
+    {
+        // Not released: the lease ends and bills it at its hold (fail closed).
+        super::log_error(&format!(
+            "release of reservation {reservation} failed: {err}"
+        ));
+    }
+}

@@ -1,0 +1,465 @@
+//! `bulkhead gateway`: OpenAI- and Anthropic-compatible HTTP endpoints where every call is
+//! authenticated (a per-tenant API key or a verified JWT), admitted by the database in one round
+//! trip (budget, tenant prompt, credential), relayed to the provider and settled in the ledger.
+//! See README, "The gateway".
+
+mod admission;
+mod auth;
+mod calls;
+mod errors;
+mod settle;
+
+use crate::providers::{Endpoints, Providers, Secret};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use bulkhead_policy::requests::Wire;
+use calls::Endpoint;
+use errors::ApiError;
+use serde_json::json;
+use sqlx::PgPool;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// What to do with a client's own system message when the request names a tenant prompt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientSystemPrompt {
+    /// The tenant prompt comes first, the client's after it.
+    Append,
+    /// 400: the tenant prompt is the only system prompt.
+    Refuse,
+}
+
+pub struct Config {
+    pub database_url: String,
+    pub allow_privileged_role: bool,
+    pub listen: SocketAddr,
+    pub endpoints: Endpoints,
+    pub provider_idle_timeout: Duration,
+    pub jwt_secret: Option<String>,
+    pub jwks_file: Option<std::path::PathBuf>,
+    pub jwt_audience: Option<String>,
+    pub jwt_tenant_claim: Option<String>,
+    pub max_body_bytes: usize,
+    pub lease: Duration,
+    pub client_system: ClientSystemPrompt,
+    pub shutdown_grace: Duration,
+    pub pool_size: u32,
+}
+
+pub struct AppState {
+    pool: PgPool,
+    providers: Providers,
+    jwt: Option<auth::JwtVerifier>,
+    settler: settle::Settler,
+    streams: Streams,
+    client_system: ClientSystemPrompt,
+    lease_secs: u64,
+    max_body_bytes: usize,
+    credentials: Mutex<HashMap<String, (Secret, Instant)>>,
+}
+
+/// How long a resolved key is reused: a rotated reference takes effect within this time.
+const CREDENTIAL_TTL: Duration = Duration::from_secs(30);
+/// How often streams in flight are checked against their tenants' status.
+const SUSPENSION_POLL: Duration = Duration::from_millis(250);
+
+impl AppState {
+    async fn credential(&self, reference: &str) -> Result<Secret, String> {
+        if let Some((key, at)) = self
+            .credentials
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(reference)
+        {
+            if at.elapsed() < CREDENTIAL_TTL {
+                return Ok(key.clone());
+            }
+        }
+        let key = crate::credentials::resolve(reference, &self.pool).await?;
+        self.credentials
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(reference.to_string(), (key.clone(), Instant::now()));
+        Ok(key)
+    }
+
+    async fn settle(&self, call: &calls::Admission, usage: serde_json::Value, request_id: String) {
+        self.settler
+            .settle(settle::Settle {
+                tenant: call.admitted.tenant_id,
+                reservation: call.admitted.reservation,
+                usage,
+                request_id,
+                model: call.model.clone(),
+            })
+            .await;
+    }
+
+    async fn settle_at_hold(&self, call: &calls::Admission) {
+        let id = format!("bulkhead-hold-{}", call.admitted.reservation);
+        self.settle(call, call.usage_at_hold(), id).await;
+    }
+}
+
+/// Streams in flight, each with a token that cuts it (suspension, shutdown).
+#[derive(Default)]
+pub struct Streams {
+    inner: Mutex<HashMap<uuid::Uuid, (uuid::Uuid, CancellationToken)>>,
+    shutting_down: Arc<AtomicBool>,
+}
+
+pub struct StreamCut {
+    token: CancellationToken,
+    shutting_down: Arc<AtomicBool>,
+}
+
+impl StreamCut {
+    pub async fn cancelled(&self) -> &'static str {
+        self.token.cancelled().await;
+        if self.shutting_down.load(Ordering::Relaxed) {
+            "the gateway is shutting down; the stream was cut"
+        } else {
+            "tenant_suspended: the stream was cut"
+        }
+    }
+}
+
+impl Streams {
+    fn register(&self, tenant: uuid::Uuid, reservation: uuid::Uuid) -> StreamCut {
+        let token = CancellationToken::new();
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(reservation, (tenant, token.clone()));
+        StreamCut {
+            token,
+            shutting_down: self.shutting_down.clone(),
+        }
+    }
+
+    fn unregister(&self, reservation: uuid::Uuid) {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&reservation);
+    }
+
+    fn tenants(&self) -> Vec<uuid::Uuid> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tenants: Vec<uuid::Uuid> = inner.values().map(|(t, _)| *t).collect();
+        tenants.sort();
+        tenants.dedup();
+        tenants
+    }
+
+    fn cut(&self, which: impl Fn(&uuid::Uuid) -> bool) {
+        for (tenant, token) in self
+            .inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            if which(tenant) {
+                token.cancel();
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+/// One JSON line on stderr, redacted against every key this process holds.
+pub fn log_error(message: &str) {
+    eprintln!(
+        "{}",
+        json!({"level": "error", "target": "bulkhead::gateway", "message": crate::secrets::redact(message)})
+    );
+}
+
+fn log_info(message: &str) {
+    eprintln!(
+        "{}",
+        json!({"level": "info", "target": "bulkhead::gateway", "message": message})
+    );
+}
+
+pub async fn run(config: Config) -> Result<(), String> {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(config.pool_size)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(
+            crate::database::connect_options(&config.database_url).map_err(|e| e.to_string())?,
+        )
+        .await
+        .map_err(|e| format!("cannot connect to the database: {e}"))?;
+    crate::database::refuse_privileged_role(&pool, config.allow_privileged_role)
+        .await
+        .map_err(|e| e.to_string())?;
+    let claim = match config.jwt_tenant_claim {
+        Some(claim) => claim,
+        None => sqlx::query_scalar::<_, String>(
+            "select pg_catalog.current_setting('bulkhead.jwt_tenant_claim')",
+        )
+        .fetch_one(&pool)
+        .await
+        .map_err(|e| format!("cannot read bulkhead.jwt_tenant_claim: {e}"))?,
+    };
+    let jwks = match &config.jwks_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    let jwt = auth::JwtVerifier::new(
+        config.jwt_secret.as_deref(),
+        jwks.as_deref(),
+        config.jwt_audience.clone(),
+        &claim,
+    )?;
+    let providers = Providers::streaming(config.endpoints.clone(), config.provider_idle_timeout)
+        .map_err(|e| e.to_string())?;
+    let (settler, settling) = settle::Settler::start(pool.clone());
+    let state = Arc::new(AppState {
+        pool: pool.clone(),
+        providers,
+        jwt,
+        settler,
+        streams: Streams::default(),
+        client_system: config.client_system,
+        lease_secs: config.lease.as_secs().max(1),
+        max_body_bytes: config.max_body_bytes,
+        credentials: Mutex::new(HashMap::new()),
+    });
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(watch_suspensions(state.clone(), shutdown.clone()));
+    tokio::spawn(sweep_leases(pool.clone(), shutdown.clone()));
+    {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            shutdown.cancel();
+        });
+    }
+    {
+        // Streams may finish for the grace period; then they are cut (and settled for what
+        // they streamed) so that the process can exit.
+        let state = state.clone();
+        let shutdown = shutdown.clone();
+        let grace = config.shutdown_grace;
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            tokio::time::sleep(grace).await;
+            state.streams.shutting_down.store(true, Ordering::Relaxed);
+            state.streams.cut(|_| true);
+        });
+    }
+
+    let app = router(state.clone());
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    log_info(&format!(
+        "listening on {}",
+        listener.local_addr().map_err(|e| e.to_string())?
+    ));
+    let stop = shutdown.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+        .map_err(|e| e.to_string())?;
+    // Every stream's relay settles before it unregisters; then the settle queue drains.
+    let deadline = Instant::now() + config.shutdown_grace + Duration::from_secs(5);
+    while state.streams.len() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(state);
+    let _ = tokio::time::timeout(Duration::from_secs(10), settling).await;
+    log_info("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+    }
+}
+
+/// Cuts the streams of tenants that were suspended or deleted, within SUSPENSION_POLL.
+async fn watch_suspensions(state: Arc<AppState>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(SUSPENSION_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !shutdown.is_cancelled() || state.streams.len() > 0 {
+        tick.tick().await;
+        let tenants = state.streams.tenants();
+        if tenants.is_empty() {
+            continue;
+        }
+        match sqlx::query_scalar::<_, uuid::Uuid>("select bulkhead.gateway_inactive_tenants($1)")
+            .bind(&tenants)
+            .fetch_all(&state.pool)
+            .await
+        {
+            Ok(inactive) if !inactive.is_empty() => state.streams.cut(|t| inactive.contains(t)),
+            Ok(_) => {}
+            Err(err) => log_error(&format!(
+                "checking tenants of streams in flight failed: {err}"
+            )),
+        }
+    }
+}
+
+/// Charges at their hold the gateway calls whose lease ended unsettled (any gateway's).
+async fn sweep_leases(pool: PgPool, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    while !shutdown.is_cancelled() {
+        tick.tick().await;
+        if let Err(err) = sqlx::query("select bulkhead.expire_all_reservations()")
+            .execute(&pool)
+            .await
+        {
+            log_error(&format!("lease sweep failed: {err}"));
+        }
+    }
+}
+
+fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/messages", post(messages))
+        .route("/v1/models", get(models))
+        .route("/healthz", get(healthz))
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+async fn chat_completions(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    with_body(state, Endpoint::ChatCompletions, request).await
+}
+
+async fn embeddings(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    with_body(state, Endpoint::Embeddings, request).await
+}
+
+async fn messages(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    with_body(state, Endpoint::Messages, request).await
+}
+
+/// Reads the body up to the limit (413 in the endpoint's error shape beyond it).
+async fn with_body(state: Arc<AppState>, endpoint: Endpoint, request: Request) -> Response {
+    let wire = if endpoint == Endpoint::Messages {
+        Wire::Anthropic
+    } else {
+        Wire::OpenAi
+    };
+    let (parts, body) = request.into_parts();
+    let too_large = || {
+        ApiError::new(
+            wire,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+            format!(
+                "the request body is larger than {} bytes",
+                state.max_body_bytes
+            ),
+        )
+        .into_response()
+    };
+    let declared = parts
+        .headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > state.max_body_bytes as u64) {
+        return too_large();
+    }
+    let bytes = match axum::body::to_bytes(Body::new(body), state.max_body_bytes).await {
+        Ok(bytes) => bytes,
+        Err(_) => return too_large(),
+    };
+    calls::serve(state, endpoint, parts.headers, bytes).await
+}
+
+async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let anthropic = headers.contains_key("anthropic-version");
+    let wire = if anthropic {
+        Wire::Anthropic
+    } else {
+        Wire::OpenAi
+    };
+    let caller = match auth::caller(&headers, state.jwt.as_ref()) {
+        Ok(caller) => caller,
+        Err(e) => return ApiError::unauthorized(wire, e.to_string()).into_response(),
+    };
+    let (hash, tenant) = match &caller {
+        auth::Caller::ApiKey(h) => (Some(h.to_vec()), None),
+        auth::Caller::Jwt(t) => (None, Some(*t)),
+    };
+    // The `created` of OpenAI's model objects: when the model's price took effect.
+    let rows: Vec<(String, String, i64)> = match sqlx::query_as(
+        "select model, provider, extract(epoch from since)::int8 from bulkhead.gateway_models($1, $2) order by model",
+    )
+    .bind(hash)
+    .bind(tenant)
+    .fetch_all(&state.pool)
+    .await
+    {
+        Ok(rows) => rows,
+        Err(err) => return admission::refusal(wire, err).into_response(),
+    };
+    let served: Vec<_> = rows
+        .into_iter()
+        .filter(|(_, provider, _)| (provider == "anthropic") == anthropic)
+        .collect();
+    let body = if anthropic {
+        json!({
+            "data": served.iter().map(|(m, _, _)| json!({"type": "model", "id": m, "display_name": m, "created_at": "1970-01-01T00:00:00Z"})).collect::<Vec<_>>(),
+            "has_more": false,
+            "first_id": served.first().map(|(m, _, _)| m),
+            "last_id": served.last().map(|(m, _, _)| m),
+        })
+    } else {
+        json!({
+            "object": "list",
+            "data": served.iter().map(|(m, p, since)| json!({"id": m, "object": "model", "created": since, "owned_by": p})).collect::<Vec<_>>(),
+        })
+    };
+    axum::Json(body).into_response()
+}
+
+async fn healthz(State(state): State<Arc<AppState>>) -> Response {
+    match sqlx::query("select 1").execute(&state.pool).await {
+        Ok(_) => (StatusCode::OK, "ok\n").into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database unreachable\n").into_response(),
+    }
+}
+
+async fn not_found(headers: HeaderMap) -> Response {
+    let wire = if headers.contains_key("anthropic-version") {
+        Wire::Anthropic
+    } else {
+        Wire::OpenAi
+    };
+    ApiError::new(
+        wire,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint on this gateway",
+    )
+    .into_response()
+}
