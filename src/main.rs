@@ -148,7 +148,7 @@ enum Command {
         #[arg(long, env = "BULKHEAD_GATEWAY_MAX_BODY_BYTES", default_value_t = 8 << 20)]
         max_body_bytes: usize,
         /// Seconds a call's reservation lasts; an unsettled call is charged at its hold after it.
-        #[arg(long, env = "BULKHEAD_GATEWAY_LEASE_SECS", default_value_t = 900, value_parser = clap::value_parser!(u64).range(60..=86400))]
+        #[arg(long, env = "BULKHEAD_GATEWAY_LEASE_SECS", default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..=86400))]
         lease_secs: u64,
         /// A client's own system message when the request names a tenant prompt: append (after
         /// the tenant prompt) or refuse (400).

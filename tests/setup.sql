@@ -12,6 +12,9 @@ begin
     if not exists (select from pg_roles where rolname = 'bulkhead_test_worker') then
         create role bulkhead_test_worker login in role bulkhead_worker;
     end if;
+    if not exists (select from pg_roles where rolname = 'bulkhead_test_gateway') then
+        create role bulkhead_test_gateway login in role bulkhead_gateway;
+    end if;
     -- The application again, admitting in shared memory (bulkhead.memory_admission).
     if not exists (select from pg_roles where rolname = 'bulkhead_test_memory_app') then
         create role bulkhead_test_memory_app login in role bulkhead_app;

@@ -368,8 +368,9 @@ async fn with_body(state: Arc<AppState>, endpoint: Endpoint, request: Request) -
         Wire::OpenAi
     };
     let (parts, body) = request.into_parts();
+    // The rest of the body is never read: the connection cannot carry another request.
     let too_large = || {
-        ApiError::new(
+        let mut response = ApiError::new(
             wire,
             StatusCode::PAYLOAD_TOO_LARGE,
             "request_too_large",
@@ -378,7 +379,12 @@ async fn with_body(state: Arc<AppState>, endpoint: Endpoint, request: Request) -
                 state.max_body_bytes
             ),
         )
-        .into_response()
+        .into_response();
+        response.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+        response
     };
     let declared = parts
         .headers

@@ -27,12 +27,18 @@ Faults are injected per path, consumed one per request, in order:
                           {"cut_after": 2} (a stream that stops after 2 deltas, without usage),
                           {"worst_case_tokens": true} (chat usage counts a token per prompt byte plus
                           OpenAI's documented framing, 7 for one message: what a byte-level BPE bills
-                          for text that tokenizes worst, e.g. rare symbols)
+                          for text that tokenizes worst, e.g. rare symbols),
+                          {"slow": 0.1, "words": 100} (a stream of 100 words, 0.1 s apart; a client that
+                          leaves early is billed, as a provider does, for the words sent before it left)
+Tool calls: a chat request that declares tools and whose last message is not a tool result is
+answered with a call of its first tool (OpenAI tool_calls, Anthropic tool_use), plain or streamed,
+with arguments {"query": "<the first words of the prompt>"}.
   GET    /_fake/faults    the faults not yet consumed
   DELETE /_fake/faults    clears them
   GET    /_fake/requests  every request received: path, headers, JSON body
   POST   /_fake/usage/shift  {"seconds": -86400}: moves every served call back in time
   GET    /_fake/inflight  how many requests are still being answered
+  GET    /_fake/usage     every call served: api, key (the credential it came with), id, input, output
   GET    /_fake/pinecone  the fake index: {namespace: {id: {"values": [...], "metadata": {...}}}}
   DELETE /_fake/requests  clears the log
 Prints "listening on 127.0.0.1:PORT" once ready (--port 0 picks a free port).
@@ -55,10 +61,11 @@ USAGE = []  # calls served: {"api", "project", "ts", "input", "cached", "cache_w
 WORKSPACES = {}  # Anthropic key -> workspace id
 
 
-def record_usage(api, project, input_tokens, output_tokens, cached=0, cache_write=0):
+def record_usage(api, project, input_tokens, output_tokens, cached=0, cache_write=0, key=None, rid=None):
     with LOCK:
         USAGE.append({"api": api, "project": project, "ts": time.time(), "input": input_tokens,
-                      "cached": cached, "cache_write": cache_write, "output": output_tokens})
+                      "cached": cached, "cache_write": cache_write, "output": output_tokens,
+                      "key": key, "id": rid})
 COUNTER = [0]
 INFLIGHT = [0]  # POST requests being answered (a delayed answer counts until it is written)
 
@@ -118,6 +125,9 @@ class Handler(BaseHTTPRequestHandler):
         elif self.path == "/_fake/faults":
             with LOCK:
                 self.send_json(200, {k: v for k, v in FAULTS.items() if v})
+        elif self.path == "/_fake/usage":
+            with LOCK:
+                self.send_json(200, list(USAGE))
         elif self.path == "/_fake/inflight":
             with LOCK:
                 self.send_json(200, {"inflight": INFLIGHT[0]})
@@ -177,7 +187,7 @@ class Handler(BaseHTTPRequestHandler):
             # The provider did the work (and bills it); only the answer is garbled on the way.
             prompt = " ".join(str(m.get("content", "")) for m in (body or {}).get("messages", []))
             record_usage("completions", self.headers.get("openai-project") or "proj_default",
-                         max(1, len(prompt.encode()) // 4), 1)
+                         max(1, len(prompt.encode()) // 4), 1, key=self.headers.get("authorization"))
             raw = b'{"id": "chatcmpl-broken", "choices": [{"mess'
             self.send_response(200)
             self.send_header("content-type", "application/json")
@@ -186,6 +196,7 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(raw)
             return
         cut_after = fault.get("cut_after") if fault else None
+        self.slow = fault if fault and "slow" in fault else None
         if self.path == "/v1/chat/completions":
             self.openai_chat(body or {}, cut_after, bool(fault and fault.get("worst_case_tokens")))
         elif self.path == "/v1/embeddings":
@@ -202,41 +213,83 @@ class Handler(BaseHTTPRequestHandler):
         if not (self.headers.get("authorization") or "").startswith("Bearer "):
             self.send_json(401, {"error": {"message": "You didn't provide an API key.", "type": "invalid_request_error"}})
             return
-        prompt = " ".join(str(m.get("content", "")) for m in req.get("messages", []))
+        key = self.headers.get("authorization")[len("Bearer "):]
+        messages = req.get("messages", [])
+        prompt = " ".join(str(m.get("content", "")) for m in messages)
         limit = req.get("max_completion_tokens") or req.get("max_tokens") or 16
-        words = answer_words(prompt, limit)
+        words = self.words(prompt, limit)
         prompt_tokens = len(prompt.encode()) + 7 if worst_case_tokens else max(1, len(prompt.encode()) // 4)
-        usage = {
+        tool = None
+        if req.get("tools") and (not messages or messages[-1].get("role") != "tool"):
+            tool = req["tools"][0].get("function", {}).get("name", "tool")
+            arguments = json.dumps({"query": " ".join(prompt.split()[:4])})
+            words = ["<tool>"]
+        usage = lambda out: {
             "prompt_tokens": prompt_tokens,
-            "completion_tokens": len(words),
-            "total_tokens": prompt_tokens + len(words),
+            "completion_tokens": out,
+            "total_tokens": prompt_tokens + out,
             "prompt_tokens_details": {"cached_tokens": 0},
             "completion_tokens_details": {"reasoning_tokens": 0},
         }
         rid = "chatcmpl-fake-%d" % next_id()
         project = self.headers.get("openai-project") or "proj_default"
+        served = lambda out: record_usage("completions", project, prompt_tokens, out, key=key, rid=rid)
         if not req.get("stream"):
-            record_usage("completions", project, prompt_tokens, len(words))
+            served(len(words))
+            if tool:
+                message = {"role": "assistant", "content": None, "tool_calls": [
+                    {"id": "call_" + rid, "type": "function", "function": {"name": tool, "arguments": arguments}}]}
+                finish = "tool_calls"
+            else:
+                message = {"role": "assistant", "content": " ".join(words)}
+                finish = "stop"
             self.send_json(200, {
                 "id": rid, "object": "chat.completion", "created": int(time.time()), "model": req.get("model"),
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": " ".join(words)}, "finish_reason": "stop"}],
-                "usage": usage,
+                "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+                "usage": usage(len(words)),
             }, {"x-request-id": "req_" + rid})
             return
         self.start_stream()
-        for i, word in enumerate(words):
-            if cut_after is not None and i >= cut_after:
-                record_usage("completions", project, prompt_tokens, i)
-                return self.cut()
-            chunk = {"id": rid, "object": "chat.completion.chunk", "model": req.get("model"),
-                     "choices": [{"index": 0, "delta": {"content": (" " if i else "") + word}, "finish_reason": None}]}
-            self.event(None, chunk)
-        record_usage("completions", project, prompt_tokens, len(words))
-        self.event(None, {"id": rid, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        if tool:
+            self.event(None, {"id": rid, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {
+                "role": "assistant", "tool_calls": [{"index": 0, "id": "call_" + rid, "type": "function",
+                                                     "function": {"name": tool, "arguments": ""}}]}, "finish_reason": None}]})
+            self.event(None, {"id": rid, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {
+                "tool_calls": [{"index": 0, "function": {"arguments": arguments}}]}, "finish_reason": None}]})
+            finish = "tool_calls"
+        else:
+            finish = "stop"
+            for i, word in enumerate(words):
+                if cut_after is not None and i >= cut_after:
+                    served(i)
+                    return self.cut()
+                chunk = {"id": rid, "object": "chat.completion.chunk", "model": req.get("model"),
+                         "choices": [{"index": 0, "delta": {"content": (" " if i else "") + word}, "finish_reason": None}]}
+                if not self.paced_event(None, chunk, i):
+                    served(i)  # the client left: billed for what was generated
+                    return
+        served(len(words))
+        self.event(None, {"id": rid, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
         if (req.get("stream_options") or {}).get("include_usage"):
-            self.event(None, {"id": rid, "object": "chat.completion.chunk", "choices": [], "usage": usage})
+            self.event(None, {"id": rid, "object": "chat.completion.chunk", "choices": [], "usage": usage(len(words))})
         self.wfile.write(b"data: [DONE]\n\n")
         self.wfile.flush()
+
+    def words(self, prompt, limit):
+        if self.slow:
+            return (["fake", "answer:"] + ["word%d" % i for i in range(self.slow.get("words", 100))])[: max(1, limit)]
+        return answer_words(prompt, limit)
+
+    def paced_event(self, name, data, i):
+        """Sends one event, paced by a slow fault; False when the client has gone."""
+        try:
+            if self.slow and i:
+                time.sleep(self.slow["slow"])
+            self.event(name, data)
+            return True
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+            return False
 
     def openai_embeddings(self, req):
         if not (self.headers.get("authorization") or "").startswith("Bearer "):
@@ -252,7 +305,8 @@ class Handler(BaseHTTPRequestHandler):
             norm = math.sqrt(sum(x * x for x in raw)) or 1.0
             data.append({"object": "embedding", "index": i, "embedding": [x / norm for x in raw]})
         tokens = sum(max(1, len(str(t).encode()) // 4) for t in inputs)
-        record_usage("embeddings", self.headers.get("openai-project") or "proj_default", tokens, 0)
+        record_usage("embeddings", self.headers.get("openai-project") or "proj_default", tokens, 0,
+                     key=self.headers.get("authorization")[len("Bearer "):])
         self.send_json(200, {"object": "list", "data": data, "model": req.get("model"),
                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}},
                        {"x-request-id": "req_emb_%d" % next_id()})
@@ -315,19 +369,31 @@ class Handler(BaseHTTPRequestHandler):
         if not self.headers.get("x-api-key") or not self.headers.get("anthropic-version"):
             self.send_json(401, {"type": "error", "error": {"type": "authentication_error", "message": "x-api-key and anthropic-version are required"}})
             return
-        prompt = " ".join(str(m.get("content", "")) for m in req.get("messages", []))
-        words = answer_words(prompt, req.get("max_tokens") or 16)
+        key = self.headers.get("x-api-key")
+        messages = req.get("messages", [])
+        prompt = " ".join(str(m.get("content", "")) for m in messages)
+        words = self.words(prompt, req.get("max_tokens") or 16)
         input_tokens = max(1, len(prompt.encode()) // 4)
+        last = messages[-1] if messages else {}
+        answered_tool = isinstance(last.get("content"), list) and any(
+            isinstance(b, dict) and b.get("type") == "tool_result" for b in last["content"])
+        tool = req["tools"][0].get("name", "tool") if req.get("tools") and not answered_tool else None
+        if tool:
+            tool_input = {"query": " ".join(prompt.split()[:4])}
+            words = ["<tool>"]
         usage = {"input_tokens": input_tokens, "output_tokens": len(words),
                  "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}
         rid = "msg_fake_%d" % next_id()
-        workspace = WORKSPACES.get(self.headers.get("x-api-key"))
+        workspace = WORKSPACES.get(key)
+        served = lambda out: record_usage("messages", workspace, input_tokens, out, key=key, rid=rid)
         if not req.get("stream"):
-            record_usage("messages", workspace, input_tokens, len(words))
+            served(len(words))
+            content = ([{"type": "tool_use", "id": "toolu_" + rid, "name": tool, "input": tool_input}] if tool
+                       else [{"type": "text", "text": " ".join(words)}])
             self.send_json(200, {
                 "id": rid, "type": "message", "role": "assistant", "model": req.get("model"),
-                "content": [{"type": "text", "text": " ".join(words)}],
-                "stop_reason": "end_turn", "stop_sequence": None, "usage": usage,
+                "content": content,
+                "stop_reason": "tool_use" if tool else "end_turn", "stop_sequence": None, "usage": usage,
             }, {"request-id": "req_" + rid})
             return
         self.start_stream()
@@ -335,16 +401,24 @@ class Handler(BaseHTTPRequestHandler):
         self.event("message_start", {"type": "message_start", "message": {
             "id": rid, "type": "message", "role": "assistant", "model": req.get("model"), "content": [],
             "stop_reason": None, "usage": start_usage}})
-        self.event("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
-        for i, word in enumerate(words):
-            if cut_after is not None and i >= cut_after:
-                record_usage("messages", workspace, input_tokens, i)
-                return self.cut()
+        if tool:
+            self.event("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {
+                "type": "tool_use", "id": "toolu_" + rid, "name": tool, "input": {}}})
             self.event("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                               "delta": {"type": "text_delta", "text": (" " if i else "") + word}})
-        record_usage("messages", workspace, input_tokens, len(words))
+                                               "delta": {"type": "input_json_delta", "partial_json": json.dumps(tool_input)}})
+        else:
+            self.event("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
+            for i, word in enumerate(words):
+                if cut_after is not None and i >= cut_after:
+                    served(i)
+                    return self.cut()
+                if not self.paced_event("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                        "delta": {"type": "text_delta", "text": (" " if i else "") + word}}, i):
+                    served(i)
+                    return
+        served(len(words))
         self.event("content_block_stop", {"type": "content_block_stop", "index": 0})
-        self.event("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+        self.event("message_delta", {"type": "message_delta", "delta": {"stop_reason": "tool_use" if tool else "end_turn"},
                                      "usage": {"output_tokens": len(words)}})
         self.event("message_stop", {"type": "message_stop"})
 
