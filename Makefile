@@ -197,8 +197,8 @@ clean-db: stop
 	rm -rf $(PGDATA_DIR) $(PGRUN_DIR)
 
 # ---------------------------------------------------------------- demo
-demo: db
-	@./target/release/bulkhead demo --database-url $(SUPER_URL)/bulkhead_demo
+demo: db $(STAMPS)/sdk-$(SDK_REQUIREMENTS_SHA)
+	@BULKHEAD_SDK_PYTHON=$(SDK_VENV)/bin/python ./target/release/bulkhead demo --database-url $(SUPER_URL)/bulkhead_demo
 
 # ---------------------------------------------------------------- tests
 # The demo checks every isolation claim it prints and exits non-zero if one fails.

@@ -411,7 +411,9 @@ pub async fn run(database_url: &str) -> Result<(), DemoError> {
         "globex's searches return globex's documents only, though acme's page is the nearest neighbour",
     )?;
 
-    step("12. Acme churns: one call deletes every Acme row and leaves a receipt.");
+    chat_through_the_gateway(&mut conn, database_url, globex, acme).await?;
+
+    step("13. Acme churns: one call deletes every Acme row and leaves a receipt.");
     let mut tx = conn.begin().await?;
     tx.execute("set local role bulkhead_admin").await?;
     let receipt: Uuid = sqlx::query_scalar("select bulkhead.delete_tenant($1)")
@@ -630,6 +632,144 @@ async fn completion_through_the_daemon(
     expect(
         report.iter().map(|r| r.1).sum::<i64>() == 2,
         "globex's cost report counts the simulated call and the daemon's call",
+    )
+}
+
+async fn chat_through_the_gateway(
+    conn: &mut PgConnection,
+    database_url: &str,
+    globex: Uuid,
+    acme: Uuid,
+) -> Result<(), DemoError> {
+    step("12. Globex's support widget streams a chat through `bulkhead gateway` with the official OpenAI\n    Python SDK (only base_url and the key change); Acme, over its budget since step 7, gets a 429.");
+    let mut tx = conn.begin().await?;
+    tx.execute("set local role bulkhead_admin").await?;
+    let globex_key: String =
+        sqlx::query_scalar("select bulkhead.create_api_key($1, 'support widget')")
+            .bind(globex)
+            .fetch_one(&mut *tx)
+            .await?;
+    let acme_key: String = sqlx::query_scalar("select bulkhead.create_api_key($1, 'agents')")
+        .bind(acme)
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    say(&format!(
+        "   select bulkhead.create_api_key(globex, 'support widget') -> {}... (shown once; only its SHA-256 is stored)",
+        &globex_key[..9]
+    ));
+    // The gateway logs in as a member of bulkhead_gateway, which can do nothing but its functions.
+    conn.execute(
+        "do $$ begin
+           if not exists (select from pg_roles where rolname = 'bulkhead_demo_gateway') then
+             create role bulkhead_demo_gateway login in role bulkhead_gateway;
+           end if;
+         end $$",
+    )
+    .await?;
+    let mut gateway_url =
+        reqwest::Url::parse(database_url).map_err(|e| DemoError::Setup(e.to_string()))?;
+    let _ = gateway_url.set_username("bulkhead_demo_gateway");
+    let _ = gateway_url.set_password(None);
+
+    let real_key = std::env::var("OPENAI_API_KEY").is_ok_and(|k| !k.is_empty());
+    let mut fake = None;
+    let mut command = std::process::Command::new(
+        std::env::current_exe().map_err(|e| DemoError::Setup(e.to_string()))?,
+    );
+    if !real_key {
+        let (child, port) = start_fake_provider()?;
+        fake = Some(child);
+        command
+            .env("OPENAI_BASE_URL", format!("http://127.0.0.1:{port}/v1"))
+            .env("OPENAI_API_KEY", "sk-demo-fake-key");
+    }
+    let mut gateway = command
+        .args(["gateway", "--listen", "127.0.0.1:0", "--shutdown-secs", "5"])
+        .env("DATABASE_URL", gateway_url.as_str())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| DemoError::Setup(format!("cannot run bulkhead gateway: {e}")))?;
+    let address = {
+        use std::io::BufRead;
+        let stderr = gateway
+            .stderr
+            .take()
+            .ok_or(DemoError::Setup("no stderr".into()))?;
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        let found = lines.by_ref().map_while(Result::ok).find_map(|line| {
+            let at = line.find("listening on ")?;
+            Some(
+                line[at + 13..]
+                    .chars()
+                    .take_while(|c| *c != '"')
+                    .collect::<String>(),
+            )
+        });
+        // Keep draining its log so that it never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        found.ok_or(DemoError::Setup("bulkhead gateway did not start".into()))?
+    };
+    say(&format!(
+        "   bulkhead gateway listening on {address} (login bulkhead_demo_gateway)"
+    ));
+    let python = std::env::var("BULKHEAD_SDK_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/gateway_chat.py");
+    say(&format!(
+        "   python examples/gateway_chat.py: OpenAI(base_url=\"http://{address}/v1\", api_key=<globex key>), stream=True,\n   x-bulkhead-prompt: support (Globex's own template, rendered by the database)"
+    ));
+    let run = std::process::Command::new(&python)
+        .arg(script)
+        .arg("Can I get a discount?")
+        .env("GATEWAY", format!("http://{address}"))
+        .env("KEY", &globex_key)
+        .env("REFUSED_KEY", &acme_key)
+        .env("MODEL", "gpt-4o-mini")
+        .env("PROMPT", "support")
+        .output()
+        .map_err(|e| DemoError::Setup(format!("cannot run {python}: {e}")))?;
+    let printed = String::from_utf8_lossy(&run.stdout).into_owned();
+    for line in printed.lines() {
+        say(line);
+    }
+    // SIGTERM: the gateway stops accepting, and settles what it served before it exits.
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &gateway.id().to_string()])
+        .status();
+    let _ = gateway.wait();
+    if let Some(mut child) = fake {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    expect(
+        run.status.success(),
+        &format!(
+            "the OpenAI SDK chat ran ({}); `make demo` installs the SDK (BULKHEAD_SDK_PYTHON)",
+            String::from_utf8_lossy(&run.stderr).trim()
+        ),
+    )?;
+
+    let mut tx = conn.begin().await?;
+    enter_app(&mut tx, Some(globex)).await?;
+    let report: Vec<(String, i64, i64, i64, String)> = sqlx::query_as(
+        "select model, requests, input_tokens, output_tokens, cost_usd::text \
+         from bulkhead.usage_report(now() - interval '1 day', now() + interval '1 day')",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    for (model, requests, input, output, cost) in &report {
+        say(&format!(
+            "   Globex's usage_report: {model}  {requests} calls  {input} input + {output} output tokens  ${cost}"
+        ));
+    }
+    expect(
+        printed.contains("streamed:") && printed.contains("HTTP 429 tenant_budget_exceeded"),
+        "the chat streamed through the gateway and acme was refused at its budget",
+    )?;
+    expect(
+        report.iter().map(|r| r.1).sum::<i64>() == 3,
+        "globex's cost report counts the gateway's streamed call beside the other two",
     )
 }
 

@@ -11,6 +11,7 @@ mod credentials;
 mod database;
 mod demo;
 mod gateway;
+mod logging;
 mod metrics;
 mod pinecone;
 mod providers;
@@ -160,6 +161,9 @@ enum Command {
         /// Database connections.
         #[arg(long, env = "BULKHEAD_GATEWAY_POOL_SIZE", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1000))]
         pool_size: u32,
+        /// Log format: json (one object per line, on stderr) or text.
+        #[arg(long, env = "BULKHEAD_GATEWAY_LOG_FORMAT", default_value = "json", value_parser = ["text", "json"])]
+        log_format: String,
     },
     /// Compares one finished UTC day of provider usage (OpenAI's organization usage API by
     /// project, Anthropic's usage report by workspace) with the ledger and records the drift
@@ -305,7 +309,9 @@ async fn main() -> ExitCode {
             client_system_prompt,
             shutdown_secs,
             pool_size,
+            log_format,
         } => {
+            logging::init(log_format == "json");
             gateway::run(gateway::Config {
                 database_url,
                 allow_privileged_role,
@@ -348,42 +354,44 @@ async fn main() -> ExitCode {
             openai_compatible_base_url,
             provider_timeout_secs,
             pinecone_index_host,
-        } => worker::run(worker::Config {
-            database_url,
-            allow_privileged_role,
-            name: name.unwrap_or_else(|| {
-                let suffix = uuid::Uuid::new_v4().simple().to_string();
-                format!("worker-{}-{}", std::process::id(), &suffix[..8])
-            }),
-            concurrency: usize::from(concurrency),
-            poll_interval: Duration::from_millis(poll_ms),
-            lease: Duration::from_secs(lease_secs),
-            shutdown_grace: Duration::from_secs(shutdown_secs),
-            metrics_addr,
-            json_logs: log_format == "json",
-            drain,
-            endpoints: providers::Endpoints {
-                openai: openai_base_url.clone(),
-                anthropic: anthropic_base_url.clone(),
-                openai_compatible: openai_compatible_base_url,
-            },
-            provider_timeout: Duration::from_secs(provider_timeout_secs),
-            usage_apis: usage_apis(openai_base_url, anthropic_base_url),
-            pinecone: match (pinecone_index_host, std::env::var("PINECONE_API_KEY").ok()) {
-                (Some(host), Some(key)) if !key.is_empty() => {
-                    Some((host, providers::Secret::new(key)))
-                }
-                (Some(_), _) => {
-                    eprintln!(
+        } => {
+            logging::init(log_format == "json");
+            worker::run(worker::Config {
+                database_url,
+                allow_privileged_role,
+                name: name.unwrap_or_else(|| {
+                    let suffix = uuid::Uuid::new_v4().simple().to_string();
+                    format!("worker-{}-{}", std::process::id(), &suffix[..8])
+                }),
+                concurrency: usize::from(concurrency),
+                poll_interval: Duration::from_millis(poll_ms),
+                lease: Duration::from_secs(lease_secs),
+                shutdown_grace: Duration::from_secs(shutdown_secs),
+                metrics_addr,
+                drain,
+                endpoints: providers::Endpoints {
+                    openai: openai_base_url.clone(),
+                    anthropic: anthropic_base_url.clone(),
+                    openai_compatible: openai_compatible_base_url,
+                },
+                provider_timeout: Duration::from_secs(provider_timeout_secs),
+                usage_apis: usage_apis(openai_base_url, anthropic_base_url),
+                pinecone: match (pinecone_index_host, std::env::var("PINECONE_API_KEY").ok()) {
+                    (Some(host), Some(key)) if !key.is_empty() => {
+                        Some((host, providers::Secret::new(key)))
+                    }
+                    (Some(_), _) => {
+                        eprintln!(
                         "bulkhead: --pinecone-index-host needs PINECONE_API_KEY in the environment"
                     );
-                    return ExitCode::from(2);
-                }
-                (None, _) => None,
-            },
-        })
-        .await
-        .map_err(|e| e.to_string()),
+                        return ExitCode::from(2);
+                    }
+                    (None, _) => None,
+                },
+            })
+            .await
+            .map_err(|e| e.to_string())
+        }
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,186 +1,306 @@
-//! The worker's Prometheus metrics, served as text on `--metrics-addr` (GET /metrics).
+//! Prometheus metrics of the worker and the gateway (prometheus-client registries, served by
+//! axum at GET /metrics). Labels carry only names this program chose (kinds, providers,
+//! endpoints, outcomes), never anything from a request or a response, which could echo a key.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::{Arc, Mutex};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 /// Upper bounds (seconds) of the job duration histogram.
-const BUCKETS: [f64; 10] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0];
+const JOB_BUCKETS: [f64; 10] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0];
+/// Upper bounds (seconds) of the gateway's admission and upstream histograms.
+const CALL_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0,
+];
 
-#[derive(Default)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn job_histogram() -> Histogram {
+    Histogram::new(JOB_BUCKETS)
 }
 
-#[derive(Default)]
-struct State {
-    /// Jobs finished, by (kind, outcome).
-    jobs: BTreeMap<(String, &'static str), u64>,
-    durations: BTreeMap<String, Histogram>,
-    /// Failed provider calls, by (provider, class).
-    provider_errors: BTreeMap<(String, &'static str), u64>,
-    connected: bool,
+fn call_histogram() -> Histogram {
+    Histogram::new(CALL_BUCKETS)
 }
 
-/// Shared by the claim loop, the job tasks and the HTTP endpoint.
-#[derive(Default)]
+/// A label value from a name we chose (job kind, provider): prometheus-client writes label
+/// values unescaped, so anything outside a plain name's characters becomes `_`.
+fn label(value: &str) -> String {
+    value
+        .chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_.:-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn render(registry: &Registry) -> String {
+    let mut out = String::new();
+    let _ = prometheus_client::encoding::text::encode(&mut out, registry);
+    out
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobLabels {
+    kind: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProviderErrorLabels {
+    provider: String,
+    class: &'static str,
+}
+
+/// The worker's metrics, shared by the claim loop, the job tasks and the endpoint.
 pub struct Metrics {
-    state: Mutex<State>,
+    registry: Registry,
+    connected: Gauge,
+    jobs: Family<JobLabels, Counter>,
+    durations: HistogramFamily<KindLabels>,
+    provider_errors: Family<ProviderErrorLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let connected = Gauge::default();
+        let jobs = Family::<JobLabels, Counter>::default();
+        let durations =
+            HistogramFamily::<KindLabels>::new_with_constructor(job_histogram as fn() -> Histogram);
+        let provider_errors = Family::<ProviderErrorLabels, Counter>::default();
+        registry.register(
+            "bulkhead_worker_connected",
+            "Whether the worker holds a database session (1) or is reconnecting (0)",
+            connected.clone(),
+        );
+        registry.register(
+            "bulkhead_jobs",
+            "Jobs this worker finished, by kind and outcome (done, failed)",
+            jobs.clone(),
+        );
+        registry.register(
+            "bulkhead_job_duration_seconds",
+            "Time a job took to run, by kind",
+            durations.clone(),
+        );
+        registry.register(
+            "bulkhead_provider_errors",
+            "Failed provider calls, by provider and class (rate_limited, server, timeout, connect, client, malformed)",
+            provider_errors.clone(),
+        );
+        Metrics {
+            registry,
+            connected,
+            jobs,
+            durations,
+            provider_errors,
+        }
+    }
 }
 
 impl Metrics {
     pub fn job_finished(&self, kind: &str, outcome: &'static str, took: Duration) {
-        let Ok(mut state) = self.state.lock() else {
-            return;
-        };
-        *state.jobs.entry((kind.to_string(), outcome)).or_default() += 1;
-        let seconds = took.as_secs_f64();
-        let histogram = state.durations.entry(kind.to_string()).or_default();
-        for (count, bound) in histogram.counts.iter_mut().zip(BUCKETS) {
-            if seconds <= bound {
-                *count += 1;
-            }
-        }
-        histogram.count += 1;
-        histogram.sum += seconds;
+        self.jobs
+            .get_or_create(&JobLabels {
+                kind: label(kind),
+                outcome,
+            })
+            .inc();
+        self.durations
+            .get_or_create(&KindLabels { kind: label(kind) })
+            .observe(took.as_secs_f64());
     }
 
     /// A provider call that failed; `class` is rate_limited, server, timeout, connect, client or
-    /// malformed (never anything from the response, which could echo a key).
+    /// malformed.
     pub fn provider_error(&self, provider: &str, class: &'static str) {
-        if let Ok(mut state) = self.state.lock() {
-            *state
-                .provider_errors
-                .entry((provider.to_string(), class))
-                .or_default() += 1;
-        }
+        self.provider_errors
+            .get_or_create(&ProviderErrorLabels {
+                provider: label(provider),
+                class,
+            })
+            .inc();
     }
 
     pub fn set_connected(&self, connected: bool) {
-        if let Ok(mut state) = self.state.lock() {
-            state.connected = connected;
-        }
+        self.connected.set(i64::from(connected));
     }
 
-    /// The Prometheus text exposition format.
     pub fn render(&self) -> String {
-        let Ok(state) = self.state.lock() else {
-            return String::new();
-        };
-        let mut out = String::new();
-        let _ = writeln!(out, "# HELP bulkhead_worker_connected Whether the worker holds a database session (1) or is reconnecting (0).");
-        let _ = writeln!(out, "# TYPE bulkhead_worker_connected gauge");
-        let _ = writeln!(
-            out,
-            "bulkhead_worker_connected {}",
-            u8::from(state.connected)
-        );
-        let _ = writeln!(out, "# HELP bulkhead_jobs_total Jobs this worker finished, by kind and outcome (done, failed).");
-        let _ = writeln!(out, "# TYPE bulkhead_jobs_total counter");
-        for ((kind, outcome), n) in &state.jobs {
-            let kind = label(kind);
-            let _ = writeln!(
-                out,
-                "bulkhead_jobs_total{{kind=\"{kind}\",outcome=\"{outcome}\"}} {n}"
-            );
-        }
-        let _ = writeln!(out, "# HELP bulkhead_provider_errors_total Failed provider calls, by provider and class (rate_limited, server, timeout, connect, client, malformed).");
-        let _ = writeln!(out, "# TYPE bulkhead_provider_errors_total counter");
-        for ((provider, class), n) in &state.provider_errors {
-            let provider = label(provider);
-            let _ = writeln!(
-                out,
-                "bulkhead_provider_errors_total{{provider=\"{provider}\",class=\"{class}\"}} {n}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP bulkhead_job_duration_seconds Time a job took to run, by kind."
-        );
-        let _ = writeln!(out, "# TYPE bulkhead_job_duration_seconds histogram");
-        for (kind, h) in &state.durations {
-            let kind = label(kind);
-            for (bound, count) in BUCKETS.iter().zip(h.counts) {
-                let _ = writeln!(out, "bulkhead_job_duration_seconds_bucket{{kind=\"{kind}\",le=\"{bound}\"}} {count}");
-            }
-            let _ = writeln!(
-                out,
-                "bulkhead_job_duration_seconds_bucket{{kind=\"{kind}\",le=\"+Inf\"}} {}",
-                h.count
-            );
-            let _ = writeln!(
-                out,
-                "bulkhead_job_duration_seconds_sum{{kind=\"{kind}\"}} {}",
-                h.sum
-            );
-            let _ = writeln!(
-                out,
-                "bulkhead_job_duration_seconds_count{{kind=\"{kind}\"}} {}",
-                h.count
-            );
-        }
-        out
+        render(&self.registry)
     }
 }
 
-/// Answers GET /metrics on `listener` until the task is dropped; anything else gets 404. At most
-/// 16 connections at once, each given 5 seconds to send its request.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(16));
-    loop {
-        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
-            return;
-        };
-        let (mut stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(_) => {
-                // Out of file descriptors, say: back off instead of spinning.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let metrics = Arc::clone(&metrics);
-        tokio::spawn(async move {
-            let _permit = permit;
-            let mut request = Vec::with_capacity(1024);
-            let mut chunk = [0u8; 512];
-            let read = tokio::time::timeout(Duration::from_secs(5), async {
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => request.extend_from_slice(&chunk[..n]),
-                    }
-                }
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    endpoint: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProviderLabels {
+    provider: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    provider: String,
+    direction: &'static str,
+}
+
+/// The gateway's metrics.
+pub struct GatewayMetrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    admission: Histogram,
+    upstream: HistogramFamily<ProviderLabels>,
+    streams_cut: Family<ReasonLabels, Counter>,
+    tokens: Family<TokenLabels, Counter>,
+    settle_failures: Counter,
+}
+
+impl Default for GatewayMetrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        let admission = call_histogram();
+        let upstream = HistogramFamily::<ProviderLabels>::new_with_constructor(
+            call_histogram as fn() -> Histogram,
+        );
+        let streams_cut = Family::<ReasonLabels, Counter>::default();
+        let tokens = Family::<TokenLabels, Counter>::default();
+        let settle_failures = Counter::default();
+        registry.register(
+            "bulkhead_gateway_requests",
+            "Requests answered, by endpoint and outcome (ok, or the error code)",
+            requests.clone(),
+        );
+        registry.register(
+            "bulkhead_gateway_admission_seconds",
+            "Time of the admission round trip (gateway_admit)",
+            admission.clone(),
+        );
+        registry.register(
+            "bulkhead_gateway_upstream_seconds",
+            "Time until the provider's answer began (headers received), by provider",
+            upstream.clone(),
+        );
+        registry.register(
+            "bulkhead_gateway_streams_cut",
+            "Streams ended before the provider finished, by reason (client_left, suspended, shutdown, provider_broke)",
+            streams_cut.clone(),
+        );
+        registry.register(
+            "bulkhead_gateway_tokens",
+            "Tokens settled, by provider and direction (input, output)",
+            tokens.clone(),
+        );
+        registry.register(
+            "bulkhead_gateway_settle_failures",
+            "Settle round trips that failed and were retried",
+            settle_failures.clone(),
+        );
+        GatewayMetrics {
+            registry,
+            requests,
+            admission,
+            upstream,
+            streams_cut,
+            tokens,
+            settle_failures,
+        }
+    }
+}
+
+impl GatewayMetrics {
+    pub fn request(&self, endpoint: &'static str, outcome: &'static str) {
+        self.requests
+            .get_or_create(&RequestLabels { endpoint, outcome })
+            .inc();
+    }
+
+    pub fn admitted_in(&self, took: Duration) {
+        self.admission.observe(took.as_secs_f64());
+    }
+
+    pub fn upstream_in(&self, provider: &str, took: Duration) {
+        self.upstream
+            .get_or_create(&ProviderLabels {
+                provider: label(provider),
             })
-            .await;
-            if read.is_err() {
-                return;
-            }
-            let (status, body) = if request.starts_with(b"GET /metrics ") {
-                ("200 OK", metrics.render())
-            } else {
-                ("404 Not Found", "not found\n".to_string())
-            };
-            let response = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(response.as_bytes()).await;
-        });
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn stream_cut(&self, reason: &'static str) {
+        self.streams_cut
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    pub fn tokens(&self, provider: &str, input: u64, output: u64) {
+        for (direction, n) in [("input", input), ("output", output)] {
+            self.tokens
+                .get_or_create(&TokenLabels {
+                    provider: label(provider),
+                    direction,
+                })
+                .inc_by(n);
+        }
+    }
+
+    pub fn settle_failed(&self) {
+        self.settle_failures.inc();
+    }
+
+    pub fn render(&self) -> String {
+        render(&self.registry)
     }
 }
 
-/// A label value in the text format: backslash, quote and newline escaped.
-fn label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// The Prometheus text format's response.
+pub fn response(body: String) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// Serves GET /metrics of the worker on `listener` until the task is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = Arc::clone(&metrics);
+            async move { response(metrics.render()) }
+        }),
+    );
+    let _ = axum::serve(listener, app).await;
 }
 
 #[cfg(test)]
@@ -201,11 +321,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("bulkhead_job_duration_seconds_bucket{kind=\"noop\",le=\"0.005\"} 1\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("bulkhead_job_duration_seconds_bucket{kind=\"noop\",le=\"1\"} 2\n"),
+            text.contains("bulkhead_job_duration_seconds_bucket{le=\"0.005\",kind=\"noop\"} 1\n"),
             "{text}"
         );
         assert!(
@@ -213,13 +329,32 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("kind=\"odd\\\"kind\\n\",outcome=\"failed\"} 1\n"),
+            !text.contains("kind=\"odd\"kind"),
+            "label values are escaped: {text}"
+        );
+    }
+
+    #[test]
+    fn gateway_metrics_name_endpoints_and_outcomes() {
+        let metrics = GatewayMetrics::default();
+        metrics.request("chat_completions", "ok");
+        metrics.tokens("openai", 10, 3);
+        metrics.stream_cut("suspended");
+        let text = metrics.render();
+        assert!(
+            text.contains(
+                "bulkhead_gateway_requests_total{endpoint=\"chat_completions\",outcome=\"ok\"} 1\n"
+            ),
             "{text}"
         );
         assert!(
             text.contains(
-                "bulkhead_job_duration_seconds_bucket{kind=\"odd\\\"kind\\n\",le=\"120\"} 0\n"
+                "bulkhead_gateway_tokens_total{provider=\"openai\",direction=\"output\"} 3\n"
             ),
+            "{text}"
+        );
+        assert!(
+            text.contains("bulkhead_gateway_streams_cut_total{reason=\"suspended\"} 1\n"),
             "{text}"
         );
     }

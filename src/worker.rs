@@ -41,7 +41,6 @@ pub struct Config {
     /// Where to serve Prometheus metrics (GET /metrics); None: no endpoint.
     pub metrics_addr: Option<SocketAddr>,
     /// One JSON object per log line instead of text.
-    pub json_logs: bool,
     /// Exit once no job is runnable and none is in flight (instead of waiting for more).
     pub drain: bool,
     /// Where the providers are reached.
@@ -1165,21 +1164,11 @@ async fn release(pool: &PgPool, worker: &str, job: Claimed) -> Result<(), sqlx::
     Ok(())
 }
 
-/// Every line is redacted against the keys the process holds, whatever it carries.
+/// One event of this worker (logging.rs redacts every line against the keys the process holds).
 fn log(config: &Config, event: &str, fields: &str) {
-    let fields = &secrets::redact(fields);
-    if config.json_logs {
-        let line = serde_json::json!({
-            "ts": std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or_default(),
-            "worker": config.name,
-            "event": event,
-            "detail": fields,
-        });
-        eprintln!("{line}");
+    if event.ends_with("_failed") || event.ends_with("_error") || event == "lease_lost" {
+        tracing::warn!(worker = %config.name, event, detail = %fields);
     } else {
-        eprintln!("bulkhead worker {}: {event} {fields}", config.name);
+        tracing::info!(worker = %config.name, event, detail = %fields);
     }
 }

@@ -738,12 +738,27 @@ async fn planted_provider_keys_appear_nowhere() {
     .fetch_one(&mut su)
     .await
     .unwrap();
+    let metrics = http
+        .get(format!("{}/metrics", gateway.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "bulkhead_gateway_requests_total{endpoint=\"chat_completions\",outcome=\"ok\"} 1"
+        ),
+        "{metrics}"
+    );
     let secret = &a.openai_key;
     let fragment = &secret[secret.len() - 12..];
     for (what, text) in [
         ("responses", &bodies),
         ("gateway log", &gateway.log()),
         ("rows", &rows),
+        ("metrics", &metrics),
     ] {
         assert!(
             !text.contains(fragment),
@@ -856,6 +871,10 @@ async fn bad_bodies_get_4xx_in_the_endpoints_error_format() {
             status,
             "{path} {}",
             &body[..body.len().min(120)]
+        );
+        assert!(
+            response.headers().contains_key("x-bulkhead-request-id"),
+            "every answer carries a request id"
         );
         let error: Value = response.json().await.unwrap();
         if path == "/v1/messages" {

@@ -36,6 +36,16 @@ impl Endpoint {
     }
 }
 
+impl Endpoint {
+    pub fn name(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "chat_completions",
+            Endpoint::Embeddings => "embeddings",
+            Endpoint::Messages => "messages",
+        }
+    }
+}
+
 pub async fn serve(
     state: Arc<AppState>,
     endpoint: Endpoint,
@@ -43,8 +53,14 @@ pub async fn serve(
     body: Bytes,
 ) -> Response {
     match call(&state, endpoint, &headers, &body).await {
-        Ok(response) => response,
-        Err(error) => error.into_response(),
+        Ok(response) => {
+            state.metrics.request(endpoint.name(), "ok");
+            response
+        }
+        Err(error) => {
+            state.metrics.request(endpoint.name(), error.code);
+            error.into_response()
+        }
     }
 }
 
@@ -124,6 +140,7 @@ async fn call(
             "this gateway sets the system prompt from the tenant's prompt template; send no system message with x-bulkhead-prompt",
         ));
     }
+    let admitting = std::time::Instant::now();
     let admitted = admission::admit(
         &state.pool,
         &admission::Request {
@@ -139,6 +156,7 @@ async fn call(
         },
     )
     .await?;
+    state.metrics.admitted_in(admitting.elapsed());
     let call = Admission {
         admitted,
         model,
@@ -177,6 +195,7 @@ async fn call(
         Endpoint::Embeddings => Api::Embeddings,
         Endpoint::Messages => Api::Messages,
     };
+    let sending = std::time::Instant::now();
     let sent = match state.providers.post(
         &call.admitted.provider,
         api,
@@ -203,7 +222,12 @@ async fn call(
         }
     };
     let response = match sent {
-        Ok(response) => response,
+        Ok(response) => {
+            state
+                .metrics
+                .upstream_in(&call.admitted.provider, sending.elapsed());
+            response
+        }
         Err(err) => {
             if err.is_connect() {
                 // Never reached the provider: nothing to pay.
@@ -567,6 +591,15 @@ fn relay_stream(
             }
         };
         drop(body); // cancels the upstream call when it is still running
+        match ended {
+            Ended::ClientLeft => state.metrics.stream_cut("client_left"),
+            Ended::Broken => state.metrics.stream_cut("provider_broke"),
+            Ended::Cut(reason) if reason.contains("shutting down") => {
+                state.metrics.stream_cut("shutdown")
+            }
+            Ended::Cut(_) => state.metrics.stream_cut("suspended"),
+            Ended::Provider => {}
+        }
         if let Ended::Cut(reason) = ended {
             let _ = tx.send(Ok(Bytes::from(cut_event(call.wire, reason)))).await;
         }

@@ -56,10 +56,11 @@ pub struct Config {
 
 pub struct AppState {
     pool: PgPool,
+    metrics: Arc<crate::metrics::GatewayMetrics>,
     providers: Providers,
     jwt: Option<auth::JwtVerifier>,
     settler: settle::Settler,
-    streams: Streams,
+    streams: Arc<Streams>,
     client_system: ClientSystemPrompt,
     lease_secs: u64,
     max_body_bytes: usize,
@@ -92,6 +93,12 @@ impl AppState {
     }
 
     async fn settle(&self, call: &calls::Admission, usage: serde_json::Value, request_id: String) {
+        let count = |fields: [&str; 2]| fields.iter().find_map(|f| usage[*f].as_u64()).unwrap_or(0);
+        self.metrics.tokens(
+            &call.admitted.provider,
+            count(["prompt_tokens", "input_tokens"]),
+            count(["completion_tokens", "output_tokens"]),
+        );
         self.settler
             .settle(settle::Settle {
                 tenant: call.admitted.tenant_id,
@@ -178,19 +185,9 @@ impl Streams {
     }
 }
 
-/// One JSON line on stderr, redacted against every key this process holds.
+/// An error for the operator's log (logging.rs redacts every line against the keys held).
 pub fn log_error(message: &str) {
-    eprintln!(
-        "{}",
-        json!({"level": "error", "target": "bulkhead::gateway", "message": crate::secrets::redact(message)})
-    );
-}
-
-fn log_info(message: &str) {
-    eprintln!(
-        "{}",
-        json!({"level": "info", "target": "bulkhead::gateway", "message": message})
-    );
+    tracing::error!(target: "bulkhead::gateway", "{message}");
 }
 
 pub async fn run(config: Config) -> Result<(), String> {
@@ -229,13 +226,15 @@ pub async fn run(config: Config) -> Result<(), String> {
     )?;
     let providers = Providers::streaming(config.endpoints.clone(), config.provider_idle_timeout)
         .map_err(|e| e.to_string())?;
-    let (settler, settling) = settle::Settler::start(pool.clone());
+    let metrics = Arc::new(crate::metrics::GatewayMetrics::default());
+    let (settler, settling) = settle::Settler::start(pool.clone(), metrics.clone());
     let state = Arc::new(AppState {
         pool: pool.clone(),
+        metrics,
         providers,
         jwt,
         settler,
-        streams: Streams::default(),
+        streams: Arc::new(Streams::default()),
         client_system: config.client_system,
         lease_secs: config.lease.as_secs().max(1),
         max_body_bytes: config.max_body_bytes,
@@ -255,14 +254,15 @@ pub async fn run(config: Config) -> Result<(), String> {
     {
         // Streams may finish for the grace period; then they are cut (and settled for what
         // they streamed) so that the process can exit.
-        let state = state.clone();
+        // It holds the streams only: the settler must be free to finish once serving ends.
+        let streams = state.streams.clone();
         let shutdown = shutdown.clone();
         let grace = config.shutdown_grace;
         tokio::spawn(async move {
             shutdown.cancelled().await;
             tokio::time::sleep(grace).await;
-            state.streams.shutting_down.store(true, Ordering::Relaxed);
-            state.streams.cut(|_| true);
+            streams.shutting_down.store(true, Ordering::Relaxed);
+            streams.cut(|_| true);
         });
     }
 
@@ -270,10 +270,8 @@ pub async fn run(config: Config) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-    log_info(&format!(
-        "listening on {}",
-        listener.local_addr().map_err(|e| e.to_string())?
-    ));
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(target: "bulkhead::gateway", "listening on {local}");
     let stop = shutdown.clone();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
@@ -286,7 +284,7 @@ pub async fn run(config: Config) -> Result<(), String> {
     }
     drop(state);
     let _ = tokio::time::timeout(Duration::from_secs(10), settling).await;
-    log_info("stopped");
+    tracing::info!(target: "bulkhead::gateway", "stopped");
     Ok(())
 }
 
@@ -343,9 +341,25 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/v1/messages", post(messages))
         .route("/v1/models", get(models))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
+        .layer(axum::middleware::map_response(with_request_id))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
+}
+
+/// Every answer carries `x-bulkhead-request-id`: a call's reservation id (its ledger row's
+/// `reservation_id`), else a fresh id to quote when asking about it.
+async fn with_request_id(mut response: Response) -> Response {
+    if !response.headers().contains_key("x-bulkhead-request-id") {
+        let id = format!("req-{}", uuid::Uuid::new_v4().simple());
+        if let Ok(value) = axum::http::HeaderValue::from_str(&id) {
+            response
+                .headers_mut()
+                .insert("x-bulkhead-request-id", value);
+        }
+    }
+    response
 }
 
 async fn chat_completions(State(state): State<Arc<AppState>>, request: Request) -> Response {
@@ -446,6 +460,10 @@ async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respo
         })
     };
     axum::Json(body).into_response()
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    crate::metrics::response(state.metrics.render())
 }
 
 async fn healthz(State(state): State<Arc<AppState>>) -> Response {

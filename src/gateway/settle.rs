@@ -3,8 +3,10 @@
 //! never lands (the process died first) is charged at its hold when its lease ends, by the
 //! database (reservations.bill_on_expiry): never free.
 
+use crate::metrics::GatewayMetrics;
 use serde_json::Value;
 use sqlx::PgPool;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -28,9 +30,12 @@ const BATCH: usize = 256;
 impl Settler {
     /// Starts the settling task; it ends once every Settler handle is dropped and the queue is
     /// drained.
-    pub fn start(pool: PgPool) -> (Settler, tokio::task::JoinHandle<()>) {
+    pub fn start(
+        pool: PgPool,
+        metrics: Arc<GatewayMetrics>,
+    ) -> (Settler, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(65_536);
-        (Settler { tx }, tokio::spawn(run(pool, rx)))
+        (Settler { tx }, tokio::spawn(run(pool, rx, metrics)))
     }
 
     pub async fn settle(&self, item: Settle) {
@@ -44,7 +49,7 @@ impl Settler {
     }
 }
 
-async fn run(pool: PgPool, mut rx: mpsc::Receiver<Settle>) {
+async fn run(pool: PgPool, mut rx: mpsc::Receiver<Settle>, metrics: Arc<GatewayMetrics>) {
     let mut batch: Vec<Settle> = Vec::with_capacity(BATCH);
     while let Some(first) = rx.recv().await {
         batch.push(first);
@@ -59,6 +64,7 @@ async fn run(pool: PgPool, mut rx: mpsc::Receiver<Settle>) {
             match settle_batch(&pool, &batch).await {
                 Ok(()) => break,
                 Err(err) => {
+                    metrics.settle_failed();
                     // The database is away: keep the batch and try again. Should the process
                     // die meanwhile, the leases bill these calls at their holds.
                     crate::gateway::log_error(&format!(
