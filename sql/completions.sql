@@ -69,6 +69,12 @@ comment on function bulkhead.input_token_bound(text, text[], boolean) is
     'An upper bound on the input tokens a provider bills for these texts: the model''s tokenizer, else their bytes, plus framing.';
 
 -- Admits, renders and queues one completion for the current tenant; returns the job id.
+-- With `request` (an OpenAI Chat Completions or Anthropic Messages body, by the model's
+-- provider: messages, tools, response_format...), the call is that request, as the gateway would
+-- send it: the rendered template (if one is named) becomes its system prompt, `model`,
+-- `max_output_tokens` and `stream` override the body's, and its input is bounded from every
+-- text it holds (bulkhead._request_input_bound). Without it, the rendered template is the one
+-- user message.
 -- SECURITY DEFINER (as bulkhead_meter): only this function may queue a completion job, so every
 -- provider call the daemon makes was admitted against the budget first.
 create function bulkhead.complete(
@@ -78,7 +84,8 @@ create function bulkhead.complete(
     max_output_tokens int,
     stream boolean default false,
     lease interval default '30 minutes',
-    idempotency_key text default null
+    idempotency_key text default null,
+    request jsonb default null
 )
 returns bigint
 language plpgsql volatile
@@ -88,7 +95,10 @@ as $$
 declare
     tenant uuid := bulkhead.current_tenant();
     prompt text;
-    est_input int;
+    model_provider text;
+    bounds record;
+    choices int := 1;
+    est_input bigint;
     reservation uuid;
     r bulkhead.reservations;
     job bigint;
@@ -97,11 +107,17 @@ begin
         raise exception 'no tenant context'
             using errcode = '42501', hint = 'Call bulkhead.set_tenant(...) first: a completion runs for one tenant.';
     end if;
-    if template_name is null or vars is null or model is null or max_output_tokens is null or stream is null then
-        raise exception 'template_name, vars, model, max_output_tokens and stream are required' using errcode = '22004';
+    if model is null or max_output_tokens is null or stream is null
+       or (request is null and (template_name is null or vars is null)) then
+        raise exception 'model, max_output_tokens and stream are required, and template_name and vars unless a request is given'
+            using errcode = '22004';
     end if;
     if max_output_tokens < 1 then
         raise exception 'max_output_tokens must be at least 1' using errcode = '22023';
+    end if;
+    if request is not null and (pg_catalog.jsonb_typeof(request) <> 'object' or pg_catalog.octet_length(request::text) > 8388608) then
+        raise exception 'request must be a JSON object of at most 8 MiB' using errcode = '22023',
+            detail = 'An OpenAI Chat Completions or Anthropic Messages request body, by the model''s provider.';
     end if;
     if idempotency_key is not null then
         select j.id into job from bulkhead.jobs j
@@ -110,12 +126,43 @@ begin
             return job;  -- a retried request: no second admission, no second call
         end if;
     end if;
-    prompt := bulkhead.render_prompt(template_name, vars);
+    if template_name is not null then
+        prompt := bulkhead.render_prompt(template_name, coalesce(vars, '{}'));
+    end if;
     -- The prompt holds end users' text: reserve a bound that holds for any text (the model's
     -- tokenizer, else one token per byte, plus framing), never an average. The settle charges
     -- what the provider counted and gives the rest back.
-    est_input := least((select b.tokens from bulkhead.input_token_bound(model, array[prompt]) b), 100000000)::int;
-    reservation := bulkhead.budget_check(model, est_input, max_output_tokens, lease);
+    if request is null then
+        est_input := (select b.tokens from bulkhead.input_token_bound(model, array[prompt]) b);
+    else
+        select p.provider into model_provider from bulkhead.prices p
+        where p.model = complete.model and p.effective_from <= pg_catalog.clock_timestamp()
+        order by p.effective_from desc limit 1;
+        if not found then
+            raise exception 'unknown model %', pg_catalog.quote_literal(model) using errcode = '22023',
+                detail = 'No price is in effect for this model, so its cost cannot be bounded; the call is refused.';
+        end if;
+        select * into bounds from bulkhead._request_input_bound(
+            case when model_provider = 'anthropic' then 'anthropic' else 'openai' end, model, request);
+        -- The tokenizer's count only where input_token_bound would use it (every price row OpenAI).
+        est_input := case when (select pg_catalog.bool_and(p.provider = 'openai') from bulkhead.prices p
+                                where p.model = complete.model) and bounds.tokenized is not null
+                          then bounds.tokenized else bounds.bytes end;
+        if prompt is not null then
+            est_input := est_input + (select b.tokens from bulkhead.input_token_bound(model, array[prompt]) b);
+        end if;
+        if model_provider <> 'anthropic' and request ? 'n' then
+            if pg_catalog.jsonb_typeof(request -> 'n') <> 'number' or (request ->> 'n')::numeric not between 1 and 128
+               or (request ->> 'n')::numeric <> pg_catalog.trunc((request ->> 'n')::numeric) then
+                raise exception 'n must be an integer between 1 and 128' using errcode = '22023';
+            end if;
+            choices := (request ->> 'n')::int;
+        end if;
+        if max_output_tokens::bigint * choices > 2147483647 then
+            raise exception 'max_output_tokens x n is too large' using errcode = '22023';
+        end if;
+    end if;
+    reservation := bulkhead.budget_check(model, least(est_input, 100000000)::int, max_output_tokens * choices, lease);
     -- Admitted in memory: the worker's call needs the reservation as a row.
     perform bulkhead._materialize_reservation(reservation);
     -- budget_check may have switched synchronous commit off for the transaction (admission
@@ -126,27 +173,31 @@ begin
     returning * into r;
     return bulkhead._enqueue(
         'completion',
-        pg_catalog.jsonb_build_object(
+        pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
             'reservation', reservation,
             'provider', r.provider,
             'model', r.model,
             'template', template_name,
             'prompt', prompt,
+            'request', request,
             'max_output_tokens', max_output_tokens,
-            'est_input_tokens', est_input,
-            'stream', stream),
+            'choices', choices,
+            'est_input_tokens', least(est_input, 100000000),
+            'stream', stream)),
         'completion:' || coalesce(complete.idempotency_key, reservation::text),
         null,
         5);
 end
 $$;
-comment on function bulkhead.complete(text, jsonb, text, int, boolean, interval, text) is
-    'Admits one LLM call against the current tenant''s budget, renders the prompt and queues the call for the daemon; returns the job id.';
+comment on function bulkhead.complete(text, jsonb, text, int, boolean, interval, text, jsonb) is
+    'Admits one LLM call against the current tenant''s budget, renders the prompt (and takes a full chat request) and queues the call for the daemon; returns the job id.';
 
 -- A completion's outcome, for the tenant that queued it (no row of another tenant is visible).
 -- status: queued, running (also while waiting to retry after a transient failure), done, failed.
+-- message: the provider's whole answer message for a call made from a full request (OpenAI's
+-- choices[0].message with its tool_calls, or Anthropic's content blocks), else NULL.
 create function bulkhead.completion_result(job_id bigint)
-returns table (status text, output text, cost_usd numeric, error text)
+returns table (status text, output text, cost_usd numeric, error text, message jsonb)
 language plpgsql stable
 security definer
 set search_path to pg_catalog, pg_temp
@@ -159,7 +210,8 @@ begin
         select case s.state when 'dead' then 'failed' else s.state end,
                j.result ->> 'output',
                (j.result ->> 'cost_usd')::numeric,
-               j.last_error
+               j.last_error,
+               j.result -> 'message'
         from bulkhead.jobs j join bulkhead.job_schedule s on s.job_id = j.id and s.job_tenant = j.tenant_id
         where j.tenant_id = bulkhead.current_tenant() and j.id = completion_result.job_id
           and j.kind = 'completion';
@@ -170,7 +222,7 @@ begin
 end
 $$;
 comment on function bulkhead.completion_result(bigint) is
-    'Status, output, settled cost and error of one of the current tenant''s completion jobs.';
+    'Status, output, settled cost, error and (for a full request) the answer message of one of the current tenant''s completion jobs.';
 
 -- The provider credential for a job the worker holds, read in the job's tenant context (its
 -- own credential, else the shared pool). The worker resolves the reference at call time.
@@ -191,7 +243,8 @@ $$;
 -- one transaction: the ledger row and the job's result commit together or not at all. With an
 -- error (a stream cut short), the call is settled for what was streamed and the job fails.
 create function bulkhead._finish_completion(
-    job bigint, worker text, usage jsonb, request_id text, output text, error text default null
+    job bigint, worker text, usage jsonb, request_id text, output text, error text default null,
+    message jsonb default null
 )
 returns numeric
 language plpgsql volatile
@@ -210,7 +263,8 @@ begin
     end if;
     cost := bulkhead._settle_queued_call((payload ->> 'reservation')::uuid, usage, request_id);
     perform bulkhead._close_job(job, pg_catalog.jsonb_build_object(
-        'output', output, 'cost_usd', cost, 'request_id', request_id, 'usage', usage), error);
+        'output', output, 'cost_usd', cost, 'request_id', request_id, 'usage', usage)
+        || case when message is null then '{}'::jsonb else pg_catalog.jsonb_build_object('message', message) end, error);
     return cost;
 end
 $$;
@@ -371,7 +425,8 @@ $$;
 -- each in its own subtransaction, so a refused settle leaves the others in place. Returns per
 -- job: done, failed (a stream cut short, settled), lease_lost, or the error that refused it.
 create function bulkhead._finish_completions(
-    worker text, jobs bigint[], usages jsonb[], request_ids text[], outputs text[], errors text[]
+    worker text, jobs bigint[], usages jsonb[], request_ids text[], outputs text[], errors text[],
+    messages jsonb[] default null
 )
 returns table (job_id bigint, outcome text)
 language plpgsql volatile
@@ -388,7 +443,8 @@ begin
     end if;
     if worker is null or jobs is null or pg_catalog.cardinality(usages) is distinct from n
        or pg_catalog.cardinality(request_ids) is distinct from n or pg_catalog.cardinality(outputs) is distinct from n
-       or pg_catalog.cardinality(errors) is distinct from n then
+       or pg_catalog.cardinality(errors) is distinct from n
+       or (messages is not null and pg_catalog.cardinality(messages) is distinct from n) then
         raise exception 'worker, and one usage, request id, output and error per job, are required' using errcode = '22023';
     end if;
     -- Tenant by tenant, in tenant id order: each settle locks its tenant's budget state until
@@ -404,7 +460,8 @@ begin
         job_id := jobs[i];
         begin
             perform bulkhead._set_tenant_within_function(null);
-            perform bulkhead._finish_completion(jobs[i], worker, usages[i], request_ids[i], outputs[i], errors[i]);
+            perform bulkhead._finish_completion(jobs[i], worker, usages[i], request_ids[i], outputs[i], errors[i],
+                                                messages[i]);
             outcome := case when errors[i] is null then 'done' else 'failed' end;
         exception when others then
             outcome := case when sqlstate = '55000' and sqlerrm like '%is not held by worker%' then 'lease_lost'
@@ -425,7 +482,7 @@ $$;
 
 alter function bulkhead.embed_document(text, jsonb, text, text, jsonb, interval) owner to bulkhead_meter;
 alter function bulkhead._cancel_reservation(uuid) owner to bulkhead_meter;
-alter function bulkhead.complete(text, jsonb, text, int, boolean, interval, text) owner to bulkhead_meter;
+alter function bulkhead.complete(text, jsonb, text, int, boolean, interval, text, jsonb) owner to bulkhead_meter;
 alter function bulkhead.completion_result(bigint) owner to bulkhead_meter;
 
 revoke all on function bulkhead._cancel_reservation(uuid) from public;
@@ -433,20 +490,23 @@ revoke all on function bulkhead._input_token_bound(text, text, text[], boolean) 
 revoke all on function bulkhead.input_token_bound(text, text[], boolean) from public;
 grant execute on function bulkhead._input_token_bound(text, text, text[], boolean), bulkhead.input_token_bound(text, text[], boolean)
     to bulkhead_app, bulkhead_worker, bulkhead_admin, bulkhead_meter;
-revoke all on function bulkhead.complete(text, jsonb, text, int, boolean, interval, text) from public;
+-- complete() (as bulkhead_meter) bounds a full chat request's input; pure, like price_usage.
+revoke all on function bulkhead._request_input_bound(text, text, jsonb) from public;
+grant execute on function bulkhead._request_input_bound(text, text, jsonb) to bulkhead_meter;
+revoke all on function bulkhead.complete(text, jsonb, text, int, boolean, interval, text, jsonb) from public;
 revoke all on function bulkhead.completion_result(bigint) from public;
 revoke all on function bulkhead.embed_document(text, jsonb, text, text, jsonb, interval) from public;
 revoke all on function bulkhead._finish_embedding(bigint, text, jsonb, text, jsonb, text) from public;
 grant execute on function bulkhead.embed_document(text, jsonb, text, text, jsonb, interval) to bulkhead_app;
 grant execute on function bulkhead._finish_embedding(bigint, text, jsonb, text, jsonb, text) to bulkhead_worker;
 revoke all on function bulkhead.job_credential(bigint, text, text) from public;
-revoke all on function bulkhead._finish_completion(bigint, text, jsonb, text, text, text) from public;
-revoke all on function bulkhead._finish_completions(text, bigint[], jsonb[], text[], text[], text[]) from public;
-grant execute on function bulkhead._finish_completions(text, bigint[], jsonb[], text[], text[], text[]) to bulkhead_worker;
-grant execute on function bulkhead.complete(text, jsonb, text, int, boolean, interval, text),
+revoke all on function bulkhead._finish_completion(bigint, text, jsonb, text, text, text, jsonb) from public;
+revoke all on function bulkhead._finish_completions(text, bigint[], jsonb[], text[], text[], text[], jsonb[]) from public;
+grant execute on function bulkhead._finish_completions(text, bigint[], jsonb[], text[], text[], text[], jsonb[]) to bulkhead_worker;
+grant execute on function bulkhead.complete(text, jsonb, text, int, boolean, interval, text, jsonb),
     bulkhead.completion_result(bigint) to bulkhead_app, bulkhead_admin;
 grant execute on function bulkhead._cancel_reservation(uuid), bulkhead.job_credential(bigint, text, text),
-    bulkhead._finish_completion(bigint, text, jsonb, text, text, text) to bulkhead_worker;
+    bulkhead._finish_completion(bigint, text, jsonb, text, text, text, jsonb) to bulkhead_worker;
 -- complete() runs as bulkhead_meter: it renders and admits like the caller would.
 grant execute on function bulkhead.render_prompt(text, jsonb), bulkhead._render_prompt(text, text),
     bulkhead.budget_check(text, int, int, interval) to bulkhead_meter;

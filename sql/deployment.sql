@@ -14,7 +14,7 @@ grant select on bulkhead.retrieval_settings, bulkhead.documents, bulkhead.chunks
 grant execute on function bulkhead.current_tenant(),
     bulkhead.tenant_search(vector, int, jsonb), bulkhead.tenant_search_hybrid(text, vector, int),
     bulkhead.tenant_search_path(), bulkhead._indexed_search_sql(int),
-    bulkhead.complete(text, jsonb, text, int, boolean, interval, text), bulkhead.completion_result(bigint),
+    bulkhead.complete(text, jsonb, text, int, boolean, interval, text, jsonb), bulkhead.completion_result(bigint),
     bulkhead.job_status(bigint),
     bulkhead.input_token_bound(text, text[], boolean), bulkhead._input_token_bound(text, text, text[], boolean)
     to bulkhead_end_user;

@@ -6,7 +6,8 @@
 //! using up an attempt; 5xx, timeouts, dropped connections and unreadable answers back off; any
 //! other 4xx is final. Error texts never carry the key: provider bodies are redacted and cut.
 
-use serde_json::{json, Value};
+use bulkhead_policy::requests::Wire;
+use serde_json::{json, Map, Value};
 use std::time::Duration;
 
 pub use crate::secrets::Secret;
@@ -27,7 +28,11 @@ pub struct Endpoints {
 pub struct Request<'a> {
     pub provider: &'a str,
     pub model: &'a str,
-    pub prompt: &'a str,
+    /// The rendered template: the one user message, or with `body` its system prompt.
+    pub prompt: Option<&'a str>,
+    /// A full chat request in the provider's format (complete()'s `request`), sent as the
+    /// gateway sends it (`shape_chat_body`).
+    pub body: Option<&'a Value>,
     pub max_output_tokens: u32,
     pub stream: bool,
     /// What admission estimated for the prompt: the input count of a stream cut before usage.
@@ -43,6 +48,9 @@ pub struct Completion {
     pub output: String,
     /// The provider's usage object, as it sent it (or, for a stream cut short, as counted).
     pub usage: Value,
+    /// For a call made from a full request: the answer's message (OpenAI's choices[0].message,
+    /// with its tool calls; Anthropic's content blocks). Null otherwise, and for streams.
+    pub message: Value,
     /// Set when a stream ended before the provider reported usage, or the answer could not be
     /// read: the call is settled for what was streamed (or at the reservation's estimate) and
     /// the job fails with this reason, without calling again.
@@ -176,11 +184,30 @@ impl Providers {
 
     pub async fn complete(&self, request: &Request<'_>) -> Result<Completion, CallError> {
         let key = request.key.expose();
-        let (api, body) = match request.provider {
-            "openai" | "openai_compatible" => {
+        let (api, body) = match (request.body, request.provider) {
+            (Some(client), provider) => {
+                let (wire, api) = if provider == "anthropic" {
+                    (Wire::Anthropic, Api::Messages)
+                } else {
+                    (Wire::OpenAi, Api::ChatCompletions)
+                };
+                let mut body = client.as_object().cloned().unwrap_or_default();
+                body.insert("model".into(), json!(request.model));
+                body.insert("stream".into(), json!(request.stream));
+                shape_chat_body(
+                    &mut body,
+                    wire,
+                    provider,
+                    i64::from(request.max_output_tokens),
+                    request.stream,
+                    request.prompt,
+                );
+                (api, Value::Object(body))
+            }
+            (None, "openai" | "openai_compatible") => {
                 let mut body = json!({
                     "model": request.model,
-                    "messages": [{"role": "user", "content": request.prompt}],
+                    "messages": [{"role": "user", "content": request.prompt.unwrap_or_default()}],
                 });
                 body[output_cap_field(request.provider)] = json!(request.max_output_tokens);
                 if request.stream {
@@ -189,11 +216,11 @@ impl Providers {
                 }
                 (Api::ChatCompletions, body)
             }
-            _ => {
+            (None, _) => {
                 let mut body = json!({
                     "model": request.model,
                     "max_tokens": request.max_output_tokens,
-                    "messages": [{"role": "user", "content": request.prompt}],
+                    "messages": [{"role": "user", "content": request.prompt.unwrap_or_default()}],
                 });
                 if request.stream {
                     body["stream"] = json!(true);
@@ -231,6 +258,7 @@ impl Providers {
             request_id: header_request_id
                 .unwrap_or_else(|| format!("unreadable-{}", uuid::Uuid::new_v4().simple())),
             output: String::new(),
+            message: Value::Null,
             usage: if request.provider == "anthropic" {
                 json!({"input_tokens": request.est_input_tokens, "output_tokens": request.max_output_tokens})
             } else {
@@ -242,6 +270,54 @@ impl Providers {
             )),
             malformed: true,
         }))
+    }
+}
+
+/// A chat request as a provider gets it from Bulkhead (the gateway's and complete()'s): the
+/// output cap of the reservation (in the field the provider reads, the client's own removed),
+/// usage reported on streams, and the tenant prompt as the system prompt, before the client's
+/// own if any.
+pub fn shape_chat_body(
+    body: &mut Map<String, Value>,
+    wire: Wire,
+    provider: &str,
+    output_cap: i64,
+    stream: bool,
+    system_prompt: Option<&str>,
+) {
+    match wire {
+        Wire::OpenAi => {
+            body.remove("max_tokens");
+            body.remove("max_completion_tokens");
+            body.insert(output_cap_field(provider).into(), json!(output_cap));
+            if stream {
+                let options = body.entry("stream_options").or_insert_with(|| json!({}));
+                if !options.is_object() {
+                    *options = json!({});
+                }
+                options["include_usage"] = json!(true);
+            }
+            if let (Some(prompt), Some(Value::Array(messages))) =
+                (system_prompt, body.get_mut("messages"))
+            {
+                messages.insert(0, json!({"role": "system", "content": prompt}));
+            }
+        }
+        Wire::Anthropic => {
+            body.insert("max_tokens".into(), json!(output_cap));
+            if let Some(prompt) = system_prompt {
+                let system = match body.remove("system") {
+                    None | Some(Value::Null) => json!(prompt),
+                    Some(Value::String(client)) => json!(format!("{prompt}\n\n{client}")),
+                    Some(Value::Array(mut blocks)) => {
+                        blocks.insert(0, json!({"type": "text", "text": prompt}));
+                        Value::Array(blocks)
+                    }
+                    Some(other) => other,
+                };
+                body.insert("system".into(), system);
+            }
+        }
     }
 }
 
@@ -286,6 +362,11 @@ async fn read_answer(
             let output = message["content"].as_str().unwrap_or_default().to_string();
             (output, answer["usage"].clone())
         };
+        let message = match (request.body, request.provider) {
+            (None, _) => Value::Null,
+            (Some(_), "anthropic") => answer["content"].clone(),
+            (Some(_), _) => answer["choices"][0]["message"].clone(),
+        };
         if !usage.is_object() {
             return Err("no usage object".into());
         }
@@ -299,6 +380,7 @@ async fn read_answer(
             request_id,
             output,
             usage,
+            message,
             cut_short: None,
             malformed: false,
         })
@@ -541,6 +623,7 @@ impl Stream {
                 request_id,
                 output: self.output,
                 usage,
+                message: Value::Null,
                 cut_short: None,
                 malformed: false,
             }),
@@ -566,6 +649,7 @@ impl Stream {
                     request_id,
                     output: self.output,
                     usage,
+                    message: Value::Null,
                     cut_short: Some(format!("stream cut short: {reason}")),
                     malformed: false,
                 })

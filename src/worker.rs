@@ -834,7 +834,8 @@ async fn complete(
     let request = providers::Request {
         provider,
         model: field(payload, "model")?,
-        prompt: field(payload, "prompt")?,
+        prompt: payload["prompt"].as_str(),
+        body: payload.get("request").filter(|r| r.is_object()),
         max_output_tokens,
         stream: payload["stream"].as_bool().unwrap_or(false),
         est_input_tokens: payload["est_input_tokens"].as_u64().unwrap_or(0),
@@ -1045,8 +1046,16 @@ async fn finish_completions(
         .iter()
         .map(|c| c.3.cut_short.as_deref().map(without_nul))
         .collect();
+    let messages: Vec<Option<serde_json::Value>> = completions
+        .iter()
+        .map(|c| {
+            Some(&c.3.message)
+                .filter(|m| !m.is_null())
+                .map(without_nul_json)
+        })
+        .collect();
     sqlx::query_as(
-        "select job_id, outcome from bulkhead._finish_completions($1, $2, $3, $4, $5, $6)",
+        "select job_id, outcome from bulkhead._finish_completions($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(&config.name)
     .bind(&ids)
@@ -1054,6 +1063,7 @@ async fn finish_completions(
     .bind(&request_ids)
     .bind(&outputs)
     .bind(&errors)
+    .bind(&messages)
     .fetch_all(pool)
     .await
 }

@@ -894,3 +894,95 @@ async fn bad_bodies_get_4xx_in_the_endpoints_error_format() {
         gateway.log()
     );
 }
+
+#[tokio::test]
+async fn the_queued_path_takes_the_gateways_request_shape() {
+    let fake = FakeProviders::start();
+    let mut admin = admin().await;
+    let models = models(&mut admin).await;
+    let a = tenant(&mut admin, "gw-queue", "1000").await;
+    let mut app = common::app().await;
+    let mut tx = common::begin_as(&mut app, a.id).await.unwrap();
+    let openai_job: i64 = sqlx::query_scalar(
+        "select bulkhead.complete(null, null, $1, 40, request => $2)",
+    )
+    .bind(&models.openai)
+    .bind(json!({"messages": [{"role": "user", "content": "find order 42"}],
+                 "tools": [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}],
+                 "max_tokens": 100000}))
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    let anthropic_job: i64 = sqlx::query_scalar(
+        "select bulkhead.complete(null, null, $1, 40, request => $2)",
+    )
+    .bind(&models.anthropic)
+    .bind(
+        json!({"system": "be brief", "messages": [{"role": "user", "content": "find order 42"}],
+                 "tools": [{"name": "lookup", "input_schema": {"type": "object"}}]}),
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let options = common::superuser_options();
+    let worker_url = format!(
+        "postgres://bulkhead_test_worker@{}:{}/{}",
+        std::env::var("BULKHEAD_TEST_HOST").unwrap(),
+        std::env::var("BULKHEAD_TEST_PORT").unwrap(),
+        options.get_database().unwrap()
+    );
+    let status = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .args(["worker", "--drain", "--name", "gw-queue"])
+        .env("DATABASE_URL", worker_url)
+        .env(
+            "OPENAI_BASE_URL",
+            format!("http://127.0.0.1:{}/v1", fake.port),
+        )
+        .env(
+            "ANTHROPIC_BASE_URL",
+            format!("http://127.0.0.1:{}", fake.port),
+        )
+        .envs(a.env())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut tx = common::begin_as(&mut app, a.id).await.unwrap();
+    for (job, called) in [
+        (openai_job, "/tool_calls/0/function/name"),
+        (anthropic_job, "/0/name"),
+    ] {
+        let (state, message): (String, Option<Value>) =
+            sqlx::query_as("select status, message from bulkhead.completion_result($1)")
+                .bind(job)
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap();
+        assert_eq!(state, "done");
+        let message = message.expect("the answer message is kept");
+        assert_eq!(message.pointer(called), Some(&json!("lookup")), "{message}");
+    }
+    tx.commit().await.unwrap();
+    // The provider got the request as the gateway sends it: the reservation's cap, not the client's.
+    let requests = fake_requests(&fake);
+    let openai = requests
+        .iter()
+        .find(|r| r["path"] == "/v1/chat/completions")
+        .unwrap();
+    assert_eq!(openai["body"]["max_completion_tokens"], 40);
+    assert!(openai["body"].get("max_tokens").is_none());
+    assert_eq!(openai["body"]["tools"][0]["function"]["name"], "lookup");
+    let anthropic = requests
+        .iter()
+        .find(|r| r["path"] == "/v1/messages")
+        .unwrap();
+    assert_eq!(anthropic["body"]["max_tokens"], 40);
+    assert_eq!(anthropic["body"]["system"], "be brief");
+    settled(a.id).await;
+    assert_eq!(
+        ledger(a.id).await.0,
+        2,
+        "both calls are in the tenant's ledger"
+    );
+}

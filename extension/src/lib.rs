@@ -93,7 +93,11 @@ extension_sql_file!(
 extension_sql_file!(
     "../../sql/completions.sql",
     name = "completions",
-    requires = ["jobs", tokens::_input_token_bound]
+    requires = [
+        "jobs",
+        tokens::_input_token_bound,
+        tokens::_request_input_bound
+    ]
 );
 extension_sql_file!(
     "../../sql/pinecone.sql",

@@ -3,6 +3,7 @@
 //! where one is known, the byte bound otherwise, plus framing). SQL reaches it through
 //! `bulkhead.input_token_bound(model, inputs, chat)`, which looks up the model's provider.
 
+use bulkhead_policy::requests::{self, Wire};
 use bulkhead_policy::tokens;
 use pgrx::prelude::*;
 
@@ -32,4 +33,31 @@ pub fn _input_token_bound(
         i64::try_from(bound).unwrap_or(i64::MAX),
         method.name().to_string(),
     ))
+}
+
+/// The input bounds of a chat request body (`request`, in `wire`'s format: `openai` or
+/// `anthropic`): with the model's tokenizer where one is known for an OpenAI model (NULL
+/// otherwise), and at a token per byte; both with framing, tool, image and cache-write
+/// overheads (bulkhead_policy::requests). A body that is not a valid request raises 22023; one
+/// whose cost cannot be bounded (audio, documents, server tools...) raises 0A000.
+#[pg_extern(immutable, parallel_safe)]
+#[search_path(pg_catalog, pg_temp)]
+pub fn _request_input_bound(
+    wire: &str,
+    model: &str,
+    request: pgrx::JsonB,
+) -> TableIterator<'static, (name!(tokenized, Option<i64>), name!(bytes, i64))> {
+    let wire = if wire == "anthropic" {
+        Wire::Anthropic
+    } else {
+        Wire::OpenAi
+    };
+    let input = match requests::chat_input(wire, &request.0) {
+        Ok(input) => input,
+        Err(err) => crate::errors::raise(&err),
+    };
+    pgrx::check_for_interrupts!();
+    let bounds = input.bounds(wire, model);
+    let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    TableIterator::once((bounds.tokenized.map(as_i64), as_i64(bounds.bytes)))
 }

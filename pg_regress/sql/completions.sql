@@ -136,6 +136,38 @@ from bulkhead.ledger where request_id like 'chatcmpl-guessed%';
 set local role regress_cmp_app;
 select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000c1');
 
+-- A full chat request (the gateway's shape) through the queue: the template is its system
+-- prompt, every text of the request is bounded, tools included; what cannot be bounded is refused.
+create temp table full_request as select bulkhead.complete('cmp', '{"q": "tools"}', 'cmp-model', 50,
+    request => '{"messages": [{"role": "user", "content": "find order 42"}],
+                 "tools": [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}],
+                 "n": 2}') as id;
+grant select on full_request to public;
+select j.payload ->> 'prompt' as prompt, j.payload -> 'request' -> 'tools' -> 0 -> 'function' ->> 'name' as tool,
+       (j.payload ->> 'choices')::int as choices, (j.payload ->> 'est_input_tokens')::int > 60 as tools_counted,
+       r.max_output_tokens as reserved_output
+from bulkhead.jobs j join bulkhead.reservations r on r.id = (j.payload ->> 'reservation')::uuid
+where j.id = (select id from full_request);
+select pg_temp.attempt($q$select bulkhead.complete(null, null, 'cmp-model', 50, request => '{"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]}')$q$) as audio;
+select pg_temp.attempt($q$select bulkhead.complete(null, null, 'cmp-model', 50, request => '{"messages": "hi"}')$q$) as malformed_request;
+select pg_temp.attempt($q$select bulkhead.complete(null, null, 'cmp-model', 50, request => '[]')$q$) as not_an_object;
+select pg_temp.attempt($q$select bulkhead.complete(null, null, 'cmp-model', 50, request => '{"messages": [{"role": "user", "content": "x"}], "n": 1.5}')$q$) as fractional_n;
+select pg_temp.attempt($q$select bulkhead.complete(null, null, 'cmp-model', 50)$q$) as neither_template_nor_request;
+select pg_temp.attempt($q$select bulkhead.complete(null, null, 'no-such-model', 50, request => '{"messages": [{"role": "user", "content": "x"}]}')$q$) as unknown_model;
+-- Its answer message (with tool calls) is kept beside the output text.
+reset role;
+set local role regress_cmp_worker;
+select bulkhead.set_tenant(null);
+select count(*) as claimed from bulkhead.claim_jobs('w1', 10, '1 minute') where job_id = (select id from full_request);
+select bulkhead._finish_completions('w1', array[(select id from full_request)],
+    array['{"prompt_tokens": 80, "completion_tokens": 12}'::jsonb], array['chatcmpl-tools-1'], array[''], array[null],
+    array['{"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}]}'::jsonb]) is not null as finished;
+reset role;
+set local role regress_cmp_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000c1');
+select status, output, message -> 'tool_calls' -> 0 -> 'function' ->> 'name' as called
+from bulkhead.completion_result((select id from full_request));
+
 -- Reconciliation input: a finished UTC day, a well-formed report; the app may not run it.
 select pg_temp.attempt($q$select bulkhead.reconcile_usage('openai', current_date - 1, '[]')$q$) as app_reconciles;
 reset role;
@@ -144,7 +176,7 @@ select bulkhead.set_tenant(null);
 select pg_temp.attempt($q$select bulkhead.reconcile_usage('openai', (now() at time zone 'UTC')::date, '[]')$q$) as today;
 select pg_temp.attempt($q$select bulkhead.reconcile_usage('mistral', '2025-01-01', '[]')$q$) as unknown_provider;
 select pg_temp.attempt($q$select bulkhead.reconcile_usage('openai', '2025-01-01', '[{"project_id": 1}]')$q$) as malformed_report;
--- A's ledger rows (moved to a finished day: 3 calls, 1101 input and 61 output tokens) against a
+-- A's ledger rows (moved to a finished day: 4 calls, 1181 input and 73 output tokens) against a
 -- report that disagrees, and a project no credential names.
 reset role;
 update bulkhead.ledger set created_at = '2025-01-01 12:00+00' where tenant_id = '00000000-0000-4000-8000-0000000000c1';

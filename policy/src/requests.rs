@@ -28,6 +28,30 @@ pub const CACHE_WRITE_FACTOR: u64 = 2;
 /// Most messages, parts and tools one request may hold.
 pub const MAX_ITEMS: usize = 10_000;
 
+impl crate::sqlstate::HasSqlState for RequestError {
+    fn sqlstate(&self) -> crate::SqlState {
+        match self {
+            RequestError::Invalid(_) => crate::SqlState::INVALID_PARAMETER_VALUE,
+            RequestError::Unsupported(_) => crate::SqlState::FEATURE_NOT_SUPPORTED,
+        }
+    }
+
+    fn detail(&self) -> Option<String> {
+        Some(match self {
+            RequestError::Invalid(_) => "The request is an OpenAI Chat Completions or Anthropic Messages body, by the model's provider.".into(),
+            RequestError::Unsupported(_) => "Admission reserves a bound on every call's cost before it is made; this input has none.".into(),
+        })
+    }
+}
+
+/// The billable input of a chat request body in `wire`'s format.
+pub fn chat_input(wire: Wire, body: &Value) -> Result<Input, RequestError> {
+    match wire {
+        Wire::OpenAi => openai_chat(body),
+        Wire::Anthropic => anthropic_messages(body),
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wire {
     OpenAi,
@@ -39,7 +63,7 @@ pub enum Wire {
 pub enum RequestError {
     #[error("{0}")]
     Invalid(String),
-    #[error("{0} is not supported by the gateway: its cost cannot be bounded before the call")]
+    #[error("{0} is not supported: its cost cannot be bounded before the call")]
     Unsupported(String),
 }
 

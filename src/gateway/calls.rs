@@ -399,53 +399,25 @@ fn has_client_system(request: &Map<String, Value>, endpoint: Endpoint) -> bool {
     }
 }
 
-/// The request as the provider gets it: the output cap of the reservation, usage reported on
-/// streams, and the tenant prompt as the system message (before the client's own, if any).
+/// The request as the provider gets it (providers::shape_chat_body; embeddings as sent).
 fn shape_upstream(
     request: &mut Map<String, Value>,
     call: &Admission,
     endpoint: Endpoint,
     stream: bool,
 ) {
-    let a = &call.admitted;
-    match endpoint {
-        Endpoint::Embeddings => {}
-        Endpoint::ChatCompletions => {
-            request.remove("max_tokens");
-            request.remove("max_completion_tokens");
-            request.insert(
-                providers::output_cap_field(&a.provider).into(),
-                json!(a.output_cap),
-            );
-            if stream {
-                let options = request.entry("stream_options").or_insert_with(|| json!({}));
-                if !options.is_object() {
-                    *options = json!({});
-                }
-                options["include_usage"] = json!(true);
-            }
-            if let (Some(prompt), Some(Value::Array(messages))) =
-                (&a.system_prompt, request.get_mut("messages"))
-            {
-                messages.insert(0, json!({"role": "system", "content": prompt}));
-            }
-        }
-        Endpoint::Messages => {
-            request.insert("max_tokens".into(), json!(a.output_cap));
-            if let Some(prompt) = &a.system_prompt {
-                let system = match request.remove("system") {
-                    None | Some(Value::Null) => json!(prompt),
-                    Some(Value::String(client)) => json!(format!("{prompt}\n\n{client}")),
-                    Some(Value::Array(mut blocks)) => {
-                        blocks.insert(0, json!({"type": "text", "text": prompt}));
-                        Value::Array(blocks)
-                    }
-                    Some(other) => other,
-                };
-                request.insert("system".into(), system);
-            }
-        }
+    if endpoint == Endpoint::Embeddings {
+        return;
     }
+    let a = &call.admitted;
+    providers::shape_chat_body(
+        request,
+        endpoint.wire(),
+        &a.provider,
+        i64::from(a.output_cap),
+        stream,
+        a.system_prompt.as_deref(),
+    );
 }
 
 /// A provider's error answer, for the client: the status (a 401/403 of the provider is the
