@@ -620,6 +620,32 @@ select 'A51 B''s release ids' as attack,
 from b_releases;
 reset role;
 
+-- A56: the gateway's API keys. B's app lists keys: none of A's, and never a hash; it can neither
+-- revoke A's key nor admit a call as A through the gateway's function (only bulkhead_gateway
+-- may name a tenant); a forged key hash authenticates nobody. The twin: without row level
+-- security (a BYPASSRLS member of bulkhead_app) A's key is listed.
+select bulkhead.create_api_key('00000000-0000-4000-8000-00000000000a', 'leak-a-key') as a_secret \gset
+create temp table a_key as
+select id from bulkhead.api_keys where key_hash = sha256(convert_to(:'a_secret', 'UTF8'));
+grant select on a_key to public;
+create role regress_leak_gateway in role bulkhead_gateway;
+set local role regress_leak_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
+select 'A56 B lists keys' as attack, count(*) as seen from bulkhead.api_keys;
+select 'A56 B reads hashes' as attack, pg_temp.attempt($q$select count(key_hash)::text from bulkhead.api_keys$q$) as b_result;
+select 'A56 B revokes A''s key' as attack, pg_temp.attempt($q$select bulkhead.revoke_api_key((select id from a_key))::text$q$) as b_result;
+select 'A56 B admits as A' as attack, pg_temp.attempt($q$select reservation::text from bulkhead.gateway_admit(null,
+    '00000000-0000-4000-8000-00000000000a', 'openai', 'chat', 'leak-model', 1, 1, 1, 1, null, null, '10 minutes')$q$) as b_result;
+reset role;
+set local role regress_leak_gateway;
+select 'A56 forged key hash' as attack, pg_temp.attempt($q$select reservation::text from bulkhead.gateway_admit(
+    sha256(convert_to('bk_guess', 'UTF8')), null, 'openai', 'chat', 'leak-model', 1, 1, 1, 1, null, null, '10 minutes')$q$) as result;
+reset role;
+set local role regress_leak_bypass;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
+select 'A56 twin: BYPASSRLS lists keys' as attack, count(*) as seen from bulkhead.api_keys;
+reset role;
+
 -- A29: shadowing bulkhead.current_tenant() through search_path changes nothing: policies hold
 -- the function itself, not its name.
 set local role regress_leak_app;
