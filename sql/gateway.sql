@@ -200,7 +200,8 @@ comment on function bulkhead.set_default_max_output_tokens(uuid, int) is
     'Sets the output cap of gateway calls that name none, for a tenant (or the platform default). bulkhead_admin only.';
 
 -- Who is calling: the tenant of an API key (by its SHA-256), or of a JWT the gateway verified.
--- Refusals: 28000 for a key that is unknown, revoked or expired (HTTP 401), PT403 for a tenant
+-- Refusals: PT401 for a key that is unknown, revoked or expired (HTTP 401; not 28000, which the
+-- server itself raises when the gateway's own login fails), PT403 for a tenant
 -- that is suspended or gone (HTTP 403). Sets the tenant context for the rest of the transaction.
 create function bulkhead._gateway_authenticate(api_key_hash bytea, jwt_tenant uuid)
 returns table (tenant_id uuid, key_id uuid)
@@ -220,11 +221,11 @@ begin
         from bulkhead.api_keys x where x.key_hash = api_key_hash
         limit 1;
         if not found then
-            raise exception 'invalid api key' using errcode = '28000';
+            raise exception 'invalid api key' using errcode = 'PT401';
         elsif k.revoked_at is not null then
-            raise exception 'api key revoked' using errcode = '28000';
+            raise exception 'api key revoked' using errcode = 'PT401';
         elsif k.expires_at is not null and k.expires_at <= pg_catalog.clock_timestamp() then
-            raise exception 'api key expired' using errcode = '28000';
+            raise exception 'api key expired' using errcode = 'PT401';
         end if;
         tenant_id := k.tenant_id;
         key_id := k.id;
@@ -260,7 +261,7 @@ $$;
 -- use it: every price row of the model names OpenAI) and byte_input at a token per byte (always
 -- valid), both including its framing, tools and image overheads. Adds the tenant prompt
 -- (rendered here) and reserves input + max_output_tokens x choices. Errors: see README
--- (28000 -> 401, PT403 -> 403, PT429 -> 429, 42704 unknown model -> 404, 22023 -> 400).
+-- (PT401 -> 401, PT403 -> 403, PT429 -> 429, 42704 unknown model -> 404, 22023 -> 400).
 create function bulkhead.gateway_admit(
     api_key_hash bytea,
     jwt_tenant uuid,

@@ -24,9 +24,18 @@ struct Gateway {
 
 impl Gateway {
     fn start(fake: &FakeProviders, env: &[(String, String)], args: &[&str]) -> Gateway {
+        Self::start_as(fake, "bulkhead_test_gateway", env, args)
+    }
+
+    fn start_as(
+        fake: &FakeProviders,
+        login: &str,
+        env: &[(String, String)],
+        args: &[&str],
+    ) -> Gateway {
         let options = common::superuser_options();
         let url = format!(
-            "postgres://bulkhead_test_gateway@{}:{}/{}",
+            "postgres://{login}@{}:{}/{}",
             std::env::var("BULKHEAD_TEST_HOST").unwrap(),
             std::env::var("BULKHEAD_TEST_PORT").unwrap(),
             options.get_database().unwrap()
@@ -985,4 +994,138 @@ async fn the_queued_path_takes_the_gateways_request_shape() {
         2,
         "both calls are in the tenant's ledger"
     );
+}
+
+#[tokio::test]
+async fn an_unreachable_database_gives_503_and_no_call_is_made() {
+    let fake = FakeProviders::start();
+    let mut admin = admin().await;
+    let models = models(&mut admin).await;
+    let a = tenant(&mut admin, "gw-dbdown", "1000").await;
+    // A login of its own, so that cutting it off touches no other test's gateway.
+    let login = format!("gw_dbdown_{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let mut su = superuser().await;
+    sqlx::query(&format!(
+        "create role {login} login in role bulkhead_gateway"
+    ))
+    .execute(&mut su)
+    .await
+    .unwrap();
+    let gateway = Gateway::start_as(&fake, &login, &a.env(), &["--pool-size", "2"]);
+    let http = reqwest::Client::new();
+    let call = || async {
+        http.post(format!("{}/v1/chat/completions", gateway.url))
+            .bearer_auth(&a.key)
+            .json(&json!({"model": models.openai, "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap()
+    };
+    assert_eq!(
+        call().await.status(),
+        200,
+        "the twin: with its database the call is made"
+    );
+    sqlx::query(&format!("alter role {login} nologin"))
+        .execute(&mut su)
+        .await
+        .unwrap();
+    sqlx::query("select pg_terminate_backend(pid) from pg_stat_activity where usename = $1")
+        .bind(&login)
+        .execute(&mut su)
+        .await
+        .unwrap();
+    let response = call().await;
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "service_unavailable", "{body}");
+    assert_eq!(fake_requests(&fake).len(), 1, "no call without admission");
+    let health = http
+        .get(format!("{}/healthz", gateway.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 503);
+    drop(gateway);
+    sqlx::query(&format!("drop role {login}"))
+        .execute(&mut su)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn sigterm_lets_streams_finish_then_cuts_and_settles_them() {
+    let fake = FakeProviders::start();
+    let mut admin = admin().await;
+    let models = models(&mut admin).await;
+    let a = tenant(&mut admin, "gw-term", "1000").await;
+    let mut gateway = Gateway::start(&fake, &a.env(), &["--shutdown-secs", "2"]);
+    let http = reqwest::Client::new();
+    // A first call warms the gateway's sessions, so that the two streams arrive in order.
+    let warm = http
+        .post(format!("{}/v1/chat/completions", gateway.url))
+        .bearer_auth(&a.key)
+        .json(&json!({"model": models.openai, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(warm.status(), 200);
+    // One stream ends within the grace period, one outlasts it.
+    fake.inject(
+        "/v1/chat/completions",
+        json!([{"slow": 0.05, "words": 10}, {"slow": 0.1, "words": 150}]),
+    );
+    let stream = |http: reqwest::Client, url: String, model: String, key: String| async move {
+        let response = http
+            .post(format!("{url}/v1/chat/completions"))
+            .bearer_auth(key)
+            .json(&json!({"model": model, "stream": true, "max_tokens": 200,
+                          "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        response.text().await.unwrap_or_default()
+    };
+    let short = tokio::spawn(stream(
+        http.clone(),
+        gateway.url.clone(),
+        models.openai.clone(),
+        a.key.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let long = tokio::spawn(stream(
+        http.clone(),
+        gateway.url.clone(),
+        models.openai.clone(),
+        a.key.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let term = Command::new("kill")
+        .args(["-TERM", &gateway.process.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let started = Instant::now();
+    let short = short.await.unwrap();
+    let long = long.await.unwrap();
+    let status = gateway.process.0.wait().unwrap();
+    assert!(
+        status.success(),
+        "SIGTERM ends the gateway cleanly: {status:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "it exits soon after the grace period"
+    );
+    assert!(
+        short.contains("[DONE]"),
+        "a stream that ends within the grace period finishes: {short}"
+    );
+    assert!(
+        long.contains("shutting down"),
+        "a longer one is cut with an error event: {long}"
+    );
+    // Both are settled before the process exits: nothing is left to the lease.
+    assert_eq!(open_reservations(a.id).await, 0);
+    assert_eq!(ledger(a.id).await.0, 3);
 }

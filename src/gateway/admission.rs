@@ -89,7 +89,7 @@ pub fn refusal(wire: Wire, err: sqlx::Error) -> ApiError {
         .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
         .and_then(|pg| pg.detail().map(str::to_string));
     match code.as_str() {
-        "28000" => ApiError::unauthorized(wire, message),
+        "PT401" => ApiError::unauthorized(wire, message),
         "PT403" => {
             let code = if message == "tenant_not_found" {
                 "tenant_not_found"
@@ -148,6 +148,17 @@ pub fn refusal(wire: Wire, err: sqlx::Error) -> ApiError {
             with_detail(message, detail),
         ),
         c if c.starts_with("22") => ApiError::bad_request(wire, with_detail(message, detail)),
+        // The gateway's own session: its login refused, the server shutting down or full.
+        c if ["08", "28", "53", "57"]
+            .iter()
+            .any(|class| c.starts_with(class)) =>
+        {
+            super::log_error(&format!("database unavailable ({code}): {message}"));
+            ApiError::unavailable(
+                wire,
+                "the gateway cannot reach its database; no call was made",
+            )
+        }
         _ => {
             super::log_error(&format!("admission failed ({code}): {message}"));
             ApiError::new(
