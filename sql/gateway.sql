@@ -256,6 +256,21 @@ begin
 end
 $$;
 
+-- Whether a key may call at all (known, not revoked or expired, its tenant active): checked
+-- before the gateway reads a request's body, so that a caller without a valid key costs it no
+-- parsing or counting. The admission checks again, in its own round trip.
+create function bulkhead.gateway_key_valid(api_key_hash bytea)
+returns boolean
+language sql stable
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+    select exists (
+        select from bulkhead.api_keys k join bulkhead.tenants t on t.id = k.tenant_id
+        where k.key_hash = gateway_key_valid.api_key_hash and k.revoked_at is null
+          and (k.expires_at is null or k.expires_at > pg_catalog.clock_timestamp()) and t.status = 'active')
+$$;
+
 -- Admits one gateway call, in one round trip. The gateway passes its bounds on the client's
 -- input: tokenized_input with the model's own tokenizer (used only where input_token_bound would
 -- use it: every price row of the model names OpenAI) and byte_input at a token per byte (always
@@ -305,6 +320,10 @@ begin
         raise exception 'n must be between 1 and 128'
             using errcode = '22023', detail = 'Each choice is reserved at the output cap.';
     end if;
+    -- Another session of the tenant holding its budget row (an application's open transaction
+    -- after budget_check) must not stall the gateway's sessions, which every tenant shares:
+    -- 55P03 after 200 ms, answered as "busy, retry" to this tenant only.
+    perform pg_catalog.set_config('lock_timeout', '200ms', true);
     select a.tenant_id, a.key_id into gateway_admit.tenant_id, gateway_admit.key_id
     from bulkhead._gateway_authenticate(api_key_hash, jwt_tenant) a;
 
@@ -400,6 +419,9 @@ begin
        or n <> coalesce(pg_catalog.cardinality(request_ids), 0) or n <> coalesce(pg_catalog.cardinality(models), 0) then
         raise exception 'gateway_settle needs arrays of one length' using errcode = '22023';
     end if;
+    -- As in admission: a tenant's own open transaction delays only its own settles (55P03,
+    -- retried by the gateway), never the batch's other tenants for long.
+    perform pg_catalog.set_config('lock_timeout', '200ms', true);
     for i in 1 .. n loop
         reservation := reservations[i];
         cost_usd := null;
@@ -414,7 +436,7 @@ begin
             cost_usd := bulkhead._ledger_record(reservations[i], usages[i], request_ids[i], models[i], true);
         exception when others then
             get stacked diagnostics err = message_text;
-            error := err;
+            error := sqlstate || ': ' || err;
         end;
         return next;
     end loop;
@@ -481,6 +503,7 @@ alter function bulkhead.gateway_settle(uuid[], uuid[], jsonb[], text[], text[]) 
 alter function bulkhead.gateway_release(uuid, uuid) owner to bulkhead_meter;
 alter function bulkhead.gateway_inactive_tenants(uuid[]) owner to bulkhead_meter;
 alter function bulkhead.gateway_models(bytea, uuid) owner to bulkhead_meter;
+alter function bulkhead.gateway_key_valid(bytea) owner to bulkhead_meter;
 
 revoke all on function bulkhead.create_api_key(uuid, text, timestamptz) from public;
 revoke all on function bulkhead._api_key_tenant(uuid) from public;
@@ -495,6 +518,7 @@ revoke all on function bulkhead.gateway_settle(uuid[], uuid[], jsonb[], text[], 
 revoke all on function bulkhead.gateway_release(uuid, uuid) from public;
 revoke all on function bulkhead.gateway_inactive_tenants(uuid[]) from public;
 revoke all on function bulkhead.gateway_models(bytea, uuid) from public;
+revoke all on function bulkhead.gateway_key_valid(bytea) from public;
 grant execute on function bulkhead.create_api_key(uuid, text, timestamptz), bulkhead._api_key_tenant(uuid),
     bulkhead.revoke_api_key(uuid), bulkhead._set_tenant_status(uuid, text), bulkhead.suspend_tenant(uuid), bulkhead.resume_tenant(uuid),
     bulkhead.set_default_max_output_tokens(uuid, int)
@@ -506,6 +530,7 @@ grant execute on function
     bulkhead.gateway_release(uuid, uuid),
     bulkhead.gateway_inactive_tenants(uuid[]),
     bulkhead.gateway_models(bytea, uuid),
+    bulkhead.gateway_key_valid(bytea),
     bulkhead.expire_all_reservations(),
     bulkhead.input_token_bound(text, text[], boolean)
     to bulkhead_gateway;

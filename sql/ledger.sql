@@ -145,14 +145,17 @@ begin
                       detail = 'A provider request id settles one reservation; this reservation stays open.',
                       hint = 'Pass the provider''s own id for this call.';
         end if;
-        -- The worker's settle of a call it made: an id recorded first by someone else (an
-        -- application that guessed it) must not leave the call unpaid. It is recorded under an
-        -- id qualified by the reservation instead.
+        -- The worker's or gateway's settle of a call it made: an id recorded first by someone
+        -- else (an application that guessed it, or read it from the stream) must not leave the
+        -- call unpaid. It is recorded under an id qualified by the reservation, and should that
+        -- be taken too (squatted on purpose), by a random suffix no one can know in advance.
         request_id := pg_catalog.left(request_id, 140) || '#' || r.id::text;
-        select l.cost_usd into existing from bulkhead.ledger l
+        select l.cost_usd, l.reservation_id into existing, existing_reservation from bulkhead.ledger l
         where l.tenant_id = tenant and l.provider = r.provider and l.request_id = _ledger_record.request_id;
-        if found then
+        if found and existing_reservation = r.id then
             return existing;
+        elsif found then
+            request_id := request_id || '#' || pg_catalog.substr(pg_catalog.md5(pg_catalog.gen_random_uuid()::text), 1, 16);
         end if;
     end if;
     if r.settled_at is not null then
@@ -233,7 +236,7 @@ as $$ select bulkhead._ledger_record(reservation, usage, request_id, null, true)
 
 -- Gateway calls whose lease ended unsettled (the gateway died between sending a call and
 -- settling it): each is charged at its hold, as if the provider had served the whole reservation,
--- under the request id 'lease-ended:<reservation>'. Reconciliation shows what the provider really
+-- under the request id 'lease-ended:<reservation>#<random>'. Reconciliation shows what the provider really
 -- counted. Called by the expiry paths, under the tenant's budget_state lock, with the rows they
 -- just closed; returns the total charged (what they add to the period's spending).
 create function bulkhead._bill_at_hold(lapsed bulkhead.reservations[])
@@ -247,12 +250,14 @@ as $$
             (tenant_id, reservation_id, request_id, provider, model, input_tokens, cached_input_tokens,
              cache_write_tokens, output_tokens, reasoning_tokens, itpm_tokens, reserved_usd, cost_usd,
              price_effective_from, orphan, created_at)
-        select r.tenant_id, r.id, 'lease-ended:' || r.id::text, r.provider, r.model, r.est_input_tokens, 0,
+        -- A random suffix: an id an application could record first would make the charge vanish.
+        select r.tenant_id, r.id,
+               'lease-ended:' || r.id::text || '#' || pg_catalog.substr(pg_catalog.md5(pg_catalog.gen_random_uuid()::text), 1, 16),
+               r.provider, r.model, r.est_input_tokens, 0,
                0, r.max_output_tokens, 0, r.est_input_tokens, r.reserved_usd, r.reserved_usd,
                r.price_effective_from, false, pg_catalog.clock_timestamp()
         from pg_catalog.unnest(lapsed) r
         where r.bill_on_expiry
-        on conflict on constraint ledger_request_key do nothing
         returning cost_usd
     )
     select coalesce(sum(b.cost_usd), 0) from billed b

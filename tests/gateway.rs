@@ -1129,3 +1129,116 @@ async fn sigterm_lets_streams_finish_then_cuts_and_settles_them() {
     assert_eq!(open_reservations(a.id).await, 0);
     assert_eq!(ledger(a.id).await.0, 3);
 }
+
+#[tokio::test]
+async fn review_fixes_hold() {
+    let fake = FakeProviders::start();
+    let mut admin = admin().await;
+    let models = models(&mut admin).await;
+    let a = tenant(&mut admin, "gw-fix-a", "1000").await;
+    let b = tenant(&mut admin, "gw-fix-b", "1000").await;
+    let mut env = a.env();
+    env.extend(b.env());
+    let gateway = Gateway::start(&fake, &env, &[]);
+    let http = reqwest::Client::new();
+    let chat = |key: String, body: Value| {
+        let http = http.clone();
+        let url = format!("{}/v1/chat/completions", gateway.url);
+        async move {
+            http.post(url)
+                .bearer_auth(key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let hi = json!({"model": models.openai, "messages": [{"role": "user", "content": "hi"}]});
+
+    // H2: a caller without a valid key is refused before its body is read or parsed (before the
+    // fix, this body's JSON error was found first: a 400, after parsing it).
+    let response = http
+        .post(format!("{}/v1/chat/completions", gateway.url))
+        .bearer_auth("bk_guessed")
+        .header("content-type", "application/json")
+        .body(format!("{{not json{}", " ".repeat(1 << 20)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+
+    // H3: an answer id the database refuses (U+0000, as an OpenAI-compatible server echoing a
+    // client's field sends it) is cleaned, and never stops the other tenants' settles.
+    fake.inject(
+        "/v1/chat/completions",
+        json!([{"id": "chatcmpl-\u{0}-evil"}]),
+    );
+    assert_eq!(chat(a.key.clone(), hi.clone()).await.status(), 200);
+    assert_eq!(chat(b.key.clone(), hi.clone()).await.status(), 200);
+    settled(a.id).await;
+    settled(b.id).await;
+    assert_eq!((ledger(a.id).await.0, ledger(b.id).await.0), (1, 1));
+    // The twin: sent as it came, the database refuses it (what stopped every settle).
+    let raw = sqlx::query("select $1::text")
+        .bind("chatcmpl-\u{0}-evil")
+        .fetch_one(&mut superuser().await)
+        .await;
+    assert!(raw.is_err(), "PostgreSQL text cannot hold U+0000");
+
+    // M2: A's backend holds A's budget row in an open transaction; A's gateway calls get a quick
+    // 503 tenant_busy (Retry-After), and B's calls go on meanwhile.
+    let mut app = common::app().await;
+    let mut held = common::begin_as(&mut app, a.id).await.unwrap();
+    sqlx::query("select bulkhead.budget_check($1, 1, 1)")
+        .bind(&models.openai)
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let busy = chat(a.key.clone(), hi.clone()).await;
+    assert_eq!(busy.status(), 503);
+    assert_eq!(busy.headers()["retry-after"], "1");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "refused quickly: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        chat(b.key.clone(), hi.clone()).await.status(),
+        200,
+        "B is not held up"
+    );
+    held.rollback().await.unwrap();
+    assert_eq!(chat(a.key.clone(), hi.clone()).await.status(), 200);
+
+    // H1: a stream that may think unseen (Anthropic thinking) cut by its client is charged at
+    // its hold, not at the few words it streamed.
+    fake.inject("/v1/messages", json!([{"slow": 0.1, "words": 150}]));
+    let mut response = http
+        .post(format!("{}/v1/messages", gateway.url))
+        .header("x-api-key", &a.key)
+        .header("anthropic-version", "2023-06-01")
+        .json(
+            &json!({"model": models.anthropic, "max_tokens": 300, "stream": true,
+                      "thinking": {"type": "enabled", "budget_tokens": 200},
+                      "messages": [{"role": "user", "content": "think hard"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let _ = response.chunk().await;
+    let _ = response.chunk().await;
+    drop(response);
+    settled(a.id).await;
+    let mut su = superuser().await;
+    let charged: i64 = sqlx::query_scalar(
+        "select output_tokens from bulkhead.ledger where tenant_id = $1 and model = $2",
+    )
+    .bind(a.id)
+    .bind(&models.anthropic)
+    .fetch_one(&mut su)
+    .await
+    .unwrap();
+    assert_eq!(charged, 300, "charged at the hold");
+}

@@ -164,6 +164,30 @@ select cost_usd, regexp_replace(error, '[0-9a-f-]{36}', '<uuid>') as error from 
     array['00000000-0000-4000-8000-0000000000b1']::uuid[], array[:'r1']::uuid[],
     array['{"prompt_tokens": 1, "completion_tokens": 1}']::jsonb[], array['chatcmpl-gw-2'], array[null]);
 select pg_temp.attempt($$select count(*)::text from bulkhead.gateway_settle(array[null]::uuid[], '{}', '{}', '{}', '{}')$$) as ragged_arrays;
+-- The tenant's application squats every id a gateway settle could use (the provider's id, the
+-- same qualified by the reservation, the lapse id), read from the stream and the
+-- x-bulkhead-request-id header, on cheap reservations of its own: the gateway's call is still
+-- recorded, at its own cost.
+select reservation as r5 from bulkhead.gateway_admit(sha256(convert_to(:'key_a', 'UTF8')), null, 'openai', 'chat',
+    'gw-gpt', 1000, 1000, 1000, 1, null, null, '10 minutes') \gset
+reset role;
+set local role regress_gw_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000a1');
+select count(*) as squatted from unnest(array['chatcmpl-squat', 'chatcmpl-squat#' || :'r5', 'lease-ended:' || :'r5']) x,
+    lateral (select bulkhead.ledger_record(bulkhead.budget_check('gw-gpt', 1, 1),
+                                           '{"prompt_tokens": 0, "completion_tokens": 0}', x)) l;
+select bulkhead.set_tenant(null);
+reset role;
+set local role regress_gw;
+select cost_usd, error from bulkhead.gateway_settle(
+    array['00000000-0000-4000-8000-0000000000a1']::uuid[], array[:'r5']::uuid[],
+    array['{"prompt_tokens": 800, "completion_tokens": 300}']::jsonb[], array['chatcmpl-squat'], array['gw-gpt']);
+reset role;
+select count(*) as rows_for_the_call, sum(cost_usd) as charged,
+       bool_and(request_id like 'chatcmpl-squat#' || :'r5' || '#%') as unguessable_id
+from bulkhead.ledger where reservation_id = :'r5';
+set local role regress_gw;
+
 -- A call the provider refused gives its hold back.
 select reservation as r2 from bulkhead.gateway_admit(sha256(convert_to(:'key_a', 'UTF8')), null, 'openai', 'chat',
     'gw-gpt', 1000, 1000, 1000, 1, null, null, '10 minutes') \gset
@@ -186,7 +210,7 @@ set local role regress_gw;
 select bulkhead.expire_all_reservations() as expired;
 reset role;
 select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000a1');
-select request_id = 'lease-ended:' || :'r3' as named, input_tokens, output_tokens, cost_usd, cost_usd = reserved_usd as at_hold
+select request_id like 'lease-ended:' || :'r3' || '#%' as named, input_tokens, output_tokens, cost_usd, cost_usd = reserved_usd as at_hold
 from bulkhead.ledger where reservation_id = :'r3';
 select settled_at is not null as settled, expired_at is not null as expired from bulkhead.reservations where id = :'r3';
 select spent_usd - :'spent_before' as spent_added, :'reserved_before'::numeric - reserved_usd as hold_released
@@ -215,6 +239,6 @@ update bulkhead.reservations set lease_expires_at = now() - interval '1 second' 
 set local role regress_gw;
 select bulkhead.expire_all_reservations() as expired;
 reset role;
-select request_id = 'lease-ended:' || :'r4' as named, cost_usd, cost_usd = reserved_usd as at_hold
+select request_id like 'lease-ended:' || :'r4' || '#%' as named, cost_usd, cost_usd = reserved_usd as at_hold
 from bulkhead.ledger where reservation_id = :'r4';
 rollback;

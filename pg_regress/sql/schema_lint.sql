@@ -65,7 +65,7 @@ definer_allow_list (proname) as (
     -- tenant, then admits, settles and releases in that tenant's context; the control plane
     -- finds a key's tenant to revoke it.
            ('gateway_admit'), ('gateway_settle'), ('gateway_release'), ('gateway_inactive_tenants'),
-           ('gateway_models'), ('_api_key_tenant')
+           ('gateway_models'), ('gateway_key_valid'), ('_api_key_tenant')
 ),
 -- Extra policies on tenant tables (beside the one on current_tenant() for all roles), each read
 -- only by one SECURITY DEFINER function that returns no tenant data.

@@ -21,6 +21,8 @@ pub const IMAGE_TOKENS_ANTHROPIC: u64 = 5_000;
 /// Tokens reserved for the hidden text a provider adds when tools are declared, per request
 /// and per tool (the definitions themselves are counted as their JSON text).
 pub const TOOLS_OVERHEAD: u64 = 64;
+/// Anthropic documents 346 tokens of tool-use system prompt for its current models.
+pub const TOOLS_OVERHEAD_ANTHROPIC: u64 = 512;
 pub const TOOL_OVERHEAD: u64 = 16;
 /// A prompt-cache write costs up to twice the input price (Anthropic's one-hour TTL): a request
 /// that marks cache breakpoints reserves its input twice.
@@ -93,11 +95,15 @@ impl Input {
             Wire::OpenAi => IMAGE_TOKENS_OPENAI,
             Wire::Anthropic => IMAGE_TOKENS_ANTHROPIC,
         };
+        let tools_overhead = match wire {
+            Wire::OpenAi => TOOLS_OVERHEAD,
+            Wire::Anthropic => TOOLS_OVERHEAD_ANTHROPIC,
+        };
         let extra = self
             .images
             .saturating_mul(image)
             .saturating_add(if self.tools > 0 {
-                TOOLS_OVERHEAD.saturating_add(self.tools.saturating_mul(TOOL_OVERHEAD))
+                tools_overhead.saturating_add(self.tools.saturating_mul(TOOL_OVERHEAD))
             } else {
                 0
             });
@@ -144,7 +150,16 @@ fn array<'a>(value: &'a Value, what: &str) -> Result<&'a Vec<Value>, RequestErro
 /// An OpenAI Chat Completions request's billable input.
 pub fn openai_chat(body: &Value) -> Result<Input, RequestError> {
     let mut input = Input::default();
-    for field in ["prediction", "audio", "web_search_options"] {
+    // Server-side templates and documents (vLLM and other OpenAI-compatible servers) make the
+    // model read text the request does not hold.
+    for field in [
+        "prediction",
+        "audio",
+        "web_search_options",
+        "chat_template",
+        "chat_template_kwargs",
+        "documents",
+    ] {
         if !body[field].is_null() {
             return Err(RequestError::Unsupported(format!("the {field} parameter")));
         }
@@ -209,6 +224,11 @@ pub fn openai_chat(body: &Value) -> Result<Input, RequestError> {
                 return Err(invalid(
                     "message content must be a string, an array of parts or null",
                 ))
+            }
+        }
+        for field in ["refusal", "reasoning_content", "reasoning"] {
+            if let Some(extra) = message[field].as_str() {
+                text.push_str(extra);
             }
         }
         if let Some(calls) = message.get("tool_calls").filter(|c| !c.is_null()) {
@@ -384,6 +404,25 @@ fn contains_key(value: &Value, key: &str, depth: usize) -> bool {
     }
 }
 
+/// Whether the provider may bill output it never streams: reasoning tokens (OpenAI's reasoning
+/// models, or a request that sets a reasoning effort) or Anthropic's thinking. A stream of such
+/// a call that is cut before its usage arrives cannot be charged for "what was streamed": it is
+/// charged at its hold.
+pub fn may_bill_hidden_output(wire: Wire, model: &str, body: &Value) -> bool {
+    match wire {
+        Wire::Anthropic => body
+            .get("thinking")
+            .is_some_and(|t| !t.is_null() && t["type"].as_str() != Some("disabled")),
+        Wire::OpenAi => {
+            let model = model.to_ascii_lowercase();
+            let reasoning_model = ["o1", "o3", "o4", "gpt-5", "gpt-oss"]
+                .iter()
+                .any(|prefix| model.starts_with(prefix));
+            reasoning_model || !body["reasoning_effort"].is_null() || !body["reasoning"].is_null()
+        }
+    }
+}
+
 /// An OpenAI Embeddings request's input bound: texts (counted like chat texts, without
 /// framing) or token arrays (counted exactly). Returns the bounds and the number of inputs.
 pub fn openai_embeddings(body: &Value, model: &str) -> Result<(Bounds, usize), RequestError> {
@@ -549,6 +588,43 @@ mod tests {
             "no tokenizer is claimed for Anthropic models"
         );
         assert_eq!(c.bytes, p.bytes * CACHE_WRITE_FACTOR);
+    }
+
+    #[test]
+    fn hidden_output_is_recognised() {
+        let plain = json!({"messages": []});
+        assert!(!may_bill_hidden_output(Wire::OpenAi, "gpt-4o-mini", &plain));
+        assert!(may_bill_hidden_output(Wire::OpenAi, "o4-mini", &plain));
+        assert!(may_bill_hidden_output(Wire::OpenAi, "gpt-5-mini", &plain));
+        assert!(may_bill_hidden_output(
+            Wire::OpenAi,
+            "m",
+            &json!({"reasoning_effort": "low"})
+        ));
+        assert!(may_bill_hidden_output(
+            Wire::Anthropic,
+            "claude",
+            &json!({"thinking": {"type": "enabled", "budget_tokens": 2000}})
+        ));
+        assert!(!may_bill_hidden_output(
+            Wire::Anthropic,
+            "claude",
+            &json!({"thinking": {"type": "disabled"}})
+        ));
+        assert!(!may_bill_hidden_output(Wire::Anthropic, "claude", &plain));
+    }
+
+    #[test]
+    fn message_refusals_and_server_templates() {
+        let long = "r".repeat(10_000);
+        let body = json!({"messages": [{"role": "assistant", "content": null, "refusal": long}]});
+        let input = openai_chat(&body).unwrap();
+        assert!(input.bounds(Wire::OpenAi, "gpt-4o-mini").bytes >= 10_000);
+        let templated = json!({"messages": [{"role": "user", "content": "x"}], "chat_template": "{% for i in range(99999) %}x{% endfor %}"});
+        assert!(matches!(
+            openai_chat(&templated),
+            Err(RequestError::Unsupported(_))
+        ));
     }
 
     #[test]

@@ -135,6 +135,17 @@ pub fn refusal(wire: Wire, err: sqlx::Error) -> ApiError {
             error.retry_after_secs = retry_ms.map(|ms| ms.div_ceil(1000).max(1));
             error
         }
+        // Another session of the tenant holds its budget row (lock_timeout in gateway_admit).
+        "55P03" => {
+            let mut error = ApiError::new(
+                wire,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "tenant_busy",
+                "another session of this tenant holds its budget; retry in a moment",
+            );
+            error.retry_after_secs = Some(1);
+            error
+        }
         "42704" | "P0002" => ApiError::new(
             wire,
             StatusCode::NOT_FOUND,

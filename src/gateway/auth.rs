@@ -153,6 +153,16 @@ impl KindName for jsonwebtoken::errors::Error {
 /// The presented credential: `Authorization: Bearer` (OpenAI SDKs) or `x-api-key` (Anthropic
 /// SDKs). A `bk_` key is hashed here; anything else must be a JWT this gateway can verify.
 pub fn caller(headers: &HeaderMap, jwt: Option<&JwtVerifier>) -> Result<Caller, AuthError> {
+    // Two of a header: which one a proxy in front would have read is anyone's guess.
+    if headers
+        .get_all(axum::http::header::AUTHORIZATION)
+        .iter()
+        .count()
+        > 1
+        || headers.get_all("x-api-key").iter().count() > 1
+    {
+        return Err(AuthError::Malformed);
+    }
     let bearer = headers
         .get(axum::http::header::AUTHORIZATION)
         .map(|v| v.to_str().map_err(|_| AuthError::Malformed))

@@ -49,10 +49,11 @@ impl Endpoint {
 pub async fn serve(
     state: Arc<AppState>,
     endpoint: Endpoint,
+    caller: auth::Caller,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match call(&state, endpoint, &headers, &body).await {
+    match call(&state, endpoint, caller, &headers, body).await {
         Ok(response) => {
             state.metrics.request(endpoint.name(), "ok");
             response
@@ -64,17 +65,21 @@ pub async fn serve(
     }
 }
 
-async fn call(
-    state: &Arc<AppState>,
-    endpoint: Endpoint,
-    headers: &HeaderMap,
-    body: &Bytes,
-) -> Result<Response, ApiError> {
+/// A request body read and counted: what admission needs from it.
+struct Counted {
+    request: Map<String, Value>,
+    model: String,
+    stream: bool,
+    bounds: requests::Bounds,
+    max_output: Option<i32>,
+    choices: i32,
+    hidden_output: bool,
+}
+
+/// Parses and bounds a body (CPU: up to a MiB tokenized; run off the async workers).
+fn count(endpoint: Endpoint, body: &[u8]) -> Result<Counted, ApiError> {
     let wire = endpoint.wire();
-    // Who is calling comes first: an unauthenticated caller learns nothing about its body.
-    let caller = auth::caller(headers, state.jwt.as_ref())
-        .map_err(|e| ApiError::unauthorized(wire, e.to_string()))?;
-    let mut request: Map<String, Value> = match serde_json::from_slice::<Value>(body) {
+    let request: Map<String, Value> = match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => map,
         Ok(_) => {
             return Err(ApiError::bad_request(
@@ -99,8 +104,7 @@ async fn call(
         Some(Value::Bool(b)) => *b && endpoint != Endpoint::Embeddings,
         Some(_) => return Err(ApiError::bad_request(wire, "stream must be a boolean")),
     };
-
-    let (bounds, max_output, choices) = match endpoint {
+    let (mut bounds, max_output, choices) = match endpoint {
         Endpoint::Embeddings => {
             let (bounds, _) = requests::openai_embeddings(&as_value, &model)
                 .map_err(|e| ApiError::bad_request(wire, e.to_string()))?;
@@ -129,6 +133,51 @@ async fn call(
             )
         }
     };
+    // A byte-level BPE bills no more tokens than the provider reads bytes, and the body holds
+    // every byte it reads, whatever field carries them (fields the counting above does not know
+    // included): the byte bound never goes below the body's length.
+    if endpoint != Endpoint::Embeddings {
+        bounds.bytes = bounds.bytes.max(body.len() as u64);
+    }
+    let hidden_output = endpoint != Endpoint::Embeddings
+        && requests::may_bill_hidden_output(wire, &model, &as_value);
+    Ok(Counted {
+        request,
+        model,
+        stream,
+        bounds,
+        max_output,
+        choices,
+        hidden_output,
+    })
+}
+
+async fn call(
+    state: &Arc<AppState>,
+    endpoint: Endpoint,
+    caller: auth::Caller,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let wire = endpoint.wire();
+    let Counted {
+        mut request,
+        model,
+        stream,
+        bounds,
+        max_output,
+        choices,
+        hidden_output,
+    } = tokio::task::spawn_blocking(move || count(endpoint, &body))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                wire,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "counting failed",
+            )
+        })??;
 
     let prompt = tenant_prompt(headers, &mut request, wire)?;
     if prompt.is_some()
@@ -162,6 +211,7 @@ async fn call(
         model,
         wire,
         choices,
+        hidden_output,
     };
 
     let key = match state.credential(&call.admitted.secret_ref).await {
@@ -279,6 +329,8 @@ pub struct Admission {
     pub model: String,
     pub wire: Wire,
     pub choices: i32,
+    /// The provider may bill output it never streams (reasoning, thinking).
+    pub hidden_output: bool,
 }
 
 impl Admission {
@@ -583,6 +635,11 @@ fn relay_stream(
                     .clone()
                     .unwrap_or_else(|| format!("bulkhead-{}", a.reservation));
                 state.settle(&call, reported, id).await;
+            }
+            // Cut by us or the client, of a call that may think or reason unseen: what was
+            // streamed says nothing of what was billed, so it is charged at its hold.
+            (Ended::ClientLeft | Ended::Cut(_), None) if call.hidden_output => {
+                state.settle_at_hold(&call).await
             }
             // Cut by us or the client: what was streamed.
             (Ended::ClientLeft | Ended::Cut(_), None) => {

@@ -65,7 +65,18 @@ pub struct AppState {
     lease_secs: u64,
     max_body_bytes: usize,
     credentials: Mutex<HashMap<String, (Secret, Instant)>>,
+    body_permits: Arc<tokio::sync::Semaphore>,
+    /// API key hashes found valid, and when.
+    valid_keys: Mutex<HashMap<[u8; 32], Instant>>,
 }
+
+/// Request bodies held at once: 256 MiB (with their parsed form, a few times that), in permits
+/// of 64 KiB.
+const BODY_PERMIT_BYTES: u64 = 64 << 10;
+const BODY_PERMITS: u32 = 4096;
+/// How long a key found valid is trusted before the body is read (admission checks it again):
+/// a revoked key stops within this time.
+const KEY_CHECK_TTL: Duration = Duration::from_millis(1000);
 
 /// How long a resolved key is reused: a rotated reference takes effect within this time.
 const CREDENTIAL_TTL: Duration = Duration::from_secs(30);
@@ -73,6 +84,33 @@ const CREDENTIAL_TTL: Duration = Duration::from_secs(30);
 const SUSPENSION_POLL: Duration = Duration::from_millis(250);
 
 impl AppState {
+    async fn key_valid(&self, hash: &[u8; 32]) -> Result<bool, sqlx::Error> {
+        if let Some(at) = self
+            .valid_keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(hash)
+        {
+            if at.elapsed() < KEY_CHECK_TTL {
+                return Ok(true);
+            }
+        }
+        let valid: bool = sqlx::query_scalar("select bulkhead.gateway_key_valid($1)")
+            .bind(hash.to_vec())
+            .fetch_one(&self.pool)
+            .await?;
+        let mut keys = self.valid_keys.lock().unwrap_or_else(|p| p.into_inner());
+        if valid {
+            if keys.len() > 100_000 {
+                keys.retain(|_, at| at.elapsed() < KEY_CHECK_TTL);
+            }
+            keys.insert(*hash, Instant::now());
+        } else {
+            keys.remove(hash);
+        }
+        Ok(valid)
+    }
+
     async fn credential(&self, reference: &str) -> Result<Secret, String> {
         if let Some((key, at)) = self
             .credentials
@@ -239,6 +277,8 @@ pub async fn run(config: Config) -> Result<(), String> {
         lease_secs: config.lease.as_secs().max(1),
         max_body_bytes: config.max_body_bytes,
         credentials: Mutex::new(HashMap::new()),
+        body_permits: Arc::new(tokio::sync::Semaphore::new(BODY_PERMITS as usize)),
+        valid_keys: Mutex::new(HashMap::new()),
     });
 
     let shutdown = CancellationToken::new();
@@ -273,6 +313,11 @@ pub async fn run(config: Config) -> Result<(), String> {
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(target: "bulkhead::gateway", "listening on {local}");
     let stop = shutdown.clone();
+    // Stream events are small writes: without TCP_NODELAY, Nagle's algorithm holds each one
+    // back until the client's delayed ACK (about 40 ms).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await
@@ -400,6 +445,25 @@ async fn with_body(state: Arc<AppState>, endpoint: Endpoint, request: Request) -
         );
         response
     };
+    // Who is calling, before a byte of the body is read: a caller without a valid key or token
+    // costs no parsing, counting or memory.
+    let caller = match auth::caller(&parts.headers, state.jwt.as_ref()) {
+        Ok(caller) => caller,
+        Err(e) => return ApiError::unauthorized(wire, e.to_string()).into_response(),
+    };
+    if let auth::Caller::ApiKey(hash) = &caller {
+        match state.key_valid(hash).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return ApiError::unauthorized(
+                    wire,
+                    "invalid, revoked or expired api key, or its tenant may not call",
+                )
+                .into_response()
+            }
+            Err(err) => return admission::refusal(wire, err).into_response(),
+        }
+    }
     let declared = parts
         .headers
         .get(axum::http::header::CONTENT_LENGTH)
@@ -408,11 +472,19 @@ async fn with_body(state: Arc<AppState>, endpoint: Endpoint, request: Request) -
     if declared.is_some_and(|n| n > state.max_body_bytes as u64) {
         return too_large();
     }
+    // Bodies in memory at once are bounded (BODY_MEMORY): a request waits for room.
+    let wanted = declared.unwrap_or(state.max_body_bytes as u64).max(1);
+    let permits = u32::try_from(wanted.div_ceil(BODY_PERMIT_BYTES))
+        .unwrap_or(u32::MAX)
+        .min(BODY_PERMITS);
+    let Ok(_room) = state.body_permits.clone().acquire_many_owned(permits).await else {
+        return ApiError::unavailable(wire, "the gateway is shutting down").into_response();
+    };
     let bytes = match axum::body::to_bytes(Body::new(body), state.max_body_bytes).await {
         Ok(bytes) => bytes,
         Err(_) => return too_large(),
     };
-    calls::serve(state, endpoint, parts.headers, bytes).await
+    calls::serve(state, endpoint, caller, parts.headers, bytes).await
 }
 
 async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {

@@ -49,44 +49,135 @@ impl Settler {
     }
 }
 
+/// A settle refused for a reason that passes (another session of the tenant holds its budget
+/// row; a serialization failure or deadlock) is tried again, a second apart, this many times.
+const TRANSIENT_RETRIES: u32 = 60;
+
 async fn run(pool: PgPool, mut rx: mpsc::Receiver<Settle>, metrics: Arc<GatewayMetrics>) {
-    let mut batch: Vec<Settle> = Vec::with_capacity(BATCH);
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
+    let mut pending: Vec<(Settle, u32)> = Vec::new();
+    let mut closed = false;
+    loop {
+        let first = if pending.is_empty() {
+            match rx.recv().await {
+                Some(item) => Some(item),
+                None => break,
+            }
+        } else if closed {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            None
+        } else {
+            match tokio::time::timeout(Duration::from_secs(1), rx.recv()).await {
+                Ok(Some(item)) => Some(item),
+                Ok(None) => {
+                    closed = true;
+                    None
+                }
+                Err(_) => None,
+            }
+        };
+        let mut batch: Vec<(Settle, u32)> = std::mem::take(&mut pending);
+        batch.extend(first.map(|item| (item, 0)));
         while batch.len() < BATCH {
             match rx.try_recv() {
-                Ok(item) => batch.push(item),
+                Ok(item) => batch.push((item, 0)),
                 Err(_) => break,
             }
         }
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            match settle_batch(&pool, &batch).await {
-                Ok(()) => break,
-                Err(err) => {
-                    metrics.settle_failed();
-                    // The database is away: keep the batch and try again. Should the process
-                    // die meanwhile, the leases bill these calls at their holds.
-                    crate::gateway::log_error(&format!(
-                        "settling {} calls failed, retrying in {backoff:?}: {err}",
-                        batch.len()
-                    ));
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
+        if batch.is_empty() {
+            continue;
+        }
+        let items: Vec<&Settle> = batch.iter().map(|(item, _)| item).collect();
+        let retry = settle_resilient(&pool, &metrics, &items).await;
+        for (item, tried) in batch {
+            if !retry.contains(&item.reservation) {
+                continue;
+            }
+            if tried + 1 < TRANSIENT_RETRIES {
+                pending.push((item, tried + 1));
+            } else {
+                crate::gateway::log_error(&format!(
+                    "settle of reservation {} given up after {} attempts; its lease will charge it at its hold",
+                    item.reservation,
+                    tried + 1
+                ));
             }
         }
-        batch.clear();
     }
 }
 
-async fn settle_batch(pool: &PgPool, batch: &[Settle]) -> Result<(), sqlx::Error> {
+/// Settles `items` in one round trip, waiting out a database that is away. A value the database
+/// refuses (not the database being away) sends them one by one, so that one bad item cannot
+/// stop every other tenant's settles; an item refused alone is left to its lease (charged at
+/// its hold). Returns the reservations refused for a passing reason.
+async fn settle_resilient(
+    pool: &PgPool,
+    metrics: &GatewayMetrics,
+    items: &[&Settle],
+) -> Vec<uuid::Uuid> {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match settle_batch(pool, items).await {
+            Ok(retry) => return retry,
+            Err(sqlx::Error::Database(err)) => {
+                if items.len() == 1 {
+                    crate::gateway::log_error(&format!(
+                        "settle of reservation {} refused ({err}); its lease will charge it at its hold",
+                        items[0].reservation
+                    ));
+                    return Vec::new();
+                }
+                crate::gateway::log_error(&format!(
+                    "a settle batch was refused ({err}); settling one by one"
+                ));
+                let mut retry = Vec::new();
+                for item in items {
+                    retry.extend(
+                        Box::pin(settle_resilient(pool, metrics, std::slice::from_ref(item))).await,
+                    );
+                }
+                return retry;
+            }
+            Err(err) => {
+                metrics.settle_failed();
+                // The database is away: keep the batch and try again. Should the process die
+                // meanwhile, the leases bill these calls at their holds.
+                crate::gateway::log_error(&format!(
+                    "settling {} calls failed, retrying in {backoff:?}: {err}",
+                    items.len()
+                ));
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Text PostgreSQL accepts (U+0000 becomes U+FFFD): a provider, or an OpenAI-compatible server
+/// echoing a client's field, can send it.
+fn without_nul(text: &str) -> String {
+    text.replace('\0', "\u{FFFD}")
+}
+
+fn without_nul_json(value: &Value) -> Value {
+    match value {
+        Value::String(text) => Value::String(without_nul(text)),
+        Value::Array(items) => items.iter().map(without_nul_json).collect(),
+        Value::Object(fields) => fields
+            .iter()
+            .map(|(k, v)| (without_nul(k), without_nul_json(v)))
+            .collect(),
+        other => other.clone(),
+    }
+}
+
+/// One round trip; returns the reservations refused for a passing reason.
+async fn settle_batch(pool: &PgPool, batch: &[&Settle]) -> Result<Vec<uuid::Uuid>, sqlx::Error> {
     let tenants: Vec<uuid::Uuid> = batch.iter().map(|s| s.tenant).collect();
     let reservations: Vec<uuid::Uuid> = batch.iter().map(|s| s.reservation).collect();
-    let usages: Vec<Value> = batch.iter().map(|s| s.usage.clone()).collect();
+    let usages: Vec<Value> = batch.iter().map(|s| without_nul_json(&s.usage)).collect();
     let request_ids: Vec<String> = batch
         .iter()
-        .map(|s| s.request_id.chars().take(200).collect())
+        .map(|s| without_nul(&s.request_id).chars().take(200).collect())
         .collect();
     let models: Vec<String> = batch.iter().map(|s| s.model.clone()).collect();
     let rows: Vec<(uuid::Uuid, Option<String>)> = sqlx::query_as(
@@ -99,12 +190,22 @@ async fn settle_batch(pool: &PgPool, batch: &[Settle]) -> Result<(), sqlx::Error
     .bind(&models)
     .fetch_all(pool)
     .await?;
+    let mut retry = Vec::new();
     for (reservation, error) in rows {
-        if let Some(error) = error {
-            crate::gateway::log_error(&format!(
+        match error {
+            // Lock timeout, serialization failure, deadlock: tried again later.
+            Some(error)
+                if ["55P03", "40001", "40P01"]
+                    .iter()
+                    .any(|c| error.starts_with(c)) =>
+            {
+                retry.push(reservation)
+            }
+            Some(error) => crate::gateway::log_error(&format!(
                 "settle of reservation {reservation} refused: {error}"
-            ));
+            )),
+            None => {}
         }
     }
-    Ok(())
+    Ok(retry)
 }

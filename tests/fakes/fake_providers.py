@@ -29,7 +29,9 @@ Faults are injected per path, consumed one per request, in order:
                           OpenAI's documented framing, 7 for one message: what a byte-level BPE bills
                           for text that tokenizes worst, e.g. rare symbols),
                           {"slow": 0.1, "words": 100} (a stream of 100 words, 0.1 s apart; a client that
-                          leaves early is billed, as a provider does, for the words sent before it left)
+                          leaves early is billed, as a provider does, for the words sent before it left),
+                          {"id": "..."} (the answer's id, e.g. one holding U+0000 as an OpenAI-compatible
+                          server echoing a client's request_id would send)
 Tool calls: a chat request that declares tools and whose last message is not a tool result is
 answered with a call of its first tool (OpenAI tool_calls, Anthropic tool_use), plain or streamed,
 with arguments {"query": "<the first words of the prompt>"}.
@@ -197,6 +199,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         cut_after = fault.get("cut_after") if fault else None
         self.slow = fault if fault and "slow" in fault else None
+        self.forced_id = fault.get("id") if fault else None
         if self.path == "/v1/chat/completions":
             self.openai_chat(body or {}, cut_after, bool(fault and fault.get("worst_case_tokens")))
         elif self.path == "/v1/embeddings":
@@ -231,7 +234,7 @@ class Handler(BaseHTTPRequestHandler):
             "prompt_tokens_details": {"cached_tokens": 0},
             "completion_tokens_details": {"reasoning_tokens": 0},
         }
-        rid = "chatcmpl-fake-%d" % next_id()
+        rid = self.forced_id or "chatcmpl-fake-%d" % next_id()
         project = self.headers.get("openai-project") or "proj_default"
         served = lambda out: record_usage("completions", project, prompt_tokens, out, key=key, rid=rid)
         if not req.get("stream"):
@@ -247,7 +250,7 @@ class Handler(BaseHTTPRequestHandler):
                 "id": rid, "object": "chat.completion", "created": int(time.time()), "model": req.get("model"),
                 "choices": [{"index": 0, "message": message, "finish_reason": finish}],
                 "usage": usage(len(words)),
-            }, {"x-request-id": "req_" + rid})
+            }, {"x-request-id": "req_" + rid.replace("\0", "")})
             return
         self.start_stream()
         if tool:
