@@ -164,6 +164,13 @@ enum Command {
         /// Log format: json (one object per line, on stderr) or text.
         #[arg(long, env = "BULKHEAD_GATEWAY_LOG_FORMAT", default_value = "json", value_parser = ["text", "json"])]
         log_format: String,
+        /// Connections open at once; more are closed as they arrive.
+        #[arg(long, env = "BULKHEAD_GATEWAY_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+        max_connections: u32,
+        /// Seconds a client has to send a request's headers (also how long an idle keep-alive
+        /// connection stays open).
+        #[arg(long, env = "BULKHEAD_GATEWAY_HEADER_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        header_timeout_secs: u64,
     },
     /// Compares one finished UTC day of provider usage (OpenAI's organization usage API by
     /// project, Anthropic's usage report by workspace) with the ledger and records the drift
@@ -310,6 +317,8 @@ async fn main() -> ExitCode {
             shutdown_secs,
             pool_size,
             log_format,
+            max_connections,
+            header_timeout_secs,
         } => {
             logging::init(log_format == "json");
             gateway::run(gateway::Config {
@@ -335,6 +344,8 @@ async fn main() -> ExitCode {
                 },
                 shutdown_grace: Duration::from_secs(shutdown_secs),
                 pool_size,
+                max_connections: max_connections as usize,
+                header_timeout: Duration::from_secs(header_timeout_secs),
             })
             .await
         }

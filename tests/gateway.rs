@@ -1242,3 +1242,55 @@ async fn review_fixes_hold() {
     .unwrap();
     assert_eq!(charged, 300, "charged at the hold");
 }
+
+#[tokio::test]
+async fn idle_and_slow_connections_are_closed_and_capped() {
+    use std::io::{Read, Write};
+    let fake = FakeProviders::start();
+    let mut admin = admin().await;
+    let models = models(&mut admin).await;
+    let a = tenant(&mut admin, "gw-conn", "1000").await;
+    let gateway = Gateway::start(
+        &fake,
+        &a.env(),
+        &["--max-connections", "4", "--header-timeout-secs", "1"],
+    );
+    let addr = gateway.url.trim_start_matches("http://").to_string();
+    // A client that sends half a request and waits: closed after the header timeout.
+    let mut slow = std::net::TcpStream::connect(&addr).unwrap();
+    slow.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n")
+        .unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let started = Instant::now();
+    let mut buffer = Vec::new();
+    let _ = slow.read_to_end(&mut buffer);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "closed after about a second: {:?}",
+        started.elapsed()
+    );
+    // Idle connections beyond the cap are closed as they arrive; the cap frees up as the idle
+    // ones time out, and a real request is served again.
+    let idle: Vec<_> = (0..4)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut over = std::net::TcpStream::connect(&addr).unwrap();
+    over.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut byte = [0u8; 1];
+    assert_eq!(
+        over.read(&mut byte).unwrap_or(0),
+        0,
+        "over the cap: closed at once"
+    );
+    drop(idle);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", gateway.url))
+        .bearer_auth(&a.key)
+        .json(&json!({"model": models.openai, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
