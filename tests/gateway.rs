@@ -1161,7 +1161,7 @@ async fn review_fixes_hold() {
         .post(format!("{}/v1/chat/completions", gateway.url))
         .bearer_auth("bk_guessed")
         .header("content-type", "application/json")
-        .body(format!("{{not json{}", " ".repeat(1 << 20)))
+        .body("{not json")
         .send()
         .await
         .unwrap();
