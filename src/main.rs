@@ -142,6 +142,12 @@ enum Command {
         /// The audience JWTs must name (aud); unchecked when unset.
         #[arg(long, env = "BULKHEAD_JWT_AUDIENCE")]
         jwt_audience: Option<String>,
+        /// The issuer JWTs must name (iss); unchecked when unset.
+        #[arg(long, env = "BULKHEAD_JWT_ISSUER")]
+        jwt_issuer: Option<String>,
+        /// Longest lifetime (exp - iat, in seconds) a JWT may have; iat is then required.
+        #[arg(long, env = "BULKHEAD_JWT_MAX_LIFETIME_SECS")]
+        jwt_max_lifetime_secs: Option<u64>,
         /// Dot path of the tenant id in a JWT (default: the database's bulkhead.jwt_tenant_claim).
         #[arg(long, env = "BULKHEAD_JWT_TENANT_CLAIM")]
         jwt_tenant_claim: Option<String>,
@@ -310,6 +316,8 @@ async fn main() -> ExitCode {
             jwt_secret,
             jwks_file,
             jwt_audience,
+            jwt_issuer,
+            jwt_max_lifetime_secs,
             jwt_tenant_claim,
             max_body_bytes,
             lease_secs,
@@ -334,6 +342,8 @@ async fn main() -> ExitCode {
                 jwt_secret,
                 jwks_file,
                 jwt_audience,
+                jwt_issuer,
+                jwt_max_lifetime_secs,
                 jwt_tenant_claim,
                 max_body_bytes,
                 lease: Duration::from_secs(lease_secs),

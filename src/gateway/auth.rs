@@ -30,10 +30,22 @@ pub enum AuthError {
     NoTenant(String),
 }
 
+/// What a token must also satisfy beyond its signature, `exp` and `nbf`.
+#[derive(Debug, Default, Clone)]
+pub struct JwtRules {
+    /// `aud` must name it.
+    pub audience: Option<String>,
+    /// `iss` must be it.
+    pub issuer: Option<String>,
+    /// `exp - iat` at most this many seconds (`iat` then required): a stolen long-lived token is
+    /// refused even before it expires.
+    pub max_lifetime_secs: Option<u64>,
+}
+
 /// How JWTs are verified (none configured: only API keys are accepted).
 pub struct JwtVerifier {
     keys: Vec<(Option<String>, Algorithm, DecodingKey)>,
-    audience: Option<String>,
+    rules: JwtRules,
     claim_path: Vec<String>,
 }
 
@@ -41,7 +53,7 @@ impl JwtVerifier {
     pub fn new(
         hs256_secret: Option<&str>,
         jwks_json: Option<&str>,
-        audience: Option<String>,
+        rules: JwtRules,
         claim_path: &str,
     ) -> Result<Option<Self>, String> {
         let claim_path: Vec<String> = claim_path
@@ -87,7 +99,7 @@ impl JwtVerifier {
         }
         Ok(Some(JwtVerifier {
             keys,
-            audience,
+            rules,
             claim_path,
         }))
     }
@@ -107,12 +119,26 @@ impl JwtVerifier {
             validation.leeway = 0;
             validation.validate_nbf = true;
             validation.set_required_spec_claims(&["exp"]);
-            match &self.audience {
+            match &self.rules.audience {
                 Some(aud) => validation.set_audience(&[aud]),
                 None => validation.validate_aud = false,
             }
+            if let Some(issuer) = &self.rules.issuer {
+                validation.set_issuer(&[issuer]);
+            }
             match jsonwebtoken::decode::<Value>(token, key, &validation) {
                 Ok(data) => {
+                    if let Some(max) = self.rules.max_lifetime_secs {
+                        let lifetime = data.claims["exp"]
+                            .as_f64()
+                            .zip(data.claims["iat"].as_f64())
+                            .map(|(exp, iat)| exp - iat);
+                        if !lifetime.is_some_and(|l| l <= max as f64) {
+                            return Err(AuthError::InvalidToken(
+                                "lives longer than this gateway accepts (or has no iat)".into(),
+                            ));
+                        }
+                    }
                     let mut at = &data.claims;
                     for part in &self.claim_path {
                         at = &at[part.as_str()];
@@ -142,6 +168,7 @@ impl KindName for jsonwebtoken::errors::Error {
             ImmatureSignature => "not valid yet (nbf)",
             InvalidSignature => "bad signature",
             InvalidAudience => "wrong audience",
+            InvalidIssuer => "wrong issuer",
             MissingRequiredClaim(_) => "a required claim is missing",
             InvalidAlgorithm => "algorithm not accepted",
             _ => "unreadable",
@@ -226,9 +253,14 @@ mod tests {
 
     #[test]
     fn the_tenant_comes_from_the_configured_claim_only() {
-        let v = JwtVerifier::new(Some(SECRET), None, None, "app_metadata.tenant_id")
-            .unwrap()
-            .unwrap();
+        let v = JwtVerifier::new(
+            Some(SECRET),
+            None,
+            JwtRules::default(),
+            "app_metadata.tenant_id",
+        )
+        .unwrap()
+        .unwrap();
         let tenant = uuid::Uuid::new_v4();
         let good =
             token(json!({"exp": now() + 60, "app_metadata": {"tenant_id": tenant.to_string()}}));
@@ -258,7 +290,51 @@ mod tests {
         )
         .unwrap();
         assert!(v.tenant(&forged).is_err());
-        assert!(JwtVerifier::new(Some(SECRET), None, None, "user_metadata.tenant_id").is_err());
+        assert!(JwtVerifier::new(
+            Some(SECRET),
+            None,
+            JwtRules::default(),
+            "user_metadata.tenant_id"
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn issuer_and_lifetime_rules_hold() {
+        let rules = JwtRules {
+            audience: None,
+            issuer: Some("https://auth.example".into()),
+            max_lifetime_secs: Some(3600),
+        };
+        let v = JwtVerifier::new(Some(SECRET), None, rules, "app_metadata.tenant_id")
+            .unwrap()
+            .unwrap();
+        let tenant = uuid::Uuid::new_v4().to_string();
+        let claims = |iss: &str, iat: i64, exp: i64| {
+            token(
+                json!({"iss": iss, "iat": iat, "exp": exp, "app_metadata": {"tenant_id": tenant}}),
+            )
+        };
+        assert!(v
+            .tenant(&claims("https://auth.example", now(), now() + 600))
+            .is_ok());
+        assert!(
+            v.tenant(&claims("https://evil.example", now(), now() + 600))
+                .is_err(),
+            "another issuer"
+        );
+        assert!(
+            v.tenant(&claims("https://auth.example", now(), now() + 86_400))
+                .is_err(),
+            "a day-long token"
+        );
+        let no_iat = token(
+            json!({"iss": "https://auth.example", "exp": now() + 60, "app_metadata": {"tenant_id": tenant}}),
+        );
+        assert!(
+            v.tenant(&no_iat).is_err(),
+            "no iat: its lifetime is unknown"
+        );
     }
 
     #[test]

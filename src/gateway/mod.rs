@@ -46,6 +46,8 @@ pub struct Config {
     pub jwt_secret: Option<String>,
     pub jwks_file: Option<std::path::PathBuf>,
     pub jwt_audience: Option<String>,
+    pub jwt_issuer: Option<String>,
+    pub jwt_max_lifetime_secs: Option<u64>,
     pub jwt_tenant_claim: Option<String>,
     pub max_body_bytes: usize,
     pub lease: Duration,
@@ -261,7 +263,11 @@ pub async fn run(config: Config) -> Result<(), String> {
     let jwt = auth::JwtVerifier::new(
         config.jwt_secret.as_deref(),
         jwks.as_deref(),
-        config.jwt_audience.clone(),
+        auth::JwtRules {
+            audience: config.jwt_audience.clone(),
+            issuer: config.jwt_issuer.clone(),
+            max_lifetime_secs: config.jwt_max_lifetime_secs,
+        },
         &claim,
     )?;
     let providers = Providers::streaming(config.endpoints.clone(), config.provider_idle_timeout)
