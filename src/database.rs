@@ -47,3 +47,22 @@ pub async fn refuse_privileged_role(pool: &PgPool, allow: bool) -> Result<(), Ro
     }
     Err(RoleError::Privileged { role, what })
 }
+
+/// Text PostgreSQL accepts: U+0000 becomes U+FFFD. A model can be made to emit it, and an
+/// OpenAI-compatible server can echo it from a client's field.
+pub fn without_nul(text: &str) -> String {
+    text.replace('\0', "\u{FFFD}")
+}
+
+/// A JSON value jsonb accepts (it refuses \u0000 in strings).
+pub fn without_nul_json(value: &serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::String(text) => serde_json::Value::String(without_nul(text)),
+        serde_json::Value::Array(items) => items.iter().map(without_nul_json).collect(),
+        serde_json::Value::Object(fields) => fields
+            .iter()
+            .map(|(k, v)| (without_nul(k), without_nul_json(v)))
+            .collect(),
+        other => other.clone(),
+    }
+}

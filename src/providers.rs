@@ -744,7 +744,7 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 }
 
 /// The error message of a provider's error body ({"error": {"message": ...}}), else the body.
-fn error_text(body: &[u8]) -> String {
+pub fn error_text(body: &[u8]) -> String {
     let text = match serde_json::from_slice::<Value>(body) {
         Ok(v) => v["error"]["message"]
             .as_str()

@@ -12,6 +12,7 @@
 
 use crate::credentials;
 use crate::database;
+use crate::database::{without_nul, without_nul_json};
 use crate::metrics::{self, Metrics};
 use crate::pinecone::Pinecone;
 use crate::providers::{self, CallError, Completion, Embeddings, Providers, Secret};
@@ -1066,24 +1067,6 @@ async fn finish_completions(
     .bind(&messages)
     .fetch_all(pool)
     .await
-}
-
-/// Text PostgreSQL accepts: U+0000 becomes U+FFFD.
-fn without_nul(text: &str) -> String {
-    text.replace('\0', "\u{FFFD}")
-}
-
-/// A JSON value jsonb accepts (it refuses \u0000 in strings).
-fn without_nul_json(value: &serde_json::Value) -> serde_json::Value {
-    match value {
-        serde_json::Value::String(text) => serde_json::Value::String(without_nul(text)),
-        serde_json::Value::Array(items) => items.iter().map(without_nul_json).collect(),
-        serde_json::Value::Object(fields) => fields
-            .iter()
-            .map(|(k, v)| (without_nul(k), without_nul_json(v)))
-            .collect(),
-        other => other.clone(),
-    }
 }
 
 /// Records a failure (`fail_job` decides: retry later, or dead). A job whose lease is gone has a

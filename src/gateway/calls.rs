@@ -485,15 +485,12 @@ async fn upstream_error(
     let body = providers::read_capped(response, 4096)
         .await
         .unwrap_or_default();
-    let provider_message = serde_json::from_slice::<Value>(&body)
-        .ok()
-        .and_then(|v| {
-            v["error"]["message"]
-                .as_str()
-                .or_else(|| v["message"].as_str())
-                .map(str::to_string)
-        })
-        .unwrap_or_default();
+    // The provider's own message (error.message, else message), else the body as text.
+    let provider_message = if body.is_empty() {
+        String::new()
+    } else {
+        providers::error_text(&body)
+    };
     let message = if a.credential_kind == "shared_pool" || provider_message.is_empty() {
         format!("{} returned HTTP {status}", a.provider)
     } else {

@@ -3,6 +3,7 @@
 //! never lands (the process died first) is charged at its hold when its lease ends, by the
 //! database (reservations.bill_on_expiry): never free.
 
+use crate::database::{without_nul, without_nul_json};
 use crate::metrics::GatewayMetrics;
 use serde_json::Value;
 use sqlx::PgPool;
@@ -149,24 +150,6 @@ async fn settle_resilient(
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
-    }
-}
-
-/// Text PostgreSQL accepts (U+0000 becomes U+FFFD): a provider, or an OpenAI-compatible server
-/// echoing a client's field, can send it.
-fn without_nul(text: &str) -> String {
-    text.replace('\0', "\u{FFFD}")
-}
-
-fn without_nul_json(value: &Value) -> Value {
-    match value {
-        Value::String(text) => Value::String(without_nul(text)),
-        Value::Array(items) => items.iter().map(without_nul_json).collect(),
-        Value::Object(fields) => fields
-            .iter()
-            .map(|(k, v)| (without_nul(k), without_nul_json(v)))
-            .collect(),
-        other => other.clone(),
     }
 }
 
