@@ -607,9 +607,12 @@ end
 $$;
 
 -- Writes an in-memory reservation of the current tenant as a row (its hold stays in memory).
+-- A gateway call's row is queued (only the gateway settles it) and billed at its hold if its
+-- lease ends unsettled.
 create function bulkhead._reservation_from_memory(
     id uuid, provider text, model text, est_input_tokens int, max_output_tokens int,
-    reserved_usd numeric, price_from bigint, created bigint, lease_end bigint, expired boolean)
+    reserved_usd numeric, price_from bigint, created bigint, lease_end bigint, expired boolean,
+    gateway boolean)
 returns void
 language sql volatile
 security invoker
@@ -617,9 +620,9 @@ set search_path to pg_catalog, pg_temp
 as $$
     insert into bulkhead.reservations
         (tenant_id, id, provider, model, est_input_tokens, max_output_tokens, reserved_usd,
-         price_effective_from, created_at, lease_expires_at, expired_at, held_in_memory)
+         price_effective_from, created_at, lease_expires_at, expired_at, held_in_memory, queued, bill_on_expiry)
     select bulkhead.current_tenant(), id, provider, model, est_input_tokens, max_output_tokens, reserved_usd,
-           ts.price_from, ts.created, ts.lease_end, case when expired then ts.lease_end end, true
+           ts.price_from, ts.created, ts.lease_end, case when expired then ts.lease_end end, true, gateway, gateway
     from (select timestamptz '2000-01-01 00:00:00+00' + price_from * interval '1 microsecond' as price_from,
                  timestamptz '2000-01-01 00:00:00+00' + created * interval '1 microsecond' as created,
                  timestamptz '2000-01-01 00:00:00+00' + lease_end * interval '1 microsecond' as lease_end) ts
@@ -640,6 +643,8 @@ declare
     billed_usd numeric;
 begin
     perform from bulkhead.budget_state s where s.tenant_id = tenant for update;
+    -- Gateway calls lapsed unsettled in memory become rows, charged below.
+    perform bulkhead._materialize_lapsed_gateway_holds();
     with expired as (
         update bulkhead.reservations r set expired_at = pg_catalog.clock_timestamp(),
             settled_at = case when r.bill_on_expiry then pg_catalog.clock_timestamp() end
@@ -744,6 +749,8 @@ begin
     else
         perform from bulkhead.budget_state s where s.tenant_id = tenant for update;
     end if;
+    -- Gateway calls lapsed unsettled in memory become rows, charged below.
+    perform bulkhead._materialize_lapsed_gateway_holds();
     with expired as (
         update bulkhead.reservations r set expired_at = pg_catalog.clock_timestamp(),
             settled_at = case when r.bill_on_expiry then pg_catalog.clock_timestamp() end
@@ -787,10 +794,11 @@ revoke all on function bulkhead.budget_check(text, int, int, interval) from publ
 revoke all on function bulkhead._budget_check_table(text, int, int, interval) from public;
 revoke all on function bulkhead._admission_terms(text) from public;
 revoke all on function bulkhead._admission_load(text) from public;
-revoke all on function bulkhead._reservation_from_memory(uuid, text, text, int, int, numeric, bigint, bigint, bigint, boolean) from public;
+revoke all on function bulkhead._reservation_from_memory(uuid, text, text, int, int, numeric, bigint, bigint, bigint, boolean, boolean) from public;
 revoke all on function bulkhead._expire_held_in_memory() from public;
 revoke all on function bulkhead._admission_in_memory() from public;
 revoke all on function bulkhead._materialize_reservation(uuid) from public;
+revoke all on function bulkhead._materialize_lapsed_gateway_holds() from public;
 revoke all on function bulkhead._release_in_memory(numeric, numeric, bigint, bigint) from public;
 revoke all on function bulkhead._forget_in_memory(uuid) from public;
 revoke all on function bulkhead._expire_in_memory() from public;
@@ -814,9 +822,9 @@ grant execute on function bulkhead._budget_check_table(text, int, int, interval)
 -- budget_check runs its slow paths as bulkhead_meter: only the meter reaches these.
 grant execute on function bulkhead._budget_check_table(text, int, int, interval), bulkhead._admission_terms(text),
     bulkhead._admission_load(text), bulkhead._expire_held_in_memory(), bulkhead._admission_in_memory(),
-    bulkhead._reservation_from_memory(uuid, text, text, int, int, numeric, bigint, bigint, bigint, boolean),
+    bulkhead._reservation_from_memory(uuid, text, text, int, int, numeric, bigint, bigint, bigint, boolean, boolean),
     bulkhead._materialize_reservation(uuid), bulkhead._release_in_memory(numeric, numeric, bigint, bigint),
-    bulkhead._expire_in_memory(), bulkhead._open_in_memory(), bulkhead._micros(timestamptz),
+    bulkhead._materialize_lapsed_gateway_holds(), bulkhead._expire_in_memory(), bulkhead._open_in_memory(), bulkhead._micros(timestamptz),
     bulkhead._admit_in_memory(text, int, int, interval), bulkhead._admission_refusal(),
     bulkhead._table_hold_in_memory(numeric) to bulkhead_meter;
 grant execute on function bulkhead._forget_in_memory(uuid) to bulkhead_admin;

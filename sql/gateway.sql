@@ -271,13 +271,12 @@ as $$
           and (k.expires_at is null or k.expires_at > pg_catalog.clock_timestamp()) and t.status = 'active')
 $$;
 
--- Admits one gateway call, in one round trip. The gateway passes its bounds on the client's
--- input: tokenized_input with the model's own tokenizer (used only where input_token_bound would
--- use it: every price row of the model names OpenAI) and byte_input at a token per byte (always
--- valid), both including its framing, tools and image overheads. Adds the tenant prompt
--- (rendered here) and reserves input + max_output_tokens x choices. Errors: see README
--- (PT401 -> 401, PT403 -> 403, PT429 -> 429, 42704 unknown model -> 404, 22023 -> 400).
-create function bulkhead.gateway_admit(
+-- The SQL path of gateway_admit (below): admits one gateway call. The gateway passes its bounds
+-- on the client's input: tokenized_input with the model's own tokenizer (used only where
+-- input_token_bound would use it: every price row of the model names OpenAI) and byte_input at
+-- a token per byte (always valid), both including its framing, tools and image overheads. Adds
+-- the tenant prompt (rendered here) and reserves input + max_output_tokens x choices.
+create function bulkhead._gateway_admit_sql(
     api_key_hash bytea,
     jwt_tenant uuid,
     wire text,
@@ -289,14 +288,15 @@ create function bulkhead.gateway_admit(
     choices int,
     prompt_name text,
     prompt_vars jsonb,
-    lease interval
+    lease interval,
+    durable_hold boolean default false
 )
 returns table (
     tenant_id uuid, key_id uuid, reservation uuid, provider text, output_cap int, est_input_tokens int,
     system_prompt text, secret_ref text, credential_kind text, provider_project_id text
 )
 language plpgsql volatile
-security definer
+security invoker  -- as gateway_admit, its only caller (bulkhead_meter)
 set search_path to pg_catalog, pg_temp
 as $$
 declare
@@ -306,8 +306,9 @@ declare
     est bigint;
     cred record;
 begin
-    if wire is null or endpoint is null or model is null or byte_input is null or choices is null or lease is null then
-        raise exception 'wire, endpoint, model, byte_input, choices and lease are required' using errcode = '22004';
+    if wire is null or endpoint is null or model is null or byte_input is null or choices is null or lease is null
+       or durable_hold is null then
+        raise exception 'wire, endpoint, model, byte_input, choices, lease and durable_hold are required' using errcode = '22004';
     end if;
     if wire not in ('openai', 'anthropic') or endpoint not in ('chat', 'embeddings')
        or (endpoint = 'embeddings' and wire <> 'openai') then
@@ -324,11 +325,11 @@ begin
     -- after budget_check) must not stall the gateway's sessions, which every tenant shares:
     -- 55P03 after 200 ms, answered as "busy, retry" to this tenant only.
     perform pg_catalog.set_config('lock_timeout', '200ms', true);
-    select a.tenant_id, a.key_id into gateway_admit.tenant_id, gateway_admit.key_id
+    select a.tenant_id, a.key_id into _gateway_admit_sql.tenant_id, _gateway_admit_sql.key_id
     from bulkhead._gateway_authenticate(api_key_hash, jwt_tenant) a;
 
     select p.provider into model_provider from bulkhead.prices p
-    where p.model = gateway_admit.model and p.effective_from <= pg_catalog.clock_timestamp()
+    where p.model = _gateway_admit_sql.model and p.effective_from <= pg_catalog.clock_timestamp()
     order by p.effective_from desc limit 1;
     if not found then
         raise exception 'unknown model %', pg_catalog.quote_literal(model)
@@ -347,7 +348,19 @@ begin
     provider := model_provider;
 
     -- The credential before the reservation: a call that cannot be made holds no budget.
-    select c.secret_ref, c.kind, c.provider_project_id into cred from bulkhead.credential_for_tenant(model_provider) c;
+    -- credential_for_tenant's query, inline: a SQL function with its own search_path is planned
+    -- again on every call, and this runs on every gateway call.
+    select c.secret_ref, c.kind, c.provider_project_id into cred from (
+        select t.secret_ref, t.kind, t.provider_project_id, 1 as rank
+        from bulkhead.tenant_credentials t
+        where t.tenant_id = _gateway_admit_sql.tenant_id and t.provider = model_provider
+        union all
+        select s.secret_ref, 'shared_pool', s.provider_project_id, 2
+        from bulkhead.shared_credentials s
+        where s.provider = model_provider
+    ) c
+    order by c.rank
+    limit 1;
     if not found then
         raise exception 'no credential for provider %', model_provider
             using errcode = '55000',
@@ -362,8 +375,8 @@ begin
         output_cap := 0;
         reserved_output := 0;
     else
-        output_cap := coalesce(gateway_admit.max_output_tokens,
-            (select s.default_max_output_tokens from bulkhead.tenant_settings s where s.tenant_id = gateway_admit.tenant_id),
+        output_cap := coalesce(_gateway_admit_sql.max_output_tokens,
+            (select s.default_max_output_tokens from bulkhead.tenant_settings s where s.tenant_id = _gateway_admit_sql.tenant_id),
             (select d.default_max_output_tokens from bulkhead.budget_defaults d));
         if output_cap < 1 then
             raise exception 'max_tokens must be at least 1' using errcode = '22023';
@@ -378,7 +391,7 @@ begin
         system_prompt := bulkhead.render_prompt(prompt_name, coalesce(prompt_vars, '{}'));
     end if;
     select pg_catalog.bool_and(p.provider = 'openai') into openai_tokenizer
-    from bulkhead.prices p where p.model = gateway_admit.model;
+    from bulkhead.prices p where p.model = _gateway_admit_sql.model;
     est := case when openai_tokenizer and tokenized_input is not null then tokenized_input else byte_input end;
     if system_prompt is not null then
         est := est + (select b.tokens from bulkhead.input_token_bound(model, array[system_prompt], true) b);
@@ -386,16 +399,75 @@ begin
     est_input_tokens := least(est, 100000000)::int;
 
     reservation := bulkhead.budget_check(model, est_input_tokens, reserved_output::int, lease);
-    perform bulkhead._materialize_reservation(reservation);
     -- Only the gateway settles it; unsettled when its lease ends, it is charged at its hold.
-    update bulkhead.reservations x set queued = true, bill_on_expiry = true
-    where x.tenant_id = gateway_admit.tenant_id and x.id = reservation;
-    -- The call is made once this returns: its reservation must survive a crash of the server.
-    perform pg_catalog.set_config('synchronous_commit', 'on', true);
+    -- Admitted in memory (bulkhead.memory_admission), it is marked there and nothing is written:
+    -- it survives the gateway, and a restart of the server forgets it like any hold in memory
+    -- (the gateway then settles the call as an orphan). durable_hold writes it as a row too.
+    if durable_hold or not bulkhead._gateway_hold(reservation) then
+        perform bulkhead._materialize_reservation(reservation);
+        update bulkhead.reservations x set queued = true, bill_on_expiry = true
+        where x.tenant_id = _gateway_admit_sql.tenant_id and x.id = reservation;
+        -- The call is made once this returns: its reservation must survive a crash of the server.
+        perform pg_catalog.set_config('synchronous_commit', 'on', true);
+    end if;
     return next;
 end
 $$;
-comment on function bulkhead.gateway_admit(bytea, uuid, text, text, text, bigint, bigint, int, int, text, jsonb, interval) is
+comment on function bulkhead._gateway_admit_sql(bytea, uuid, text, text, text, bigint, bigint, int, int, text, jsonb, interval, boolean) is
+    'gateway_admit''s SQL path: every table read on every call (extension/src/gateway.rs has the path in memory). Reached through gateway_admit only.';
+-- The gateway's admission of one call. With memory admission on, a call that names no tenant
+-- prompt and wants no durable hold takes the memory path (extension/src/gateway.rs), which
+-- runs no SQL of its own; the others take _gateway_admit_sql. The same answers, and the same
+-- errors (see README): PT401 -> 401, PT403 -> 403, PT429 -> 429, 42704 -> 404, 22023 -> 400.
+create function bulkhead.gateway_admit(
+    api_key_hash bytea,
+    jwt_tenant uuid,
+    wire text,
+    endpoint text,
+    model text,
+    tokenized_input bigint,
+    byte_input bigint,
+    max_output_tokens int,
+    choices int,
+    prompt_name text,
+    prompt_vars jsonb,
+    lease interval,
+    durable_hold boolean default false
+)
+returns table (
+    tenant_id uuid, key_id uuid, reservation uuid, provider text, output_cap int, est_input_tokens int,
+    system_prompt text, secret_ref text, credential_kind text, provider_project_id text
+)
+language plpgsql volatile
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    r record;
+begin
+    if prompt_name is null and durable_hold is false and bulkhead._admission_in_memory() then
+        select * into r from bulkhead._gateway_admit_in_memory(api_key_hash, jwt_tenant, wire, endpoint, model,
+            tokenized_input, byte_input, max_output_tokens, choices, lease) m;
+        if r.sqlstate is not null then
+            if r.hint is not null then
+                raise exception using errcode = r.sqlstate, message = r.message, detail = r.detail, hint = r.hint;
+            elsif r.detail is not null then
+                raise exception using errcode = r.sqlstate, message = r.message, detail = r.detail;
+            end if;
+            raise exception using errcode = r.sqlstate, message = r.message;
+        end if;
+        if r.reservation is null then
+            perform bulkhead._raise_refusal();
+        end if;
+        return query select r.tenant_id, r.key_id, r.reservation, r.provider, r.output_cap, r.est_input_tokens,
+            null::text, r.secret_ref, r.credential_kind, r.provider_project_id;
+        return;
+    end if;
+    return query select * from bulkhead._gateway_admit_sql(api_key_hash, jwt_tenant, wire, endpoint, model,
+        tokenized_input, byte_input, max_output_tokens, choices, prompt_name, prompt_vars, lease, durable_hold);
+end
+$$;
+comment on function bulkhead.gateway_admit(bytea, uuid, text, text, text, bigint, bigint, int, int, text, jsonb, interval, boolean) is
     'The gateway''s admission of one call: authentication, tenant prompt, credential reference and reservation in one round trip. bulkhead_gateway only.';
 
 -- Settles gateway calls with the providers' usage, each in its tenant's context; one bad item
@@ -414,6 +486,17 @@ declare
     n int := coalesce(pg_catalog.cardinality(tenants), 0);
     gateway_call boolean;
     err text;
+    tenant uuid;
+    group_ids uuid[];
+    group_costs numeric[];
+    taken_count int;
+    priced_count int;
+    pending bulkhead.ledger[];
+    settled uuid[] := '{}';
+    hold numeric;
+    spent numeric;
+    itpm_refund bigint;
+    otpm_refund bigint;
 begin
     if n <> coalesce(pg_catalog.cardinality(reservations), 0) or n <> coalesce(pg_catalog.cardinality(usages), 0)
        or n <> coalesce(pg_catalog.cardinality(request_ids), 0) or n <> coalesce(pg_catalog.cardinality(models), 0) then
@@ -422,7 +505,99 @@ begin
     -- As in admission: a tenant's own open transaction delays only its own settles (55P03,
     -- retried by the gateway), never the batch's other tenants for long.
     perform pg_catalog.set_config('lock_timeout', '200ms', true);
+
+    -- Calls whose holds are still in memory (bulkhead.memory_admission), a tenant at a time: one
+    -- ledger insert and one budget_state update per tenant, no reservation row. Should anything
+    -- in a tenant's group fail (a lock timeout, a bad usage object, a request id taken), the
+    -- group is rolled back and its calls take the per-call path below, which reports each error.
+    for tenant in select distinct u.t from pg_catalog.unnest(tenants) u(t) where u.t is not null loop
+        begin
+            perform bulkhead._set_tenant_within_function(tenant);
+            -- Lock order as in budget_check and _ledger_record: the state row first.
+            perform from bulkhead.budget_state s where s.tenant_id = tenant for update;
+            with batch as (
+                select distinct on (u.r) u.r, u.usage, u.request_id
+                from rows from (pg_catalog.unnest(tenants), pg_catalog.unnest(reservations),
+                               pg_catalog.unnest(usages), pg_catalog.unnest(request_ids)) u(t, r, usage, request_id)
+                where u.t = tenant and u.r is not null
+                order by u.r
+            ),
+            taken as (
+                select h.* from bulkhead._take_gateway_holds(array(select b.r from batch b)) h
+            ),
+            priced as (
+                select t.reservation, t.provider, t.model, t.est_input_tokens, t.max_output_tokens,
+                       t.reserved_usd::numeric as reserved_usd, p.effective_from, b.request_id, pu.*
+                from taken t
+                join batch b on b.r = t.reservation
+                left join bulkhead.prices p on p.provider = t.provider and p.model = t.model
+                    and p.effective_from = timestamptz '2000-01-01 00:00:00+00' + t.price_from * interval '1 microsecond'
+                left join lateral bulkhead.price_usage(t.provider, b.usage, p.input_per_mtok, p.output_per_mtok,
+                                                       p.cached_input_per_mtok, p.cache_write_per_mtok) pu on true
+            )
+            select count(*), count(p.cost_usd),
+                   pg_catalog.array_agg(row(tenant, pg_catalog.gen_random_uuid(), p.reservation, p.request_id, p.provider,
+                       p.model, p.input_tokens, p.cached_input_tokens, p.cache_write_tokens, p.output_tokens,
+                       p.reasoning_tokens, p.itpm_tokens, p.reserved_usd, p.cost_usd, p.effective_from, false,
+                       pg_catalog.clock_timestamp())::bulkhead.ledger),
+                   coalesce(sum(p.reserved_usd), 0), coalesce(sum(p.cost_usd), 0),
+                   coalesce(sum(p.est_input_tokens - p.itpm_tokens), 0), coalesce(sum(p.max_output_tokens - p.output_tokens), 0)
+            into taken_count, priced_count, pending, hold, spent, itpm_refund, otpm_refund
+            from priced p;
+            if taken_count > priced_count then
+                raise exception 'a call of the group needs the per-call path' using errcode = 'P0001';
+            end if;
+            continue when taken_count = 0;
+            -- Each call under the provider's request id; one taken already (a retried settle of
+            -- another call, or an id an application recorded first) goes under the id qualified
+            -- by its reservation, and should that be taken too, by a random suffix, as in
+            -- _ledger_record.
+            group_ids := '{}';
+            group_costs := '{}';
+            for attempt in 1 .. 3 loop
+                with inserted as (
+                    insert into bulkhead.ledger select * from pg_catalog.unnest(pending)
+                    on conflict on constraint ledger_request_key do nothing
+                    returning bulkhead.ledger.reservation_id, bulkhead.ledger.cost_usd
+                )
+                select group_ids || coalesce(pg_catalog.array_agg(x.reservation_id), '{}'),
+                       group_costs || coalesce(pg_catalog.array_agg(x.cost_usd), '{}')
+                into group_ids, group_costs
+                from inserted x;
+                pending := array(
+                    select row(l.tenant_id, l.id, l.reservation_id,
+                               case attempt when 1 then pg_catalog.left(l.request_id, 140) || '#' || l.reservation_id::text
+                                   else l.request_id || '#' || pg_catalog.substr(pg_catalog.md5(pg_catalog.gen_random_uuid()::text), 1, 16) end,
+                               l.provider, l.model, l.input_tokens, l.cached_input_tokens, l.cache_write_tokens,
+                               l.output_tokens, l.reasoning_tokens, l.itpm_tokens, l.reserved_usd, l.cost_usd,
+                               l.price_effective_from, l.orphan, l.created_at)::bulkhead.ledger
+                    from pg_catalog.unnest(pending) l
+                    where l.reservation_id <> all (group_ids));
+                exit when pg_catalog.cardinality(pending) = 0;
+            end loop;
+            if pg_catalog.cardinality(pending) > 0 then
+                raise exception 'a call of the group needs the per-call path' using errcode = 'P0001';
+            end if;
+            -- Holds released, costs counted and tokens given back in memory at commit.
+            perform bulkhead._release_in_memory(hold, spent, itpm_refund, otpm_refund);
+            update bulkhead.budget_state s
+            set spent_usd = s.spent_usd + case when pg_catalog.clock_timestamp() >= s.period_start
+                                                and pg_catalog.clock_timestamp() < s.period_end then spent else 0 end
+            where s.tenant_id = tenant;
+            settled := settled || group_ids;
+            for i in 1 .. pg_catalog.cardinality(group_ids) loop
+                reservation := group_ids[i];
+                cost_usd := group_costs[i];
+                error := null;
+                return next;
+            end loop;
+        exception when others then
+            null;  -- the per-call path below settles this tenant's calls one by one
+        end;
+    end loop;
+
     for i in 1 .. n loop
+        continue when reservations[i] = any(settled);
         reservation := reservations[i];
         cost_usd := null;
         error := null;
@@ -434,8 +609,15 @@ begin
                 raise exception 'reservation % is not a gateway call', reservations[i] using errcode = '42501';
             end if;
             cost_usd := bulkhead._ledger_record(reservations[i], usages[i], request_ids[i], models[i], true);
+            -- Held in memory until _ledger_record wrote it: a reservation of another caller
+            -- (budget_check, complete()) is not the gateway's to settle.
+            if not found and exists (select from bulkhead.reservations x
+                                     where x.tenant_id = tenants[i] and x.id = reservations[i] and not x.bill_on_expiry) then
+                raise exception 'reservation % is not a gateway call', reservations[i] using errcode = '42501';
+            end if;
         exception when others then
             get stacked diagnostics err = message_text;
+            cost_usd := null;
             error := sqlstate || ': ' || err;
         end;
         return next;
@@ -457,6 +639,11 @@ declare
     released boolean;
 begin
     perform bulkhead._set_tenant_within_function(tenant);
+    perform from bulkhead.budget_state s where s.tenant_id = tenant for update;
+    -- A hold in memory is written first, as a settle does.
+    if not exists (select from bulkhead.reservations x where x.tenant_id = tenant and x.id = reservation) then
+        perform bulkhead._materialize_reservation(reservation);
+    end if;
     if not exists (select from bulkhead.reservations x
                    where x.tenant_id = tenant and x.id = reservation and x.bill_on_expiry) then
         raise exception 'no gateway reservation %', reservation using errcode = 'P0002';
@@ -497,8 +684,9 @@ end
 $$;
 
 alter function bulkhead._api_key_tenant(uuid) owner to bulkhead_meter;
-alter function bulkhead.gateway_admit(bytea, uuid, text, text, text, bigint, bigint, int, int, text, jsonb, interval)
+alter function bulkhead.gateway_admit(bytea, uuid, text, text, text, bigint, bigint, int, int, text, jsonb, interval, boolean)
     owner to bulkhead_meter;
+alter function bulkhead._gateway_admit_sql(bytea, uuid, text, text, text, bigint, bigint, int, int, text, jsonb, interval, boolean) owner to bulkhead_meter;
 alter function bulkhead.gateway_settle(uuid[], uuid[], jsonb[], text[], text[]) owner to bulkhead_meter;
 alter function bulkhead.gateway_release(uuid, uuid) owner to bulkhead_meter;
 alter function bulkhead.gateway_inactive_tenants(uuid[]) owner to bulkhead_meter;
@@ -513,7 +701,8 @@ revoke all on function bulkhead.suspend_tenant(uuid) from public;
 revoke all on function bulkhead.resume_tenant(uuid) from public;
 revoke all on function bulkhead.set_default_max_output_tokens(uuid, int) from public;
 revoke all on function bulkhead._gateway_authenticate(bytea, uuid) from public;
-revoke all on function bulkhead.gateway_admit(bytea, uuid, text, text, text, bigint, bigint, int, int, text, jsonb, interval) from public;
+revoke all on function bulkhead.gateway_admit(bytea, uuid, text, text, text, bigint, bigint, int, int, text, jsonb, interval, boolean) from public;
+revoke all on function bulkhead._gateway_admit_sql(bytea, uuid, text, text, text, bigint, bigint, int, int, text, jsonb, interval, boolean) from public;
 revoke all on function bulkhead.gateway_settle(uuid[], uuid[], jsonb[], text[], text[]) from public;
 revoke all on function bulkhead.gateway_release(uuid, uuid) from public;
 revoke all on function bulkhead.gateway_inactive_tenants(uuid[]) from public;
@@ -525,7 +714,7 @@ grant execute on function bulkhead.create_api_key(uuid, text, timestamptz), bulk
     to bulkhead_admin;
 grant execute on function bulkhead._gateway_authenticate(bytea, uuid) to bulkhead_meter;
 grant execute on function
-    bulkhead.gateway_admit(bytea, uuid, text, text, text, bigint, bigint, int, int, text, jsonb, interval),
+    bulkhead.gateway_admit(bytea, uuid, text, text, text, bigint, bigint, int, int, text, jsonb, interval, boolean),
     bulkhead.gateway_settle(uuid[], uuid[], jsonb[], text[], text[]),
     bulkhead.gateway_release(uuid, uuid),
     bulkhead.gateway_inactive_tenants(uuid[]),
@@ -537,3 +726,23 @@ grant execute on function
 -- What gateway_admit reads, as bulkhead_meter, in the caller's tenant context.
 grant execute on function bulkhead.credential_for_tenant(text) to bulkhead_meter;
 grant select on bulkhead.tenant_credentials, bulkhead.shared_credentials, bulkhead.tenant_settings to bulkhead_meter;
+-- The gateway's holds in memory (extension/src/admission.rs), reached through gateway_admit and
+-- gateway_settle only.
+revoke all on function bulkhead._gateway_hold(uuid), bulkhead._take_gateway_holds(uuid[]),
+    bulkhead._gateway_admit_in_memory(bytea, uuid, text, text, text, bigint, bigint, int, int, interval) from public;
+grant execute on function bulkhead._gateway_hold(uuid), bulkhead._take_gateway_holds(uuid[]),
+    bulkhead._gateway_admit_in_memory(bytea, uuid, text, text, text, bigint, bigint, int, int, interval) to bulkhead_meter;
+
+-- gateway_admit's backends remember keys, credential references and output caps (see
+-- extension/src/gateway.rs): every change to them signals, as changes to tenants, limits and
+-- prices do, so that a revoked key or a rotated credential is refused or used on the next call.
+create trigger api_keys_changed
+    after insert or delete or truncate or update of key_hash, tenant_id, revoked_at, expires_at
+    on bulkhead.api_keys for each statement execute function bulkhead._tenants_changed();
+create trigger tenant_credentials_changed after insert or update or delete or truncate on bulkhead.tenant_credentials
+    for each statement execute function bulkhead._tenants_changed();
+create trigger shared_credentials_changed after insert or update or delete or truncate on bulkhead.shared_credentials
+    for each statement execute function bulkhead._tenants_changed();
+create trigger tenant_settings_changed
+    after insert or delete or truncate or update of default_max_output_tokens
+    on bulkhead.tenant_settings for each statement execute function bulkhead._tenants_changed();

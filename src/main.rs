@@ -157,6 +157,12 @@ enum Command {
         /// Seconds a call's reservation lasts; an unsettled call is charged at its hold after it.
         #[arg(long, env = "BULKHEAD_GATEWAY_LEASE_SECS", default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..=86400))]
         lease_secs: u64,
+        /// Write every call's reservation as a row before the call (synchronous commit), so that
+        /// a crash of the database server forgets no hold. Off: with bulkhead.memory_admission
+        /// holds stay in the server's memory (a restart forgets the open ones; their calls are
+        /// then settled as orphans), which is what makes admission cheap.
+        #[arg(long, env = "BULKHEAD_GATEWAY_DURABLE_HOLDS")]
+        durable_holds: bool,
         /// A client's own system message when the request names a tenant prompt: append (after
         /// the tenant prompt) or refuse (400).
         #[arg(long, env = "BULKHEAD_GATEWAY_CLIENT_SYSTEM_PROMPT", default_value = "append", value_parser = ["append", "refuse"])]
@@ -321,6 +327,7 @@ async fn main() -> ExitCode {
             jwt_tenant_claim,
             max_body_bytes,
             lease_secs,
+            durable_holds,
             client_system_prompt,
             shutdown_secs,
             pool_size,
@@ -347,6 +354,7 @@ async fn main() -> ExitCode {
                 jwt_tenant_claim,
                 max_body_bytes,
                 lease: Duration::from_secs(lease_secs),
+                durable_holds,
                 client_system: if client_system_prompt == "refuse" {
                     gateway::ClientSystemPrompt::Refuse
                 } else {

@@ -248,13 +248,23 @@ async fn ledger(tenant: Uuid) -> (i64, i64, i64, f64) {
     .unwrap()
 }
 
+/// The tenant's open reservations: rows, and holds in the server's memory (memory admission).
 async fn open_reservations(tenant: Uuid) -> i64 {
+    use sqlx::Connection;
     let mut su = superuser().await;
+    let mut tx = su.begin().await.unwrap();
+    sqlx::query("select bulkhead.set_tenant($1)")
+        .bind(tenant)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
     sqlx::query_scalar(
-        "select count(*) from bulkhead.reservations where tenant_id = $1 and settled_at is null and expired_at is null",
+        "select (select count(*) from bulkhead.reservations
+                 where tenant_id = $1 and settled_at is null and expired_at is null)
+              + (select coalesce(sum(open_reservations), 0) from bulkhead._open_in_memory())::int8",
     )
     .bind(tenant)
-    .fetch_one(&mut su)
+    .fetch_one(&mut *tx)
     .await
     .unwrap()
 }
@@ -504,18 +514,27 @@ fn base64_url(text: &str) -> String {
 
 #[tokio::test]
 async fn sixty_four_concurrent_streams_against_k_calls_admit_exactly_k() {
+    exactly_k("bulkhead_test_gateway", "gw-race").await;
+}
+
+#[tokio::test]
+async fn sixty_four_concurrent_streams_against_k_calls_admit_exactly_k_in_memory() {
+    exactly_k("bulkhead_test_memory_gateway", "gw-race-mem").await;
+}
+
+async fn exactly_k(login: &str, prefix: &str) {
     const K: i64 = 7;
     let fake = FakeProviders::start();
     let mut admin = admin().await;
     let models = models(&mut admin).await;
     // Each call holds max_tokens (10) x $0.10; the budget fits K of them and not K + 1.
-    let a = tenant(&mut admin, "gw-race", &format!("{K}.5")).await;
+    let a = tenant(&mut admin, prefix, &format!("{K}.5")).await;
     // Slow streams: every admitted call still holds its reservation while the others arrive.
     fake.inject(
         "/v1/chat/completions",
         json!(vec![json!({"slow": 0.1, "words": 8}); K as usize + 2]),
     );
-    let gateway = Gateway::start(&fake, &a.env(), &[]);
+    let gateway = Gateway::start_as(&fake, login, &a.env(), &[]);
     let result = sdk(&gateway, &a.key, &models.env(), &["race", "64"]);
     assert_eq!(result["admitted"], K, "{result}");
     let refused = result["refused"].as_array().unwrap();
@@ -625,15 +644,26 @@ async fn suspending_a_tenant_cuts_its_live_stream_within_a_second() {
 
 #[tokio::test]
 async fn a_gateway_killed_under_load_leaves_no_call_unaccounted() {
+    killed_under_load("bulkhead_test_gateway", "gw-kill").await;
+}
+
+/// In memory, the holds of the killed gateway's calls outlive it in the server's memory, and the
+/// sweep writes and charges them.
+#[tokio::test]
+async fn a_gateway_killed_under_load_leaves_no_call_unaccounted_in_memory() {
+    killed_under_load("bulkhead_test_memory_gateway", "gw-kill-mem").await;
+}
+
+async fn killed_under_load(login: &str, prefix: &str) {
     let fake = FakeProviders::start();
     let mut admin = admin().await;
     let models = models(&mut admin).await;
-    let a = tenant(&mut admin, "gw-kill", "100000").await;
+    let a = tenant(&mut admin, prefix, "100000").await;
     fake.inject(
         "/v1/chat/completions",
         json!(vec![json!({"slow": 0.05, "words": 100}); 24]),
     );
-    let mut gateway = Gateway::start(&fake, &a.env(), &["--lease-secs", "2"]);
+    let mut gateway = Gateway::start_as(&fake, login, &a.env(), &["--lease-secs", "2"]);
     let python = std::env::var("BULKHEAD_SDK_PYTHON").unwrap();
     let mut client = Command::new(python)
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/client.py"))
@@ -677,6 +707,19 @@ async fn a_gateway_killed_under_load_leaves_no_call_unaccounted() {
     assert!(
         at_hold > 0,
         "the calls cut by the kill were charged at their hold"
+    );
+    // In memory, the only rows are the lapsed holds the sweep wrote; the table path wrote a row
+    // for every call at its admission.
+    let held_in_memory: Option<bool> = sqlx::query_scalar(
+        "select bool_and(held_in_memory) from bulkhead.reservations where tenant_id = $1",
+    )
+    .bind(a.id)
+    .fetch_one(&mut su)
+    .await
+    .unwrap();
+    assert_eq!(
+        held_in_memory,
+        Some(login == "bulkhead_test_memory_gateway")
     );
     let served: i64 = fake_usage(&fake)
         .iter()

@@ -15,6 +15,10 @@ begin
     if not exists (select from pg_roles where rolname = 'bulkhead_test_gateway') then
         create role bulkhead_test_gateway login in role bulkhead_gateway;
     end if;
+    -- The gateway again, admitting in shared memory (its fast path).
+    if not exists (select from pg_roles where rolname = 'bulkhead_test_memory_gateway') then
+        create role bulkhead_test_memory_gateway login in role bulkhead_gateway;
+    end if;
     -- The application again, admitting in shared memory (bulkhead.memory_admission).
     if not exists (select from pg_roles where rolname = 'bulkhead_test_memory_app') then
         create role bulkhead_test_memory_app login in role bulkhead_app;
@@ -30,5 +34,6 @@ end
 $$;
 
 alter role bulkhead_test_memory_app set bulkhead.memory_admission = on;
+alter role bulkhead_test_memory_gateway set bulkhead.memory_admission = on;
 -- tests/tenant_cache.rs waits out the memory of tenants: one second, not the default 30.
 alter role bulkhead_test_app set bulkhead.remember_tenants_for = 1;

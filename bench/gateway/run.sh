@@ -15,6 +15,8 @@ port=${PGPORT:-54329}
 db=bulkhead_bench_gateway
 super="postgres://postgres@127.0.0.1:$port"
 seconds=${1:-8}
+# BENCH_ARMS: a subset of the arms, for a quick look (the table in BENCHMARKS.md runs all three).
+arms=${BENCH_ARMS:-direct gateway litellm}
 litellm_version=1.108.0
 
 if [ ! -x "$home/litellm-venv/bin/litellm" ] || ! "$home/litellm-venv/bin/pip" show litellm 2>/dev/null | grep -q "^Version: $litellm_version$"; then
@@ -39,6 +41,28 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 wait_for() { for _ in $(seq 1 300); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done; echo "$1 never answered" >&2; exit 1; }
+# LiteLLM's proxy config for the fake provider; with a budget, its DB-less provider budget.
+litellm_config() {
+    {
+        echo "model_list:"
+        echo "  - model_name: gpt-4o-mini"
+        echo "    litellm_params:"
+        echo "      model: openai/gpt-4o-mini"
+        echo "      api_base: http://127.0.0.1:$fake_port/v1"
+        echo "      api_key: sk-bench"
+        if [ -n "${2:-}" ]; then
+            echo "router_settings:"
+            echo "  provider_budget_config:"
+            echo "    openai:"
+            echo "      budget_limit: $2"
+            echo "      time_period: 1d"
+        fi
+        echo "litellm_settings:"
+        echo "  telemetry: false"
+        echo "general_settings:"
+        echo "  master_key: sk-litellm-bench-master-key-0123456789abcdef"
+    } > "$1"
+}
 
 fake_port=$(free_port)
 "$root/target/release/bench-fake-openai" --port "$fake_port" >/dev/null &
@@ -49,46 +73,122 @@ BENCH_PROVIDER_KEY=sk-bench DATABASE_URL="postgres://bulkhead_bench_gateway@127.
     "$root/target/release/bulkhead" gateway --listen "127.0.0.1:$gateway_port" 2>/dev/null &
 pids+=($!)
 litellm_port=$(free_port)
-cat > "$home/litellm-bench.yaml" <<EOF
-model_list:
-  - model_name: gpt-4o-mini
-    litellm_params:
-      model: openai/gpt-4o-mini
-      api_base: http://127.0.0.1:$fake_port/v1
-      api_key: sk-bench
-litellm_settings:
-  telemetry: false
-general_settings:
-  master_key: sk-litellm-bench-master-key-0123456789abcdef
-EOF
+if [[ " $arms " == *" litellm "* ]]; then
+litellm_config "$home/litellm-bench.yaml"
 LITELLM_LOCAL_MODEL_COST_MAP=True LITELLM_LOG=ERROR "$home/litellm-venv/bin/litellm" --config "$home/litellm-bench.yaml" \
     --host 127.0.0.1 --port "$litellm_port" --num_workers 1 >"$home/litellm-bench.log" 2>&1 &
 pids+=($!)
-wait_for "http://127.0.0.1:$gateway_port/healthz"
 wait_for "http://127.0.0.1:$litellm_port/health/liveliness"
+fi
+wait_for "http://127.0.0.1:$gateway_port/healthz"
 
 echo "| arm | mode | clients | calls/s | p50 ms | p99 ms | first byte p50 ms | first byte p99 ms | non-200 |"
 echo "|---|---|---|---|---|---|---|---|---|"
+served=$(mktemp)
 for mode in plain stream; do
     flag=""; [ "$mode" = stream ] && flag="--stream"
     for clients in 1 16 64; do
-        for arm in direct gateway litellm; do
+        for arm in $arms; do
             case $arm in
                 direct) url="http://127.0.0.1:$fake_port/v1/chat/completions"; k=sk-bench ;;
                 gateway) url="http://127.0.0.1:$gateway_port/v1/chat/completions"; k=$key ;;
                 litellm) url="http://127.0.0.1:$litellm_port/v1/chat/completions"; k=sk-litellm-bench-master-key-0123456789abcdef ;;
             esac
             out=$("$load" --url "$url" --key "$k" --concurrency "$clients" --seconds "$seconds" $flag)
-            python3 - "$arm" "$mode" "$out" <<'PY'
+            python3 - "$arm" "$mode" "$out" "$served" <<'PY'
 import json, sys
-arm, mode, r = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+arm, mode, r, served = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
 bad = sum(n for s, n in r["statuses"].items() if s != "200")
+if arm == "gateway":
+    with open(served, "a") as f:
+        f.write(f"{r['statuses'].get('200', 0)}\n")
 print(f"| {arm} | {mode} | {r['concurrency']} | {r['calls_per_s']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
       f"{r['ttfb_p50_ms']:.2f} | {r['ttfb_p99_ms']:.2f} | {bad} |")
 PY
         done
     done
 done
-# Every call the gateway served is in the ledger once it has settled.
-sleep 1
-psql -At -d "$super/$db" -c "select 'ledger rows: ' || count(*) || ', open reservations: ' || (select count(*) from bulkhead.reservations where settled_at is null and expired_at is null) from bulkhead.ledger"
+# The latency the gateway adds when it is not saturated: 16 clients paced to $BENCH_PACED_RATE
+# calls/s in all (2,000 by default), direct and through the gateway.
+rate=${BENCH_PACED_RATE:-2000}
+echo
+echo "| arm | mode | clients | paced to calls/s | calls/s | p50 ms | p99 ms | first byte p50 ms | non-200 |"
+echo "|---|---|---|---|---|---|---|---|---|"
+for mode in plain stream; do
+    flag=""; [ "$mode" = stream ] && flag="--stream"
+    for arm in direct gateway; do
+        case $arm in
+            direct) url="http://127.0.0.1:$fake_port/v1/chat/completions"; k=sk-bench ;;
+            gateway) url="http://127.0.0.1:$gateway_port/v1/chat/completions"; k=$key ;;
+        esac
+        out=$("$load" --url "$url" --key "$k" --concurrency 16 --rate "$rate" --seconds "$seconds" $flag)
+        python3 - "$arm" "$mode" "$rate" "$out" "$served" <<'PY'
+import json, sys
+arm, mode, rate, r, served = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4]), sys.argv[5]
+bad = sum(n for s, n in r["statuses"].items() if s != "200")
+if arm == "gateway":
+    with open(served, "a") as f:
+        f.write(f"{r['statuses'].get('200', 0)}\n")
+print(f"| {arm} | {mode} | 16 | {rate} | {r['calls_per_s']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['ttfb_p50_ms']:.2f} | {bad} |")
+PY
+    done
+done
+# Every call the gateway answered with 200 (warm-ups included) is in the ledger once it has
+# settled, and no hold is left open: in memory (_open_in_memory) or as a row.
+sleep 2
+ok=$(awk '{ n += $1 } END { print n + 0 }' "$served"); rm -f "$served"
+psql -At -d "$super/$db" -c "select bulkhead.set_tenant('$tenant'); select 'gateway calls answered 200: $ok, ledger rows: ' || (select count(*) from bulkhead.ledger)
+               || ', open holds in memory: ' || (select coalesce(sum(h.open_reservations), 0) from bulkhead._open_in_memory() h)
+               || ', open reservation rows: ' || (select count(*) from bulkhead.reservations r where r.settled_at is null and r.expired_at is null)" | grep .
+
+# The concurrent-budget run: 64 clients call for 10 s against a budget of $BENCH_BUDGET_USD
+# (0.001: a few hundred calls), plain and streamed, through the gateway (a fresh tenant with that
+# dollar budget) and through LiteLLM (a fresh proxy with that budget on the provider, its DB-less
+# budget: router_settings.provider_budget_config). What the provider was asked to serve is every
+# call answered 200, at the fake's usage (10 input tokens; 1 output plain, 3 streamed) and
+# gpt-4o-mini's price; the gateway's ledger must hold exactly that.
+budget=${BENCH_BUDGET_USD:-0.001}
+echo
+echo "| arm | mode | budget USD | calls answered 200 | served USD | overspend | recorded USD |"
+echo "|---|---|---|---|---|---|---|"
+for mode in plain stream; do
+    flag=""; output=1; [ "$mode" = stream ] && { flag="--stream"; output=3; }
+    per_call=$(psql -At -d "$super/$db" -c "select cost_usd from bulkhead.price_usage('openai', '{\"prompt_tokens\": 10, \"completion_tokens\": $output}', 0.15, 0.60)")
+    for arm in $arms; do
+        [ "$arm" = direct ] && continue
+        case $arm in
+            gateway)
+                t=$(psql -At -d "$super/$db" -c "select bulkhead.create_tenant('budget-$mode', 'Budget $mode')")
+                psql -d "$super/$db" -c "select bulkhead.set_budget('$t', 10000000, 2000000000, 2000000000, $budget)" >/dev/null
+                k=$(psql -At -d "$super/$db" -c "select bulkhead.create_api_key('$t', 'budget')")
+                url="http://127.0.0.1:$gateway_port/v1/chat/completions" ;;
+            litellm)
+                budget_port=$(free_port)
+                litellm_config "$home/litellm-budget.yaml" "$budget"
+                LITELLM_LOCAL_MODEL_COST_MAP=True LITELLM_LOG=ERROR "$home/litellm-venv/bin/litellm" --config "$home/litellm-budget.yaml" \
+                    --host 127.0.0.1 --port "$budget_port" --num_workers 1 >"$home/litellm-budget.log" 2>&1 &
+                budget_pid=$!
+                pids+=($budget_pid)
+                wait_for "http://127.0.0.1:$budget_port/health/liveliness"
+                k=sk-litellm-bench-master-key-0123456789abcdef
+                url="http://127.0.0.1:$budget_port/v1/chat/completions" ;;
+        esac
+        out=$("$load" --url "$url" --key "$k" --concurrency 64 --seconds 10 $flag)
+        recorded="-"
+        if [ "$arm" = gateway ]; then
+            sleep 2
+            recorded=$(psql -At -d "$super/$db" -c "select coalesce(sum(cost_usd), 0) from bulkhead.ledger where tenant_id = '$t'")
+        else
+            kill "$budget_pid" 2>/dev/null || true; wait "$budget_pid" 2>/dev/null || true
+        fi
+        python3 - "$arm" "$mode" "$budget" "$per_call" "$recorded" "$out" <<'PY'
+import json, sys
+from decimal import Decimal
+arm, mode, budget, per_call, recorded, r = sys.argv[1], sys.argv[2], Decimal(sys.argv[3]), Decimal(sys.argv[4]), sys.argv[5], json.loads(sys.argv[6])
+ok = r["statuses"].get("200", 0)
+served = ok * per_call
+over = max(Decimal(0), served - budget) / budget * 100
+print(f"| {arm} | {mode} | {budget} | {ok} | {served:.7f} | {over:.1f} % | {recorded} |")
+PY
+    done
+done

@@ -95,6 +95,9 @@ struct Record {
     state: u8,
     /// Being written to the table by an uncommitted transaction: expiry leaves it alone.
     materializing: u8,
+    /// A gateway call (`_gateway_hold`): settled only by the gateway, and when its lease ends
+    /// unsettled it keeps its hold until the expiry sweep charges it at that hold.
+    gateway: u8,
     provider_len: u8,
     model_len: u8,
     key: TenantKey,
@@ -436,6 +439,11 @@ impl Admission {
             if r.materializing != 0 {
                 // Being written to the table: left alone (a writer that rolls back puts its
                 // due time back, see on_abort).
+                continue;
+            }
+            if r.state == 1 && r.lease_end <= now && r.gateway != 0 {
+                // Lapsed unsettled: billed at its hold by the next expiry sweep (see
+                // _materialize_lapsed_gateway_holds); until then it holds, and is not due again.
                 continue;
             }
             if r.state == 1 && r.lease_end <= now {
@@ -1102,7 +1110,7 @@ fn min_lease_seconds() -> (String, f64) {
 /// caller then raises `_admission_refusal()` (pgrx cannot raise a SQLSTATE outside the standard
 /// list, such as PT429).
 #[pg_extern(volatile, parallel_unsafe)]
-fn _admit_in_memory(
+pub(crate) fn _admit_in_memory(
     model: Option<&str>,
     est_input_tokens: Option<i32>,
     max_output_tokens: Option<i32>,
@@ -1202,14 +1210,13 @@ fn _admit_in_memory(
                     hold: request.estimate,
                     tokens: [1.0, f64::from(est_input), f64::from(max_output)],
                 });
-                let reservation = pgrx::Uuid::from_bytes(id);
                 as_meter(|| {
                     write_reservation_row(
                         &key,
-                        reservation,
-                        &ReservationRow {
-                            provider: &price.provider,
-                            model,
+                        &RecordRow {
+                            id,
+                            provider: price.provider.clone(),
+                            model: model.to_string(),
                             est_input,
                             max_output,
                             reserved: request.estimate,
@@ -1217,10 +1224,11 @@ fn _admit_in_memory(
                             created_at: t,
                             lease_end,
                             expired: false,
+                            gateway: false,
                         },
                     )
                 });
-                return Some(reservation);
+                return Some(pgrx::Uuid::from_bytes(id));
             }
             Outcome::Load(period) => loaded = Some(load_period(period)),
             Outcome::Terms => {
@@ -1455,6 +1463,7 @@ fn admit_locked(
     let r = &mut m.records_mut()[index];
     r.state = 1;
     r.materializing = 0;
+    r.gateway = 0;
     r.key = *key;
     r.id = *id;
     r.prev = NONE;
@@ -1482,9 +1491,10 @@ fn admit_locked(
 }
 
 /// An in-memory reservation, as `_reservation_from_memory` writes it to the table.
-struct ReservationRow<'a> {
-    provider: &'a str,
-    model: &'a str,
+struct RecordRow {
+    id: [u8; 16],
+    provider: String,
+    model: String,
     est_input: i32,
     max_output: i32,
     reserved: Decimal,
@@ -1492,16 +1502,18 @@ struct ReservationRow<'a> {
     created_at: Micros,
     lease_end: Micros,
     expired: bool,
+    /// Written as a gateway call (queued, billed at its hold when its lease ends).
+    gateway: bool,
 }
 
 /// Writes the row (its hold stays in the tenant's slot) and keeps the slot's earliest row lease.
-fn write_reservation_row(key: &TenantKey, reservation: pgrx::Uuid, row: &ReservationRow) {
+fn write_reservation_row(key: &TenantKey, row: &RecordRow) {
     Spi::run_with_args(
-        "select bulkhead._reservation_from_memory($1, $2, $3, $4, $5, $6::pg_catalog.numeric, $7, $8, $9, $10)",
+        "select bulkhead._reservation_from_memory($1, $2, $3, $4, $5, $6::pg_catalog.numeric, $7, $8, $9, $10, $11)",
         &[
-            reservation.into(),
-            row.provider.into(),
-            row.model.into(),
+            pgrx::Uuid::from_bytes(row.id).into(),
+            row.provider.as_str().into(),
+            row.model.as_str().into(),
             row.est_input.into(),
             row.max_output.into(),
             row.reserved.to_string().into(),
@@ -1509,6 +1521,7 @@ fn write_reservation_row(key: &TenantKey, reservation: pgrx::Uuid, row: &Reserva
             row.created_at.into(),
             row.lease_end.into(),
             row.expired.into(),
+            row.gateway.into(),
         ],
     )
     .unwrap_or_else(|e| error!("writing a reservation: {e}"));
@@ -1541,60 +1554,179 @@ fn _materialize_reservation(reservation: pgrx::Uuid) -> bool {
     let Some(tenant) = context::current_tenant() else {
         return false;
     };
-    let key = key_of(tenant);
-    let id = *reservation.as_bytes();
-    let found = locked(|m| {
-        let index = m.record(&id, &key)?;
-        let r = &mut m.records_mut()[index];
-        if r.materializing != 0 {
-            return None;
-        }
-        r.materializing = 1;
-        Some((
-            index as u32,
-            String::from_utf8_lossy(&r.provider[..r.provider_len as usize]).into_owned(),
-            String::from_utf8_lossy(&r.model[..r.model_len as usize]).into_owned(),
-            r.est_input,
-            r.max_output,
-            r.reserved,
-            r.price_from,
-            r.created_at,
-            r.lease_end,
-            r.state == 2,
-        ))
-    });
-    let Some((
-        index,
-        provider,
-        model,
-        est_input,
-        max_output,
-        reserved,
-        price_from,
-        created_at,
-        lease_end,
-        expired,
-    )) = found
-    else {
+    materialize(&key_of(tenant), *reservation.as_bytes())
+}
+
+/// Takes the record `id` of `key` if `wanted` accepts it and no other transaction is writing it:
+/// marked, it leaves memory when this transaction commits (and stays if it rolls back).
+fn take_locked(
+    m: &mut Admission,
+    key: &TenantKey,
+    id: &[u8; 16],
+    wanted: impl Fn(&Record) -> bool,
+) -> Option<(u32, RecordRow)> {
+    let index = m.record(id, key)?;
+    let r = &mut m.records_mut()[index];
+    if r.materializing != 0 || !wanted(r) {
+        return None;
+    }
+    r.materializing = 1;
+    Some((
+        index as u32,
+        RecordRow {
+            id: *id,
+            provider: String::from_utf8_lossy(&r.provider[..r.provider_len as usize]).into_owned(),
+            model: String::from_utf8_lossy(&r.model[..r.model_len as usize]).into_owned(),
+            est_input: r.est_input,
+            max_output: r.max_output,
+            reserved: r.reserved,
+            price_from: r.price_from,
+            created_at: r.created_at,
+            lease_end: r.lease_end,
+            expired: r.state == 2,
+            gateway: r.gateway != 0,
+        },
+    ))
+}
+
+fn materialize(key: &TenantKey, id: [u8; 16]) -> bool {
+    let Some((index, taken)) = locked(|m| take_locked(m, key, &id, |_| true)) else {
         return false;
     };
-    push_pending(Pending::Materializing { key, index, id });
-    write_reservation_row(
-        &key,
-        reservation,
-        &ReservationRow {
-            provider: &provider,
-            model: &model,
-            est_input,
-            max_output,
-            reserved,
-            price_from,
-            created_at,
-            lease_end,
-            expired,
-        },
-    );
+    push_pending(Pending::Materializing {
+        key: *key,
+        index,
+        id,
+    });
+    write_reservation_row(key, &taken);
     true
+}
+
+/// Marks a reservation the current tenant's gateway admission just made as a gateway call:
+/// only the gateway settles it, and unsettled when its lease ends it is charged at its hold.
+/// False when it is not in memory (the caller marks its row instead).
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+pub(crate) fn _gateway_hold(reservation: pgrx::Uuid) -> bool {
+    if MEMORY.load(Ordering::Acquire).is_null() {
+        return false;
+    }
+    let Some(tenant) = context::current_tenant() else {
+        return false;
+    };
+    let key = key_of(tenant);
+    let id = *reservation.as_bytes();
+    locked(|m| {
+        let Some(index) = m.record(&id, &key) else {
+            return false;
+        };
+        let r = &mut m.records_mut()[index];
+        if r.state != 1 || r.materializing != 0 {
+            return false;
+        }
+        r.gateway = 1;
+        true
+    })
+}
+
+/// The gateway's settle of calls whose holds are still in memory: takes those of `reservations`
+/// that are the current tenant's open gateway calls, without writing a reservation row (the
+/// ledger row is the record; the caller releases their holds with `_release_in_memory`). They
+/// leave memory when this transaction commits. Returns them, with what their ledger rows need.
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn _take_gateway_holds(
+    reservations: Vec<Option<pgrx::Uuid>>,
+) -> TableIterator<
+    'static,
+    (
+        name!(reservation, pgrx::Uuid),
+        name!(provider, String),
+        name!(model, String),
+        name!(est_input_tokens, i32),
+        name!(max_output_tokens, i32),
+        name!(reserved_usd, String),
+        name!(price_from, i64),
+    ),
+> {
+    let tenant = context::current_tenant();
+    if MEMORY.load(Ordering::Acquire).is_null() || tenant.is_none() {
+        return TableIterator::new(Vec::new());
+    }
+    let key = key_of(tenant.expect("checked above"));
+    let ids: Vec<[u8; 16]> = reservations
+        .into_iter()
+        .flatten()
+        .map(|u| *u.as_bytes())
+        .collect();
+    let taken: Vec<(u32, RecordRow)> = locked(|m| {
+        ids.iter()
+            .filter_map(|id| take_locked(m, &key, id, |r| r.gateway != 0 && r.state == 1))
+            .collect()
+    });
+    let rows: Vec<_> = taken
+        .into_iter()
+        .map(|(index, t)| {
+            push_pending(Pending::Materializing {
+                key,
+                index,
+                id: t.id,
+            });
+            (
+                pgrx::Uuid::from_bytes(t.id),
+                t.provider,
+                t.model,
+                t.est_input,
+                t.max_output,
+                t.reserved.to_string(),
+                t.price_from,
+            )
+        })
+        .collect();
+    TableIterator::new(rows)
+}
+
+/// Writes the current tenant's gateway calls whose lease ended unsettled (the gateway died, or
+/// lost its connection) to `bulkhead.reservations`, lease ended, for the caller's expiry to
+/// charge at their hold. Returns how many.
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn _materialize_lapsed_gateway_holds() -> i32 {
+    if MEMORY.load(Ordering::Acquire).is_null() {
+        return 0;
+    }
+    let Some(tenant) = context::current_tenant() else {
+        return 0;
+    };
+    let key = key_of(tenant);
+    let t = now();
+    let taken: Vec<(u32, RecordRow)> = locked(|m| {
+        let Some(slot) = m.find(&key) else {
+            return Vec::new();
+        };
+        let mut lapsed = Vec::new();
+        let mut i = m.tenants[slot].head;
+        while i != NONE {
+            let r = &m.records()[i as usize];
+            if r.gateway != 0 && r.state == 1 && r.materializing == 0 && r.lease_end <= t {
+                lapsed.push(r.id);
+            }
+            i = r.next;
+        }
+        lapsed
+            .iter()
+            .filter_map(|id| take_locked(m, &key, id, |_| true))
+            .collect()
+    });
+    for (index, taken) in &taken {
+        push_pending(Pending::Materializing {
+            key,
+            index: *index,
+            id: taken.id,
+        });
+        write_reservation_row(&key, taken);
+    }
+    taken.len() as i32
 }
 
 /// At commit: releases `hold` from the current tenant's budget in memory, counts `spent` in its

@@ -129,7 +129,7 @@ pub fn _set_tenant_within_function(tenant_id: Option<pgrx::Uuid>) {
     enter_tenant(tenant_id);
 }
 
-fn enter_tenant(tenant_id: Option<pgrx::Uuid>) {
+pub(crate) fn enter_tenant(tenant_id: Option<pgrx::Uuid>) {
     let Some(tenant_id) = tenant_id else {
         gucs::set_tenant_id_locally("");
         return;

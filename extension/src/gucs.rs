@@ -257,6 +257,23 @@ fn set_in_this_transaction(name: &CStr) -> Option<String> {
     }
 }
 
+/// SET LOCAL of a server setting (as set_config(name, value, true)), without running SQL.
+pub fn set_locally(name: &std::ffi::CStr, value: &std::ffi::CStr) {
+    // SAFETY: both strings outlive the call; errors are raised as Postgres errors (ERROR level).
+    unsafe {
+        pg_sys::set_config_option(
+            name.as_ptr(),
+            value.as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_LOCAL,
+            true,
+            PgLogLevel::ERROR as i32,
+            false,
+        );
+    }
+}
+
 /// Writes `bulkhead.tenant_id` for the rest of the current transaction only.
 pub fn set_tenant_id_locally(value: &str) {
     struct Reset;
@@ -270,19 +287,7 @@ pub fn set_tenant_id_locally(value: &str) {
     let value = CString::new(value).unwrap_or_default();
     SET_TENANT_IN_PROGRESS.store(true, Ordering::SeqCst);
     let _reset = Reset;
-    // SAFETY: both strings outlive the call; errors are raised as Postgres errors (ERROR level).
-    unsafe {
-        pg_sys::set_config_option(
-            c"bulkhead.tenant_id".as_ptr(),
-            value.as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_LOCAL,
-            true,
-            PgLogLevel::ERROR as i32,
-            false,
-        );
-    }
+    set_locally(c"bulkhead.tenant_id", &value);
 }
 
 unsafe fn refuse(code: PgSqlErrorCode, message: &CStr, detail: &CStr, hint: Option<&CStr>) -> bool {

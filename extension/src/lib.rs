@@ -8,6 +8,7 @@ use pgrx::prelude::*;
 mod admission;
 mod context;
 mod errors;
+mod gateway;
 mod gucs;
 mod pricing;
 mod prompts;
@@ -51,6 +52,7 @@ extension_sql_file!(
         admission::_admission_refusal,
         admission::_admission_in_memory,
         admission::_materialize_reservation,
+        admission::_materialize_lapsed_gateway_holds,
         admission::_release_in_memory,
         admission::_table_hold_in_memory,
         admission::_forget_in_memory,
@@ -112,7 +114,12 @@ extension_sql_file!(
 extension_sql_file!(
     "../../sql/gateway.sql",
     name = "gateway",
-    requires = ["reconcile"]
+    requires = [
+        "reconcile",
+        gateway::_gateway_admit_in_memory,
+        admission::_gateway_hold,
+        admission::_take_gateway_holds
+    ]
 );
 extension_sql_file!(
     "../../sql/deployment.sql",

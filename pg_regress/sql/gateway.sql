@@ -226,19 +226,125 @@ reset role;
 -- Last use is recorded (at most once a minute per key).
 select name, last_used_at is not null as used from bulkhead.api_keys order by name;
 
--- The same in memory admission: the gateway's reservation is written as a row at admission,
--- and charged at its hold when its lease ends unsettled.
+-- The same in memory admission: the gateway's reservation stays in memory (no row, no write at
+-- admission), and when its lease ends unsettled the expiry sweep writes it and charges it at its
+-- hold. A durable hold is written at admission.
 set local bulkhead.memory_admission = on;
+set local bulkhead.min_lease = '1 second';
 select bulkhead.set_budget('00000000-0000-4000-8000-0000000000b1', 60, 100000, 100000, 1);
 set local role regress_gw;
 select reservation as r4 from bulkhead.gateway_admit(null, '00000000-0000-4000-8000-0000000000b1', 'openai', 'chat',
-    'gw-gpt', 3000, 3000, 1000, 1, null, null, '10 minutes') \gset
+    'gw-gpt', 3000, 3000, 1000, 1, null, null, '1 second') \gset
+select reservation as r5 from bulkhead.gateway_admit(null, '00000000-0000-4000-8000-0000000000b1', 'openai', 'chat',
+    'gw-gpt', 3000, 3000, 1000, 1, null, null, '10 minutes', durable_hold => true) \gset
 reset role;
-select held_in_memory, queued, bill_on_expiry from bulkhead.reservations where id = :'r4';
-update bulkhead.reservations set lease_expires_at = now() - interval '1 second' where id = :'r4';
+select id = :'r5' as durable_only, held_in_memory, queued, bill_on_expiry from bulkhead.reservations where id in (:'r4', :'r5');
+select pg_sleep(1.2);
 set local role regress_gw;
 select bulkhead.expire_all_reservations() as expired;
 reset role;
+select held_in_memory, queued, bill_on_expiry, expired_at is not null as expired, settled_at is not null as settled
+from bulkhead.reservations where id = :'r4';
 select request_id like 'lease-ended:' || :'r4' || '#%' as named, cost_usd, cost_usd = reserved_usd as at_hold
 from bulkhead.ledger where reservation_id = :'r4';
+-- Settled in memory: one ledger row, no reservation row; the same request id twice goes under
+-- the id qualified by the reservation; settling again is answered from the ledger.
+set local role regress_gw;
+select reservation as r6 from bulkhead.gateway_admit(null, '00000000-0000-4000-8000-0000000000b1', 'openai', 'chat',
+    'gw-gpt', 10, 10, 10, 1, null, null, '10 minutes') \gset
+select reservation as r7 from bulkhead.gateway_admit(null, '00000000-0000-4000-8000-0000000000b1', 'openai', 'chat',
+    'gw-gpt', 10, 10, 10, 1, null, null, '10 minutes') \gset
+select reservation = :'r6' as r6, cost_usd, error from bulkhead.gateway_settle(
+    array['00000000-0000-4000-8000-0000000000b1', '00000000-0000-4000-8000-0000000000b1']::uuid[], array[:'r6', :'r7']::uuid[],
+    array['{"prompt_tokens": 5, "completion_tokens": 5}', '{"prompt_tokens": 5, "completion_tokens": 5}']::jsonb[],
+    array['chatcmpl-mem', 'chatcmpl-mem'], array['gw-gpt', 'gw-gpt']) order by 1 desc;
+select reservation = :'r6' as r6, cost_usd, error from bulkhead.gateway_settle(
+    array['00000000-0000-4000-8000-0000000000b1']::uuid[], array[:'r6']::uuid[],
+    array['{"prompt_tokens": 5, "completion_tokens": 5}']::jsonb[], array['chatcmpl-mem'], array['gw-gpt']);
+reset role;
+select count(*) as reservation_rows from bulkhead.reservations where id in (:'r6', :'r7');
+select count(*) filter (where request_id = 'chatcmpl-mem') as plain_id,
+       count(*) filter (where request_id = 'chatcmpl-mem#' || reservation_id::text) as qualified_id
+from bulkhead.ledger where reservation_id in (:'r6', :'r7');
+-- A reservation of the application's own budget_check, in memory, is not the gateway's to settle.
+select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000b1');
+select bulkhead.budget_check('gw-gpt', 1, 1, '10 minutes') as r8 \gset
+set local role regress_gw;
+select cost_usd, regexp_replace(error, '[0-9a-f-]{36}', '<uuid>') as error from bulkhead.gateway_settle(
+    array['00000000-0000-4000-8000-0000000000b1']::uuid[], array[:'r8']::uuid[],
+    array['{"prompt_tokens": 1, "completion_tokens": 1}']::jsonb[], array['chatcmpl-app'], array['gw-gpt']);
+reset role;
+select count(*) as app_reservation_rows from bulkhead.reservations where id = :'r8';
+
+-- The memory path gives the same refusals, with the same SQLSTATEs, as the SQL path above.
+set local bulkhead.memory_admission = on;
+set local role regress_gw;
+select pg_temp.attempt($$select reservation::text from bulkhead.gateway_admit(sha256(convert_to('bk_forged', 'UTF8')), null,
+    'openai', 'chat', 'gw-gpt', 1, 1, 1, 1, null, null, '10 minutes')$$) as forged_key;
+select pg_temp.attempt(format($$select reservation::text from bulkhead.gateway_admit(%L, %L,
+    'openai', 'chat', 'gw-gpt', 1, 1, 1, 1, null, null, '10 minutes')$$, sha256(convert_to(:'key_a', 'UTF8')),
+    '00000000-0000-4000-8000-0000000000b1')) as key_and_jwt;
+select pg_temp.attempt($$select reservation::text from bulkhead.gateway_admit(null, '00000000-0000-4000-8000-0000000000ff',
+    'openai', 'chat', 'gw-gpt', 1, 1, 1, 1, null, null, '10 minutes')$$) as unknown_tenant;
+select pg_temp.attempt($$select reservation::text from bulkhead.gateway_admit(null, '00000000-0000-4000-8000-0000000000b1',
+    'openai', 'chat', 'gw-nonexistent', 1, 1, 1, 1, null, null, '10 minutes')$$) as unknown_model;
+select pg_temp.attempt($$select reservation::text from bulkhead.gateway_admit(null, '00000000-0000-4000-8000-0000000000b1',
+    'openai', 'chat', 'gw-claude', 1, 1, 1, 1, null, null, '10 minutes')$$) as anthropic_model_on_openai_wire;
+select pg_temp.attempt($$select reservation::text from bulkhead.gateway_admit(null, '00000000-0000-4000-8000-0000000000b1',
+    'anthropic', 'chat', 'gw-gpt', 1, 1, 1, 1, null, null, '10 minutes')$$) as openai_model_on_anthropic_wire;
+select pg_temp.attempt($$select reservation::text from bulkhead.gateway_admit(null, '00000000-0000-4000-8000-0000000000b1',
+    'anthropic', 'chat', 'gw-claude', 1, 1, 1, 1, null, null, '10 minutes')$$) as no_credential;
+select pg_temp.attempt($$select reservation::text from bulkhead.gateway_admit(null, '00000000-0000-4000-8000-0000000000b1',
+    'openai', 'chat', 'gw-gpt', 1, 1, 0, 1, null, null, '10 minutes')$$) as zero_max_tokens;
+select pg_temp.attempt($$select reservation::text from bulkhead.gateway_admit(null, '00000000-0000-4000-8000-0000000000b1',
+    'openai', 'chat', 'gw-gpt', 1, 1, 1000000, 5000, null, null, '10 minutes')$$) as too_many_choices;
+select pg_temp.attempt($$select reservation::text from bulkhead.gateway_admit(null, '00000000-0000-4000-8000-0000000000b1',
+    'openai', 'chat', 'gw-gpt', 1, 1, 100000000, 1, null, null, '10 minutes')$$) as over_the_output_limit;
+select pg_temp.attempt(format($$select reservation::text from bulkhead.gateway_admit(%L, null,
+    'openai', 'chat', 'gw-gpt', 1, 1, 1, 1, null, null, '10 minutes')$$, sha256(convert_to(:'key_b', 'UTF8')))) as revoked_key;
+select pg_temp.attempt(format($$select reservation::text from bulkhead.gateway_admit(%L, null,
+    'openai', 'chat', 'gw-gpt', 1, 1, 1, 1, null, null, '10 minutes')$$, sha256(convert_to(:'key_a_short', 'UTF8')))) as expired_key;
+-- A key admitted (and remembered by this backend) stops at its revocation; a suspended tenant
+-- at its suspension; a new credential is used on the next call.
+reset role;
+set local role regress_gw_admin;
+select bulkhead.create_api_key('00000000-0000-4000-8000-0000000000a1', 'memory path') as key_m \gset
+set local role regress_gw;
+select key_id as key_m_id, secret_ref, reservation as r9 from bulkhead.gateway_admit(sha256(convert_to(:'key_m', 'UTF8')), null,
+    'openai', 'chat', 'gw-gpt', 1, 1, 1, 1, null, null, '10 minutes') \gset
+reset role;
+select :'secret_ref' as secret_before, not exists (select from bulkhead.reservations where id = :'r9') as held_in_memory_only;
+set local role regress_gw_admin;
+select bulkhead.set_credential('00000000-0000-4000-8000-0000000000a1', 'openai', 'env:GW_ROTATED_KEY') is not null as rotated;
+set local role regress_gw;
+select secret_ref as secret_after from bulkhead.gateway_admit(sha256(convert_to(:'key_m', 'UTF8')), null,
+    'openai', 'chat', 'gw-gpt', 1, 1, 1, 1, null, null, '10 minutes');
+set local role regress_gw_admin;
+select bulkhead.suspend_tenant('00000000-0000-4000-8000-0000000000a1') as suspended;
+set local role regress_gw;
+select pg_temp.attempt(format($$select reservation::text from bulkhead.gateway_admit(%L, null,
+    'openai', 'chat', 'gw-gpt', 1, 1, 1, 1, null, null, '10 minutes')$$, sha256(convert_to(:'key_m', 'UTF8')))) as suspended_tenant;
+set local role regress_gw_admin;
+select bulkhead.resume_tenant('00000000-0000-4000-8000-0000000000a1') as resumed;
+select bulkhead.revoke_api_key(:'key_m_id') as revoked;
+set local role regress_gw;
+select pg_temp.attempt(format($$select reservation::text from bulkhead.gateway_admit(%L, null,
+    'openai', 'chat', 'gw-gpt', 1, 1, 1, 1, null, null, '10 minutes')$$, sha256(convert_to(:'key_m', 'UTF8')))) as revoked_after_use;
+reset role;
+-- Twin: without the signal (the trigger disabled), a backend keeps admitting a revoked key it
+-- remembers, until its cache ages out (a second).
+set local role regress_gw_admin;
+select bulkhead.create_api_key('00000000-0000-4000-8000-0000000000a1', 'no signal') as key_n \gset
+set local role regress_gw;
+select key_id as key_n_id from bulkhead.gateway_admit(sha256(convert_to(:'key_n', 'UTF8')), null,
+    'openai', 'chat', 'gw-gpt', 1, 1, 1, 1, null, null, '10 minutes') \gset
+reset role;
+alter table bulkhead.api_keys disable trigger api_keys_changed;
+set local role regress_gw_admin;
+select bulkhead.revoke_api_key(:'key_n_id') as revoked;
+set local role regress_gw;
+select pg_temp.attempt(format($$select (reservation is not null)::text from bulkhead.gateway_admit(%L, null,
+    'openai', 'chat', 'gw-gpt', 1, 1, 1, 1, null, null, '10 minutes')$$, sha256(convert_to(:'key_n', 'UTF8')))) as revoked_unsignalled;
+reset role;
+alter table bulkhead.api_keys enable trigger api_keys_changed;
 rollback;

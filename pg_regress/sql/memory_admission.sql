@@ -79,7 +79,7 @@ select request_id, cost_usd, reserved_usd from bulkhead.ledger;
 select pg_temp.attempt($q$select bulkhead._release_in_memory(1, 0, 0, 0)$q$) as app_releases;
 select pg_temp.attempt($q$select bulkhead._materialize_reservation((select id from r1))$q$) as app_materializes;
 select pg_temp.attempt($q$select bulkhead._forget_in_memory('00000000-0000-4000-8000-0000000000e1')$q$) as app_forgets;
-select pg_temp.attempt($q$select bulkhead._reservation_from_memory(gen_random_uuid(), 'openai', 'mem-model', 1, 1, 1, 0, 0, 0, false)$q$) as app_writes_reservation;
+select pg_temp.attempt($q$select bulkhead._reservation_from_memory(gen_random_uuid(), 'openai', 'mem-model', 1, 1, 1, 0, 0, 0, false, false)$q$) as app_writes_reservation;
 -- The table path, called directly, admits in memory too: a tenant keeps one admission state.
 select bulkhead._budget_check_table('mem-model', 1, 1, '10 minutes') is not null as table_path_goes_to_memory;
 select count(*) as table_path_rows from bulkhead.reservations where not held_in_memory;

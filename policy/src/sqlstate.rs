@@ -32,6 +32,8 @@ impl SqlState {
     pub const OUT_OF_MEMORY: SqlState = SqlState("53200");
     /// PT429: a tenant's budget or rate limit refuses the call (PostgREST answers HTTP 429).
     pub const TENANT_LIMIT_EXCEEDED: SqlState = SqlState("PT429");
+    /// PT401: the caller's credential (a gateway API key) is unknown, revoked or expired.
+    pub const UNAUTHENTICATED: SqlState = SqlState("PT401");
     /// PT403: the tenant may not make the call (PostgREST answers HTTP 403).
     pub const TENANT_FORBIDDEN: SqlState = SqlState("PT403");
 

@@ -19,6 +19,7 @@ pub struct Request<'a> {
     pub choices: i32,
     pub prompt: Option<(&'a str, &'a Value)>,
     pub lease_secs: u64,
+    pub durable_hold: bool,
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -44,7 +45,7 @@ pub async fn admit(pool: &PgPool, request: &Request<'_>) -> Result<Admitted, Api
         "select tenant_id, reservation, provider, output_cap, est_input_tokens, system_prompt, \
                 secret_ref, credential_kind, provider_project_id \
          from bulkhead.gateway_admit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
-                                     pg_catalog.make_interval(secs => $12))",
+                                     pg_catalog.make_interval(secs => $12), $13)",
     )
     .bind(key_hash)
     .bind(jwt_tenant)
@@ -65,6 +66,7 @@ pub async fn admit(pool: &PgPool, request: &Request<'_>) -> Result<Admitted, Api
     .bind(request.prompt.map(|(name, _)| name))
     .bind(request.prompt.map(|(_, vars)| vars.clone()))
     .bind(request.lease_secs as f64)
+    .bind(request.durable_hold)
     .fetch_one(pool)
     .await
     .map_err(|err| refusal(request.wire, err))

@@ -202,6 +202,7 @@ async fn call(
             choices,
             prompt: prompt.as_ref().map(|(name, vars)| (name.as_str(), vars)),
             lease_secs: state.lease_secs,
+            durable_hold: state.durable_holds,
         },
     )
     .await?;

@@ -51,6 +51,7 @@ pub struct Config {
     pub jwt_tenant_claim: Option<String>,
     pub max_body_bytes: usize,
     pub lease: Duration,
+    pub durable_holds: bool,
     pub client_system: ClientSystemPrompt,
     pub shutdown_grace: Duration,
     pub pool_size: u32,
@@ -67,6 +68,7 @@ pub struct AppState {
     streams: Arc<Streams>,
     client_system: ClientSystemPrompt,
     lease_secs: u64,
+    durable_holds: bool,
     max_body_bytes: usize,
     credentials: Mutex<HashMap<String, (Secret, Instant)>>,
     body_permits: Arc<tokio::sync::Semaphore>,
@@ -236,6 +238,9 @@ pub async fn run(config: Config) -> Result<(), String> {
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(config.pool_size)
         .acquire_timeout(Duration::from_secs(5))
+        // No ping before each query: it is a round trip (and a wake-up of a server process) per
+        // call. A connection the server dropped fails its next query once (503) and is replaced.
+        .test_before_acquire(false)
         .connect_with(
             crate::database::connect_options(&config.database_url).map_err(|e| e.to_string())?,
         )
@@ -283,6 +288,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         streams: Arc::new(Streams::default()),
         client_system: config.client_system,
         lease_secs: config.lease.as_secs().max(1),
+        durable_holds: config.durable_holds,
         max_body_bytes: config.max_body_bytes,
         credentials: Mutex::new(HashMap::new()),
         body_permits: Arc::new(tokio::sync::Semaphore::new(BODY_PERMITS as usize)),

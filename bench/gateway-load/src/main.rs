@@ -1,7 +1,9 @@
 //! bench/gateway's load generator: `--concurrency N` clients each send chat completions back to
 //! back to `--url` for `--seconds S` (after a one-second warm-up), plain or `--stream`, and it
 //! prints one JSON line: calls/s, latency p50/p99, time to first byte p50/p99 (ms), statuses.
-//! A 429 counts as a refusal, not an error: the budget runs use it.
+//! A 429 counts as a refusal, not an error: the budget runs use it. `--rate R` paces the clients
+//! to R calls/s in all (each client starts a call every N/R s, or at once when it is late), to
+//! measure the latency a gateway adds when it is not saturated.
 
 use futures_util::StreamExt;
 use std::collections::BTreeMap;
@@ -33,6 +35,10 @@ async fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(u64::MAX);
     let stream = std::env::args().any(|a| a == "--stream");
+    let interval = arg("--rate")
+        .and_then(|r| r.parse::<f64>().ok())
+        .filter(|r| *r > 0.0)
+        .map(|rate| Duration::from_secs_f64(concurrency as f64 / rate));
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
         .build()
@@ -45,7 +51,7 @@ async fn main() {
     let warmup = Instant::now() + Duration::from_secs(1);
     let end = warmup + Duration::from_secs_f64(seconds);
     let mut tasks = Vec::new();
-    for _ in 0..concurrency {
+    for client_index in 0..concurrency {
         let (client, url, key, body, calls) = (
             client.clone(),
             url.clone(),
@@ -56,7 +62,14 @@ async fn main() {
         tasks.push(tokio::spawn(async move {
             let mut samples = Vec::new();
             let mut statuses = BTreeMap::<u16, u64>::new();
+            // Paced clients start spread over one interval.
+            let mut next = interval
+                .map(|i| Instant::now() + i.mul_f64(client_index as f64 / concurrency as f64));
             while Instant::now() < end {
+                if let (Some(at), Some(i)) = (next, interval) {
+                    tokio::time::sleep_until(at.into()).await;
+                    next = Some((at + i).max(Instant::now()));
+                }
                 if calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= max_calls {
                     break;
                 }
