@@ -669,6 +669,12 @@ begin
                                             and pg_catalog.clock_timestamp() < s.period_end then billed_usd else 0 end
         where s.tenant_id = tenant;
     end if;
+    if billed_usd > 0 then
+        -- Charges are ledger rows: durable when this commits, as every settle's.
+        perform pg_catalog.set_config('synchronous_commit', 'on', true);
+    end if;
+    -- What the admission may count as room: a hold charged at its hold frees nothing.
+    freed := freed - billed_usd;
     select bulkhead._micros(min(r.lease_expires_at)) into next_expiry from bulkhead.reservations r
     where r.tenant_id = tenant and r.settled_at is null and r.expired_at is null;
     return next;
@@ -717,6 +723,9 @@ declare
     target uuid;
     expired_count bigint := 0;
 begin
+    -- Gateway holds in memory become rows first (without any tenant's budget lock), so that a
+    -- dead gateway's calls survive a restart of the server (sql/gateway.sql).
+    perform bulkhead.gateway_persist_holds();
     for target in select t.id from bulkhead.tenants t order by t.id loop
         perform bulkhead._set_tenant_within_function(target);
         expired_count := expired_count + bulkhead._expire_tenant(target, true);
@@ -768,6 +777,9 @@ begin
     -- calls lapsed unsettled become costs at their hold (fail closed).
     if freed_in_memory > 0 then
         perform bulkhead._release_in_memory(freed_in_memory, billed_usd, 0, 0);
+    end if;
+    if billed_usd > 0 then
+        perform pg_catalog.set_config('synchronous_commit', 'on', true);
     end if;
     n := n + bulkhead._expire_in_memory();
     if n > 0 then

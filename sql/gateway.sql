@@ -505,6 +505,8 @@ begin
     -- As in admission: a tenant's own open transaction delays only its own settles (55P03,
     -- retried by the gateway), never the batch's other tenants for long.
     perform pg_catalog.set_config('lock_timeout', '200ms', true);
+    -- The ledger is the money record (as in _ledger_record): durable when this returns.
+    perform pg_catalog.set_config('synchronous_commit', 'on', true);
 
     -- Calls whose holds are still in memory (bulkhead.memory_admission), a tenant at a time: one
     -- ledger insert and one budget_state update per tenant, no reservation row. Should anything
@@ -638,6 +640,8 @@ as $$
 declare
     released boolean;
 begin
+    -- A tenant's own open transaction must not stall the gateway's shared sessions (55P03).
+    perform pg_catalog.set_config('lock_timeout', '200ms', true);
     perform bulkhead._set_tenant_within_function(tenant);
     perform from bulkhead.budget_state s where s.tenant_id = tenant for update;
     -- A hold in memory is written first, as a settle does.
@@ -653,6 +657,39 @@ begin
     return released;
 end
 $$;
+
+-- Gateway holds admitted in memory more than a second ago become rows (held in memory, charged
+-- at their hold if their lease ends unsettled), so that a call outlives a restart of the server
+-- even when its gateway is gone too: only calls in their first second depend on memory alone.
+-- Calls settle within a second mostly and are never written. Each gateway runs it every second,
+-- and expire_all_reservations (every gateway's and worker's sweep) too. Needs no budget lock.
+create function bulkhead.gateway_persist_holds()
+returns bigint
+language plpgsql volatile
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    target uuid;
+    written bigint := 0;
+begin
+    for target in select h.tenant_id from bulkhead._tenants_with_old_gateway_holds(interval '1 second') h loop
+        begin
+            perform bulkhead._set_tenant_within_function(target);
+            written := written + bulkhead._persist_gateway_holds(interval '1 second');
+        exception when undefined_object then
+            null;  -- deleted meanwhile: its holds are forgotten with it
+        end;
+    end loop;
+    perform bulkhead._set_tenant_within_function(null);
+    if written > 0 then
+        perform pg_catalog.set_config('synchronous_commit', 'on', true);
+    end if;
+    return written;
+end
+$$;
+comment on function bulkhead.gateway_persist_holds() is
+    'Writes gateway holds admitted in memory over a second ago as rows, so that they outlive a restart. bulkhead_gateway and the sweeps.';
 
 -- Of these tenants, those that may no longer make calls (suspended or deleted): the gateway
 -- cuts their streams in flight.
@@ -690,6 +727,7 @@ alter function bulkhead._gateway_admit_sql(bytea, uuid, text, text, text, bigint
 alter function bulkhead.gateway_settle(uuid[], uuid[], jsonb[], text[], text[]) owner to bulkhead_meter;
 alter function bulkhead.gateway_release(uuid, uuid) owner to bulkhead_meter;
 alter function bulkhead.gateway_inactive_tenants(uuid[]) owner to bulkhead_meter;
+alter function bulkhead.gateway_persist_holds() owner to bulkhead_meter;
 alter function bulkhead.gateway_models(bytea, uuid) owner to bulkhead_meter;
 alter function bulkhead.gateway_key_valid(bytea) owner to bulkhead_meter;
 
@@ -706,6 +744,7 @@ revoke all on function bulkhead._gateway_admit_sql(bytea, uuid, text, text, text
 revoke all on function bulkhead.gateway_settle(uuid[], uuid[], jsonb[], text[], text[]) from public;
 revoke all on function bulkhead.gateway_release(uuid, uuid) from public;
 revoke all on function bulkhead.gateway_inactive_tenants(uuid[]) from public;
+revoke all on function bulkhead.gateway_persist_holds() from public;
 revoke all on function bulkhead.gateway_models(bytea, uuid) from public;
 revoke all on function bulkhead.gateway_key_valid(bytea) from public;
 grant execute on function bulkhead.create_api_key(uuid, text, timestamptz), bulkhead._api_key_tenant(uuid),
@@ -718,6 +757,7 @@ grant execute on function
     bulkhead.gateway_settle(uuid[], uuid[], jsonb[], text[], text[]),
     bulkhead.gateway_release(uuid, uuid),
     bulkhead.gateway_inactive_tenants(uuid[]),
+    bulkhead.gateway_persist_holds(),
     bulkhead.gateway_models(bytea, uuid),
     bulkhead.gateway_key_valid(bytea),
     bulkhead.expire_all_reservations(),
@@ -728,6 +768,10 @@ grant execute on function bulkhead.credential_for_tenant(text) to bulkhead_meter
 grant select on bulkhead.tenant_credentials, bulkhead.shared_credentials, bulkhead.tenant_settings to bulkhead_meter;
 -- The gateway's holds in memory (extension/src/admission.rs), reached through gateway_admit and
 -- gateway_settle only.
+revoke all on function bulkhead._tenants_with_old_gateway_holds(interval), bulkhead._persist_gateway_holds(interval)
+    from public;
+grant execute on function bulkhead._tenants_with_old_gateway_holds(interval), bulkhead._persist_gateway_holds(interval)
+    to bulkhead_meter;
 revoke all on function bulkhead._gateway_hold(uuid), bulkhead._take_gateway_holds(uuid[]),
     bulkhead._gateway_admit_in_memory(bytea, uuid, text, text, text, bigint, bigint, int, int, interval) from public;
 grant execute on function bulkhead._gateway_hold(uuid), bulkhead._take_gateway_holds(uuid[]),

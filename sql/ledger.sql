@@ -155,6 +155,17 @@ begin
         if found and existing_reservation = r.id then
             return existing;
         elsif found then
+            -- A repeat of a settle that left no reservation row (the gateway's settle in
+            -- memory) recorded under a random id: found by its reservation (in the last day).
+            if is_orphan then
+                select l.cost_usd into existing from bulkhead.ledger l
+                where l.tenant_id = tenant and l.reservation_id = r.id and not l.orphan
+                  and l.created_at > now_ts - interval '1 day'
+                limit 1;
+                if found then
+                    return existing;
+                end if;
+            end if;
             request_id := request_id || '#' || pg_catalog.substr(pg_catalog.md5(pg_catalog.gen_random_uuid()::text), 1, 16);
         end if;
     end if;

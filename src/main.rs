@@ -183,6 +183,11 @@ enum Command {
         /// connection stays open).
         #[arg(long, env = "BULKHEAD_GATEWAY_HEADER_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
         header_timeout_secs: u64,
+        /// A bearer token GET /metrics requires (unset: /metrics is open to anyone who can reach
+        /// the gateway; it holds aggregate counts, no tenant ids, but set it when clients are not
+        /// trusted to see the platform's traffic).
+        #[arg(long, env = "BULKHEAD_GATEWAY_METRICS_TOKEN", hide_env_values = true)]
+        metrics_token: Option<String>,
     },
     /// Compares one finished UTC day of provider usage (OpenAI's organization usage API by
     /// project, Anthropic's usage report by workspace) with the ledger and records the drift
@@ -334,6 +339,7 @@ async fn main() -> ExitCode {
             log_format,
             max_connections,
             header_timeout_secs,
+            metrics_token,
         } => {
             logging::init(log_format == "json");
             gateway::run(gateway::Config {
@@ -364,6 +370,7 @@ async fn main() -> ExitCode {
                 pool_size,
                 max_connections: max_connections as usize,
                 header_timeout: Duration::from_secs(header_timeout_secs),
+                metrics_token,
             })
             .await
         }

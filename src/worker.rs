@@ -331,6 +331,8 @@ async fn serve(
         .then(|| AbortOnDrop(tokio::spawn(reconcile_loop(pool.clone(), config.clone()))));
     let _index_drops = (!config.drain)
         .then(|| AbortOnDrop(tokio::spawn(index_drop_loop(pool.clone(), config.clone()))));
+    let _lease_sweep = (!config.drain)
+        .then(|| AbortOnDrop(tokio::spawn(lease_sweep_loop(pool.clone(), config.clone()))));
     let _pinecone_sync = match pinecone {
         Some(pinecone) if !config.drain => Some(AbortOnDrop(tokio::spawn(pinecone_loop(
             Arc::clone(pinecone),
@@ -521,6 +523,21 @@ async fn index_drop_loop(pool: PgPool, config: Config) {
             Ok(0) => {}
             Ok(dropped) => log(&config, "indexes_dropped", &format!("dropped={dropped}")),
             Err(err) => log(&config, "index_drop_failed", &format!("error={err}")),
+        }
+    }
+}
+
+/// Every 5 s: expired leases of every tenant (gateway calls that lapsed unsettled are charged at
+/// their hold), and the holds of gateway calls in flight written as rows, so that a dead
+/// gateway's calls are accounted for even when no gateway is left to sweep.
+async fn lease_sweep_loop(pool: PgPool, config: Config) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        if let Err(err) = sqlx::query("select bulkhead.expire_all_reservations()")
+            .execute(&pool)
+            .await
+        {
+            log(&config, "lease_sweep_failed", &format!("error={err}"));
         }
     }
 }

@@ -823,6 +823,49 @@ async fn planted_provider_keys_appear_nowhere() {
     );
 }
 
+/// With --metrics-token, GET /metrics answers only the bearer of that token; without it (the
+/// twin), anyone who reaches the gateway reads the metrics.
+#[tokio::test]
+async fn metrics_can_require_a_token() {
+    let fake = FakeProviders::start();
+    let mut admin = admin().await;
+    let a = tenant(&mut admin, "gw-metrics", "10").await;
+    let http = reqwest::Client::new();
+    let open = Gateway::start(&fake, &a.env(), &[]);
+    let response = http
+        .get(format!("{}/metrics", open.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "the twin: open without a token");
+    let mut env = a.env();
+    env.push((
+        "BULKHEAD_GATEWAY_METRICS_TOKEN".into(),
+        "metrics-token-for-the-test".into(),
+    ));
+    let closed = Gateway::start(&fake, &env, &[]);
+    for token in [
+        None,
+        Some(a.key.as_str()),
+        Some("metrics-token-for-the-tes"),
+    ] {
+        let mut request = http.get(format!("{}/metrics", closed.url));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        assert_eq!(request.send().await.unwrap().status(), 401, "{token:?}");
+    }
+    let response = http
+        .get(format!("{}/metrics", closed.url))
+        .bearer_auth("metrics-token-for-the-test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    assert!(text.contains("# TYPE bulkhead_gateway"), "{text}");
+}
+
 #[tokio::test]
 async fn bad_bodies_get_4xx_in_the_endpoints_error_format() {
     let fake = FakeProviders::start();

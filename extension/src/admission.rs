@@ -443,7 +443,11 @@ impl Admission {
             }
             if r.state == 1 && r.lease_end <= now && r.gateway != 0 {
                 // Lapsed unsettled: billed at its hold by the next expiry sweep (see
-                // _materialize_lapsed_gateway_holds); until then it holds, and is not due again.
+                // _materialize_lapsed_gateway_holds), or by this tenant's next refusal for money
+                // (due like a row); until then it holds, and is not due here again.
+                let lease_end = r.lease_end;
+                let s = &mut self.tenants[slot];
+                s.held_next_expiry = s.held_next_expiry.min(lease_end);
                 continue;
             }
             if r.state == 1 && r.lease_end <= now {
@@ -1130,10 +1134,7 @@ pub(crate) fn _admit_in_memory(
     if !(0..=100_000_000).contains(&est_input) || !(0..=100_000_000).contains(&max_output) {
         errors::raise(&AdmissionError::TokenRange);
     }
-    // PostgreSQL's extract(epoch from interval): a month is 30.4375 days.
-    let lease_seconds = f64::from(lease.months()) * 30.4375 * 86400.0
-        + f64::from(lease.days()) * 86400.0
-        + lease.micros() as f64 / 1e6;
+    let lease_seconds = interval_micros(&lease) as f64 / 1e6;
     let (min_lease, min_seconds) = min_lease_seconds();
     if lease_seconds < min_seconds || lease_seconds > 86400.0 {
         errors::raise(&AdmissionError::Lease(min_lease));
@@ -1692,6 +1693,54 @@ fn _take_gateway_holds(
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn _materialize_lapsed_gateway_holds() -> i32 {
+    let t = now();
+    write_gateway_holds(|r| r.lease_end <= t)
+}
+
+/// Writes the current tenant's gateway calls admitted at least `age` ago as rows (their holds
+/// stay in memory), so that they outlive a restart of the server. Returns how many.
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn _persist_gateway_holds(age: pgrx::datum::Interval) -> i32 {
+    let before = now() - interval_micros(&age);
+    write_gateway_holds(|r| r.created_at <= before)
+}
+
+/// The tenants of this database with gateway calls in memory admitted at least `age` ago.
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn _tenants_with_old_gateway_holds(
+    age: pgrx::datum::Interval,
+) -> TableIterator<'static, (name!(tenant_id, pgrx::Uuid),)> {
+    if MEMORY.load(Ordering::Acquire).is_null() {
+        return TableIterator::new(Vec::new());
+    }
+    let before = now() - interval_micros(&age);
+    // SAFETY: a plain global set at connection start.
+    let db = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    let tenants: std::collections::BTreeSet<[u8; 16]> = locked(|m| {
+        m.records()
+            .iter()
+            .filter(|r| {
+                r.state == 1
+                    && r.gateway != 0
+                    && r.materializing == 0
+                    && r.key.db == db
+                    && r.created_at <= before
+            })
+            .map(|r| r.key.tenant)
+            .collect()
+    });
+    TableIterator::new(
+        tenants
+            .into_iter()
+            .map(|t| (pgrx::Uuid::from_bytes(t),))
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// Writes the current tenant's open gateway holds that `due` selects as rows.
+fn write_gateway_holds(due: impl Fn(&Record) -> bool) -> i32 {
     if MEMORY.load(Ordering::Acquire).is_null() {
         return 0;
     }
@@ -1699,21 +1748,20 @@ fn _materialize_lapsed_gateway_holds() -> i32 {
         return 0;
     };
     let key = key_of(tenant);
-    let t = now();
     let taken: Vec<(u32, RecordRow)> = locked(|m| {
         let Some(slot) = m.find(&key) else {
             return Vec::new();
         };
-        let mut lapsed = Vec::new();
+        let mut chosen = Vec::new();
         let mut i = m.tenants[slot].head;
         while i != NONE {
             let r = &m.records()[i as usize];
-            if r.gateway != 0 && r.state == 1 && r.materializing == 0 && r.lease_end <= t {
-                lapsed.push(r.id);
+            if r.gateway != 0 && r.state == 1 && r.materializing == 0 && due(r) {
+                chosen.push(r.id);
             }
             i = r.next;
         }
-        lapsed
+        chosen
             .iter()
             .filter_map(|id| take_locked(m, &key, id, |_| true))
             .collect()
@@ -1727,6 +1775,15 @@ fn _materialize_lapsed_gateway_holds() -> i32 {
         write_reservation_row(&key, taken);
     }
     taken.len() as i32
+}
+
+/// An interval in microseconds, as PostgreSQL's extract(epoch ...) counts it (a month is 30.4375
+/// days).
+fn interval_micros(interval: &pgrx::datum::Interval) -> i64 {
+    let seconds = f64::from(interval.months()) * 30.4375 * 86400.0
+        + f64::from(interval.days()) * 86400.0
+        + interval.micros() as f64 / 1e6;
+    (seconds * 1e6) as i64
 }
 
 /// At commit: releases `hold` from the current tenant's budget in memory, counts `spent` in its

@@ -88,7 +88,8 @@ fn with_cache<R>(f: impl FnOnce(&mut Cache) -> R) -> R {
     })
 }
 
-/// Looks `key` up in one of the cache's maps, else reads it with `read` and remembers it.
+/// Looks `key` up in one of the cache's maps, else reads it with `read` and remembers it,
+/// unless a change was signalled while it read (the value may predate it: used once, not kept).
 fn cached<K, V>(
     map: impl Fn(&mut Cache) -> &mut HashMap<K, V>,
     key: K,
@@ -98,11 +99,15 @@ where
     K: std::hash::Hash + Eq,
     V: Clone,
 {
-    if let Some(hit) = with_cache(|c| map(c).get(&key).cloned()) {
+    let (hit, generation) = with_cache(|c| (map(c).get(&key).cloned(), c.generation));
+    if let Some(hit) = hit {
         return hit;
     }
     let value = read();
     with_cache(|c| {
+        if c.generation != generation {
+            return;
+        }
         let m = map(c);
         if m.len() >= CACHE_MAX {
             m.clear();
@@ -365,8 +370,19 @@ fn admit(
     // gateway's shared sessions (55P03 after 200 ms).
     gucs::set_locally(c"lock_timeout", c"200ms");
 
-    let (tenant, key_id) = authenticate(api_key_hash, jwt_tenant)?;
+    let (tenant, key) = authenticate(api_key_hash, jwt_tenant)?;
     context::enter_tenant(Some(tenant));
+    let key_id = key.as_ref().map(|(k, _)| k.key_id);
+    if let Some((key, hash)) = key {
+        let now = now();
+        if key
+            .last_used_at
+            .is_none_or(|at| at < now - LAST_USED_EVERY_MICROS)
+        {
+            // In the tenant's context: the key's row is the tenant's, under row level security.
+            record_use(&key, &hash, now);
+        }
+    }
 
     let found = model_of(&model);
     let Some(provider) = found.provider else {
@@ -434,11 +450,11 @@ fn admit(
     })
 }
 
-/// The caller's tenant (and key), or a refusal (PT401, PT403).
+/// The caller's tenant (and key, with its hash), or a refusal (PT401, PT403).
 fn authenticate(
     api_key_hash: Option<Vec<u8>>,
     jwt_tenant: Option<pgrx::Uuid>,
-) -> Result<(pgrx::Uuid, Option<pgrx::Uuid>), Refusal> {
+) -> Result<(pgrx::Uuid, Option<(ApiKey, Vec<u8>)>), Refusal> {
     let (tenant, key_id) = match (api_key_hash, jwt_tenant) {
         (Some(hash), None) => {
             let key = cached(|c| &mut c.keys, hash.clone(), || read_key(&hash));
@@ -452,13 +468,7 @@ fn authenticate(
             if key.expires_at.is_some_and(|at| at <= now) {
                 return Err(refusal(GatewayError::ExpiredKey));
             }
-            if key
-                .last_used_at
-                .is_none_or(|at| at < now - LAST_USED_EVERY_MICROS)
-            {
-                record_use(&key, &hash, now);
-            }
-            (pgrx::Uuid::from_bytes(key.tenant), Some(key.key_id))
+            (pgrx::Uuid::from_bytes(key.tenant), Some((key, hash)))
         }
         (None, Some(tenant)) => (tenant, None),
         _ => return Err(refusal(GatewayError::OneCredential)),

@@ -117,6 +117,8 @@ extension_sql_file!(
     requires = [
         "reconcile",
         gateway::_gateway_admit_in_memory,
+        admission::_persist_gateway_holds,
+        admission::_tenants_with_old_gateway_holds,
         admission::_gateway_hold,
         admission::_take_gateway_holds
     ]

@@ -347,4 +347,22 @@ select pg_temp.attempt(format($$select (reservation is not null)::text from bulk
     'openai', 'chat', 'gw-gpt', 1, 1, 1, 1, null, null, '10 minutes')$$, sha256(convert_to(:'key_n', 'UTF8')))) as revoked_unsignalled;
 reset role;
 alter table bulkhead.api_keys enable trigger api_keys_changed;
+-- The memory path records a key's last use too.
+select last_used_at is not null as used from bulkhead.api_keys where id = :'key_m_id';
+-- A call in flight for over a second is written as a row (held in memory, charged at its hold
+-- if its lease ends unsettled), so that it outlives a restart of the server; its settle then
+-- takes the per-call path.
+set local role regress_gw;
+select reservation as r10 from bulkhead.gateway_admit(null, '00000000-0000-4000-8000-0000000000b1', 'openai', 'chat',
+    'gw-gpt', 10, 10, 10, 1, null, null, '10 minutes') \gset
+select bulkhead.gateway_persist_holds() as written_at_once;
+select pg_sleep(1.1);
+select bulkhead.gateway_persist_holds() > 0 as written_after_a_second;
+reset role;
+select held_in_memory, queued, bill_on_expiry, settled_at is null as open from bulkhead.reservations where id = :'r10';
+set local role regress_gw;
+select cost_usd, error from bulkhead.gateway_settle(array['00000000-0000-4000-8000-0000000000b1']::uuid[], array[:'r10']::uuid[],
+    array['{"prompt_tokens": 5, "completion_tokens": 5}']::jsonb[], array['chatcmpl-persisted'], array['gw-gpt']);
+reset role;
+select settled_at is not null as settled from bulkhead.reservations where id = :'r10';
 rollback;

@@ -64,7 +64,7 @@ definer_allow_list (proname) as (
     -- The gateway (bulkhead_gateway only) authenticates by a key's hash before it knows the
     -- tenant, then admits, settles and releases in that tenant's context; the control plane
     -- finds a key's tenant to revoke it.
-           ('gateway_admit'), ('gateway_settle'), ('gateway_release'), ('gateway_inactive_tenants'),
+           ('gateway_admit'), ('gateway_settle'), ('gateway_release'), ('gateway_inactive_tenants'), ('gateway_persist_holds'),
            ('gateway_models'), ('gateway_key_valid'), ('_api_key_tenant')
 ),
 -- Extra policies on tenant tables (beside the one on current_tenant() for all roles), each read

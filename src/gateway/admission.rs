@@ -193,15 +193,38 @@ fn with_detail(message: String, detail: Option<String>) -> String {
 
 /// Gives back the hold of a call the provider refused or that was never sent.
 pub async fn release(pool: &PgPool, tenant: uuid::Uuid, reservation: uuid::Uuid) {
-    if let Err(err) = sqlx::query("select bulkhead.gateway_release($1, $2)")
-        .bind(tenant)
-        .bind(reservation)
-        .execute(pool)
-        .await
-    {
-        // Not released: the lease ends and bills it at its hold (fail closed).
-        super::log_error(&format!(
-            "release of reservation {reservation} failed: {err}"
-        ));
+    // Off the request path: the client's error answer does not wait for it.
+    let pool = pool.clone();
+    tokio::spawn(async move { release_now(&pool, tenant, reservation).await });
+}
+
+/// Gives the hold back, trying again for a few seconds when the database refuses for a passing
+/// reason (another session of the tenant holds its budget row: 55P03; a connection the server
+/// dropped). Not released: the lease ends and bills it at its hold (fail closed).
+async fn release_now(pool: &PgPool, tenant: uuid::Uuid, reservation: uuid::Uuid) {
+    let mut last = None;
+    for attempt in 0..10u32 {
+        if attempt > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(100 * u64::from(attempt))).await;
+        }
+        match sqlx::query("select bulkhead.gateway_release($1, $2)")
+            .bind(tenant)
+            .bind(reservation)
+            .execute(pool)
+            .await
+        {
+            Ok(_) => return,
+            Err(sqlx::Error::Database(db))
+                if !matches!(db.code().as_deref(), Some("55P03" | "40001" | "40P01")) =>
+            {
+                last = Some(db.to_string());
+                break;
+            }
+            Err(err) => last = Some(err.to_string()),
+        }
     }
+    super::log_error(&format!(
+        "release of reservation {reservation} failed: {}",
+        last.unwrap_or_default()
+    ));
 }

@@ -20,6 +20,7 @@ use bulkhead_policy::requests::Wire;
 use calls::Endpoint;
 use errors::ApiError;
 use serde_json::json;
+use sha2::Digest;
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -57,6 +58,7 @@ pub struct Config {
     pub pool_size: u32,
     pub max_connections: usize,
     pub header_timeout: Duration,
+    pub metrics_token: Option<String>,
 }
 
 pub struct AppState {
@@ -72,6 +74,8 @@ pub struct AppState {
     max_body_bytes: usize,
     credentials: Mutex<HashMap<String, (Secret, Instant)>>,
     body_permits: Arc<tokio::sync::Semaphore>,
+    /// SHA-256 of the token GET /metrics requires, if one is set.
+    metrics_token: Option<[u8; 32]>,
     /// API key hashes found valid, and when.
     valid_keys: Mutex<HashMap<[u8; 32], Instant>>,
 }
@@ -293,6 +297,10 @@ pub async fn run(config: Config) -> Result<(), String> {
         credentials: Mutex::new(HashMap::new()),
         body_permits: Arc::new(tokio::sync::Semaphore::new(BODY_PERMITS as usize)),
         valid_keys: Mutex::new(HashMap::new()),
+        metrics_token: config
+            .metrics_token
+            .as_deref()
+            .map(|t| sha2::Sha256::digest(t.as_bytes()).into()),
     });
 
     let shutdown = CancellationToken::new();
@@ -433,15 +441,21 @@ async fn watch_suspensions(state: Arc<AppState>, shutdown: CancellationToken) {
     }
 }
 
-/// Charges at their hold the gateway calls whose lease ended unsettled (any gateway's).
+/// Charges at their hold the gateway calls whose lease ended unsettled (any gateway's), every
+/// 5 s, and writes the holds of calls in flight for over a second as rows every second
+/// (`gateway_persist_holds`), so that they outlive a restart of the database server.
 async fn sweep_leases(pool: PgPool, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut ticks = 0u64;
     while !shutdown.is_cancelled() {
         tick.tick().await;
-        if let Err(err) = sqlx::query("select bulkhead.expire_all_reservations()")
-            .execute(&pool)
-            .await
-        {
+        ticks += 1;
+        let statement = if ticks % 5 == 0 {
+            "select bulkhead.expire_all_reservations()"
+        } else {
+            "select bulkhead.gateway_persist_holds()"
+        };
+        if let Err(err) = sqlx::query(statement).execute(&pool).await {
             log_error(&format!("lease sweep failed: {err}"));
         }
     }
@@ -602,7 +616,18 @@ async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respo
     axum::Json(body).into_response()
 }
 
-async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Some(expected) = state.metrics_token {
+        // Compared as digests: equal-length values, whose comparison time says nothing useful.
+        let presented = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| <[u8; 32]>::from(sha2::Sha256::digest(t.as_bytes())));
+        if presented != Some(expected) {
+            return (StatusCode::UNAUTHORIZED, "metrics need the bearer token\n").into_response();
+        }
+    }
     crate::metrics::response(state.metrics.render())
 }
 
