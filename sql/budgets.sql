@@ -811,6 +811,7 @@ revoke all on function bulkhead._expire_held_in_memory() from public;
 revoke all on function bulkhead._admission_in_memory() from public;
 revoke all on function bulkhead._materialize_reservation(uuid) from public;
 revoke all on function bulkhead._materialize_lapsed_gateway_holds() from public;
+revoke all on function bulkhead._reservation_being_written(uuid) from public;
 revoke all on function bulkhead._release_in_memory(numeric, numeric, bigint, bigint) from public;
 revoke all on function bulkhead._forget_in_memory(uuid) from public;
 revoke all on function bulkhead._expire_in_memory() from public;
@@ -836,7 +837,7 @@ grant execute on function bulkhead._budget_check_table(text, int, int, interval)
     bulkhead._admission_load(text), bulkhead._expire_held_in_memory(), bulkhead._admission_in_memory(),
     bulkhead._reservation_from_memory(uuid, text, text, int, int, numeric, bigint, bigint, bigint, boolean, boolean),
     bulkhead._materialize_reservation(uuid), bulkhead._release_in_memory(numeric, numeric, bigint, bigint),
-    bulkhead._materialize_lapsed_gateway_holds(), bulkhead._expire_in_memory(), bulkhead._open_in_memory(), bulkhead._micros(timestamptz),
+    bulkhead._materialize_lapsed_gateway_holds(), bulkhead._reservation_being_written(uuid), bulkhead._expire_in_memory(), bulkhead._open_in_memory(), bulkhead._micros(timestamptz),
     bulkhead._admit_in_memory(text, int, int, interval), bulkhead._admission_refusal(),
     bulkhead._table_hold_in_memory(numeric) to bulkhead_meter;
 grant execute on function bulkhead._forget_in_memory(uuid) to bulkhead_admin;

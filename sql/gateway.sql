@@ -648,6 +648,9 @@ begin
     if not exists (select from bulkhead.reservations x where x.tenant_id = tenant and x.id = reservation) then
         perform bulkhead._materialize_reservation(reservation);
     end if;
+    if bulkhead._reservation_being_written(reservation) then
+        raise exception 'reservation % is being written by another transaction', reservation using errcode = '40001';
+    end if;
     if not exists (select from bulkhead.reservations x
                    where x.tenant_id = tenant and x.id = reservation and x.bill_on_expiry) then
         raise exception 'no gateway reservation %', reservation using errcode = 'P0002';
@@ -658,12 +661,12 @@ begin
 end
 $$;
 
--- Gateway holds admitted in memory more than a second ago become rows (held in memory, charged
--- at their hold if their lease ends unsettled), so that a call outlives a restart of the server
--- even when its gateway is gone too: only calls in their first second depend on memory alone.
--- Calls settle within a second mostly and are never written. Each gateway runs it every second,
--- and expire_all_reservations (every gateway's and worker's sweep) too. Needs no budget lock.
-create function bulkhead.gateway_persist_holds()
+-- Gateway holds admitted in memory more than five seconds ago become rows (held in memory,
+-- charged at their hold if their lease ends unsettled), so that a call outlives a restart of the
+-- server even when its gateway is gone too: only calls in their first seconds depend on memory
+-- alone, and the many that end sooner are never written. Each gateway runs it every second, and
+-- expire_all_reservations (every gateway's and worker's sweep) too. Needs no budget lock.
+create function bulkhead.gateway_persist_holds(older_than interval default '5 seconds')
 returns bigint
 language plpgsql volatile
 security definer
@@ -673,10 +676,13 @@ declare
     target uuid;
     written bigint := 0;
 begin
-    for target in select h.tenant_id from bulkhead._tenants_with_old_gateway_holds(interval '1 second') h loop
+    if older_than is null or older_than < interval '0' then
+        raise exception 'older_than must be a duration of zero or more' using errcode = '22023';
+    end if;
+    for target in select h.tenant_id from bulkhead._tenants_with_old_gateway_holds(older_than) h loop
         begin
             perform bulkhead._set_tenant_within_function(target);
-            written := written + bulkhead._persist_gateway_holds(interval '1 second');
+            written := written + bulkhead._persist_gateway_holds(older_than);
         exception when undefined_object then
             null;  -- deleted meanwhile: its holds are forgotten with it
         end;
@@ -688,8 +694,8 @@ begin
     return written;
 end
 $$;
-comment on function bulkhead.gateway_persist_holds() is
-    'Writes gateway holds admitted in memory over a second ago as rows, so that they outlive a restart. bulkhead_gateway and the sweeps.';
+comment on function bulkhead.gateway_persist_holds(interval) is
+    'Writes gateway holds admitted in memory over five seconds ago as rows, so that they outlive a restart. bulkhead_gateway and the sweeps.';
 
 -- Of these tenants, those that may no longer make calls (suspended or deleted): the gateway
 -- cuts their streams in flight.
@@ -727,7 +733,7 @@ alter function bulkhead._gateway_admit_sql(bytea, uuid, text, text, text, bigint
 alter function bulkhead.gateway_settle(uuid[], uuid[], jsonb[], text[], text[]) owner to bulkhead_meter;
 alter function bulkhead.gateway_release(uuid, uuid) owner to bulkhead_meter;
 alter function bulkhead.gateway_inactive_tenants(uuid[]) owner to bulkhead_meter;
-alter function bulkhead.gateway_persist_holds() owner to bulkhead_meter;
+alter function bulkhead.gateway_persist_holds(interval) owner to bulkhead_meter;
 alter function bulkhead.gateway_models(bytea, uuid) owner to bulkhead_meter;
 alter function bulkhead.gateway_key_valid(bytea) owner to bulkhead_meter;
 
@@ -744,7 +750,7 @@ revoke all on function bulkhead._gateway_admit_sql(bytea, uuid, text, text, text
 revoke all on function bulkhead.gateway_settle(uuid[], uuid[], jsonb[], text[], text[]) from public;
 revoke all on function bulkhead.gateway_release(uuid, uuid) from public;
 revoke all on function bulkhead.gateway_inactive_tenants(uuid[]) from public;
-revoke all on function bulkhead.gateway_persist_holds() from public;
+revoke all on function bulkhead.gateway_persist_holds(interval) from public;
 revoke all on function bulkhead.gateway_models(bytea, uuid) from public;
 revoke all on function bulkhead.gateway_key_valid(bytea) from public;
 grant execute on function bulkhead.create_api_key(uuid, text, timestamptz), bulkhead._api_key_tenant(uuid),
@@ -757,7 +763,7 @@ grant execute on function
     bulkhead.gateway_settle(uuid[], uuid[], jsonb[], text[], text[]),
     bulkhead.gateway_release(uuid, uuid),
     bulkhead.gateway_inactive_tenants(uuid[]),
-    bulkhead.gateway_persist_holds(),
+    bulkhead.gateway_persist_holds(interval),
     bulkhead.gateway_models(bytea, uuid),
     bulkhead.gateway_key_valid(bytea),
     bulkhead.expire_all_reservations(),

@@ -99,6 +99,12 @@ begin
     if not found and bulkhead._materialize_reservation(reservation) then
         select * into r from bulkhead.reservations x where x.tenant_id = tenant and x.id = reservation for update;
     end if;
+    if not found and bulkhead._reservation_being_written(reservation) then
+        -- Another transaction is writing it from memory as a row (a settle, the sweep of holds
+        -- in flight): recorded as an orphan now, it would be charged again when that row lapses.
+        raise exception 'reservation % is being written by another transaction', reservation
+            using errcode = '40001', hint = 'Try again: the row is there once that transaction ends.';
+    end if;
     if not found then
         if model is null then
             raise exception 'reservation % does not exist', reservation

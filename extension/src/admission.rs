@@ -1603,6 +1603,33 @@ fn materialize(key: &TenantKey, id: [u8; 16]) -> bool {
     true
 }
 
+/// Whether one of the current tenant's reservations is in memory and being written to the
+/// table by another transaction (a settle, a sweep): a settle that finds no row for it must
+/// wait for that transaction rather than record the call as an orphan.
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn _reservation_being_written(reservation: pgrx::Uuid) -> bool {
+    if MEMORY.load(Ordering::Acquire).is_null() {
+        return false;
+    }
+    let Some(tenant) = context::current_tenant() else {
+        return false;
+    };
+    let key = key_of(tenant);
+    let id = *reservation.as_bytes();
+    // This transaction's own writing (a settle in memory, then a repeat of it) is not another's.
+    let ours = PENDING.with(|p| {
+        p.borrow().iter().any(|(_, action)| {
+            matches!(action, Pending::Materializing { key: k, id: i, .. } if *k == key && *i == id)
+        })
+    });
+    !ours
+        && locked(|m| {
+            m.record(&id, &key)
+                .is_some_and(|index| m.records()[index].materializing != 0)
+        })
+}
+
 /// Marks a reservation the current tenant's gateway admission just made as a gateway call:
 /// only the gateway settles it, and unsettled when its lease ends it is charged at its hold.
 /// False when it is not in memory (the caller marks its row instead).

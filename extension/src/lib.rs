@@ -53,6 +53,7 @@ extension_sql_file!(
         admission::_admission_in_memory,
         admission::_materialize_reservation,
         admission::_materialize_lapsed_gateway_holds,
+        admission::_reservation_being_written,
         admission::_release_in_memory,
         admission::_table_hold_in_memory,
         admission::_forget_in_memory,

@@ -349,15 +349,15 @@ reset role;
 alter table bulkhead.api_keys enable trigger api_keys_changed;
 -- The memory path records a key's last use too.
 select last_used_at is not null as used from bulkhead.api_keys where id = :'key_m_id';
--- A call in flight for over a second is written as a row (held in memory, charged at its hold
--- if its lease ends unsettled), so that it outlives a restart of the server; its settle then
--- takes the per-call path.
+-- A call in flight for longer than gateway_persist_holds' age (five seconds unless given) is
+-- written as a row (held in memory, charged at its hold if its lease ends unsettled), so that it
+-- outlives a restart of the server; its settle then takes the per-call path.
 set local role regress_gw;
 select reservation as r10 from bulkhead.gateway_admit(null, '00000000-0000-4000-8000-0000000000b1', 'openai', 'chat',
     'gw-gpt', 10, 10, 10, 1, null, null, '10 minutes') \gset
-select bulkhead.gateway_persist_holds() as written_at_once;
+select bulkhead.gateway_persist_holds(interval '1 second') as written_at_once;
 select pg_sleep(1.1);
-select bulkhead.gateway_persist_holds() > 0 as written_after_a_second;
+select bulkhead.gateway_persist_holds(interval '1 second') > 0 as written_after_a_second;
 reset role;
 select held_in_memory, queued, bill_on_expiry, settled_at is null as open from bulkhead.reservations where id = :'r10';
 set local role regress_gw;

@@ -442,7 +442,7 @@ async fn watch_suspensions(state: Arc<AppState>, shutdown: CancellationToken) {
 }
 
 /// Charges at their hold the gateway calls whose lease ended unsettled (any gateway's), every
-/// 5 s, and writes the holds of calls in flight for over a second as rows every second
+/// 5 s, and writes the holds of calls in flight for over five seconds as rows every second
 /// (`gateway_persist_holds`), so that they outlive a restart of the database server.
 async fn sweep_leases(pool: PgPool, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
