@@ -723,9 +723,6 @@ declare
     target uuid;
     expired_count bigint := 0;
 begin
-    -- Gateway holds in memory become rows first (without any tenant's budget lock), so that a
-    -- dead gateway's calls survive a restart of the server (sql/gateway.sql).
-    perform bulkhead.gateway_persist_holds();
     for target in select t.id from bulkhead.tenants t order by t.id loop
         perform bulkhead._set_tenant_within_function(target);
         expired_count := expired_count + bulkhead._expire_tenant(target, true);

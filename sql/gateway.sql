@@ -493,6 +493,7 @@ declare
     priced_count int;
     pending bulkhead.ledger[];
     settled uuid[] := '{}';
+    busy uuid[] := '{}';
     hold numeric;
     spent numeric;
     itpm_refund bigint;
@@ -593,8 +594,13 @@ begin
                 error := null;
                 return next;
             end loop;
-        exception when others then
-            null;  -- the per-call path below settles this tenant's calls one by one
+        exception
+            when lock_not_available then
+                -- Another session holds the tenant's budget row: its calls wait for the next
+                -- batch rather than each waiting here, while this batch holds other tenants' rows.
+                busy := busy || tenant;
+            when others then
+                null;  -- the per-call path below settles this tenant's calls one by one
         end;
     end loop;
 
@@ -603,6 +609,11 @@ begin
         reservation := reservations[i];
         cost_usd := null;
         error := null;
+        if tenants[i] = any(busy) then
+            error := '55P03: the tenant''s budget row is held by another session';
+            return next;
+            continue;
+        end if;
         begin
             perform bulkhead._set_tenant_within_function(tenants[i]);
             select x.bill_on_expiry into gateway_call from bulkhead.reservations x
@@ -621,6 +632,9 @@ begin
             get stacked diagnostics err = message_text;
             cost_usd := null;
             error := sqlstate || ': ' || err;
+            if sqlstate = '55P03' then
+                busy := busy || tenants[i];
+            end if;
         end;
         return next;
     end loop;
@@ -664,8 +678,9 @@ $$;
 -- Gateway holds admitted in memory more than five seconds ago become rows (held in memory,
 -- charged at their hold if their lease ends unsettled), so that a call outlives a restart of the
 -- server even when its gateway is gone too: only calls in their first seconds depend on memory
--- alone, and the many that end sooner are never written. Each gateway runs it every second, and
--- expire_all_reservations (every gateway's and worker's sweep) too. Needs no budget lock.
+-- alone, and the many that end sooner are never written. Each gateway runs it every second and
+-- every worker every 5 s, each in a transaction of its own (a settle meeting a hold being
+-- written waits for that transaction). Needs no budget lock.
 create function bulkhead.gateway_persist_holds(older_than interval default '5 seconds')
 returns bigint
 language plpgsql volatile
@@ -679,12 +694,15 @@ begin
     if older_than is null or older_than < interval '0' then
         raise exception 'older_than must be a duration of zero or more' using errcode = '22023';
     end if;
+    -- Never waits long on one tenant (a row lock of a deletion in progress, say): its holds are
+    -- left for the next run, and the others are written meanwhile.
+    perform pg_catalog.set_config('lock_timeout', '200ms', true);
     for target in select h.tenant_id from bulkhead._tenants_with_old_gateway_holds(older_than) h loop
         begin
             perform bulkhead._set_tenant_within_function(target);
             written := written + bulkhead._persist_gateway_holds(older_than);
-        exception when undefined_object then
-            null;  -- deleted meanwhile: its holds are forgotten with it
+        exception when others then
+            null;  -- deleted meanwhile, or busy: its holds stay in memory until the next run
         end;
     end loop;
     perform bulkhead._set_tenant_within_function(null);
@@ -751,6 +769,8 @@ revoke all on function bulkhead.gateway_settle(uuid[], uuid[], jsonb[], text[], 
 revoke all on function bulkhead.gateway_release(uuid, uuid) from public;
 revoke all on function bulkhead.gateway_inactive_tenants(uuid[]) from public;
 revoke all on function bulkhead.gateway_persist_holds(interval) from public;
+-- The worker's lease sweep writes a dead gateway's holds in flight too.
+grant execute on function bulkhead.gateway_persist_holds(interval) to bulkhead_worker;
 revoke all on function bulkhead.gateway_models(bytea, uuid) from public;
 revoke all on function bulkhead.gateway_key_valid(bytea) from public;
 grant execute on function bulkhead.create_api_key(uuid, text, timestamptz), bulkhead._api_key_tenant(uuid),

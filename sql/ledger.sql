@@ -67,6 +67,7 @@ declare
     st bulkhead.budget_state;
     existing numeric;
     existing_reservation uuid;
+    existing_orphan boolean;
     is_orphan boolean := false;
 begin
     if tenant is null then
@@ -106,6 +107,11 @@ begin
             using errcode = '40001', hint = 'Try again: the row is there once that transaction ends.';
     end if;
     if not found then
+        -- Such a writer may have committed since the first look (its record leaves memory only
+        -- once its row is visible): look again before calling the call an orphan.
+        select * into r from bulkhead.reservations x where x.tenant_id = tenant and x.id = reservation for update;
+    end if;
+    if not found then
         if model is null then
             raise exception 'reservation % does not exist', reservation
                 using errcode = 'P0002',
@@ -139,10 +145,14 @@ begin
 
     -- A repeated settle of the same provider call is answered from the ledger; the same request
     -- id on another reservation is a caller's bug, not a repeat.
-    select l.cost_usd, l.reservation_id into existing, existing_reservation from bulkhead.ledger l
+    select l.cost_usd, l.reservation_id, l.orphan into existing, existing_reservation, existing_orphan from bulkhead.ledger l
     where l.tenant_id = tenant and l.provider = r.provider and l.request_id = _ledger_record.request_id;
     if found then
-        if existing_reservation = r.id then
+        -- A repeat. Not for the worker's or gateway's settle when the row is an orphan: after a
+        -- restart of the server an application could record the gateway's call first, under
+        -- its reservation and request id, at a usage of its choosing (the call is then recorded
+        -- again, at its own usage, below).
+        if existing_reservation = r.id and not (queued_ok and existing_orphan) then
             return existing;
         end if;
         if not queued_ok then

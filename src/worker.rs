@@ -533,11 +533,14 @@ async fn index_drop_loop(pool: PgPool, config: Config) {
 async fn lease_sweep_loop(pool: PgPool, config: Config) {
     loop {
         tokio::time::sleep(Duration::from_secs(5)).await;
-        if let Err(err) = sqlx::query("select bulkhead.expire_all_reservations()")
-            .execute(&pool)
-            .await
-        {
-            log(&config, "lease_sweep_failed", &format!("error={err}"));
+        // Two transactions: holds the first writes are not held up by the second's tenants.
+        for statement in [
+            "select bulkhead.gateway_persist_holds()",
+            "select bulkhead.expire_all_reservations()",
+        ] {
+            if let Err(err) = sqlx::query(statement).execute(&pool).await {
+                log(&config, "lease_sweep_failed", &format!("error={err}"));
+            }
         }
     }
 }

@@ -108,12 +108,13 @@ PY
         done
     done
 done
-# The latency the gateway adds when it is not saturated: 16 clients paced to $BENCH_PACED_RATE
-# calls/s in all (2,000 by default), direct and through the gateway.
-rate=${BENCH_PACED_RATE:-2000}
+# The latency the gateway adds when it is not saturated: 16 clients paced to each of
+# $BENCH_PACED_RATES calls/s in all (500 and 2,000 by default), direct and through the gateway.
+rates=${BENCH_PACED_RATES:-500 2000}
 echo
 echo "| arm | mode | clients | paced to calls/s | calls/s | p50 ms | p99 ms | first byte p50 ms | non-200 |"
 echo "|---|---|---|---|---|---|---|---|---|"
+for rate in $rates; do
 for mode in plain stream; do
     flag=""; [ "$mode" = stream ] && flag="--stream"
     for arm in direct gateway; do
@@ -132,6 +133,7 @@ if arm == "gateway":
 print(f"| {arm} | {mode} | 16 | {rate} | {r['calls_per_s']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['ttfb_p50_ms']:.2f} | {bad} |")
 PY
     done
+done
 done
 # Every call the gateway answered with 200 (warm-ups included) is in the ledger once it has
 # settled, and no hold is left open: in memory (_open_in_memory) or as a row.

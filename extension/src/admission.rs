@@ -1793,12 +1793,16 @@ fn write_gateway_holds(due: impl Fn(&Record) -> bool) -> i32 {
             .filter_map(|id| take_locked(m, &key, id, |_| true))
             .collect()
     });
+    // Every taken record is this transaction's before the first write: should a write fail, the
+    // abort gives them all back (none is left marked with no owner).
     for (index, taken) in &taken {
         push_pending(Pending::Materializing {
             key,
             index: *index,
             id: taken.id,
         });
+    }
+    for (_, taken) in &taken {
         write_reservation_row(&key, taken);
     }
     taken.len() as i32

@@ -365,4 +365,18 @@ select cost_usd, error from bulkhead.gateway_settle(array['00000000-0000-4000-80
     array['{"prompt_tokens": 5, "completion_tokens": 5}']::jsonb[], array['chatcmpl-persisted'], array['gw-gpt']);
 reset role;
 select settled_at is not null as settled from bulkhead.reservations where id = :'r10';
+-- After a restart of the server forgot a call's hold, the tenant's application records the call
+-- first, as an orphan at a usage of its choosing, under the reservation and request id it read
+-- from the response: the gateway's settle still records the call at the provider's usage.
+select gen_random_uuid() as r11 \gset
+set local role regress_gw_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000a1');
+select bulkhead.ledger_record(:'r11', '{"prompt_tokens": 0, "completion_tokens": 0}', 'chatcmpl-preempt', 'gw-gpt') as app_recorded;
+select bulkhead.set_tenant(null);
+reset role;
+set local role regress_gw;
+select cost_usd, error from bulkhead.gateway_settle(array['00000000-0000-4000-8000-0000000000a1']::uuid[], array[:'r11']::uuid[],
+    array['{"prompt_tokens": 800, "completion_tokens": 300}']::jsonb[], array['chatcmpl-preempt'], array['gw-gpt']);
+reset role;
+select count(*) as rows_for_the_call, sum(cost_usd) as charged from bulkhead.ledger where reservation_id = :'r11';
 rollback;
