@@ -450,7 +450,7 @@ async fn sweep_leases(pool: PgPool, shutdown: CancellationToken) {
     while !shutdown.is_cancelled() {
         tick.tick().await;
         ticks += 1;
-        let statement = if ticks % 5 == 0 {
+        let statement = if ticks.is_multiple_of(5) {
             "select bulkhead.expire_all_reservations()"
         } else {
             "select bulkhead.gateway_persist_holds()"
