@@ -232,20 +232,27 @@ fn has_slot(key: &TenantKey) -> bool {
     if !any_slot() {
         return false;
     }
-    let memory = MEMORY.load(Ordering::Acquire);
-    // SAFETY: as in locked(); shared mode, and only reads.
-    unsafe {
-        let m = &*memory;
-        pg_sys::LWLockAcquire(m.lock, pg_sys::LWLockMode::LW_SHARED);
-        let found = m.find(key).is_some();
-        pg_sys::LWLockRelease(m.lock);
-        found
-    }
+    locked_shared(|m| m.find(key).is_some())
 }
 
 /// Runs `f` under the admission lock. `f` must not raise: errors are decided after the lock
 /// is released (an ERROR would release it too, but leave the state half-changed).
 fn locked<R>(f: impl FnOnce(&mut Admission) -> R) -> R {
+    with_lock(pg_sys::LWLockMode::LW_EXCLUSIVE, |m| {
+        // SAFETY: exclusive mode: no other backend reads or writes meanwhile.
+        f(unsafe { &mut *m })
+    })
+}
+
+/// Runs `f` under the admission lock in shared mode: for reads, which wait for no other reader.
+fn locked_shared<R>(f: impl FnOnce(&Admission) -> R) -> R {
+    with_lock(pg_sys::LWLockMode::LW_SHARED, |m| {
+        // SAFETY: shared mode: only readers run meanwhile, and `f` only reads.
+        f(unsafe { &*m })
+    })
+}
+
+fn with_lock<R>(mode: pg_sys::LWLockMode::Type, f: impl FnOnce(*mut Admission) -> R) -> R {
     let memory = MEMORY.load(Ordering::Acquire);
     assert!(
         !memory.is_null(),
@@ -253,10 +260,9 @@ fn locked<R>(f: impl FnOnce(&mut Admission) -> R) -> R {
     );
     // SAFETY: the segment lives as long as the cluster; the LWLock serialises every access.
     unsafe {
-        let m = &mut *memory;
-        pg_sys::LWLockAcquire(m.lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
-        let result = f(m);
-        pg_sys::LWLockRelease(m.lock);
+        pg_sys::LWLockAcquire((*memory).lock, mode);
+        let result = f(memory);
+        pg_sys::LWLockRelease((*memory).lock);
         result
     }
 }
@@ -1624,7 +1630,7 @@ fn _reservation_being_written(reservation: pgrx::Uuid) -> bool {
         })
     });
     !ours
-        && locked(|m| {
+        && locked_shared(|m| {
             m.record(&id, &key)
                 .is_some_and(|index| m.records()[index].materializing != 0)
         })
@@ -1677,11 +1683,13 @@ fn _take_gateway_holds(
         name!(price_from, i64),
     ),
 > {
-    let tenant = context::current_tenant();
-    if MEMORY.load(Ordering::Acquire).is_null() || tenant.is_none() {
+    let (false, Some(tenant)) = (
+        MEMORY.load(Ordering::Acquire).is_null(),
+        context::current_tenant(),
+    ) else {
         return TableIterator::new(Vec::new());
-    }
-    let key = key_of(tenant.expect("checked above"));
+    };
+    let key = key_of(tenant);
     let ids: Vec<[u8; 16]> = reservations
         .into_iter()
         .flatten()
@@ -1745,7 +1753,8 @@ fn _tenants_with_old_gateway_holds(
     let before = now() - interval_micros(&age);
     // SAFETY: a plain global set at connection start.
     let db = unsafe { pg_sys::MyDatabaseId }.to_u32();
-    let tenants: std::collections::BTreeSet<[u8; 16]> = locked(|m| {
+    // A walk over every record, once a second per gateway: in shared mode, beside other readers.
+    let tenants: std::collections::BTreeSet<[u8; 16]> = locked_shared(|m| {
         m.records()
             .iter()
             .filter(|r| {
