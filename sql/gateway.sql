@@ -680,7 +680,9 @@ $$;
 -- server even when its gateway is gone too: only calls in their first seconds depend on memory
 -- alone, and the many that end sooner are never written. Each gateway runs it every second and
 -- every worker every 5 s, each in a transaction of its own (a settle meeting a hold being
--- written waits for that transaction). Needs no budget lock.
+-- written waits for that transaction). Needs no budget lock. SECURITY DEFINER (as
+-- bulkhead_meter): it writes reservation rows for every tenant with holds in memory, which
+-- neither the gateway's nor the worker's role may write.
 create function bulkhead.gateway_persist_holds(older_than interval default '5 seconds')
 returns bigint
 language plpgsql volatile
