@@ -4,6 +4,7 @@
 
 use super::auth::Caller;
 use super::errors::ApiError;
+use super::lanes::Lanes;
 use axum::http::StatusCode;
 use bulkhead_policy::requests::{Bounds, Wire};
 use serde_json::Value;
@@ -35,13 +36,17 @@ pub struct Admitted {
     pub provider_project_id: Option<String>,
 }
 
-pub async fn admit(pool: &PgPool, request: &Request<'_>) -> Result<Admitted, ApiError> {
+pub async fn admit(lanes: &Lanes, request: &Request<'_>) -> Result<Admitted, ApiError> {
     let (key_hash, jwt_tenant) = match request.caller {
         Caller::ApiKey(hash) => (Some(hash.to_vec()), None),
         Caller::Jwt(tenant) => (None, Some(*tenant)),
     };
     let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-    sqlx::query_as::<_, Admitted>(
+    let mut lane = lanes
+        .acquire()
+        .await
+        .map_err(|err| refusal(request.wire, err))?;
+    let admitted = sqlx::query_as::<_, Admitted>(
         "select tenant_id, reservation, provider, output_cap, est_input_tokens, system_prompt, \
                 secret_ref, credential_kind, provider_project_id \
          from bulkhead.gateway_admit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
@@ -67,9 +72,10 @@ pub async fn admit(pool: &PgPool, request: &Request<'_>) -> Result<Admitted, Api
     .bind(request.prompt.map(|(_, vars)| vars.clone()))
     .bind(request.lease_secs as f64)
     .bind(request.durable_hold)
-    .fetch_one(pool)
-    .await
-    .map_err(|err| refusal(request.wire, err))
+    .fetch_one(lane.connection())
+    .await;
+    lane.finish(&admitted);
+    admitted.map_err(|err| refusal(request.wire, err))
 }
 
 /// A database error as the client sees it. Messages from Bulkhead's own functions are meant

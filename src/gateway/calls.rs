@@ -202,7 +202,7 @@ async fn call(
     }
     let admitting = std::time::Instant::now();
     let admitted = admission::admit(
-        &state.pool,
+        &state.lanes,
         &admission::Request {
             caller: &caller,
             wire,

@@ -7,6 +7,7 @@ mod admission;
 mod auth;
 mod calls;
 mod errors;
+mod lanes;
 mod settle;
 
 use crate::providers::{Endpoints, Providers, Secret};
@@ -63,6 +64,8 @@ pub struct Config {
 
 pub struct AppState {
     pool: PgPool,
+    /// Admission's own connections (lanes.rs).
+    lanes: lanes::Lanes,
     metrics: Arc<crate::metrics::GatewayMetrics>,
     providers: Providers,
     jwt: Option<auth::JwtVerifier>,
@@ -239,15 +242,15 @@ pub fn log_error(message: &str) {
 }
 
 pub async fn run(config: Config) -> Result<(), String> {
+    let options =
+        crate::database::connect_options(&config.database_url).map_err(|e| e.to_string())?;
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(config.pool_size)
         .acquire_timeout(Duration::from_secs(5))
         // No ping before each query: it is a round trip (and a wake-up of a server process) per
         // call. A connection the server dropped fails its next query once (503) and is replaced.
         .test_before_acquire(false)
-        .connect_with(
-            crate::database::connect_options(&config.database_url).map_err(|e| e.to_string())?,
-        )
+        .connect_with(options.clone())
         .await
         .map_err(|e| format!("cannot connect to the database: {e}"))?;
     crate::database::refuse_privileged_role(&pool, config.allow_privileged_role)
@@ -285,6 +288,7 @@ pub async fn run(config: Config) -> Result<(), String> {
     let (settler, settling) = settle::Settler::start(pool.clone(), metrics.clone());
     let state = Arc::new(AppState {
         pool: pool.clone(),
+        lanes: lanes::Lanes::new(options, config.pool_size as usize, Duration::from_secs(5)),
         metrics,
         providers,
         jwt,
