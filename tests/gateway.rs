@@ -1139,6 +1139,71 @@ async fn an_unreachable_database_gives_503_and_no_call_is_made() {
         .unwrap();
 }
 
+/// Admission's connections (lanes.rs): when the server ends every session (a restart,
+/// pg_terminate_backend), the first call to read its lane's FATAL drops the idle lanes with
+/// it and is admitted again on a new connection: no call fails. (Without the retry and the
+/// drop, each idle lane failed a call with a 503: [503, 503, 200, 200] here.)
+#[tokio::test]
+async fn connections_the_server_ended_fail_no_call() {
+    let fake = FakeProviders::start();
+    let mut admin = admin().await;
+    let models = models(&mut admin).await;
+    let a = tenant(&mut admin, "gw-lanes", "1000").await;
+    let login = format!("gw_lanes_{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let mut su = superuser().await;
+    sqlx::query(&format!(
+        "create role {login} login in role bulkhead_gateway"
+    ))
+    .execute(&mut su)
+    .await
+    .unwrap();
+    let gateway = Gateway::start_as(&fake, &login, &a.env(), &["--pool-size", "8"]);
+    let http = reqwest::Client::new();
+    let call = || async {
+        http.post(format!("{}/v1/chat/completions", gateway.url))
+            .bearer_auth(&a.key)
+            .json(&json!({"model": models.openai, "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    // Concurrent calls open several admission connections.
+    for _ in 0..5 {
+        let statuses = futures_util::future::join_all((0..32).map(|_| call())).await;
+        assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    }
+    let lanes: i64 = sqlx::query_scalar(
+        "select count(*) from pg_stat_activity where usename = $1 and query like '%gateway_admit%'",
+    )
+    .bind(&login)
+    .fetch_one(&mut su)
+    .await
+    .unwrap();
+    assert!(
+        lanes >= 2,
+        "several admission connections were open: {lanes}"
+    );
+    let served = fake_requests(&fake).len();
+    sqlx::query("select pg_terminate_backend(pid) from pg_stat_activity where usename = $1")
+        .bind(&login)
+        .execute(&mut su)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(call().await);
+    }
+    assert_eq!(statuses, [200; 4]);
+    assert_eq!(fake_requests(&fake).len(), served + 4);
+    drop(gateway);
+    sqlx::query(&format!("drop role {login}"))
+        .execute(&mut su)
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn sigterm_lets_streams_finish_then_cuts_and_settles_them() {
     let fake = FakeProviders::start();

@@ -109,8 +109,8 @@ PY
     done
 done
 # The latency the gateway adds when it is not saturated: 16 clients paced to each of
-# $BENCH_PACED_RATES calls/s in all (500 and 2,000 by default), direct and through the gateway.
-rates=${BENCH_PACED_RATES:-500 2000}
+# $BENCH_PACED_RATES calls/s in all (500, 1,000 and 2,000 by default), direct and through the gateway.
+rates=${BENCH_PACED_RATES:-500 1000 2000}
 echo
 echo "| arm | mode | clients | paced to calls/s | calls/s | p50 ms | p99 ms | first byte p50 ms | non-200 |"
 echo "|---|---|---|---|---|---|---|---|---|"

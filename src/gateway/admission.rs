@@ -37,16 +37,34 @@ pub struct Admitted {
 }
 
 pub async fn admit(lanes: &Lanes, request: &Request<'_>) -> Result<Admitted, ApiError> {
+    let mut attempt = 0;
+    loop {
+        let mut lane = lanes
+            .acquire()
+            .await
+            .map_err(|err| refusal(request.wire, err))?;
+        let admitted = statement(lane.connection(), request).await;
+        lane.finish(&admitted);
+        match admitted {
+            // The server ended the session (a restart, pg_terminate_backend): its FATAL is read
+            // as the answer to the next statement, which therefore did not run, or did not
+            // commit. Once more, on a new connection.
+            Err(ref err) if attempt == 0 && super::lanes::ended_by_server(err) => attempt += 1,
+            other => return other.map_err(|err| refusal(request.wire, err)),
+        }
+    }
+}
+
+async fn statement(
+    connection: &mut sqlx::PgConnection,
+    request: &Request<'_>,
+) -> Result<Admitted, sqlx::Error> {
     let (key_hash, jwt_tenant) = match request.caller {
         Caller::ApiKey(hash) => (Some(hash.to_vec()), None),
         Caller::Jwt(tenant) => (None, Some(*tenant)),
     };
     let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-    let mut lane = lanes
-        .acquire()
-        .await
-        .map_err(|err| refusal(request.wire, err))?;
-    let admitted = sqlx::query_as::<_, Admitted>(
+    sqlx::query_as::<_, Admitted>(
         "select tenant_id, reservation, provider, output_cap, est_input_tokens, system_prompt, \
                 secret_ref, credential_kind, provider_project_id \
          from bulkhead.gateway_admit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
@@ -72,10 +90,8 @@ pub async fn admit(lanes: &Lanes, request: &Request<'_>) -> Result<Admitted, Api
     .bind(request.prompt.map(|(_, vars)| vars.clone()))
     .bind(request.lease_secs as f64)
     .bind(request.durable_hold)
-    .fetch_one(lane.connection())
-    .await;
-    lane.finish(&admitted);
-    admitted.map_err(|err| refusal(request.wire, err))
+    .fetch_one(connection)
+    .await
 }
 
 /// A database error as the client sees it. Messages from Bulkhead's own functions are meant

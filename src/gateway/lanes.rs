@@ -5,7 +5,7 @@
 //! statement did not run to its end (an I/O error, or the caller's future dropped mid-way) is
 //! closed instead, so no lane is ever reused in an unknown state.
 
-use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgDatabaseError, PgSeverity};
 use sqlx::ConnectOptions;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -63,17 +63,32 @@ impl Lane<'_> {
     }
 
     /// Puts the lane back after a statement that ran to its end: it succeeded, or the server
-    /// answered with an error (the connection reads the rest of that answer before its next
-    /// statement). Any other outcome drops the lane, which closes its connection.
+    /// refused it with an ERROR (the connection reads the rest of that answer before its next
+    /// statement). Any other outcome drops the lane, which closes its connection, and the idle
+    /// lanes with it: what broke one (a restart of the server, whose FATAL 57P01 each session
+    /// reads as the answer to its next statement) most likely broke them all, and each would
+    /// otherwise fail a call of its own before being replaced.
     pub fn finish<T>(mut self, outcome: &Result<T, sqlx::Error>) {
-        if matches!(outcome, Ok(_) | Err(sqlx::Error::Database(_))) {
-            if let Some(connection) = self.connection.take() {
-                self.lanes
-                    .idle
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(connection);
-            }
+        let reusable = match outcome {
+            Ok(_) => true,
+            Err(err @ sqlx::Error::Database(_)) => !ended_by_server(err),
+            Err(_) => false,
+        };
+        let mut idle = self.lanes.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if reusable {
+            idle.extend(self.connection.take());
+        } else {
+            idle.clear();
         }
+    }
+}
+
+/// The server ended the session: a FATAL (or PANIC) error, after which it closes the connection.
+pub fn ended_by_server(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => db
+            .try_downcast_ref::<PgDatabaseError>()
+            .is_some_and(|pg| matches!(pg.severity(), PgSeverity::Fatal | PgSeverity::Panic)),
+        _ => false,
     }
 }

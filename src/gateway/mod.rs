@@ -247,9 +247,10 @@ pub async fn run(config: Config) -> Result<(), String> {
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(config.pool_size)
         .acquire_timeout(Duration::from_secs(5))
-        // No ping before each query: it is a round trip (and a wake-up of a server process) per
-        // call. A connection the server dropped fails its next query once (503) and is replaced.
-        .test_before_acquire(false)
+        // Tested before use (a round trip), so that one the server dropped is replaced rather
+        // than failing a call: the pool serves what is not per call (key checks once a second
+        // per key, settle batches, releases, sweeps); admission has its lanes.
+        .test_before_acquire(true)
         .connect_with(options.clone())
         .await
         .map_err(|e| format!("cannot connect to the database: {e}"))?;
