@@ -1082,21 +1082,26 @@ async fn the_queued_path_takes_the_gateways_request_shape() {
     );
 }
 
+/// A gateway login of a test's own, so that cutting its sessions touches no other test's gateway.
+async fn own_gateway_login(su: &mut PgConnection, prefix: &str) -> String {
+    let login = format!("{prefix}_{}", &Uuid::new_v4().simple().to_string()[..8]);
+    sqlx::query(&format!(
+        "create role {login} login in role bulkhead_gateway"
+    ))
+    .execute(su)
+    .await
+    .unwrap();
+    login
+}
+
 #[tokio::test]
 async fn an_unreachable_database_gives_503_and_no_call_is_made() {
     let fake = FakeProviders::start();
     let mut admin = admin().await;
     let models = models(&mut admin).await;
     let a = tenant(&mut admin, "gw-dbdown", "1000").await;
-    // A login of its own, so that cutting it off touches no other test's gateway.
-    let login = format!("gw_dbdown_{}", &Uuid::new_v4().simple().to_string()[..8]);
     let mut su = superuser().await;
-    sqlx::query(&format!(
-        "create role {login} login in role bulkhead_gateway"
-    ))
-    .execute(&mut su)
-    .await
-    .unwrap();
+    let login = own_gateway_login(&mut su, "gw_dbdown").await;
     let gateway = Gateway::start_as(&fake, &login, &a.env(), &["--pool-size", "2"]);
     let http = reqwest::Client::new();
     let call = || async {
@@ -1149,14 +1154,8 @@ async fn connections_the_server_ended_fail_no_call() {
     let mut admin = admin().await;
     let models = models(&mut admin).await;
     let a = tenant(&mut admin, "gw-lanes", "1000").await;
-    let login = format!("gw_lanes_{}", &Uuid::new_v4().simple().to_string()[..8]);
     let mut su = superuser().await;
-    sqlx::query(&format!(
-        "create role {login} login in role bulkhead_gateway"
-    ))
-    .execute(&mut su)
-    .await
-    .unwrap();
+    let login = own_gateway_login(&mut su, "gw_lanes").await;
     let gateway = Gateway::start_as(&fake, &login, &a.env(), &["--pool-size", "8"]);
     let http = reqwest::Client::new();
     let call = || async {
