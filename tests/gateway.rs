@@ -590,6 +590,39 @@ async fn a_client_that_disconnects_is_charged_what_was_streamed() {
     eprintln!("the fake served {served} words; the gateway charged {output} tokens");
 }
 
+/// A client that leaves a plain call while the provider is answering: the call goes on in its
+/// own task and settles at what the provider served. (Without that task hyper drops the
+/// handler: the upstream call is cut, and its hold stays open until its lease ends, then is
+/// charged in full.)
+#[tokio::test]
+async fn a_client_that_leaves_a_plain_call_is_charged_what_was_served() {
+    let fake = FakeProviders::start();
+    let mut admin = admin().await;
+    let models = models(&mut admin).await;
+    let a = tenant(&mut admin, "gw-leave-plain", "1000").await;
+    fake.inject("/v1/chat/completions", json!([{"delay": 1}]));
+    let gateway = Gateway::start(&fake, &a.env(), &[]);
+    let left = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", gateway.url))
+        .bearer_auth(&a.key)
+        .timeout(Duration::from_millis(300))
+        .json(&json!({"model": models.openai, "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await;
+    assert!(left.is_err(), "the client left before the answer");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    settled(a.id).await;
+    let usage = fake_usage(&fake);
+    assert_eq!(usage.len(), 1, "the provider served the call: {usage:?}");
+    let (rows, _, output, _) = ledger(a.id).await;
+    assert_eq!(rows, 1);
+    assert_eq!(
+        output,
+        usage[0]["output"].as_i64().unwrap(),
+        "what was served, not the hold (50)"
+    );
+}
+
 #[tokio::test]
 async fn suspending_a_tenant_cuts_its_live_stream_within_a_second() {
     let fake = FakeProviders::start();

@@ -53,16 +53,32 @@ pub async fn serve(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match call(&state, endpoint, caller, &headers, body).await {
-        Ok(response) => {
-            state.metrics.request(endpoint.name(), "ok");
-            response
+    // In a task of its own: hyper drops a handler whose client closed the connection, and a
+    // call dropped between its admission and its settle would be charged at its hold when its
+    // lease ends. A client that leaves does not cut a call short (a stream's relay has its own
+    // task, which charges what was streamed).
+    let wire = endpoint.wire();
+    let handled = tokio::spawn(async move {
+        match call(&state, endpoint, caller, &headers, body).await {
+            Ok(response) => {
+                state.metrics.request(endpoint.name(), "ok");
+                response
+            }
+            Err(error) => {
+                state.metrics.request(endpoint.name(), error.code);
+                error.into_response()
+            }
         }
-        Err(error) => {
-            state.metrics.request(endpoint.name(), error.code);
-            error.into_response()
-        }
-    }
+    });
+    handled.await.unwrap_or_else(|_| {
+        ApiError::new(
+            wire,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "the call failed",
+        )
+        .into_response()
+    })
 }
 
 /// A request body read and counted: what admission needs from it.
