@@ -170,8 +170,8 @@ enum Command {
         /// Seconds streams may take to finish after SIGTERM before they are cut.
         #[arg(long, env = "BULKHEAD_GATEWAY_SHUTDOWN_SECS", default_value_t = 30)]
         shutdown_secs: u64,
-        /// Database connections: up to this many for admission, and as many for the rest
-        /// (settles, releases, sweeps).
+        /// Database connections: up to this many for admission, and a quarter as many (at
+        /// least 2) for the rest (key checks, settles, releases, sweeps).
         #[arg(long, env = "BULKHEAD_GATEWAY_POOL_SIZE", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1000))]
         pool_size: u32,
         /// Log format: json (one object per line, on stderr) or text.

@@ -1236,6 +1236,91 @@ async fn connections_the_server_ended_fail_no_call() {
         .unwrap();
 }
 
+/// A TCP relay to the database that can go silent: it keeps every connection open and stops
+/// passing bytes either way, as a network partition or a hung server does.
+async fn silenceable_relay(silent: Arc<std::sync::atomic::AtomicBool>) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let upstream = format!(
+        "{}:{}",
+        std::env::var("BULKHEAD_TEST_HOST").unwrap(),
+        std::env::var("BULKHEAD_TEST_PORT").unwrap()
+    );
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                continue;
+            };
+            let (client_read, client_write) = client.into_split();
+            let (server_read, server_write) = server.into_split();
+            for (mut from, mut to) in [(client_read, server_write), (server_read, client_write)] {
+                let silent = silent.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16384];
+                    loop {
+                        let n = match from.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        while silent.load(std::sync::atomic::Ordering::SeqCst) {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        if to.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+    });
+    port
+}
+
+/// A database that stops answering (the connection stays open) gives a 503 within the
+/// admission's time limit (10 s; 5 s when the key check meets it first), not a call that hangs
+/// for as long as TCP keeps the connection (without the limit: until the client gave up).
+// Multi-threaded: the relay runs on the test's runtime while Gateway::start blocks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_stops_answering_gives_503_within_seconds() {
+    let fake = FakeProviders::start();
+    let mut admin = admin().await;
+    let models = models(&mut admin).await;
+    let a = tenant(&mut admin, "gw-silent", "1000").await;
+    let silent = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let port = silenceable_relay(silent.clone()).await;
+    let mut env = a.env();
+    env.push((
+        "DATABASE_URL".into(),
+        format!(
+            "postgres://bulkhead_test_gateway@127.0.0.1:{port}/{}",
+            common::superuser_options().get_database().unwrap()
+        ),
+    ));
+    let gateway = Gateway::start(&fake, &env, &[]);
+    let http = reqwest::Client::new();
+    let call = || {
+        http.post(format!("{}/v1/chat/completions", gateway.url))
+            .bearer_auth(&a.key)
+            .timeout(Duration::from_secs(60))
+            .json(&json!({"model": models.openai, "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+    };
+    assert_eq!(
+        call().await.unwrap().status(),
+        200,
+        "the twin: answered while the database answers"
+    );
+    silent.store(true, std::sync::atomic::Ordering::SeqCst);
+    let started = Instant::now();
+    let response = call().await.unwrap();
+    let waited = started.elapsed();
+    assert_eq!(response.status(), 503);
+    assert!(waited < Duration::from_secs(15), "answered in {waited:?}");
+    assert_eq!(fake_requests(&fake).len(), 1, "no call without admission");
+    silent.store(false, std::sync::atomic::Ordering::SeqCst);
+}
+
 #[tokio::test]
 async fn sigterm_lets_streams_finish_then_cuts_and_settles_them() {
     let fake = FakeProviders::start();

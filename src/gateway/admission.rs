@@ -4,7 +4,7 @@
 
 use super::auth::Caller;
 use super::errors::ApiError;
-use super::lanes::Lanes;
+use super::lanes::{Lanes, STATEMENT_TIMEOUT};
 use axum::http::StatusCode;
 use bulkhead_policy::requests::{Bounds, Wire};
 use serde_json::Value;
@@ -43,7 +43,16 @@ pub async fn admit(lanes: &Lanes, request: &Request<'_>) -> Result<Admitted, Api
             .acquire()
             .await
             .map_err(|err| refusal(request.wire, err))?;
-        let admitted = statement(lane.connection(), request).await;
+        let admitted = match lane.connection() {
+            // A server or network that stopped answering must not hold the call, and its
+            // lane, for minutes: past the timeout the lane is closed and the call gets a 503.
+            Some(connection) => {
+                tokio::time::timeout(STATEMENT_TIMEOUT, statement(connection, request))
+                    .await
+                    .unwrap_or(Err(sqlx::Error::PoolTimedOut))
+            }
+            None => Err(sqlx::Error::PoolClosed),
+        };
         lane.finish(&admitted);
         match admitted {
             // The server ended the session (a restart, pg_terminate_backend): its FATAL is read

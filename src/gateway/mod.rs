@@ -244,8 +244,10 @@ pub fn log_error(message: &str) {
 pub async fn run(config: Config) -> Result<(), String> {
     let options =
         crate::database::connect_options(&config.database_url).map_err(|e| e.to_string())?;
+    // Admission, one statement per call, has `pool_size` lanes; what is not per call (key
+    // checks once a second per key, settle batches, releases, sweeps) a quarter of that.
     let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(config.pool_size)
+        .max_connections((config.pool_size / 4).max(2))
         .acquire_timeout(Duration::from_secs(5))
         // Tested before use (a round trip), so that one the server dropped is replaced rather
         // than failing a call: the pool serves what is not per call (key checks once a second
@@ -289,7 +291,7 @@ pub async fn run(config: Config) -> Result<(), String> {
     let (settler, settling) = settle::Settler::start(pool.clone(), metrics.clone());
     let state = Arc::new(AppState {
         pool: pool.clone(),
-        lanes: lanes::Lanes::new(options, config.pool_size as usize, Duration::from_secs(5)),
+        lanes: lanes::Lanes::new(options, config.pool_size as usize),
         metrics,
         providers,
         jwt,

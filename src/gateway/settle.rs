@@ -78,10 +78,11 @@ async fn run(pool: PgPool, mut rx: mpsc::Receiver<Settle>, metrics: Arc<GatewayM
                 Err(_) => None,
             }
         };
-        if first.is_some() && !closed {
+        if first.is_some() && !closed && rx.len() + 1 < BATCH {
             // Let a batch gather: each settle is a transaction with a durable commit, and
             // under a steady load a round trip per few calls would spend the database's time
-            // (and wake-ups of every process) on commits rather than on calls.
+            // (and wake-ups of every process) on commits rather than on calls. A backlog of a
+            // full batch goes at once.
             tokio::time::sleep(GATHER).await;
         }
         let mut batch: Vec<(Settle, u32)> = std::mem::take(&mut pending);
