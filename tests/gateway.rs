@@ -600,17 +600,26 @@ async fn a_client_that_leaves_a_plain_call_is_charged_what_was_served() {
     let mut admin = admin().await;
     let models = models(&mut admin).await;
     let a = tenant(&mut admin, "gw-leave-plain", "1000").await;
-    fake.inject("/v1/chat/completions", json!([{"delay": 1}]));
+    fake.inject("/v1/chat/completions", json!([{"delay": 2}]));
     let gateway = Gateway::start(&fake, &a.env(), &[]);
-    let left = reqwest::Client::new()
+    let request = reqwest::Client::new()
         .post(format!("{}/v1/chat/completions", gateway.url))
         .bearer_auth(&a.key)
-        .timeout(Duration::from_millis(300))
         .json(&json!({"model": models.openai, "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}))
-        .send()
-        .await;
-    assert!(left.is_err(), "the client left before the answer");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+        .send();
+    let client = tokio::spawn(request);
+    // The client leaves once the provider has the call (and before its answer, 2 s later).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fake_requests(&fake).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the call never reached the provider"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    client.abort();
+    assert!(client.await.is_err(), "the client left before the answer");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     settled(a.id).await;
     let usage = fake_usage(&fake);
     assert_eq!(usage.len(), 1, "the provider served the call: {usage:?}");
@@ -1229,6 +1238,9 @@ async fn connections_the_server_ended_fail_no_call() {
     }
     assert_eq!(statuses, [200; 4]);
     assert_eq!(fake_requests(&fake).len(), served + 4);
+    // Nothing admitted twice: every call settled once, no hold left.
+    settled(a.id).await;
+    assert_eq!(ledger(a.id).await.0 as usize, served + 4);
     drop(gateway);
     sqlx::query(&format!("drop role {login}"))
         .execute(&mut su)
@@ -1277,9 +1289,10 @@ async fn silenceable_relay(silent: Arc<std::sync::atomic::AtomicBool>) -> u16 {
     port
 }
 
-/// A database that stops answering (the connection stays open) gives a 503 within the
-/// admission's time limit (10 s; 5 s when the key check meets it first), not a call that hangs
-/// for as long as TCP keeps the connection (without the limit: until the client gave up).
+/// A database that stops answering (the connection stays open) gives a 503 after the
+/// admission's wait (10 s), not a call that hangs for as long as TCP keeps the connection
+/// (without the limit: until the client gave up), and the hold the server makes once it answers
+/// again is given back.
 // Multi-threaded: the relay runs on the test's runtime while Gateway::start blocks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_that_stops_answering_gives_503_within_seconds() {
@@ -1298,10 +1311,12 @@ async fn a_database_that_stops_answering_gives_503_within_seconds() {
         ),
     ));
     let gateway = Gateway::start(&fake, &env, &[]);
+    // A JWT: no key check before admission, so the admission itself meets the silence.
+    let token = jwt(json!({"exp": epoch() + 300, "app_metadata": {"tenant_id": a.id.to_string()}}));
     let http = reqwest::Client::new();
     let call = || {
         http.post(format!("{}/v1/chat/completions", gateway.url))
-            .bearer_auth(&a.key)
+            .bearer_auth(&token)
             .timeout(Duration::from_secs(60))
             .json(&json!({"model": models.openai, "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}))
             .send()
@@ -1316,9 +1331,17 @@ async fn a_database_that_stops_answering_gives_503_within_seconds() {
     let response = call().await.unwrap();
     let waited = started.elapsed();
     assert_eq!(response.status(), 503);
-    assert!(waited < Duration::from_secs(15), "answered in {waited:?}");
+    assert!(
+        waited >= Duration::from_secs(9) && waited < Duration::from_secs(15),
+        "answered by the admission's wait (10 s) in {waited:?}"
+    );
     assert_eq!(fake_requests(&fake).len(), 1, "no call without admission");
+    // The server answers again: the admission it held commits now, and the gateway gives that
+    // hold back, since its call was answered 503. Only the first call is charged.
     silent.store(false, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    settled(a.id).await;
+    assert_eq!(ledger(a.id).await.0, 1, "the 503 call is not charged");
 }
 
 #[tokio::test]

@@ -4,11 +4,15 @@
 
 use super::auth::Caller;
 use super::errors::ApiError;
-use super::lanes::{Lanes, STATEMENT_TIMEOUT};
+use super::lanes::{ended_by_server, Lanes};
+use super::AppState;
 use axum::http::StatusCode;
 use bulkhead_policy::requests::{Bounds, Wire};
 use serde_json::Value;
 use sqlx::PgPool;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
 
 pub struct Request<'a> {
     pub caller: &'a Caller,
@@ -36,21 +40,97 @@ pub struct Admitted {
     pub provider_project_id: Option<String>,
 }
 
-pub async fn admit(lanes: &Lanes, request: &Request<'_>) -> Result<Admitted, ApiError> {
-    let mut attempt = 0;
+/// How long a call waits for its admission; past it the call gets a 503. The statement goes on
+/// (see `admit`).
+const ADMISSION_WAIT: Duration = Duration::from_secs(10);
+/// How long the statement itself may take before its lane is closed: a server that stopped
+/// answering must not keep a lane, and its server session, for as long as TCP would.
+const STATEMENT_LIMIT: Duration = Duration::from_secs(60);
+
+/// What the statement needs, owned: it runs in a task of its own.
+struct Args {
+    key_hash: Option<Vec<u8>>,
+    jwt_tenant: Option<uuid::Uuid>,
+    wire: &'static str,
+    endpoint: &'static str,
+    model: String,
+    tokenized: Option<i64>,
+    bytes: i64,
+    max_output_tokens: Option<i32>,
+    choices: i32,
+    prompt_name: Option<String>,
+    prompt_vars: Option<Value>,
+    lease_secs: f64,
+    durable_hold: bool,
+}
+
+impl Args {
+    fn of(request: &Request<'_>) -> Args {
+        let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let (key_hash, jwt_tenant) = match request.caller {
+            Caller::ApiKey(hash) => (Some(hash.to_vec()), None),
+            Caller::Jwt(tenant) => (None, Some(*tenant)),
+        };
+        Args {
+            key_hash,
+            jwt_tenant,
+            wire: match request.wire {
+                Wire::OpenAi => "openai",
+                Wire::Anthropic => "anthropic",
+            },
+            endpoint: if request.embeddings {
+                "embeddings"
+            } else {
+                "chat"
+            },
+            model: request.model.to_string(),
+            tokenized: request.bounds.tokenized.map(as_i64),
+            bytes: as_i64(request.bounds.bytes),
+            max_output_tokens: request.max_output_tokens,
+            choices: request.choices,
+            prompt_name: request.prompt.map(|(name, _)| name.to_string()),
+            prompt_vars: request.prompt.map(|(_, vars)| vars.clone()),
+            lease_secs: request.lease_secs as f64,
+            durable_hold: request.durable_hold,
+        }
+    }
+}
+
+/// Admits a call. The statement runs in a task of its own, and a call that waited
+/// ADMISSION_WAIT for it gets a 503; a server that is slow rather than gone still commits the
+/// admission after that, and the task then gives the hold back, so the tenant pays nothing for
+/// a call that was answered 503. The task keeps its lane meanwhile (at most STATEMENT_LIMIT), so
+/// that a stalled server is not sent one new session per call.
+pub async fn admit(state: &Arc<AppState>, request: &Request<'_>) -> Result<Admitted, ApiError> {
+    let args = Args::of(request);
+    let (answer, answered) = oneshot::channel();
+    let task_state = state.clone();
+    tokio::spawn(async move {
+        let admitted = on_a_lane(&task_state.lanes, &args).await;
+        if let Err(Ok(late)) = answer.send(admitted) {
+            release_now(&task_state.pool, late.tenant_id, late.reservation).await;
+        }
+    });
+    match tokio::time::timeout(ADMISSION_WAIT, answered).await {
+        Ok(Ok(admitted)) => admitted.map_err(|err| refusal(request.wire, err)),
+        Ok(Err(_)) => Err(ApiError::new(
+            request.wire,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "admission failed",
+        )),
+        Err(_) => Err(refusal(request.wire, sqlx::Error::PoolTimedOut)),
+    }
+}
+
+async fn on_a_lane(lanes: &Lanes, args: &Args) -> Result<Admitted, sqlx::Error> {
+    let mut fresh = false;
     loop {
-        let mut lane = lanes
-            .acquire()
-            .await
-            .map_err(|err| refusal(request.wire, err))?;
+        let mut lane = lanes.acquire(fresh).await?;
         let admitted = match lane.connection() {
-            // A server or network that stopped answering must not hold the call, and its
-            // lane, for minutes: past the timeout the lane is closed and the call gets a 503.
-            Some(connection) => {
-                tokio::time::timeout(STATEMENT_TIMEOUT, statement(connection, request))
-                    .await
-                    .unwrap_or(Err(sqlx::Error::PoolTimedOut))
-            }
+            Some(connection) => tokio::time::timeout(STATEMENT_LIMIT, statement(connection, args))
+                .await
+                .unwrap_or(Err(sqlx::Error::PoolTimedOut)),
             None => Err(sqlx::Error::PoolClosed),
         };
         lane.finish(&admitted);
@@ -58,47 +138,35 @@ pub async fn admit(lanes: &Lanes, request: &Request<'_>) -> Result<Admitted, Api
             // The server ended the session (a restart, pg_terminate_backend): its FATAL is read
             // as the answer to the next statement, which therefore did not run, or did not
             // commit. Once more, on a new connection.
-            Err(ref err) if attempt == 0 && super::lanes::ended_by_server(err) => attempt += 1,
-            other => return other.map_err(|err| refusal(request.wire, err)),
+            Err(ref err) if !fresh && ended_by_server(err) => fresh = true,
+            other => return other,
         }
     }
 }
 
 async fn statement(
     connection: &mut sqlx::PgConnection,
-    request: &Request<'_>,
+    args: &Args,
 ) -> Result<Admitted, sqlx::Error> {
-    let (key_hash, jwt_tenant) = match request.caller {
-        Caller::ApiKey(hash) => (Some(hash.to_vec()), None),
-        Caller::Jwt(tenant) => (None, Some(*tenant)),
-    };
-    let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     sqlx::query_as::<_, Admitted>(
         "select tenant_id, reservation, provider, output_cap, est_input_tokens, system_prompt, \
                 secret_ref, credential_kind, provider_project_id \
          from bulkhead.gateway_admit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
                                      pg_catalog.make_interval(secs => $12), $13)",
     )
-    .bind(key_hash)
-    .bind(jwt_tenant)
-    .bind(match request.wire {
-        Wire::OpenAi => "openai",
-        Wire::Anthropic => "anthropic",
-    })
-    .bind(if request.embeddings {
-        "embeddings"
-    } else {
-        "chat"
-    })
-    .bind(request.model)
-    .bind(request.bounds.tokenized.map(as_i64))
-    .bind(as_i64(request.bounds.bytes))
-    .bind(request.max_output_tokens)
-    .bind(request.choices)
-    .bind(request.prompt.map(|(name, _)| name))
-    .bind(request.prompt.map(|(_, vars)| vars.clone()))
-    .bind(request.lease_secs as f64)
-    .bind(request.durable_hold)
+    .bind(&args.key_hash)
+    .bind(args.jwt_tenant)
+    .bind(args.wire)
+    .bind(args.endpoint)
+    .bind(&args.model)
+    .bind(args.tokenized)
+    .bind(args.bytes)
+    .bind(args.max_output_tokens)
+    .bind(args.choices)
+    .bind(&args.prompt_name)
+    .bind(&args.prompt_vars)
+    .bind(args.lease_secs)
+    .bind(args.durable_hold)
     .fetch_one(connection)
     .await
 }
@@ -245,8 +313,10 @@ async fn release_now(pool: &PgPool, tenant: uuid::Uuid, reservation: uuid::Uuid)
             .await
         {
             Ok(_) => return,
+            // A FATAL (the server ended the session) is passing too: nothing was committed.
             Err(sqlx::Error::Database(db))
-                if !matches!(db.code().as_deref(), Some("55P03" | "40001" | "40P01")) =>
+                if !matches!(db.code().as_deref(), Some("55P03" | "40001" | "40P01"))
+                    && !super::lanes::fatal(db.as_ref()) =>
             {
                 last = Some(db.to_string());
                 break;

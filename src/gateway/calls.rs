@@ -15,7 +15,9 @@ use bulkhead_policy::requests::{self, Wire};
 use bulkhead_policy::streams::StreamUsage;
 use futures_util::StreamExt;
 use serde_json::{json, Map, Value};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 /// The largest answer read from a provider when not streaming.
 const MAX_ANSWER_BYTES: usize = 32 << 20;
@@ -52,14 +54,22 @@ pub async fn serve(
     caller: auth::Caller,
     headers: HeaderMap,
     body: Bytes,
+    room: tokio::sync::OwnedSemaphorePermit,
 ) -> Response {
     // In a task of its own: hyper drops a handler whose client closed the connection, and a
-    // call dropped between its admission and its settle would be charged at its hold when its
-    // lease ends. A client that leaves does not cut a call short (a stream's relay has its own
-    // task, which charges what was streamed).
+    // call dropped after it was sent would be charged at its hold when its lease ends. A call
+    // whose client left before it was sent is not made (`left`); one sent runs to its end and
+    // settles at what was served (a stream's relay has its own task, which charges what was
+    // streamed). The task keeps the body's room in memory, and shutdown waits for it.
+    let left = CancellationToken::new();
+    let _leaving = left.clone().drop_guard();
     let wire = endpoint.wire();
+    let in_flight = InFlight::enter(&state);
+    let task_state = state.clone();
     let handled = tokio::spawn(async move {
-        match call(&state, endpoint, caller, &headers, body).await {
+        let (_in_flight, _room) = (in_flight, room);
+        let state = task_state;
+        match call(&state, endpoint, caller, &headers, body, &left).await {
             Ok(response) => {
                 state.metrics.request(endpoint.name(), "ok");
                 response
@@ -71,6 +81,7 @@ pub async fn serve(
         }
     });
     handled.await.unwrap_or_else(|_| {
+        state.metrics.request(endpoint.name(), "internal_error");
         ApiError::new(
             wire,
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -79,6 +90,22 @@ pub async fn serve(
         )
         .into_response()
     })
+}
+
+/// A call being handled, counted so that shutdown can wait for it.
+struct InFlight(Arc<AppState>);
+
+impl InFlight {
+    fn enter(state: &Arc<AppState>) -> InFlight {
+        state.calls_in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(state.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.calls_in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// A request body read and counted: what admission needs from it.
@@ -179,6 +206,7 @@ async fn call(
     caller: auth::Caller,
     headers: &HeaderMap,
     body: Bytes,
+    left: &CancellationToken,
 ) -> Result<Response, ApiError> {
     let wire = endpoint.wire();
     let Counted {
@@ -216,9 +244,15 @@ async fn call(
             "this gateway sets the system prompt from the tenant's prompt template; send no system message with x-bulkhead-prompt",
         ));
     }
+    if state.shutdown.is_cancelled() {
+        return Err(ApiError::unavailable(wire, "the gateway is shutting down"));
+    }
+    if left.is_cancelled() {
+        return Err(client_left(wire));
+    }
     let admitting = std::time::Instant::now();
     let admitted = admission::admit(
-        &state.lanes,
+        state,
         &admission::Request {
             caller: &caller,
             wire,
@@ -273,6 +307,15 @@ async fn call(
         Endpoint::Embeddings => Api::Embeddings,
         Endpoint::Messages => Api::Messages,
     };
+    if left.is_cancelled() {
+        admission::release(
+            &state.pool,
+            call.admitted.tenant_id,
+            call.admitted.reservation,
+        )
+        .await;
+        return Err(call.error(client_left(wire)));
+    }
     let sending = std::time::Instant::now();
     let sent = match state.providers.post(
         &call.admitted.provider,
@@ -603,6 +646,17 @@ enum Ended {
     ClientLeft,
     /// Cut by the gateway: the tenant was suspended, or the gateway is shutting down.
     Cut(&'static str),
+}
+
+/// The answer to a call whose client left before it was sent (nobody reads it; the metrics
+/// count it).
+fn client_left(wire: Wire) -> ApiError {
+    ApiError::new(
+        wire,
+        StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+        "client_closed_request",
+        "the client left before the call was made",
+    )
 }
 
 /// Relays a stream event by event as it arrives, tracking usage; settles when it ends.

@@ -10,6 +10,8 @@ mod errors;
 mod lanes;
 mod settle;
 
+pub(crate) use lanes::fatal;
+
 use crate::providers::{Endpoints, Providers, Secret};
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -25,7 +27,7 @@ use sha2::Digest;
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -81,6 +83,12 @@ pub struct AppState {
     metrics_token: Option<[u8; 32]>,
     /// API key hashes found valid, and when.
     valid_keys: Mutex<HashMap<[u8; 32], Instant>>,
+    /// Cancelled on SIGTERM/SIGINT: calls not yet admitted get a 503.
+    shutdown: CancellationToken,
+    /// Calls being handled (calls::serve), which shutdown waits for.
+    calls_in_flight: AtomicUsize,
+    /// The last /healthz check and its outcome, reused for a second.
+    health: tokio::sync::Mutex<Option<(Instant, bool)>>,
 }
 
 /// Request bodies held at once: 256 MiB (with their parsed form, a few times that), in permits
@@ -289,6 +297,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let metrics = Arc::new(crate::metrics::GatewayMetrics::default());
     let (settler, settling) = settle::Settler::start(pool.clone(), metrics.clone());
+    let shutdown = CancellationToken::new();
     let state = Arc::new(AppState {
         pool: pool.clone(),
         lanes: lanes::Lanes::new(options, config.pool_size as usize),
@@ -308,11 +317,13 @@ pub async fn run(config: Config) -> Result<(), String> {
             .metrics_token
             .as_deref()
             .map(|t| sha2::Sha256::digest(t.as_bytes()).into()),
+        shutdown: shutdown.clone(),
+        calls_in_flight: AtomicUsize::new(0),
+        health: tokio::sync::Mutex::new(None),
     });
 
-    let shutdown = CancellationToken::new();
     tokio::spawn(watch_suspensions(state.clone(), shutdown.clone()));
-    tokio::spawn(sweep_leases(pool.clone(), shutdown.clone()));
+    tokio::spawn(sweep_leases(state.clone(), shutdown.clone()));
     {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
@@ -349,9 +360,12 @@ pub async fn run(config: Config) -> Result<(), String> {
         config.header_timeout,
     )
     .await;
-    // Every stream's relay settles before it unregisters; then the settle queue drains.
+    // Every call (its client may have left) and every stream's relay settles before it ends;
+    // then the settle queue drains.
     let deadline = Instant::now() + config.shutdown_grace + Duration::from_secs(5);
-    while state.streams.len() > 0 && Instant::now() < deadline {
+    while (state.streams.len() > 0 || state.calls_in_flight.load(Ordering::SeqCst) > 0)
+        && Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     drop(state);
@@ -451,18 +465,20 @@ async fn watch_suspensions(state: Arc<AppState>, shutdown: CancellationToken) {
 /// Charges at their hold the gateway calls whose lease ended unsettled (any gateway's), every
 /// 5 s, and writes the holds of calls in flight for over five seconds as rows every second
 /// (`gateway_persist_holds`), so that they outlive a restart of the database server.
-async fn sweep_leases(pool: PgPool, shutdown: CancellationToken) {
+async fn sweep_leases(state: Arc<AppState>, shutdown: CancellationToken) {
+    let pool = &state.pool;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut ticks = 0u64;
     while !shutdown.is_cancelled() {
         tick.tick().await;
         ticks += 1;
+        state.lanes.prune();
         let statement = if ticks.is_multiple_of(5) {
             "select bulkhead.expire_all_reservations()"
         } else {
             "select bulkhead.gateway_persist_holds()"
         };
-        if let Err(err) = sqlx::query(statement).execute(&pool).await {
+        if let Err(err) = sqlx::query(statement).execute(pool).await {
             log_error(&format!("lease sweep failed: {err}"));
         }
     }
@@ -566,14 +582,14 @@ async fn with_body(state: Arc<AppState>, endpoint: Endpoint, request: Request) -
     let permits = u32::try_from(wanted.div_ceil(BODY_PERMIT_BYTES))
         .unwrap_or(u32::MAX)
         .min(BODY_PERMITS);
-    let Ok(_room) = state.body_permits.clone().acquire_many_owned(permits).await else {
+    let Ok(room) = state.body_permits.clone().acquire_many_owned(permits).await else {
         return ApiError::unavailable(wire, "the gateway is shutting down").into_response();
     };
     let bytes = match axum::body::to_bytes(Body::new(body), state.max_body_bytes).await {
         Ok(bytes) => bytes,
         Err(_) => return too_large(),
     };
-    calls::serve(state, endpoint, caller, parts.headers, bytes).await
+    calls::serve(state, endpoint, caller, parts.headers, bytes, room).await
 }
 
 async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
@@ -638,10 +654,22 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
     crate::metrics::response(state.metrics.render())
 }
 
+/// Unauthenticated, so one check serves every caller for a second: a flood of health checks
+/// cannot take the pool that key checks and settles use.
 async fn healthz(State(state): State<Arc<AppState>>) -> Response {
-    match sqlx::query("select 1").execute(&state.pool).await {
-        Ok(_) => (StatusCode::OK, "ok\n").into_response(),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database unreachable\n").into_response(),
+    let mut last = state.health.lock().await;
+    let healthy = match *last {
+        Some((at, healthy)) if at.elapsed() < Duration::from_secs(1) => healthy,
+        _ => {
+            let healthy = sqlx::query("select 1").execute(&state.pool).await.is_ok();
+            *last = Some((Instant::now(), healthy));
+            healthy
+        }
+    };
+    if healthy {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "database unreachable\n").into_response()
     }
 }
 

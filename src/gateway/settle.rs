@@ -128,7 +128,9 @@ async fn settle_resilient(
     loop {
         match settle_batch(pool, items).await {
             Ok(retry) => return retry,
-            Err(sqlx::Error::Database(err)) => {
+            // Refused for its values; a FATAL (the server ended the session: nothing was
+            // committed) is waited out below like the database being away.
+            Err(sqlx::Error::Database(err)) if !crate::gateway::fatal(err.as_ref()) => {
                 if items.len() == 1 {
                     crate::gateway::log_error(&format!(
                         "settle of reservation {} refused ({err}); its lease will charge it at its hold",
