@@ -280,6 +280,14 @@ fn key_of(tenant: pgrx::Uuid) -> TenantKey {
     }
 }
 
+/// The current tenant's key, when shared memory is set up and a tenant is set.
+fn current_key() -> Option<TenantKey> {
+    if MEMORY.load(Ordering::Acquire).is_null() {
+        return None;
+    }
+    context::current_tenant().map(key_of)
+}
+
 impl Admission {
     fn probe_start(key: &TenantKey) -> usize {
         // Tenant ids are random (v4 or v7 tails): their bytes hash well enough.
@@ -1555,13 +1563,10 @@ fn _admission_in_memory() -> bool {
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn _materialize_reservation(reservation: pgrx::Uuid) -> bool {
-    if MEMORY.load(Ordering::Acquire).is_null() {
-        return false;
-    }
-    let Some(tenant) = context::current_tenant() else {
+    let Some(key) = current_key() else {
         return false;
     };
-    materialize(&key_of(tenant), *reservation.as_bytes())
+    materialize(&key, *reservation.as_bytes())
 }
 
 /// Takes the record `id` of `key` if `wanted` accepts it and no other transaction is writing it:
@@ -1615,13 +1620,9 @@ fn materialize(key: &TenantKey, id: [u8; 16]) -> bool {
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn _reservation_being_written(reservation: pgrx::Uuid) -> bool {
-    if MEMORY.load(Ordering::Acquire).is_null() {
-        return false;
-    }
-    let Some(tenant) = context::current_tenant() else {
+    let Some(key) = current_key() else {
         return false;
     };
-    let key = key_of(tenant);
     let id = *reservation.as_bytes();
     // This transaction's own writing (a settle in memory, then a repeat of it) is not another's.
     let ours = PENDING.with(|p| {
@@ -1642,13 +1643,9 @@ fn _reservation_being_written(reservation: pgrx::Uuid) -> bool {
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 pub(crate) fn _gateway_hold(reservation: pgrx::Uuid) -> bool {
-    if MEMORY.load(Ordering::Acquire).is_null() {
-        return false;
-    }
-    let Some(tenant) = context::current_tenant() else {
+    let Some(key) = current_key() else {
         return false;
     };
-    let key = key_of(tenant);
     let id = *reservation.as_bytes();
     locked(|m| {
         let Some(index) = m.record(&id, &key) else {
@@ -1777,13 +1774,9 @@ fn _tenants_with_old_gateway_holds(
 
 /// Writes the current tenant's open gateway holds that `due` selects as rows.
 fn write_gateway_holds(due: impl Fn(&Record) -> bool) -> i32 {
-    if MEMORY.load(Ordering::Acquire).is_null() {
-        return 0;
-    }
-    let Some(tenant) = context::current_tenant() else {
+    let Some(key) = current_key() else {
         return 0;
     };
-    let key = key_of(tenant);
     let taken: Vec<(u32, RecordRow)> = locked(|m| {
         let Some(slot) = m.find(&key) else {
             return Vec::new();

@@ -283,12 +283,7 @@ async fn call(
                 "credential {} unavailable: {err}",
                 call.admitted.secret_ref
             ));
-            admission::release(
-                &state.pool,
-                call.admitted.tenant_id,
-                call.admitted.reservation,
-            )
-            .await;
+            state.release(&call).await;
             return Err(call.error(ApiError::unavailable(
                 wire,
                 "the provider credential is unavailable; no call was made",
@@ -308,12 +303,7 @@ async fn call(
         Endpoint::Messages => Api::Messages,
     };
     if left.is_cancelled() {
-        admission::release(
-            &state.pool,
-            call.admitted.tenant_id,
-            call.admitted.reservation,
-        )
-        .await;
+        state.release(&call).await;
         return Err(call.error(client_left(wire)));
     }
     let sending = std::time::Instant::now();
@@ -329,12 +319,7 @@ async fn call(
             | CallError::Transient { message, .. }
             | CallError::RateLimited { message, .. },
         ) => {
-            admission::release(
-                &state.pool,
-                call.admitted.tenant_id,
-                call.admitted.reservation,
-            )
-            .await;
+            state.release(&call).await;
             log_error(&message);
             return Err(call.error(ApiError::unavailable(
                 wire,
@@ -352,12 +337,7 @@ async fn call(
         Err(err) => {
             if err.is_connect() {
                 // Never reached the provider: nothing to pay.
-                admission::release(
-                    &state.pool,
-                    call.admitted.tenant_id,
-                    call.admitted.reservation,
-                )
-                .await;
+                state.release(&call).await;
             } else {
                 // Sent, answer unknown: the provider may have served it (fail closed).
                 state.settle_at_hold(&call).await;
@@ -374,12 +354,7 @@ async fn call(
         }
     };
     if !response.status().is_success() {
-        admission::release(
-            &state.pool,
-            call.admitted.tenant_id,
-            call.admitted.reservation,
-        )
-        .await;
+        state.release(&call).await;
         return Err(call.error(upstream_error(wire, &call.admitted, response, &key).await));
     }
     if stream {

@@ -169,6 +169,16 @@ impl AppState {
             .await;
     }
 
+    /// Gives back the hold of a call that was never sent, or that the provider refused.
+    async fn release(&self, call: &calls::Admission) {
+        admission::release(
+            &self.pool,
+            call.admitted.tenant_id,
+            call.admitted.reservation,
+        )
+        .await;
+    }
+
     async fn settle_at_hold(&self, call: &calls::Admission) {
         let id = format!("bulkhead-hold-{}", call.admitted.reservation);
         self.settle(call, call.usage_at_hold(), id).await;
