@@ -93,8 +93,49 @@ security definer
 set search_path to pg_catalog, pg_temp
 as $$
 declare
-    tenant uuid := bulkhead.current_tenant();
     prompt text;
+begin
+    if bulkhead.current_tenant() is null then
+        raise exception 'no tenant context'
+            using errcode = '42501', hint = 'Call bulkhead.set_tenant(...) first: a completion runs for one tenant.';
+    end if;
+    if model is null or max_output_tokens is null or stream is null
+       or (request is null and (template_name is null or vars is null)) then
+        raise exception 'model, max_output_tokens and stream are required, and template_name and vars unless a request is given'
+            using errcode = '22004';
+    end if;
+    if template_name is not null then
+        prompt := bulkhead.render_prompt(template_name, coalesce(vars, '{}'));
+    end if;
+    return bulkhead._queue_completion(prompt, model, max_output_tokens, stream, lease, idempotency_key, request,
+                                      template_name);
+end
+$$;
+comment on function bulkhead.complete(text, jsonb, text, int, boolean, interval, text, jsonb) is
+    'Admits one LLM call against the current tenant''s budget, renders the prompt (and takes a full chat request) and queues the call for the daemon; returns the job id.';
+
+-- complete()'s admission and queueing of an already rendered prompt (evals render a pinned
+-- version, not the active one, and queue through here: the same bound, reservation and job).
+-- With a request, the prompt becomes its system prompt; without one, its one user message.
+create function bulkhead._queue_completion(
+    prompt text,
+    model text,
+    max_output_tokens int,
+    stream boolean,
+    lease interval,
+    idempotency_key text,
+    request jsonb,
+    template_name text,
+    -- An eval's call ({"run": id}): its outcome is scored when the worker records it.
+    eval_call jsonb default null
+)
+returns bigint
+language plpgsql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    tenant uuid := bulkhead.current_tenant();
     model_provider text;
     bounds record;
     choices int := 1;
@@ -104,13 +145,10 @@ declare
     job bigint;
 begin
     if tenant is null then
-        raise exception 'no tenant context'
-            using errcode = '42501', hint = 'Call bulkhead.set_tenant(...) first: a completion runs for one tenant.';
+        raise exception 'no tenant context' using errcode = '42501';
     end if;
-    if model is null or max_output_tokens is null or stream is null
-       or (request is null and (template_name is null or vars is null)) then
-        raise exception 'model, max_output_tokens and stream are required, and template_name and vars unless a request is given'
-            using errcode = '22004';
+    if model is null or max_output_tokens is null or stream is null or (prompt is null and request is null) then
+        raise exception 'model, max_output_tokens, stream, and a prompt or a request are required' using errcode = '22004';
     end if;
     if max_output_tokens < 1 then
         raise exception 'max_output_tokens must be at least 1' using errcode = '22023';
@@ -121,13 +159,10 @@ begin
     end if;
     if idempotency_key is not null then
         select j.id into job from bulkhead.jobs j
-        where j.tenant_id = tenant and j.idempotency_key = 'completion:' || complete.idempotency_key;
+        where j.tenant_id = tenant and j.idempotency_key = 'completion:' || _queue_completion.idempotency_key;
         if found then
             return job;  -- a retried request: no second admission, no second call
         end if;
-    end if;
-    if template_name is not null then
-        prompt := bulkhead.render_prompt(template_name, coalesce(vars, '{}'));
     end if;
     -- The prompt holds end users' text: reserve a bound that holds for any text (the model's
     -- tokenizer, else one token per byte, plus framing), never an average. The settle charges
@@ -136,7 +171,7 @@ begin
         est_input := (select b.tokens from bulkhead.input_token_bound(model, array[prompt]) b);
     else
         select p.provider into model_provider from bulkhead.prices p
-        where p.model = complete.model and p.effective_from <= pg_catalog.clock_timestamp()
+        where p.model = _queue_completion.model and p.effective_from <= pg_catalog.clock_timestamp()
         order by p.effective_from desc limit 1;
         if not found then
             raise exception 'unknown model %', pg_catalog.quote_literal(model) using errcode = '22023',
@@ -146,7 +181,7 @@ begin
             case when model_provider = 'anthropic' then 'anthropic' else 'openai' end, model, request);
         -- The tokenizer's count only where input_token_bound would use it (every price row OpenAI).
         est_input := case when (select pg_catalog.bool_and(p.provider = 'openai') from bulkhead.prices p
-                                where p.model = complete.model) and bounds.tokenized is not null
+                                where p.model = _queue_completion.model) and bounds.tokenized is not null
                           then bounds.tokenized else bounds.bytes end;
         if prompt is not null then
             est_input := est_input + (select b.tokens from bulkhead.input_token_bound(model, array[prompt]) b);
@@ -183,14 +218,13 @@ begin
             'max_output_tokens', max_output_tokens,
             'choices', choices,
             'est_input_tokens', least(est_input, 100000000),
-            'stream', stream)),
-        'completion:' || coalesce(complete.idempotency_key, reservation::text),
+            'stream', stream,
+            'eval', eval_call)),
+        'completion:' || coalesce(_queue_completion.idempotency_key, reservation::text),
         null,
         5);
 end
 $$;
-comment on function bulkhead.complete(text, jsonb, text, int, boolean, interval, text, jsonb) is
-    'Admits one LLM call against the current tenant''s budget, renders the prompt (and takes a full chat request) and queues the call for the daemon; returns the job id.';
 
 -- A completion's outcome, for the tenant that queued it (no row of another tenant is visible).
 -- status: queued, running (also while waiting to retry after a transient failure), done, failed.
@@ -265,6 +299,9 @@ begin
     perform bulkhead._close_job(job, pg_catalog.jsonb_build_object(
         'output', output, 'cost_usd', cost, 'request_id', request_id, 'usage', usage)
         || case when message is null then '{}'::jsonb else pg_catalog.jsonb_build_object('message', message) end, error);
+    if payload ? 'eval' then
+        perform bulkhead._eval_call_closed(job);  -- an eval's call: score it (evals.sql)
+    end if;
     return cost;
 end
 $$;
@@ -384,6 +421,9 @@ begin
              where r.tenant_id = bulkhead.current_tenant() and r.id = (payload ->> 'reservation')::uuid),
             request_id);
         perform bulkhead._close_job(job, pg_catalog.jsonb_build_object('cost_usd', cost, 'request_id', request_id), error);
+        if payload ? 'eval' then
+            perform bulkhead._eval_call_closed(job);
+        end if;
         return cost;
     end if;
     if pg_catalog.jsonb_typeof(embeddings) is distinct from 'array'
@@ -394,6 +434,13 @@ begin
     end if;
     perform pg_catalog.set_config('lock_timeout', '500ms', true);
     cost := bulkhead._settle_queued_call((payload ->> 'reservation')::uuid, usage, request_id);
+    -- An eval's embeddings (a `similar` assertion's two texts) are measured, not ingested.
+    if payload ? 'eval' then
+        perform bulkhead._close_job(job, pg_catalog.jsonb_build_object(
+            'cost_usd', cost, 'request_id', request_id, 'usage', usage, 'embeddings', embeddings), null);
+        perform bulkhead._eval_call_closed(job);
+        return cost;
+    end if;
     -- The provider did the work: if the ingest is refused, the charge stays and the job fails.
     -- A lock conflict is not a refusal: it undoes the settle too, and the worker tries again.
     perform pg_catalog.set_config('lock_timeout', '0', true);
@@ -484,6 +531,8 @@ alter function bulkhead.embed_document(text, jsonb, text, text, jsonb, interval)
 alter function bulkhead._cancel_reservation(uuid) owner to bulkhead_meter;
 alter function bulkhead.complete(text, jsonb, text, int, boolean, interval, text, jsonb) owner to bulkhead_meter;
 alter function bulkhead.completion_result(bigint) owner to bulkhead_meter;
+revoke all on function bulkhead._queue_completion(text, text, int, boolean, interval, text, jsonb, text, jsonb) from public;
+grant execute on function bulkhead._queue_completion(text, text, int, boolean, interval, text, jsonb, text, jsonb) to bulkhead_meter;
 
 revoke all on function bulkhead._cancel_reservation(uuid) from public;
 revoke all on function bulkhead._input_token_bound(text, text, text[], boolean) from public;

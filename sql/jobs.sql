@@ -393,6 +393,15 @@ begin
         from bulkhead.jobs j
         where j.tenant_id = bulkhead.current_tenant() and j.id = job and j.kind in ('completion', 'embedding');
     end if;
+    -- A dead eval call is an error in its run (evals.sql), recorded once the job is dead.
+    if next_state = 'dead' and exists (select from bulkhead.jobs j where j.tenant_id = bulkhead.current_tenant()
+                                       and j.id = job and j.payload ? 'eval') then
+        update bulkhead.job_schedule x set state = 'dead', leased_by = null, leased_until = null,
+            attempts = s.attempts, updated_at = pg_catalog.clock_timestamp()
+        where x.job_id = job;
+        perform bulkhead._eval_call_closed(job);
+        return next_state;
+    end if;
     update bulkhead.job_schedule x
     set state = next_state, attempts = s.attempts, deferrals = s.deferrals, leased_by = null, leased_until = null,
         run_at = case when next_state = 'queued' then pg_catalog.clock_timestamp() + delay else x.run_at end,

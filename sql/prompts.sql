@@ -77,6 +77,12 @@ create table bulkhead.prompt_releases (
     undoes        bigint,
     released_by   text        not null,
     released_at   timestamptz not null default pg_catalog.clock_timestamp(),
+    -- What the eval gate (evals.sql) said: passed (eval_run_id passed the tenant's eval set
+    -- whose digest is eval_set_digest), forced (past a refusal, naming the run that failed or
+    -- none), empty_set_allowed (no cases, and bulkhead.eval_gate_empty_set = allow), rollback.
+    gate          text        not null,
+    eval_run_id   bigint,
+    eval_set_digest text,
     constraint prompt_releases_pkey primary key (tenant_id, id),
     constraint prompt_releases_tenant_fkey foreign key (tenant_id) references bulkhead.tenants (id),
     constraint prompt_releases_version_fkey foreign key (tenant_id, template_name, to_version)
@@ -87,16 +93,21 @@ create table bulkhead.prompt_releases (
     constraint prompt_releases_seq_key unique (tenant_id, template_name, seq),
     constraint prompt_releases_action_known check (action in ('activate', 'rollback')),
     constraint prompt_releases_rollback_undoes check ((action = 'rollback') = (undoes is not null)),
-    constraint prompt_releases_reason_length check (pg_catalog.char_length(reason) <= 1000)
+    constraint prompt_releases_reason_length check (pg_catalog.char_length(reason) <= 1000),
+    constraint prompt_releases_gate_known check (gate in ('passed', 'forced', 'empty_set_allowed', 'rollback')),
+    constraint prompt_releases_forced_gate check (forced = (gate = 'forced')),
+    constraint prompt_releases_forced_reason check (not forced or reason is not null)
 );
 
--- The eval gate's evidence (filled by the Evals issue): version V of template T passed tenant
--- X's eval set in run R. activate_prompt will require a row here unless force => true.
+-- The eval gate's evidence: version V of template T passed tenant X's eval set, as it was
+-- (its digest), in run R. Written only when a run passes (evals.sql); activate_prompt requires
+-- a row here for the set's current digest unless force => true.
 create table bulkhead.prompt_eval_passes (
     tenant_id     uuid        not null,
     template_name text        not null,
     version       int         not null,
-    eval_run_id   uuid        not null,
+    eval_run_id   bigint      not null,
+    set_digest    text        not null,
     passed_at     timestamptz not null default pg_catalog.clock_timestamp(),
     constraint prompt_eval_passes_pkey primary key (tenant_id, template_name, version, eval_run_id),
     constraint prompt_eval_passes_tenant_fkey foreign key (tenant_id) references bulkhead.tenants (id),
@@ -319,31 +330,32 @@ $$;
 comment on function bulkhead.publish_prompt(uuid, text, jsonb, text) is
     'Publishes a tenant''s new, immutable version of a prompt template (checked, not yet active); returns its number.';
 
--- Moves the active pointer: one locked update and one history row (a rollback names the
--- activation it undoes).
+-- Moves the active pointer: one history row, then one locked update. The row comes first: the
+-- eval gate's trigger on the pointer (evals.sql) lets through only a move that its release row
+-- describes, and checks the gate again itself, so no path around these functions skips it.
 create function bulkhead._move_prompt_pointer(
-    tenant uuid, name text, target int, move_action text, is_forced boolean, why text, undone bigint
+    tenant uuid, name text, target int, move_action text, why text, undone bigint,
+    gate text, run bigint, digest text
 )
 returns int
 language plpgsql volatile
 security invoker
 set search_path to pg_catalog, pg_temp
 as $$
-declare
-    head bulkhead.prompt_templates;
 begin
+    insert into bulkhead.prompt_releases
+        (tenant_id, template_name, seq, action, from_version, to_version, forced, reason, undoes, released_by,
+         gate, eval_run_id, eval_set_digest)
+    select tenant, name, coalesce(last.seq, 0) + 1, move_action, t.active_version,
+           target, gate = 'forced', why, undone, bulkhead._caller(), gate, run, digest
+    from bulkhead.prompt_templates t
+    left join lateral (select r.seq from bulkhead.prompt_releases r
+                       where r.tenant_id = tenant and r.template_name = name
+                       order by r.seq desc limit 1) last on true
+    where t.tenant_id = tenant and t.template_name = name;
     update bulkhead.prompt_templates t
     set active_version = target, updated_at = pg_catalog.clock_timestamp()
-    where t.tenant_id = tenant and t.template_name = name
-    returning * into head;
-    insert into bulkhead.prompt_releases
-        (tenant_id, template_name, seq, action, from_version, to_version, forced, reason, undoes, released_by)
-    select tenant, name, coalesce(last.seq, 0) + 1, move_action, last.to_version,
-           target, is_forced, why, undone, bulkhead._caller()
-    from (select) one
-    left join lateral (select r.seq, r.to_version from bulkhead.prompt_releases r
-                       where r.tenant_id = tenant and r.template_name = name
-                       order by r.seq desc limit 1) last on true;
+    where t.tenant_id = tenant and t.template_name = name;
     return target;
 end
 $$;
@@ -360,6 +372,7 @@ as $$
 declare
     previous text;
     head bulkhead.prompt_templates;
+    verdict record;
 begin
     if template_name is null or version is null or force is null then
         raise exception 'template_name, version and force are required'
@@ -377,13 +390,32 @@ begin
         raise exception 'prompt % has no version %', pg_catalog.quote_literal(template_name), version
             using errcode = '42704', hint = 'Publish it first with bulkhead.publish_prompt(...).';
     end if;
+    -- The eval gate (evals.sql): a passing run of this version on the tenant's current eval set.
+    verdict := bulkhead._eval_gate_verdict(activate_prompt.tenant_id, activate_prompt.template_name,
+                                           activate_prompt.version);
+    if force then
+        if not pg_catalog.pg_has_role(bulkhead._caller(), 'bulkhead_admin', 'member') then
+            raise exception 'only bulkhead_admin may force a release past the eval gate'
+                using errcode = '42501',
+                      detail = 'The application role activates versions that passed their tenant''s eval set.';
+        end if;
+        if pg_catalog.btrim(coalesce(reason, '')) = '' then
+            raise exception 'a forced release needs a reason' using errcode = '22023',
+                detail = 'The reason is kept in the release history with who forced it and which run failed.';
+        end if;
+    end if;
+    if verdict.refusal is not null and not force then
+        perform bulkhead._eval_gate_refuse(verdict.refusal, verdict.run_id);
+    end if;
     perform bulkhead._move_prompt_pointer(activate_prompt.tenant_id, activate_prompt.template_name,
-                                          activate_prompt.version, 'activate', force, reason, null);
+                                          activate_prompt.version, 'activate', reason, null,
+                                          case when verdict.refusal is null then verdict.gate else 'forced' end,
+                                          verdict.run_id, verdict.digest);
     perform bulkhead._leave_tenant(previous);
 end
 $$;
 comment on function bulkhead.activate_prompt(uuid, text, int, boolean, text) is
-    'Makes a published version of a tenant''s prompt the active one, recording who, when, from and to.';
+    'Makes a published version of a tenant''s prompt the active one if it passed the tenant''s eval set (or, for bulkhead_admin, force => true with a reason), recording who, when, from, to and the gate''s verdict.';
 
 -- Undoes the latest activation: the pointer goes back to the version that activation replaced.
 create function bulkhead.rollback_prompt(tenant_id uuid, template_name text)
@@ -423,7 +455,7 @@ begin
                   detail = 'Every activation still in effect started from no version; activate another version instead.';
     end if;
     perform bulkhead._move_prompt_pointer(rollback_prompt.tenant_id, rollback_prompt.template_name,
-                                          target, 'rollback', false, null, undone);
+                                          target, 'rollback', null, undone, 'rollback', null, null);
     perform bulkhead._leave_tenant(previous);
     return target;
 end
@@ -463,7 +495,7 @@ revoke all on function bulkhead._refuse_prompt_change() from public;
 revoke all on function bulkhead._check_prompt_row_deleted_with_tenant() from public;
 revoke all on function bulkhead._act_for_tenant(uuid, text) from public;
 revoke all on function bulkhead._caller() from public;
-revoke all on function bulkhead._move_prompt_pointer(uuid, text, int, text, boolean, text, bigint) from public;
+revoke all on function bulkhead._move_prompt_pointer(uuid, text, int, text, text, bigint, text, bigint, text) from public;
 revoke all on function bulkhead.set_skeleton(text, text) from public;
 revoke all on function bulkhead.publish_prompt(uuid, text, jsonb, text) from public;
 revoke all on function bulkhead.activate_prompt(uuid, text, int, boolean, text) from public;
@@ -475,7 +507,7 @@ revoke all on function bulkhead._check_prompt_version(text, text, text, text) fr
 revoke all on function bulkhead._render_prompt(text, text) from public;
 revoke all on function bulkhead._render_prompt_version(text, int, text) from public;
 
-grant execute on function bulkhead._act_for_tenant(uuid, text), bulkhead._caller(), bulkhead._move_prompt_pointer(uuid, text, int, text, boolean, text, bigint),
+grant execute on function bulkhead._act_for_tenant(uuid, text), bulkhead._caller(), bulkhead._move_prompt_pointer(uuid, text, int, text, text, bigint, text, bigint, text),
     bulkhead._check_skeleton(text, text), bulkhead._check_prompt_version(text, text, text, text),
     bulkhead._enter_tenant(uuid) to bulkhead_meter;
 grant execute on function bulkhead.set_skeleton(text, text) to bulkhead_admin;

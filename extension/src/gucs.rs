@@ -50,6 +50,12 @@ static MEMORY_ADMISSION_RESERVATIONS: GucSetting<i32> = GucSetting::<i32>::new(6
 /// `bulkhead.memory_admission`: budget_check keeps admission state in shared memory.
 static MEMORY_ADMISSION: GucSetting<bool> = GucSetting::<bool>::new(false);
 
+/// `bulkhead.eval_gate_empty_set`: what the release gate does for a tenant with no eval cases
+/// for the template (`refuse` or `allow`). Superuser only: a role that could set it could
+/// release past the gate by emptying its own eval set.
+static EVAL_GATE_EMPTY_SET: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"refuse"));
+
 /// True only while `set_tenant` writes the setting.
 static SET_TENANT_IN_PROGRESS: AtomicBool = AtomicBool::new(false);
 
@@ -75,6 +81,20 @@ pub fn init() {
             GucContext::Suset,
             GucFlags::default(),
             Some(check_jwt_tenant_claim),
+            None,
+            None,
+        );
+    }
+    // SAFETY: the hook is #[pg_guard]ed and only reads its argument.
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            c"bulkhead.eval_gate_empty_set",
+            c"What activate_prompt does for a tenant with no eval cases for the template: refuse or allow.",
+            c"Either way the release row records it. Superuser only.",
+            &EVAL_GATE_EMPTY_SET,
+            GucContext::Suset,
+            GucFlags::default(),
+            Some(check_eval_gate_empty_set),
             None,
             None,
         );
@@ -329,6 +349,24 @@ unsafe extern "C-unwind" fn check_tenant_id(
         c"A tenant context set with SET, set_config() or ALTER ... SET could outlive its transaction and reach another client through a connection pooler.",
         Some(c"Call SELECT bulkhead.set_tenant('<tenant uuid>') inside the transaction."),
     )
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn check_eval_gate_empty_set(
+    newval: *mut *mut c_char,
+    _extra: *mut *mut c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    match new_value(newval).map(|v| v.to_string_lossy()) {
+        None => true,
+        Some(v) if v == "refuse" || v == "allow" => true,
+        Some(_) => refuse(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            c"bulkhead.eval_gate_empty_set must be refuse or allow",
+            c"refuse (the default): a tenant with no eval cases for a template cannot activate a version of it without force; allow: it can, and the release row says so.",
+            None,
+        ),
+    }
 }
 
 #[pg_guard]

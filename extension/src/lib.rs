@@ -8,6 +8,7 @@ use pgrx::prelude::*;
 mod admission;
 mod context;
 mod errors;
+mod evals;
 mod gateway;
 mod gucs;
 mod pricing;
@@ -125,9 +126,20 @@ extension_sql_file!(
     ]
 );
 extension_sql_file!(
+    "../../sql/evals.sql",
+    name = "evals",
+    requires = [
+        "gateway",
+        evals::_eval_check_assertions,
+        evals::_eval_score,
+        evals::_eval_judge_messages,
+        evals::_eval_judge_score
+    ]
+);
+extension_sql_file!(
     "../../sql/deployment.sql",
     name = "deployment",
-    requires = ["gateway"],
+    requires = ["evals"],
     finalize
 );
 

@@ -139,8 +139,10 @@ select bulkhead.publish_prompt('00000000-0000-4000-8000-00000000000a', 'loops', 
 select pg_temp.attempt($q$delete from bulkhead.prompt_versions where template_name = 'loops' and version = 2$q$) as admin_delete_version;
 select pg_temp.attempt($q$delete from bulkhead.prompt_releases$q$) as admin_delete_history;
 reset role;
-insert into bulkhead.prompt_eval_passes (tenant_id, template_name, version, eval_run_id)
-values ('00000000-0000-4000-8000-00000000000a', 'loops', 1, '00000000-0000-4000-8000-0000000000e1');
+insert into bulkhead.eval_runs (tenant_id, id, template_name, version, status, started_by)
+values ('00000000-0000-4000-8000-00000000000a', 1, 'loops', 1, 'passed', 'regress');
+insert into bulkhead.prompt_eval_passes (tenant_id, template_name, version, eval_run_id, set_digest)
+values ('00000000-0000-4000-8000-00000000000a', 'loops', 1, 1, 'regress');
 set local role regress_prm_admin;
 select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000a');
 select pg_temp.attempt($q$delete from bulkhead.prompt_eval_passes$q$) as admin_delete_eval_pass;

@@ -3,6 +3,7 @@
 
 pub mod admission;
 pub mod context;
+pub mod evals;
 pub mod prompts;
 pub mod requests;
 pub mod sqlstate;

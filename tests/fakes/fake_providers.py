@@ -18,6 +18,8 @@ and OPENAI_COMPATIBLE_BASE_URL=http://127.0.0.1:PORT/v1.
 
 Answers are deterministic: "fake answer: <the first words of the prompt>". Usage counts a token
 per 4 bytes of prompt and a token per answer word, capped at the request's max tokens.
+A request whose text (messages or system prompt) holds FAKE_REPLY<<text>> is answered with that
+text exactly (the first such directive; eval tests craft answers with it, judge scores too).
 
 Faults are injected per path, consumed one per request, in order:
   POST   /_fake/faults    {"path": "/v1/chat/completions", "faults": [F, ...]} where F is one of
@@ -82,6 +84,19 @@ def take_fault(path):
     with LOCK:
         queue = FAULTS.get(path) or []
         return queue.pop(0) if queue else None
+
+
+def scripted_reply(req):
+    """The text of the first FAKE_REPLY<<...>> directive in a chat request, or None."""
+    parts = [str(req.get("system", ""))] + [json.dumps(m.get("content")) if not isinstance(m.get("content"), str)
+                                             else m.get("content") for m in req.get("messages", [])]
+    for part in parts:
+        start = part.find("FAKE_REPLY<<")
+        if start >= 0:
+            end = part.find(">>", start + 12)
+            if end >= 0:
+                return part[start + 12:end]
+    return None
 
 
 def answer_words(prompt, limit):
@@ -220,7 +235,7 @@ class Handler(BaseHTTPRequestHandler):
         messages = req.get("messages", [])
         prompt = " ".join(str(m.get("content", "")) for m in messages)
         limit = req.get("max_completion_tokens") or req.get("max_tokens") or 16
-        words = self.words(prompt, limit)
+        words = self.words(prompt, limit, req)
         prompt_tokens = len(prompt.encode()) + 7 if worst_case_tokens else max(1, len(prompt.encode()) // 4)
         tool = None
         if req.get("tools") and (not messages or messages[-1].get("role") != "tool"):
@@ -278,7 +293,10 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"data: [DONE]\n\n")
         self.wfile.flush()
 
-    def words(self, prompt, limit):
+    def words(self, prompt, limit, req=None):
+        scripted = scripted_reply(req or {})
+        if scripted is not None:
+            return scripted.split(" ")[: max(1, limit)]
         if self.slow:
             return (["fake", "answer:"] + ["word%d" % i for i in range(self.slow.get("words", 100))])[: max(1, limit)]
         return answer_words(prompt, limit)
@@ -375,7 +393,7 @@ class Handler(BaseHTTPRequestHandler):
         key = self.headers.get("x-api-key")
         messages = req.get("messages", [])
         prompt = " ".join(str(m.get("content", "")) for m in messages)
-        words = self.words(prompt, req.get("max_tokens") or 16)
+        words = self.words(prompt, req.get("max_tokens") or 16, req)
         input_tokens = max(1, len(prompt.encode()) // 4)
         last = messages[-1] if messages else {}
         answered_tool = isinstance(last.get("content"), list) and any(

@@ -1,0 +1,270 @@
+-- Evals through the SQL API, with the worker's part played by hand (as in completions.sql):
+-- cases under row level security, their assertions checked at insert; runs queued through
+-- complete()'s path and scored in the database; the release gate on the pointer itself, for
+-- activate_prompt and a direct UPDATE alike; force; the empty-set setting; reuse; a skeleton
+-- change gated per tenant; reports that hold one tenant's rows only.
+-- Runs as non-superuser members of bulkhead_app, bulkhead_admin and bulkhead_worker; the
+-- direct UPDATE is the table owner's (the superuser that created the extension).
+\set SHOW_CONTEXT never
+begin;
+set client_min_messages = warning;
+-- The default (the suite's other files run with allow, see the Makefile).
+set bulkhead.eval_gate_empty_set = 'refuse';
+create role regress_ev_app in role bulkhead_app;
+create role regress_ev_admin in role bulkhead_admin;
+create role regress_ev_worker in role bulkhead_worker;
+insert into bulkhead.tenants (id, slug, name, pinecone_namespace) values
+    ('00000000-0000-4000-8000-0000000000e1', 'ev-a', 'Acme', 'tenant-ev-a'),
+    ('00000000-0000-4000-8000-0000000000e2', 'ev-b', 'Globex', 'tenant-ev-b'),
+    ('00000000-0000-4000-8000-0000000000e3', 'ev-c', 'Initech', 'tenant-ev-c');
+create function pg_temp.attempt(statement text) returns text language plpgsql as $$
+declare
+    result text;
+begin
+    execute statement into result;
+    return 'ok: ' || coalesce(result, 'NULL');
+exception when others then
+    return 'ERROR ' || sqlstate || ': '
+        || regexp_replace(regexp_replace(sqlerrm, '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}', '<uuid>', 'g'),
+                          'run [0-9]+', 'run <n>', 'g');
+end
+$$;
+-- The worker's part: claim every queued job and answer it. A completion's answer is the text
+-- of the first entry of `answers` whose key its request contains; an embedding's two vectors
+-- are equal when its two texts are.
+create function pg_temp.work(answers jsonb) returns int language plpgsql as $$
+declare
+    j record;
+    answered int := 0;
+    reply text;
+begin
+    perform bulkhead._set_tenant_within_function(null);
+    for j in select * from bulkhead.claim_and_start_jobs('w1', 100) loop
+        perform bulkhead._set_tenant_within_function(null);
+        if j.kind = 'completion' then
+            select a.value #>> '{}' into reply from jsonb_each(answers) a
+            where strpos(coalesce(j.payload ->> 'prompt', '') || coalesce((j.payload -> 'request')::text, ''), a.key) > 0
+            order by a.key limit 1;
+            perform bulkhead._finish_completion(j.job_id, 'w1', '{"prompt_tokens": 20, "completion_tokens": 5}',
+                                                'chatcmpl-ev-' || j.job_id, coalesce(reply, 'no answer scripted'));
+        else
+            perform bulkhead._finish_embedding(j.job_id, 'w1', '{"prompt_tokens": 4}', 'emb-ev-' || j.job_id,
+                case when j.payload -> 'chunks' -> 0 = j.payload -> 'chunks' -> 1 then '[[1, 0], [1, 0]]'
+                     else '[[1, 0], [0.6, 0.8]]' end::jsonb);
+        end if;
+        answered := answered + 1;
+    end loop;
+    perform bulkhead._set_tenant_within_function(null);
+    return answered;
+end
+$$;
+grant execute on function pg_temp.attempt(text), pg_temp.work(jsonb) to public;
+
+set local role regress_ev_admin;
+select bulkhead.set_price('openai', 'ev-model', 1.00, 2.00) is not null as priced;
+select bulkhead.set_price('openai', 'ev-embed', 0.02, 0) is not null as embedding_priced;
+select bulkhead.set_skeleton('ev', $t$You are {{ slots.display_name }}'s assistant.{% if slots.banned_topics %} Never discuss: {{ slots.banned_topics | join(', ') }}.{% endif %} Q: {{ vars.q }}$t$) as skeleton_v1;
+select bulkhead.publish_prompt('00000000-0000-4000-8000-0000000000e1', 'ev', '{"display_name": "Acme", "banned_topics": ["crypto"]}') as a_v1;
+select bulkhead.publish_prompt('00000000-0000-4000-8000-0000000000e2', 'ev', '{"display_name": "Globex", "banned_topics": []}') as b_v1;
+select bulkhead.publish_prompt('00000000-0000-4000-8000-0000000000e3', 'ev', '{"display_name": "Initech", "banned_topics": []}') as c_v1;
+select bulkhead.set_credential(t, 'openai', 'env:EV_KEY') is not null as credential
+from unnest(array['00000000-0000-4000-8000-0000000000e1', '00000000-0000-4000-8000-0000000000e2']::uuid[]) t;
+select bulkhead.set_budget(t, 1000, 1000000, 1000000, 10.00)
+from unnest(array['00000000-0000-4000-8000-0000000000e1', '00000000-0000-4000-8000-0000000000e2']::uuid[]) t;
+reset role;
+
+-- 1. Cases: malformed assertions are 22023 at insert, naming which one; only the tenant the
+-- app acts for.
+set local role regress_ev_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000e1');
+select pg_temp.attempt(format($q$select bulkhead.add_eval_case('00000000-0000-4000-8000-0000000000e1', 'ev', '{"q": "x"}', %L)$q$, a)) as malformed
+from unnest(array[
+    '[]', '{"type": "contains", "value": "x"}', '[{"type": "contain", "value": "x"}]', '[{"type": "contains"}]',
+    '[{"type": "contains", "value": "x", "negate": true}]', '[{"type": "regex", "value": "(a)\\1"}]',
+    '[{"type": "json_schema", "value": {"$ref": "https://evil.example/s.json"}}]',
+    '[{"type": "similar", "value": "x", "threshold": 3}]', '[{"type": "max_cost_usd", "value": -1}]',
+    '[{"type": "tool_call", "value": "search", "schema": {"type": 7}}]']) a;
+select pg_temp.attempt($q$select bulkhead.add_eval_case('00000000-0000-4000-8000-0000000000e1', 'nosuch', '{}', '[{"type": "is_json"}]')$q$) as unknown_template;
+select pg_temp.attempt($q$select bulkhead.add_eval_case('00000000-0000-4000-8000-0000000000e1', 'ev', '[]', '[{"type": "is_json"}]')$q$) as vars_not_object;
+select pg_temp.attempt($q$select bulkhead.add_eval_case('00000000-0000-4000-8000-0000000000e1', 'ev', '{}', '[{"type": "is_json"}]', weight => 0)$q$) as zero_weight;
+select pg_temp.attempt($q$select bulkhead.add_eval_case('00000000-0000-4000-8000-0000000000e2', 'ev', '{}', '[{"type": "is_json"}]')$q$) as other_tenant;
+select pg_temp.attempt($q$insert into bulkhead.eval_cases (tenant_id, template_name, vars, assertions, created_by) values ('00000000-0000-4000-8000-0000000000e1', 'ev', '{}', '[]', 'me')$q$) as direct_insert;
+create temp table a_cases as
+select bulkhead.add_eval_case('00000000-0000-4000-8000-0000000000e1', 'ev', '{"q": "refund-case"}',
+           '[{"type": "contains", "value": "refund"}, {"type": "banned_topics_absent"}]', name => 'refunds') as id
+union all
+select bulkhead.add_eval_case('00000000-0000-4000-8000-0000000000e1', 'ev', '{"q": "order-case"}',
+           '[{"type": "regex", "value": "^order #[0-9]{4}$"}, {"type": "max_output_tokens", "value": 5}]', weight => 2);
+grant select on a_cases to public;
+select name, vars, weight from bulkhead.eval_cases order by weight;
+-- B's identical case, in B's context.
+select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000e2');
+create temp table b_cases as
+select bulkhead.add_eval_case('00000000-0000-4000-8000-0000000000e2', 'ev', '{"q": "refund-case"}',
+           '[{"type": "contains", "value": "refund"}, {"type": "banned_topics_absent"}]', name => 'refunds') as id;
+grant select on b_cases to public;
+select count(*) as b_sees_cases, count(*) filter (where id in (select id from a_cases)) as b_sees_a_cases
+from bulkhead.eval_cases;
+select pg_temp.attempt($q$select bulkhead.remove_eval_case('00000000-0000-4000-8000-0000000000e2', (select id from a_cases limit 1))$q$) as b_removes_a_case;
+reset role;
+
+-- 2. The gate: no run, then a run that has not finished, then a pass.
+set local role regress_ev_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000e1');
+select pg_temp.attempt($q$select bulkhead.activate_prompt('00000000-0000-4000-8000-0000000000e1', 'ev', 1)$q$) as no_run;
+-- A set with no model: the run is an error that says so.
+create temp table run0 as select bulkhead.start_eval('ev', 1) as id;
+select status, error from bulkhead.eval_runs where id = (select id from run0);
+select bulkhead.set_eval_set('00000000-0000-4000-8000-0000000000e1', 'ev', 'ev-model', max_output_tokens => 50);
+create temp table run1 as select bulkhead.start_eval('ev', 1) as id;
+grant select on run1 to public;
+select status, cases, calls, reused, version from bulkhead.eval_runs where id = (select id from run1);
+select bulkhead.start_eval('ev', 1) = (select id from run1) as joins_the_running_run;
+select pg_temp.attempt($q$select bulkhead.activate_prompt('00000000-0000-4000-8000-0000000000e1', 'ev', 1)$q$) as unfinished;
+select count(*) as reservations_held from bulkhead.reservations where settled_at is null and expired_at is null;
+-- B runs its own version 1 on its own (identical) case.
+select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000e2');
+select bulkhead.set_eval_set('00000000-0000-4000-8000-0000000000e2', 'ev', 'ev-model');
+create temp table b_run1 as select bulkhead.start_eval('ev', 1) as id;
+grant select on b_run1 to public;
+reset role;
+set local role regress_ev_worker;
+select pg_temp.work('{"refund-case": "Your refund is on its way", "order-case": "order #1234"}') as answered;
+reset role;
+set local role regress_ev_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000e1');
+select status, score from bulkhead.eval_runs where id = (select id from run1);
+select c.name, r.passed, r.output, r.details -> 'calls' -> 0 -> 'assertions' as verdicts
+from bulkhead.eval_report((select id from run1)) r join bulkhead.eval_cases c on c.id = r.case_id order by c.name;
+select count(*) as ledger_rows from bulkhead.ledger;
+select bulkhead.activate_prompt('00000000-0000-4000-8000-0000000000e1', 'ev', 1);
+select action, to_version, forced, gate, eval_run_id = (select id from run1) as names_the_run
+from bulkhead.prompt_releases order by seq;
+select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000e2');
+select status from bulkhead.eval_runs where id = (select id from b_run1);
+select bulkhead.activate_prompt('00000000-0000-4000-8000-0000000000e2', 'ev', 1);
+select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000e1');
+
+-- 3. A failing run names itself; editing the set invalidates a pass.
+select bulkhead.publish_prompt('00000000-0000-4000-8000-0000000000e1', 'ev', '{"display_name": "Acme v2", "banned_topics": ["crypto"]}') as a_v2;
+create temp table run2 as select bulkhead.start_eval('ev', 2) as id;
+grant select on run2 to public;
+reset role;
+set local role regress_ev_worker;
+select pg_temp.work('{"refund-case": "Try crypto instead of a refund", "order-case": "order #1234"}') as answered;
+reset role;
+set local role regress_ev_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000e1');
+select status, round(score, 3) as score from bulkhead.eval_runs where id = (select id from run2);
+select c.name, r.passed, r.details -> 'calls' -> 0 -> 'assertions' -> 1 ->> 'detail' as banned_topic_verdict
+from bulkhead.eval_report((select id from run2)) r join bulkhead.eval_cases c on c.id = r.case_id order by c.name;
+select pg_temp.attempt($q$select bulkhead.activate_prompt('00000000-0000-4000-8000-0000000000e1', 'ev', 2)$q$) as failed_run;
+-- Version 1 passed; a new case changes the set, and its pass no longer counts.
+select bulkhead.add_eval_case('00000000-0000-4000-8000-0000000000e1', 'ev', '{"q": "hello"}', '[{"type": "icontains", "value": "HELLO"}]') is not null as added;
+select pg_temp.attempt($q$select bulkhead.activate_prompt('00000000-0000-4000-8000-0000000000e1', 'ev', 1)$q$) as edited_set;
+-- Run again: the unchanged cases' answers are reused (not paid for again), the new one is called.
+create temp table run3 as select bulkhead.start_eval('ev', 1) as id;
+grant select on run3 to public;
+select status, cases, calls, reused from bulkhead.eval_runs where id = (select id from run3);
+reset role;
+set local role regress_ev_worker;
+select pg_temp.work('{"hello": "Hello there"}') as answered;
+reset role;
+set local role regress_ev_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000e1');
+select status from bulkhead.eval_runs where id = (select id from run3);
+select c.name, r.passed, r.details ->> 'reused' as reused, (r.details -> 'calls' -> 0 ->> 'reused_from')::bigint = (select id from run1) as from_run1
+from bulkhead.eval_report((select id from run3)) r join bulkhead.eval_cases c on c.id = r.case_id order by c.name nulls first;
+select bulkhead.activate_prompt('00000000-0000-4000-8000-0000000000e1', 'ev', 1);
+reset role;
+
+-- 4. A direct UPDATE of the pointer by the table owner is refused without a pass; with the
+-- gate's trigger disabled (the protection removed) the same UPDATE goes through.
+select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000e1');
+select pg_temp.attempt($q$update bulkhead.prompt_templates set active_version = 2 where tenant_id = '00000000-0000-4000-8000-0000000000e1' returning active_version$q$) as owner_update;
+savepoint unprotected;
+alter table bulkhead.prompt_templates disable trigger prompt_templates_eval_gate;
+select pg_temp.attempt($q$update bulkhead.prompt_templates set active_version = 2 where tenant_id = '00000000-0000-4000-8000-0000000000e1' returning active_version$q$) as owner_update_without_gate;
+rollback to savepoint unprotected;
+select bulkhead._set_tenant_within_function(null);
+
+-- 5. Force: bulkhead_admin only, with a reason, recorded with the run that failed.
+set local role regress_ev_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000e1');
+select pg_temp.attempt($q$select bulkhead.activate_prompt('00000000-0000-4000-8000-0000000000e1', 'ev', 2, force => true, reason => 'trust me')$q$) as app_forces;
+reset role;
+set local role regress_ev_admin;
+select pg_temp.attempt($q$select bulkhead.activate_prompt('00000000-0000-4000-8000-0000000000e1', 'ev', 2, force => true)$q$) as no_reason;
+select bulkhead.activate_prompt('00000000-0000-4000-8000-0000000000e1', 'ev', 2, force => true, reason => 'hotfix for a legal notice');
+select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000e1');
+reset role;
+-- Back to version 1, which passed, by a direct UPDATE: let through, and written into the history.
+select pg_temp.attempt($q$update bulkhead.prompt_templates set active_version = 1 where tenant_id = '00000000-0000-4000-8000-0000000000e1' returning active_version$q$) as owner_update_to_passed;
+select seq, action, from_version, to_version, forced, gate, reason, released_by,
+       eval_run_id = (select id from run2) as names_failed_run
+from bulkhead.prompt_releases order by seq;
+select bulkhead._set_tenant_within_function(null);
+
+-- 6. A tenant with no eval cases: refused by default, allowed by the setting, which the
+-- release row states.
+set local role regress_ev_admin;
+select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000e3');
+select pg_temp.attempt($q$select bulkhead.activate_prompt('00000000-0000-4000-8000-0000000000e3', 'ev', 1)$q$) as empty_set_refused;
+reset role;
+set bulkhead.eval_gate_empty_set = 'allow';
+set local role regress_ev_admin;
+select bulkhead.activate_prompt('00000000-0000-4000-8000-0000000000e3', 'ev', 1);
+select pg_temp.attempt($q$set bulkhead.eval_gate_empty_set = 'refuse'$q$) as admin_sets_gate;
+reset role;
+set bulkhead.eval_gate_empty_set = 'refuse';
+select pg_temp.attempt($q$set bulkhead.eval_gate_empty_set = 'sometimes'$q$) as bad_setting;
+set local role regress_ev_admin;
+select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000e3');
+select action, to_version, gate from bulkhead.prompt_releases;
+reset role;
+
+-- 7. A skeleton change, gated per tenant: the new skeleton drops the banned-topics line; A's
+-- answer then strays into its banned topic and fails, B passes. bulkhead_admin runs the
+-- skeleton version for every tenant on the template, each with its own slots.
+select bulkhead._set_tenant_within_function(null);
+set local role regress_ev_admin;
+select bulkhead.activate_prompt('00000000-0000-4000-8000-0000000000e1', 'ev', 1);
+select bulkhead.set_skeleton('ev', $t$You are {{ slots.display_name }}'s assistant, ready for anything.{% set topics = slots.banned_topics %} Q: {{ vars.q }}$t$) as skeleton_v2;
+create temp table skeleton_runs as select bulkhead.start_eval('ev', 2) as id;
+grant select on skeleton_runs to public;
+select slug, version, skeleton_version, status, cases_pending from bulkhead.eval_summary('ev', (select array_agg(id) from skeleton_runs)) order by slug;
+reset role;
+set local role regress_ev_worker;
+select pg_temp.work('{"Acme": "A refund? Crypto is better", "Globex": "Your refund is on its way", "hello": "hello"}') as answered;
+reset role;
+set local role regress_ev_admin;
+select slug, version, skeleton_version, status, cases_passed, cases_failed from bulkhead.eval_summary('ev', (select array_agg(id) from skeleton_runs)) order by slug;
+-- The admin's summary has no case text: its columns are counts, ids and states.
+select array_to_string(proargnames, ', ') as summary_arguments_and_columns from pg_proc where proname = 'eval_summary';
+select pg_temp.attempt($q$select bulkhead.activate_prompt('00000000-0000-4000-8000-0000000000e1', 'ev', 3)$q$) as a_refused;
+select pg_temp.attempt($q$select bulkhead.activate_prompt('00000000-0000-4000-8000-0000000000e2', 'ev', 2)$q$) as b_moves;
+select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000e1');
+select active_version as a_stays_on from bulkhead.prompt_templates;
+select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000e2');
+select active_version as b_is_on from bulkhead.prompt_templates;
+reset role;
+
+-- 8. Reports: only in the run's tenant context, and never a row of another tenant, though A
+-- and B have a case with the same text.
+set local role regress_ev_app;
+select pg_temp.attempt($q$select count(*) from bulkhead.eval_report((select id from run1))$q$) as no_context;
+select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000e2');
+select pg_temp.attempt($q$select count(*) from bulkhead.eval_report((select id from run1))$q$) as b_reads_a_run;
+select count(*) as b_sees_runs, count(*) filter (where id in (select id from run1)) as b_sees_a_runs from bulkhead.eval_runs;
+select count(*) filter (where case_id in (select id from a_cases)) as b_results_with_a_cases from bulkhead.eval_results;
+select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000e1');
+select count(*) as a_report_rows, count(*) filter (where case_id in (select id from b_cases)) as b_rows_in_a_report
+from bulkhead.eval_report((select id from run3));
+-- The app cannot write a verdict or a pass, nor score or close a call itself.
+select pg_temp.attempt($q$update bulkhead.eval_runs set status = 'passed' returning id$q$) as app_marks_passed;
+select pg_temp.attempt($q$insert into bulkhead.prompt_eval_passes (tenant_id, template_name, version, eval_run_id, set_digest) values ('00000000-0000-4000-8000-0000000000e1', 'ev', 2, 1, 'x') returning 1$q$) as app_inserts_pass;
+select pg_temp.attempt($q$select bulkhead._eval_call_closed(1)$q$) as app_closes_call;
+select pg_temp.attempt($q$select bulkhead.eval_summary()$q$) as app_summary;
+select pg_temp.attempt($q$select bulkhead.start_eval('ev', 1, '00000000-0000-4000-8000-0000000000e2')$q$) as app_starts_for_b;
+reset role;
+rollback;
