@@ -1042,6 +1042,44 @@ $$;
 comment on function bulkhead.eval_report(bigint) is
     'The current tenant''s eval run, one row per case: passed, first answer, and per attempt the verdicts, cost, latency and reuse.';
 
+-- The current tenant's runs (those named, or all of a template, or all), with pass, fail and
+-- pending case counts: what `bulkhead eval gate` shows while it waits.
+create function bulkhead.eval_run_status(runs bigint[] default null, template text default null)
+returns table (
+    run_id bigint, template_name text, version int, skeleton_version int, status text, error text,
+    cases_passed int, cases_failed int, cases_pending int, reused int, score numeric,
+    started_at timestamptz, finished_at timestamptz
+)
+language sql stable
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+    select r.id, r.template_name, r.version, r.skeleton_version, r.status,
+           -- Run-level errors are Bulkhead's own sentences (a case's error stays in its report);
+           -- a skeleton that does not fit is named without the template error's text.
+           case when r.error like 'the tenant''s active slots%'
+                then 'the tenant''s active slots and body do not fit this skeleton version' else r.error end,
+           (count(c.case_id) filter (where c.verdict))::int,
+           (count(c.case_id) filter (where not c.verdict))::int,
+           (count(c.case_id) filter (where c.verdict is null))::int,
+           r.reused, r.score, r.started_at, r.finished_at
+    from bulkhead.eval_runs r
+    left join lateral (
+        select x.case_id,
+               case when pg_catalog.bool_or(x.status = 'pending') then null
+                    else count(*) filter (where x.passed) >= (r.params ->> 'min_passes')::int end as verdict
+        from bulkhead.eval_results x
+        where x.tenant_id = r.tenant_id and x.run_id = r.id
+        group by x.case_id) c on true
+    where r.tenant_id = bulkhead.current_tenant()
+      and (runs is null or r.id = any (runs))
+      and (template is null or r.template_name = template)
+    group by r.tenant_id, r.id
+    order by r.started_at desc, r.id
+$$;
+comment on function bulkhead.eval_run_status(bigint[], text) is
+    'The current tenant''s eval runs with pass, fail and pending case counts (no case text).';
+
 -- For the control plane: every tenant's runs (or the runs named), with pass and fail counts
 -- and no case text, no answer and no variables. bulkhead_admin only.
 create function bulkhead.eval_summary(template text default null, runs bigint[] default null)
@@ -1060,28 +1098,7 @@ declare
 begin
     for t in select x.id, x.slug from bulkhead.tenants x order by x.slug loop
         perform bulkhead._set_tenant_within_function(t.id);
-        return query
-            select t.id, t.slug, r.id, r.template_name, r.version, r.skeleton_version, r.status,
-                   -- Run-level errors are Bulkhead's own sentences; a case's error stays in its report.
-                   case when r.error like 'the tenant''s active slots%' then 'the tenant''s active slots and body do not fit this skeleton version'
-                        else r.error end,
-                   count(c.case_id) filter (where c.verdict)::int,
-                   count(c.case_id) filter (where not c.verdict)::int,
-                   count(c.case_id) filter (where c.verdict is null)::int,
-                   r.reused, r.score, r.started_at, r.finished_at
-            from bulkhead.eval_runs r
-            left join lateral (
-                select x.case_id,
-                       case when pg_catalog.bool_or(x.status = 'pending') then null
-                            else count(*) filter (where x.passed) >= (r.params ->> 'min_passes')::int end as verdict
-                from bulkhead.eval_results x
-                where x.tenant_id = r.tenant_id and x.run_id = r.id
-                group by x.case_id) c on true
-            where r.tenant_id = t.id
-              and (eval_summary.template is null or r.template_name = eval_summary.template)
-              and (eval_summary.runs is null or r.id = any (eval_summary.runs))
-            group by r.tenant_id, r.id
-            order by r.started_at desc;
+        return query select t.id, t.slug, s.* from bulkhead.eval_run_status(runs, template) s;
     end loop;
     perform bulkhead._leave_tenant(previous);
 end
@@ -1115,6 +1132,7 @@ revoke all on function bulkhead._eval_score_result(bigint, uuid, int) from publi
 revoke all on function bulkhead._eval_finish_run(bigint) from public;
 revoke all on function bulkhead.eval_report(bigint) from public;
 revoke all on function bulkhead.eval_summary(text, bigint[]) from public;
+revoke all on function bulkhead.eval_run_status(bigint[], text) from public;
 revoke all on function bulkhead._eval_check_assertions(text) from public;
 revoke all on function bulkhead._eval_score(text, text) from public;
 revoke all on function bulkhead._eval_judge_messages(text, text) from public;
@@ -1135,7 +1153,7 @@ grant execute on function bulkhead._eval_set_digest(uuid, text), bulkhead._eval_
     to bulkhead_meter;
 grant execute on function bulkhead.set_eval_set(uuid, text, text, int, numeric, int, int, text, text),
     bulkhead.add_eval_case(uuid, text, jsonb, jsonb, jsonb, numeric, text), bulkhead.remove_eval_case(uuid, uuid),
-    bulkhead.start_eval(text, int, uuid), bulkhead.eval_report(bigint)
+    bulkhead.start_eval(text, int, uuid), bulkhead.eval_report(bigint), bulkhead.eval_run_status(bigint[], text)
     to bulkhead_app, bulkhead_admin;
 grant execute on function bulkhead.eval_summary(text, bigint[]) to bulkhead_admin;
 -- The worker's settles call it, in the job's tenant context.

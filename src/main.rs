@@ -10,6 +10,7 @@ use std::time::Duration;
 mod credentials;
 mod database;
 mod demo;
+mod eval;
 mod gateway;
 mod logging;
 mod metrics;
@@ -225,11 +226,77 @@ enum Command {
         #[arg(long)]
         receipt: uuid::Uuid,
     },
+    /// Per-tenant evals and the release gate: start or join the runs of a prompt version and
+    /// wait for their verdicts (`gate`), read one tenant's report (`report`), import cases
+    /// (`add-cases`). A `bulkhead worker` must be running: it makes the calls.
+    Eval {
+        #[command(subcommand)]
+        action: EvalAction,
+    },
     /// Narrated walk-through of tenant isolation on a fresh database (recreated at every run).
     Demo {
         /// Superuser URL of the database to (re)create for the demo.
         #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
         database_url: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum EvalAction {
+    /// Runs a version through every affected tenant's eval set and waits for the verdicts.
+    /// Without --tenant (as bulkhead_admin), --version is a skeleton version: every tenant whose
+    /// active prompt uses the template is run on its own version over that skeleton. With
+    /// --tenant, --version is that tenant's version. Exits 0 when every tenant passed, 100 when
+    /// one did not, 1 on an error (promptfoo's convention).
+    Gate {
+        /// URL of a login in bulkhead_admin (or bulkhead_app, with --tenant).
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+        #[arg(long)]
+        template: String,
+        #[arg(long)]
+        version: i32,
+        /// One tenant only (its id).
+        #[arg(long)]
+        tenant: Option<uuid::Uuid>,
+        /// Give up (exit 1) if the runs have not finished by then.
+        #[arg(long, default_value_t = 1800)]
+        timeout_secs: u64,
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(50..))]
+        poll_ms: u64,
+        /// Also write the per-tenant results as JSON.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+        /// Also write JUnit XML (one test case per tenant) for CI systems.
+        #[arg(long)]
+        junit: Option<std::path::PathBuf>,
+    },
+    /// Prints one tenant's eval report (that tenant's cases only, read in its context).
+    /// Exits 0 if the run passed, 100 if not.
+    Report {
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+        #[arg(long)]
+        tenant: uuid::Uuid,
+        /// The newest run of this template (default: the newest run).
+        #[arg(long)]
+        template: Option<String>,
+        /// This run.
+        #[arg(long)]
+        run: Option<i64>,
+    },
+    /// Imports eval cases from a JSON Lines file, one case per line: {"template", "vars",
+    /// "assertions", "request", "weight", "name"}; all lines or none. Cases are stored as
+    /// given: scrubbing personal data from them is the caller's job.
+    AddCases {
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+        #[arg(long)]
+        tenant: uuid::Uuid,
+        /// For lines that name no template.
+        #[arg(long)]
+        template: Option<String>,
+        file: std::path::PathBuf,
     },
 }
 
@@ -288,11 +355,65 @@ async fn reconcile_once(
     Ok(())
 }
 
+/// `bulkhead eval ...`: 0 passed (or done), 100 a tenant did not pass, 1 an error.
+async fn run_eval(action: EvalAction) -> ExitCode {
+    let outcome = match action {
+        EvalAction::Gate {
+            database_url,
+            template,
+            version,
+            tenant,
+            timeout_secs,
+            poll_ms,
+            json,
+            junit,
+        } => {
+            eval::gate(eval::GateArgs {
+                database_url,
+                template,
+                version,
+                tenant,
+                timeout: Duration::from_secs(timeout_secs),
+                poll: Duration::from_millis(poll_ms),
+                json,
+                junit,
+            })
+            .await
+        }
+        EvalAction::Report {
+            database_url,
+            tenant,
+            template,
+            run,
+        } => eval::report(&database_url, tenant, template.as_deref(), run).await,
+        EvalAction::AddCases {
+            database_url,
+            tenant,
+            template,
+            file,
+        } => eval::add_cases(&database_url, tenant, template.as_deref(), &file)
+            .await
+            .map(|n| {
+                println!("added {n} eval cases for tenant {tenant}");
+                true
+            }),
+    };
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(eval::EXIT_FAILED),
+        Err(err) => {
+            eprintln!("bulkhead eval: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Demo { database_url } => demo::run(&database_url).await.map_err(|e| e.to_string()),
+        Command::Eval { action } => return run_eval(action).await,
         Command::VacuumDeleted {
             database_url,
             receipt,
