@@ -253,7 +253,10 @@ pub async fn run(database_url: &str) -> Result<(), DemoError> {
     )?;
 
     step("9. One prompt skeleton; each customer renders it with its own tone and banned topics.");
+    say("   (No eval cases exist yet: these first releases go out under bulkhead.eval_gate_empty_set = allow,\n   a superuser setting that each release row records. Step 13 puts the gate to work.)");
     let mut tx = conn.begin().await?;
+    tx.execute("set local bulkhead.eval_gate_empty_set = 'allow'")
+        .await?;
     tx.execute("set local role bulkhead_admin").await?;
     sqlx::query("select bulkhead.set_skeleton('support', $1)")
         .bind(SUPPORT_SKELETON)
@@ -301,6 +304,8 @@ pub async fn run(database_url: &str) -> Result<(), DemoError> {
 
     say("   Globex's app publishes version 2 (its own persona block) and activates it; no deploy:");
     let mut tx = conn.begin().await?;
+    tx.execute("set local bulkhead.eval_gate_empty_set = 'allow'")
+        .await?;
     enter_app(&mut tx, Some(globex)).await?;
     let v2: i32 = sqlx::query_scalar("select bulkhead.publish_prompt($1, 'support', $2, $3)")
         .bind(globex)
@@ -413,7 +418,9 @@ pub async fn run(database_url: &str) -> Result<(), DemoError> {
 
     chat_through_the_gateway(&mut conn, database_url, globex, acme).await?;
 
-    step("13. Acme churns: one call deletes every Acme row and leaves a receipt.");
+    release_gated_by_evals(&mut conn, database_url, acme, globex).await?;
+
+    step("14. Acme churns: one call deletes every Acme row and leaves a receipt.");
     let mut tx = conn.begin().await?;
     tx.execute("set local role bulkhead_admin").await?;
     let receipt: Uuid = sqlx::query_scalar("select bulkhead.delete_tenant($1)")
@@ -774,6 +781,209 @@ async fn chat_through_the_gateway(
 }
 
 /// Starts the fake provider server; returns it and its port.
+/// A skeleton change that moves the customer's question to the top of the prompt: the model
+/// now dwells on it, and for Acme that walks into a banned topic.
+const SUPPORT_SKELETON_V2: &str = "Customer question: {{ vars.question }}
+You are {{ slots.company }}'s support assistant.
+{% block persona %}Tone: {{ slots.persona_tone }}.{% endblock %}
+Never discuss: {{ slots.banned_topics | join(', ') }}.";
+
+async fn release_gated_by_evals(
+    conn: &mut PgConnection,
+    database_url: &str,
+    acme: Uuid,
+    globex: Uuid,
+) -> Result<(), DemoError> {
+    step("13. A prompt change ships only where it passes that customer's own evals. The control plane\n    publishes skeleton v2 (the customer's question moves to the top) and runs `bulkhead eval gate`.");
+    let mut tx = conn.begin().await?;
+    tx.execute("set local role bulkhead_admin").await?;
+    // Acme's eval calls are Acme's own calls, on Acme's budget (spent in step 7).
+    sqlx::query("select bulkhead.set_budget($1, rpm => 600, itpm => 1000000, otpm => 1000000, dollar_limit => 5)")
+        .bind(acme)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    say("   Acme's budget goes up to $5: eval calls are admitted, credentialed and ledgered as Acme's own.");
+    // Each customer's app keeps its own eval set (under row level security).
+    for (tenant, name, question, assertions) in [
+        (
+            acme,
+            "acme",
+            "Competitor pricing: how do you compare?",
+            serde_json::json!([{"type": "banned_topics_absent"},
+                               {"type": "not_contains", "value": "$12,000"}]),
+        ),
+        (
+            globex,
+            "globex",
+            "How do I reset my password?",
+            serde_json::json!([{"type": "banned_topics_absent"},
+                               {"type": "max_output_tokens", "value": 60}]),
+        ),
+    ] {
+        let mut tx = conn.begin().await?;
+        enter_app(&mut tx, Some(tenant)).await?;
+        sqlx::query(
+            "select bulkhead.set_eval_set($1, 'support', 'gpt-4o-mini', max_output_tokens => 60)",
+        )
+        .bind(tenant)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("select bulkhead.add_eval_case($1, 'support', $2, $3, name => $4)")
+            .bind(tenant)
+            .bind(serde_json::json!({ "question": question }))
+            .bind(&assertions)
+            .bind(format!("{name}: {question}"))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        say(&format!(
+            "   {name}'s app: add_eval_case('support', {{\"question\": \"{question}\"}}, {assertions})"
+        ));
+    }
+    let mut tx = conn.begin().await?;
+    tx.execute("set local role bulkhead_admin").await?;
+    let skeleton: i32 = sqlx::query_scalar("select bulkhead.set_skeleton('support', $1)")
+        .bind(SUPPORT_SKELETON_V2)
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+
+    // The gate command and a worker beside it, as the control plane's CI job would run them;
+    // the FAKE provider (a test double) answers with the first words of each prompt.
+    conn.execute(
+        "do $$ begin
+           if not exists (select from pg_roles where rolname = 'bulkhead_demo_admin') then
+             create role bulkhead_demo_admin login in role bulkhead_admin;
+           end if;
+         end $$",
+    )
+    .await?;
+    let login_url = |login: &str| -> Result<String, DemoError> {
+        let mut url =
+            reqwest::Url::parse(database_url).map_err(|e| DemoError::Setup(e.to_string()))?;
+        let _ = url.set_username(login);
+        let _ = url.set_password(None);
+        Ok(url.to_string())
+    };
+    let (mut fake, port) = start_fake_provider()?;
+    let exe = std::env::current_exe().map_err(|e| DemoError::Setup(e.to_string()))?;
+    let mut worker = std::process::Command::new(&exe)
+        .args(["worker", "--name", "demo-eval-worker", "--poll-ms", "100"])
+        .env("DATABASE_URL", login_url("bulkhead_demo_worker")?)
+        .env("OPENAI_BASE_URL", format!("http://127.0.0.1:{port}/v1"))
+        .env("OPENAI_API_KEY", "sk-demo-fake-key")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| DemoError::Setup(format!("cannot run bulkhead worker: {e}")))?;
+    say(&format!(
+        "   $ bulkhead eval gate --template support --version {skeleton}    (login bulkhead_demo_admin)"
+    ));
+    let gate = std::process::Command::new(&exe)
+        .args([
+            "eval",
+            "gate",
+            "--template",
+            "support",
+            "--version",
+            &skeleton.to_string(),
+        ])
+        .args(["--poll-ms", "100", "--timeout-secs", "60"])
+        .env("DATABASE_URL", login_url("bulkhead_demo_admin")?)
+        .stderr(std::process::Stdio::null())
+        .output()
+        .map_err(|e| DemoError::Setup(format!("cannot run bulkhead eval gate: {e}")))?;
+    let _ = worker.kill();
+    let _ = worker.wait();
+    let _ = fake.kill();
+    let _ = fake.wait();
+    say(&indent(
+        "",
+        String::from_utf8_lossy(&gate.stdout).trim_end(),
+    ));
+    say(&format!(
+        "   exit code {}",
+        gate.status.code().unwrap_or(-1)
+    ));
+
+    // Each tenant's report, read in that tenant's context only.
+    let mut outcomes = Vec::new();
+    for (tenant, name) in [(acme, "acme"), (globex, "globex")] {
+        let mut tx = conn.begin().await?;
+        enter_app(&mut tx, Some(tenant)).await?;
+        let (run, version): (i64, i32) = sqlx::query_as(
+            "select run_id, version from bulkhead.eval_run_status(null, 'support') limit 1",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        let rows: Vec<(Option<bool>, Option<String>, serde_json::Value)> = sqlx::query_as(
+            "select passed, output, details -> 'calls' -> 0 -> 'assertions' from bulkhead.eval_report($1)",
+        )
+        .bind(run)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        for (passed, output, verdicts) in &rows {
+            say(&format!(
+                "   {name}'s report (run {run}, its version {version}): {} | answer: {}",
+                if *passed == Some(true) {
+                    "PASS"
+                } else {
+                    "FAIL"
+                },
+                output.as_deref().unwrap_or("")
+            ));
+            for verdict in verdicts.as_array().into_iter().flatten() {
+                say(&format!(
+                    "      {} {}: {}",
+                    if verdict["passed"] == true {
+                        "✓"
+                    } else {
+                        "✗"
+                    },
+                    verdict["type"].as_str().unwrap_or(""),
+                    verdict["detail"].as_str().unwrap_or("")
+                ));
+            }
+        }
+        let mut tx = conn.begin().await?;
+        enter_app(&mut tx, Some(tenant)).await?;
+        let activated = sqlx::query("select bulkhead.activate_prompt($1, 'support', $2)")
+            .bind(tenant)
+            .bind(version)
+            .execute(&mut *tx)
+            .await;
+        let outcome = match activated {
+            Ok(_) => {
+                tx.commit().await?;
+                "activated".to_string()
+            }
+            Err(sqlx::Error::Database(db)) => {
+                format!(
+                    "refused: SQLSTATE {} {}",
+                    db.code().unwrap_or_default(),
+                    db.message()
+                )
+            }
+            Err(other) => return Err(other.into()),
+        };
+        say(&format!(
+            "   {name}'s app: activate_prompt('support', {version}) -> {outcome}"
+        ));
+        outcomes.push(outcome);
+    }
+    let acme_prompt = render_as(conn, acme).await?;
+    let globex_prompt = render_as(conn, globex).await?;
+    expect(
+        gate.status.code() == Some(100)
+            && outcomes[0].starts_with("refused: SQLSTATE PT412")
+            && outcomes[1] == "activated"
+            && acme_prompt.starts_with("You are Acme")
+            && globex_prompt.starts_with("Customer question:"),
+        "the change that breaks acme's banned-topics rule stays off acme and ships to globex",
+    )
+}
+
 fn start_fake_provider() -> Result<(std::process::Child, u16), DemoError> {
     use std::io::BufRead;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fakes/fake_providers.py");
