@@ -897,10 +897,9 @@ async fn release_gated_by_evals(
     let _ = worker.wait();
     let _ = fake.kill();
     let _ = fake.wait();
-    say(&indent(
-        "",
-        String::from_utf8_lossy(&gate.stdout).trim_end(),
-    ));
+    for line in String::from_utf8_lossy(&gate.stdout).lines() {
+        say(&format!("   {line}"));
+    }
     say(&format!(
         "   exit code {}",
         gate.status.code().unwrap_or(-1)

@@ -646,6 +646,119 @@ select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
 select 'A56 twin: BYPASSRLS lists keys' as attack, count(*) as seen from bulkhead.api_keys;
 reset role;
 
+-- A57: evals. A and B hold a case with the same text (A's also carries a secret); A has a run.
+-- B's app lists every eval table: none of A's rows. The twin: a BYPASSRLS member of
+-- bulkhead_app sees A's case text.
+reset role;
+select bulkhead._set_tenant_within_function(null);
+set local role regress_leak_admin;
+select bulkhead.set_eval_set(t, 'leak-tpl', 'leak-model') from unnest(array[
+    '00000000-0000-4000-8000-00000000000a', '00000000-0000-4000-8000-00000000000b']::uuid[]) t;
+select bulkhead.add_eval_case(t, 'leak-tpl', jsonb_build_object('q', 'same question', 'note', n),
+                              '[{"type": "contains", "value": "same"}]') is not null as added
+from (values ('00000000-0000-4000-8000-00000000000a'::uuid, 'A secret eval note'),
+             ('00000000-0000-4000-8000-00000000000b'::uuid, 'B note')) c(t, n);
+select bulkhead.set_budget('00000000-0000-4000-8000-00000000000a', 100, 100000, 100000, 1.00);
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000a');
+create temp table a_run as select bulkhead.start_eval('leak-tpl', 1) as id;
+grant select on a_run to public;
+select bulkhead._set_tenant_within_function(null);
+reset role;
+set local role regress_leak_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
+select 'A57 B lists eval rows' as attack,
+    (select string_agg(vars ->> 'note', ',') from bulkhead.eval_cases) as cases,
+    (select count(*) from bulkhead.eval_sets) as sets,
+    (select count(*) from bulkhead.eval_runs) as runs,
+    (select count(*) from bulkhead.eval_results) as results,
+    pg_temp.attempt($q$select count(*)::text from bulkhead.eval_calls$q$) as calls;
+reset role;
+set local role regress_leak_bypass;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
+select 'A57 twin: BYPASSRLS lists cases' as attack, string_agg(vars ->> 'note', ',' order by tenant_id) as cases
+from bulkhead.eval_cases;
+reset role;
+
+-- A58: B's app calls every eval function on A's data: A's report, A's run status, A's cases
+-- and rules, a run for A, the cross-tenant summary, the scorer's hook. The twin: the same
+-- report and status in A's own context.
+set local role regress_leak_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
+select 'A58 B reads A''s report' as attack, regexp_replace(
+    pg_temp.attempt($q$select count(*)::text from bulkhead.eval_report((select id from a_run))$q$), '[0-9]{6,}', '<run>') as b_result;
+select 'A58 B reads A''s run status' as attack,
+    (select count(*) from bulkhead.eval_run_status(array[(select id from a_run)])) as b_rows;
+select 'A58 B adds a case for A' as attack,
+    pg_temp.attempt($q$select bulkhead.add_eval_case('00000000-0000-4000-8000-00000000000a', 'leak-tpl', '{}', '[{"type": "is_json"}]')::text$q$) as b_result;
+select 'A58 B removes A''s case' as attack,
+    pg_temp.attempt($q$select bulkhead.remove_eval_case('00000000-0000-4000-8000-00000000000a', gen_random_uuid())::text$q$) as b_result;
+select 'A58 B sets A''s rules' as attack,
+    pg_temp.attempt($q$select bulkhead.set_eval_set('00000000-0000-4000-8000-00000000000a', 'leak-tpl', 'leak-model')::text$q$) as b_result;
+select 'A58 B starts A''s run' as attack,
+    pg_temp.attempt($q$select bulkhead.start_eval('leak-tpl', 1, '00000000-0000-4000-8000-00000000000a')::text$q$) as b_result;
+select 'A58 B reads the summary' as attack,
+    pg_temp.attempt($q$select count(*)::text from bulkhead.eval_summary()$q$) as b_result;
+select 'A58 B calls the scorer''s hook' as attack,
+    pg_temp.attempt($q$select bulkhead._eval_call_closed(1)::text$q$) as b_result;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000a');
+select 'A58 twin: A reads its report' as attack,
+    (select count(*) from bulkhead.eval_report((select id from a_run))) as a_rows,
+    (select count(*) from bulkhead.eval_run_status(array[(select id from a_run)])) as a_status;
+reset role;
+
+-- A59: an end user (PostgREST, B's JWT) has no eval privilege at all: it can neither read a
+-- case nor add one, not even its own tenant's. The twin: B's trusted backend reads B's.
+create role regress_leak_end_user in role bulkhead_end_user;
+set local role regress_leak_end_user;
+select set_config('request.jwt.claims', '{"app_metadata": {"tenant_id": "00000000-0000-4000-8000-00000000000b"}}', true);
+select 'A59 end user reads cases' as attack,
+    pg_temp.attempt($q$select count(*)::text from bulkhead.eval_cases$q$) as end_user_result;
+select 'A59 end user adds a case' as attack,
+    pg_temp.attempt($q$select bulkhead.add_eval_case('00000000-0000-4000-8000-00000000000b', 'leak-tpl', '{}', '[{"type": "is_json"}]')::text$q$) as end_user_result;
+select set_config('request.jwt.claims', '', true);
+reset role;
+set local role regress_leak_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
+select 'A59 twin: B''s backend reads B''s cases' as attack, count(*) as seen from bulkhead.eval_cases;
+reset role;
+
+-- A60: forging the gate's evidence. B's app may not write a run, a result or a pass, so its
+-- unevaluated version 2 stays off. The twin: a role granted those writes (for its own tenant,
+-- under RLS) forges a pass and the gate lets version 2 through: the missing grant is the
+-- protection, and RLS keeps even that role off A.
+set local role regress_leak_admin;
+select bulkhead.publish_prompt('00000000-0000-4000-8000-00000000000b', 'leak-tpl', '{"display_name": "B2", "custom_instructions": "x"}') as b_v2;
+select bulkhead._set_tenant_within_function(null);
+reset role;
+set bulkhead.eval_gate_empty_set = 'refuse';
+set local role regress_leak_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
+select 'A60 B forges a run' as attack, pg_temp.attempt($q$insert into bulkhead.eval_runs (tenant_id, id, template_name, version, status, started_by)
+    values ('00000000-0000-4000-8000-00000000000b', 42, 'leak-tpl', 2, 'passed', 'me') returning 'forged'$q$) as app_result;
+select 'A60 B forges a pass' as attack, pg_temp.attempt($q$insert into bulkhead.prompt_eval_passes (tenant_id, template_name, version, eval_run_id, set_digest)
+    values ('00000000-0000-4000-8000-00000000000b', 'leak-tpl', 2, 42, 'x') returning 'forged'$q$) as app_result;
+select 'A60 B activates version 2' as attack,
+    pg_temp.attempt($q$select bulkhead.activate_prompt('00000000-0000-4000-8000-00000000000b', 'leak-tpl', 2)::text$q$) as app_result;
+reset role;
+create temp table b_digest as
+select bulkhead._eval_set_digest('00000000-0000-4000-8000-00000000000b', 'leak-tpl') as digest;
+grant select on b_digest to public;
+grant insert on bulkhead.eval_runs, bulkhead.prompt_eval_passes to regress_leak_writer;
+set local role regress_leak_writer;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
+select 'A60 twin: with the grant, for A' as attack, pg_temp.attempt($q$insert into bulkhead.eval_runs (tenant_id, id, template_name, version, status, started_by)
+    values ('00000000-0000-4000-8000-00000000000a', 42, 'leak-tpl', 1, 'passed', 'me') returning 'forged'$q$) as writer_result;
+select 'A60 twin: with the grant, for B' as attack, pg_temp.attempt($q$with run as (
+        insert into bulkhead.eval_runs (tenant_id, id, template_name, version, status, started_by)
+        values ('00000000-0000-4000-8000-00000000000b', 42, 'leak-tpl', 2, 'passed', 'me') returning id)
+    insert into bulkhead.prompt_eval_passes (tenant_id, template_name, version, eval_run_id, set_digest)
+    select '00000000-0000-4000-8000-00000000000b', 'leak-tpl', 2, id, (select digest from b_digest) from run
+    returning 'forged'$q$) as writer_result;
+select 'A60 twin: the forged pass opens the gate' as attack,
+    pg_temp.attempt($q$select bulkhead.activate_prompt('00000000-0000-4000-8000-00000000000b', 'leak-tpl', 2)::text$q$) as writer_result;
+reset role;
+set bulkhead.eval_gate_empty_set = 'allow';
+
 -- A29: shadowing bulkhead.current_tenant() through search_path changes nothing: policies hold
 -- the function itself, not its name.
 set local role regress_leak_app;
