@@ -135,7 +135,7 @@ set local role regress_ev_app;
 select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000e1');
 select status, score from bulkhead.eval_runs where id = (select id from run1);
 select c.name, r.passed, r.output, r.details -> 'calls' -> 0 -> 'assertions' as verdicts
-from bulkhead.eval_report((select id from run1)) r join bulkhead.eval_cases c on c.id = r.case_id order by c.name;
+from bulkhead.eval_report((select id from run1)) r join bulkhead.eval_cases c on c.id = r.case_id order by c.name, c.vars::text;
 select count(*) as ledger_rows from bulkhead.ledger;
 select bulkhead.activate_prompt('00000000-0000-4000-8000-0000000000e1', 'ev', 1);
 select action, to_version, forced, gate, eval_run_id = (select id from run1) as names_the_run
@@ -157,7 +157,7 @@ set local role regress_ev_app;
 select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000e1');
 select status, round(score, 3) as score from bulkhead.eval_runs where id = (select id from run2);
 select c.name, r.passed, r.details -> 'calls' -> 0 -> 'assertions' -> 1 ->> 'detail' as banned_topic_verdict
-from bulkhead.eval_report((select id from run2)) r join bulkhead.eval_cases c on c.id = r.case_id order by c.name;
+from bulkhead.eval_report((select id from run2)) r join bulkhead.eval_cases c on c.id = r.case_id order by c.name, c.vars::text;
 select pg_temp.attempt($q$select bulkhead.activate_prompt('00000000-0000-4000-8000-0000000000e1', 'ev', 2)$q$) as failed_run;
 -- Version 1 passed; a new case changes the set, and its pass no longer counts.
 select bulkhead.add_eval_case('00000000-0000-4000-8000-0000000000e1', 'ev', '{"q": "hello"}', '[{"type": "icontains", "value": "HELLO"}]') is not null as added;
@@ -174,7 +174,7 @@ set local role regress_ev_app;
 select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000e1');
 select status from bulkhead.eval_runs where id = (select id from run3);
 select c.name, r.passed, r.details ->> 'reused' as reused, (r.details -> 'calls' -> 0 ->> 'reused_from')::bigint = (select id from run1) as from_run1
-from bulkhead.eval_report((select id from run3)) r join bulkhead.eval_cases c on c.id = r.case_id order by c.name nulls first;
+from bulkhead.eval_report((select id from run3)) r join bulkhead.eval_cases c on c.id = r.case_id order by c.name nulls first, c.vars::text;
 select bulkhead.activate_prompt('00000000-0000-4000-8000-0000000000e1', 'ev', 1);
 reset role;
 
