@@ -59,8 +59,8 @@ async fn populate(admin: &mut PgConnection, tenant: Uuid) {
         .unwrap();
     tx.commit().await.unwrap();
 
-    // A prompt: skeleton (global), a published version, its activation; and an eval pass,
-    // which no function writes yet (the Evals issue will).
+    // A prompt: skeleton (global), a published version, its activation (no eval cases yet: the
+    // test database allows an empty set).
     sqlx::query("select bulkhead.set_skeleton('deletion-fixture', 'Hi {{ slots.name }}')")
         .execute(&mut *admin)
         .await
@@ -76,11 +76,29 @@ async fn populate(admin: &mut PgConnection, tenant: Uuid) {
             .await
             .unwrap();
     }
+    // Evals: rules, a case, a run of version 1 (its result row and its queued call); and the
+    // pass such a run writes once it passes, planted here (no worker runs in this test).
+    for statement in [
+        "select bulkhead.set_eval_set($1, 'deletion-fixture', 'gpt-4o-mini')",
+        "select bulkhead.add_eval_case($1, 'deletion-fixture', '{}', '[{\"type\": \"contains\", \"value\": \"fixture\"}]') is not null",
+    ] {
+        sqlx::query(statement)
+            .bind(tenant)
+            .execute(&mut *admin)
+            .await
+            .unwrap();
+    }
+    let run: i64 = sqlx::query_scalar("select bulkhead.start_eval('deletion-fixture', 1, $1)")
+        .bind(tenant)
+        .fetch_one(&mut *admin)
+        .await
+        .unwrap();
     sqlx::query(
-        "insert into bulkhead.prompt_eval_passes (tenant_id, template_name, version, eval_run_id)
-         values ($1, 'deletion-fixture', 1, gen_random_uuid())",
+        "insert into bulkhead.prompt_eval_passes (tenant_id, template_name, version, eval_run_id, set_digest)
+         values ($1, 'deletion-fixture', 1, $2, 'fixture')",
     )
     .bind(tenant)
+    .bind(run)
     .execute(&mut superuser().await)
     .await
     .unwrap();
