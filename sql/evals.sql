@@ -125,6 +125,8 @@ create table bulkhead.eval_results (
     constraint eval_results_status_known check (status in ('pending', 'scored', 'error'))
 );
 create index eval_results_call_key on bulkhead.eval_results (tenant_id, call_key) where status = 'scored';
+-- Each recorded call asks whether its run has any call left: only those are read.
+create index eval_results_pending on bulkhead.eval_results (tenant_id, run_id) where status = 'pending';
 
 -- The jobs an eval is waiting for: which result each one answers, and for what.
 create table bulkhead.eval_calls (

@@ -3,8 +3,45 @@
 //! what was stored, never taken from a client.
 
 use crate::errors;
-use bulkhead_policy::evals::{self, Observation};
+use bulkhead_policy::evals::{self, Assertion, Observation};
 use pgrx::prelude::*;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// Source bytes of parsed assertion lists a backend keeps: a case is scored once per attempt
+/// and again when reused, and compiling a pattern or a schema costs far more than running it.
+const PARSED_CACHE_BYTES: usize = 4 * 1024 * 1024;
+
+#[derive(Default)]
+struct ParsedCache {
+    by_source: HashMap<String, Rc<Vec<Assertion>>>,
+    bytes: usize,
+}
+
+thread_local! {
+    static PARSED: RefCell<ParsedCache> = RefCell::new(ParsedCache::default());
+}
+
+/// The parsed assertions, from this backend's cache or parsed now (raising 22023 if malformed).
+fn parsed(source: &str) -> Rc<Vec<Assertion>> {
+    if let Some(hit) = PARSED.with(|c| c.borrow().by_source.get(source).cloned()) {
+        return hit;
+    }
+    let list = Rc::new(evals::parse_assertions(source).unwrap_or_else(|err| errors::raise(&err)));
+    PARSED.with(|c| {
+        let mut cache = c.borrow_mut();
+        if cache.bytes + source.len() > PARSED_CACHE_BYTES {
+            cache.by_source.clear();
+            cache.bytes = 0;
+        }
+        if source.len() <= PARSED_CACHE_BYTES {
+            cache.bytes += source.len();
+            cache.by_source.insert(source.to_string(), Rc::clone(&list));
+        }
+    });
+    list
+}
 
 /// Refuses malformed assertions (22023, naming the assertion's index and what is wrong).
 #[pg_extern(immutable, parallel_safe)]
@@ -20,9 +57,9 @@ fn _eval_check_assertions(assertions: &str) {
 #[pg_extern(immutable, parallel_safe)]
 #[search_path(pg_catalog, pg_temp)]
 fn _eval_score(assertions: &str, observation: &str) -> String {
-    let parsed = evals::parse_assertions(assertions).unwrap_or_else(|err| errors::raise(&err));
+    let list = parsed(assertions);
     let seen = Observation::from_json(observation).unwrap_or_else(|err| errors::raise(&err));
-    let verdicts: Vec<serde_json::Value> = evals::score(&parsed, &seen)
+    let verdicts: Vec<serde_json::Value> = evals::score(&list, &seen)
         .into_iter()
         .map(|v| serde_json::json!({"type": v.kind, "passed": v.passed, "detail": v.detail}))
         .collect();
