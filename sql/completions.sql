@@ -300,7 +300,7 @@ begin
         'output', output, 'cost_usd', cost, 'request_id', request_id, 'usage', usage)
         || case when message is null then '{}'::jsonb else pg_catalog.jsonb_build_object('message', message) end, error);
     if payload ? 'eval' then
-        perform bulkhead._eval_call_closed(job);  -- an eval's call: score it (evals.sql)
+        perform bulkhead._eval_call_closed_safely(job);  -- an eval's call (evals.sql)
     end if;
     return cost;
 end
@@ -422,7 +422,7 @@ begin
             request_id);
         perform bulkhead._close_job(job, pg_catalog.jsonb_build_object('cost_usd', cost, 'request_id', request_id), error);
         if payload ? 'eval' then
-            perform bulkhead._eval_call_closed(job);
+            perform bulkhead._eval_call_closed_safely(job);
         end if;
         return cost;
     end if;
@@ -438,7 +438,7 @@ begin
     if payload ? 'eval' then
         perform bulkhead._close_job(job, pg_catalog.jsonb_build_object(
             'cost_usd', cost, 'request_id', request_id, 'usage', usage, 'embeddings', embeddings), null);
-        perform bulkhead._eval_call_closed(job);
+        perform bulkhead._eval_call_closed_safely(job);
         return cost;
     end if;
     -- The provider did the work: if the ingest is refused, the charge stays and the job fails.

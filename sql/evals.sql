@@ -107,6 +107,8 @@ create table bulkhead.eval_results (
     call_key     text        not null,
     job_id       bigint,
     status       text        not null default 'pending',
+    -- pending: a call is out; answered: all calls are back, scoring is queued (an eval_score
+    -- job); scored; error (the call failed, or its answer could not be scored).
     -- Extra calls (judge, embeddings) still out.
     pending      int         not null default 0,
     output       text,
@@ -122,11 +124,11 @@ create table bulkhead.eval_results (
     constraint eval_results_pkey primary key (tenant_id, run_id, case_id, attempt),
     constraint eval_results_tenant_fkey foreign key (tenant_id) references bulkhead.tenants (id),
     constraint eval_results_run_fkey foreign key (tenant_id, run_id) references bulkhead.eval_runs (tenant_id, id),
-    constraint eval_results_status_known check (status in ('pending', 'scored', 'error'))
+    constraint eval_results_status_known check (status in ('pending', 'answered', 'scored', 'error'))
 );
 create index eval_results_call_key on bulkhead.eval_results (tenant_id, call_key) where status = 'scored';
--- Each recorded call asks whether its run has any call left: only those are read.
-create index eval_results_pending on bulkhead.eval_results (tenant_id, run_id) where status = 'pending';
+-- Each scored call asks whether its run has any left: only those are read.
+create index eval_results_pending on bulkhead.eval_results (tenant_id, run_id) where status in ('pending', 'answered');
 
 -- The jobs an eval is waiting for: which result each one answers, and for what.
 create table bulkhead.eval_calls (
@@ -174,8 +176,9 @@ create policy tenant_isolation on bulkhead.eval_calls
     using (tenant_id = (select bulkhead.current_tenant()))
     with check (tenant_id = (select bulkhead.current_tenant()));
 
+-- Not bulkhead_worker: it reaches the evals only through the functions its settles call.
 grant select on bulkhead.eval_sets, bulkhead.eval_cases, bulkhead.eval_runs, bulkhead.eval_results
-    to bulkhead_app, bulkhead_worker, bulkhead_admin, bulkhead_meter;
+    to bulkhead_app, bulkhead_admin, bulkhead_meter;
 grant select on bulkhead.eval_calls to bulkhead_meter, bulkhead_admin;
 grant insert, update, delete on bulkhead.eval_sets, bulkhead.eval_cases, bulkhead.eval_runs,
     bulkhead.eval_results, bulkhead.eval_calls to bulkhead_meter;
@@ -190,8 +193,8 @@ select pg_catalog.pg_extension_config_dump('bulkhead.eval_runs', '');
 select pg_catalog.pg_extension_config_dump('bulkhead.eval_results', '');
 select pg_catalog.pg_extension_config_dump('bulkhead.eval_calls', '');
 
--- The eval set's identity: its rules and every case's variables, request, assertions and
--- weight (not names). Any edit changes it, which is what invalidates earlier passes. NULL when
+-- The eval set's identity: its rules, the tenant's banned topics and every case's variables,
+-- request, assertions and weight (not names). Any edit changes it, which is what invalidates earlier passes. NULL when
 -- the tenant has no case for the template.
 create function bulkhead._eval_set_digest(tenant uuid, template text)
 returns text
@@ -201,6 +204,8 @@ set search_path to pg_catalog, pg_temp
 as $$
     select pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(pg_catalog.jsonb_build_array(
                pg_catalog.to_jsonb(s) - 'tenant_id' - 'updated_at' - 'updated_by',
+               -- banned_topics_absent reads them: a newly banned topic needs a new pass.
+               (select pg_catalog.to_jsonb(t.banned_topics) from bulkhead.tenant_settings t where t.tenant_id = tenant),
                (select pg_catalog.jsonb_agg(pg_catalog.jsonb_build_array(c.id, c.vars, c.request, c.assertions, c.weight)
                                             order by c.id)
                 from bulkhead.eval_cases c where c.tenant_id = tenant and c.template_name = template))::text,
@@ -389,6 +394,7 @@ begin
             detail = 'Eval calls are admitted and priced like any call: the model needs a price (bulkhead.set_price).';
     end if;
     previous := bulkhead._act_for_tenant(set_eval_set.tenant_id, 'set_eval_set');
+    perform bulkhead._check_eval_author('set_eval_set');
     perform bulkhead._check_eval_template(template_name);
     insert into bulkhead.eval_sets as s (tenant_id, template_name, model, max_output_tokens, pass_threshold, repeats,
                                          min_passes, judge_model, embedding_model, updated_by)
@@ -421,6 +427,25 @@ begin
 end
 $$;
 
+-- Who may write eval sets: with bulkhead.eval_authoring = admin (superuser setting), only
+-- bulkhead_admin; else also the application, for the tenant it acts for. A tenant's app that may
+-- edit its own set may also rewrite the exam a version must pass: the setting is for platforms
+-- whose evals are the platform's, not the tenant's.
+create function bulkhead._check_eval_author(action text)
+returns void
+language plpgsql stable
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+begin
+    if coalesce(pg_catalog.current_setting('bulkhead.eval_authoring', true), 'tenant') = 'admin'
+       and not pg_catalog.pg_has_role(bulkhead._caller(), 'bulkhead_admin', 'member') then
+        raise exception 'only bulkhead_admin may change eval sets here' using errcode = '42501',
+            detail = pg_catalog.format('bulkhead.eval_authoring is admin: bulkhead.%s is the control plane''s.', action);
+    end if;
+end
+$$;
+
 -- Adds a case to a tenant's eval set for a template; returns its id. The app role adds cases
 -- for the tenant it acts for, bulkhead_admin for any tenant. Invalidates earlier passes.
 create function bulkhead.add_eval_case(
@@ -448,10 +473,13 @@ begin
     if pg_catalog.jsonb_typeof(vars) <> 'object' or pg_catalog.octet_length(vars::text) > 65536 then
         raise exception 'vars must be a JSON object of at most 64 kB' using errcode = '22023';
     end if;
+    if pg_catalog.octet_length(assertions::text) > 65536 then
+        raise exception 'assertions are over 64 kB' using errcode = '54000';
+    end if;
     if request is not null and (pg_catalog.jsonb_typeof(request) <> 'object'
-                                or pg_catalog.octet_length(request::text) > 1048576
+                                or pg_catalog.octet_length(request::text) > 262144
                                 or pg_catalog.jsonb_typeof(coalesce(request -> 'messages', '[]')) <> 'array') then
-        raise exception 'request must be a JSON object of at most 1 MiB whose messages are an array' using errcode = '22023',
+        raise exception 'request must be a JSON object of at most 256 kB whose messages are an array' using errcode = '22023',
             detail = 'A chat request in the set''s model''s provider format (messages, tools...); its model, max tokens and stream are the set''s.';
     end if;
     if weight <= 0 or weight > 1000000 then
@@ -463,12 +491,22 @@ begin
     perform bulkhead._eval_check_assertions(assertions::text);
     previous := bulkhead._act_for_tenant(add_eval_case.tenant_id, 'add_eval_case');
     perform bulkhead._check_eval_template(template_name);
+    perform bulkhead._check_eval_author('add_eval_case');
     insert into bulkhead.eval_sets (tenant_id, template_name, updated_by)
     values (add_eval_case.tenant_id, add_eval_case.template_name, bulkhead._caller())
     on conflict on constraint eval_sets_pkey do nothing;
+    -- The set's row lock orders edits against runs starting (which read the set under it).
+    perform from bulkhead.eval_sets s
+    where s.tenant_id = add_eval_case.tenant_id and s.template_name = add_eval_case.template_name for update;
     if (select count(*) from bulkhead.eval_cases c
         where c.tenant_id = add_eval_case.tenant_id and c.template_name = add_eval_case.template_name) >= 1000 then
         raise exception 'the eval set already has 1000 cases' using errcode = '54000';
+    end if;
+    if (select coalesce(sum(pg_catalog.octet_length(c.vars::text) + pg_catalog.octet_length(c.assertions::text)
+                            + coalesce(pg_catalog.octet_length(c.request::text), 0)), 0)
+        from bulkhead.eval_cases c
+        where c.tenant_id = add_eval_case.tenant_id and c.template_name = add_eval_case.template_name) > 33554432 then
+        raise exception 'the eval set is over 32 MB' using errcode = '54000';
     end if;
     insert into bulkhead.eval_cases (tenant_id, template_name, name, vars, request, assertions, weight, created_by)
     values (add_eval_case.tenant_id, add_eval_case.template_name, add_eval_case.name, add_eval_case.vars,
@@ -496,6 +534,10 @@ begin
         raise exception 'case_id is required' using errcode = '22004';
     end if;
     previous := bulkhead._act_for_tenant(remove_eval_case.tenant_id, 'remove_eval_case');
+    perform bulkhead._check_eval_author('remove_eval_case');
+    perform from bulkhead.eval_sets s join bulkhead.eval_cases c on c.tenant_id = s.tenant_id and c.template_name = s.template_name
+    where c.tenant_id = remove_eval_case.tenant_id and c.id = case_id
+    for update of s;
     delete from bulkhead.eval_cases c where c.tenant_id = remove_eval_case.tenant_id and c.id = case_id;
     removed := found;
     perform bulkhead._leave_tenant(previous);
@@ -522,6 +564,7 @@ declare
     t record;
     candidate int;
     run bigint;
+    lock_wait text := pg_catalog.current_setting('lock_timeout');
 begin
     if template_name is null or version is null then
         raise exception 'template_name and version are required' using errcode = '22004';
@@ -557,22 +600,38 @@ begin
                          and p.active_version is not null) then
             continue;
         end if;
+        -- One tenant's own open transaction (holding its budget row, say) must not stall or
+        -- abort every other tenant's run: a lock that does not come within 2 s makes that
+        -- tenant's run an error to start again.
+        perform pg_catalog.set_config('lock_timeout', '2s', true);
         begin
-            candidate := bulkhead._eval_candidate(t.id, start_eval.template_name, start_eval.version);
-        exception when lock_not_available or serialization_failure or deadlock_detected or query_canceled then
-            raise;
-        when others then
-            -- The tenant's slots or body do not fit the new skeleton: a run with no version says so.
+            begin
+                candidate := bulkhead._eval_candidate(t.id, start_eval.template_name, start_eval.version);
+            exception when lock_not_available or serialization_failure or deadlock_detected or query_canceled then
+                raise;
+            when others then
+                -- The tenant's slots or body do not fit the new skeleton: a run with no version says so.
+                insert into bulkhead.eval_runs (tenant_id, template_name, skeleton_version, status, error, started_by,
+                                                finished_at)
+                values (t.id, start_eval.template_name, start_eval.version, 'error',
+                        'the tenant''s active slots and body do not fit this skeleton version: ' || sqlerrm,
+                        bulkhead._caller(), pg_catalog.clock_timestamp())
+                returning id into run;
+            end;
+            if run is null then
+                run := bulkhead._start_tenant_eval(start_eval.template_name, candidate, start_eval.version);
+            end if;
+        exception when lock_not_available or deadlock_detected then
             insert into bulkhead.eval_runs (tenant_id, template_name, skeleton_version, status, error, started_by,
                                             finished_at)
             values (t.id, start_eval.template_name, start_eval.version, 'error',
-                    'the tenant''s active slots and body do not fit this skeleton version: ' || sqlerrm,
+                    'the tenant was busy (a lock did not come within 2 s): start its run again',
                     bulkhead._caller(), pg_catalog.clock_timestamp())
             returning id into run;
-            return next run;
-            continue;
         end;
-        return next bulkhead._start_tenant_eval(start_eval.template_name, candidate, start_eval.version);
+        perform pg_catalog.set_config('lock_timeout', lock_wait, true);
+        return next run;
+        run := null;
     end loop;
     perform bulkhead._leave_tenant(previous);
 end
@@ -628,7 +687,7 @@ declare
     tenant uuid := bulkhead.current_tenant();
     ver bulkhead.prompt_versions;
     rules bulkhead.eval_sets;
-    digest text := bulkhead._eval_set_digest(tenant, template);
+    digest text;
     run bigint;
     c bulkhead.eval_cases;
     key text;
@@ -641,7 +700,17 @@ declare
 begin
     select v.* into ver from bulkhead.prompt_versions v
     where v.tenant_id = tenant and v.template_name = template and v.version = _start_tenant_eval.version;
-    select s.* into rules from bulkhead.eval_sets s where s.tenant_id = tenant and s.template_name = template;
+    -- The set's row lock (shared): no edit lands between the digest and the rules and cases read.
+    select s.* into rules from bulkhead.eval_sets s where s.tenant_id = tenant and s.template_name = template
+    for share;
+    digest := bulkhead._eval_set_digest(tenant, template);
+    -- A run whose calls have not all come back within the calls' lease (30 minutes) and an hour
+    -- more never will: it ends in error, and a new run may start.
+    update bulkhead.eval_runs r
+    set status = 'error', finished_at = pg_catalog.clock_timestamp(),
+        error = 'abandoned: its calls did not all come back within 90 minutes'
+    where r.tenant_id = tenant and r.template_name = template and r.status = 'running'
+      and r.started_at < pg_catalog.clock_timestamp() - interval '90 minutes';
     -- Join a run already going for this version and eval set.
     select r.id into run from bulkhead.eval_runs r
     where r.tenant_id = tenant and r.template_name = template and r.version = _start_tenant_eval.version
@@ -674,8 +743,10 @@ begin
             key := pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(pg_catalog.jsonb_build_array(
                        ver.id, c.vars, c.request, c.assertions, rules.model, rules.max_output_tokens,
                        rules.judge_model, rules.embedding_model, attempt_no)::text, 'UTF8')), 'hex');
+            -- Not one whose judge or embeddings failed: that was the moment, not the answer.
             select r.* into prior from bulkhead.eval_results r
             where r.tenant_id = tenant and r.call_key = key and r.status = 'scored'
+              and not pg_catalog.jsonb_path_exists(r.measurements, '$.*.*.error')
             order by r.scored_at desc limit 1;
             if found then
                 insert into bulkhead.eval_results (tenant_id, run_id, case_id, attempt, assertions, weight, call_key,
@@ -693,9 +764,11 @@ begin
             values (tenant, run, c.id, attempt_no, c.assertions, c.weight, key);
             begin
                 rendered := bulkhead.render_prompt_version(template, _start_tenant_eval.version, c.vars);
+                -- No idempotency key: the call is queued once, here, and a key a client could
+                -- also send would let it plant a job in the call's place.
                 job := bulkhead._queue_completion(rendered, rules.model, rules.max_output_tokens, false,
-                                                  '30 minutes', pg_catalog.format('eval:%s:%s:%s', run, c.id, attempt_no),
-                                                  c.request, template, pg_catalog.jsonb_build_object('run', run));
+                                                  '30 minutes', null, c.request, template,
+                                                  pg_catalog.jsonb_build_object('run', run));
                 insert into bulkhead.eval_calls (tenant_id, job_id, run_id, case_id, attempt, purpose)
                 values (tenant, job, run, c.id, attempt_no, 'answer');
                 update bulkhead.eval_results r set job_id = job
@@ -720,8 +793,10 @@ end
 $$;
 
 -- Called when the worker records one of an eval's calls (in the job's tenant context, inside
--- the settle's transaction): stores the answer or measurement, queues the extra calls a case
--- needs, and scores the case once nothing is outstanding.
+-- the settle's transaction): stores the answer or the measurement and queues what comes next,
+-- the extra calls a case needs (judge, embeddings) or, once nothing is out, its scoring (an
+-- eval_score job). Nothing here scores: a case's assertions run in a job of their own, never
+-- while a settle holds budget locks, and never able to undo a settle.
 create function bulkhead._eval_call_closed(job bigint)
 returns void
 language plpgsql volatile
@@ -739,27 +814,35 @@ declare
     measured jsonb;
     path text[];
 begin
-    select c.* into this_call from bulkhead.eval_calls c where c.tenant_id = tenant and c.job_id = job;
-    if not found then
-        return;
-    end if;
-    select x.result, x.last_error, s.state, s.claimed_at into j
+    select x.kind, x.payload, x.result, x.last_error, s.state, s.claimed_at into j
     from bulkhead.jobs x join bulkhead.job_schedule s on s.job_id = x.id
     where x.tenant_id = tenant and x.id = job;
+    if j.kind = 'eval_score' then
+        -- The scoring job itself died: its case is an error in the run, which can then end.
+        if j.state = 'dead' then
+            perform bulkhead._eval_result_failed((j.payload ->> 'run')::bigint, (j.payload ->> 'case')::uuid,
+                (j.payload ->> 'attempt')::int, 'scoring failed: ' || coalesce(j.last_error, 'unknown error'));
+            perform bulkhead._eval_finish_run((j.payload ->> 'run')::bigint);
+        end if;
+        return;
+    end if;
+    select c.* into this_call from bulkhead.eval_calls c where c.tenant_id = tenant and c.job_id = job;
+    -- Only a job the eval queued itself, for this run.
+    if not found or (j.payload -> 'eval' ->> 'run') is distinct from this_call.run_id::text then
+        return;
+    end if;
     select r.* into res from bulkhead.eval_results r
-    where r.tenant_id = tenant and r.run_id = this_call.run_id and r.case_id = this_call.case_id and r.attempt = this_call.attempt
+    where r.tenant_id = tenant and r.run_id = this_call.run_id and r.case_id = this_call.case_id
+      and r.attempt = this_call.attempt
     for update;
     if res.status <> 'pending' then
         return;
     end if;
     if this_call.purpose = 'answer' then
         if j.state = 'dead' or j.last_error is not null then
-            update bulkhead.eval_results r
-            set status = 'error', passed = false, scored_at = pg_catalog.clock_timestamp(),
-                output = j.result ->> 'output', cost_usd = (j.result ->> 'cost_usd')::numeric,
-                details = pg_catalog.jsonb_build_object('error', pg_catalog.left(coalesce(j.last_error, 'the this_call failed'), 500))
-            where r.tenant_id = tenant and r.run_id = this_call.run_id and r.case_id = this_call.case_id and r.attempt = this_call.attempt;
-            perform bulkhead._eval_finish_run(this_call.run_id);
+            perform bulkhead._eval_result_failed(this_call.run_id, this_call.case_id, this_call.attempt,
+                                                 coalesce(j.last_error, 'the call failed'));
+            perform bulkhead._eval_queue_score(this_call.run_id, this_call.case_id, this_call.attempt);
             return;
         end if;
         res.output := coalesce(j.result ->> 'output', '');
@@ -788,9 +871,11 @@ begin
         update bulkhead.eval_results r
         set output = res.output, message = j.result -> 'message', usage = j.result -> 'usage',
             cost_usd = (j.result ->> 'cost_usd')::numeric, pending = outstanding, measurements = res.measurements,
+            status = case when outstanding = 0 then 'answered' else 'pending' end,
             -- As the worker saw it: from the claim to the recorded answer.
             latency_ms = greatest(0, pg_catalog.round(extract(epoch from pg_catalog.clock_timestamp() - j.claimed_at) * 1000))::bigint
-        where r.tenant_id = tenant and r.run_id = this_call.run_id and r.case_id = this_call.case_id and r.attempt = this_call.attempt;
+        where r.tenant_id = tenant and r.run_id = this_call.run_id and r.case_id = this_call.case_id
+          and r.attempt = this_call.attempt;
     else
         path := array[case when this_call.purpose = 'similar' then 'similarity' else 'judge' end, this_call.assertion::text];
         if j.state = 'dead' or j.last_error is not null then
@@ -803,14 +888,103 @@ begin
                                  '{"error": "the provider returned unusable embeddings"}');
         end if;
         update bulkhead.eval_results r
-        set measurements = pg_catalog.jsonb_set(r.measurements, path, measured), pending = r.pending - 1
-        where r.tenant_id = tenant and r.run_id = this_call.run_id and r.case_id = this_call.case_id and r.attempt = this_call.attempt
+        set measurements = pg_catalog.jsonb_set(r.measurements, path, measured), pending = r.pending - 1,
+            status = case when r.pending - 1 = 0 then 'answered' else 'pending' end
+        where r.tenant_id = tenant and r.run_id = this_call.run_id and r.case_id = this_call.case_id
+          and r.attempt = this_call.attempt
         returning r.pending into outstanding;
     end if;
     if outstanding = 0 then
-        perform bulkhead._eval_score_result(this_call.run_id, this_call.case_id, this_call.attempt);
-        perform bulkhead._eval_finish_run(this_call.run_id);
+        perform bulkhead._eval_queue_score(this_call.run_id, this_call.case_id, this_call.attempt);
     end if;
+end
+$$;
+
+-- _eval_call_closed for the settles and for fail_job: whatever it meets (an answer it cannot
+-- read, a refusal), the settle it runs in goes through, and the case becomes an error.
+create function bulkhead._eval_call_closed_safely(job bigint)
+returns void
+language plpgsql volatile
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    this_call bulkhead.eval_calls;
+begin
+    begin
+        perform bulkhead._eval_call_closed(job);
+    exception when lock_not_available or serialization_failure or deadlock_detected or query_canceled then
+        raise;
+    when others then
+        select c.* into this_call from bulkhead.eval_calls c
+        where c.tenant_id = bulkhead.current_tenant() and c.job_id = job;
+        if found then
+            perform bulkhead._eval_result_failed(this_call.run_id, this_call.case_id, this_call.attempt,
+                                                 'the answer could not be recorded: ' || sqlstate || ': ' || sqlerrm);
+            perform bulkhead._eval_queue_score(this_call.run_id, this_call.case_id, this_call.attempt);
+        end if;
+    end;
+end
+$$;
+
+-- Marks one call of a case an error (it fails), unless it was already scored.
+create function bulkhead._eval_result_failed(run bigint, case_id uuid, attempt int, why text)
+returns void
+language sql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+    update bulkhead.eval_results r
+    set status = 'error', passed = false, pending = 0, scored_at = pg_catalog.clock_timestamp(),
+        details = pg_catalog.jsonb_build_object('error', pg_catalog.left(why, 500))
+    where r.tenant_id = bulkhead.current_tenant() and r.run_id = run and r.case_id = _eval_result_failed.case_id
+      and r.attempt = _eval_result_failed.attempt and r.status in ('pending', 'answered');
+$$;
+
+-- Queues the scoring of one call of a case (which also ends the run if it was the last).
+create function bulkhead._eval_queue_score(run bigint, case_id uuid, attempt int)
+returns bigint
+language sql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+    select bulkhead._enqueue('eval_score',
+        pg_catalog.jsonb_build_object('run', run, 'case', case_id, 'attempt', attempt,
+                                      'eval', pg_catalog.jsonb_build_object('run', run)),
+        null, null, 3)
+$$;
+
+-- The worker's eval_score job: scores one call of a case in the database, from what was stored,
+-- and ends the run if nothing is left. A repeat (the job claimed again) finds it scored and only
+-- tries to end the run. Returns the call's verdict.
+create function bulkhead.score_eval_job(job bigint, worker text)
+returns jsonb
+language plpgsql volatile
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    payload jsonb;
+    res bulkhead.eval_results;
+begin
+    perform bulkhead._held_job(job, worker);
+    select j.payload into payload from bulkhead.jobs j
+    where j.tenant_id = bulkhead.current_tenant() and j.id = job and j.kind = 'eval_score';
+    if not found then
+        raise exception 'job % is not an eval_score job', job using errcode = '22023';
+    end if;
+    select r.* into res from bulkhead.eval_results r
+    where r.tenant_id = bulkhead.current_tenant() and r.run_id = (payload ->> 'run')::bigint
+      and r.case_id = (payload ->> 'case')::uuid and r.attempt = (payload ->> 'attempt')::int
+    for update;
+    if res.status = 'answered' then
+        perform bulkhead._eval_score_result(res.run_id, res.case_id, res.attempt);
+    end if;
+    perform bulkhead._eval_finish_run(res.run_id);
+    return (select pg_catalog.jsonb_build_object('status', r.status, 'passed', r.passed)
+            from bulkhead.eval_results r
+            where r.tenant_id = res.tenant_id and r.run_id = res.run_id and r.case_id = res.case_id
+              and r.attempt = res.attempt);
 end
 $$;
 
@@ -824,6 +998,7 @@ set search_path to pg_catalog, pg_temp
 as $$
     select case when count(*) > 0 and count(*) = pg_catalog.jsonb_array_length(vectors -> 0)
                      and count(*) = pg_catalog.jsonb_array_length(vectors -> 1)
+                     and pg_catalog.bool_and(abs(a) < 1e100 and abs(b) < 1e100)
                      and sum(a * a) > 0 and sum(b * b) > 0
                 then sum(a * b) / pg_catalog.sqrt(sum(a * a) * sum(b * b)) end
     from (select (x.value)::text::double precision as a, (y.value)::text::double precision as b
@@ -832,7 +1007,8 @@ as $$
           join pg_catalog.jsonb_array_elements(case when pg_catalog.jsonb_typeof(vectors -> 1) = 'array'
                                                     then vectors -> 1 else '[]' end) with ordinality y
             on y.ordinality = x.ordinality
-          where pg_catalog.jsonb_typeof(x.value) = 'number' and pg_catalog.jsonb_typeof(y.value) = 'number') v
+          where pg_catalog.jsonb_typeof(x.value) = 'number' and pg_catalog.jsonb_typeof(y.value) = 'number'
+            and abs((x.value)::text::numeric) < 1e100 and abs((y.value)::text::numeric) < 1e100) v
 $$;
 
 -- A judge call for an llm_rubric assertion, admitted and queued as the tenant's own call (on
@@ -847,13 +1023,13 @@ declare
     judge text;
     messages text[];
 begin
-    select coalesce(s.judge_model, s.model) into judge from bulkhead.eval_sets s
-    join bulkhead.eval_runs r on r.tenant_id = s.tenant_id and r.template_name = s.template_name
+    -- The run's judge, as the run started: never the set's current one.
+    select coalesce(r.params ->> 'judge_model', r.model) into judge from bulkhead.eval_runs r
     where r.tenant_id = this_call.tenant_id and r.id = this_call.run_id;
     messages := bulkhead._eval_judge_messages(rubric, answer);
     return bulkhead._queue_completion(
         messages[1], judge, 256, false, '30 minutes',
-        pg_catalog.format('eval-judge:%s:%s:%s:%s', this_call.run_id, this_call.case_id, this_call.attempt, assertion),
+        null,
         pg_catalog.jsonb_build_object('messages', pg_catalog.jsonb_build_array(
             pg_catalog.jsonb_build_object('role', 'user', 'content', messages[2]))),
         null, pg_catalog.jsonb_build_object('run', this_call.run_id));
@@ -878,8 +1054,7 @@ begin
     if pg_catalog.btrim(answer) = '' then
         raise exception 'the answer is empty: there is nothing to embed' using errcode = '22023';
     end if;
-    select s.embedding_model into model from bulkhead.eval_sets s
-    join bulkhead.eval_runs x on x.tenant_id = s.tenant_id and x.template_name = s.template_name
+    select x.params ->> 'embedding_model' into model from bulkhead.eval_runs x
     where x.tenant_id = this_call.tenant_id and x.id = this_call.run_id;
     select coalesce(s.embedding_dims, 1536) into dims from bulkhead.retrieval_settings s
     where s.tenant_id = this_call.tenant_id;
@@ -942,7 +1117,9 @@ begin
     verdicts := bulkhead._eval_score(res.assertions::text, pg_catalog.jsonb_build_object(
         'output', coalesce(res.output, ''),
         'message', res.message,
-        'output_tokens', coalesce((res.usage ->> 'completion_tokens')::bigint, (res.usage ->> 'output_tokens')::bigint),
+        'output_tokens', coalesce(
+            case when pg_catalog.jsonb_typeof(res.usage -> 'completion_tokens') = 'number' then res.usage -> 'completion_tokens' end,
+            case when pg_catalog.jsonb_typeof(res.usage -> 'output_tokens') = 'number' then res.usage -> 'output_tokens' end),
         'cost_usd', res.cost_usd,
         'latency_ms', res.latency_ms,
         'banned_topics', pg_catalog.to_jsonb(coalesce(banned, '{}')),
@@ -976,7 +1153,8 @@ begin
     if r.status <> 'running' then
         return;
     end if;
-    if exists (select from bulkhead.eval_results x where x.tenant_id = tenant and x.run_id = run and x.status = 'pending') then
+    if exists (select from bulkhead.eval_results x where x.tenant_id = tenant and x.run_id = run
+               and x.status in ('pending', 'answered')) then
         return;
     end if;
     select sum(c.weight), coalesce(sum(c.weight) filter (where c.passes >= (r.params ->> 'min_passes')::int), 0)
@@ -1022,7 +1200,7 @@ begin
     end if;
     return query
         select x.case_id,
-               case when pg_catalog.bool_or(x.status = 'pending') then null
+               case when pg_catalog.bool_or(x.status in ('pending', 'answered')) then null
                     else count(*) filter (where x.passed) >= coalesce(needed, 1) end,
                (pg_catalog.array_agg(x.output order by x.attempt))[1],
                pg_catalog.jsonb_build_object(
@@ -1068,7 +1246,7 @@ as $$
     from bulkhead.eval_runs r
     left join lateral (
         select x.case_id,
-               case when pg_catalog.bool_or(x.status = 'pending') then null
+               case when pg_catalog.bool_or(x.status in ('pending', 'answered')) then null
                     else count(*) filter (where x.passed) >= (r.params ->> 'min_passes')::int end as verdict
         from bulkhead.eval_results x
         where x.tenant_id = r.tenant_id and x.run_id = r.id
@@ -1114,6 +1292,8 @@ alter function bulkhead.add_eval_case(uuid, text, jsonb, jsonb, jsonb, numeric, 
 alter function bulkhead.remove_eval_case(uuid, uuid) owner to bulkhead_meter;
 alter function bulkhead.start_eval(text, int, uuid) owner to bulkhead_meter;
 alter function bulkhead._eval_call_closed(bigint) owner to bulkhead_meter;
+alter function bulkhead._eval_call_closed_safely(bigint) owner to bulkhead_meter;
+alter function bulkhead.score_eval_job(bigint, text) owner to bulkhead_meter;
 
 revoke all on function bulkhead._eval_set_digest(uuid, text) from public;
 revoke all on function bulkhead._eval_gate_verdict(uuid, text, int) from public;
@@ -1127,6 +1307,11 @@ revoke all on function bulkhead.start_eval(text, int, uuid) from public;
 revoke all on function bulkhead._eval_candidate(uuid, text, int) from public;
 revoke all on function bulkhead._start_tenant_eval(text, int, int) from public;
 revoke all on function bulkhead._eval_call_closed(bigint) from public;
+revoke all on function bulkhead._eval_call_closed_safely(bigint) from public;
+revoke all on function bulkhead._eval_result_failed(bigint, uuid, int, text) from public;
+revoke all on function bulkhead._eval_queue_score(bigint, uuid, int) from public;
+revoke all on function bulkhead.score_eval_job(bigint, text) from public;
+revoke all on function bulkhead._check_eval_author(text) from public;
 revoke all on function bulkhead._eval_cosine(jsonb) from public;
 revoke all on function bulkhead._eval_queue_judge(bulkhead.eval_calls, int, text, text) from public;
 revoke all on function bulkhead._eval_queue_similarity(bulkhead.eval_calls, int, text, text) from public;
@@ -1147,6 +1332,8 @@ grant execute on function bulkhead._eval_set_digest(uuid, text), bulkhead._eval_
     bulkhead._eval_cosine(jsonb), bulkhead._eval_queue_judge(bulkhead.eval_calls, int, text, text),
     bulkhead._eval_queue_similarity(bulkhead.eval_calls, int, text, text),
     bulkhead._eval_score_result(bigint, uuid, int), bulkhead._eval_finish_run(bigint),
+    bulkhead._eval_call_closed(bigint), bulkhead._eval_result_failed(bigint, uuid, int, text),
+    bulkhead._eval_queue_score(bigint, uuid, int), bulkhead._check_eval_author(text), bulkhead._held_job(bigint, text),
     bulkhead._eval_check_assertions(text), bulkhead._eval_score(text, text),
     bulkhead._eval_judge_messages(text, text), bulkhead._eval_judge_score(text),
     bulkhead._leave_tenant(text), bulkhead._enqueue(text, jsonb, text, timestamptz, int),
@@ -1158,5 +1345,6 @@ grant execute on function bulkhead.set_eval_set(uuid, text, text, int, numeric, 
     bulkhead.start_eval(text, int, uuid), bulkhead.eval_report(bigint), bulkhead.eval_run_status(bigint[], text)
     to bulkhead_app, bulkhead_admin;
 grant execute on function bulkhead.eval_summary(text, bigint[]) to bulkhead_admin;
--- The worker's settles call it, in the job's tenant context.
-grant execute on function bulkhead._eval_call_closed(bigint) to bulkhead_worker;
+-- The worker's settles call it, in the job's tenant context; its eval_score jobs call the scorer.
+grant execute on function bulkhead._eval_call_closed_safely(bigint), bulkhead.score_eval_job(bigint, text)
+    to bulkhead_worker;

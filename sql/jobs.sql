@@ -25,7 +25,8 @@ create table bulkhead.jobs (
     -- queued only by bulkhead.complete() and bulkhead.embed_document() (the payload names an
     -- open reservation).
     -- index_build: a tenant's own vector index, queued by ingest_document (retrieval.sql).
-    constraint jobs_kind_known check (kind in ('noop', 'completion', 'embedding', 'index_build')),
+    -- eval_score: scoring one call of an eval case, queued when its answer is in (evals.sql).
+    constraint jobs_kind_known check (kind in ('noop', 'completion', 'embedding', 'index_build', 'eval_score')),
     constraint jobs_payload_object check (pg_catalog.jsonb_typeof(payload) = 'object'),
     constraint jobs_idempotency_key_length check (pg_catalog.char_length(idempotency_key) between 1 and 200)
 );
@@ -217,6 +218,9 @@ begin
             using errcode = '42501',
                   detail = 'They admit the provider call against the tenant''s budget in the same transaction.';
     end if;
+    if kind = 'eval_score' then
+        raise exception 'eval_score jobs are queued by the evals themselves' using errcode = '42501';
+    end if;
     if kind = 'index_build' then
         raise exception 'index_build jobs are queued by bulkhead.ingest_document()'
             using errcode = '42501', detail = 'A tenant''s index is built when it passes bulkhead.retrieval_index_threshold chunks.';
@@ -238,6 +242,7 @@ set search_path to pg_catalog, pg_temp
 as $$
 declare
     now_ts timestamptz;
+    died record;
 begin
     if worker is null or max_jobs is null or lease is null then
         raise exception 'worker, max_jobs and lease are required' using errcode = '22004';
@@ -246,9 +251,21 @@ begin
         raise exception 'max_jobs must be 1 to 1000 and the lease between a second and a day' using errcode = '22023';
     end if;
     now_ts := pg_catalog.clock_timestamp();
-    update bulkhead.job_schedule s
-    set state = 'dead', leased_by = null, leased_until = null, updated_at = now_ts
-    where s.state = 'running' and s.leased_until < now_ts and s.attempts >= s.max_attempts;
+    -- A lease that ran out on the last attempt: the job is dead. An eval waiting for it learns so
+    -- (in the job's tenant context), or its run would wait for ever.
+    for died in
+        update bulkhead.job_schedule s
+        set state = 'dead', leased_by = null, leased_until = null, updated_at = now_ts
+        where s.state = 'running' and s.leased_until < now_ts and s.attempts >= s.max_attempts
+        returning s.job_id, s.job_tenant
+    loop
+        perform bulkhead._set_tenant_within_function(died.job_tenant);
+        if exists (select from bulkhead.jobs j where j.tenant_id = died.job_tenant and j.id = died.job_id
+                   and j.payload ? 'eval') then
+            perform bulkhead._eval_call_closed_safely(died.job_id);
+        end if;
+        perform bulkhead._set_tenant_within_function(null);
+    end loop;
     -- Each branch walks its own partial index in order (one timestamp, known to the planner).
     -- A row the second branch locks but the limit leaves out is free again at commit.
     return query
@@ -399,7 +416,7 @@ begin
         update bulkhead.job_schedule x set state = 'dead', leased_by = null, leased_until = null,
             attempts = s.attempts, updated_at = pg_catalog.clock_timestamp()
         where x.job_id = job;
-        perform bulkhead._eval_call_closed(job);
+        perform bulkhead._eval_call_closed_safely(job);
         return next_state;
     end if;
     update bulkhead.job_schedule x

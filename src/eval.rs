@@ -213,14 +213,14 @@ fn print_table(template: &str, runs: &[RunStatus]) {
     for run in runs {
         println!(
             "{:<24} {:>18} {:>8} {:>8} {:>7} {:>7} {:>7}  {}",
-            run.tenant,
+            printable(&run.tenant),
             run.run_id,
             run.version.map_or("-".into(), |v| v.to_string()),
             run.status,
             run.passed,
             run.failed,
             run.reused,
-            run.error.as_deref().unwrap_or("")
+            printable(run.error.as_deref().unwrap_or(""))
         );
     }
     let failed = runs.iter().filter(|r| r.status != "passed").count();
@@ -319,6 +319,14 @@ fn write_file(path: &Path, contents: &str) -> Result<(), EvalError> {
     })
 }
 
+/// Text from the database for a terminal: control characters (a model's answer may carry ANSI
+/// or OSC escape sequences) become spaces, so nothing printed can drive the terminal.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
 /// Prints one tenant's run, read in that tenant's context: the run named, or the newest (of a
 /// template, if named).
 pub async fn report(
@@ -346,18 +354,19 @@ pub async fn report(
     let run_id: i64 = summary.try_get("run_id")?;
     let status: String = summary.try_get("status")?;
     println!(
-        "tenant {tenant}: run {run_id} of {:?} version {}: {status}{}{}",
+        "tenant {tenant}: run {run_id} of {:?} version {}: {}{}{}",
         summary.try_get::<String, _>("template_name")?,
         summary
             .try_get::<Option<i32>, _>("version")?
             .map_or("-".into(), |v| v.to_string()),
+        printable(&status),
         summary
             .try_get::<Option<f64>, _>("score")?
             .map(|s| format!(", score {s:.3}"))
             .unwrap_or_default(),
         summary
             .try_get::<Option<String>, _>("error")?
-            .map(|e| format!(" ({e})"))
+            .map(|e| format!(" ({})", printable(&e)))
             .unwrap_or_default()
     );
     let rows = sqlx::query(
@@ -383,7 +392,7 @@ pub async fn report(
         };
         println!(
             "{verdict} {}{}",
-            name.unwrap_or_else(|| case.to_string()),
+            printable(&name.unwrap_or_else(|| case.to_string())),
             if details["reused"] == true {
                 " (reused)"
             } else {
@@ -393,21 +402,21 @@ pub async fn report(
         if passed == Some(false) {
             for call in details["calls"].as_array().into_iter().flatten() {
                 if let Some(error) = call["assertions"]["error"].as_str() {
-                    println!("     error: {error}");
+                    println!("     error: {}", printable(error));
                 }
                 for assertion in call["assertions"].as_array().into_iter().flatten() {
                     if assertion["passed"] == false {
                         println!(
                             "     {}: {}",
-                            assertion["type"].as_str().unwrap_or("?"),
-                            assertion["detail"].as_str().unwrap_or("")
+                            printable(assertion["type"].as_str().unwrap_or("?")),
+                            printable(assertion["detail"].as_str().unwrap_or(""))
                         );
                     }
                 }
             }
             if let Some(output) = output {
                 let first: String = output.chars().take(160).collect();
-                println!("     answer: {}", first.replace('\n', " "));
+                println!("     answer: {}", printable(&first));
             }
         }
     }
@@ -456,6 +465,12 @@ pub async fn add_cases(
                 "unknown key {key:?} (keys: {})",
                 KEYS.join(", ")
             )));
+        }
+        if !matches!(
+            case.get("weight"),
+            None | Some(serde_json::Value::Number(_))
+        ) {
+            return Err(bad("\"weight\" must be a number".into()));
         }
         let template = match (case["template"].as_str(), template) {
             (Some(t), _) | (None, Some(t)) => t.to_string(),
@@ -527,6 +542,14 @@ mod tests {
         assert!(xml.contains("classname=\"b&quot;x\""), "{xml}");
         assert_eq!(xml.matches("<failure ").count(), 1, "{xml}");
         assert!(xml.contains("failed: 1 of 3 cases failed"), "{xml}");
+    }
+
+    #[test]
+    fn terminal_text_loses_its_escape_sequences() {
+        assert_eq!(
+            printable("ok\u{1b}]52;c;cHduZWQ=\u{7}\n"),
+            "ok ]52;c;cHduZWQ=  "
+        );
     }
 
     #[test]

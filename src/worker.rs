@@ -705,6 +705,27 @@ async fn execute(
                     other => Failure::transient(format!("the index build failed: {other}")),
                 })
         }
+        // An eval case's scoring, in the database (its assertions against the stored answer),
+        // in a short transaction of its own: never inside a settle that holds budget locks.
+        "eval_score" => {
+            sqlx::query_scalar::<_, serde_json::Value>("select bulkhead.score_eval_job($1, $2)")
+                .bind(job.id)
+                .bind(&context.worker)
+                .fetch_one(&context.pool)
+                .await
+                .map(Finish::Result)
+                .map_err(|err| match &err {
+                    sqlx::Error::Database(db)
+                        if matches!(db.code().as_deref(), Some("55P03" | "40001" | "40P01")) =>
+                    {
+                        Failure::transient(format!("scoring met a lock: {}", db.message()))
+                    }
+                    sqlx::Error::Database(db) => {
+                        Failure::permanent(format!("scoring failed: {}", db.message()))
+                    }
+                    other => Failure::transient(format!("scoring failed: {other}")),
+                })
+        }
         other => Err(Failure::permanent(format!(
             "this worker cannot run jobs of kind {other:?}"
         ))),

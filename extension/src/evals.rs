@@ -59,10 +59,12 @@ fn _eval_check_assertions(assertions: &str) {
 fn _eval_score(assertions: &str, observation: &str) -> String {
     let list = parsed(assertions);
     let seen = Observation::from_json(observation).unwrap_or_else(|err| errors::raise(&err));
-    let verdicts: Vec<serde_json::Value> = evals::score(&list, &seen)
-        .into_iter()
-        .map(|v| serde_json::json!({"type": v.kind, "passed": v.passed, "detail": v.detail}))
-        .collect();
+    let verdicts: Vec<serde_json::Value> = evals::score(&list, &seen, &|| {
+        pgrx::check_for_interrupts!();
+    })
+    .into_iter()
+    .map(|v| serde_json::json!({"type": v.kind, "passed": v.passed, "detail": v.detail}))
+    .collect();
     serde_json::Value::Array(verdicts).to_string()
 }
 

@@ -56,6 +56,11 @@ static MEMORY_ADMISSION: GucSetting<bool> = GucSetting::<bool>::new(false);
 static EVAL_GATE_EMPTY_SET: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"refuse"));
 
+/// `bulkhead.eval_authoring`: who may write eval sets, `tenant` (the application too, for the
+/// tenant it acts for) or `admin` (bulkhead_admin only). Superuser only.
+static EVAL_AUTHORING: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"tenant"));
+
 /// True only while `set_tenant` writes the setting.
 static SET_TENANT_IN_PROGRESS: AtomicBool = AtomicBool::new(false);
 
@@ -95,6 +100,17 @@ pub fn init() {
             GucContext::Suset,
             GucFlags::default(),
             Some(check_eval_gate_empty_set),
+            None,
+            None,
+        );
+        GucRegistry::define_string_guc_with_hooks(
+            c"bulkhead.eval_authoring",
+            c"Who may write eval sets and cases: tenant (the application too, for its tenant) or admin (bulkhead_admin only).",
+            c"admin keeps the exam a version must pass with the control plane. Superuser only.",
+            &EVAL_AUTHORING,
+            GucContext::Suset,
+            GucFlags::default(),
+            Some(check_eval_authoring),
             None,
             None,
         );
@@ -364,6 +380,24 @@ unsafe extern "C-unwind" fn check_eval_gate_empty_set(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             c"bulkhead.eval_gate_empty_set must be refuse or allow",
             c"refuse (the default): a tenant with no eval cases for a template cannot activate a version of it without force; allow: it can, and the release row says so.",
+            None,
+        ),
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn check_eval_authoring(
+    newval: *mut *mut c_char,
+    _extra: *mut *mut c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    match new_value(newval).map(|v| v.to_string_lossy()) {
+        None => true,
+        Some(v) if v == "tenant" || v == "admin" => true,
+        Some(_) => refuse(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            c"bulkhead.eval_authoring must be tenant or admin",
+            c"tenant (the default): the application may write its tenant's eval sets; admin: only bulkhead_admin may.",
             None,
         ),
     }

@@ -29,30 +29,45 @@ exception when others then
                           'run [0-9]+', 'run <n>', 'g');
 end
 $$;
--- The worker's part: claim every queued job and answer it. A completion's answer is the text
--- of the first entry of `answers` whose key its request contains; an embedding's two vectors
--- are equal when its two texts are.
+-- The worker's part: claim every queued job and carry it out, until none is left. A
+-- completion's answer is the text of the first entry of `answers` whose key its request
+-- contains; an embedding's two vectors are equal when its two texts are; an eval_score job
+-- scores, as the worker's does. Returns the jobs carried out.
 create function pg_temp.work(answers jsonb) returns int language plpgsql as $$
 declare
     j record;
     answered int := 0;
+    this_round int;
     reply text;
 begin
-    perform bulkhead._set_tenant_within_function(null);
-    for j in select * from bulkhead.claim_and_start_jobs('w1', 100) loop
+    loop
+        this_round := 0;
         perform bulkhead._set_tenant_within_function(null);
-        if j.kind = 'completion' then
-            select a.value #>> '{}' into reply from jsonb_each(answers) a
-            where strpos(coalesce(j.payload ->> 'prompt', '') || coalesce((j.payload -> 'request')::text, ''), a.key) > 0
-            order by a.key limit 1;
-            perform bulkhead._finish_completion(j.job_id, 'w1', '{"prompt_tokens": 20, "completion_tokens": 5}',
-                                                'chatcmpl-ev-' || j.job_id, coalesce(reply, 'no answer scripted'));
-        else
-            perform bulkhead._finish_embedding(j.job_id, 'w1', '{"prompt_tokens": 4}', 'emb-ev-' || j.job_id,
-                case when j.payload -> 'chunks' -> 0 = j.payload -> 'chunks' -> 1 then '[[1, 0], [1, 0]]'
-                     else '[[1, 0], [0.6, 0.8]]' end::jsonb);
-        end if;
-        answered := answered + 1;
+        for j in select * from bulkhead.claim_and_start_jobs('w1', 100) loop
+            perform bulkhead._set_tenant_within_function(null);
+            if j.kind = 'completion' then
+                select a.value #>> '{}' into reply from jsonb_each(answers) a
+                where strpos(coalesce(j.payload ->> 'prompt', '') || coalesce((j.payload -> 'request')::text, ''), a.key) > 0
+                order by a.key limit 1;
+                perform bulkhead._finish_completion(j.job_id, 'w1', '{"prompt_tokens": 20, "completion_tokens": 5}',
+                                                    'chatcmpl-ev-' || j.job_id, coalesce(reply, 'no answer scripted'));
+            elsif j.kind = 'embedding' then
+                perform bulkhead._finish_embedding(j.job_id, 'w1', '{"prompt_tokens": 4}', 'emb-ev-' || j.job_id,
+                    case when j.payload -> 'chunks' -> 0 = j.payload -> 'chunks' -> 1 then '[[1, 0], [1, 0]]'
+                         else '[[1, 0], [0.6, 0.8]]' end::jsonb);
+            else
+                begin
+                    perform bulkhead.complete_job(j.job_id, 'w1', bulkhead.score_eval_job(j.job_id, 'w1'));
+                exception when others then
+                    -- As the worker does with a scoring it cannot do: the job fails for good.
+                    perform bulkhead._set_tenant_within_function(null);
+                    perform bulkhead.fail_job(j.job_id, 'w1', 'scoring failed: ' || sqlerrm, false);
+                end;
+            end if;
+            this_round := this_round + 1;
+        end loop;
+        answered := answered + this_round;
+        exit when this_round = 0;
     end loop;
     perform bulkhead._set_tenant_within_function(null);
     return answered;
@@ -83,7 +98,17 @@ from unnest(array[
     '[{"type": "contains", "value": "x", "negate": true}]', '[{"type": "regex", "value": "(a)\\1"}]',
     '[{"type": "json_schema", "value": {"$ref": "https://evil.example/s.json"}}]',
     '[{"type": "similar", "value": "x", "threshold": 3}]', '[{"type": "max_cost_usd", "value": -1}]',
-    '[{"type": "tool_call", "value": "search", "schema": {"type": 7}}]']) a;
+    '[{"type": "tool_call", "value": "search", "schema": {"type": 7}}]',
+    '[{"type": "regex", "value": "[a-z]*a[a-z]{8000}[^a-z]"}]',
+    '[{"type": "json_schema", "value": {"$id": "https://x.example/s", "type": "object"}}]']) a;
+-- A 1.7 kB schema whose definitions each refer twice to the next: 2^24 nodes to validate.
+select pg_temp.attempt(format($q$select bulkhead.add_eval_case('00000000-0000-4000-8000-0000000000e1', 'ev', '{"q": "x"}', %L)$q$,
+    jsonb_build_array(jsonb_build_object('type', 'json_schema', 'value', jsonb_build_object('$ref', '#/$defs/d0', '$defs',
+        (select jsonb_object_agg('d' || i, case when i = 24 then '{"type": "string"}'::jsonb
+                 else jsonb_build_object('allOf', jsonb_build_array(jsonb_build_object('$ref', '#/$defs/d' || (i + 1)),
+                                                                    jsonb_build_object('$ref', '#/$defs/d' || (i + 1)))) end)
+         from generate_series(0, 24) i)))))) as schema_bomb;
+select pg_temp.attempt($q$select bulkhead.add_eval_case('00000000-0000-4000-8000-0000000000e1', 'ev', '{}', jsonb_build_array(jsonb_build_object('type', 'contains_any', 'value', (select jsonb_agg(repeat('x', 16000)) from generate_series(1, 10)))))$q$) as oversized;
 select pg_temp.attempt($q$select bulkhead.add_eval_case('00000000-0000-4000-8000-0000000000e1', 'nosuch', '{}', '[{"type": "is_json"}]')$q$) as unknown_template;
 select pg_temp.attempt($q$select bulkhead.add_eval_case('00000000-0000-4000-8000-0000000000e1', 'ev', '[]', '[{"type": "is_json"}]')$q$) as vars_not_object;
 select pg_temp.attempt($q$select bulkhead.add_eval_case('00000000-0000-4000-8000-0000000000e1', 'ev', '{}', '[{"type": "is_json"}]', weight => 0)$q$) as zero_weight;
@@ -267,4 +292,49 @@ select pg_temp.attempt($q$select bulkhead._eval_call_closed(1)$q$) as app_closes
 select pg_temp.attempt($q$select bulkhead.eval_summary()$q$) as app_summary;
 select pg_temp.attempt($q$select bulkhead.start_eval('ev', 1, '00000000-0000-4000-8000-0000000000e2')$q$) as app_starts_for_b;
 reset role;
+
+-- 9. An answer the scorer cannot read (a tool call nested 130 levels deep) still settles: the
+-- provider's charge reaches the ledger, and the case is an error in its run. A call whose lease
+-- runs out on its last attempt ends its case too, so the run ends instead of waiting for ever.
+set local role regress_ev_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000e2');
+select bulkhead.add_eval_case('00000000-0000-4000-8000-0000000000e2', 'ev', '{"q": "deep"}',
+    '[{"type": "tool_call", "value": "f"}]', request => '{"messages": [{"role": "user", "content": "deep"}]}') is not null as added;
+create temp table run9 as select bulkhead.start_eval('ev', 2) as id;
+grant select on run9 to public;
+select count(*) as b_ledger_before from bulkhead.ledger;
+reset role;
+set local role regress_ev_worker;
+select bulkhead._set_tenant_within_function(null);
+create temp table claimed9 as select * from bulkhead.claim_and_start_jobs('w1', 100);
+select outcome from bulkhead._finish_completions('w1', array(select job_id from claimed9 order by job_id),
+    array(select '{"prompt_tokens": 20, "completion_tokens": 5}'::jsonb from claimed9),
+    array(select 'chatcmpl-deep-' || job_id from claimed9 order by job_id),
+    array(select 'x' from claimed9), array(select null::text from claimed9),
+    array(select jsonb_build_object('role', 'assistant', 'tool_calls', jsonb_build_array(jsonb_build_object(
+        'type', 'function', 'function', jsonb_build_object('name', 'f', 'arguments',
+            (repeat('{"a":', 130) || '1' || repeat('}', 130))::jsonb)))) from claimed9));
+select pg_temp.work('{}') as scored;
+reset role;
+set local role regress_ev_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000e2');
+select count(*) as b_ledger_after from bulkhead.ledger;
+select status, cases from bulkhead.eval_runs where id = (select id from run9);
+select c.name is null as unnamed, r.passed, r.details -> 'calls' -> 0 -> 'assertions' ->> 'error' like 'scoring failed: %' as scoring_error
+from bulkhead.eval_report((select id from run9)) r join bulkhead.eval_cases c on c.id = r.case_id
+where c.vars ->> 'q' = 'deep';
+create temp table run10 as select bulkhead.start_eval('ev', 2, '00000000-0000-4000-8000-0000000000e2') as id;
+grant select on run10 to public;
+select (select id from run10) <> (select id from run9) as a_new_run_not_the_finished_one;
+reset role;
+-- The worker claimed the call and vanished; its lease ran out on the last attempt.
+update bulkhead.job_schedule set attempts = max_attempts, state = 'running', leased_by = 'gone',
+    leased_until = now() - interval '1 minute'
+where job_id in (select r.job_id from bulkhead.eval_results r where r.run_id = (select id from run10));
+set local role regress_ev_worker;
+select bulkhead._set_tenant_within_function(null);
+select count(*) as claimed from bulkhead.claim_jobs('w2', 100, '1 minute');
+select pg_temp.work('{}') >= 0 as scored;
+reset role;
+select status from bulkhead.eval_runs where id = (select id from run10);
 rollback;

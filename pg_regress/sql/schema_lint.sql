@@ -67,10 +67,11 @@ definer_allow_list (proname) as (
            ('gateway_admit'), ('gateway_settle'), ('gateway_release'), ('gateway_inactive_tenants'), ('gateway_persist_holds'),
            ('gateway_models'), ('gateway_key_valid'), ('_api_key_tenant'),
     -- Eval cases are written only through their checks; runs are queued through complete()'s
-    -- path; the worker's settle hands a call's outcome to the scorer; the gate on the active
+    -- path; the worker's settle records a call's outcome and its eval_score job scores it (as the
+    -- job's holder); the gate on the active
     -- pointer reads the tenant's evals and writes the history whoever moves it.
            ('set_eval_set'), ('add_eval_case'), ('remove_eval_case'), ('start_eval'), ('_eval_call_closed'),
-           ('_eval_gate_on_pointer')
+           ('_eval_call_closed_safely'), ('score_eval_job'), ('_eval_gate_on_pointer')
 ),
 -- Extra policies on tenant tables (beside the one on current_tenant() for all roles), each read
 -- only by one SECURITY DEFINER function that returns no tenant data.

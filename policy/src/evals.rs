@@ -19,9 +19,16 @@ pub const MAX_VALUE_BYTES: usize = 16 * 1024;
 pub const MAX_SCHEMA_BYTES: usize = 64 * 1024;
 /// A `contains_any` / `contains_all` list holds at most this many strings.
 pub const MAX_LIST: usize = 100;
-/// The compiled form of a `regex` pattern may take this much memory; the engine (the `regex`
-/// crate: finite automata, no backtracking) matches in time linear in the answer.
-const REGEX_SIZE_LIMIT: usize = 1 << 20;
+/// The compiled form of a `regex` pattern may take this much memory. The engine (the `regex`
+/// crate: finite automata, no backtracking) matches in time linear in the answer, times a factor
+/// that grows with the compiled size when its lazy DFA gives up: this limit keeps that factor small.
+const REGEX_SIZE_LIMIT: usize = 64 * 1024;
+/// The lazy DFA's cache per pattern (speed only: past it the engine falls back, still linear).
+const REGEX_DFA_LIMIT: usize = 1 << 20;
+/// A JSON schema's size with every `$ref` unfolded, counted in nodes. Validation walks the
+/// unfolded schema, so a small schema whose references fan out (each definition referring twice
+/// to the next) would cost 2^N: it is refused at insert instead.
+pub const MAX_SCHEMA_UNFOLDED: u64 = 10_000;
 
 /// The assertion types, in the order the README lists them.
 pub const TYPES: &[&str] = &[
@@ -187,7 +194,7 @@ fn parse_one(item: &Value) -> Result<Assertion, String> {
             let pattern = text(fields, kind, false)?;
             let compiled = regex::RegexBuilder::new(&pattern)
                 .size_limit(REGEX_SIZE_LIMIT)
-                .dfa_size_limit(REGEX_SIZE_LIMIT)
+                .dfa_size_limit(REGEX_DFA_LIMIT)
                 .build()
                 .map_err(|err| {
                     format!("regex does not compile: {}", first_line(&err.to_string()))
@@ -314,11 +321,17 @@ fn schema(value: Option<&Value>, kind: &str) -> Result<jsonschema::Validator, St
     if schema.to_string().len() > MAX_SCHEMA_BYTES {
         return Err(format!("{kind} is over {MAX_SCHEMA_BYTES} bytes"));
     }
+    let unfolded = unfolded_size(schema).map_err(|why| format!("{kind}: {why}"))?;
+    if unfolded > MAX_SCHEMA_UNFOLDED {
+        return Err(format!(
+            "{kind} unfolds to more than {MAX_SCHEMA_UNFOLDED} nodes once its $refs are followed"
+        ));
+    }
     jsonschema::options()
         .with_pattern_options(
             jsonschema::PatternOptions::regex()
                 .size_limit(REGEX_SIZE_LIMIT)
-                .dfa_size_limit(REGEX_SIZE_LIMIT),
+                .dfa_size_limit(REGEX_DFA_LIMIT),
         )
         .build(schema)
         .map_err(|err| {
@@ -327,6 +340,124 @@ fn schema(value: Option<&Value>, kind: &str) -> Result<jsonschema::Validator, St
                 first_line(&err.to_string())
             )
         })
+}
+
+/// Keywords that name a schema other than by a JSON pointer into this one: refused, so that the
+/// unfolded size below covers every schema a validation can reach.
+const NAMING_KEYWORDS: &[&str] = &[
+    "$id",
+    "id",
+    "$anchor",
+    "$dynamicAnchor",
+    "$dynamicRef",
+    "$recursiveAnchor",
+    "$recursiveRef",
+];
+
+/// The schema's node count with every `$ref` (a local JSON pointer) followed, each target
+/// counted once per reference to it (memoized, so computing it is linear even when the value is
+/// exponential; a reference back into a schema being counted adds one, as the validator follows
+/// such cycles only as deep as the instance goes).
+fn unfolded_size(root: &Value) -> Result<u64, String> {
+    fn visit(
+        root: &Value,
+        node: &Value,
+        memo: &mut std::collections::HashMap<String, u64>,
+        open: &mut Vec<String>,
+        depth: usize,
+    ) -> Result<u64, String> {
+        // Nesting and references together (serde_json already caps nesting at 128): a bound on
+        // this walk's own stack.
+        if depth > 512 {
+            return Err("nests more than 512 levels once its $refs are followed".into());
+        }
+        let mut total: u64 = 1;
+        match node {
+            Value::Object(fields) => {
+                if let Some(keyword) = NAMING_KEYWORDS.iter().find(|k| fields.contains_key(**k)) {
+                    return Err(format!("{keyword} is not supported: refer to parts of the schema with \"$ref\": \"#/...\""));
+                }
+                for (key, value) in fields {
+                    if key == "$ref" {
+                        let Value::String(target) = value else {
+                            return Err("$ref must be a string".into());
+                        };
+                        total = total.saturating_add(reference(root, target, memo, open, depth)?);
+                    } else if key != "enum"
+                        && key != "const"
+                        && key != "examples"
+                        && key != "default"
+                    {
+                        total = total.saturating_add(visit(root, value, memo, open, depth + 1)?);
+                    }
+                }
+            }
+            Value::Array(items) => {
+                for item in items {
+                    total = total.saturating_add(visit(root, item, memo, open, depth + 1)?);
+                }
+            }
+            _ => {}
+        }
+        Ok(total)
+    }
+    fn reference(
+        root: &Value,
+        target: &str,
+        memo: &mut std::collections::HashMap<String, u64>,
+        open: &mut Vec<String>,
+        depth: usize,
+    ) -> Result<u64, String> {
+        let Some(pointer) = target.strip_prefix('#') else {
+            return Err(format!(
+                "$ref {target:?} is not a local reference (\"#/...\")"
+            ));
+        };
+        let pointer = percent_decode(pointer)?;
+        if let Some(known) = memo.get(&pointer) {
+            return Ok(*known);
+        }
+        if open.contains(&pointer) {
+            return Ok(1);
+        }
+        let node = root
+            .pointer(&pointer)
+            .ok_or_else(|| format!("$ref {target:?} points at nothing in the schema"))?;
+        open.push(pointer.clone());
+        let size = visit(root, node, memo, open, depth + 1);
+        open.pop();
+        let size = size?;
+        memo.insert(pointer, size);
+        Ok(size)
+    }
+    visit(
+        root,
+        root,
+        &mut std::collections::HashMap::new(),
+        &mut Vec::new(),
+        0,
+    )
+}
+
+/// A JSON pointer from a URI fragment: %XX escapes decoded.
+fn percent_decode(text: &str) -> Result<String, String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or("a $ref holds a malformed %-escape")?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| "a $ref is not UTF-8 once decoded".to_string())
 }
 
 /// What a run saw for one call of a case: the answer and its measurements. Built in SQL (the
@@ -430,12 +561,14 @@ pub struct Verdict {
     pub detail: String,
 }
 
-/// Scores every assertion against one observation.
-pub fn score(assertions: &[Assertion], seen: &Observation) -> Vec<Verdict> {
+/// Scores every assertion against one observation. `between` runs before each assertion (the
+/// extension checks for a query cancel there).
+pub fn score(assertions: &[Assertion], seen: &Observation, between: &dyn Fn()) -> Vec<Verdict> {
     assertions
         .iter()
         .enumerate()
         .map(|(index, assertion)| {
+            between();
             let (passed, detail) = check(index, assertion, seen);
             Verdict {
                 kind: assertion.kind(),
@@ -651,11 +784,13 @@ pub fn judge_score(reply: &str) -> Result<(f64, String), String> {
         .and_then(Value::as_f64)
         .filter(|s| (0.0..=1.0).contains(s))
         .ok_or("the judge's score is not a number from 0 to 1")?;
-    let reason = fields
-        .get("reason")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
+    // Stored as jsonb, which cannot hold U+0000; a reply may carry one (written by the judge,
+    // perhaps at the answer's bidding).
+    let reason = clip(
+        fields.get("reason").and_then(Value::as_str).unwrap_or(""),
+        1000,
+    )
+    .replace('\0', "");
     Ok((score, reason))
 }
 
@@ -666,7 +801,7 @@ mod tests {
 
     fn one(assertion: Value, seen: &Observation) -> Verdict {
         let parsed = parse_assertions(&json!([assertion]).to_string()).expect("parses");
-        score(&parsed, seen).remove(0)
+        score(&parsed, seen, &|| {}).remove(0)
     }
 
     fn answer(text: &str) -> Observation {
@@ -810,7 +945,7 @@ mod tests {
             .to_string(),
         )
         .unwrap();
-        let verdicts = score(&parsed, &seen);
+        let verdicts = score(&parsed, &seen, &|| {});
         assert!(verdicts[0].passed);
         assert!(!verdicts[1].passed, "{:?}", verdicts[1]);
         assert!(verdicts[1].detail.contains("vague"));
@@ -845,7 +980,7 @@ mod tests {
             ),
             (
                 json!([{"type": "json_schema", "value": {"$ref": "https://example.com/s.json"}}]),
-                "usable",
+                "local reference",
             ),
             (json!([{"type": "max_cost_usd", "value": -1}]), "negative"),
             (
@@ -876,11 +1011,44 @@ mod tests {
         let input = format!("{}!", "a".repeat(100_000));
         // A backtracking engine would take 2^100000 steps (the test would never end); the
         // regex crate's automata read the input once.
-        assert!(!score(&parsed, &answer(&input))[0].passed);
+        assert!(!score(&parsed, &answer(&input), &|| {})[0].passed);
+    }
+
+    #[test]
+    fn schemas_whose_references_fan_out_are_refused_however_small() {
+        // d0 -> allOf [d1, d1], d1 -> allOf [d2, d2] ... : 2^24 nodes unfolded, 1.7 kB written.
+        let mut defs = serde_json::Map::new();
+        for i in 0..24 {
+            let next = json!({"$ref": format!("#/$defs/d{}", i + 1)});
+            defs.insert(format!("d{i}"), json!({"allOf": [next.clone(), next]}));
+        }
+        defs.insert("d24".into(), json!({"type": "string"}));
+        let bomb = json!([{"type": "json_schema", "value": {"$ref": "#/$defs/d0", "$defs": defs}}]);
+        let err = parse_assertions(&bomb.to_string()).unwrap_err();
+        assert!(err.to_string().contains("unfolds to more than"), "{err}");
+        // Recursion through a reference (a tree of nodes) is fine: it is as deep as the answer.
+        let tree = json!([{"type": "json_schema", "value": {"$ref": "#/$defs/node", "$defs": {"node": {
+            "type": "object", "properties": {"children": {"type": "array", "items": {"$ref": "#/$defs/node"}}}}}}}]);
+        assert!(parse_assertions(&tree.to_string()).is_ok());
+        for named in [
+            json!({"$id": "https://x.example/s"}),
+            json!({"$dynamicRef": "#x"}),
+            json!({"$ref": "other.json"}),
+            json!({"$ref": "#/nowhere"}),
+        ] {
+            let list = json!([{"type": "json_schema", "value": named}]);
+            assert!(parse_assertions(&list.to_string()).is_err(), "{list}");
+        }
     }
 
     #[test]
     fn judge_replies_are_read_strictly() {
+        assert_eq!(
+            judge_score("{\"score\": 1, \"reason\": \"a\\u0000b\"}")
+                .unwrap()
+                .1,
+            "ab"
+        );
         assert_eq!(
             judge_score("{\"score\": 0.8, \"reason\": \"ok\"}")
                 .unwrap()
