@@ -293,6 +293,23 @@ select pg_temp.attempt($q$select bulkhead.eval_summary()$q$) as app_summary;
 select pg_temp.attempt($q$select bulkhead.start_eval('ev', 1, '00000000-0000-4000-8000-0000000000e2')$q$) as app_starts_for_b;
 reset role;
 
+-- 8b. With bulkhead.eval_authoring = admin, the exam is the control plane's: the app still runs
+-- its evals and reads its reports, but may not change a set or a case.
+set bulkhead.eval_authoring = 'admin';
+set local role regress_ev_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000e1');
+select pg_temp.attempt($q$select bulkhead.add_eval_case('00000000-0000-4000-8000-0000000000e1', 'ev', '{}', '[{"type": "is_json"}]')$q$) as app_adds;
+select pg_temp.attempt($q$select bulkhead.remove_eval_case('00000000-0000-4000-8000-0000000000e1', (select id from a_cases limit 1))$q$) as app_removes;
+select pg_temp.attempt($q$select bulkhead.set_eval_set('00000000-0000-4000-8000-0000000000e1', 'ev', 'ev-model', pass_threshold => 0.01)$q$) as app_lowers_the_bar;
+select pg_temp.attempt($q$select bulkhead.start_eval('ev', 1)::text$q$) ~ '^ok: [0-9]+$' as app_still_runs;
+reset role;
+set local role regress_ev_admin;
+select bulkhead.add_eval_case('00000000-0000-4000-8000-0000000000e1', 'ev', '{"q": "admin"}', '[{"type": "is_json"}]') is not null as admin_adds;
+reset role;
+select pg_temp.attempt($q$set bulkhead.eval_authoring = 'anyone'$q$) as bad_setting;
+set bulkhead.eval_authoring = 'tenant';
+select bulkhead._set_tenant_within_function(null);
+
 -- 9. An answer the scorer cannot read (a tool call nested 130 levels deep) still settles: the
 -- provider's charge reaches the ledger, and the case is an error in its run. A call whose lease
 -- runs out on its last attempt ends its case too, so the run ends instead of waiting for ever.
