@@ -700,21 +700,33 @@ declare
 begin
     select v.* into ver from bulkhead.prompt_versions v
     where v.tenant_id = tenant and v.template_name = template and v.version = _start_tenant_eval.version;
-    -- The set's row lock (shared): no edit lands between the digest and the rules and cases read.
+    -- The set's row lock: no edit lands between the digest and the rules and cases read, and two
+    -- starts of one template take turns (the second joins the first's run).
     select s.* into rules from bulkhead.eval_sets s where s.tenant_id = tenant and s.template_name = template
-    for share;
+    for update;
     digest := bulkhead._eval_set_digest(tenant, template);
-    -- A run whose calls have not all come back within the calls' lease (30 minutes) and an hour
-    -- more never will: it ends in error, and a new run may start.
+    -- A run of this version that still waits, ten minutes on, though none of its jobs is queued
+    -- or running any more, never ends by itself (a job lost its way): it ends in error, and a new
+    -- run may start. A run whose calls are only slow (a provider's 429s) is left alone.
     update bulkhead.eval_runs r
     set status = 'error', finished_at = pg_catalog.clock_timestamp(),
-        error = 'abandoned: its calls did not all come back within 90 minutes'
-    where r.tenant_id = tenant and r.template_name = template and r.status = 'running'
-      and r.started_at < pg_catalog.clock_timestamp() - interval '90 minutes';
-    -- Join a run already going for this version and eval set.
+        error = 'abandoned: it waited for calls that no job was making any more'
+    where r.tenant_id = tenant and r.template_name = template and r.version = _start_tenant_eval.version
+      and r.status = 'running' and r.started_at < pg_catalog.clock_timestamp() - interval '10 minutes'
+      and not exists (
+          select from bulkhead.jobs j join bulkhead.job_schedule s on s.job_id = j.id
+          where j.tenant_id = tenant and s.state in ('queued', 'running')
+            and j.kind in ('completion', 'embedding', 'eval_score') and (j.payload -> 'eval' ->> 'run') = r.id::text);
+    -- Join a run already going for this version and eval set, or one that ended and that a new
+    -- run would only copy (every call answered and measured: all of it would be reused).
     select r.id into run from bulkhead.eval_runs r
     where r.tenant_id = tenant and r.template_name = template and r.version = _start_tenant_eval.version
-      and r.set_digest = digest and r.status = 'running'
+      and r.set_digest = digest
+      and (r.status = 'running'
+           or (r.status in ('passed', 'failed')
+               and not exists (select from bulkhead.eval_results x
+                               where x.tenant_id = tenant and x.run_id = r.id
+                                 and (x.status <> 'scored' or pg_catalog.jsonb_path_exists(x.measurements, '$.*.*.error')))))
     order by r.started_at desc limit 1;
     if found then
         return run;
@@ -755,8 +767,11 @@ begin
                 values (tenant, run, c.id, attempt_no, c.assertions, c.weight, key, prior.output, prior.message,
                         prior.usage, prior.cost_usd, prior.latency_ms, prior.measurements,
                         coalesce(prior.reused_from, prior.run_id));
-                -- Scored again: the tenant's banned topics may have changed since.
-                perform bulkhead._eval_score_result(run, c.id, attempt_no);
+                -- Scored again (the tenant's banned topics may have changed since), by the
+                -- worker: never here, in a transaction that may hold budget locks.
+                update bulkhead.eval_results r set status = 'answered'
+                where r.tenant_id = tenant and r.run_id = run and r.case_id = c.id and r.attempt = attempt_no;
+                perform bulkhead._eval_queue_score(run, c.id, attempt_no);
                 n_reused := n_reused + 1;
                 continue;
             end if;
@@ -819,10 +834,17 @@ begin
     where x.tenant_id = tenant and x.id = job;
     if j.kind = 'eval_score' then
         -- The scoring job itself died: its case is an error in the run, which can then end.
-        if j.state = 'dead' then
+        -- (Its run ends through one more eval_score job: here, in fail_job or a claim, no
+        -- worker may wait for the run's row lock.)
+        if j.state = 'dead' and exists (
+                select from bulkhead.eval_results r
+                where r.tenant_id = tenant and r.run_id = (j.payload ->> 'run')::bigint
+                  and r.case_id = (j.payload ->> 'case')::uuid and r.attempt = (j.payload ->> 'attempt')::int
+                  and r.status in ('pending', 'answered')) then
             perform bulkhead._eval_result_failed((j.payload ->> 'run')::bigint, (j.payload ->> 'case')::uuid,
                 (j.payload ->> 'attempt')::int, 'scoring failed: ' || coalesce(j.last_error, 'unknown error'));
-            perform bulkhead._eval_finish_run((j.payload ->> 'run')::bigint);
+            perform bulkhead._eval_queue_score((j.payload ->> 'run')::bigint, (j.payload ->> 'case')::uuid,
+                (j.payload ->> 'attempt')::int);
         end if;
         return;
     end if;
@@ -881,11 +903,20 @@ begin
         if j.state = 'dead' or j.last_error is not null then
             measured := pg_catalog.jsonb_build_object('error', 'the ' || this_call.purpose || ' call failed: '
                                                       || pg_catalog.left(coalesce(j.last_error, ''), 300));
-        elsif this_call.purpose = 'judge' then
-            measured := bulkhead._eval_judge_score(coalesce(j.result ->> 'output', ''))::jsonb;
         else
-            measured := coalesce(pg_catalog.to_jsonb(bulkhead._eval_cosine(j.result -> 'embeddings')),
-                                 '{"error": "the provider returned unusable embeddings"}');
+            begin
+                if this_call.purpose = 'judge' then
+                    measured := bulkhead._eval_judge_score(coalesce(j.result ->> 'output', ''))::jsonb;
+                else
+                    measured := coalesce(pg_catalog.to_jsonb(bulkhead._eval_cosine(j.result -> 'embeddings')),
+                                         '{"error": "the provider returned unusable embeddings"}');
+                end if;
+            exception when query_canceled then
+                raise;
+            when others then
+                measured := pg_catalog.jsonb_build_object('error', 'the ' || this_call.purpose
+                    || ' answer could not be read: ' || pg_catalog.left(sqlerrm, 200));
+            end;
         end if;
         update bulkhead.eval_results r
         set measurements = pg_catalog.jsonb_set(r.measurements, path, measured), pending = r.pending - 1,
@@ -968,6 +999,11 @@ declare
     res bulkhead.eval_results;
 begin
     perform bulkhead._held_job(job, worker);
+    -- Scoring is bounded by the case's limits and checks for a cancel between assertions; these
+    -- bound the rest. A lock held elsewhere (a run's row, a start in progress) is met by 55P03,
+    -- which the worker retries later.
+    perform pg_catalog.set_config('statement_timeout', '60s', true);
+    perform pg_catalog.set_config('lock_timeout', '500ms', true);
     select j.payload into payload from bulkhead.jobs j
     where j.tenant_id = bulkhead.current_tenant() and j.id = job and j.kind = 'eval_score';
     if not found then
@@ -1116,7 +1152,6 @@ begin
     where pg_catalog.btrim(t) <> '';
     verdicts := bulkhead._eval_score(res.assertions::text, pg_catalog.jsonb_build_object(
         'output', coalesce(res.output, ''),
-        'message', res.message,
         'output_tokens', coalesce(
             case when pg_catalog.jsonb_typeof(res.usage -> 'completion_tokens') = 'number' then res.usage -> 'completion_tokens' end,
             case when pg_catalog.jsonb_typeof(res.usage -> 'output_tokens') = 'number' then res.usage -> 'output_tokens' end),
@@ -1124,7 +1159,7 @@ begin
         'latency_ms', res.latency_ms,
         'banned_topics', pg_catalog.to_jsonb(coalesce(banned, '{}')),
         'similarity', res.measurements -> 'similarity',
-        'judge', res.measurements -> 'judge')::text)::jsonb;
+        'judge', res.measurements -> 'judge')::text, res.message::text)::jsonb;
     update bulkhead.eval_results r
     set status = 'scored', details = verdicts, scored_at = pg_catalog.clock_timestamp(),
         passed = not exists (select from pg_catalog.jsonb_array_elements(verdicts) v where not (v.value ->> 'passed')::boolean)
@@ -1321,7 +1356,7 @@ revoke all on function bulkhead.eval_report(bigint) from public;
 revoke all on function bulkhead.eval_summary(text, bigint[]) from public;
 revoke all on function bulkhead.eval_run_status(bigint[], text) from public;
 revoke all on function bulkhead._eval_check_assertions(text) from public;
-revoke all on function bulkhead._eval_score(text, text) from public;
+revoke all on function bulkhead._eval_score(text, text, text) from public;
 revoke all on function bulkhead._eval_judge_messages(text, text) from public;
 revoke all on function bulkhead._eval_judge_score(text) from public;
 
@@ -1334,7 +1369,7 @@ grant execute on function bulkhead._eval_set_digest(uuid, text), bulkhead._eval_
     bulkhead._eval_score_result(bigint, uuid, int), bulkhead._eval_finish_run(bigint),
     bulkhead._eval_call_closed(bigint), bulkhead._eval_result_failed(bigint, uuid, int, text),
     bulkhead._eval_queue_score(bigint, uuid, int), bulkhead._check_eval_author(text), bulkhead._held_job(bigint, text),
-    bulkhead._eval_check_assertions(text), bulkhead._eval_score(text, text),
+    bulkhead._eval_check_assertions(text), bulkhead._eval_score(text, text, text),
     bulkhead._eval_judge_messages(text, text), bulkhead._eval_judge_score(text),
     bulkhead._leave_tenant(text), bulkhead._enqueue(text, jsonb, text, timestamptz, int),
     bulkhead._materialize_reservation(uuid), bulkhead.render_prompt_version(text, int, jsonb),

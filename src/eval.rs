@@ -323,7 +323,15 @@ fn write_file(path: &Path, contents: &str) -> Result<(), EvalError> {
 /// or OSC escape sequences) become spaces, so nothing printed can drive the terminal.
 fn printable(text: &str) -> String {
     text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
+        .map(|c| {
+            // Bidirectional overrides and isolates reorder what the terminal shows.
+            let bidi = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+            if c.is_control() || bidi {
+                ' '
+            } else {
+                c
+            }
+        })
         .collect()
 }
 

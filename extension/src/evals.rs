@@ -52,13 +52,18 @@ fn _eval_check_assertions(assertions: &str) {
     }
 }
 
-/// Scores assertions (JSON text) against an observation (JSON text): a JSON array with one
+/// Scores assertions (JSON text) against an observation (JSON text) and the provider's answer
+/// message (JSON text, read only if a `tool_call` assertion needs it: a message nested too deep
+/// to read then fails that assertion, not the case's others): a JSON array with one
 /// `{"type", "passed", "detail"}` per assertion, in order.
 #[pg_extern(immutable, parallel_safe)]
 #[search_path(pg_catalog, pg_temp)]
-fn _eval_score(assertions: &str, observation: &str) -> String {
+fn _eval_score(assertions: &str, observation: &str, message: Option<&str>) -> String {
     let list = parsed(assertions);
-    let seen = Observation::from_json(observation).unwrap_or_else(|err| errors::raise(&err));
+    let mut seen = Observation::from_json(observation).unwrap_or_else(|err| errors::raise(&err));
+    if list.iter().any(|a| matches!(a, Assertion::ToolCall { .. })) {
+        seen.message = message.and_then(|m| serde_json::from_str(m).ok());
+    }
     let verdicts: Vec<serde_json::Value> = evals::score(&list, &seen, &|| {
         pgrx::check_for_interrupts!();
     })

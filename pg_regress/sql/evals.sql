@@ -311,8 +311,9 @@ set bulkhead.eval_authoring = 'tenant';
 select bulkhead._set_tenant_within_function(null);
 
 -- 9. An answer the scorer cannot read (a tool call nested 130 levels deep) still settles: the
--- provider's charge reaches the ledger, and the case is an error in its run. A call whose lease
--- runs out on its last attempt ends its case too, so the run ends instead of waiting for ever.
+-- provider's charge reaches the ledger, the settle stores it and the scoring job fails the
+-- assertion that needed the message. A call whose lease runs out on its last attempt ends its
+-- case too, so the run ends instead of waiting for ever.
 set local role regress_ev_app;
 select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000e2');
 select bulkhead.add_eval_case('00000000-0000-4000-8000-0000000000e2', 'ev', '{"q": "deep"}',
@@ -324,34 +325,47 @@ reset role;
 set local role regress_ev_worker;
 select bulkhead._set_tenant_within_function(null);
 create temp table claimed9 as select * from bulkhead.claim_and_start_jobs('w1', 100);
-select outcome from bulkhead._finish_completions('w1', array(select job_id from claimed9 order by job_id),
-    array(select '{"prompt_tokens": 20, "completion_tokens": 5}'::jsonb from claimed9),
-    array(select 'chatcmpl-deep-' || job_id from claimed9 order by job_id),
-    array(select 'x' from claimed9), array(select null::text from claimed9),
-    array(select jsonb_build_object('role', 'assistant', 'tool_calls', jsonb_build_array(jsonb_build_object(
+-- The new case's call, answered with the deep message (the reused case's scoring is queued too).
+select kind, count(*) from claimed9 group by kind order by kind;
+select outcome from bulkhead._finish_completions('w1', array(select job_id from claimed9 where kind = 'completion'),
+    array['{"prompt_tokens": 20, "completion_tokens": 5}'::jsonb], array['chatcmpl-deep'], array['x'], array[null::text],
+    array[jsonb_build_object('role', 'assistant', 'tool_calls', jsonb_build_array(jsonb_build_object(
         'type', 'function', 'function', jsonb_build_object('name', 'f', 'arguments',
-            (repeat('{"a":', 130) || '1' || repeat('}', 130))::jsonb)))) from claimed9));
+            (repeat('{"a":', 130) || '1' || repeat('}', 130))::jsonb))))]);
+select bulkhead._set_tenant_within_function(null);
+select bulkhead.complete_job(job_id, 'w1', bulkhead.score_eval_job(job_id, 'w1')) is null as scored_the_reused
+from claimed9 where kind = 'eval_score';
+select bulkhead._set_tenant_within_function(null);
 select pg_temp.work('{}') as scored;
 reset role;
 set local role regress_ev_app;
 select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000e2');
 select count(*) as b_ledger_after from bulkhead.ledger;
 select status, cases from bulkhead.eval_runs where id = (select id from run9);
-select c.name is null as unnamed, r.passed, r.details -> 'calls' -> 0 -> 'assertions' ->> 'error' like 'scoring failed: %' as scoring_error
+select c.name is null as unnamed, r.passed, r.details -> 'calls' -> 0 -> 'assertions' as verdicts
 from bulkhead.eval_report((select id from run9)) r join bulkhead.eval_cases c on c.id = r.case_id
 where c.vars ->> 'q' = 'deep';
-create temp table run10 as select bulkhead.start_eval('ev', 2, '00000000-0000-4000-8000-0000000000e2') as id;
+-- Started again with nothing changed, the finished run is joined: a new one would only copy it.
+select bulkhead.start_eval('ev', 2) = (select id from run9) as joins_the_finished_run;
+-- A new case: a new run, whose one call is lost.
+select bulkhead.add_eval_case('00000000-0000-4000-8000-0000000000e2', 'ev', '{"q": "lost"}',
+    '[{"type": "contains", "value": "x"}]') is not null as added;
+create temp table run10 as select bulkhead.start_eval('ev', 2) as id;
 grant select on run10 to public;
-select (select id from run10) <> (select id from run9) as a_new_run_not_the_finished_one;
+select calls, reused from bulkhead.eval_runs where id = (select id from run10);
 reset role;
 -- The worker claimed the call and vanished; its lease ran out on the last attempt.
 update bulkhead.job_schedule set attempts = max_attempts, state = 'running', leased_by = 'gone',
     leased_until = now() - interval '1 minute'
-where job_id in (select r.job_id from bulkhead.eval_results r where r.run_id = (select id from run10));
+where job_id in (select r.job_id from bulkhead.eval_results r where r.run_id = (select id from run10) and r.job_id is not null);
 set local role regress_ev_worker;
 select bulkhead._set_tenant_within_function(null);
-select count(*) as claimed from bulkhead.claim_jobs('w2', 100, '1 minute');
+-- Any worker's next claim finds it dead (and gives back what it claimed, for pg_temp.work).
+select count(*) as claimed_and_given_back
+from (select bulkhead.release_job(c.job_id, 'w2') from bulkhead.claim_jobs('w2', 100, '1 minute') c) released;
+select bulkhead._set_tenant_within_function(null);
 select pg_temp.work('{}') >= 0 as scored;
 reset role;
-select status from bulkhead.eval_runs where id = (select id from run10);
+select r.status, (select count(*) from bulkhead.eval_results x where x.run_id = r.id and x.status = 'error') as errors
+from bulkhead.eval_runs r where r.id = (select id from run10);
 rollback;
