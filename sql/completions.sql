@@ -206,6 +206,9 @@ begin
     update bulkhead.reservations x set queued = true
     where x.tenant_id = tenant and x.id = reservation
     returning * into r;
+    if eval_call is not null then
+        perform bulkhead._eval_budget_hold(r.reserved_usd);  -- the tenant's eval budget (evals.sql)
+    end if;
     return bulkhead._enqueue(
         'completion',
         pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(

@@ -147,6 +147,23 @@ create table bulkhead.eval_calls (
     constraint eval_calls_purpose_known check (purpose in ('answer', 'judge', 'similar'))
 );
 
+-- A tenant's eval budget: what its eval calls (answers, judges, embeddings) may spend per
+-- period, on top of its own budget, which they are admitted on like any call. held_usd is what
+-- the eval calls out now reserved; spent_usd what settled eval calls cost this period.
+create table bulkhead.eval_budgets (
+    tenant_id    uuid        not null,
+    dollar_limit numeric     not null,
+    period       text        not null,
+    period_start timestamptz not null default '-infinity',
+    spent_usd    numeric     not null default 0,
+    held_usd     numeric     not null default 0,
+    updated_at   timestamptz not null default pg_catalog.clock_timestamp(),
+    constraint eval_budgets_pkey primary key (tenant_id),
+    constraint eval_budgets_tenant_fkey foreign key (tenant_id) references bulkhead.tenants (id),
+    constraint eval_budgets_limit_range check (dollar_limit >= 0 and dollar_limit < 1000000000),
+    constraint eval_budgets_period_known check (period in ('day', 'week', 'month'))
+);
+
 alter table bulkhead.prompt_eval_passes add constraint prompt_eval_passes_run_fkey
     foreign key (tenant_id, eval_run_id) references bulkhead.eval_runs (tenant_id, id);
 
@@ -160,6 +177,11 @@ alter table bulkhead.eval_results enable row level security;
 alter table bulkhead.eval_results force row level security;
 alter table bulkhead.eval_calls enable row level security;
 alter table bulkhead.eval_calls force row level security;
+alter table bulkhead.eval_budgets enable row level security;
+alter table bulkhead.eval_budgets force row level security;
+create policy tenant_isolation on bulkhead.eval_budgets
+    using (tenant_id = (select bulkhead.current_tenant()))
+    with check (tenant_id = (select bulkhead.current_tenant()));
 create policy tenant_isolation on bulkhead.eval_sets
     using (tenant_id = (select bulkhead.current_tenant()))
     with check (tenant_id = (select bulkhead.current_tenant()));
@@ -180,6 +202,9 @@ create policy tenant_isolation on bulkhead.eval_calls
 grant select on bulkhead.eval_sets, bulkhead.eval_cases, bulkhead.eval_runs, bulkhead.eval_results
     to bulkhead_app, bulkhead_admin, bulkhead_meter;
 grant select on bulkhead.eval_calls to bulkhead_meter, bulkhead_admin;
+grant select on bulkhead.eval_budgets to bulkhead_app, bulkhead_admin, bulkhead_meter;
+grant insert, update, delete on bulkhead.eval_budgets to bulkhead_meter;
+grant delete on bulkhead.eval_budgets to bulkhead_admin;
 grant insert, update, delete on bulkhead.eval_sets, bulkhead.eval_cases, bulkhead.eval_runs,
     bulkhead.eval_results, bulkhead.eval_calls to bulkhead_meter;
 grant insert on bulkhead.prompt_eval_passes to bulkhead_meter;
@@ -192,6 +217,112 @@ select pg_catalog.pg_extension_config_dump('bulkhead.eval_cases', '');
 select pg_catalog.pg_extension_config_dump('bulkhead.eval_runs', '');
 select pg_catalog.pg_extension_config_dump('bulkhead.eval_results', '');
 select pg_catalog.pg_extension_config_dump('bulkhead.eval_calls', '');
+select pg_catalog.pg_extension_config_dump('bulkhead.eval_budgets', '');
+
+-- Sets (or, with a NULL limit, removes) a tenant's eval budget. bulkhead_admin.
+create function bulkhead.set_eval_budget(tenant_id uuid, dollar_limit numeric, period text default 'month')
+returns void
+language plpgsql volatile
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    previous text;
+begin
+    if not pg_catalog.pg_has_role(bulkhead._caller(), 'bulkhead_admin', 'member') then
+        raise exception 'only bulkhead_admin sets eval budgets' using errcode = '42501';
+    end if;
+    if period is null or period not in ('day', 'week', 'month') then
+        raise exception 'period must be day, week or month' using errcode = '22023';
+    end if;
+    if dollar_limit is not null and (dollar_limit < 0 or dollar_limit >= 1000000000 or dollar_limit = 'NaN') then
+        raise exception 'dollar_limit must be between 0 and 1e9' using errcode = '22023';
+    end if;
+    previous := bulkhead._act_for_tenant(set_eval_budget.tenant_id, 'set_eval_budget');
+    if dollar_limit is null then
+        delete from bulkhead.eval_budgets b where b.tenant_id = set_eval_budget.tenant_id;
+    else
+        insert into bulkhead.eval_budgets as b (tenant_id, dollar_limit, period)
+        values (set_eval_budget.tenant_id, set_eval_budget.dollar_limit, set_eval_budget.period)
+        on conflict on constraint eval_budgets_pkey do update
+        set dollar_limit = excluded.dollar_limit, updated_at = pg_catalog.clock_timestamp(),
+            -- A new period length starts counting afresh.
+            period = excluded.period,
+            period_start = case when b.period = excluded.period then b.period_start else '-infinity' end,
+            spent_usd = case when b.period = excluded.period then b.spent_usd else 0 end;
+    end if;
+    perform bulkhead._leave_tenant(previous);
+end
+$$;
+comment on function bulkhead.set_eval_budget(uuid, numeric, text) is
+    'Caps what a tenant''s eval calls may spend per day, week or month (NULL removes the cap). bulkhead_admin only.';
+
+-- Holds `amount` (an eval call's reservation) on the current tenant's eval budget, if it has
+-- one; PT429 eval_budget_exceeded when it would pass the limit. Under the budget row's lock.
+create function bulkhead._eval_budget_hold(amount numeric)
+returns void
+language plpgsql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    tenant uuid := bulkhead.current_tenant();
+    b bulkhead.eval_budgets;
+    tz text := pg_catalog.current_setting('bulkhead.billing_time_zone');
+    this_period timestamptz;
+begin
+    select x.* into b from bulkhead.eval_budgets x where x.tenant_id = tenant for update;
+    if not found then
+        return;
+    end if;
+    this_period := pg_catalog.date_trunc(b.period, pg_catalog.now() at time zone tz) at time zone tz;
+    if b.period_start < this_period then
+        b.spent_usd := 0;
+        b.period_start := this_period;
+    end if;
+    if b.spent_usd + b.held_usd + amount > b.dollar_limit then
+        perform bulkhead._raise_for_client('PT429', 'eval_budget_exceeded',
+            pg_catalog.json_build_object('code', 'eval_budget_exceeded', 'tenant_id', tenant,
+                                         'limit', 'eval_budget', 'retry_after_ms', null)::text,
+            'The tenant''s eval budget (bulkhead.set_eval_budget) has no room for this call.');
+    end if;
+    update bulkhead.eval_budgets x
+    set held_usd = b.held_usd + amount, spent_usd = b.spent_usd, period_start = b.period_start,
+        updated_at = pg_catalog.clock_timestamp()
+    where x.tenant_id = tenant;
+end
+$$;
+
+-- An eval call ended (settled or dead): its hold leaves the eval budget, its cost enters it.
+create function bulkhead._eval_budget_release(job bigint)
+returns void
+language plpgsql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    tenant uuid := bulkhead.current_tenant();
+    held numeric;
+    cost numeric;
+begin
+    if not exists (select from bulkhead.eval_budgets b where b.tenant_id = tenant) then
+        return;
+    end if;
+    select r.reserved_usd, case when pg_catalog.jsonb_typeof(j.result -> 'cost_usd') = 'number'
+                                then (j.result ->> 'cost_usd')::numeric else 0 end
+    into held, cost
+    from bulkhead.jobs j join bulkhead.reservations r on r.tenant_id = j.tenant_id
+                                                      and r.id = (j.payload ->> 'reservation')::uuid
+    where j.tenant_id = tenant and j.id = job and j.kind in ('completion', 'embedding');
+    if not found then
+        return;
+    end if;
+    update bulkhead.eval_budgets b
+    set held_usd = greatest(b.held_usd - held, 0), spent_usd = b.spent_usd + cost,
+        updated_at = pg_catalog.clock_timestamp()
+    where b.tenant_id = tenant;
+end
+$$;
 
 -- The eval set's identity: its rules, the tenant's banned topics and every case's variables,
 -- request, assertions and weight (not names). Any edit changes it, which is what invalidates earlier passes. NULL when
@@ -942,6 +1073,14 @@ as $$
 declare
     this_call bulkhead.eval_calls;
 begin
+    -- First, and apart: whatever the call's answer, its hold leaves the eval budget once.
+    begin
+        perform bulkhead._eval_budget_release(job);
+    exception when lock_not_available or serialization_failure or deadlock_detected or query_canceled then
+        raise;
+    when others then
+        null;  -- a release that cannot be made leaves the hold to the next period's reckoning
+    end;
     begin
         perform bulkhead._eval_call_closed(job);
     exception when lock_not_available or serialization_failure or deadlock_detected or query_canceled then
@@ -1101,6 +1240,7 @@ begin
     update bulkhead.reservations x set queued = true
     where x.tenant_id = this_call.tenant_id and x.id = reservation
     returning * into r;
+    perform bulkhead._eval_budget_hold(r.reserved_usd);
     if r.provider not in ('openai', 'openai_compatible') then
         raise exception 'model % is not an embedding model of an OpenAI-style provider', pg_catalog.quote_literal(model)
             using errcode = '22023';
@@ -1326,6 +1466,7 @@ alter function bulkhead.set_eval_set(uuid, text, text, int, numeric, int, int, t
 alter function bulkhead.add_eval_case(uuid, text, jsonb, jsonb, jsonb, numeric, text) owner to bulkhead_meter;
 alter function bulkhead.remove_eval_case(uuid, uuid) owner to bulkhead_meter;
 alter function bulkhead.start_eval(text, int, uuid) owner to bulkhead_meter;
+alter function bulkhead.set_eval_budget(uuid, numeric, text) owner to bulkhead_meter;
 alter function bulkhead._eval_call_closed(bigint) owner to bulkhead_meter;
 alter function bulkhead._eval_call_closed_safely(bigint) owner to bulkhead_meter;
 alter function bulkhead.score_eval_job(bigint, text) owner to bulkhead_meter;
@@ -1347,6 +1488,9 @@ revoke all on function bulkhead._eval_result_failed(bigint, uuid, int, text) fro
 revoke all on function bulkhead._eval_queue_score(bigint, uuid, int) from public;
 revoke all on function bulkhead.score_eval_job(bigint, text) from public;
 revoke all on function bulkhead._check_eval_author(text) from public;
+revoke all on function bulkhead.set_eval_budget(uuid, numeric, text) from public;
+revoke all on function bulkhead._eval_budget_hold(numeric) from public;
+revoke all on function bulkhead._eval_budget_release(bigint) from public;
 revoke all on function bulkhead._eval_cosine(jsonb) from public;
 revoke all on function bulkhead._eval_queue_judge(bulkhead.eval_calls, int, text, text) from public;
 revoke all on function bulkhead._eval_queue_similarity(bulkhead.eval_calls, int, text, text) from public;
@@ -1369,6 +1513,7 @@ grant execute on function bulkhead._eval_set_digest(uuid, text), bulkhead._eval_
     bulkhead._eval_score_result(bigint, uuid, int), bulkhead._eval_finish_run(bigint),
     bulkhead._eval_call_closed(bigint), bulkhead._eval_result_failed(bigint, uuid, int, text),
     bulkhead._eval_queue_score(bigint, uuid, int), bulkhead._check_eval_author(text), bulkhead._held_job(bigint, text),
+    bulkhead._eval_budget_hold(numeric), bulkhead._eval_budget_release(bigint), bulkhead._raise_for_client(text, text, text, text),
     bulkhead._eval_check_assertions(text), bulkhead._eval_score(text, text, text),
     bulkhead._eval_judge_messages(text, text), bulkhead._eval_judge_score(text),
     bulkhead._leave_tenant(text), bulkhead._enqueue(text, jsonb, text, timestamptz, int),
@@ -1379,7 +1524,8 @@ grant execute on function bulkhead.set_eval_set(uuid, text, text, int, numeric, 
     bulkhead.add_eval_case(uuid, text, jsonb, jsonb, jsonb, numeric, text), bulkhead.remove_eval_case(uuid, uuid),
     bulkhead.start_eval(text, int, uuid), bulkhead.eval_report(bigint), bulkhead.eval_run_status(bigint[], text)
     to bulkhead_app, bulkhead_admin;
-grant execute on function bulkhead.eval_summary(text, bigint[]) to bulkhead_admin;
+grant execute on function bulkhead.eval_summary(text, bigint[]), bulkhead.set_eval_budget(uuid, numeric, text)
+    to bulkhead_admin;
 -- The worker's settles call it, in the job's tenant context; its eval_score jobs call the scorer.
 grant execute on function bulkhead._eval_call_closed_safely(bigint), bulkhead.score_eval_job(bigint, text)
     to bulkhead_worker;

@@ -80,6 +80,7 @@ async fn populate(admin: &mut PgConnection, tenant: Uuid) {
     // pass such a run writes once it passes, planted here (no worker runs in this test).
     for statement in [
         "select bulkhead.set_eval_set($1, 'deletion-fixture', 'gpt-4o-mini')",
+        "select bulkhead.set_eval_budget($1, 5)",
         "select bulkhead.add_eval_case($1, 'deletion-fixture', '{}', '[{\"type\": \"contains\", \"value\": \"fixture\"}]') is not null",
     ] {
         sqlx::query(statement)

@@ -368,4 +368,45 @@ select pg_temp.work('{}') >= 0 as scored;
 reset role;
 select r.status, (select count(*) from bulkhead.eval_results x where x.run_id = r.id and x.status = 'error') as errors
 from bulkhead.eval_runs r where r.id = (select id from run10);
+
+-- 10. An eval budget caps what a tenant's eval calls spend (on top of its own budget, which
+-- admits them as any call): at $0, the call is refused and its case is an error; with room, the
+-- call holds its reservation on the eval budget until it settles at its cost.
+set local role regress_ev_app;
+select pg_temp.attempt($q$select bulkhead.set_eval_budget('00000000-0000-4000-8000-0000000000e2', 1)$q$) as app_sets_eval_budget;
+reset role;
+set local role regress_ev_admin;
+select bulkhead.set_eval_budget('00000000-0000-4000-8000-0000000000e2', 0);
+select pg_temp.attempt($q$select bulkhead.set_eval_budget('00000000-0000-4000-8000-0000000000e2', -1)$q$) as negative;
+select bulkhead._set_tenant_within_function(null);
+reset role;
+set local role regress_ev_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000e2');
+select bulkhead.add_eval_case('00000000-0000-4000-8000-0000000000e2', 'ev', '{"q": "budget"}',
+    '[{"type": "contains", "value": "x"}]') is not null as added;
+create temp table run11 as select bulkhead.start_eval('ev', 2) as id;
+grant select on run11 to public;
+select r.details ->> 'error' as refused from bulkhead.eval_results r
+where r.run_id = (select id from run11) and r.status = 'error';
+reset role;
+set local role regress_ev_admin;
+select bulkhead.set_eval_budget('00000000-0000-4000-8000-0000000000e2', 1);
+select bulkhead._set_tenant_within_function(null);
+reset role;
+set local role regress_ev_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000e2');
+select bulkhead.add_eval_case('00000000-0000-4000-8000-0000000000e2', 'ev', '{"q": "budget 2"}',
+    '[{"type": "contains", "value": "x"}]') is not null as added;
+create temp table run12 as select bulkhead.start_eval('ev', 2) as id;
+grant select on run12 to public;
+select held_usd > 0 as holds, spent_usd from bulkhead.eval_budgets;
+reset role;
+set local role regress_ev_worker;
+select pg_temp.work('{"budget": "x marks the spot"}') > 0 as worked;
+reset role;
+set local role regress_ev_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000e2');
+select held_usd, spent_usd > 0 as spent from bulkhead.eval_budgets;
+select status from bulkhead.eval_runs where id = (select id from run12);
+reset role;
 rollback;

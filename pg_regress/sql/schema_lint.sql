@@ -71,7 +71,7 @@ definer_allow_list (proname) as (
     -- job's holder); the gate on the active
     -- pointer reads the tenant's evals and writes the history whoever moves it.
            ('set_eval_set'), ('add_eval_case'), ('remove_eval_case'), ('start_eval'), ('_eval_call_closed'),
-           ('_eval_call_closed_safely'), ('score_eval_job'), ('_eval_gate_on_pointer')
+           ('_eval_call_closed_safely'), ('score_eval_job'), ('_eval_gate_on_pointer'), ('set_eval_budget')
 ),
 -- Extra policies on tenant tables (beside the one on current_tenant() for all roles), each read
 -- only by one SECURITY DEFINER function that returns no tenant data.

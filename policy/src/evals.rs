@@ -449,7 +449,9 @@ fn check_schema_subset(schema: &Value) -> Result<(), String> {
             }
         }
         if *patterns > MAX_SCHEMA_PATTERNS {
-            return Err(format!("the schema holds more than {MAX_SCHEMA_PATTERNS} patterns"));
+            return Err(format!(
+                "the schema holds more than {MAX_SCHEMA_PATTERNS} patterns"
+            ));
         }
         Ok(())
     }
