@@ -147,6 +147,13 @@ async fn supabase_shaped_database() {
     su.execute(format!("create database {DATABASE}").as_str())
         .await
         .unwrap();
+    // This database's tenants activate prompts with no eval cases (the gate is not what this
+    // test is about), as in bulkhead_it: see the Makefile's test-integration.
+    su.execute(
+        format!("alter database {DATABASE} set bulkhead.eval_gate_empty_set = 'allow'").as_str(),
+    )
+    .await
+    .unwrap();
     sqlx::raw_sql(
         "set client_min_messages = warning;
          do $$ begin
