@@ -367,22 +367,37 @@ unsafe extern "C-unwind" fn check_tenant_id(
     )
 }
 
+/// A setting that takes one of two words; anything else is refused with 22023.
+unsafe fn check_one_of(
+    newval: *mut *mut c_char,
+    words: [&str; 2],
+    message: &CStr,
+    detail: &CStr,
+) -> bool {
+    match new_value(newval).map(|v| v.to_string_lossy()) {
+        None => true,
+        Some(v) if words.contains(&v.as_ref()) => true,
+        Some(_) => refuse(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            message,
+            detail,
+            None,
+        ),
+    }
+}
+
 #[pg_guard]
 unsafe extern "C-unwind" fn check_eval_gate_empty_set(
     newval: *mut *mut c_char,
     _extra: *mut *mut c_void,
     _source: pg_sys::GucSource::Type,
 ) -> bool {
-    match new_value(newval).map(|v| v.to_string_lossy()) {
-        None => true,
-        Some(v) if v == "refuse" || v == "allow" => true,
-        Some(_) => refuse(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            c"bulkhead.eval_gate_empty_set must be refuse or allow",
-            c"refuse (the default): a tenant with no eval cases for a template cannot activate a version of it without force; allow: it can, and the release row says so.",
-            None,
-        ),
-    }
+    check_one_of(
+        newval,
+        ["refuse", "allow"],
+        c"bulkhead.eval_gate_empty_set must be refuse or allow",
+        c"refuse (the default): a tenant with no eval cases for a template cannot activate a version of it without force; allow: it can, and the release row says so.",
+    )
 }
 
 #[pg_guard]
@@ -391,16 +406,12 @@ unsafe extern "C-unwind" fn check_eval_authoring(
     _extra: *mut *mut c_void,
     _source: pg_sys::GucSource::Type,
 ) -> bool {
-    match new_value(newval).map(|v| v.to_string_lossy()) {
-        None => true,
-        Some(v) if v == "tenant" || v == "admin" => true,
-        Some(_) => refuse(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            c"bulkhead.eval_authoring must be tenant or admin",
-            c"tenant (the default): the application may write its tenant's eval sets; admin: only bulkhead_admin may.",
-            None,
-        ),
-    }
+    check_one_of(
+        newval,
+        ["tenant", "admin"],
+        c"bulkhead.eval_authoring must be tenant or admin",
+        c"tenant (the default): the application may write its tenant's eval sets; admin: only bulkhead_admin may.",
+    )
 }
 
 #[pg_guard]
