@@ -329,9 +329,6 @@ as $$
 declare
     tenant uuid := bulkhead.current_tenant();
     dims int;
-    est_input int;
-    reservation uuid;
-    r bulkhead.reservations;
 begin
     if tenant is null then
         raise exception 'no tenant context'
@@ -366,12 +363,37 @@ begin
         raise exception 'the tenant has no embedding dimension'
             using errcode = '55000', hint = 'bulkhead_admin sets one with bulkhead.set_embedding_dims().';
     end if;
+    return bulkhead._queue_embedding(model, chunks, dims, lease,
+        pg_catalog.jsonb_build_object('external_id', external_id, 'title', title, 'metadata', metadata),
+        'embedding:');
+end
+$$;
+
+-- embed_document()'s admission and queueing of texts to embed (evals' `similar` assertions
+-- queue theirs here too): a bound that holds for any text, the reservation, the job. `extra`
+-- joins the payload; with an `eval` key, the call also holds on the tenant's eval budget.
+create function bulkhead._queue_embedding(
+    model text, chunks jsonb, dims int, lease interval, extra jsonb, key_prefix text
+)
+returns bigint
+language plpgsql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    tenant uuid := bulkhead.current_tenant();
+    est_input int;
+    reservation uuid;
+    r bulkhead.reservations;
+begin
     -- As in complete(): a bound that holds for any text (embeddings add no framing).
     est_input := least((select b.tokens from bulkhead.input_token_bound(model,
                             array(select c->>'content' from pg_catalog.jsonb_array_elements(chunks) c), false) b),
                        100000000)::int;
     reservation := bulkhead.budget_check(model, est_input, 0, lease);
     perform bulkhead._materialize_reservation(reservation);
+    -- budget_check may have switched synchronous commit off for the transaction; a queued job
+    -- (and a settle this may run in) must be durable.
     perform pg_catalog.set_config('synchronous_commit', 'on', true);
     update bulkhead.reservations x set queued = true
     where x.tenant_id = tenant and x.id = reservation
@@ -380,12 +402,15 @@ begin
         raise exception 'model % is not an embedding model of an OpenAI-style provider', pg_catalog.quote_literal(model)
             using errcode = '22023';
     end if;
+    if extra ? 'eval' then
+        perform bulkhead._eval_budget_hold(r.reserved_usd);  -- the tenant's eval budget (evals.sql)
+    end if;
     return bulkhead._enqueue(
         'embedding',
         pg_catalog.jsonb_build_object(
-            'reservation', reservation, 'provider', r.provider, 'model', r.model, 'dims', dims,
-            'external_id', external_id, 'title', title, 'metadata', metadata, 'chunks', chunks),
-        'embedding:' || reservation::text,
+            'reservation', reservation, 'provider', r.provider, 'model', r.model, 'dims', dims, 'chunks', chunks)
+            || extra,
+        key_prefix || reservation::text,
         null,
         5);
 end
@@ -535,6 +560,8 @@ alter function bulkhead._cancel_reservation(uuid) owner to bulkhead_meter;
 alter function bulkhead.complete(text, jsonb, text, int, boolean, interval, text, jsonb) owner to bulkhead_meter;
 alter function bulkhead.completion_result(bigint) owner to bulkhead_meter;
 revoke all on function bulkhead._queue_completion(text, text, int, boolean, interval, text, jsonb, text, jsonb) from public;
+revoke all on function bulkhead._queue_embedding(text, jsonb, int, interval, jsonb, text) from public;
+grant execute on function bulkhead._queue_embedding(text, jsonb, int, interval, jsonb, text) to bulkhead_meter;
 grant execute on function bulkhead._queue_completion(text, text, int, boolean, interval, text, jsonb, text, jsonb) to bulkhead_meter;
 
 revoke all on function bulkhead._cancel_reservation(uuid) from public;

@@ -220,6 +220,8 @@ select pg_catalog.pg_extension_config_dump('bulkhead.eval_calls', '');
 select pg_catalog.pg_extension_config_dump('bulkhead.eval_budgets', '');
 
 -- Sets (or, with a NULL limit, removes) a tenant's eval budget. bulkhead_admin.
+-- SECURITY DEFINER (as bulkhead_meter): the budget is written only here, so its counters are
+-- only ever moved by the eval calls themselves.
 create function bulkhead.set_eval_budget(tenant_id uuid, dollar_limit numeric, period text default 'month')
 returns void
 language plpgsql volatile
@@ -943,6 +945,8 @@ $$;
 -- the extra calls a case needs (judge, embeddings) or, once nothing is out, its scoring (an
 -- eval_score job). Nothing here scores: a case's assertions run in a job of their own, never
 -- while a settle holds budget locks, and never able to undo a settle.
+-- SECURITY DEFINER (as bulkhead_meter): it writes eval rows and queues calls, which the worker
+-- that settles may not do itself.
 create function bulkhead._eval_call_closed(job bigint)
 returns void
 language plpgsql volatile
@@ -1064,6 +1068,7 @@ $$;
 
 -- _eval_call_closed for the settles and for fail_job: whatever it meets (an answer it cannot
 -- read, a refusal), the settle it runs in goes through, and the case becomes an error.
+-- SECURITY DEFINER (as bulkhead_meter): the worker calls it and may not write eval rows.
 create function bulkhead._eval_call_closed_safely(job bigint)
 returns void
 language plpgsql volatile
@@ -1127,6 +1132,7 @@ $$;
 -- The worker's eval_score job: scores one call of a case in the database, from what was stored,
 -- and ends the run if nothing is left. A repeat (the job claimed again) finds it scored and only
 -- tries to end the run. Returns the call's verdict.
+-- SECURITY DEFINER (as bulkhead_meter): the worker holding the job may not write eval rows.
 create function bulkhead.score_eval_job(job bigint, worker text)
 returns jsonb
 language plpgsql volatile
@@ -1222,39 +1228,19 @@ as $$
 declare
     model text;
     dims int;
-    est_input int;
-    reservation uuid;
-    r bulkhead.reservations;
 begin
     if pg_catalog.btrim(answer) = '' then
         raise exception 'the answer is empty: there is nothing to embed' using errcode = '22023';
     end if;
     select x.params ->> 'embedding_model' into model from bulkhead.eval_runs x
     where x.tenant_id = this_call.tenant_id and x.id = this_call.run_id;
-    select coalesce(s.embedding_dims, 1536) into dims from bulkhead.retrieval_settings s
-    where s.tenant_id = this_call.tenant_id;
-    est_input := least((select b.tokens from bulkhead.input_token_bound(model, array[expected, answer], false) b),
-                       100000000)::int;
-    reservation := bulkhead.budget_check(model, est_input, 0, '30 minutes');
-    perform bulkhead._materialize_reservation(reservation);
-    update bulkhead.reservations x set queued = true
-    where x.tenant_id = this_call.tenant_id and x.id = reservation
-    returning * into r;
-    perform bulkhead._eval_budget_hold(r.reserved_usd);
-    if r.provider not in ('openai', 'openai_compatible') then
-        raise exception 'model % is not an embedding model of an OpenAI-style provider', pg_catalog.quote_literal(model)
-            using errcode = '22023';
-    end if;
-    return bulkhead._enqueue(
-        'embedding',
-        pg_catalog.jsonb_build_object(
-            'reservation', reservation, 'provider', r.provider, 'model', r.model, 'dims', coalesce(dims, 1536),
-            'chunks', pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object('content', answer),
-                                                   pg_catalog.jsonb_build_object('content', expected)),
-            'eval', pg_catalog.jsonb_build_object('run', this_call.run_id)),
-        'eval-similar:' || reservation::text,
-        null,
-        5);
+    select s.embedding_dims into dims from bulkhead.retrieval_settings s where s.tenant_id = this_call.tenant_id;
+    return bulkhead._queue_embedding(model,
+        pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object('content', answer),
+                                     pg_catalog.jsonb_build_object('content', expected)),
+        coalesce(dims, 1536), '30 minutes',
+        pg_catalog.jsonb_build_object('eval', pg_catalog.jsonb_build_object('run', this_call.run_id)),
+        'eval-similar:');
 end
 $$;
 
