@@ -1170,7 +1170,8 @@ end
 $$;
 
 -- The cosine similarity of the first two vectors of a JSON array; NULL if they are not two
--- equally long, non-zero numeric vectors.
+-- equally long, non-zero numeric vectors of values between 1e-100 and 1e100 in size (or 0); a
+-- value outside is dropped, which makes the lengths differ: nothing overflows or underflows.
 create function bulkhead._eval_cosine(vectors jsonb)
 returns double precision
 language sql immutable
@@ -1179,9 +1180,8 @@ set search_path to pg_catalog, pg_temp
 as $$
     select case when count(*) > 0 and count(*) = pg_catalog.jsonb_array_length(vectors -> 0)
                      and count(*) = pg_catalog.jsonb_array_length(vectors -> 1)
-                     and pg_catalog.bool_and(abs(a) < 1e100 and abs(b) < 1e100)
                      and sum(a * a) > 0 and sum(b * b) > 0
-                then sum(a * b) / pg_catalog.sqrt(sum(a * a) * sum(b * b)) end
+                then sum(a * b) / (pg_catalog.sqrt(sum(a * a)) * pg_catalog.sqrt(sum(b * b))) end
     from (select (x.value)::text::double precision as a, (y.value)::text::double precision as b
           from pg_catalog.jsonb_array_elements(case when pg_catalog.jsonb_typeof(vectors -> 0) = 'array'
                                                     then vectors -> 0 else '[]' end) with ordinality x
@@ -1189,7 +1189,9 @@ as $$
                                                     then vectors -> 1 else '[]' end) with ordinality y
             on y.ordinality = x.ordinality
           where pg_catalog.jsonb_typeof(x.value) = 'number' and pg_catalog.jsonb_typeof(y.value) = 'number'
-            and abs((x.value)::text::numeric) < 1e100 and abs((y.value)::text::numeric) < 1e100) v
+            and abs((x.value)::text::numeric) < 1e100 and abs((y.value)::text::numeric) < 1e100
+            and (abs((x.value)::text::numeric) = 0 or abs((x.value)::text::numeric) > 1e-100)
+            and (abs((y.value)::text::numeric) = 0 or abs((y.value)::text::numeric) > 1e-100)) v
 $$;
 
 -- A judge call for an llm_rubric assertion, admitted and queued as the tenant's own call (on

@@ -410,21 +410,17 @@ begin
         from bulkhead.jobs j
         where j.tenant_id = bulkhead.current_tenant() and j.id = job and j.kind in ('completion', 'embedding');
     end if;
-    -- A dead eval call is an error in its run (evals.sql), recorded once the job is dead.
-    if next_state = 'dead' and exists (select from bulkhead.jobs j where j.tenant_id = bulkhead.current_tenant()
-                                       and j.id = job and j.payload ? 'eval') then
-        update bulkhead.job_schedule x set state = 'dead', leased_by = null, leased_until = null,
-            attempts = s.attempts, updated_at = pg_catalog.clock_timestamp()
-        where x.job_id = job;
-        perform bulkhead._eval_call_closed_safely(job);
-        return next_state;
-    end if;
     update bulkhead.job_schedule x
     set state = next_state, attempts = s.attempts, deferrals = s.deferrals, leased_by = null, leased_until = null,
         run_at = case when next_state = 'queued' then pg_catalog.clock_timestamp() + delay else x.run_at end,
         fair_key = case when next_state = 'queued' then pg_catalog.clock_timestamp() + delay else x.fair_key end,
         updated_at = pg_catalog.clock_timestamp()
     where x.job_id = job;
+    -- A dead eval call is an error in its run (evals.sql), recorded once the job is dead.
+    if next_state = 'dead' and exists (select from bulkhead.jobs j where j.tenant_id = bulkhead.current_tenant()
+                                       and j.id = job and j.payload ? 'eval') then
+        perform bulkhead._eval_call_closed_safely(job);
+    end if;
     return next_state;
 end
 $$;

@@ -409,4 +409,11 @@ select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000e2');
 select held_usd, spent_usd > 0 as spent from bulkhead.eval_budgets;
 select status from bulkhead.eval_runs where id = (select id from run12);
 reset role;
+
+-- 11. Embeddings from a provider are data: extreme values make the measurement unusable (NULL,
+-- an error in the assertion), never an overflow that would fail the settle.
+select v as vectors, round(bulkhead._eval_cosine(v::jsonb)::numeric, 4) as cosine
+from (values ('[[1, 0], [1, 0]]'), ('[[1, 0], [0.6, 0.8]]'), ('[[1e99, 1e99], [1e99, 1e99]]'),
+             ('[[1e300, 1], [1, 1]]'), ('[[1e-400, 1], [1, 1]]'), ('[[1, 0], [1]]'), ('[[0, 0], [1, 1]]'),
+             ('{"a": 1}')) t(v);
 rollback;
