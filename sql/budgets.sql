@@ -93,7 +93,12 @@ create table bulkhead.reservations (
     -- Admitted in memory (bulkhead.memory_admission): its hold on the budget is in the tenant's
     -- slot in shared memory, not in budget_state, and is released there when this row closes.
     held_in_memory       boolean     not null default false,
+    -- The budget its dollars count against: the tenant's own, or its eval budget (an eval call
+    -- of a tenant with one, sql/evals.sql). reserved_usd is what it holds on the tenant's
+    -- budget: 0 on the eval line, whose hold is on bulkhead.eval_budgets.
+    budget_line          text        not null default 'tenant',
     constraint reservations_pkey primary key (tenant_id, id),
+    constraint reservations_budget_line_known check (budget_line in ('tenant', 'eval')),
     constraint reservations_tenant_fkey foreign key (tenant_id) references bulkhead.tenants (id)
 );
 create index reservations_open_by_lease on bulkhead.reservations (tenant_id, lease_expires_at)
@@ -261,10 +266,11 @@ exception when foreign_key_violation then
 end
 $$;
 
--- The table path of bulkhead.budget_check (extension/src/admission.rs), which calls it as
--- bulkhead_meter unless bulkhead.memory_admission is on. Admits one LLM call for the current
--- tenant, or raises PT429; returns the reservation id to pass to bulkhead.ledger_record(). The
--- tenant's budget row stays locked until the transaction ends, so keep it short.
+-- The table path of bulkhead.budget_check, which calls it unless bulkhead.memory_admission is
+-- on. Admits one LLM call for the current tenant, or raises PT429; returns the reservation id
+-- to pass to bulkhead.ledger_record(). The tenant's budget row stays locked until the
+-- transaction ends, so keep it short. SECURITY DEFINER (as bulkhead_meter): it writes the
+-- admission state, which callers only read.
 create function bulkhead._budget_check_table(
     model text,
     est_input_tokens int,
@@ -274,6 +280,27 @@ create function bulkhead._budget_check_table(
 returns uuid
 language plpgsql volatile
 security definer
+set search_path to pg_catalog, pg_temp
+as $$
+begin
+    return bulkhead._admit_in_table(model, est_input_tokens, max_output_tokens, lease, 'tenant');
+end
+$$;
+
+-- The admission itself, on a budget line: 'tenant' (every call), or 'eval' (an eval call of a
+-- tenant with an eval budget, _budget_check_eval in sql/evals.sql, which holds its dollars on
+-- that budget): the same rate limits, neither checks nor holds on the tenant's dollar budget.
+-- bulkhead_meter only: the eval line must not be an application's way around its budget.
+create function bulkhead._admit_in_table(
+    model text,
+    est_input_tokens int,
+    max_output_tokens int,
+    lease interval,
+    line text
+)
+returns uuid
+language plpgsql volatile
+security invoker
 set search_path to pg_catalog, pg_temp
 as $$
 declare
@@ -292,7 +319,11 @@ declare
     -- Named as the public function in messages.
     budget_check constant text := 'budget_check';
     lease_end timestamptz;
+    hold numeric;
 begin
+    if line is null or line not in ('tenant', 'eval') then
+        raise exception 'budget line must be tenant or eval' using errcode = '22023';
+    end if;
     if tenant is null then
         raise exception 'no tenant context'
             using errcode = '42501',
@@ -336,7 +367,7 @@ begin
         left join lateral (
             select pr.provider, pr.effective_from, pr.input_per_mtok, pr.output_per_mtok
             from bulkhead.prices pr
-            where pr.model = _budget_check_table.model and pr.effective_from <= now_ts
+            where pr.model = _admit_in_table.model and pr.effective_from <= now_ts
             order by pr.effective_from desc
             limit 1
         ) p on true
@@ -349,6 +380,10 @@ begin
     -- A tenant that admits in memory (a slot was loaded, under the lock now held) keeps a single
     -- admission state there: this call goes there too.
     if bulkhead._admission_in_memory() then
+        if line = 'eval' then
+            return coalesce(bulkhead._admit_eval_in_memory(model, est_input_tokens, max_output_tokens, lease),
+                            bulkhead._raise_refusal());
+        end if;
         return bulkhead.budget_check(model, est_input_tokens, max_output_tokens, lease);
     end if;
 
@@ -379,7 +414,8 @@ begin
             months => case st.lim_period when 'month' then 1 else 0 end)) at time zone tz;
         select coalesce(sum(l.cost_usd), 0) into st.spent_usd
         from bulkhead.ledger l
-        where l.tenant_id = tenant and l.created_at >= st.period_start and l.created_at < st.period_end;
+        where l.tenant_id = tenant and l.created_at >= st.period_start and l.created_at < st.period_end
+          and l.budget_line = 'tenant';
         -- Holds of rows admitted in memory were never in budget_state (nor are released there).
         select coalesce(sum(r.reserved_usd) filter (where not r.held_in_memory), 0), min(r.lease_expires_at)
         into st.reserved_usd, st.next_expiry
@@ -428,7 +464,7 @@ begin
         perform bulkhead._refuse(tenant, 'tenant_rate_limit_exceeded', 'itpm', null);
     elsif st.lim_otpm = 0 then
         perform bulkhead._refuse(tenant, 'tenant_rate_limit_exceeded', 'otpm', null);
-    elsif st.lim_dollars = 0 then
+    elsif st.lim_dollars = 0 and line = 'tenant' then
         perform bulkhead._refuse(tenant, 'tenant_budget_exceeded', 'dollar_budget', null);
     end if;
     if st.lim_rpm < 1 then
@@ -449,19 +485,23 @@ begin
         perform bulkhead._refuse(tenant, 'tenant_rate_limit_exceeded', 'otpm',
             ceil((max_output_tokens - st.otpm_level) * 60000 / st.lim_otpm)::bigint);
     end if;
-    if estimate > st.lim_dollars then
+    if line = 'eval' then
+        hold := 0;
+    elsif estimate > st.lim_dollars then
         perform bulkhead._refuse(tenant, 'tenant_budget_exceeded', 'dollar_budget', null);
     elsif st.spent_usd + st.reserved_usd + estimate > st.lim_dollars then
         perform bulkhead._refuse(tenant, 'tenant_budget_exceeded', 'dollar_budget',
             ceil(extract(epoch from st.period_end - now_ts) * 1000)::bigint);
+    else
+        hold := estimate;
     end if;
 
     insert into bulkhead.reservations
         (tenant_id, id, provider, model, est_input_tokens, max_output_tokens, reserved_usd,
-         price_effective_from, created_at, lease_expires_at)
+         price_effective_from, created_at, lease_expires_at, budget_line)
     values
-        (tenant, reservation, st.price_provider, _budget_check_table.model, est_input_tokens, max_output_tokens, estimate,
-         st.price_from, now_ts, lease_end);
+        (tenant, reservation, st.price_provider, _admit_in_table.model, est_input_tokens, max_output_tokens, hold,
+         st.price_from, now_ts, lease_end, line);
     update bulkhead.budget_state s
     set rpm_level = st.rpm_level - 1,
         itpm_level = st.itpm_level - est_input_tokens,
@@ -474,11 +514,11 @@ begin
         period_start = st.period_start,
         period_end = st.period_end,
         spent_usd = st.spent_usd,
-        reserved_usd = st.reserved_usd + estimate,
+        reserved_usd = st.reserved_usd + hold,
         next_expiry = least(st.next_expiry, lease_end)
     where s.tenant_id = tenant;
     -- Should this transaction go on to load the tenant's slot in memory, it counts this row.
-    perform bulkhead._table_hold_in_memory(estimate);
+    perform bulkhead._table_hold_in_memory(hold);
 
     -- Admission state need not survive a crash (the ledger does): an asynchronous commit lets
     -- checks run without a WAL flush each. A crash loses at most the reservations in flight.
@@ -598,7 +638,8 @@ begin
     return query
     select bulkhead._micros(starts), bulkhead._micros(ends),
            (select coalesce(sum(l.cost_usd), 0) from bulkhead.ledger l
-            where l.tenant_id = tenant and l.created_at >= starts and l.created_at < ends)::text,
+            where l.tenant_id = tenant and l.created_at >= starts and l.created_at < ends
+              and l.budget_line = 'tenant')::text,
            (select coalesce(sum(r.reserved_usd), 0) from bulkhead.reservations r
             where r.tenant_id = tenant and r.settled_at is null and r.expired_at is null)::text,
            (select bulkhead._micros(min(r.lease_expires_at)) from bulkhead.reservations r
@@ -801,6 +842,8 @@ grant execute on function bulkhead._raise_for_client(text, text, text, text) to 
 revoke all on function bulkhead._create_budget_state(uuid, timestamptz) from public;
 revoke all on function bulkhead.budget_check(text, int, int, interval) from public;
 revoke all on function bulkhead._budget_check_table(text, int, int, interval) from public;
+revoke all on function bulkhead._admit_in_table(text, int, int, interval, text) from public;
+revoke all on function bulkhead._admit_eval_in_memory(text, int, int, interval) from public;
 revoke all on function bulkhead._admission_terms(text) from public;
 revoke all on function bulkhead._admission_load(text) from public;
 revoke all on function bulkhead._reservation_from_memory(uuid, text, text, int, int, numeric, bigint, bigint, bigint, boolean, boolean) from public;
@@ -836,7 +879,8 @@ grant execute on function bulkhead._budget_check_table(text, int, int, interval)
     bulkhead._materialize_reservation(uuid), bulkhead._release_in_memory(numeric, numeric, bigint, bigint),
     bulkhead._materialize_lapsed_gateway_holds(), bulkhead._reservation_being_written(uuid), bulkhead._expire_in_memory(), bulkhead._open_in_memory(), bulkhead._micros(timestamptz),
     bulkhead._admit_in_memory(text, int, int, interval), bulkhead._admission_refusal(),
-    bulkhead._table_hold_in_memory(numeric) to bulkhead_meter;
+    bulkhead._table_hold_in_memory(numeric), bulkhead._admit_in_table(text, int, int, interval, text),
+    bulkhead._admit_eval_in_memory(text, int, int, interval) to bulkhead_meter;
 grant execute on function bulkhead._forget_in_memory(uuid) to bulkhead_admin;
 -- usage_report (invoker) lists the caller's own open reservations in memory.
 grant execute on function bulkhead._open_in_memory() to bulkhead_app, bulkhead_worker, bulkhead_admin;

@@ -197,7 +197,11 @@ begin
             raise exception 'max_output_tokens x n is too large' using errcode = '22023';
         end if;
     end if;
-    reservation := bulkhead.budget_check(model, least(est_input, 100000000)::int, max_output_tokens * choices, lease);
+    -- An eval's call goes on the tenant's eval budget when it has one (sql/evals.sql).
+    reservation := case when eval_call is null
+                        then bulkhead.budget_check(model, least(est_input, 100000000)::int, max_output_tokens * choices, lease)
+                        else bulkhead._budget_check_eval(model, least(est_input, 100000000)::int, max_output_tokens * choices, lease)
+                   end;
     -- Admitted in memory: the worker's call needs the reservation as a row.
     perform bulkhead._materialize_reservation(reservation);
     -- budget_check may have switched synchronous commit off for the transaction (admission
@@ -206,9 +210,6 @@ begin
     update bulkhead.reservations x set queued = true
     where x.tenant_id = tenant and x.id = reservation
     returning * into r;
-    if eval_call is not null then
-        perform bulkhead._eval_budget_hold(r.reserved_usd);  -- the tenant's eval budget (evals.sql)
-    end if;
     return bulkhead._enqueue(
         'completion',
         pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
@@ -371,7 +372,7 @@ $$;
 
 -- embed_document()'s admission and queueing of texts to embed (evals' `similar` assertions
 -- queue theirs here too): a bound that holds for any text, the reservation, the job. `extra`
--- joins the payload; with an `eval` key, the call also holds on the tenant's eval budget.
+-- joins the payload; with an `eval` key, the call goes on the tenant's eval budget if it has one.
 create function bulkhead._queue_embedding(
     model text, chunks jsonb, dims int, lease interval, extra jsonb, key_prefix text
 )
@@ -390,7 +391,8 @@ begin
     est_input := least((select b.tokens from bulkhead.input_token_bound(model,
                             array(select c->>'content' from pg_catalog.jsonb_array_elements(chunks) c), false) b),
                        100000000)::int;
-    reservation := bulkhead.budget_check(model, est_input, 0, lease);
+    reservation := case when extra ? 'eval' then bulkhead._budget_check_eval(model, est_input, 0, lease)
+                        else bulkhead.budget_check(model, est_input, 0, lease) end;
     perform bulkhead._materialize_reservation(reservation);
     -- budget_check may have switched synchronous commit off for the transaction; a queued job
     -- (and a settle this may run in) must be durable.
@@ -401,9 +403,6 @@ begin
     if r.provider not in ('openai', 'openai_compatible') then
         raise exception 'model % is not an embedding model of an OpenAI-style provider', pg_catalog.quote_literal(model)
             using errcode = '22023';
-    end if;
-    if extra ? 'eval' then
-        perform bulkhead._eval_budget_hold(r.reserved_usd);  -- the tenant's eval budget (evals.sql)
     end if;
     return bulkhead._enqueue(
         'embedding',

@@ -147,9 +147,10 @@ create table bulkhead.eval_calls (
     constraint eval_calls_purpose_known check (purpose in ('answer', 'judge', 'similar'))
 );
 
--- A tenant's eval budget: what its eval calls (answers, judges, embeddings) may spend per
--- period, on top of its own budget, which they are admitted on like any call. held_usd is what
--- the eval calls out now reserved; spent_usd what settled eval calls cost this period.
+-- A tenant's eval budget: a budget line of its own for its eval calls (answers, judges,
+-- embeddings), which then hold and spend here instead of on the tenant's budget (they keep its
+-- rate limits: _budget_check_eval). held_usd is the worst case of the eval calls out now;
+-- spent_usd what settled eval calls cost this period.
 create table bulkhead.eval_budgets (
     tenant_id    uuid        not null,
     dollar_limit numeric     not null,
@@ -257,12 +258,83 @@ begin
 end
 $$;
 comment on function bulkhead.set_eval_budget(uuid, numeric, text) is
-    'Caps what a tenant''s eval calls may spend per day, week or month (NULL removes the cap). bulkhead_admin only.';
+    'Gives a tenant''s eval calls a budget of their own per day, week or month, apart from its budget (NULL removes it). bulkhead_admin only.';
 
--- Holds `amount` (an eval call's reservation) on the current tenant's eval budget, if it has
--- one; PT429 eval_budget_exceeded when it would pass the limit. Under the budget row's lock.
+-- The eval budget's period: its spending starts afresh when a new one begins.
+create function bulkhead._eval_budget_roll(b bulkhead.eval_budgets)
+returns bulkhead.eval_budgets
+language plpgsql stable
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    tz text := pg_catalog.current_setting('bulkhead.billing_time_zone');
+    this_period timestamptz := pg_catalog.date_trunc(b.period, pg_catalog.now() at time zone tz) at time zone tz;
+begin
+    if b.period_start < this_period then
+        b.spent_usd := 0;
+        b.period_start := this_period;
+    end if;
+    return b;
+end
+$$;
+
+-- A reservation's worst-case cost at the price it was admitted at: what an eval call on the eval
+-- line holds on the eval budget (its reserved_usd, the hold on the tenant's budget, is 0).
+create function bulkhead._worst_case_usd(r bulkhead.reservations)
+returns numeric
+language sql stable
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+    select pg_catalog.trim_scale((r.est_input_tokens * p.input_per_mtok + r.max_output_tokens * p.output_per_mtok) / 1000000)
+    from bulkhead.prices p
+    where p.provider = r.provider and p.model = r.model and p.effective_from = r.price_effective_from
+$$;
+
+-- Admits an eval's call. For a tenant with an eval budget, on that budget's line: the tenant's
+-- rate limits as for any call, but its dollars are checked and held on bulkhead.eval_budgets
+-- (PT429 eval_budget_exceeded), and the tenant's own dollar budget neither refuses nor counts
+-- them (their ledger rows say budget_line 'eval'). Otherwise as any call, on the tenant's budget.
+-- bulkhead_meter only: the eval paths that queue calls run as it.
+create function bulkhead._budget_check_eval(model text, est_input_tokens int, max_output_tokens int, lease interval)
+returns uuid
+language plpgsql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    tenant uuid := bulkhead.current_tenant();
+    reservation uuid;
+    r bulkhead.reservations;
+begin
+    if not exists (select from bulkhead.eval_budgets b where b.tenant_id = tenant) then
+        return bulkhead.budget_check(model, est_input_tokens, max_output_tokens, lease);
+    end if;
+    -- Lock order as every settle's: the tenant's admission state, then its eval budget.
+    reservation := case when bulkhead._admission_in_memory()
+                        then coalesce(bulkhead._admit_eval_in_memory(model, est_input_tokens, max_output_tokens, lease),
+                                      bulkhead._raise_refusal())
+                        else bulkhead._admit_in_table(model, est_input_tokens, max_output_tokens, lease, 'eval')
+                   end;
+    perform bulkhead._materialize_reservation(reservation);
+    update bulkhead.reservations x set budget_line = 'eval'
+    where x.tenant_id = tenant and x.id = reservation
+    returning * into r;
+    if not bulkhead._eval_budget_hold(bulkhead._worst_case_usd(r)) then
+        -- Removed since the look above: the call would be on no budget at all.
+        raise exception 'the tenant''s eval budget was removed during this admission'
+            using errcode = '40001', hint = 'Try again: the call then goes on the tenant''s own budget.';
+    end if;
+    return reservation;
+end
+$$;
+
+-- Holds `amount` (an eval call's worst-case cost) on the current tenant's eval budget: PT429
+-- eval_budget_exceeded when it would pass the limit. False when the tenant has none. Under
+-- the budget row's lock.
 create function bulkhead._eval_budget_hold(amount numeric)
-returns void
+returns boolean
 language plpgsql volatile
 security invoker
 set search_path to pg_catalog, pg_temp
@@ -270,18 +342,12 @@ as $$
 declare
     tenant uuid := bulkhead.current_tenant();
     b bulkhead.eval_budgets;
-    tz text := pg_catalog.current_setting('bulkhead.billing_time_zone');
-    this_period timestamptz;
 begin
     select x.* into b from bulkhead.eval_budgets x where x.tenant_id = tenant for update;
     if not found then
-        return;
+        return false;
     end if;
-    this_period := pg_catalog.date_trunc(b.period, pg_catalog.now() at time zone tz) at time zone tz;
-    if b.period_start < this_period then
-        b.spent_usd := 0;
-        b.period_start := this_period;
-    end if;
+    b := bulkhead._eval_budget_roll(b);
     if b.spent_usd + b.held_usd + amount > b.dollar_limit then
         perform bulkhead._raise_for_client('PT429', 'eval_budget_exceeded',
             pg_catalog.json_build_object('code', 'eval_budget_exceeded', 'tenant_id', tenant,
@@ -292,10 +358,12 @@ begin
     set held_usd = b.held_usd + amount, spent_usd = b.spent_usd, period_start = b.period_start,
         updated_at = pg_catalog.clock_timestamp()
     where x.tenant_id = tenant;
+    return true;
 end
 $$;
 
--- An eval call ended (settled or dead): its hold leaves the eval budget, its cost enters it.
+-- An eval call ended (settled or dead): if it was on the eval budget's line, its hold leaves
+-- that budget and its cost enters it.
 create function bulkhead._eval_budget_release(job bigint)
 returns void
 language plpgsql volatile
@@ -304,25 +372,28 @@ set search_path to pg_catalog, pg_temp
 as $$
 declare
     tenant uuid := bulkhead.current_tenant();
-    held numeric;
-    cost numeric;
+    call record;
+    b bulkhead.eval_budgets;
 begin
-    if not exists (select from bulkhead.eval_budgets b where b.tenant_id = tenant) then
-        return;
-    end if;
-    select r.reserved_usd, case when pg_catalog.jsonb_typeof(j.result -> 'cost_usd') = 'number'
-                                then (j.result ->> 'cost_usd')::numeric else 0 end
-    into held, cost
-    from bulkhead.jobs j join bulkhead.reservations r on r.tenant_id = j.tenant_id
-                                                      and r.id = (j.payload ->> 'reservation')::uuid
-    where j.tenant_id = tenant and j.id = job and j.kind in ('completion', 'embedding');
+    select bulkhead._worst_case_usd(r) as held,
+           case when pg_catalog.jsonb_typeof(j.result -> 'cost_usd') = 'number'
+                then (j.result ->> 'cost_usd')::numeric else 0 end as cost
+    into call
+    from bulkhead.jobs j
+    join bulkhead.reservations r on r.tenant_id = j.tenant_id and r.id = (j.payload ->> 'reservation')::uuid
+    where j.tenant_id = tenant and j.id = job and j.kind in ('completion', 'embedding') and r.budget_line = 'eval';
     if not found then
-        return;
+        return;  -- on the tenant's own budget, which its settle or expiry already squared
     end if;
-    update bulkhead.eval_budgets b
-    set held_usd = greatest(b.held_usd - held, 0), spent_usd = b.spent_usd + cost,
-        updated_at = pg_catalog.clock_timestamp()
-    where b.tenant_id = tenant;
+    select x.* into b from bulkhead.eval_budgets x where x.tenant_id = tenant for update;
+    if not found then
+        return;  -- the eval budget was removed: there is nothing to square
+    end if;
+    b := bulkhead._eval_budget_roll(b);
+    update bulkhead.eval_budgets x
+    set held_usd = greatest(b.held_usd - call.held, 0), spent_usd = b.spent_usd + call.cost,
+        period_start = b.period_start, updated_at = pg_catalog.clock_timestamp()
+    where x.tenant_id = tenant;
 end
 $$;
 
@@ -1478,6 +1549,9 @@ revoke all on function bulkhead.score_eval_job(bigint, text) from public;
 revoke all on function bulkhead._check_eval_author(text) from public;
 revoke all on function bulkhead.set_eval_budget(uuid, numeric, text) from public;
 revoke all on function bulkhead._eval_budget_hold(numeric) from public;
+revoke all on function bulkhead._eval_budget_roll(bulkhead.eval_budgets) from public;
+revoke all on function bulkhead._worst_case_usd(bulkhead.reservations) from public;
+revoke all on function bulkhead._budget_check_eval(text, int, int, interval) from public;
 revoke all on function bulkhead._eval_budget_release(bigint) from public;
 revoke all on function bulkhead._eval_cosine(jsonb) from public;
 revoke all on function bulkhead._eval_queue_judge(bulkhead.eval_calls, int, text, text) from public;
@@ -1502,6 +1576,8 @@ grant execute on function bulkhead._eval_set_digest(uuid, text), bulkhead._eval_
     bulkhead._eval_call_closed(bigint), bulkhead._eval_result_failed(bigint, uuid, int, text),
     bulkhead._eval_queue_score(bigint, uuid, int), bulkhead._check_eval_author(text), bulkhead._held_job(bigint, text),
     bulkhead._eval_budget_hold(numeric), bulkhead._eval_budget_release(bigint), bulkhead._raise_for_client(text, text, text, text),
+    bulkhead._eval_budget_roll(bulkhead.eval_budgets), bulkhead._budget_check_eval(text, int, int, interval),
+    bulkhead._worst_case_usd(bulkhead.reservations),
     bulkhead._eval_check_assertions(text), bulkhead._eval_score(text, text, text),
     bulkhead._eval_judge_messages(text, text), bulkhead._eval_judge_score(text),
     bulkhead._leave_tenant(text), bulkhead._enqueue(text, jsonb, text, timestamptz, int),

@@ -542,7 +542,7 @@ begin
                    pg_catalog.array_agg(row(tenant, pg_catalog.gen_random_uuid(), p.reservation, p.request_id, p.provider,
                        p.model, p.input_tokens, p.cached_input_tokens, p.cache_write_tokens, p.output_tokens,
                        p.reasoning_tokens, p.itpm_tokens, p.reserved_usd, p.cost_usd, p.effective_from, false,
-                       pg_catalog.clock_timestamp())::bulkhead.ledger),
+                       pg_catalog.clock_timestamp(), 'tenant')::bulkhead.ledger),
                    coalesce(sum(p.reserved_usd), 0), coalesce(sum(p.cost_usd), 0),
                    coalesce(sum(p.est_input_tokens - p.itpm_tokens), 0), coalesce(sum(p.max_output_tokens - p.output_tokens), 0)
             into taken_count, priced_count, pending, hold, spent, itpm_refund, otpm_refund
@@ -573,7 +573,7 @@ begin
                                    else l.request_id || '#' || pg_catalog.substr(pg_catalog.md5(pg_catalog.gen_random_uuid()::text), 1, 16) end,
                                l.provider, l.model, l.input_tokens, l.cached_input_tokens, l.cache_write_tokens,
                                l.output_tokens, l.reasoning_tokens, l.itpm_tokens, l.reserved_usd, l.cost_usd,
-                               l.price_effective_from, l.orphan, l.created_at)::bulkhead.ledger
+                               l.price_effective_from, l.orphan, l.created_at, l.budget_line)::bulkhead.ledger
                     from pg_catalog.unnest(pending) l
                     where l.reservation_id <> all (group_ids));
                 exit when pg_catalog.cardinality(pending) = 0;

@@ -21,7 +21,11 @@ create table bulkhead.ledger (
     -- Settled without its reservation (lost in a crash): charged, but never admitted by this ledger.
     orphan               boolean     not null default false,
     created_at           timestamptz not null default pg_catalog.clock_timestamp(),
+    -- The budget the cost counts against (its reservation's): 'eval' costs are the tenant's
+    -- eval budget's (bulkhead.eval_budgets), not part of its own period spend.
+    budget_line          text        not null default 'tenant',
     constraint ledger_pkey primary key (tenant_id, id),
+    constraint ledger_budget_line_known check (budget_line in ('tenant', 'eval')),
     constraint ledger_request_key unique (tenant_id, provider, request_id),
     constraint ledger_tenant_fkey foreign key (tenant_id) references bulkhead.tenants (id),
     constraint ledger_counts_valid check (
@@ -69,6 +73,8 @@ declare
     existing_reservation uuid;
     existing_orphan boolean;
     is_orphan boolean := false;
+    -- What the cost adds to the tenant's own period spend: nothing on the eval line.
+    tenant_cost numeric;
 begin
     if tenant is null then
         raise exception 'no tenant context'
@@ -131,6 +137,7 @@ begin
         r.model := price.model;
         r.est_input_tokens := 0;
         r.max_output_tokens := 0;
+        r.budget_line := 'tenant';
     else
         -- The worker makes a queued call and settles it: were the app to settle it first (at
         -- zero), the call would be made unpaid.
@@ -199,12 +206,12 @@ begin
         insert into bulkhead.ledger
             (tenant_id, reservation_id, request_id, provider, model, input_tokens, cached_input_tokens,
              cache_write_tokens, output_tokens, reasoning_tokens, itpm_tokens, reserved_usd, cost_usd,
-             price_effective_from, orphan, created_at)
+             price_effective_from, orphan, created_at, budget_line)
         values
             (tenant, r.id, _ledger_record.request_id, r.provider, r.model, priced.input_tokens, priced.cached_input_tokens,
              priced.cache_write_tokens, priced.output_tokens, priced.reasoning_tokens, priced.itpm_tokens,
              case when is_orphan then null else r.reserved_usd end, priced.cost_usd,
-             price.effective_from, is_orphan, now_ts);
+             price.effective_from, is_orphan, now_ts, r.budget_line);
     exception when foreign_key_violation then
         raise exception 'tenant % does not exist', tenant
             using errcode = '42704', detail = 'The tenant context names no tenant, so no cost can be recorded for it.';
@@ -213,12 +220,13 @@ begin
     if not is_orphan then
         update bulkhead.reservations x set settled_at = now_ts where x.tenant_id = tenant and x.id = r.id;
     end if;
+    tenant_cost := case when r.budget_line = 'tenant' then priced.cost_usd else 0 end;
 
     -- A tenant with a slot in memory holds every reservation's hold and counts every cost there:
     -- released and counted when this commits (nothing happens for a tenant without a slot).
     perform bulkhead._release_in_memory(
         case when is_orphan or r.expired_at is not null then 0 else r.reserved_usd end,
-        priced.cost_usd,
+        tenant_cost,
         case when is_orphan then 0 else r.est_input_tokens - priced.itpm_tokens end,
         case when is_orphan then 0 else r.max_output_tokens - priced.output_tokens end);
 
@@ -227,7 +235,7 @@ begin
         -- Costs count in the period they are settled in; outside the state's window the next
         -- check rebuilds the money from the ledger anyway.
         set spent_usd = s.spent_usd + case when now_ts >= s.period_start and now_ts < s.period_end
-                                            then priced.cost_usd else 0 end,
+                                            then tenant_cost else 0 end,
             -- An expired reservation released its hold already.
             reserved_usd = case when is_orphan or r.expired_at is not null or r.held_in_memory then s.reserved_usd
                                 else greatest(s.reserved_usd - r.reserved_usd, 0) end,

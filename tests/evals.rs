@@ -130,6 +130,19 @@ async fn activate(
     }
 }
 
+/// A product call of the tenant in context: `complete()` on the template's active version.
+async fn product_call(
+    conn: &mut PgConnection,
+    template: &str,
+    model: &str,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("select bulkhead.complete($1, '{\"q\": \"product\"}', $2, 20)")
+        .bind(template)
+        .bind(model)
+        .fetch_one(conn)
+        .await
+}
+
 fn bulkhead(args: &[&str], login: &str) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
         .args(args)
@@ -395,6 +408,122 @@ async fn evals_score_every_assertion_type_gate_releases_and_keep_tenants_apart()
             .await;
         assert_eq!(common::sqlstate(&b_report), "P0002");
     }
+
+    // 3b. An eval budget is a budget line of its own. B's own budget is spent ($0): its product
+    // call is refused, yet with an eval budget its evals run through the worker, settle on
+    // that budget, and leave B's own spending as it was. Then the eval budget is spent ($0)
+    // and B's budget has room: the product runs, the eval's call is refused.
+    sqlx::query("select bulkhead.set_budget($1, 10000, 10000000, 10000000, 0)")
+        .bind(b)
+        .execute(&mut admin_conn)
+        .await
+        .unwrap();
+    sqlx::query("select bulkhead.set_eval_budget($1, 1)")
+        .bind(b)
+        .execute(&mut admin_conn)
+        .await
+        .unwrap();
+    let spent_before: String = {
+        let mut tx = begin_as(&mut conn, b).await.unwrap();
+        let refused = product_call(&mut tx, &template, &model).await;
+        assert_eq!(
+            common::sqlstate(&refused),
+            "PT429",
+            "B's own budget is spent"
+        );
+        tx.rollback().await.unwrap();
+        let mut tx = begin_as(&mut conn, b).await.unwrap();
+        let spent = sqlx::query_scalar("select coalesce(sum(cost_usd), 0)::text from bulkhead.ledger where budget_line = 'tenant'")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        spent
+    };
+    add_case(
+        &mut conn,
+        b,
+        &template,
+        "on the eval line",
+        reply("eval line answer"),
+        json!([{"type": "contains", "value": "eval line"}]),
+        None,
+    )
+    .await;
+    let line_run = start(&mut conn, b, &template, 1).await;
+    assert_eq!(finished(&mut conn, b, line_run).await, "passed");
+    {
+        let mut tx = begin_as(&mut conn, b).await.unwrap();
+        let (eval_rows, tenant_spent, eval_spent, held, ledger_eval): (i64, String, String, String, String) =
+            sqlx::query_as(
+                "select (select count(*) from bulkhead.ledger where budget_line = 'eval'),
+                        (select coalesce(sum(cost_usd), 0)::text from bulkhead.ledger where budget_line = 'tenant'),
+                        (select spent_usd::text from bulkhead.eval_budgets),
+                        (select held_usd::text from bulkhead.eval_budgets),
+                        (select sum(cost_usd)::text from bulkhead.ledger where budget_line = 'eval')",
+            )
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert!(eval_rows >= 1, "the new case's call is on the eval line");
+        assert_eq!(tenant_spent, spent_before, "B's own spending is untouched");
+        assert_eq!(
+            eval_spent.parse::<f64>().unwrap(),
+            ledger_eval.parse::<f64>().unwrap()
+        );
+        assert_eq!(held.parse::<f64>().unwrap(), 0.0, "settled: nothing held");
+    }
+    sqlx::query("select bulkhead.set_budget($1, 10000, 10000000, 10000000, 100.00)")
+        .bind(b)
+        .execute(&mut admin_conn)
+        .await
+        .unwrap();
+    sqlx::query("select bulkhead.set_eval_budget($1, 0)")
+        .bind(b)
+        .execute(&mut admin_conn)
+        .await
+        .unwrap();
+    {
+        let mut tx = begin_as(&mut conn, b).await.unwrap();
+        product_call(&mut tx, &template, &model)
+            .await
+            .expect("B's own budget has room again");
+        tx.commit().await.unwrap();
+    }
+    add_case(
+        &mut conn,
+        b,
+        &template,
+        "eval budget spent",
+        reply("never asked"),
+        json!([{"type": "contains", "value": "never"}]),
+        None,
+    )
+    .await;
+    let spent_run = start(&mut conn, b, &template, 1).await;
+    finished(&mut conn, b, spent_run).await;
+    {
+        let mut tx = begin_as(&mut conn, b).await.unwrap();
+        let refused: i64 = sqlx::query_scalar(
+            "select count(*) from bulkhead.eval_results
+             where run_id = $1 and status = 'error' and details ->> 'error' like '%eval_budget_exceeded%'",
+        )
+        .bind(spent_run)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(
+            refused, 1,
+            "the new case's call is refused by the spent eval budget"
+        );
+    }
+    sqlx::query("select bulkhead.set_eval_budget($1, null)")
+        .bind(b)
+        .execute(&mut admin_conn)
+        .await
+        .unwrap();
 
     // 4. The CLI. A fresh template for A whose cases pass on version 2 and fail on version 1.
     let cli_template = format!("it_eval_cli_{run_tag}");

@@ -16,7 +16,7 @@
 //! reservation is recorded as an orphan (`ledger_record(..., model => ...)`).
 
 use crate::{context, errors, gucs};
-use bulkhead_policy::admission::{self, Buckets, Limits, Micros, Refusal, Request};
+use bulkhead_policy::admission::{self, Buckets, BudgetLine, Limits, Micros, Refusal, Request};
 use bulkhead_policy::sqlstate::{HasSqlState, SqlState};
 use pgrx::pg_shmem_init;
 use pgrx::prelude::*;
@@ -1134,6 +1134,41 @@ pub(crate) fn _admit_in_memory(
     max_output_tokens: Option<i32>,
     lease: Option<pgrx::datum::Interval>,
 ) -> Option<pgrx::Uuid> {
+    admit_in_memory(
+        model,
+        est_input_tokens,
+        max_output_tokens,
+        lease,
+        BudgetLine::Tenant,
+    )
+}
+
+/// `_admit_in_memory` for an eval call whose tenant has an eval budget (`_budget_check_eval`
+/// in sql/evals.sql, which holds its dollars there): rate limits as any call, no dollars held
+/// or checked on the tenant's budget. Granted to bulkhead_meter only.
+#[pg_extern(volatile, parallel_unsafe)]
+fn _admit_eval_in_memory(
+    model: Option<&str>,
+    est_input_tokens: Option<i32>,
+    max_output_tokens: Option<i32>,
+    lease: Option<pgrx::datum::Interval>,
+) -> Option<pgrx::Uuid> {
+    admit_in_memory(
+        model,
+        est_input_tokens,
+        max_output_tokens,
+        lease,
+        BudgetLine::Eval,
+    )
+}
+
+fn admit_in_memory(
+    model: Option<&str>,
+    est_input_tokens: Option<i32>,
+    max_output_tokens: Option<i32>,
+    lease: Option<pgrx::datum::Interval>,
+    line: BudgetLine,
+) -> Option<pgrx::Uuid> {
     if !in_memory() {
         errors::raise(&AdmissionError::Off);
     }
@@ -1181,6 +1216,7 @@ pub(crate) fn _admit_in_memory(
             price.input_per_mtok,
             price.output_per_mtok,
         ),
+        line,
     };
     let key = key_of(tenant);
     let mut id = random_bytes();
@@ -1222,7 +1258,7 @@ pub(crate) fn _admit_in_memory(
             Outcome::AdmittedToTable => {
                 push_pending(Pending::AdmittedToTable {
                     key,
-                    hold: request.estimate,
+                    hold: request.tenant_hold(),
                     tokens: [1.0, f64::from(est_input), f64::from(max_output)],
                 });
                 as_meter(|| {
@@ -1234,7 +1270,7 @@ pub(crate) fn _admit_in_memory(
                             model: model.to_string(),
                             est_input,
                             max_output,
-                            reserved: request.estimate,
+                            reserved: request.tenant_hold(),
                             price_from: price.effective_from,
                             created_at: t,
                             lease_end,
@@ -1466,7 +1502,7 @@ fn admit_locked(
         && m.may_take_record(s.records);
     let s = &mut m.tenants[slot];
     s.buckets = buckets;
-    s.reserved += request.estimate;
+    s.reserved += request.tenant_hold();
     if !fits {
         return Outcome::AdmittedToTable;
     }
@@ -1485,7 +1521,7 @@ fn admit_locked(
     r.next = head;
     r.est_input = request.est_input_tokens;
     r.max_output = request.max_output_tokens;
-    r.reserved = request.estimate;
+    r.reserved = request.tenant_hold();
     r.created_at = t;
     r.lease_end = lease_end;
     r.price_from = price.effective_from;
@@ -1500,7 +1536,7 @@ fn admit_locked(
     s.head = index as u32;
     s.records += 1;
     s.open_records += 1;
-    s.open_held += request.estimate;
+    s.open_held += request.tenant_hold();
     s.next_expiry = s.next_expiry.min(lease_end);
     Outcome::Admitted(index as u32)
 }

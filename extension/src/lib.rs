@@ -50,6 +50,7 @@ extension_sql_file!(
     requires = [
         "prices",
         admission::_admit_in_memory,
+        admission::_admit_eval_in_memory,
         admission::_admission_refusal,
         admission::_admission_in_memory,
         admission::_materialize_reservation,

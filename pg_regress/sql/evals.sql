@@ -369,25 +369,41 @@ reset role;
 select r.status, (select count(*) from bulkhead.eval_results x where x.run_id = r.id and x.status = 'error') as errors
 from bulkhead.eval_runs r where r.id = (select id from run10);
 
--- 10. An eval budget caps what a tenant's eval calls spend (on top of its own budget, which
--- admits them as any call): at $0, the call is refused and its case is an error; with room, the
--- call holds its reservation on the eval budget until it settles at its cost.
+-- 10. An eval budget is a budget line of its own. With one, a tenant's eval calls keep its rate
+-- limits, but their dollars are checked and held on the eval budget: the tenant's own budget
+-- neither refuses nor counts them. Here the product's budget is spent ($0): its own call is
+-- refused, an eval at an eval budget of $0 too (its case is an error), and with room on the
+-- eval budget the eval runs and settles there.
 set local role regress_ev_app;
 select pg_temp.attempt($q$select bulkhead.set_eval_budget('00000000-0000-4000-8000-0000000000e2', 1)$q$) as app_sets_eval_budget;
 reset role;
 set local role regress_ev_admin;
 select bulkhead.set_eval_budget('00000000-0000-4000-8000-0000000000e2', 0);
 select pg_temp.attempt($q$select bulkhead.set_eval_budget('00000000-0000-4000-8000-0000000000e2', -1)$q$) as negative;
+select bulkhead.set_budget('00000000-0000-4000-8000-0000000000e2', 1000, 1000000, 1000000, 0);
 select bulkhead._set_tenant_within_function(null);
 reset role;
 set local role regress_ev_app;
 select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000e2');
+select pg_temp.attempt($q$select bulkhead.complete('ev', '{"q": "product"}', 'ev-model', 50)$q$) as product_call;
 select bulkhead.add_eval_case('00000000-0000-4000-8000-0000000000e2', 'ev', '{"q": "budget"}',
     '[{"type": "contains", "value": "x"}]') is not null as added;
 create temp table run11 as select bulkhead.start_eval('ev', 2) as id;
 grant select on run11 to public;
 select r.details ->> 'error' as refused from bulkhead.eval_results r
 where r.run_id = (select id from run11) and r.status = 'error';
+-- An application cannot put its own calls on the eval line.
+select pg_temp.attempt($q$select bulkhead._budget_check_eval('ev-model', 1, 1, '10 minutes')$q$) as app_eval_check;
+select pg_temp.attempt($q$select bulkhead._admit_in_table('ev-model', 1, 1, '10 minutes', 'eval')$q$) as app_eval_line;
+select pg_temp.attempt($q$select bulkhead._admit_eval_in_memory('ev-model', 1, 1, '10 minutes')$q$) as app_eval_in_memory;
+reset role;
+-- What those grants keep from it: the eval line admits on a spent budget (here as the meter).
+set local role bulkhead_meter;
+select bulkhead._set_tenant_within_function('00000000-0000-4000-8000-0000000000e2');
+savepoint meter_line;
+select bulkhead._admit_in_table('ev-model', 1, 1, '10 minutes', 'eval') is not null as meter_admits_on_eval_line;
+rollback to savepoint meter_line;
+select bulkhead._set_tenant_within_function(null);
 reset role;
 set local role regress_ev_admin;
 select bulkhead.set_eval_budget('00000000-0000-4000-8000-0000000000e2', 1);
@@ -397,9 +413,18 @@ set local role regress_ev_app;
 select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000e2');
 select bulkhead.add_eval_case('00000000-0000-4000-8000-0000000000e2', 'ev', '{"q": "budget 2"}',
     '[{"type": "contains", "value": "x"}]') is not null as added;
+create temp table holds_before as select s.reserved_usd from bulkhead.budget_state s;
 create temp table run12 as select bulkhead.start_eval('ev', 2) as id;
 grant select on run12 to public;
 select held_usd > 0 as holds, spent_usd from bulkhead.eval_budgets;
+-- Each call's hold is on the eval budget alone: nothing on the tenant's.
+select x.budget_line, x.reserved_usd as tenant_hold, count(*) as calls
+from bulkhead.eval_results r
+join bulkhead.jobs j on j.id = r.job_id
+join bulkhead.reservations x on x.id = (j.payload ->> 'reservation')::uuid
+where r.run_id = (select id from run12)
+group by 1, 2;
+select s.reserved_usd = (select h.reserved_usd from holds_before h) as tenant_holds_unchanged from bulkhead.budget_state s;
 reset role;
 set local role regress_ev_worker;
 select pg_temp.work('{"budget": "x marks the spot"}') > 0 as worked;
@@ -408,6 +433,78 @@ set local role regress_ev_app;
 select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000e2');
 select held_usd, spent_usd > 0 as spent from bulkhead.eval_budgets;
 select status from bulkhead.eval_runs where id = (select id from run12);
+-- Their costs are in the ledger on the eval line, and the tenant's spending leaves them out.
+select b.spent_usd = (select sum(l.cost_usd) from bulkhead.ledger l where l.budget_line = 'eval') as eval_spent_is_eval_line
+from bulkhead.eval_budgets b;
+select s.spent_usd = (select sum(l.cost_usd) from bulkhead.ledger l where l.budget_line = 'tenant') as tenant_spent_is_tenant_line
+from bulkhead.budget_state s;
+reset role;
+-- So does the tenant's spending rebuilt from the ledger: by the table path at a new period...
+update bulkhead.budget_state set period_end = '-infinity', spent_usd = 1000;
+set local role regress_ev_admin;
+select bulkhead.set_budget('00000000-0000-4000-8000-0000000000e2', 1000, 1000000, 1000000, 10.00);
+select bulkhead._set_tenant_within_function(null);
+reset role;
+set local role regress_ev_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000e2');
+select bulkhead.complete('ev', '{"q": "product"}', 'ev-model', 50) is not null as product_runs;
+select s.spent_usd = (select sum(l.cost_usd) from bulkhead.ledger l where l.budget_line = 'tenant') as rebuilt_without_evals
+from bulkhead.budget_state s;
+-- ...and by memory admission loading the tenant's slot.
+reset role;
+set local bulkhead.memory_admission = on;
+set local role regress_ev_app;
+select bulkhead.add_eval_case('00000000-0000-4000-8000-0000000000e2', 'ev', '{"q": "budget 3"}',
+    '[{"type": "contains", "value": "x"}]') is not null as added;
+create temp table run13 as select bulkhead.start_eval('ev', 2) as id;
+grant select on run13 to public;
+select x.budget_line, x.reserved_usd as tenant_hold, x.held_in_memory, count(*) as calls
+from bulkhead.eval_results r
+join bulkhead.jobs j on j.id = r.job_id
+join bulkhead.reservations x on x.id = (j.payload ->> 'reservation')::uuid
+where r.run_id = (select id from run13)
+group by 1, 2, 3;
+reset role;
+set local role regress_ev_worker;
+select pg_temp.work('{"budget": "x marks the spot"}') > 0 as worked;
+reset role;
+set local role regress_ev_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000e2');
+select status from bulkhead.eval_runs where id = (select id from run13);
+select held_usd, spent_usd = (select sum(l.cost_usd) from bulkhead.ledger l where l.budget_line = 'eval') as eval_spent
+from bulkhead.eval_budgets;
+reset role;
+-- Rate limits are the tenant's, whichever line pays: at 0 RPM the eval's call is refused.
+set local role regress_ev_admin;
+select bulkhead.set_budget('00000000-0000-4000-8000-0000000000e2', 0, 1000000, 1000000, 10.00);
+select bulkhead._set_tenant_within_function(null);
+reset role;
+set local role regress_ev_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000e2');
+select bulkhead.add_eval_case('00000000-0000-4000-8000-0000000000e2', 'ev', '{"q": "budget 4"}',
+    '[{"type": "contains", "value": "x"}]') is not null as added;
+create temp table run14 as select bulkhead.start_eval('ev', 2) as id;
+grant select on run14 to public;
+select count(*) as rate_limited from bulkhead.eval_results r
+where r.run_id = (select id from run14) and r.status = 'error' and r.details ->> 'error' like '%tenant_rate_limit_exceeded%';
+reset role;
+set local bulkhead.memory_admission = off;
+-- An eval budget that is spent refuses evals while the product goes on.
+set local role regress_ev_admin;
+select bulkhead.set_budget('00000000-0000-4000-8000-0000000000e2', 1000, 1000000, 1000000, 10.00);
+select bulkhead.set_eval_budget('00000000-0000-4000-8000-0000000000e2', 0);
+select bulkhead._set_tenant_within_function(null);
+reset role;
+set local role regress_ev_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000e2');
+select bulkhead.add_eval_case('00000000-0000-4000-8000-0000000000e2', 'ev', '{"q": "budget 5"}',
+    '[{"type": "contains", "value": "x"}]') is not null as added;
+create temp table run15 as select bulkhead.start_eval('ev', 2) as id;
+grant select on run15 to public;
+select count(*) filter (where r.details ->> 'error' like '%eval_budget_exceeded%') as eval_budget_refused,
+       count(*) filter (where r.status <> 'error') as not_refused
+from bulkhead.eval_results r where r.run_id = (select id from run15);
+select bulkhead.complete('ev', '{"q": "product"}', 'ev-model', 50) is not null as product_runs;
 reset role;
 
 -- 11. Embeddings from a provider are data: extreme values make the measurement unusable (NULL,

@@ -87,7 +87,7 @@ unpinned_allow_list (proname) as (
     values ('current_tenant'::name),
     -- Admission in memory: per call only shared memory; its slow paths call only schema-qualified,
     -- pinned meter functions with typed parameters, so the caller's search_path resolves nothing.
-           ('budget_check'), ('_admit_in_memory'), ('_admission_in_memory')
+           ('budget_check'), ('_admit_in_memory'), ('_admit_eval_in_memory'), ('_admission_in_memory')
 )
 select 'rls not enabled and forced' as rule, name as object
 from tables where not (relrowsecurity and relforcerowsecurity)

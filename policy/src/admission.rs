@@ -71,6 +71,16 @@ impl Buckets {
     }
 }
 
+/// The budget a call's dollars count against. Rate limits apply to every call alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BudgetLine {
+    /// The tenant's own dollar budget.
+    Tenant,
+    /// The tenant's eval budget (`bulkhead.set_eval_budget`), which sql/evals.sql checks and
+    /// holds: the tenant's budget neither admits nor holds the call's dollars.
+    Eval,
+}
+
 /// One call to admit.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Request {
@@ -78,6 +88,17 @@ pub struct Request {
     pub max_output_tokens: i32,
     /// input x input price + max output x output price.
     pub estimate: Decimal,
+    pub line: BudgetLine,
+}
+
+impl Request {
+    /// What the call holds on the tenant's dollar budget until it settles.
+    pub fn tenant_hold(&self) -> Decimal {
+        match self.line {
+            BudgetLine::Tenant => self.estimate,
+            BudgetLine::Eval => Decimal::ZERO,
+        }
+    }
 }
 
 /// Why a call is refused: the `code` and `limit` of the PT429 detail. `retry_after_ms` is None
@@ -134,7 +155,8 @@ pub fn admit(
     if limits.otpm == 0 {
         return Err(never(RATE, "otpm"));
     }
-    if limits.dollars.is_zero() {
+    let on_tenant_budget = request.line == BudgetLine::Tenant;
+    if on_tenant_budget && limits.dollars.is_zero() {
         return Err(never(BUDGET, "dollar_budget"));
     }
     if limits.rpm < 1 {
@@ -169,15 +191,18 @@ pub fn admit(
             (output - b.otpm) * 60000.0 / f64::from(limits.otpm),
         ));
     }
-    if request.estimate > limits.dollars {
-        return Err(never(BUDGET, "dollar_budget"));
-    }
-    if spent + reserved + request.estimate > limits.dollars {
-        return Err(later(
-            BUDGET,
-            "dollar_budget",
-            (period_end - now).max(0) as f64 / 1000.0,
-        ));
+    // A call on the eval line: its dollars are the eval budget's (see BudgetLine::Eval).
+    if on_tenant_budget {
+        if request.estimate > limits.dollars {
+            return Err(never(BUDGET, "dollar_budget"));
+        }
+        if spent + reserved + request.estimate > limits.dollars {
+            return Err(later(
+                BUDGET,
+                "dollar_budget",
+                (period_end - now).max(0) as f64 / 1000.0,
+            ));
+        }
     }
     Ok(Buckets {
         rpm: b.rpm - 1.0,
@@ -206,6 +231,7 @@ mod tests {
             est_input_tokens: input,
             max_output_tokens: output,
             estimate: Decimal::from_str(estimate).unwrap(),
+            line: BudgetLine::Tenant,
         }
     }
 
@@ -232,6 +258,52 @@ mod tests {
         let refused = admit(&b, &l, spent, r.estimate, &r, 0, MINUTE).unwrap_err();
         assert_eq!(refused.code, BUDGET);
         assert_eq!(refused.retry_after_ms, Some(60_000));
+    }
+
+    #[test]
+    fn the_eval_line_skips_the_tenants_dollars_but_not_its_rates() {
+        let b = Buckets::full(&limits(1, 100, 100, "1"), 0);
+        let eval = Request {
+            line: BudgetLine::Eval,
+            ..request(10, 10, "5")
+        };
+        assert_eq!(eval.tenant_hold(), Decimal::ZERO);
+        for dollars in ["0", "1"] {
+            let l = limits(1, 100, 100, dollars);
+            let spent = Decimal::from_str("7").unwrap();
+            let after = admit(&b, &l, spent, Decimal::ONE, &eval, 0, MINUTE).unwrap();
+            assert_eq!(
+                admit(&after, &l, Decimal::ZERO, Decimal::ZERO, &eval, 0, MINUTE)
+                    .unwrap_err()
+                    .limit,
+                "rpm"
+            );
+            assert_eq!(
+                admit(
+                    &b,
+                    &l,
+                    spent,
+                    Decimal::ONE,
+                    &request(10, 10, "5"),
+                    0,
+                    MINUTE
+                )
+                .unwrap_err()
+                .limit,
+                "dollar_budget"
+            );
+        }
+        let too_big = Request {
+            line: BudgetLine::Eval,
+            ..request(101, 1, "0")
+        };
+        let l = limits(1, 100, 100, "1");
+        assert_eq!(
+            admit(&b, &l, Decimal::ZERO, Decimal::ZERO, &too_big, 0, MINUTE)
+                .unwrap_err()
+                .limit,
+            "itpm"
+        );
     }
 
     #[test]
