@@ -140,6 +140,8 @@ create table bulkhead.eval_calls (
     purpose    text   not null,
     -- For judge and similar: the assertion's index in the case's list.
     assertion  int,
+    -- When its outcome was recorded in the case (once: _eval_call_closed).
+    closed_at  timestamptz,
     constraint eval_calls_pkey primary key (tenant_id, job_id),
     constraint eval_calls_tenant_fkey foreign key (tenant_id) references bulkhead.tenants (id),
     constraint eval_calls_result_fkey foreign key (tenant_id, run_id, case_id, attempt)
@@ -148,16 +150,14 @@ create table bulkhead.eval_calls (
 );
 
 -- A tenant's eval budget: a budget line of its own for its eval calls (answers, judges,
--- embeddings), which then hold and spend here instead of on the tenant's budget (they keep its
--- rate limits: _budget_check_eval). held_usd is the worst case of the eval calls out now;
--- spent_usd what settled eval calls cost this period.
+-- embeddings), which then hold and spend on it instead of on the tenant's budget (they keep its
+-- rate limits: _budget_check_eval). What the line holds and spent is not kept here but read
+-- from the reservations and the ledger (_eval_budget_used): no counter for a settle, a retry or
+-- a worker to get wrong.
 create table bulkhead.eval_budgets (
     tenant_id    uuid        not null,
     dollar_limit numeric     not null,
     period       text        not null,
-    period_start timestamptz not null default '-infinity',
-    spent_usd    numeric     not null default 0,
-    held_usd     numeric     not null default 0,
     updated_at   timestamptz not null default pg_catalog.clock_timestamp(),
     constraint eval_budgets_pkey primary key (tenant_id),
     constraint eval_budgets_tenant_fkey foreign key (tenant_id) references bulkhead.tenants (id),
@@ -248,36 +248,14 @@ begin
         insert into bulkhead.eval_budgets as b (tenant_id, dollar_limit, period)
         values (set_eval_budget.tenant_id, set_eval_budget.dollar_limit, set_eval_budget.period)
         on conflict on constraint eval_budgets_pkey do update
-        set dollar_limit = excluded.dollar_limit, updated_at = pg_catalog.clock_timestamp(),
-            -- A new period length starts counting afresh.
-            period = excluded.period,
-            period_start = case when b.period = excluded.period then b.period_start else '-infinity' end,
-            spent_usd = case when b.period = excluded.period then b.spent_usd else 0 end;
+        set dollar_limit = excluded.dollar_limit, period = excluded.period,
+            updated_at = pg_catalog.clock_timestamp();
     end if;
     perform bulkhead._leave_tenant(previous);
 end
 $$;
 comment on function bulkhead.set_eval_budget(uuid, numeric, text) is
     'Gives a tenant''s eval calls a budget of their own per day, week or month, apart from its budget (NULL removes it). bulkhead_admin only.';
-
--- The eval budget's period: its spending starts afresh when a new one begins.
-create function bulkhead._eval_budget_roll(b bulkhead.eval_budgets)
-returns bulkhead.eval_budgets
-language plpgsql stable
-security invoker
-set search_path to pg_catalog, pg_temp
-as $$
-declare
-    tz text := pg_catalog.current_setting('bulkhead.billing_time_zone');
-    this_period timestamptz := pg_catalog.date_trunc(b.period, pg_catalog.now() at time zone tz) at time zone tz;
-begin
-    if b.period_start < this_period then
-        b.spent_usd := 0;
-        b.period_start := this_period;
-    end if;
-    return b;
-end
-$$;
 
 -- A reservation's worst-case cost at the price it was admitted at: what an eval call on the eval
 -- line holds on the eval budget (its reserved_usd, the hold on the tenant's budget, is 0).
@@ -292,11 +270,49 @@ as $$
     where p.provider = r.provider and p.model = r.model and p.effective_from = r.price_effective_from
 $$;
 
+-- The current tenant's eval line in the period of this length (aligned to
+-- bulkhead.billing_time_zone): what its settled calls cost since the period began (ledger rows on
+-- the eval line) and what its calls out hold (eval-line reservations whose lease runs).
+create function bulkhead._eval_budget_used(period text)
+returns table (period_start timestamptz, spent_usd numeric, held_usd numeric)
+language sql stable
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+    with bounds as (
+        select pg_catalog.date_trunc(period, pg_catalog.clock_timestamp() at time zone tz) at time zone tz as starts
+        from pg_catalog.current_setting('bulkhead.billing_time_zone') tz
+    )
+    select b.starts,
+           (select coalesce(sum(l.cost_usd), 0) from bulkhead.ledger l
+            where l.tenant_id = bulkhead.current_tenant() and l.budget_line = 'eval' and l.created_at >= b.starts),
+           (select coalesce(sum(bulkhead._worst_case_usd(r)), 0) from bulkhead.reservations r
+            where r.tenant_id = bulkhead.current_tenant() and r.budget_line = 'eval'
+              and r.settled_at is null and r.expired_at is null and r.lease_expires_at > pg_catalog.clock_timestamp())
+    from bounds b
+$$;
+
+-- The current tenant's eval budget and what its eval line spent and holds now; no row without one.
+create function bulkhead.eval_budget_usage()
+returns table (tenant_id uuid, dollar_limit numeric, period text, period_start timestamptz,
+               spent_usd numeric, held_usd numeric)
+language sql stable
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+    select b.tenant_id, b.dollar_limit, b.period, u.period_start, u.spent_usd, u.held_usd
+    from bulkhead.eval_budgets b
+    cross join lateral bulkhead._eval_budget_used(b.period) u
+    where b.tenant_id = bulkhead.current_tenant()
+$$;
+comment on function bulkhead.eval_budget_usage() is
+    'The current tenant''s eval budget with what its eval calls spent this period and hold now.';
+
 -- Admits an eval's call. For a tenant with an eval budget, on that budget's line: the tenant's
--- rate limits as for any call, but its dollars are checked and held on bulkhead.eval_budgets
--- (PT429 eval_budget_exceeded), and the tenant's own dollar budget neither refuses nor counts
--- them (their ledger rows say budget_line 'eval'). Otherwise as any call, on the tenant's budget.
--- bulkhead_meter only: the eval paths that queue calls run as it.
+-- rate limits as for any call, but its dollars are checked against the eval budget (PT429
+-- eval_budget_exceeded), and the tenant's own dollar budget neither refuses nor counts them
+-- (their reservations hold 0 on it; their ledger rows say budget_line 'eval'). Otherwise as any
+-- call, on the tenant's budget. bulkhead_meter only: the eval paths that queue calls run as it.
 create function bulkhead._budget_check_eval(model text, est_input_tokens int, max_output_tokens int, lease interval)
 returns uuid
 language plpgsql volatile
@@ -305,95 +321,33 @@ set search_path to pg_catalog, pg_temp
 as $$
 declare
     tenant uuid := bulkhead.current_tenant();
+    budget bulkhead.eval_budgets;
+    used record;
     reservation uuid;
-    r bulkhead.reservations;
 begin
-    if not exists (select from bulkhead.eval_budgets b where b.tenant_id = tenant) then
+    -- The budget row's lock orders the tenant's eval admissions, each of which sees the calls
+    -- the one before it admitted, and holds off its removal meanwhile. Nothing takes it after
+    -- the admission state's lock (settles do not touch it), so this order cannot deadlock.
+    select b.* into budget from bulkhead.eval_budgets b where b.tenant_id = tenant for update;
+    if not found then
         return bulkhead.budget_check(model, est_input_tokens, max_output_tokens, lease);
     end if;
-    -- Lock order as every settle's: the tenant's admission state, then its eval budget.
     reservation := case when bulkhead._admission_in_memory()
                         then coalesce(bulkhead._admit_eval_in_memory(model, est_input_tokens, max_output_tokens, lease),
                                       bulkhead._raise_refusal())
                         else bulkhead._admit_in_table(model, est_input_tokens, max_output_tokens, lease, 'eval')
                    end;
     perform bulkhead._materialize_reservation(reservation);
-    update bulkhead.reservations x set budget_line = 'eval'
-    where x.tenant_id = tenant and x.id = reservation
-    returning * into r;
-    if not bulkhead._eval_budget_hold(bulkhead._worst_case_usd(r)) then
-        -- Removed since the look above: the call would be on no budget at all.
-        raise exception 'the tenant''s eval budget was removed during this admission'
-            using errcode = '40001', hint = 'Try again: the call then goes on the tenant''s own budget.';
-    end if;
-    return reservation;
-end
-$$;
-
--- Holds `amount` (an eval call's worst-case cost) on the current tenant's eval budget: PT429
--- eval_budget_exceeded when it would pass the limit. False when the tenant has none. Under
--- the budget row's lock.
-create function bulkhead._eval_budget_hold(amount numeric)
-returns boolean
-language plpgsql volatile
-security invoker
-set search_path to pg_catalog, pg_temp
-as $$
-declare
-    tenant uuid := bulkhead.current_tenant();
-    b bulkhead.eval_budgets;
-begin
-    select x.* into b from bulkhead.eval_budgets x where x.tenant_id = tenant for update;
-    if not found then
-        return false;
-    end if;
-    b := bulkhead._eval_budget_roll(b);
-    if b.spent_usd + b.held_usd + amount > b.dollar_limit then
+    update bulkhead.reservations x set budget_line = 'eval' where x.tenant_id = tenant and x.id = reservation;
+    -- This call's worst case is among the holds now: refused, the admission rolls back with it.
+    select * into used from bulkhead._eval_budget_used(budget.period);
+    if used.spent_usd + used.held_usd > budget.dollar_limit then
         perform bulkhead._raise_for_client('PT429', 'eval_budget_exceeded',
             pg_catalog.json_build_object('code', 'eval_budget_exceeded', 'tenant_id', tenant,
                                          'limit', 'eval_budget', 'retry_after_ms', null)::text,
             'The tenant''s eval budget (bulkhead.set_eval_budget) has no room for this call.');
     end if;
-    update bulkhead.eval_budgets x
-    set held_usd = b.held_usd + amount, spent_usd = b.spent_usd, period_start = b.period_start,
-        updated_at = pg_catalog.clock_timestamp()
-    where x.tenant_id = tenant;
-    return true;
-end
-$$;
-
--- An eval call ended (settled or dead): if it was on the eval budget's line, its hold leaves
--- that budget and its cost enters it.
-create function bulkhead._eval_budget_release(job bigint)
-returns void
-language plpgsql volatile
-security invoker
-set search_path to pg_catalog, pg_temp
-as $$
-declare
-    tenant uuid := bulkhead.current_tenant();
-    call record;
-    b bulkhead.eval_budgets;
-begin
-    select bulkhead._worst_case_usd(r) as held,
-           case when pg_catalog.jsonb_typeof(j.result -> 'cost_usd') = 'number'
-                then (j.result ->> 'cost_usd')::numeric else 0 end as cost
-    into call
-    from bulkhead.jobs j
-    join bulkhead.reservations r on r.tenant_id = j.tenant_id and r.id = (j.payload ->> 'reservation')::uuid
-    where j.tenant_id = tenant and j.id = job and j.kind in ('completion', 'embedding') and r.budget_line = 'eval';
-    if not found then
-        return;  -- on the tenant's own budget, which its settle or expiry already squared
-    end if;
-    select x.* into b from bulkhead.eval_budgets x where x.tenant_id = tenant for update;
-    if not found then
-        return;  -- the eval budget was removed: there is nothing to square
-    end if;
-    b := bulkhead._eval_budget_roll(b);
-    update bulkhead.eval_budgets x
-    set held_usd = greatest(b.held_usd - call.held, 0), spent_usd = b.spent_usd + call.cost,
-        period_start = b.period_start, updated_at = pg_catalog.clock_timestamp()
-    where x.tenant_id = tenant;
+    return reservation;
 end
 $$;
 
@@ -1054,7 +1008,14 @@ begin
         end if;
         return;
     end if;
-    select c.* into this_call from bulkhead.eval_calls c where c.tenant_id = tenant and c.job_id = job;
+    -- Only a call that ended (done or dead: a failed attempt waiting for its retry has not),
+    -- recorded once.
+    if not found or j.state not in ('done', 'dead') then
+        return;
+    end if;
+    update bulkhead.eval_calls c set closed_at = pg_catalog.clock_timestamp()
+    where c.tenant_id = tenant and c.job_id = job and c.closed_at is null
+    returning c.* into this_call;
     -- Only a job the eval queued itself, for this run.
     if not found or (j.payload -> 'eval' ->> 'run') is distinct from this_call.run_id::text then
         return;
@@ -1149,14 +1110,6 @@ as $$
 declare
     this_call bulkhead.eval_calls;
 begin
-    -- First, and apart: whatever the call's answer, its hold leaves the eval budget once.
-    begin
-        perform bulkhead._eval_budget_release(job);
-    exception when lock_not_available or serialization_failure or deadlock_detected or query_canceled then
-        raise;
-    when others then
-        null;  -- a release that cannot be made leaves the hold to the next period's reckoning
-    end;
     begin
         perform bulkhead._eval_call_closed(job);
     exception when lock_not_available or serialization_failure or deadlock_detected or query_canceled then
@@ -1548,11 +1501,10 @@ revoke all on function bulkhead._eval_queue_score(bigint, uuid, int) from public
 revoke all on function bulkhead.score_eval_job(bigint, text) from public;
 revoke all on function bulkhead._check_eval_author(text) from public;
 revoke all on function bulkhead.set_eval_budget(uuid, numeric, text) from public;
-revoke all on function bulkhead._eval_budget_hold(numeric) from public;
-revoke all on function bulkhead._eval_budget_roll(bulkhead.eval_budgets) from public;
 revoke all on function bulkhead._worst_case_usd(bulkhead.reservations) from public;
+revoke all on function bulkhead._eval_budget_used(text) from public;
+revoke all on function bulkhead.eval_budget_usage() from public;
 revoke all on function bulkhead._budget_check_eval(text, int, int, interval) from public;
-revoke all on function bulkhead._eval_budget_release(bigint) from public;
 revoke all on function bulkhead._eval_cosine(jsonb) from public;
 revoke all on function bulkhead._eval_queue_judge(bulkhead.eval_calls, int, text, text) from public;
 revoke all on function bulkhead._eval_queue_similarity(bulkhead.eval_calls, int, text, text) from public;
@@ -1575,9 +1527,7 @@ grant execute on function bulkhead._eval_set_digest(uuid, text), bulkhead._eval_
     bulkhead._eval_score_result(bigint, uuid, int), bulkhead._eval_finish_run(bigint),
     bulkhead._eval_call_closed(bigint), bulkhead._eval_result_failed(bigint, uuid, int, text),
     bulkhead._eval_queue_score(bigint, uuid, int), bulkhead._check_eval_author(text), bulkhead._held_job(bigint, text),
-    bulkhead._eval_budget_hold(numeric), bulkhead._eval_budget_release(bigint), bulkhead._raise_for_client(text, text, text, text),
-    bulkhead._eval_budget_roll(bulkhead.eval_budgets), bulkhead._budget_check_eval(text, int, int, interval),
-    bulkhead._worst_case_usd(bulkhead.reservations),
+    bulkhead._raise_for_client(text, text, text, text), bulkhead._budget_check_eval(text, int, int, interval),
     bulkhead._eval_check_assertions(text), bulkhead._eval_score(text, text, text),
     bulkhead._eval_judge_messages(text, text), bulkhead._eval_judge_score(text),
     bulkhead._leave_tenant(text), bulkhead._enqueue(text, jsonb, text, timestamptz, int),
@@ -1588,6 +1538,9 @@ grant execute on function bulkhead.set_eval_set(uuid, text, text, int, numeric, 
     bulkhead.add_eval_case(uuid, text, jsonb, jsonb, jsonb, numeric, text), bulkhead.remove_eval_case(uuid, uuid),
     bulkhead.start_eval(text, int, uuid), bulkhead.eval_report(bigint), bulkhead.eval_run_status(bigint[], text)
     to bulkhead_app, bulkhead_admin;
+-- eval_budget_usage (invoker) reads what the tenant's own rows say.
+grant execute on function bulkhead.eval_budget_usage(), bulkhead._eval_budget_used(text),
+    bulkhead._worst_case_usd(bulkhead.reservations) to bulkhead_app, bulkhead_admin, bulkhead_meter;
 grant execute on function bulkhead.eval_summary(text, bigint[]), bulkhead.set_eval_budget(uuid, numeric, text)
     to bulkhead_admin;
 -- The worker's settles call it, in the job's tenant context; its eval_score jobs call the scorer.

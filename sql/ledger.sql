@@ -34,6 +34,8 @@ create table bulkhead.ledger (
     constraint ledger_request_id_length check (pg_catalog.char_length(request_id) between 1 and 200)
 );
 create index ledger_by_time on bulkhead.ledger (tenant_id, created_at);
+-- What a tenant's eval line spent this period (_eval_budget_used, at every eval admission).
+create index ledger_eval_line_by_time on bulkhead.ledger (tenant_id, created_at) where budget_line = 'eval';
 
 alter table bulkhead.ledger enable row level security;
 alter table bulkhead.ledger force row level security;

@@ -458,8 +458,8 @@ async fn evals_score_every_assertion_type_gate_releases_and_keep_tenants_apart()
             sqlx::query_as(
                 "select (select count(*) from bulkhead.ledger where budget_line = 'eval'),
                         (select coalesce(sum(cost_usd), 0)::text from bulkhead.ledger where budget_line = 'tenant'),
-                        (select spent_usd::text from bulkhead.eval_budgets),
-                        (select held_usd::text from bulkhead.eval_budgets),
+                        (select spent_usd::text from bulkhead.eval_budget_usage()),
+                        (select held_usd::text from bulkhead.eval_budget_usage()),
                         (select sum(cost_usd)::text from bulkhead.ledger where budget_line = 'eval')",
             )
             .fetch_one(&mut *tx)

@@ -416,7 +416,7 @@ select bulkhead.add_eval_case('00000000-0000-4000-8000-0000000000e2', 'ev', '{"q
 create temp table holds_before as select s.reserved_usd from bulkhead.budget_state s;
 create temp table run12 as select bulkhead.start_eval('ev', 2) as id;
 grant select on run12 to public;
-select held_usd > 0 as holds, spent_usd from bulkhead.eval_budgets;
+select held_usd > 0 as holds, spent_usd from bulkhead.eval_budget_usage();
 -- Each call's hold is on the eval budget alone: nothing on the tenant's.
 select x.budget_line, x.reserved_usd as tenant_hold, count(*) as calls
 from bulkhead.eval_results r
@@ -431,11 +431,33 @@ select pg_temp.work('{"budget": "x marks the spot"}') > 0 as worked;
 reset role;
 set local role regress_ev_app;
 select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000e2');
-select held_usd, spent_usd > 0 as spent from bulkhead.eval_budgets;
+select held_usd, spent_usd > 0 as spent from bulkhead.eval_budget_usage();
 select status from bulkhead.eval_runs where id = (select id from run12);
+create temp table usage12 as select * from bulkhead.eval_budget_usage();
+grant select on usage12 to public;
+reset role;
+-- A worker that replays a call's hook, or writes a cost into a job's result, moves nothing:
+-- the eval line is read from the reservations and the ledger, and a call is recorded once.
+update bulkhead.jobs set result = jsonb_set(result, '{cost_usd}', '-1000')
+where id in (select r.job_id from bulkhead.eval_results r where r.run_id = (select id from run12));
+create temp table calls12 as select c.job_id from bulkhead.eval_calls c where c.run_id = (select id from run12);
+grant select on calls12 to public;
+set local role regress_ev_worker;
+select bulkhead._set_tenant_within_function('00000000-0000-4000-8000-0000000000e2');
+select count(*) as replayed from (
+    select bulkhead._eval_call_closed_safely(c.job_id) from calls12 c
+    union all
+    select bulkhead._eval_call_closed_safely(c.job_id) from calls12 c) x;
+select bulkhead._set_tenant_within_function(null);
+reset role;
+set local role regress_ev_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000e2');
+select (u.spent_usd, u.held_usd) = (b.spent_usd, b.held_usd) as unchanged,
+       (select r.status from bulkhead.eval_results r where r.run_id = (select id from run12) and r.status <> 'scored' limit 1) as unscored
+from bulkhead.eval_budget_usage() u, usage12 b;
 -- Their costs are in the ledger on the eval line, and the tenant's spending leaves them out.
 select b.spent_usd = (select sum(l.cost_usd) from bulkhead.ledger l where l.budget_line = 'eval') as eval_spent_is_eval_line
-from bulkhead.eval_budgets b;
+from bulkhead.eval_budget_usage() b;
 select s.spent_usd = (select sum(l.cost_usd) from bulkhead.ledger l where l.budget_line = 'tenant') as tenant_spent_is_tenant_line
 from bulkhead.budget_state s;
 reset role;
@@ -472,7 +494,7 @@ set local role regress_ev_app;
 select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000e2');
 select status from bulkhead.eval_runs where id = (select id from run13);
 select held_usd, spent_usd = (select sum(l.cost_usd) from bulkhead.ledger l where l.budget_line = 'eval') as eval_spent
-from bulkhead.eval_budgets;
+from bulkhead.eval_budget_usage();
 reset role;
 -- Rate limits are the tenant's, whichever line pays: at 0 RPM the eval's call is refused.
 set local role regress_ev_admin;
