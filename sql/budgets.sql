@@ -46,6 +46,23 @@ create table bulkhead.budget_defaults (
 insert into bulkhead.budget_defaults (rpm, itpm, otpm, dollar_limit, period)
 values (60, 200000, 50000, 10, 'month');
 
+-- CREATE EXTENSION writes the default row; a restore then brings the dumped one, as the admins
+-- left it, which replaces the seed rather than colliding with it. (Nobody else inserts here.)
+create function bulkhead._budget_defaults_replace_seed()
+returns trigger
+language plpgsql
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+begin
+    delete from bulkhead.budget_defaults d where d.singleton = new.singleton;
+    return new;
+end
+$$;
+revoke all on function bulkhead._budget_defaults_replace_seed() from public;
+create trigger budget_defaults_replace_seed before insert on bulkhead.budget_defaults
+    for each row execute function bulkhead._budget_defaults_replace_seed();
+
 -- Admission state: token bucket levels and the period's money, one row per tenant, created on
 -- first use. spent_usd is the ledger's cost settled within [period_start, period_end); it is
 -- rebuilt from the durable ledger whenever the row is missing or the period rolls over.

@@ -79,7 +79,8 @@ security invoker
 set search_path to pg_catalog, pg_temp
 as $$
 begin
-    if new.provider_project_id is not null then
+    -- A restore brings the recorded projects back from the dump.
+    if new.provider_project_id is not null and not bulkhead._restoring() then
         insert into bulkhead.tenant_provider_projects (tenant_id, provider, provider_project_id)
         values (new.tenant_id, new.provider, new.provider_project_id)
         on conflict do nothing;

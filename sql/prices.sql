@@ -10,6 +10,9 @@ create table bulkhead.prices (
     cached_input_per_mtok numeric,
     cache_write_per_mtok  numeric,
     created_at            timestamptz not null default pg_catalog.now(),
+    -- Written by the extension script (the seed list below): a dump leaves it out, since
+    -- CREATE EXTENSION writes it again on restore. Admins' rows are dumped.
+    seeded                boolean     not null default false,
     constraint prices_pkey primary key (provider, model, effective_from),
     constraint prices_provider_known check (provider in ('openai', 'anthropic', 'openai_compatible')),
     constraint prices_model_length check (pg_catalog.char_length(model) between 1 and 200),
@@ -31,17 +34,19 @@ alter table bulkhead.prices enable row level security;
 alter table bulkhead.prices force row level security;
 -- Prices are platform data, the same for every tenant.
 create policy readable on bulkhead.prices for select using (true);
-create policy control_plane on bulkhead.prices for insert to bulkhead_admin with check (true);
+create policy control_plane on bulkhead.prices for insert to bulkhead_admin with check (not seeded);
 grant select on bulkhead.prices to bulkhead_app, bulkhead_worker, bulkhead_admin, bulkhead_meter;
 grant insert on bulkhead.prices to bulkhead_admin;
-select pg_catalog.pg_extension_config_dump('bulkhead.prices', '');
+select pg_catalog.pg_extension_config_dump('bulkhead.prices', 'where not seeded');
 
 -- Seed list: list prices published by OpenAI and Anthropic (standard tier, 5-minute cache writes).
 -- Providers change prices: add a row with set_price() rather than trusting this list forever.
+-- created_at is fixed too, so that every install holds the same seed rows.
 insert into bulkhead.prices
-    (provider, model, effective_from, input_per_mtok, cached_input_per_mtok, cache_write_per_mtok, output_per_mtok)
-values
-    ('openai', 'gpt-4o',                 '2025-01-01', 2.50,  1.25,   null,  10.00),
+    (provider, model, effective_from, input_per_mtok, cached_input_per_mtok, cache_write_per_mtok, output_per_mtok,
+     seeded, created_at)
+select v.*, true, v.effective_from from (values
+    ('openai', 'gpt-4o',                 timestamptz '2025-01-01', 2.50,  1.25,   null::numeric,  10.00),
     ('openai', 'gpt-4o-mini',            '2025-01-01', 0.15,  0.075,  null,   0.60),
     ('openai', 'gpt-4.1',                '2025-01-01', 2.00,  0.50,   null,   8.00),
     ('openai', 'gpt-4.1-mini',           '2025-01-01', 0.40,  0.10,   null,   1.60),
@@ -54,7 +59,8 @@ values
     ('anthropic', 'claude-sonnet-4-5',   '2025-01-01', 3.00,  0.30,   3.75,  15.00),
     ('anthropic', 'claude-sonnet-4',     '2025-01-01', 3.00,  0.30,   3.75,  15.00),
     ('anthropic', 'claude-haiku-4-5',    '2025-01-01', 1.00,  0.10,   1.25,   5.00),
-    ('anthropic', 'claude-3-5-haiku',    '2025-01-01', 0.80,  0.08,   1.00,   4.00);
+    ('anthropic', 'claude-3-5-haiku',    '2025-01-01', 0.80,  0.08,   1.00,   4.00))
+    v (provider, model, effective_from, input_per_mtok, cached_input_per_mtok, cache_write_per_mtok, output_per_mtok);
 
 -- Adds a price version for a model; returns nothing. New calls use it from effective_from on.
 create function bulkhead.set_price(

@@ -87,8 +87,6 @@ create table bulkhead.prompt_releases (
     constraint prompt_releases_tenant_fkey foreign key (tenant_id) references bulkhead.tenants (id),
     constraint prompt_releases_version_fkey foreign key (tenant_id, template_name, to_version)
         references bulkhead.prompt_versions (tenant_id, template_name, version),
-    constraint prompt_releases_undoes_fkey foreign key (tenant_id, undoes)
-        references bulkhead.prompt_releases (tenant_id, id),
     constraint prompt_releases_undoes_once unique (tenant_id, undoes),
     constraint prompt_releases_seq_key unique (tenant_id, template_name, seq),
     constraint prompt_releases_action_known check (action in ('activate', 'rollback')),

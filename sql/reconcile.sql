@@ -82,6 +82,7 @@ grant delete on bulkhead.usage_drift to bulkhead_admin;  -- tenant deletion only
 -- The worker checks which days still need a run (no tenant data there).
 grant select on bulkhead.reconciliation_runs to bulkhead_worker;
 select pg_catalog.pg_extension_config_dump('bulkhead.reconciliation_runs', '');
+select pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('bulkhead.usage_drift', 'id')::regclass, '');
 select pg_catalog.pg_extension_config_dump('bulkhead.usage_drift', '');
 
 -- The comparisons that disagree, newest day first.

@@ -175,6 +175,10 @@ select pg_catalog.pg_extension_config_dump('bulkhead.documents', '');
 select pg_catalog.pg_extension_config_dump('bulkhead.chunks', '');
 select pg_catalog.pg_extension_config_dump('bulkhead.pinecone_outbox', '');
 select pg_catalog.pg_extension_config_dump('bulkhead.pinecone_namespace_deletions', '');
+-- Identity counters continue after a restore: their sequences are dumped too.
+select pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('bulkhead.pinecone_outbox', 'id')::regclass, '');
+select pg_catalog.pg_extension_config_dump(
+    pg_catalog.pg_get_serial_sequence('bulkhead.pinecone_namespace_deletions', 'id')::regclass, '');
 
 -- A chunk's embedding must have its tenant's dimension (the tenant's index casts to it).
 create function bulkhead._check_chunk_embedding()
@@ -187,6 +191,9 @@ declare
     dims int;
     key bigint;
 begin
+    if bulkhead._restoring() then
+        return new;  -- as dumped, with the index key it had
+    end if;
     select s.embedding_dims, s.index_key into dims, key from bulkhead.retrieval_settings s where s.tenant_id = new.tenant_id;
     new.index_key := key;
     -- A row of another tenant is row level security's to refuse, with its own error.
@@ -223,6 +230,9 @@ security definer
 set search_path to pg_catalog, pg_temp
 as $$
 begin
+    if bulkhead._restoring() then
+        return null;  -- the outbox is restored with its jobs, done and pending
+    end if;
     if tg_op = 'DELETE' or (tg_op = 'UPDATE' and (old.id, old.tenant_id) is distinct from (new.id, new.tenant_id)) then
         insert into bulkhead.pinecone_outbox as o (tenant_id, namespace, chunk_id, op)
         select old.tenant_id, t.pinecone_namespace, old.id, 'delete'
@@ -380,21 +390,51 @@ begin
         raise exception 'an HNSW index holds at most % dimensions; this tenant uses %', bulkhead._hnsw_max_dims(), dims
             using errcode = '0A000', detail = 'The tenant stays on exact scans, which keep full recall.';
     end if;
-    if pg_catalog.to_regclass('bulkhead.' || pg_catalog.quote_ident(name)) is null then
-        -- The name is random, the dimension an int and the key a bigint; the key is a literal
-        -- because a partial index predicate cannot take a parameter. Not the tenant id: index
-        -- definitions are public (pg_indexes).
-        execute pg_catalog.format(
-            'create index %I on bulkhead.chunks using hnsw ((embedding::@extschema:vector@.vector(%s)) @extschema:vector@.vector_cosine_ops)'
-            ' with (m = 16, ef_construction = 64) where index_key = %s::bigint',
-            name, dims, key);
-    end if;
+    perform bulkhead._create_tenant_index(name, dims, key);
     update bulkhead.retrieval_settings s
     set index_name = name, indexed_at = pg_catalog.clock_timestamp(), updated_at = pg_catalog.clock_timestamp()
     where s.tenant_id = tenant;
     return name;
 end
 $$;
+
+-- Creates a tenant's index on chunks unless it exists: the rows whose index_key is `key`, cast
+-- to `dims`. The name is random, the dimension an int and the key a bigint; the key is a literal
+-- because a partial index predicate cannot take a parameter. Not the tenant id: index
+-- definitions are public (pg_indexes).
+create function bulkhead._create_tenant_index(name text, dims int, key bigint)
+returns void
+language plpgsql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+begin
+    if pg_catalog.to_regclass('bulkhead.' || pg_catalog.quote_ident(name)) is null then
+        execute pg_catalog.format(
+            'create index %I on bulkhead.chunks using hnsw ((embedding::@extschema:vector@.vector(%s)) @extschema:vector@.vector_cosine_ops)'
+            ' with (m = 16, ef_construction = 64) where index_key = %s::bigint',
+            name, dims, key);
+    end if;
+end
+$$;
+
+-- A restore brings a tenant's retrieval row back naming its own index, which no dump holds (the
+-- indexes of an extension's tables are the extension's to make): made again here, as it was.
+create function bulkhead._restore_tenant_index()
+returns trigger
+language plpgsql
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+begin
+    if new.index_name is not null and bulkhead._restoring() then
+        perform bulkhead._create_tenant_index(new.index_name, new.embedding_dims, new.index_key);
+    end if;
+    return null;
+end
+$$;
+create trigger retrieval_settings_restore_index after insert on bulkhead.retrieval_settings
+    for each row execute function bulkhead._restore_tenant_index();
 
 -- Whether a tenant is due its own index: it has passed bulkhead.retrieval_index_threshold
 -- chunks, has none yet, and its dimension fits HNSW. In the tenant's context.
@@ -877,6 +917,8 @@ grant execute on function bulkhead._drop_deleted_tenant_index(text) to bulkhead_
 grant execute on function bulkhead._drop_index_now_or_later(text) to bulkhead_meter;
 grant execute on function bulkhead.drop_pending_indexes() to bulkhead_worker, bulkhead_admin;
 revoke all on function bulkhead._build_tenant_index(uuid) from public;
+revoke all on function bulkhead._create_tenant_index(text, int, bigint) from public;
+revoke all on function bulkhead._restore_tenant_index() from public;
 revoke all on function bulkhead._drop_tenant_index(uuid) from public;
 revoke all on function bulkhead._tenant_index_due(uuid) from public;
 revoke all on function bulkhead._queue_index_build_if_due(uuid) from public;
@@ -895,7 +937,8 @@ revoke all on function bulkhead.tenant_search(vector, int, jsonb) from public;
 revoke all on function bulkhead.tenant_search_hybrid(text, vector, int) from public;
 grant execute on function bulkhead.set_embedding_dims(uuid, int, int), bulkhead.build_tenant_index(uuid)
     to bulkhead_admin;
-grant execute on function bulkhead._new_tenant_index_name(), bulkhead._hnsw_max_dims() to bulkhead_meter;
+grant execute on function bulkhead._new_tenant_index_name(), bulkhead._hnsw_max_dims(),
+    bulkhead._create_tenant_index(text, int, bigint) to bulkhead_meter;
 grant execute on function bulkhead._lock_tenant_retrieval(uuid) to bulkhead_worker, bulkhead_meter;
 grant execute on function bulkhead._build_tenant_index(uuid), bulkhead._drop_tenant_index(uuid),
     bulkhead._queue_namespace_deletion(uuid, uuid) to bulkhead_admin;

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{admin, app, create_tenant, sqlstate, superuser};
+use common::{admin, create_tenant, sqlstate, superuser};
 use sqlx::{Connection, Executor, PgConnection};
 use uuid::Uuid;
 
@@ -35,126 +35,13 @@ async fn rows_of(conn: &mut PgConnection, table: &str, tenant: Uuid) -> i64 {
     .unwrap()
 }
 
-/// Puts rows for `tenant` into every tenant table this fixture knows.
-async fn populate(admin: &mut PgConnection, tenant: Uuid) {
-    for statement in [
-        "select bulkhead.set_tenant_settings($1, persona_tone => 'dry', banned_topics => array['x'])",
-        "select bulkhead.set_budget($1, 100, 100000, 100000, 50)",
-        "select bulkhead.set_credential($1, 'openai', 'env:OPENAI_KEY_FIXTURE', provider_project_id => 'proj_' || $1::text)",
-    ] {
-        sqlx::query(statement).bind(tenant).execute(&mut *admin).await.unwrap();
-    }
-    // Budget state, a reservation and a ledger row come from the application's own calls.
-    let mut app_conn = app().await;
-    let mut tx = common::begin_as(&mut app_conn, tenant).await.unwrap();
-    let reservation: Uuid =
-        sqlx::query_scalar("select bulkhead.budget_check('gpt-4o-mini', 100, 50)")
-            .fetch_one(&mut *tx)
-            .await
-            .unwrap();
-    sqlx::query("select bulkhead.ledger_record($1, '{\"prompt_tokens\": 90, \"completion_tokens\": 10}', 'chatcmpl-fixture')")
-        .bind(reservation)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-
-    // A prompt: skeleton (global), a published version, its activation (no eval cases yet: the
-    // test database allows an empty set).
-    sqlx::query("select bulkhead.set_skeleton('deletion-fixture', 'Hi {{ slots.name }}')")
-        .execute(&mut *admin)
-        .await
-        .unwrap();
-    for statement in [
-        "select bulkhead.publish_prompt($1, 'deletion-fixture', '{\"name\": \"fixture\"}')",
-        "select bulkhead.activate_prompt($1, 'deletion-fixture', 1)",
-        "select bulkhead.create_api_key($1, 'deletion-fixture') is not null",
-    ] {
-        sqlx::query(statement)
-            .bind(tenant)
-            .execute(&mut *admin)
-            .await
-            .unwrap();
-    }
-    // Evals: rules, a case, a run of version 1 (its result row and its queued call); and the
-    // pass such a run writes once it passes, planted here (no worker runs in this test).
-    for statement in [
-        "select bulkhead.set_eval_set($1, 'deletion-fixture', 'gpt-4o-mini')",
-        "select bulkhead.set_eval_budget($1, 5)",
-        "select bulkhead.add_eval_case($1, 'deletion-fixture', '{}', '[{\"type\": \"contains\", \"value\": \"fixture\"}]') is not null",
-    ] {
-        sqlx::query(statement)
-            .bind(tenant)
-            .execute(&mut *admin)
-            .await
-            .unwrap();
-    }
-    let run: i64 = sqlx::query_scalar("select bulkhead.start_eval('deletion-fixture', 1, $1)")
-        .bind(tenant)
-        .fetch_one(&mut *admin)
-        .await
-        .unwrap();
-    sqlx::query(
-        "insert into bulkhead.prompt_eval_passes (tenant_id, template_name, version, eval_run_id, set_digest)
-         values ($1, 'deletion-fixture', 1, $2, 'fixture')",
-    )
-    .bind(tenant)
-    .bind(run)
-    .execute(&mut superuser().await)
-    .await
-    .unwrap();
-
-    // Usage drift names the tenant without a tenant_id column: by its dedicated credential and
-    // by its OpenAI project (a row recorded before the credential was known has only the latter).
-    sqlx::query(
-        "insert into bulkhead.usage_drift (provider, usage_date, provider_project_id, credential_id, attribution,
-             dedicated_tenant, provider_input_tokens, provider_output_tokens, provider_requests,
-             ledger_input_tokens, ledger_output_tokens, ledger_requests)
-         select 'openai', current_date - d, 'proj_' || $1::text,
-                case when d = 1 then (select id from bulkhead.tenant_credentials c where c.tenant_id = $1) end,
-                case when d = 1 then 'tenant' else 'unknown' end,
-                case when d = 1 then $1 end, 100, 10, 1, 90, 10, 1
-         from generate_series(1, 2) d",
-    )
-    .bind(tenant)
-    .execute(&mut superuser().await)
-    .await
-    .unwrap();
-
-    // Retrieval: a dimension, a document with chunks (which queue Pinecone sync jobs), and the
-    // tenant's own vector index.
-    for statement in [
-        "select bulkhead.set_embedding_dims($1, 3)",
-        "select bulkhead.build_tenant_index($1)",
-    ] {
-        sqlx::query(statement)
-            .bind(tenant)
-            .execute(&mut *admin)
-            .await
-            .unwrap();
-    }
-    let mut tx = common::begin_as(&mut app_conn, tenant).await.unwrap();
-    sqlx::query("select bulkhead.enqueue_job('noop', '{\"fixture\": true}')")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    sqlx::query(
-        "select bulkhead.ingest_document('fixture', '[{\"content\": \"a\", \"embedding\": [1, 0, 0]},
-                                                     {\"content\": \"b\", \"embedding\": [0, 1, 0]}]')",
-    )
-    .execute(&mut *tx)
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
-}
-
 #[tokio::test]
 async fn deletion_empties_every_tenant_table_and_only_that_tenant() {
     let mut admin_conn = admin().await;
     let doomed = create_tenant(&mut admin_conn, "doomed").await;
     let survivor = create_tenant(&mut admin_conn, "survivor").await;
-    populate(&mut admin_conn, doomed).await;
-    populate(&mut admin_conn, survivor).await;
+    common::populate_tenant(&mut admin_conn, doomed).await;
+    common::populate_tenant(&mut admin_conn, survivor).await;
 
     let mut su = superuser().await;
     let doomed_index: String = sqlx::query_scalar(
@@ -182,7 +69,7 @@ async fn deletion_empties_every_tenant_table_and_only_that_tenant() {
         let doomed_rows = rows_of(&mut su, table, doomed).await;
         assert!(
             doomed_rows > 0,
-            "{table} has no fixture rows: add some to populate() so its deletion is proven"
+            "{table} has no fixture rows: add some to common::populate_tenant() so its deletion is proven"
         );
         before.push((
             table.clone(),
@@ -443,7 +330,7 @@ async fn deletion_empties_every_tenant_table_and_only_that_tenant() {
 async fn deletion_is_all_or_nothing() {
     let mut admin_conn = admin().await;
     let tenant = create_tenant(&mut admin_conn, "atomic").await;
-    populate(&mut admin_conn, tenant).await;
+    common::populate_tenant(&mut admin_conn, tenant).await;
     // A row elsewhere that references the tenant makes the final delete fail: nothing may be
     // half-deleted, and no receipt may claim otherwise.
     let mut su = superuser().await;

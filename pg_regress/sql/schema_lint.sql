@@ -30,6 +30,14 @@ naming_columns as (
       and t.oid not in (select oid from tenant_tables)
       and a.attname ~ '(tenant|project|workspace|credential|namespace)'
 ),
+-- Tables whose rows a dump leaves out: each install writes its own.
+dump_exempt (name) as (
+    -- The workers' wake-up channel names: a secret of each installation.
+    values ('bulkhead.notification_channels')
+),
+registered_for_dump (oid) as (
+    select unnest(e.extconfig) from pg_extension e where e.extname = 'bulkhead'
+),
 definer_allow_list (proname) as (
     -- The metering functions: callers may not write budget state or the ledger themselves.
     -- The table path of budget_check and the reads memory admission makes as bulkhead_meter.
@@ -91,6 +99,18 @@ unpinned_allow_list (proname) as (
 )
 select 'rls not enabled and forced' as rule, name as object
 from tables where not (relrowsecurity and relforcerowsecurity)
+union all
+-- pg_dump keeps an extension's rows only for the tables (and the identity counters) it registers.
+select 'table not registered for dumping', t.name
+from tables t
+where t.name not in (select name from dump_exempt) and t.oid not in (select oid from registered_for_dump)
+union all
+select 'identity sequence not registered for dumping', s.oid::regclass::text
+from pg_class s
+join pg_depend d on d.classid = 'pg_class'::regclass and d.objid = s.oid and d.deptype in ('a', 'i')
+join tables t on t.oid = d.refobjid
+where s.relkind = 'S' and t.name not in (select name from dump_exempt)
+  and s.oid not in (select oid from registered_for_dump)
 union all
 select 'tenant_id is nullable', name
 from tenant_tables t
@@ -187,6 +207,8 @@ alter table bulkhead.lint_bad_reference enable row level security;
 alter table bulkhead.lint_bad_reference force row level security;
 comment on column bulkhead.lint_bad_reference.provider_project_id is 'bulkhead:forgotten not a marker';
 grant select on bulkhead.lint_bad_view to public;
+-- A table a dump would leave out, and its identity counter.
+create table bulkhead.lint_bad_counter (id bigint generated always as identity);
 alter role bulkhead_worker bypassrls;
 select rule, object from pg_temp.schema_lint order by rule, object;
 -- A new tenant table is in the deletion list at once, referencing tables first.
