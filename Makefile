@@ -45,6 +45,8 @@ PGRUN_DIR   := $(BULKHEAD_HOME)/run
 PGLOG       := $(BULKHEAD_HOME)/postgres.log
 PGRX_TEST_DATA := $(BULKHEAD_HOME)/pgrx-test
 DB_NAME     ?= bulkhead
+# The version this tree builds (the workspace's), and so the extension's default_version.
+VERSION     := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 SUPER_URL    = postgres://postgres@$(PGHOST):$(PGPORT)
 DATABASE_URL = $(SUPER_URL)/$(DB_NAME)
 PSQL         = $(PG_BIN)/psql -X -v ON_ERROR_STOP=1 -q
@@ -55,7 +57,7 @@ STAMPS      := $(BULKHEAD_HOME)/stamps
 export PGRX_HOME
 
 .PHONY: help toolchain build install-extension db stop psql demo test test-unit test-pgrx \
-        test-regress test-isolation test-integration test-demo clean-db
+        test-regress test-isolation test-integration test-demo test-releases clean-db
 
 help:
 	@sed -n '3,9p' Makefile | sed 's/^# \{0,1\}//'
@@ -148,6 +150,8 @@ install-extension: toolchain
 	@$(SET_LIB_ASIDE)
 	@cd extension && cargo pgrx install --release --pg-config $(PG_CONFIG) 2>&1 | { grep -vE '(Copying|Writing|Discovered|Installing|Using|Building|Running)' || true; }
 	@test -f $(EXT_LIB)
+	@# Upgrade scripts ship with the extension; released install scripts only for the upgrade test.
+	@$(if $(wildcard sql/upgrades/bulkhead--*--*.sql),cp $(wildcard sql/upgrades/bulkhead--*--*.sql) $(EXT_SQL_DIR)/)
 
 # ---------------------------------------------------------------- local cluster
 db: build
@@ -176,13 +180,9 @@ db: build
 	    start >/dev/null; \
 	fi; \
 	echo "$$current" > $(PGRUN_DIR)/loaded.sha256
-	@# The dev database is recreated when the installed extension script changed (unreleased 0.x).
-	@current=$$(cat $(EXT_SQL_DIR)/bulkhead--*.sql | sha256sum); \
-	if [ "$$(cat $(PGRUN_DIR)/$(DB_NAME).sql.sha256 2>/dev/null)" != "$$current" ]; then \
-	  $(PSQL) -d $(SUPER_URL)/postgres -c "set client_min_messages = warning" -c "drop database if exists $(DB_NAME) with (force)" -c "create database $(DB_NAME)"; \
-	fi; \
-	$(PSQL) -d $(DATABASE_URL) -c "set client_min_messages = warning" -c "create extension if not exists bulkhead cascade"; \
-	echo "$$current" > $(PGRUN_DIR)/$(DB_NAME).sql.sha256
+	@# The dev database is upgraded, never dropped with its data (scripts/dev-database.sh).
+	@scripts/dev-database.sh $(PG_BIN) $(SUPER_URL) $(DB_NAME) $(PGRUN_DIR)/$(DB_NAME).sql.sha256 \
+	  "$$(cat $(EXT_SQL_DIR)/bulkhead--$(VERSION).sql | sha256sum)"
 	@echo "DATABASE_URL=$(DATABASE_URL)"
 
 stop:
@@ -191,6 +191,9 @@ stop:
 
 psql:
 	@$(PG_BIN)/psql -X $(DATABASE_URL)
+
+print-pg-config:
+	@echo $(PG_CONFIG)
 
 # Removes the local cluster's data (not the toolchain).
 clean-db: stop
@@ -204,8 +207,12 @@ demo: db $(STAMPS)/sdk-$(SDK_REQUIREMENTS_SHA)
 # The demo checks every isolation claim it prints and exits non-zero if one fails.
 test-demo: demo
 
-test: test-unit test-pgrx test-regress test-isolation test-integration test-demo
+test: test-unit test-releases test-pgrx test-regress test-isolation test-integration test-demo
 	@echo "==> all test suites passed"
+
+# Released scripts never change; every release upgrades to this version (tests/upgrade.rs runs it).
+test-releases:
+	@scripts/check-releases.sh
 
 test-unit: toolchain
 	@echo "==> formatting and unit tests (policy crate)"
@@ -249,6 +256,7 @@ test-isolation: db
 # Rust integration tests (sqlx) against a fresh database of the running cluster, with PgBouncer.
 test-integration: db $(STAMPS)/postgrest-$(POSTGREST_NPM_VERSION) $(STAMPS)/sdk-$(SDK_REQUIREMENTS_SHA)
 	@echo "==> integration tests"
+	@$(if $(wildcard sql/releases/bulkhead--*.sql),cp $(wildcard sql/releases/bulkhead--*.sql) $(EXT_SQL_DIR)/)
 	@$(PSQL) -d $(SUPER_URL)/postgres -c "set client_min_messages = warning" -c "drop database if exists bulkhead_it with (force)" -c "create database bulkhead_it"
 	@$(PSQL) -d $(SUPER_URL)/bulkhead_it -c "set client_min_messages = warning" -c "create extension bulkhead cascade" -f tests/setup.sql \
 	  -c "alter database bulkhead_it set bulkhead.eval_gate_empty_set = 'allow'"

@@ -420,6 +420,9 @@ $$;
 
 -- A restore brings a tenant's retrieval row back naming its own index, which no dump holds (the
 -- indexes of an extension's tables are the extension's to make): made again here, as it was.
+-- A row naming no index Bulkhead could have made (a tampered dump: another name, a name taken
+-- by something else, a dimension HNSW cannot hold) comes back without one: exact scans, and a
+-- new index once the tenant is due one.
 create function bulkhead._restore_tenant_index()
 returns trigger
 language plpgsql
@@ -427,13 +430,20 @@ security invoker
 set search_path to pg_catalog, pg_temp
 as $$
 begin
-    if new.index_name is not null and bulkhead._restoring() then
-        perform bulkhead._create_tenant_index(new.index_name, new.embedding_dims, new.index_key);
+    if new.index_name is null or not bulkhead._restoring() then
+        return new;
     end if;
-    return null;
+    if new.index_name !~ '^chunks_hnsw_[0-9a-f]{16}$' or new.embedding_dims > bulkhead._hnsw_max_dims()
+       or pg_catalog.to_regclass('bulkhead.' || pg_catalog.quote_ident(new.index_name)) is not null then
+        new.index_name := null;
+        new.indexed_at := null;
+        return new;
+    end if;
+    perform bulkhead._create_tenant_index(new.index_name, new.embedding_dims, new.index_key);
+    return new;
 end
 $$;
-create trigger retrieval_settings_restore_index after insert on bulkhead.retrieval_settings
+create trigger retrieval_settings_restore_index before insert on bulkhead.retrieval_settings
     for each row execute function bulkhead._restore_tenant_index();
 
 -- Whether a tenant is due its own index: it has passed bulkhead.retrieval_index_threshold

@@ -18,19 +18,25 @@ as $$
 $$;
 revoke all on function bulkhead._random_id() from public;
 
--- Whether this session is restoring a dump. pg_dump's scripts (plain, and pg_restore's) set
--- row_security = off, under which a query that row level security would filter fails instead.
--- Every Bulkhead table forces row level security, so in such a session only a role that
--- bypasses it (a superuser or BYPASSRLS: the restore) can write them at all. The row triggers
--- that derive rows from others (sync jobs, recorded projects) or check rows against other
--- tables then stand aside: what they would write was dumped too, and what they check held when
--- the rows were written. (They could not run anyway: their lookups would fail.)
+-- Whether this session is restoring a dump: pg_dump's scripts (plain, and pg_restore's) set
+-- row_security = off, and a restore logs in as a role that bypasses row level security (every
+-- Bulkhead table forces it, so no other role could write them all). Both are required: the
+-- setting alone could be switched off halfway through a statement planned with it on, by any
+-- role. The row triggers that derive rows from others (sync jobs, recorded projects) or check
+-- rows against other tables then stand aside: what they would write was dumped too, and what
+-- they check held when the rows were written. (They could not run anyway: their lookups would
+-- fail with row_security off.)
 create function bulkhead._restoring()
 returns boolean
 language sql stable
 security invoker
 set search_path to pg_catalog, pg_temp
-as $$ select pg_catalog.current_setting('row_security') = 'off' $$;
+as $$
+    select case when pg_catalog.current_setting('row_security') = 'off'
+                then coalesce((select r.rolsuper or r.rolbypassrls from pg_catalog.pg_roles r
+                               where r.rolname = pg_catalog.session_user()), false)
+                else false end
+$$;
 revoke all on function bulkhead._restoring() from public;
 grant execute on function bulkhead._restoring()
     to bulkhead_app, bulkhead_end_user, bulkhead_gateway, bulkhead_admin, bulkhead_worker, bulkhead_meter;

@@ -53,24 +53,25 @@ async fn connect_to(database: &str) -> PgConnection {
         .unwrap_or_else(|e| panic!("connect to {database}: {e}"))
 }
 
+/// Runs one statement in database postgres, as the superuser.
+fn in_postgres(sql: &str) {
+    let mut psql = client("psql");
+    psql.args([
+        "-X",
+        "-q",
+        "-d",
+        "postgres",
+        "-c",
+        "set client_min_messages = warning",
+        "-c",
+        sql,
+    ]);
+    quietly(psql, sql);
+}
+
 fn recreate_database(name: &str) {
-    for sql in [
-        format!("drop database if exists {name} with (force)"),
-        format!("create database {name}"),
-    ] {
-        let mut psql = client("psql");
-        psql.args([
-            "-X",
-            "-q",
-            "-d",
-            "postgres",
-            "-c",
-            "set client_min_messages = warning",
-            "-c",
-            &sql,
-        ]);
-        quietly(psql, &sql);
-    }
+    in_postgres(&format!("drop database if exists {name} with (force)"));
+    in_postgres(&format!("create database {name}"));
 }
 
 /// The tables the extension registers for dumping (pg_extension.extconfig), by name.
@@ -96,35 +97,24 @@ async fn rows(conn: &mut PgConnection, table: &str) -> (i64, String) {
     .unwrap()
 }
 
-/// What CREATE EXTENSION and the data make of schema bulkhead: relations with their row level
-/// security, FORCE and grants; policies; functions with SECURITY, settings and grants; indexes
-/// (each tenant's own among them); the identity counters.
+/// The schema (common::schema_catalog) and what the data adds to it: the tenants' own indexes
+/// and the identity counters.
 async fn catalog(conn: &mut PgConnection) -> Vec<String> {
-    sqlx::query_scalar(
-        "select format('rel %s %s rls=%s force=%s owner=%s acl=%s', c.relname, c.relkind, c.relrowsecurity,
-                       c.relforcerowsecurity, c.relowner::regrole, c.relacl)
-         from pg_class c where c.relnamespace = 'bulkhead'::regnamespace and c.relkind in ('r', 'v', 'S', 'p')
-         union all
-         select format('policy %s %s %s %s %s %s', p.tablename, p.policyname, p.cmd, p.roles, p.qual, p.with_check)
-         from pg_policies p where p.schemaname = 'bulkhead'
-         union all
-         select format('function %s definer=%s config=%s owner=%s acl=%s', p.oid::regprocedure, p.prosecdef,
-                       p.proconfig, p.proowner::regrole, p.proacl)
-         from pg_proc p where p.pronamespace = 'bulkhead'::regnamespace
-         union all
-         select format('index %s', i.indexdef) from pg_indexes i where i.schemaname = 'bulkhead'
-         union all
-         select format('trigger %s %s', t.tgrelid::regclass, t.tgname) from pg_trigger t
-         where t.tgrelid in (select oid from pg_class where relnamespace = 'bulkhead'::regnamespace)
-           and not t.tgisinternal
-         union all
-         select format('sequence %s %s', s.sequencename, s.last_value) from pg_sequences s
-         where s.schemaname = 'bulkhead'
-         order by 1",
-    )
-    .fetch_all(conn)
-    .await
-    .unwrap()
+    let mut lines = common::schema_catalog(conn).await;
+    lines.extend(
+        sqlx::query_scalar::<_, String>(
+            "select format('index %s', i.indexdef) from pg_indexes i
+             where i.schemaname = 'bulkhead' and i.indexname like 'chunks\\_hnsw\\_%'
+             union all
+             select format('sequence %s %s', s.sequencename, s.last_value) from pg_sequences s
+             where s.schemaname = 'bulkhead'",
+        )
+        .fetch_all(conn)
+        .await
+        .unwrap(),
+    );
+    lines.sort();
+    lines
 }
 
 #[tokio::test]
@@ -278,14 +268,7 @@ async fn dump_and_restore_give_back_every_row_and_the_schema_as_it_was() {
             );
         }
         let restored_catalog = catalog(&mut restored).await;
-        let missing: Vec<_> = source_catalog
-            .iter()
-            .filter(|line| !restored_catalog.contains(line))
-            .collect();
-        let extra: Vec<_> = restored_catalog
-            .iter()
-            .filter(|line| !source_catalog.contains(line))
-            .collect();
+        let (missing, extra) = common::catalog_difference(&source_catalog, &restored_catalog);
         assert!(
             missing.is_empty() && extra.is_empty(),
             "{database}: catalog differs.\nmissing: {missing:#?}\nextra: {extra:#?}"
@@ -358,16 +341,7 @@ async fn dump_and_restore_give_back_every_row_and_the_schema_as_it_was() {
     .await
     .unwrap();
     for (database, ..) in &restores {
-        let mut psql = client("psql");
-        psql.args([
-            "-X",
-            "-q",
-            "-d",
-            "postgres",
-            "-c",
-            &format!("drop database {database} with (force)"),
-        ]);
-        quietly(psql, "drop the restored database");
+        in_postgres(&format!("drop database {database} with (force)"));
     }
     let _ = std::fs::remove_dir_all(&scratch);
 }

