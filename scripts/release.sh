@@ -26,7 +26,7 @@ cp "$generated" "sql/releases/bulkhead--$version.sql"
     cd sql/releases
     sha256sum "bulkhead--$version.sql"
     for upgrade in ../upgrades/bulkhead--*--"$version".sql; do
-        [ -e "$upgrade" ] && sha256sum "$upgrade"
+        if [ -e "$upgrade" ]; then sha256sum "$upgrade"; fi
     done
 ) >> sql/releases/SHA256SUMS
 git add sql/releases
