@@ -28,7 +28,7 @@ create table bulkhead.prices (
 -- budget_check finds a model's price by name: a model belongs to one provider.
 create index prices_by_model on bulkhead.prices (model, effective_from desc);
 comment on table bulkhead.prices is
-    'Model prices (USD per million tokens), versioned by effective_from; a missing cached or cache-write rate bills at the input rate.';
+    'Model prices (USD per million tokens), versioned by effective_from; a missing cached or cache-write rate bills at the input rate. Seeded rows come with the extension and are not dumped.';
 
 alter table bulkhead.prices enable row level security;
 alter table bulkhead.prices force row level security;
