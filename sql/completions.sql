@@ -178,7 +178,7 @@ begin
                 detail = 'No price is in effect for this model, so its cost cannot be bounded; the call is refused.';
         end if;
         select * into bounds from bulkhead._request_input_bound(
-            case when model_provider = 'anthropic' then 'anthropic' else 'openai' end, model, request);
+            case when model_provider = 'anthropic' then 'anthropic' else 'openai' end, model, request::text);
         -- The tokenizer's count only where input_token_bound would use it (every price row OpenAI).
         est_input := case when (select pg_catalog.bool_and(p.provider = 'openai') from bulkhead.prices p
                                 where p.model = _queue_completion.model) and bounds.tokenized is not null
@@ -569,8 +569,8 @@ revoke all on function bulkhead.input_token_bound(text, text[], boolean) from pu
 grant execute on function bulkhead._input_token_bound(text, text, text[], boolean), bulkhead.input_token_bound(text, text[], boolean)
     to bulkhead_app, bulkhead_worker, bulkhead_admin, bulkhead_meter;
 -- complete() (as bulkhead_meter) bounds a full chat request's input; pure, like price_usage.
-revoke all on function bulkhead._request_input_bound(text, text, jsonb) from public;
-grant execute on function bulkhead._request_input_bound(text, text, jsonb) to bulkhead_meter;
+revoke all on function bulkhead._request_input_bound(text, text, text) from public;
+grant execute on function bulkhead._request_input_bound(text, text, text) to bulkhead_meter;
 revoke all on function bulkhead.complete(text, jsonb, text, int, boolean, interval, text, jsonb) from public;
 revoke all on function bulkhead.completion_result(bigint) from public;
 revoke all on function bulkhead.embed_document(text, jsonb, text, text, jsonb, interval) from public;

@@ -829,6 +829,11 @@ begin
     where v.tenant_id = tenant and v.template_name = template;
     select s.body into skeleton_body from bulkhead.prompt_skeletons s
     where s.template_name = template and s.version = skeleton;
+    if active.version is null or skeleton_body is null then
+        raise exception 'tenant % has no active version of prompt %, or the prompt no skeleton version %',
+                tenant, pg_catalog.quote_literal(template), skeleton
+            using errcode = '42704';
+    end if;
     perform bulkhead._check_prompt_version(template, skeleton_body, active.slots::text, active.body);
     update bulkhead.prompt_templates p set latest_version = p.latest_version + 1
     where p.tenant_id = tenant and p.template_name = template
@@ -1295,6 +1300,10 @@ begin
     select r.* into res from bulkhead.eval_results r
     where r.tenant_id = tenant and r.run_id = run and r.case_id = _eval_score_result.case_id
       and r.attempt = _eval_score_result.attempt;
+    if not found then
+        raise exception 'eval run % has no result for case % (attempt %)', run, case_id, attempt
+            using errcode = 'P0002';
+    end if;
     select v.slots into slots from bulkhead.eval_runs x
     join bulkhead.prompt_versions v on v.tenant_id = x.tenant_id and v.template_name = x.template_name
                                    and v.version = x.version

@@ -409,6 +409,11 @@ security invoker
 set search_path to pg_catalog, pg_temp
 as $$
 begin
+    if name is null or name !~ '^chunks_hnsw_[0-9a-f]{16}$' or key is null
+       or dims is null or dims not between 1 and bulkhead._hnsw_max_dims() then
+        raise exception 'not a tenant index: %, % dimensions, key %', pg_catalog.quote_literal(name), dims, key
+            using errcode = '22023', detail = 'Tenant indexes are named by _new_tenant_index_name().';
+    end if;
     if pg_catalog.to_regclass('bulkhead.' || pg_catalog.quote_ident(name)) is null then
         execute pg_catalog.format(
             'create index %I on bulkhead.chunks using hnsw ((embedding::@extschema:vector@.vector(%s)) @extschema:vector@.vector_cosine_ops)'

@@ -3,7 +3,7 @@
 //! what was stored, never taken from a client.
 
 use crate::errors;
-use bulkhead_policy::evals::{self, Assertion, Observation};
+use bulkhead_policy::evals::{self, Assertion, EvalError, Observation};
 use pgrx::prelude::*;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -58,7 +58,14 @@ fn _eval_check_assertions(assertions: &str) {
 /// `{"type", "passed", "detail"}` per assertion, in order.
 #[pg_extern(immutable, parallel_safe)]
 #[search_path(pg_catalog, pg_temp)]
-fn _eval_score(assertions: &str, observation: &str, message: Option<&str>) -> String {
+fn _eval_score(
+    assertions: Option<&str>,
+    observation: Option<&str>,
+    message: Option<&str>,
+) -> String {
+    let (Some(assertions), Some(observation)) = (assertions, observation) else {
+        errors::raise(&EvalError::Null("assertions and observation"));
+    };
     let list = parsed(assertions);
     let mut seen = Observation::from_json(observation).unwrap_or_else(|err| errors::raise(&err));
     if list.iter().any(|a| matches!(a, Assertion::ToolCall { .. })) {

@@ -89,11 +89,16 @@ fn _check_skeleton(template_name: &str, body: &str) -> Vec<String> {
 #[pg_extern(immutable, parallel_safe)]
 #[search_path(pg_catalog, pg_temp)]
 fn _check_prompt_version(
-    template_name: &str,
-    skeleton_body: &str,
-    slots: &str,
+    template_name: Option<&str>,
+    skeleton_body: Option<&str>,
+    slots: Option<&str>,
     body: Option<&str>,
 ) {
+    let (Some(template_name), Some(skeleton_body), Some(slots)) =
+        (template_name, skeleton_body, slots)
+    else {
+        errors::raise(&RenderError::Null("template_name, skeleton_body and slots"));
+    };
     let checked =
         prompts::parse_object("slots", slots, prompts::MAX_SLOTS_BYTES).and_then(|slots| {
             prompts::check_skeleton(template_name, skeleton_body)

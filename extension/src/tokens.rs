@@ -45,14 +45,22 @@ pub fn _input_token_bound(
 pub fn _request_input_bound(
     wire: &str,
     model: &str,
-    request: pgrx::JsonB,
+    request: &str,
 ) -> TableIterator<'static, (name!(tokenized, Option<i64>), name!(bytes, i64))> {
     let wire = if wire == "anthropic" {
         Wire::Anthropic
     } else {
         Wire::OpenAi
     };
-    let input = match requests::chat_input(wire, &request.0) {
+    // Read here, not as a jsonb argument: pgrx would raise XX000 on what serde_json refuses
+    // (nesting past 128 levels, a number past f64) and jsonb accepts.
+    let request: serde_json::Value = match serde_json::from_str(request) {
+        Ok(request) => request,
+        Err(err) => crate::errors::raise(&requests::RequestError::Invalid(format!(
+            "the request cannot be read: {err}"
+        ))),
+    };
+    let input = match requests::chat_input(wire, &request) {
         Ok(input) => input,
         Err(err) => crate::errors::raise(&err),
     };

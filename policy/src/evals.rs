@@ -64,16 +64,21 @@ pub enum EvalError {
     Malformed { index: usize, reason: String },
     #[error("observation is not usable: {0}")]
     BadObservation(String),
+    #[error("{0} must not be null")]
+    Null(&'static str),
 }
 
 impl HasSqlState for EvalError {
     fn sqlstate(&self) -> SqlState {
-        SqlState::INVALID_PARAMETER_VALUE
+        match self {
+            EvalError::Null(_) => SqlState::NULL_VALUE_NOT_ALLOWED,
+            _ => SqlState::INVALID_PARAMETER_VALUE,
+        }
     }
 
     fn detail(&self) -> Option<String> {
         match self {
-            EvalError::BadObservation(_) => None,
+            EvalError::BadObservation(_) | EvalError::Null(_) => None,
             _ => Some(format!(
                 "Each assertion is an object {{\"type\": ..., \"value\": ...}}; the types are {}.",
                 TYPES.join(", ")
