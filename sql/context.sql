@@ -1,3 +1,14 @@
+-- Bulkhead's Rust functions read text as UTF-8: in a database of another encoding they would
+-- fail with internal errors on non-ASCII text, so such a database is refused up front.
+do $$
+begin
+    if pg_catalog.getdatabaseencoding() <> 'UTF8' then
+        raise exception 'Bulkhead needs a UTF8 database; this one is %', pg_catalog.getdatabaseencoding()
+            using errcode = '22021', hint = 'Create it with ENCODING ''UTF8'' (and TEMPLATE template0).';
+    end if;
+end
+$$;
+
 -- Who may read and set the tenant context. current_tenant() runs inside every policy, so every
 -- Bulkhead role needs it; nothing is left to PUBLIC.
 revoke all on function bulkhead.current_tenant() from public;

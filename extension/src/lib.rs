@@ -101,7 +101,7 @@ extension_sql_file!(
     requires = [
         "jobs",
         tokens::_input_token_bound,
-        tokens::_request_input_bound
+        tokens::_request_input_bound_text
     ]
 );
 extension_sql_file!(

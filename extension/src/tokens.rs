@@ -40,18 +40,13 @@ pub fn _input_token_bound(
 /// otherwise), and at a token per byte; both with framing, tool, image and cache-write
 /// overheads (bulkhead_policy::requests). A body that is not a valid request raises 22023; one
 /// whose cost cannot be bounded (audio, documents, server tools...) raises 0A000.
-#[pg_extern(immutable, parallel_safe)]
+#[pg_extern(immutable, parallel_safe, name = "_request_input_bound")]
 #[search_path(pg_catalog, pg_temp)]
-pub fn _request_input_bound(
+pub fn _request_input_bound_text(
     wire: &str,
     model: &str,
     request: &str,
 ) -> TableIterator<'static, (name!(tokenized, Option<i64>), name!(bytes, i64))> {
-    let wire = if wire == "anthropic" {
-        Wire::Anthropic
-    } else {
-        Wire::OpenAi
-    };
     // Read here, not as a jsonb argument: pgrx would raise XX000 on what serde_json refuses
     // (nesting past 128 levels, a number past f64) and jsonb accepts.
     let request: serde_json::Value = match serde_json::from_str(request) {
@@ -60,7 +55,32 @@ pub fn _request_input_bound(
             "the request cannot be read: {err}"
         ))),
     };
-    let input = match requests::chat_input(wire, &request) {
+    request_input_bound(wire, model, &request)
+}
+
+/// 0.1.0's `_request_input_bound(text, text, jsonb)`, which databases not yet updated to this
+/// version still call: the library keeps every function a supported release's script names.
+/// No SQL of this version declares it (`sql = false`).
+#[pg_extern(immutable, parallel_safe, sql = false)]
+pub fn _request_input_bound(
+    wire: &str,
+    model: &str,
+    request: pgrx::JsonB,
+) -> TableIterator<'static, (name!(tokenized, Option<i64>), name!(bytes, i64))> {
+    request_input_bound(wire, model, &request.0)
+}
+
+fn request_input_bound(
+    wire: &str,
+    model: &str,
+    request: &serde_json::Value,
+) -> TableIterator<'static, (name!(tokenized, Option<i64>), name!(bytes, i64))> {
+    let wire = if wire == "anthropic" {
+        Wire::Anthropic
+    } else {
+        Wire::OpenAi
+    };
+    let input = match requests::chat_input(wire, request) {
         Ok(input) => input,
         Err(err) => crate::errors::raise(&err),
     };

@@ -15,10 +15,33 @@ insert into bulkhead.tenants (id, slug, name, pinecone_namespace) values
 select bulkhead.set_embedding_dims('00000000-0000-4000-8000-00000000005a', 3);
 select bulkhead.set_embedding_dims('00000000-0000-4000-8000-00000000005b', 3);
 
--- A literal of `type` for one kind of bad input, or NULL when the kind means nothing for it.
+-- A literal of `type` for one kind of bad input, or NULL when the kind means nothing for it
+-- (the sweep then passes the type's 'neutral' value: one bad argument is not hidden behind a
+-- NULL another argument got for want of a bad value).
 create function pg_temp.bad_value(type regtype, kind text) returns text language sql immutable as $$
     select case
         when kind = 'null' then 'null::' || type::text
+        when kind = 'neutral' then case type
+            when 'text'::regtype then quote_literal('x')
+            when 'uuid'::regtype then '''00000000-0000-4000-8000-00000000005a''::uuid'
+            when 'integer'::regtype then '1'
+            when 'bigint'::regtype then '1::bigint'
+            when 'numeric'::regtype then '1::numeric'
+            when 'double precision'::regtype then '1::float8'
+            when 'jsonb'::regtype then '''{}''::jsonb'
+            when 'boolean'::regtype then 'false'
+            when 'interval'::regtype then '''10 minutes''::interval'
+            when 'timestamp with time zone'::regtype then 'now()'
+            when 'date'::regtype then 'current_date'
+            when 'bytea'::regtype then '''\x00''::bytea'
+            when 'vector'::regtype then '''[1,0,0]''::vector'
+            when 'regclass'::regtype then '''bulkhead.tenants''::regclass'
+            when 'text[]'::regtype then '''{x}''::text[]'
+            when 'uuid[]'::regtype then 'array[''00000000-0000-4000-8000-00000000005a''::uuid]'
+            when 'bigint[]'::regtype then '''{1}''::bigint[]'
+            when 'jsonb[]'::regtype then 'array[''{}''::jsonb]'
+            when 'timestamp with time zone[]'::regtype then 'array[now()]'
+            end
         when type = 'text'::regtype then case kind
             when 'empty' then quote_literal('')
             when 'huge' then 'repeat(''x'', 1000000)'
@@ -109,7 +132,8 @@ begin
     loop
         continue when f.role is null;
         foreach kind in array array['null', 'empty', 'huge', 'deep', 'nan', 'negative', 'hostile', 'foreign'] loop
-            select string_agg(coalesce(pg_temp.bad_value(t, kind), 'null::' || t::text), ', ' order by n)
+            select string_agg(coalesce(pg_temp.bad_value(t, kind), pg_temp.bad_value(t, 'neutral'),
+                                       'null::' || t::text), ', ' order by n)
             into args from unnest(f.types) with ordinality a(t, n);
             statement := format('select count(*) from %s(%s)', f.oid::regproc, coalesce(args, ''));
             state := '00000';

@@ -136,7 +136,7 @@ set local role regress_gw;
 select pg_temp.attempt(format($$select reservation::text from bulkhead.gateway_admit(%L, null,
     'openai', 'chat', 'gw-gpt', 1, 1, 1, 1, null, null, '10 minutes')$$, sha256(convert_to(:'key_a', 'UTF8')))) as suspended_tenant;
 select * from bulkhead.gateway_inactive_tenants(array['00000000-0000-4000-8000-0000000000a1',
-    '00000000-0000-4000-8000-0000000000b1', '00000000-0000-4000-8000-0000000000ff']::uuid[]);
+    '00000000-0000-4000-8000-0000000000b1', '00000000-0000-4000-8000-0000000000ff']::uuid[]) order by 1;
 set local role regress_gw_admin;
 select bulkhead.resume_tenant('00000000-0000-4000-8000-0000000000a1') as resumed;
 set local role regress_gw;

@@ -13,7 +13,7 @@ returns table ("tokenized" bigint, "bytes" bigint)
 immutable strict parallel safe
 set search_path to pg_catalog, pg_temp
 language c
-as 'MODULE_PATHNAME', '_request_input_bound_wrapper';
+as 'MODULE_PATHNAME', '_request_input_bound_text_wrapper';
 revoke all on function bulkhead._request_input_bound(text, text, text) from public;
 grant execute on function bulkhead._request_input_bound(text, text, text) to bulkhead_meter;
 

