@@ -112,7 +112,7 @@ create table bulkhead.reservations (
     held_in_memory       boolean     not null default false,
     -- The budget its dollars count against: the tenant's own, or its eval budget (an eval call
     -- of a tenant with one, sql/evals.sql). reserved_usd is what it holds on the tenant's
-    -- budget: 0 on the eval line, whose hold is on bulkhead.eval_budgets.
+    -- budget: 0 on the eval line, whose worst case the eval budget counts (_eval_budget_used).
     budget_line          text        not null default 'tenant',
     constraint reservations_pkey primary key (tenant_id, id),
     constraint reservations_budget_line_known check (budget_line in ('tenant', 'eval')),

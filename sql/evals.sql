@@ -221,8 +221,8 @@ select pg_catalog.pg_extension_config_dump('bulkhead.eval_calls', '');
 select pg_catalog.pg_extension_config_dump('bulkhead.eval_budgets', '');
 
 -- Sets (or, with a NULL limit, removes) a tenant's eval budget. bulkhead_admin.
--- SECURITY DEFINER (as bulkhead_meter): the budget is written only here, so its counters are
--- only ever moved by the eval calls themselves.
+-- SECURITY DEFINER (as bulkhead_meter): the budget row is written only here; what its line
+-- spent and holds is read from the ledger and the reservations (_eval_budget_used).
 create function bulkhead.set_eval_budget(tenant_id uuid, dollar_limit numeric, period text default 'month')
 returns void
 language plpgsql volatile
