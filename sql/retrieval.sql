@@ -521,7 +521,7 @@ begin
 end
 $$;
 
--- Drops one tenant index on chunks now if its lock comes within 100 ms, else queues it in
+-- Drops one tenant index on chunks now if its lock comes within 100 ms (and without a deadlock), else queues it in
 -- pending_index_drops: DROP INDEX needs an ACCESS EXCLUSIVE lock on chunks, and waiting behind
 -- one long reader (any role that may SELECT chunks) would queue every tenant's search behind it.
 -- Runs as bulkhead_meter (its callers' owner). 'dropped' or 'deferred'.
@@ -549,7 +549,10 @@ begin
         delete from bulkhead.pending_index_drops p where p.index_name = name;
         perform pg_catalog.set_config('lock_timeout', saved_timeout, true);
         return 'dropped';
-    exception when lock_not_available then
+    -- Two transactions that both write chunks and then drop an index each (two tenants deleted
+    -- at once) wait for each other's row-exclusive lock: PostgreSQL reports that deadlock at
+    -- once, before any lock_timeout, so it defers the drop just the same.
+    exception when lock_not_available or deadlock_detected then
         perform pg_catalog.set_config('lock_timeout', saved_timeout, true);
         insert into bulkhead.pending_index_drops (index_name) values (name) on conflict do nothing;
         return 'deferred';

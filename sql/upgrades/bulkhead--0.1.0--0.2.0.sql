@@ -243,3 +243,39 @@ begin
 end
 $$;
 
+
+create or replace function bulkhead._drop_index_now_or_later(name text)
+returns text
+language plpgsql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    saved_timeout text := pg_catalog.current_setting('lock_timeout');
+begin
+    -- Only a tenant's own index: a partial HNSW index on chunks keyed by index_key, under the
+    -- name _new_tenant_index_name gives (never chunks' shared indexes, whatever a name says).
+    if name !~ '^chunks_hnsw_[0-9a-f]{16}$' or not exists (
+        select from pg_catalog.pg_index i
+        where i.indexrelid = pg_catalog.to_regclass('bulkhead.' || pg_catalog.quote_ident(name))
+          and i.indrelid = 'bulkhead.chunks'::regclass
+          and pg_catalog.pg_get_expr(i.indpred, i.indrelid) ~ '^\(index_key = ''[0-9]+''::bigint\)$') then
+        return 'none';
+    end if;
+    perform pg_catalog.set_config('lock_timeout', '100ms', true);
+    begin
+        execute pg_catalog.format('drop index if exists bulkhead.%I', name);
+        delete from bulkhead.pending_index_drops p where p.index_name = name;
+        perform pg_catalog.set_config('lock_timeout', saved_timeout, true);
+        return 'dropped';
+    -- Two transactions that both write chunks and then drop an index each (two tenants deleted
+    -- at once) wait for each other's row-exclusive lock: PostgreSQL reports that deadlock at
+    -- once, before any lock_timeout, so it defers the drop just the same.
+    exception when lock_not_available or deadlock_detected then
+        perform pg_catalog.set_config('lock_timeout', saved_timeout, true);
+        insert into bulkhead.pending_index_drops (index_name) values (name) on conflict do nothing;
+        return 'deferred';
+    end;
+end
+$$;
+
