@@ -211,6 +211,7 @@ declare
     touched text[] := '{}';
     index_drop text;
     index_name text;
+    revocations int;
 begin
     if tenant is null then
         raise exception 'tenant id must not be null'
@@ -252,6 +253,9 @@ begin
           where c.tenant_id = tenant and c.provider_project_id is not null
           union all
           select h.provider_project_id from bulkhead.tenant_provider_projects h where h.tenant_id = tenant) p;
+    -- Its provisioned projects and workspaces are revoked at the providers by the daemon
+    -- (provisioning.sql), each step added to this receipt when done.
+    revocations := bulkhead._queue_provider_revocations(tenant, receipt);
     for target in select table_name from bulkhead.tenant_scoped_tables() order by deletion_order desc, table_name::text loop
         -- Identifiers come from the catalog, the value is a bound parameter; RLS confines the delete.
         execute pg_catalog.format('delete from %s where tenant_id = $1', target.table_name) using tenant;
@@ -354,7 +358,10 @@ begin
             else 'none' end,
         'wal', 'the deleted rows stay in write-ahead log segments until they are recycled after a checkpoint, and in WAL archives until those expire',
         'backups', 'base backups and dumps taken before this deletion keep the rows until they expire',
-        'pinecone', 'the namespace is deleted by the worker; the step ''pinecone namespace deleted'' on this receipt proves it'));
+        'pinecone', 'the namespace is deleted by the worker; the step ''pinecone namespace deleted'' on this receipt proves it',
+        'providers', case when revocations > 0
+            then 'the worker revokes the provisioned key, archives the project or workspace and deletes the stored key; the steps ''provider key revoked'', ''provider project archived'' and ''secret deleted'' on this receipt prove it (bulkhead.deletion_receipt_pending lists those not done)'
+            else 'none provisioned' end));
     insert into bulkhead.deletion_receipt_steps (receipt_id, step, rows_deleted, completed_at)
     select receipt, s->>'step', (s->>'rows')::bigint, (s->>'at')::timestamptz
     from pg_catalog.jsonb_array_elements(steps) s;

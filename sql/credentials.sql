@@ -21,16 +21,22 @@ create table bulkhead.tenant_credentials (
     tenant_id           uuid        not null,
     id                  uuid        not null default pg_catalog.gen_random_uuid(),
     provider            text        not null,
-    secret_ref          text        not null,
+    -- NULL only while the credential waits for a key (status pending_key).
+    secret_ref          text,
     kind                text        not null,
     provider_project_id text,
     created_at          timestamptz not null default pg_catalog.now(),
+    -- pending_key: a provisioned Anthropic workspace whose key an admin has not attached yet
+    -- (provisioning.sql); its calls use the shared pool or are refused (bulkhead.pending_key_calls).
+    status              text        not null default 'active',
     constraint tenant_credentials_pkey primary key (tenant_id, id),
     constraint tenant_credentials_provider_key unique (tenant_id, provider),
     constraint tenant_credentials_tenant_fkey foreign key (tenant_id) references bulkhead.tenants (id),
     constraint tenant_credentials_provider_known check (provider in ('openai', 'anthropic', 'openai_compatible')),
     constraint tenant_credentials_kind_known check (kind in ('dedicated', 'shared_pool')),
-    constraint tenant_credentials_reference_only check (bulkhead._is_secret_reference(secret_ref))
+    constraint tenant_credentials_reference_only check (bulkhead._is_secret_reference(secret_ref)),
+    constraint tenant_credentials_status_known check (status in ('active', 'pending_key')),
+    constraint tenant_credentials_key_unless_pending check ((secret_ref is null) = (status = 'pending_key'))
 );
 comment on table bulkhead.tenant_credentials is
     'A tenant''s own provider credential (OpenAI project key, Anthropic workspace key) as a reference, one per provider.';
@@ -163,9 +169,15 @@ begin
     values (set_credential.tenant_id, set_credential.provider, set_credential.secret_ref,
             set_credential.kind, set_credential.provider_project_id)
     on conflict on constraint tenant_credentials_provider_key do update
-    set secret_ref = excluded.secret_ref, kind = excluded.kind,
-        provider_project_id = excluded.provider_project_id, created_at = pg_catalog.now()
+    set secret_ref = excluded.secret_ref, kind = excluded.kind, status = 'active',
+        -- A key attached to a provisioned workspace keeps the workspace's id unless given another.
+        provider_project_id = case when c.status = 'pending_key'
+                                   then coalesce(excluded.provider_project_id, c.provider_project_id)
+                                   else excluded.provider_project_id end,
+        created_at = pg_catalog.now()
     returning c.id into credential;
+    -- A key for a provisioned workspace that waited for one: its provisioning is complete.
+    perform bulkhead._provisioned_key_attached(set_credential.tenant_id, set_credential.provider);
     perform bulkhead._leave_tenant(previous);
     perform pg_catalog.set_config('log_min_error_statement', statement_logging, true);
     return credential;
@@ -182,9 +194,12 @@ security invoker
 set search_path to pg_catalog, pg_temp
 as $$
     select * from (
+        -- A credential waiting for its key: the shared pool serves, or (pending_key_calls =
+        -- refuse) the row comes without a key and the call is refused.
         select c.id, c.secret_ref, c.kind, c.provider_project_id, 'tenant'
         from bulkhead.tenant_credentials c
         where c.tenant_id = bulkhead.current_tenant() and c.provider = credential_for_tenant.provider
+          and (c.status = 'active' or pg_catalog.current_setting('bulkhead.pending_key_calls', true) = 'refuse')
         union all
         select s.id, s.secret_ref, 'shared_pool', s.provider_project_id, 'shared'
         from bulkhead.shared_credentials s

@@ -354,6 +354,7 @@ begin
         select t.secret_ref, t.kind, t.provider_project_id, 1 as rank
         from bulkhead.tenant_credentials t
         where t.tenant_id = _gateway_admit_sql.tenant_id and t.provider = model_provider
+          and (t.status = 'active' or pg_catalog.current_setting('bulkhead.pending_key_calls', true) = 'refuse')
         union all
         select s.secret_ref, 'shared_pool', s.provider_project_id, 2
         from bulkhead.shared_credentials s
@@ -366,6 +367,12 @@ begin
             using errcode = '55000',
                   detail = 'Neither this tenant nor the shared pool has a credential for this provider.',
                   hint = 'bulkhead_admin: bulkhead.set_credential(...).';
+    end if;
+    if cred.secret_ref is null then
+        raise exception 'the tenant''s % credential waits for its key', model_provider
+            using errcode = '55000',
+                  detail = 'Its provisioned workspace has no key attached yet, and bulkhead.pending_key_calls is refuse.',
+                  hint = 'bulkhead_admin: attach a key reference with bulkhead.set_credential(...).';
     end if;
     secret_ref := cred.secret_ref;
     credential_kind := cred.kind;

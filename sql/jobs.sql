@@ -26,7 +26,9 @@ create table bulkhead.jobs (
     -- open reservation).
     -- index_build: a tenant's own vector index, queued by ingest_document (retrieval.sql).
     -- eval_score: scoring one call of an eval case, queued when its answer is in (evals.sql).
-    constraint jobs_kind_known check (kind in ('noop', 'completion', 'embedding', 'index_build', 'eval_score')),
+    -- provision, provider_limits: a tenant's provider project and its limits (provisioning.sql).
+    constraint jobs_kind_known check (kind in ('noop', 'completion', 'embedding', 'index_build', 'eval_score',
+                                               'provision', 'provider_limits')),
     constraint jobs_payload_object check (pg_catalog.jsonb_typeof(payload) = 'object'),
     constraint jobs_idempotency_key_length check (pg_catalog.char_length(idempotency_key) between 1 and 200)
 );
@@ -161,7 +163,7 @@ begin
     exception
         when check_violation then
             raise exception 'unknown job kind %', pg_catalog.quote_literal(kind)
-                using errcode = '22023', detail = 'Known kinds: noop, completion, embedding, index_build.';
+                using errcode = '22023', detail = 'Known kinds: noop, completion, embedding, index_build, eval_score, provision, provider_limits.';
         when unique_violation then
             -- A concurrent enqueue of the same key won: answer with its job (invisible to a
             -- REPEATABLE READ snapshot taken before it committed: then retry the transaction).
@@ -220,6 +222,10 @@ begin
     end if;
     if kind = 'eval_score' then
         raise exception 'eval_score jobs are queued by the evals themselves' using errcode = '42501';
+    end if;
+    if kind in ('provision', 'provider_limits') then
+        raise exception '% jobs are queued by bulkhead.provision_provider() and set_budget()', kind
+            using errcode = '42501', detail = 'Provisioning is the control plane''s (bulkhead_admin).';
     end if;
     if kind = 'index_build' then
         raise exception 'index_build jobs are queued by bulkhead.ingest_document()'

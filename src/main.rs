@@ -16,6 +16,7 @@ mod logging;
 mod metrics;
 mod pinecone;
 mod providers;
+mod provisioning;
 mod reconcile;
 mod secrets;
 mod vacuum;
@@ -95,6 +96,10 @@ enum Command {
         /// Needs PINECONE_API_KEY in the environment (never a flag: it would show in ps).
         #[arg(long, env = "PINECONE_INDEX_HOST")]
         pinecone_index_host: Option<String>,
+        /// Directory where provisioned OpenAI project keys are written (mode 0600), for
+        /// provision_provider(..., '{"storage": "file"}'); the credential names the file.
+        #[arg(long, env = "BULKHEAD_SECRETS_DIR")]
+        secrets_dir: Option<std::path::PathBuf>,
     },
     /// OpenAI- and Anthropic-compatible HTTP endpoints (/v1/chat/completions, /v1/embeddings,
     /// /v1/messages, /v1/models, /healthz) where every call is authenticated by a per-tenant API
@@ -512,6 +517,7 @@ async fn main() -> ExitCode {
             openai_compatible_base_url,
             provider_timeout_secs,
             pinecone_index_host,
+            secrets_dir,
         } => {
             logging::init(log_format == "json");
             worker::run(worker::Config {
@@ -534,6 +540,7 @@ async fn main() -> ExitCode {
                 },
                 provider_timeout: Duration::from_secs(provider_timeout_secs),
                 usage_apis: usage_apis(openai_base_url, anthropic_base_url),
+                secrets_dir,
                 pinecone: match (pinecone_index_host, std::env::var("PINECONE_API_KEY").ok()) {
                     (Some(host), Some(key)) if !key.is_empty() => {
                         Some((host, providers::Secret::new(key)))

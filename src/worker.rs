@@ -16,6 +16,7 @@ use crate::database::{without_nul, without_nul_json};
 use crate::metrics::{self, Metrics};
 use crate::pinecone::Pinecone;
 use crate::providers::{self, CallError, Completion, Embeddings, Providers, Secret};
+use crate::provisioning;
 use crate::reconcile::{self, UsageApis};
 use crate::secrets;
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
@@ -52,6 +53,8 @@ pub struct Config {
     pub pinecone: Option<(String, Secret)>,
     /// The providers' usage APIs: with an admin key, the worker reconciles each finished day.
     pub usage_apis: UsageApis,
+    /// Where provisioned keys stored as files go (BULKHEAD_SECRETS_DIR).
+    pub secrets_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +109,9 @@ struct TaskContext {
     provider_timeout: Duration,
     /// This worker's name, which holds the leases.
     worker: String,
+    /// The providers' admin APIs, for provisioning jobs.
+    admin: provisioning::AdminApis,
+    admin_http: reqwest::Client,
 }
 
 /// Runs until SIGTERM or SIGINT (or, with `drain`, until the queue is empty); reconnects after
@@ -360,6 +366,23 @@ async fn serve(
         metrics: Arc::clone(metrics),
         provider_timeout: config.provider_timeout,
         worker: config.name.clone(),
+        admin: provisioning::AdminApis {
+            openai_base: config.usage_apis.openai_base.clone(),
+            anthropic_base: config.usage_apis.anthropic_base.clone(),
+            openai_admin_key: config.usage_apis.openai_admin_key.clone(),
+            anthropic_admin_key: config.usage_apis.anthropic_admin_key.clone(),
+            secrets_dir: config.secrets_dir.clone(),
+        },
+        admin_http: reqwest::Client::builder()
+            .timeout(config.provider_timeout)
+            .user_agent(concat!("bulkhead/", env!("CARGO_PKG_VERSION")))
+            .build()?,
+    });
+    let _revocations = (!config.drain).then(|| {
+        AbortOnDrop(tokio::spawn(revocation_loop(
+            Arc::clone(&context),
+            config.clone(),
+        )))
     });
     while !*stop.borrow() {
         let free = config.concurrency.saturating_sub(work.held.len());
@@ -399,6 +422,7 @@ async fn serve(
             if let Some(pinecone) = pinecone {
                 drain_pinecone(pinecone, &pool, metrics, config).await?;
             }
+            revoke_due(&context, config).await;
             log(config, "drained", "");
             break;
         }
@@ -524,6 +548,28 @@ async fn index_drop_loop(pool: PgPool, config: Config) {
             Ok(dropped) => log(&config, "indexes_dropped", &format!("dropped={dropped}")),
             Err(err) => log(&config, "index_drop_failed", &format!("error={err}")),
         }
+    }
+}
+
+/// Every 10 s: the provider revocations due (deleted tenants' projects and keys, rotated keys no
+/// call uses any more), src/provisioning.rs.
+async fn revocation_loop(context: Arc<TaskContext>, config: Config) {
+    loop {
+        revoke_due(&context, &config).await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+}
+
+/// One sweep of the revocations due; a failure is logged, and what it left is due next time.
+async fn revoke_due(context: &TaskContext, config: &Config) {
+    match provisioning::revoke_due(&context.pool, &context.admin_http, &context.admin).await {
+        Ok((0, 0)) => {}
+        Ok((done, failed)) => log(
+            config,
+            "revocations",
+            &format!("done={done} failed={failed}"),
+        ),
+        Err(err) => log(config, "revocation_failed", &format!("error={err}")),
     }
 }
 
@@ -726,6 +772,22 @@ async fn execute(
                     other => Failure::transient(format!("scoring failed: {other}")),
                 })
         }
+        // A tenant's provider project, workspace and limits (src/provisioning.rs).
+        "provision" | "provider_limits" => provisioning::run(
+            &context.pool,
+            &context.admin_http,
+            &context.admin,
+            job.id,
+            &context.worker,
+        )
+        .await
+        .map(Finish::Result)
+        .map_err(|err| Failure {
+            message: err.message,
+            transient: err.transient,
+            retry_after: err.retry_after,
+            operator_detail: None,
+        }),
         other => Err(Failure::permanent(format!(
             "this worker cannot run jobs of kind {other:?}"
         ))),

@@ -578,12 +578,16 @@ fn model_of(model: &str) -> Model {
 }
 
 /// The tenant's own credential for the provider, else the shared pool's (credential_for_tenant).
+/// A credential waiting for its key (pending_key) yields the shared pool's, or, when
+/// bulkhead.pending_key_calls is refuse, none: the call is refused.
 fn read_credential(tenant: pgrx::Uuid, provider: &str) -> Option<Credential> {
     Spi::connect(|client| {
         let table = client.select(
             "select c.secret_ref, c.kind, c.provider_project_id from ( \
                  select t.secret_ref, t.kind, t.provider_project_id, 1 as rank \
                  from bulkhead.tenant_credentials t where t.tenant_id = $1 and t.provider = $2 \
+                   and (t.status = 'active' \
+                        or pg_catalog.current_setting('bulkhead.pending_key_calls', true) = 'refuse') \
                  union all \
                  select s.secret_ref, 'shared_pool', s.provider_project_id, 2 \
                  from bulkhead.shared_credentials s where s.provider = $2) c \

@@ -61,6 +61,15 @@ static EVAL_GATE_EMPTY_SET: GucSetting<Option<CString>> =
 static EVAL_AUTHORING: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"tenant"));
 
+/// `bulkhead.provider_limit_margin`: how far above a tenant's Bulkhead limits the provider-side
+/// backstop of a provisioned project sits (0.1: 10 % above). Superuser only.
+static PROVIDER_LIMIT_MARGIN: GucSetting<f64> = GucSetting::<f64>::new(0.1);
+
+/// `bulkhead.pending_key_calls`: what calls of a tenant whose provisioned credential waits for a
+/// key do: `shared_pool` (use it until the key comes) or `refuse`. Superuser only.
+static PENDING_KEY_CALLS: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"shared_pool"));
+
 /// True only while `set_tenant` writes the setting.
 static SET_TENANT_IN_PROGRESS: AtomicBool = AtomicBool::new(false);
 
@@ -104,6 +113,17 @@ pub fn init() {
             None,
         );
         GucRegistry::define_string_guc_with_hooks(
+            c"bulkhead.pending_key_calls",
+            c"What calls of a tenant whose provisioned credential waits for a key do: shared_pool or refuse.",
+            c"An Anthropic workspace gets its key from an admin (keys cannot be created by API). Superuser only.",
+            &PENDING_KEY_CALLS,
+            GucContext::Suset,
+            GucFlags::default(),
+            Some(check_pending_key_calls),
+            None,
+            None,
+        );
+        GucRegistry::define_string_guc_with_hooks(
             c"bulkhead.eval_authoring",
             c"Who may write eval sets and cases: tenant (the application too, for its tenant) or admin (bulkhead_admin only).",
             c"admin keeps the exam a version must pass with the control plane. Superuser only.",
@@ -115,6 +135,16 @@ pub fn init() {
             None,
         );
     }
+    GucRegistry::define_float_guc(
+        c"bulkhead.provider_limit_margin",
+        c"How far above a tenant's Bulkhead limits a provisioned project's provider-side limits sit (0.1: 10 %).",
+        c"The backstop never sits below Bulkhead's own limits. Superuser only; set it for the database so the daemon's and the control plane's sessions agree.",
+        &PROVIDER_LIMIT_MARGIN,
+        0.0,
+        10.0,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
     GucRegistry::define_string_guc(
         c"bulkhead.billing_time_zone",
         c"Time zone in which daily, weekly and monthly budget periods begin.",
@@ -397,6 +427,20 @@ unsafe extern "C-unwind" fn check_eval_gate_empty_set(
         ["refuse", "allow"],
         c"bulkhead.eval_gate_empty_set must be refuse or allow",
         c"refuse (the default): a tenant with no eval cases for a template cannot activate a version of it without force; allow: it can, and the release row says so.",
+    )
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn check_pending_key_calls(
+    newval: *mut *mut c_char,
+    _extra: *mut *mut c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    check_one_of(
+        newval,
+        ["shared_pool", "refuse"],
+        c"bulkhead.pending_key_calls must be shared_pool or refuse",
+        c"shared_pool (the default): the tenant's calls use the shared pool until its key is attached; refuse: they are refused (55000).",
     )
 }
 

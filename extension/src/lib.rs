@@ -138,9 +138,14 @@ extension_sql_file!(
     ]
 );
 extension_sql_file!(
+    "../../sql/provisioning.sql",
+    name = "provisioning",
+    requires = ["evals"]
+);
+extension_sql_file!(
     "../../sql/deployment.sql",
     name = "deployment",
-    requires = ["evals"],
+    requires = ["provisioning"],
     finalize
 );
 

@@ -79,7 +79,15 @@ definer_allow_list (proname) as (
     -- job's holder); the gate on the active
     -- pointer reads the tenant's evals and writes the history whoever moves it.
            ('set_eval_set'), ('add_eval_case'), ('remove_eval_case'), ('start_eval'), ('_eval_call_closed'),
-           ('_eval_call_closed_safely'), ('score_eval_job'), ('_eval_gate_on_pointer'), ('set_eval_budget')
+           ('_eval_call_closed_safely'), ('score_eval_job'), ('_eval_gate_on_pointer'), ('set_eval_budget'),
+    -- Provisioning: only the control plane queues it (never a job kind that spends); the worker
+    -- records steps and facts (ids and references, never a key) only of a job it holds, and
+    -- carries out revocations that outlive their tenant; set_budget and set_credential keep a
+    -- provision's limits and state in step.
+           ('_provision'), ('_queue_provisioning'), ('_queue_rotation'), ('_queue_provider_revocations'),
+           ('provisioning_job'), ('provisioning_step'), ('provisioned_credential'),
+           ('provider_revocations_due'), ('provider_revocation_done'),
+           ('_provider_limits_follow_budget'), ('_provisioned_key_attached')
 ),
 -- Extra policies on tenant tables (beside the one on current_tenant() for all roles), each read
 -- only by one SECURITY DEFINER function that returns no tenant data.

@@ -279,3 +279,1343 @@ begin
 end
 $$;
 
+
+-- 0.2.0: provider-side provisioning (sql/provisioning.sql). A tenant credential may wait for its
+-- key (pending_key); jobs of kinds provision and provider_limits.
+alter table bulkhead.tenant_credentials alter column secret_ref drop not null;
+alter table bulkhead.tenant_credentials add column status text not null default 'active';
+alter table bulkhead.tenant_credentials add constraint tenant_credentials_status_known check (status in ('active', 'pending_key'));
+alter table bulkhead.tenant_credentials add constraint tenant_credentials_key_unless_pending check ((secret_ref is null) = (status = 'pending_key'));
+alter table bulkhead.jobs drop constraint jobs_kind_known;
+alter table bulkhead.jobs add constraint jobs_kind_known check (kind in ('noop', 'completion', 'embedding', 'index_build', 'eval_score',
+                                           'provision', 'provider_limits'));
+
+create or replace function bulkhead.set_credential(
+    tenant_id uuid,
+    provider text,
+    secret_ref text,
+    kind text default 'dedicated',
+    provider_project_id text default null
+)
+returns uuid
+language plpgsql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    previous text;
+    credential uuid;
+    statement_logging text := pg_catalog.current_setting('log_min_error_statement');
+begin
+    -- Any error here would log the failing statement, and with it whatever was passed, perhaps
+    -- a key in the wrong argument. No error message below repeats an argument either.
+    perform pg_catalog.set_config('log_min_error_statement', 'panic', true);
+    if provider is null or provider not in ('openai', 'anthropic', 'openai_compatible') then
+        raise exception 'unknown provider'
+            using errcode = '22023', detail = 'Known providers are openai, anthropic and openai_compatible.';
+    end if;
+    if not coalesce(bulkhead._is_secret_reference(secret_ref), false) then
+        raise exception 'secret_ref must be a reference to a secret, not a secret'
+            using errcode = '22023',
+                  detail = 'Accepted forms: env:NAME, file:/absolute/path, vault:<uuid>. The value given was not stored and is not repeated here.',
+                  hint = 'Put the key in an environment variable, a file or Supabase Vault, and pass its reference.';
+    end if;
+    if kind is null or kind not in ('dedicated', 'shared_pool') then
+        raise exception 'unknown credential kind'
+            using errcode = '22023',
+                  detail = 'dedicated: the tenant''s own OpenAI project or Anthropic workspace; shared_pool: a key shared by tenants.';
+    end if;
+    if provider_project_id is not null and pg_catalog.char_length(provider_project_id) not between 1 and 200 then
+        raise exception 'provider_project_id must be 1 to 200 characters'
+            using errcode = '22023', detail = 'It is the OpenAI project id or Anthropic workspace id of the key.';
+    end if;
+
+    if set_credential.tenant_id is null then
+        insert into bulkhead.shared_credentials as c (provider, secret_ref, provider_project_id)
+        values (set_credential.provider, set_credential.secret_ref, set_credential.provider_project_id)
+        on conflict on constraint shared_credentials_pkey do update
+        set secret_ref = excluded.secret_ref, provider_project_id = excluded.provider_project_id,
+            created_at = pg_catalog.now()
+        returning c.id into credential;
+        perform pg_catalog.set_config('log_min_error_statement', statement_logging, true);
+        return credential;
+    end if;
+
+    previous := bulkhead._enter_tenant(set_credential.tenant_id);
+    insert into bulkhead.tenant_credentials as c (tenant_id, provider, secret_ref, kind, provider_project_id)
+    values (set_credential.tenant_id, set_credential.provider, set_credential.secret_ref,
+            set_credential.kind, set_credential.provider_project_id)
+    on conflict on constraint tenant_credentials_provider_key do update
+    set secret_ref = excluded.secret_ref, kind = excluded.kind, status = 'active',
+        -- A key attached to a provisioned workspace keeps the workspace's id unless given another.
+        provider_project_id = case when c.status = 'pending_key'
+                                   then coalesce(excluded.provider_project_id, c.provider_project_id)
+                                   else excluded.provider_project_id end,
+        created_at = pg_catalog.now()
+    returning c.id into credential;
+    -- A key for a provisioned workspace that waited for one: its provisioning is complete.
+    perform bulkhead._provisioned_key_attached(set_credential.tenant_id, set_credential.provider);
+    perform bulkhead._leave_tenant(previous);
+    perform pg_catalog.set_config('log_min_error_statement', statement_logging, true);
+    return credential;
+end
+$$;
+
+create or replace function bulkhead.credential_for_tenant(provider text)
+returns table (credential_id uuid, secret_ref text, kind text, provider_project_id text, source text)
+language sql stable
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+    select * from (
+        -- A credential waiting for its key: the shared pool serves, or (pending_key_calls =
+        -- refuse) the row comes without a key and the call is refused.
+        select c.id, c.secret_ref, c.kind, c.provider_project_id, 'tenant'
+        from bulkhead.tenant_credentials c
+        where c.tenant_id = bulkhead.current_tenant() and c.provider = credential_for_tenant.provider
+          and (c.status = 'active' or pg_catalog.current_setting('bulkhead.pending_key_calls', true) = 'refuse')
+        union all
+        select s.id, s.secret_ref, 'shared_pool', s.provider_project_id, 'shared'
+        from bulkhead.shared_credentials s
+        where s.provider = credential_for_tenant.provider and bulkhead.current_tenant() is not null
+    ) found
+    order by 5 desc  -- 'tenant' before 'shared'
+    limit 1
+$$;
+
+create or replace function bulkhead._gateway_admit_sql(
+    api_key_hash bytea,
+    jwt_tenant uuid,
+    wire text,
+    endpoint text,
+    model text,
+    tokenized_input bigint,
+    byte_input bigint,
+    max_output_tokens int,
+    choices int,
+    prompt_name text,
+    prompt_vars jsonb,
+    lease interval,
+    durable_hold boolean default false
+)
+returns table (
+    tenant_id uuid, key_id uuid, reservation uuid, provider text, output_cap int, est_input_tokens int,
+    system_prompt text, secret_ref text, credential_kind text, provider_project_id text
+)
+language plpgsql volatile
+security invoker  -- as gateway_admit, its only caller (bulkhead_meter)
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    model_provider text;
+    openai_tokenizer boolean;
+    reserved_output bigint;
+    est bigint;
+    cred record;
+begin
+    if wire is null or endpoint is null or model is null or byte_input is null or choices is null or lease is null
+       or durable_hold is null then
+        raise exception 'wire, endpoint, model, byte_input, choices, lease and durable_hold are required' using errcode = '22004';
+    end if;
+    if wire not in ('openai', 'anthropic') or endpoint not in ('chat', 'embeddings')
+       or (endpoint = 'embeddings' and wire <> 'openai') then
+        raise exception 'unknown gateway endpoint %/%', wire, endpoint using errcode = '22023';
+    end if;
+    if byte_input < 0 or tokenized_input < 0 then
+        raise exception 'input bounds must not be negative' using errcode = '22023';
+    end if;
+    if choices not between 1 and 128 then
+        raise exception 'n must be between 1 and 128'
+            using errcode = '22023', detail = 'Each choice is reserved at the output cap.';
+    end if;
+    -- Another session of the tenant holding its budget row (an application's open transaction
+    -- after budget_check) must not stall the gateway's sessions, which every tenant shares:
+    -- 55P03 after 200 ms, answered as "busy, retry" to this tenant only.
+    perform pg_catalog.set_config('lock_timeout', '200ms', true);
+    select a.tenant_id, a.key_id into _gateway_admit_sql.tenant_id, _gateway_admit_sql.key_id
+    from bulkhead._gateway_authenticate(api_key_hash, jwt_tenant) a;
+
+    select p.provider into model_provider from bulkhead.prices p
+    where p.model = _gateway_admit_sql.model and p.effective_from <= pg_catalog.clock_timestamp()
+    order by p.effective_from desc limit 1;
+    if not found then
+        raise exception 'unknown model %', pg_catalog.quote_literal(model)
+            using errcode = '42704',
+                  detail = 'No price is in effect for this model, so the gateway serves no call to it.',
+                  hint = 'GET /v1/models lists the models this tenant may use.';
+    end if;
+    if (model_provider = 'anthropic') <> (wire = 'anthropic') then
+        raise exception 'model % is served by %, not through this endpoint', pg_catalog.quote_literal(model), model_provider
+            using errcode = '22023',
+                  detail = case when model_provider = 'anthropic'
+                           then 'Anthropic models are served at POST /v1/messages, in Anthropic''s format.'
+                           else 'OpenAI-format models are served at POST /v1/chat/completions and /v1/embeddings.' end,
+                  hint = 'The gateway does not translate between wire formats.';
+    end if;
+    provider := model_provider;
+
+    -- The credential before the reservation: a call that cannot be made holds no budget.
+    -- credential_for_tenant's query, inline: a SQL function with its own search_path is planned
+    -- again on every call, and this runs on every gateway call.
+    select c.secret_ref, c.kind, c.provider_project_id into cred from (
+        select t.secret_ref, t.kind, t.provider_project_id, 1 as rank
+        from bulkhead.tenant_credentials t
+        where t.tenant_id = _gateway_admit_sql.tenant_id and t.provider = model_provider
+          and (t.status = 'active' or pg_catalog.current_setting('bulkhead.pending_key_calls', true) = 'refuse')
+        union all
+        select s.secret_ref, 'shared_pool', s.provider_project_id, 2
+        from bulkhead.shared_credentials s
+        where s.provider = model_provider
+    ) c
+    order by c.rank
+    limit 1;
+    if not found then
+        raise exception 'no credential for provider %', model_provider
+            using errcode = '55000',
+                  detail = 'Neither this tenant nor the shared pool has a credential for this provider.',
+                  hint = 'bulkhead_admin: bulkhead.set_credential(...).';
+    end if;
+    if cred.secret_ref is null then
+        raise exception 'the tenant''s % credential waits for its key', model_provider
+            using errcode = '55000',
+                  detail = 'Its provisioned workspace has no key attached yet, and bulkhead.pending_key_calls is refuse.',
+                  hint = 'bulkhead_admin: attach a key reference with bulkhead.set_credential(...).';
+    end if;
+    secret_ref := cred.secret_ref;
+    credential_kind := cred.kind;
+    provider_project_id := cred.provider_project_id;
+
+    if endpoint = 'embeddings' then
+        output_cap := 0;
+        reserved_output := 0;
+    else
+        output_cap := coalesce(_gateway_admit_sql.max_output_tokens,
+            (select s.default_max_output_tokens from bulkhead.tenant_settings s where s.tenant_id = _gateway_admit_sql.tenant_id),
+            (select d.default_max_output_tokens from bulkhead.budget_defaults d));
+        if output_cap < 1 then
+            raise exception 'max_tokens must be at least 1' using errcode = '22023';
+        end if;
+        reserved_output := output_cap::bigint * choices;
+        if reserved_output > 2147483647 then
+            raise exception 'max_tokens x n is too large' using errcode = '22023';
+        end if;
+    end if;
+
+    if prompt_name is not null then
+        system_prompt := bulkhead.render_prompt(prompt_name, coalesce(prompt_vars, '{}'));
+    end if;
+    select pg_catalog.bool_and(p.provider = 'openai') into openai_tokenizer
+    from bulkhead.prices p where p.model = _gateway_admit_sql.model;
+    est := case when openai_tokenizer and tokenized_input is not null then tokenized_input else byte_input end;
+    if system_prompt is not null then
+        est := est + (select b.tokens from bulkhead.input_token_bound(model, array[system_prompt], true) b);
+    end if;
+    est_input_tokens := least(est, 100000000)::int;
+
+    reservation := bulkhead.budget_check(model, est_input_tokens, reserved_output::int, lease);
+    -- Only the gateway settles it; unsettled when its lease ends, it is charged at its hold.
+    -- Admitted in memory (bulkhead.memory_admission), it is marked there and nothing is written:
+    -- it survives the gateway, and a restart of the server forgets it like any hold in memory
+    -- (the gateway then settles the call as an orphan). durable_hold writes it as a row too.
+    if durable_hold or not bulkhead._gateway_hold(reservation) then
+        perform bulkhead._materialize_reservation(reservation);
+        update bulkhead.reservations x set queued = true, bill_on_expiry = true
+        where x.tenant_id = _gateway_admit_sql.tenant_id and x.id = reservation;
+        -- The call is made once this returns: its reservation must survive a crash of the server.
+        perform pg_catalog.set_config('synchronous_commit', 'on', true);
+    end if;
+    return next;
+end
+$$;
+
+create or replace function bulkhead.enqueue_job(
+    kind text,
+    payload jsonb default '{}',
+    idempotency_key text default null,
+    run_at timestamptz default null,
+    max_attempts int default 5
+)
+returns bigint
+language plpgsql volatile
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+begin
+    if kind in ('completion', 'embedding') then
+        raise exception '% jobs are queued by bulkhead.%()', kind,
+                case kind when 'completion' then 'complete' else 'embed_document' end
+            using errcode = '42501',
+                  detail = 'They admit the provider call against the tenant''s budget in the same transaction.';
+    end if;
+    if kind = 'eval_score' then
+        raise exception 'eval_score jobs are queued by the evals themselves' using errcode = '42501';
+    end if;
+    if kind in ('provision', 'provider_limits') then
+        raise exception '% jobs are queued by bulkhead.provision_provider() and set_budget()', kind
+            using errcode = '42501', detail = 'Provisioning is the control plane''s (bulkhead_admin).';
+    end if;
+    if kind = 'index_build' then
+        raise exception 'index_build jobs are queued by bulkhead.ingest_document()'
+            using errcode = '42501', detail = 'A tenant''s index is built when it passes bulkhead.retrieval_index_threshold chunks.';
+    end if;
+    return bulkhead._enqueue(kind, payload, idempotency_key, run_at, max_attempts);
+end
+$$;
+
+create or replace function bulkhead._enqueue(
+    kind text,
+    payload jsonb,
+    idempotency_key text,
+    run_at timestamptz,
+    max_attempts int
+)
+returns bigint
+language plpgsql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    tenant uuid := bulkhead.current_tenant();
+    job bigint;
+    starts timestamptz;
+    front timestamptz;
+    last_key timestamptz;
+begin
+    if tenant is null then
+        raise exception 'no tenant context'
+            using errcode = '42501', hint = 'Call bulkhead.set_tenant(...) first: a job runs for one tenant.';
+    end if;
+    if kind is null or payload is null or max_attempts is null then
+        raise exception 'kind, payload and max_attempts are required' using errcode = '22004';
+    end if;
+    if pg_catalog.jsonb_typeof(payload) <> 'object' then
+        raise exception 'job payload must be a JSON object' using errcode = '22023';
+    end if;
+    if pg_catalog.octet_length(payload::text) > 262144 then
+        raise exception 'job payload is over 256 kB' using errcode = '54000';
+    end if;
+    if idempotency_key is not null and pg_catalog.char_length(idempotency_key) not between 1 and 200 then
+        raise exception 'idempotency_key must be 1 to 200 characters' using errcode = '22023';
+    end if;
+    -- No queue jumping: a job runs now or later, never "earlier than now"; at most 30 days out.
+    if run_at is not null and run_at > pg_catalog.clock_timestamp() + interval '30 days' then
+        raise exception 'run_at is more than 30 days away' using errcode = '22023';
+    end if;
+    if max_attempts not between 1 and 100 then
+        raise exception 'max_attempts must be between 1 and 100' using errcode = '22023';
+    end if;
+    if idempotency_key is not null then
+        select j.id into job from bulkhead.jobs j
+        where j.tenant_id = tenant and j.idempotency_key = _enqueue.idempotency_key;
+        if found then
+            return job;
+        end if;
+    end if;
+    -- A random id no job of any tenant has (the schedule lists them all): 2^53 ids make a
+    -- collision rare, not impossible, and a collision must not fail (or tell) anything.
+    loop
+        job := bulkhead._random_id();
+        exit when not exists (select from bulkhead.job_schedule s where s.job_id = job);
+    end loop;
+    begin
+        insert into bulkhead.jobs (tenant_id, id, kind, payload, idempotency_key)
+        values (tenant, job, _enqueue.kind, _enqueue.payload, _enqueue.idempotency_key)
+        returning id into job;
+    exception
+        when check_violation then
+            raise exception 'unknown job kind %', pg_catalog.quote_literal(kind)
+                using errcode = '22023', detail = 'Known kinds: noop, completion, embedding, index_build, eval_score, provision, provider_limits.';
+        when unique_violation then
+            -- A concurrent enqueue of the same key won: answer with its job (invisible to a
+            -- REPEATABLE READ snapshot taken before it committed: then retry the transaction).
+            select j.id into job from bulkhead.jobs j
+            where j.tenant_id = tenant and j.idempotency_key = _enqueue.idempotency_key;
+            if job is null then
+                raise exception 'a concurrent enqueue of this idempotency key is not visible yet'
+                    using errcode = '40001', hint = 'Retry the transaction.';
+            end if;
+            return job;
+    end;
+    starts := greatest(coalesce(_enqueue.run_at, pg_catalog.clock_timestamp()), pg_catalog.clock_timestamp());
+    -- Fair key (see job_schedule.fair_key): a job set to start later is ordered by its own
+    -- start and joins no block.
+    if starts <= pg_catalog.clock_timestamp() then
+        select min(s.fair_key) into front from bulkhead.job_schedule s
+        where s.state = 'queued' and s.run_at <= pg_catalog.clock_timestamp();
+        select max(s.fair_key) into last_key from bulkhead.job_schedule s
+        where s.job_tenant = tenant and s.state = 'queued' and s.run_at <= pg_catalog.clock_timestamp();
+        if last_key is null then
+            last_key := coalesce(front, starts);
+        end if;
+        if (select count(*) from bulkhead.job_schedule s
+            where s.job_tenant = tenant and s.fair_key = last_key) >= 16 then
+            last_key := last_key + interval '10 milliseconds';  -- the block is full: the next one
+        end if;
+    end if;
+    insert into bulkhead.job_schedule (job_id, job_tenant, max_attempts, run_at, fair_key)
+    values (job, tenant, _enqueue.max_attempts, starts, coalesce(last_key, starts));
+    perform bulkhead._notify('bulkhead_jobs');
+    return job;
+end
+$$;
+
+create or replace function bulkhead.delete_tenant(id uuid)
+returns uuid
+language plpgsql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    tenant uuid := delete_tenant.id;
+    receipt uuid := pg_catalog.gen_random_uuid();
+    started timestamptz := pg_catalog.clock_timestamp();
+    previous text;
+    target record;
+    deleted bigint;
+    state_rows bigint := 0;
+    remaining bigint;
+    steps jsonb := '[]';
+    reference record;
+    credential_ids uuid[];
+    project_ids text[];
+    touched text[] := '{}';
+    index_drop text;
+    index_name text;
+    revocations int;
+begin
+    if tenant is null then
+        raise exception 'tenant id must not be null'
+            using errcode = '22004',
+                  detail = 'bulkhead.delete_tenant needs the id of the tenant to delete.';
+    end if;
+    -- Budget admission locks the tenant's budget_state row and then, through the foreign key
+    -- of the reservation it inserts, shares the tenant row. Taking the locks in that same order
+    -- (state first, waiting for admissions in flight) rules out a deadlock with them.
+    if exists (select from bulkhead.tenants t where t.id = tenant) then
+        previous := bulkhead._enter_tenant(tenant);
+        delete from bulkhead.budget_state s where s.tenant_id = tenant;
+        get diagnostics state_rows = row_count;
+        perform bulkhead._forget_in_memory(tenant);
+        perform bulkhead._leave_tenant(previous);
+    end if;
+    -- The row lock serialises concurrent deletions of one tenant and blocks new rows that
+    -- reference it (their foreign key check waits for this transaction).
+    perform from bulkhead.tenants t where t.id = tenant for update;
+    if not found then
+        raise exception 'tenant % does not exist', tenant
+            using errcode = '42704',
+                  detail = 'There is no tenant with this id; it may have been deleted already.',
+                  hint = 'Deletion receipts for deleted tenants are in bulkhead.deletion_receipts.';
+    end if;
+
+    previous := bulkhead._enter_tenant(tenant);
+    -- The tenant's own vector index: its name is in the tenant's retrieval row, which goes; it is
+    -- dropped at the end, so that DROP INDEX's exclusive lock on chunks is held only until the
+    -- commit, not for the whole deletion.
+    select s.index_name into index_name from bulkhead.retrieval_settings s where s.tenant_id = tenant;
+    -- What other tables may name the tenant by: its credentials and provider projects (read
+    -- before its credentials go).
+    select pg_catalog.array_agg(c.id) into credential_ids
+    from bulkhead.tenant_credentials c where c.tenant_id = tenant;
+    -- Every project its dedicated credentials ever named, not only the current ones.
+    select pg_catalog.array_agg(distinct p.provider_project_id) into project_ids
+    from (select c.provider_project_id from bulkhead.tenant_credentials c
+          where c.tenant_id = tenant and c.provider_project_id is not null
+          union all
+          select h.provider_project_id from bulkhead.tenant_provider_projects h where h.tenant_id = tenant) p;
+    -- Its provisioned projects and workspaces are revoked at the providers by the daemon
+    -- (provisioning.sql), each step added to this receipt when done.
+    revocations := bulkhead._queue_provider_revocations(tenant, receipt);
+    for target in select table_name from bulkhead.tenant_scoped_tables() order by deletion_order desc, table_name::text loop
+        -- Identifiers come from the catalog, the value is a bound parameter; RLS confines the delete.
+        execute pg_catalog.format('delete from %s where tenant_id = $1', target.table_name) using tenant;
+        get diagnostics deleted = row_count;
+        if target.table_name = 'bulkhead.budget_state'::regclass then
+            deleted := deleted + state_rows;
+        end if;
+        execute pg_catalog.format('select count(*) from %s where tenant_id = $1', target.table_name)
+            into remaining using tenant;
+        if remaining <> 0 then
+            raise exception 'tenant deletion left % rows in %', remaining, target.table_name
+                using errcode = '55000',
+                      detail = 'Rows of the tenant remained after the delete, so nothing was deleted.';
+        end if;
+        steps := steps || pg_catalog.jsonb_build_object(
+            'step', target.table_name::text, 'rows', deleted, 'at', pg_catalog.clock_timestamp());
+        if deleted > 0 then
+            touched := touched || target.table_name::text;
+        end if;
+    end loop;
+
+    -- Tables that name the tenant without a tenant_id column, found by their declared markers
+    -- (bulkhead.tenant_references()), not by column names; the schema lint requires a marker.
+    for reference in select * from bulkhead.tenant_references() r where r.marker <> 'kept' loop
+        deleted := 0;
+        if reference.marker = 'tenant-ref' then
+            execute pg_catalog.format('delete from %s where %I = $1', reference.table_name, reference.column_name)
+                using tenant;
+            get diagnostics deleted = row_count;
+        elsif reference.marker = 'tenant-credential-ref' and credential_ids is not null then
+            execute pg_catalog.format('delete from %s where %I = any($1)', reference.table_name, reference.column_name)
+                using credential_ids;
+            get diagnostics deleted = row_count;
+        elsif reference.marker = 'tenant-project-ref' and project_ids is not null then
+            execute pg_catalog.format('delete from %s where %I = any($1)', reference.table_name, reference.column_name)
+                using project_ids;
+            get diagnostics deleted = row_count;
+        elsif reference.marker not in ('tenant-ref-cascade', 'tenant-credential-ref', 'tenant-project-ref') then
+            raise exception 'unknown tenant reference marker % on %.%', reference.marker,
+                    reference.table_name, reference.column_name
+                using errcode = '55000', detail = 'Nothing was deleted.';
+        end if;
+        if reference.marker in ('tenant-ref', 'tenant-ref-cascade') then
+            execute pg_catalog.format('select count(*) from %s where %I = $1', reference.table_name, reference.column_name)
+                into remaining using tenant;
+            if remaining <> 0 then
+                raise exception 'tenant deletion left % rows in % (%)', remaining, reference.table_name, reference.column_name
+                    using errcode = '55000',
+                          detail = 'Rows naming the tenant remained after the delete, so nothing was deleted.';
+            end if;
+        end if;
+        steps := steps || pg_catalog.jsonb_build_object(
+            'step', reference.table_name::text || '.' || reference.column_name, 'rows', deleted,
+            'at', pg_catalog.clock_timestamp());
+        -- Rows that went by cascade left dead versions too.
+        if deleted > 0 or (reference.marker = 'tenant-ref-cascade' and pg_catalog.cardinality(touched) > 0) then
+            touched := touched || reference.table_name::text;
+        end if;
+    end loop;
+    -- Usage reports name a deleted tenant's projects for days after: reconciliation records that
+    -- usage against this receipt, never the project's id (bulkhead.deleted_tenant_projects).
+    insert into bulkhead.deleted_tenant_projects (project_hash, receipt_id)
+    select pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(p, 'UTF8')), 'hex'), receipt
+    from pg_catalog.unnest(project_ids) p
+    on conflict do nothing;
+
+    -- The index last; a DROP that meets a long reader of chunks is deferred
+    -- (bulkhead.drop_pending_indexes) rather than waited for.
+    index_drop := case when index_name is null then 'none' else bulkhead._drop_deleted_tenant_index(index_name) end;
+    steps := steps || pg_catalog.jsonb_build_object(
+        'step', 'tenant vector index', 'rows', (index_drop = 'dropped')::int,
+        'at', pg_catalog.clock_timestamp());
+    if index_drop = 'deferred' then
+        steps := steps || pg_catalog.jsonb_build_object(
+            'step', 'tenant vector index drop deferred (bulkhead.drop_pending_indexes)', 'rows', 1,
+            'at', pg_catalog.clock_timestamp());
+    end if;
+    -- Its Pinecone namespace is queued for deletion (the daemon marks that job done).
+    perform bulkhead._queue_namespace_deletion(tenant, receipt);
+    steps := steps || pg_catalog.jsonb_build_object(
+        'step', 'pinecone namespace deletion queued', 'rows', 1, 'at', pg_catalog.clock_timestamp());
+    delete from bulkhead.tenants t where t.id = tenant;
+    get diagnostics deleted = row_count;
+    steps := steps || pg_catalog.jsonb_build_object(
+        'step', 'bulkhead.tenants', 'rows', deleted, 'at', pg_catalog.clock_timestamp());
+    perform bulkhead._leave_tenant(previous);
+
+    touched := array(select distinct t from pg_catalog.unnest(touched || 'bulkhead.tenants'::text) t order by t);
+    insert into bulkhead.deletion_receipts (id, tenant_id, started_at, completed_at, remaining_physical_state)
+    values (receipt, tenant, started, pg_catalog.clock_timestamp(), pg_catalog.jsonb_build_object(
+        'dead_row_versions', pg_catalog.jsonb_build_object(
+            'tables', pg_catalog.to_jsonb(touched),
+            'until', 'VACUUM of each table (autovacuum, or `bulkhead vacuum-deleted`); bulkhead.record_vacuum(receipt, table) proves it on this receipt'),
+        'planner_statistics', pg_catalog.jsonb_build_object(
+            'tables', pg_catalog.to_jsonb(touched),
+            'until', 'ANALYZE of each table (`bulkhead vacuum-deleted` runs VACUUM (ANALYZE))'),
+        'vector_index', case index_drop
+            when 'dropped' then 'dropped in this transaction; its files are removed at commit'
+            when 'deferred' then 'its drop queued in bulkhead.pending_index_drops: its entries stay in its files until bulkhead.drop_pending_indexes() drops it'
+            else 'none' end,
+        'wal', 'the deleted rows stay in write-ahead log segments until they are recycled after a checkpoint, and in WAL archives until those expire',
+        'backups', 'base backups and dumps taken before this deletion keep the rows until they expire',
+        'pinecone', 'the namespace is deleted by the worker; the step ''pinecone namespace deleted'' on this receipt proves it',
+        'providers', case when revocations > 0
+            then 'the worker revokes the provisioned key, archives the project or workspace and deletes the stored key; the steps ''provider key revoked'', ''provider project archived'' and ''secret deleted'' on this receipt prove it (bulkhead.deletion_receipt_pending lists those not done)'
+            else 'none provisioned' end));
+    insert into bulkhead.deletion_receipt_steps (receipt_id, step, rows_deleted, completed_at)
+    select receipt, s->>'step', (s->>'rows')::bigint, (s->>'at')::timestamptz
+    from pg_catalog.jsonb_array_elements(steps) s;
+    return receipt;
+end
+$$;
+
+
+-- One row per tenant and provider that is (being) provisioned.
+create table bulkhead.provider_provisions (
+    tenant_id          uuid        not null,
+    provider           text        not null,
+    -- queued: a job is on its way; active: project, key and limits in place; pending_key: an
+    -- Anthropic workspace waits for an admin to attach a key (keys cannot be made by API).
+    state              text        not null default 'queued',
+    options            jsonb       not null default '{}',
+    -- Looked up at the provider before creating, so that a retry never creates a second one.
+    project_name       text        not null,
+    -- OpenAI project id (proj_...) or Anthropic workspace id (wrkspc_...).
+    project_id         text,
+    service_account_id text,
+    key_id             text,
+    -- Where the daemon stored the key it was given (file:... or vault:...).
+    secret_ref         text,
+    -- Counts rotations; names the service account of each key (bulkhead-<generation>).
+    generation         int         not null default 1,
+    -- The backstop the provider should hold (from the tenant's budget plus the margin), and what
+    -- it last accepted.
+    desired_limits     jsonb,
+    applied_limits     jsonb,
+    job_id             bigint,
+    created_at         timestamptz not null default pg_catalog.clock_timestamp(),
+    updated_at         timestamptz not null default pg_catalog.clock_timestamp(),
+    constraint provider_provisions_pkey primary key (tenant_id, provider),
+    constraint provider_provisions_tenant_fkey foreign key (tenant_id) references bulkhead.tenants (id),
+    constraint provider_provisions_provider_known check (provider in ('openai', 'anthropic')),
+    constraint provider_provisions_state_known check (state in ('queued', 'active', 'pending_key')),
+    constraint provider_provisions_options_known check (
+        pg_catalog.jsonb_typeof(options) = 'object' and options - 'storage' = '{}'::jsonb
+        and (not options ? 'storage' or (provider = 'openai' and options -> 'storage' in ('"file"'::jsonb, '"vault"'::jsonb)))),
+    constraint provider_provisions_reference_only check (bulkhead._is_secret_reference(secret_ref)),
+    constraint provider_provisions_generation_positive check (generation >= 1)
+);
+comment on table bulkhead.provider_provisions is
+    'A tenant''s provisioned OpenAI project or Anthropic workspace: ids and references only, never a key.';
+
+-- Each step of a provisioning, as the daemon last reported it (provisioning_status reads it).
+create table bulkhead.provisioning_steps (
+    tenant_id  uuid        not null,
+    provider   text        not null,
+    step       text        not null,
+    state      text        not null,
+    detail     text,
+    updated_at timestamptz not null default pg_catalog.clock_timestamp(),
+    constraint provisioning_steps_pkey primary key (tenant_id, provider, step),
+    constraint provisioning_steps_tenant_fkey foreign key (tenant_id) references bulkhead.tenants (id),
+    constraint provisioning_steps_provision_fkey foreign key (tenant_id, provider)
+        references bulkhead.provider_provisions (tenant_id, provider) on delete cascade,
+    constraint provisioning_steps_state_known check (state in ('done', 'failed', 'unsupported', 'pending')),
+    constraint provisioning_steps_detail_length check (pg_catalog.char_length(detail) <= 2000),
+    constraint provisioning_steps_step_length check (pg_catalog.char_length(step) between 1 and 100)
+);
+
+alter table bulkhead.provider_provisions enable row level security;
+alter table bulkhead.provider_provisions force row level security;
+alter table bulkhead.provisioning_steps enable row level security;
+alter table bulkhead.provisioning_steps force row level security;
+create policy tenant_isolation on bulkhead.provider_provisions
+    using (tenant_id = (select bulkhead.current_tenant()))
+    with check (tenant_id = (select bulkhead.current_tenant()));
+create policy tenant_isolation on bulkhead.provisioning_steps
+    using (tenant_id = (select bulkhead.current_tenant()))
+    with check (tenant_id = (select bulkhead.current_tenant()));
+-- Writes go through the functions below (as bulkhead_meter); admins read and delete (deletion).
+grant select, delete on bulkhead.provider_provisions, bulkhead.provisioning_steps to bulkhead_admin;
+grant select, insert, update on bulkhead.provider_provisions, bulkhead.provisioning_steps to bulkhead_meter;
+grant delete on bulkhead.provisioning_steps to bulkhead_meter;
+-- The provisioned credential is written by provisioned_credential (as bulkhead_meter), and with
+-- it the project it names (tenant_credentials_record_project).
+grant insert, update on bulkhead.tenant_credentials to bulkhead_meter;
+grant select, insert on bulkhead.tenant_provider_projects to bulkhead_meter;
+select pg_catalog.pg_extension_config_dump('bulkhead.provider_provisions', '');
+select pg_catalog.pg_extension_config_dump('bulkhead.provisioning_steps', '');
+
+-- The backstop for a tenant: its Bulkhead limits raised by bulkhead.provider_limit_margin, never
+-- below them. OpenAI counts input and output tokens in one per-minute limit (Anthropic apart); a
+-- spend limit is monthly, so a daily or weekly budget is scaled to the longest month it can make.
+-- A limit of 0 (Bulkhead blocks that dimension) becomes 1: providers take positive limits only,
+-- and Bulkhead's own 0 still refuses every call.
+create function bulkhead._provider_limits(tenant uuid)
+returns jsonb
+language plpgsql stable
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    margin numeric := coalesce(nullif(pg_catalog.current_setting('bulkhead.provider_limit_margin', true), ''), '0.1')::numeric;
+    limits record;
+begin
+    select b.rpm, b.itpm, b.otpm, b.dollar_limit, b.period into limits
+    from bulkhead.budgets b where b.tenant_id = tenant;
+    if not found then
+        select d.rpm, d.itpm, d.otpm, d.dollar_limit, d.period into limits from bulkhead.budget_defaults d;
+    end if;
+    return pg_catalog.jsonb_build_object(
+        'margin', margin,
+        'rpm', greatest(1, pg_catalog.ceil(limits.rpm * (1 + margin))::bigint),
+        'tpm', greatest(1, pg_catalog.ceil((limits.itpm::bigint + limits.otpm) * (1 + margin))::bigint),
+        'itpm', greatest(1, pg_catalog.ceil(limits.itpm * (1 + margin))::bigint),
+        'otpm', greatest(1, pg_catalog.ceil(limits.otpm * (1 + margin))::bigint),
+        'monthly_spend_usd', greatest(0.01, pg_catalog.ceil(limits.dollar_limit
+            * case limits.period when 'day' then 31 when 'week' then 5 else 1 end * (1 + margin) * 100) / 100),
+        'from', pg_catalog.jsonb_build_object('rpm', limits.rpm, 'itpm', limits.itpm, 'otpm', limits.otpm,
+                                              'dollar_limit', limits.dollar_limit, 'period', limits.period));
+end
+$$;
+
+-- Queues a provisioning job for the current tenant (the caller entered it). SECURITY DEFINER
+-- as bulkhead_meter: only it may queue jobs of these kinds.
+create function bulkhead._queue_provisioning(tenant uuid, kind text, provider text)
+returns bigint
+language plpgsql volatile
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    job bigint;
+begin
+    if tenant is null or tenant is distinct from bulkhead.current_tenant() then
+        raise exception 'provisioning is queued in the tenant''s own context' using errcode = '42501';
+    end if;
+    -- Callable by bulkhead_admin: never a kind that spends (those are admitted first).
+    if kind is null or kind not in ('provision', 'provider_limits') or provider not in ('openai', 'anthropic') then
+        raise exception 'not a provisioning job' using errcode = '42501';
+    end if;
+    if not exists (select from bulkhead.provider_provisions p
+                   where p.tenant_id = tenant and p.provider = _queue_provisioning.provider) then
+        raise exception 'the tenant has no % provision', provider using errcode = '42704';
+    end if;
+    job := bulkhead._enqueue(kind, pg_catalog.jsonb_build_object('provider', provider), null, null, 25);
+    update bulkhead.provider_provisions p
+    set job_id = job, desired_limits = bulkhead._provider_limits(tenant), updated_at = pg_catalog.clock_timestamp()
+    where p.tenant_id = tenant and p.provider = _queue_provisioning.provider;
+    return job;
+end
+$$;
+
+-- provision_provider's writes, in the tenant's context, as bulkhead_meter (provisions are its to
+-- write): the provision row (created with its deterministic name) and the job.
+create function bulkhead._provision(tenant uuid, provider text, options jsonb)
+returns bigint
+language plpgsql volatile
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    existing bulkhead.provider_provisions;
+    slug text := (select t.slug from bulkhead.tenants t where t.id = tenant);
+begin
+    if tenant is null or tenant is distinct from bulkhead.current_tenant() then
+        raise exception 'provisioning is queued in the tenant''s own context' using errcode = '42501';
+    end if;
+    select * into existing from bulkhead.provider_provisions p
+    where p.tenant_id = tenant and p.provider = _provision.provider
+    for update;
+    if found and exists (select from bulkhead.job_schedule s
+                         where s.job_id = existing.job_id and s.state in ('queued', 'running')) then
+        return existing.job_id;
+    end if;
+    if not found then
+        -- The tenant's id in the name: a slug may be reused after a deletion, a project must not.
+        -- At most 36 characters.
+        insert into bulkhead.provider_provisions (tenant_id, provider, options, project_name)
+        values (tenant, provider, options,
+                'bulkhead-' || pg_catalog.rtrim(pg_catalog.left(slug, 14), '-') || '-'
+                || pg_catalog.left(pg_catalog.replace(tenant::text, '-', ''), 12));
+    else
+        update bulkhead.provider_provisions p
+        set options = _provision.options, state = case when p.state = 'active' then 'active' else 'queued' end,
+            updated_at = pg_catalog.clock_timestamp()
+        where p.tenant_id = tenant and p.provider = _provision.provider;
+    end if;
+    return bulkhead._queue_provisioning(tenant, 'provision', provider);
+end
+$$;
+
+-- Provisions a tenant at a provider (bulkhead_admin): queues the job the daemon carries out and
+-- returns its id. Again for a tenant already provisioned: a job still queued or running is
+-- returned as it is; otherwise a new job checks every step again (each one finds what exists).
+-- options: {"storage": "file" | "vault"} (OpenAI: where the daemon keeps the key; default file,
+-- in the worker's BULKHEAD_SECRETS_DIR).
+create function bulkhead.provision_provider(tenant_id uuid, provider text, options jsonb default '{}')
+returns bigint
+language plpgsql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    tenant uuid := provision_provider.tenant_id;
+    previous text;
+    slug text;
+    job bigint;
+    unknown text;
+begin
+    if tenant is null or provider is null or options is null then
+        raise exception 'tenant_id, provider and options are required' using errcode = '22004';
+    end if;
+    if provider not in ('openai', 'anthropic') then
+        raise exception 'provider % cannot be provisioned', pg_catalog.quote_literal(provider)
+            using errcode = '22023',
+                  detail = 'openai (a project with a service account key) and anthropic (a workspace) have admin APIs; openai_compatible servers have none.';
+    end if;
+    if pg_catalog.jsonb_typeof(options) <> 'object' then
+        raise exception 'options must be a JSON object' using errcode = '22023';
+    end if;
+    select k into unknown from pg_catalog.jsonb_object_keys(options) k where k <> 'storage' limit 1;
+    if unknown is not null then
+        raise exception 'unknown provisioning option %', pg_catalog.quote_literal(unknown)
+            using errcode = '22023', detail = 'Known options: storage ("file" or "vault").';
+    end if;
+    if options ? 'storage' and (options -> 'storage') not in ('"file"', '"vault"') then
+        raise exception 'storage must be "file" or "vault"'
+            using errcode = '22023',
+                  detail = 'file: a file of mode 0600 in the worker''s BULKHEAD_SECRETS_DIR; vault: Supabase Vault (vault.create_secret).';
+    end if;
+    if provider = 'anthropic' and options ? 'storage' then
+        raise exception 'an Anthropic workspace gets no key from Bulkhead, so nothing is stored'
+            using errcode = '22023',
+                  detail = 'Anthropic API keys cannot be created by API: create one in the Console and attach it with bulkhead.set_credential.';
+    end if;
+    select t.slug into slug from bulkhead.tenants t where t.id = tenant;
+    if not found then
+        raise exception 'tenant % does not exist', tenant using errcode = '42704';
+    end if;
+
+    previous := bulkhead._enter_tenant(tenant);
+    job := bulkhead._provision(tenant, provider, options);
+    perform bulkhead._leave_tenant(previous);
+    return job;
+end
+$$;
+comment on function bulkhead.provision_provider(uuid, text, jsonb) is
+    'Queues the provisioning of a tenant''s OpenAI project and key or Anthropic workspace; returns the job id. bulkhead_admin only.';
+
+-- Each step of a tenant's provisioning and how it went (bulkhead_admin), with the job's own
+-- state as the step 'job': a permanent failure shows there with the provider's error (keys
+-- redacted by the daemon before it wrote it).
+create function bulkhead.provisioning_status(tenant_id uuid)
+returns table (provider text, step text, state text, detail text, updated_at timestamptz)
+language plpgsql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    previous text;
+begin
+    if provisioning_status.tenant_id is null then
+        raise exception 'tenant_id is required' using errcode = '22004';
+    end if;
+    if not exists (select from bulkhead.tenants t where t.id = provisioning_status.tenant_id) then
+        raise exception 'tenant % does not exist', provisioning_status.tenant_id using errcode = '42704';
+    end if;
+    previous := bulkhead._enter_tenant(provisioning_status.tenant_id);
+    return query
+        select s.provider, s.step, s.state, s.detail, s.updated_at
+        from bulkhead.provisioning_steps s
+        where s.tenant_id = provisioning_status.tenant_id
+        union all
+        select p.provider, 'job', coalesce(j.state, 'none'),
+               pg_catalog.concat_ws(': ', 'job ' || p.job_id || ', ' || coalesce(j.attempts, 0) || ' attempt(s), provision ' || p.state,
+                                    jobs.last_error),
+               coalesce(j.updated_at, p.updated_at)
+        from bulkhead.provider_provisions p
+        left join bulkhead.job_schedule j on j.job_id = p.job_id
+        left join bulkhead.jobs jobs on jobs.tenant_id = p.tenant_id and jobs.id = p.job_id
+        where p.tenant_id = provisioning_status.tenant_id
+        order by 1, 5, 2;
+    perform bulkhead._leave_tenant(previous);
+end
+$$;
+comment on function bulkhead.provisioning_status(uuid) is
+    'A tenant''s provisioning steps (provider, step, state, detail, updated_at), and its latest job. bulkhead_admin only.';
+
+-- What the daemon needs for a provisioning job it holds: the provision's recorded facts, the
+-- name to look up, the limits to set. Read in the job's tenant context. bulkhead_worker.
+create function bulkhead.provisioning_job(job bigint, worker text)
+returns jsonb
+language plpgsql volatile
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    s bulkhead.job_schedule := bulkhead._held_job(job, worker);
+    j bulkhead.jobs;
+    p bulkhead.provider_provisions;
+begin
+    select * into j from bulkhead.jobs x where x.tenant_id = s.job_tenant and x.id = job;
+    if j.kind not in ('provision', 'provider_limits') then
+        raise exception 'job % is not a provisioning job', job using errcode = '22023';
+    end if;
+    select * into p from bulkhead.provider_provisions x
+    where x.tenant_id = s.job_tenant and x.provider = j.payload ->> 'provider';
+    if not found then
+        raise exception 'the tenant has no % provision (deleted meanwhile?)', j.payload ->> 'provider'
+            using errcode = '42704';
+    end if;
+    -- The limits as they are now: a set_budget since the job was queued counts.
+    return pg_catalog.jsonb_build_object(
+        'kind', j.kind, 'tenant', s.job_tenant, 'provider', p.provider, 'state', p.state,
+        'options', p.options, 'project_name', p.project_name, 'project_id', p.project_id,
+        'service_account_id', p.service_account_id, 'key_id', p.key_id, 'secret_ref', p.secret_ref,
+        'generation', p.generation, 'limits', bulkhead._provider_limits(s.job_tenant),
+        'applied_limits', p.applied_limits);
+end
+$$;
+
+-- Records one step of a provisioning job the worker holds, and the facts it learned (only the
+-- columns named here: ids and a reference, never a key). bulkhead_worker.
+create function bulkhead.provisioning_step(job bigint, worker text, step text, state text, detail text,
+                                           facts jsonb default '{}')
+returns void
+language plpgsql volatile
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    s bulkhead.job_schedule := bulkhead._held_job(job, worker);
+    job_provider text;
+    unknown text;
+begin
+    select j.payload ->> 'provider' into job_provider from bulkhead.jobs j
+    where j.tenant_id = s.job_tenant and j.id = job and j.kind in ('provision', 'provider_limits');
+    if job_provider is null then
+        raise exception 'job % is not a provisioning job', job using errcode = '22023';
+    end if;
+    if facts is null or pg_catalog.jsonb_typeof(facts) <> 'object' then
+        raise exception 'facts must be a JSON object' using errcode = '22023';
+    end if;
+    select k into unknown from pg_catalog.jsonb_object_keys(facts) k
+    where k not in ('project_id', 'service_account_id', 'key_id', 'secret_ref', 'applied_limits', 'state') limit 1;
+    if unknown is not null then
+        raise exception 'unknown provisioning fact %', pg_catalog.quote_literal(unknown) using errcode = '22023';
+    end if;
+    if facts ? 'secret_ref' and not coalesce(bulkhead._is_secret_reference(facts ->> 'secret_ref'), false) then
+        raise exception 'secret_ref must be a reference to a secret, not a secret'
+            using errcode = '22023', detail = 'The value given was not stored and is not repeated here.';
+    end if;
+    update bulkhead.provider_provisions p
+    set project_id = case when facts ? 'project_id' then facts ->> 'project_id' else p.project_id end,
+        service_account_id = case when facts ? 'service_account_id' then facts ->> 'service_account_id' else p.service_account_id end,
+        key_id = case when facts ? 'key_id' then facts ->> 'key_id' else p.key_id end,
+        secret_ref = case when facts ? 'secret_ref' then facts ->> 'secret_ref' else p.secret_ref end,
+        applied_limits = case when facts ? 'applied_limits' then facts -> 'applied_limits' else p.applied_limits end,
+        state = coalesce(facts ->> 'state', p.state),
+        updated_at = pg_catalog.clock_timestamp()
+    where p.tenant_id = s.job_tenant and p.provider = job_provider;
+    if step is not null then
+        insert into bulkhead.provisioning_steps as x (tenant_id, provider, step, state, detail)
+        values (s.job_tenant, job_provider, step, state, pg_catalog.left(detail, 2000))
+        on conflict on constraint provisioning_steps_pkey do update
+        set state = excluded.state, detail = excluded.detail, updated_at = pg_catalog.clock_timestamp();
+    end if;
+end
+$$;
+
+-- The provisioned credential becomes the tenant's (kind dedicated, its project or workspace):
+-- with a key reference for OpenAI; for Anthropic the workspace id only, pending_key until an
+-- admin attaches a key with set_credential. Written in the job's tenant context. bulkhead_worker.
+create function bulkhead.provisioned_credential(job bigint, worker text)
+returns void
+language plpgsql volatile
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    s bulkhead.job_schedule := bulkhead._held_job(job, worker);
+    p bulkhead.provider_provisions;
+begin
+    select x.* into p from bulkhead.provider_provisions x
+    join bulkhead.jobs j on j.tenant_id = x.tenant_id and j.id = job and j.payload ->> 'provider' = x.provider
+    where x.tenant_id = s.job_tenant and j.kind = 'provision';
+    if not found or p.project_id is null then
+        raise exception 'job % has no provisioned project to make a credential of', job using errcode = '55000';
+    end if;
+    if p.provider = 'openai' then
+        if p.secret_ref is null then
+            raise exception 'the project''s key is not stored yet' using errcode = '55000';
+        end if;
+        insert into bulkhead.tenant_credentials as c (tenant_id, provider, secret_ref, kind, provider_project_id, status)
+        values (p.tenant_id, 'openai', p.secret_ref, 'dedicated', p.project_id, 'active')
+        on conflict on constraint tenant_credentials_provider_key do update
+        set secret_ref = excluded.secret_ref, kind = 'dedicated', provider_project_id = excluded.provider_project_id,
+            status = 'active', created_at = pg_catalog.now()
+        where (c.secret_ref, c.provider_project_id, c.status) is distinct from (excluded.secret_ref, excluded.provider_project_id, 'active');
+        update bulkhead.provider_provisions x set state = 'active', updated_at = pg_catalog.clock_timestamp()
+        where x.tenant_id = p.tenant_id and x.provider = p.provider;
+        -- The old key of a rotation is switched out now: its revocation waits for the calls
+        -- admitted before this moment, and for a grace in which caches see the new reference.
+        update bulkhead.provider_revocations r
+        set switched_at = pg_catalog.clock_timestamp(), not_before = pg_catalog.clock_timestamp() + interval '30 seconds'
+        where r.tenant_ref = p.tenant_id and r.provider = 'openai' and r.reason = 'rotation'
+          and r.switched_at is null and r.secret_ref is distinct from p.secret_ref;
+    else
+        -- A key attached already (set_credential on the workspace) stays.
+        insert into bulkhead.tenant_credentials as c (tenant_id, provider, secret_ref, kind, provider_project_id, status)
+        values (p.tenant_id, 'anthropic', null, 'dedicated', p.project_id, 'pending_key')
+        on conflict on constraint tenant_credentials_provider_key do update
+        set provider_project_id = excluded.provider_project_id, kind = 'dedicated',
+            secret_ref = case when c.provider_project_id is distinct from excluded.provider_project_id then null else c.secret_ref end,
+            status = case when c.provider_project_id is distinct from excluded.provider_project_id then 'pending_key' else c.status end
+        where c.provider_project_id is distinct from excluded.provider_project_id;
+        update bulkhead.provider_provisions x
+        set state = (select case c.status when 'active' then 'active' else 'pending_key' end
+                     from bulkhead.tenant_credentials c where c.tenant_id = p.tenant_id and c.provider = 'anthropic'),
+            updated_at = pg_catalog.clock_timestamp()
+        where x.tenant_id = p.tenant_id and x.provider = p.provider;
+    end if;
+end
+$$;
+
+-- set_credential attached a key: a provision waiting for one (pending_key) is active, and its
+-- step 'key' says who attached it. SECURITY DEFINER as bulkhead_meter (set_credential runs as
+-- the admin, who does not write provisions).
+create function bulkhead._provisioned_key_attached(tenant uuid, provider text)
+returns void
+language plpgsql volatile
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+begin
+    if tenant is null or tenant is distinct from bulkhead.current_tenant() then
+        raise exception 'a key is attached in the tenant''s own context' using errcode = '42501';
+    end if;
+    update bulkhead.provider_provisions p set state = 'active', updated_at = pg_catalog.clock_timestamp()
+    where p.tenant_id = tenant and p.provider = _provisioned_key_attached.provider and p.state = 'pending_key'
+      and exists (select from bulkhead.tenant_credentials c
+                  where c.tenant_id = tenant and c.provider = _provisioned_key_attached.provider and c.status = 'active');
+    if found then
+        insert into bulkhead.provisioning_steps as x (tenant_id, provider, step, state, detail)
+        values (tenant, provider, 'key', 'done', 'attached by ' || session_user || ' (bulkhead.set_credential)')
+        on conflict on constraint provisioning_steps_pkey do update
+        set state = excluded.state, detail = excluded.detail, updated_at = pg_catalog.clock_timestamp();
+    end if;
+end
+$$;
+
+-- Limits follow the tenant: a budget change of a provisioned tenant queues an update of its
+-- project's or workspace's rate limits and spend limit from the new budget.
+create function bulkhead._provider_limits_follow_budget()
+returns trigger
+language plpgsql volatile
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    p record;
+begin
+    if bulkhead._restoring() then
+        return null;
+    end if;
+    for p in select x.provider, x.job_id from bulkhead.provider_provisions x
+             where x.tenant_id = new.tenant_id and x.project_id is not null loop
+        -- A job still queued reads the limits when it runs: one is enough.
+        if not exists (select from bulkhead.job_schedule s where s.job_id = p.job_id and s.state = 'queued') then
+            perform bulkhead._queue_provisioning(new.tenant_id, 'provider_limits', p.provider);
+        else
+            update bulkhead.provider_provisions x set desired_limits = bulkhead._provider_limits(new.tenant_id)
+            where x.tenant_id = new.tenant_id and x.provider = p.provider;
+        end if;
+    end loop;
+    return null;
+end
+$$;
+create trigger budgets_provider_limits after insert or update on bulkhead.budgets
+    for each row execute function bulkhead._provider_limits_follow_budget();
+
+-- What the daemon must undo at a provider: after a tenant's deletion, its project's key revoked,
+-- the project or workspace archived and the key the daemon stored deleted; after a rotation, the
+-- old key revoked and deleted once no call admitted before the switch is still open. Rows
+-- outlive the tenant (ids and references only, no tenant data); the receipt lists each step
+-- once it is done (deletion_receipt_pending shows what is not).
+create table bulkhead.provider_revocations (
+    id                  bigint      generated always as identity,
+    receipt_id          uuid,
+    tenant_ref          uuid        not null,
+    provider            text        not null,
+    reason              text        not null,
+    project_id          text,
+    service_account_id  text,
+    secret_ref          text,
+    -- A rotation's old key is in use until the new one is switched in (provisioned_credential).
+    switched_at         timestamptz,
+    not_before          timestamptz,
+    key_revoked_at      timestamptz,
+    archived_at         timestamptz,
+    secret_deleted_at   timestamptz,
+    last_error          text,
+    enqueued_at         timestamptz not null default pg_catalog.clock_timestamp(),
+    processed_at        timestamptz,
+    constraint provider_revocations_pkey primary key (id),
+    constraint provider_revocations_reason_known check (reason in ('deletion', 'rotation')),
+    constraint provider_revocations_provider_known check (provider in ('openai', 'anthropic')),
+    constraint provider_revocations_reference_only check (bulkhead._is_secret_reference(secret_ref))
+);
+comment on column bulkhead.provider_revocations.tenant_ref is
+    'bulkhead:kept The revocation outlives a deleted tenant (its receipt names it); ids only.';
+comment on column bulkhead.provider_revocations.project_id is
+    'bulkhead:kept The provider project or workspace to archive, named on no receipt.';
+create index provider_revocations_pending on bulkhead.provider_revocations (enqueued_at) where processed_at is null;
+alter table bulkhead.provider_revocations enable row level security;
+alter table bulkhead.provider_revocations force row level security;
+create policy daemon_reads on bulkhead.provider_revocations for select to bulkhead_worker, bulkhead_admin using (true);
+create policy meter_writes on bulkhead.provider_revocations for all to bulkhead_meter using (true) with check (true);
+grant select on bulkhead.provider_revocations to bulkhead_worker, bulkhead_admin;
+grant select, insert, update on bulkhead.provider_revocations to bulkhead_meter;
+select pg_catalog.pg_extension_config_dump('bulkhead.provider_revocations', '');
+select pg_catalog.pg_extension_config_dump(
+    pg_catalog.pg_get_serial_sequence('bulkhead.provider_revocations', 'id')::regclass, '');
+
+-- provider_revocation_done (as bulkhead_meter) adds the providers' steps to a deletion receipt,
+-- only these steps and only to a receipt with revocations.
+grant insert on bulkhead.deletion_receipt_steps to bulkhead_meter;
+create policy meter_records_revocations on bulkhead.deletion_receipt_steps
+    for insert to bulkhead_meter
+    with check (step in ('provider key revoked', 'provider project archived', 'secret deleted')
+                and exists (select from bulkhead.provider_revocations r where r.receipt_id = deletion_receipt_steps.receipt_id));
+
+-- delete_tenant queues the revocation of each provision of the tenant (in its context).
+create function bulkhead._queue_provider_revocations(tenant uuid, receipt uuid)
+returns int
+language plpgsql volatile
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    n int;
+begin
+    if tenant is null or tenant is distinct from bulkhead.current_tenant() then
+        raise exception 'revocations are queued in the tenant''s own context' using errcode = '42501';
+    end if;
+    insert into bulkhead.provider_revocations (receipt_id, tenant_ref, provider, reason, project_id,
+                                               service_account_id, secret_ref, switched_at, not_before)
+    select receipt, tenant, p.provider, 'deletion', p.project_id, p.service_account_id, p.secret_ref,
+           pg_catalog.clock_timestamp(), pg_catalog.clock_timestamp()
+    from bulkhead.provider_provisions p
+    where p.tenant_id = tenant;
+    get diagnostics n = row_count;
+    -- A rotation still waiting drops its old key with the rest.
+    update bulkhead.provider_revocations r
+    set receipt_id = receipt, reason = 'deletion', switched_at = coalesce(r.switched_at, pg_catalog.clock_timestamp()),
+        not_before = pg_catalog.clock_timestamp()
+    where r.tenant_ref = tenant and r.processed_at is null and r.reason = 'rotation';
+    return n;
+end
+$$;
+
+-- The external steps of deletion receipts not done yet: the Pinecone namespace and each provider
+-- revocation's parts. Empty for a receipt whose every step is done. bulkhead_admin.
+create view bulkhead.deletion_receipt_pending with (security_invoker = true) as
+    select d.receipt_id, 'pinecone namespace deleted'::text as step, d.enqueued_at as since
+    from bulkhead.pinecone_namespace_deletions d
+    where d.processed_at is null and d.receipt_id is not null
+    union all
+    select r.receipt_id, s.step, r.enqueued_at
+    from bulkhead.provider_revocations r
+    cross join lateral (values
+        ('provider key revoked', r.key_revoked_at is null),
+        ('provider project archived', r.archived_at is null and r.project_id is not null),
+        ('secret deleted', r.secret_deleted_at is null and r.secret_ref is not null)) s(step, pending)
+    where r.receipt_id is not null and r.reason = 'deletion' and s.pending;
+grant select on bulkhead.deletion_receipt_pending to bulkhead_admin;
+
+-- Revocations the daemon may carry out now (bulkhead_worker): a deletion's at once; a
+-- rotation's once its new key is switched in, its grace has passed, and no call admitted before
+-- the switch is still open (a reservation in the table, or a gateway call held in memory).
+create function bulkhead.provider_revocations_due(max_rows int default 50)
+returns table (id bigint, provider text, reason text, project_id text, service_account_id text,
+               secret_ref text, key_revoked boolean, project_archived boolean, secret_deleted boolean)
+language plpgsql volatile
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    r bulkhead.provider_revocations;
+    busy boolean;
+    returned int := 0;
+begin
+    for r in select * from bulkhead.provider_revocations x
+             where x.processed_at is null and x.switched_at is not null
+               and x.not_before <= pg_catalog.clock_timestamp()
+             order by x.enqueued_at
+             limit greatest(least(coalesce(max_rows, 50), 1000), 1) * 4 loop
+        busy := false;
+        if r.reason = 'rotation' then
+            perform bulkhead._set_tenant_within_function(r.tenant_ref);
+            busy := exists (select from bulkhead.reservations v
+                            where v.tenant_id = r.tenant_ref and v.created_at < r.switched_at
+                              and v.settled_at is null and v.expired_at is null
+                              and v.lease_expires_at > pg_catalog.clock_timestamp())
+                 or exists (select from bulkhead._tenants_with_old_gateway_holds(pg_catalog.clock_timestamp() - r.switched_at) h
+                            where h.tenant_id = r.tenant_ref);
+            perform bulkhead._set_tenant_within_function(null);
+        end if;
+        continue when busy;
+        id := r.id; provider := r.provider; reason := r.reason; project_id := r.project_id;
+        service_account_id := r.service_account_id; secret_ref := r.secret_ref;
+        key_revoked := r.key_revoked_at is not null;
+        project_archived := r.archived_at is not null or r.reason = 'rotation' or r.project_id is null;
+        secret_deleted := r.secret_deleted_at is not null or r.secret_ref is null;
+        return next;
+        returned := returned + 1;
+        exit when returned >= max_rows;
+    end loop;
+end
+$$;
+
+-- Records a part of a revocation done ('key', 'project', 'secret') or failed (error given: kept
+-- for operators, the part stays pending); once every part is done the revocation is, and a
+-- deletion's receipt gains the step when every revocation of the receipt has it.
+create function bulkhead.provider_revocation_done(revocation bigint, part text, error text default null)
+returns void
+language plpgsql volatile
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    r bulkhead.provider_revocations;
+    receipt_step text := case part when 'key' then 'provider key revoked' when 'project' then 'provider project archived'
+                           when 'secret' then 'secret deleted' end;
+begin
+    if receipt_step is null then
+        raise exception 'unknown revocation part %', pg_catalog.quote_literal(part)
+            using errcode = '22023', detail = 'Parts: key, project, secret.';
+    end if;
+    if error is not null then
+        update bulkhead.provider_revocations x set last_error = pg_catalog.left(error, 2000)
+        where x.id = revocation;
+        return;
+    end if;
+    update bulkhead.provider_revocations x
+    set key_revoked_at = case when part = 'key' then coalesce(x.key_revoked_at, pg_catalog.clock_timestamp()) else x.key_revoked_at end,
+        archived_at = case when part = 'project' then coalesce(x.archived_at, pg_catalog.clock_timestamp()) else x.archived_at end,
+        secret_deleted_at = case when part = 'secret' then coalesce(x.secret_deleted_at, pg_catalog.clock_timestamp()) else x.secret_deleted_at end,
+        last_error = null
+    where x.id = revocation and x.processed_at is null
+    returning x.* into r;
+    if not found then
+        return;
+    end if;
+    if r.key_revoked_at is not null
+       and (r.archived_at is not null or r.reason = 'rotation' or r.project_id is null)
+       and (r.secret_deleted_at is not null or r.secret_ref is null) then
+        update bulkhead.provider_revocations x set processed_at = pg_catalog.clock_timestamp() where x.id = revocation;
+    end if;
+    if r.receipt_id is not null and r.reason = 'deletion'
+       and not exists (select from bulkhead.provider_revocations x
+                       where x.receipt_id = r.receipt_id
+                         and case part when 'key' then x.key_revoked_at is null
+                                       when 'project' then x.archived_at is null and x.project_id is not null
+                                       else x.secret_deleted_at is null and x.secret_ref is not null end) then
+        insert into bulkhead.deletion_receipt_steps (receipt_id, step, rows_deleted, completed_at)
+        select r.receipt_id, receipt_step, pg_catalog.count(*), pg_catalog.clock_timestamp()
+        from bulkhead.provider_revocations x
+        where x.receipt_id = r.receipt_id
+          and case part when 'key' then true when 'project' then x.project_id is not null
+                        else x.secret_ref is not null end
+        on conflict do nothing;
+    end if;
+end
+$$;
+
+-- Rotates a provisioned OpenAI tenant's key (bulkhead_admin): the daemon makes a new service
+-- account and key (the next generation), stores it, switches the tenant's credential to it in
+-- one statement, and revokes the old key once no call admitted before the switch is open.
+-- Returns the job id. Anthropic keys cannot be created by API: 0A000.
+create function bulkhead.rotate_credential(tenant_id uuid, provider text)
+returns bigint
+language plpgsql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    tenant uuid := rotate_credential.tenant_id;
+    previous text;
+    job bigint;
+begin
+    if tenant is null or provider is null then
+        raise exception 'tenant_id and provider are required' using errcode = '22004';
+    end if;
+    if provider = 'anthropic' then
+        raise exception 'Anthropic API keys cannot be created by API'
+            using errcode = '0A000',
+                  detail = 'Create a new key for the tenant''s workspace in the Console, attach its reference with bulkhead.set_credential, then set the old key inactive in the Console.';
+    end if;
+    if provider <> 'openai' then
+        raise exception 'provider % has no provisioned credential to rotate', pg_catalog.quote_literal(provider)
+            using errcode = '22023';
+    end if;
+    if not exists (select from bulkhead.tenants t where t.id = tenant) then
+        raise exception 'tenant % does not exist', tenant using errcode = '42704';
+    end if;
+    previous := bulkhead._enter_tenant(tenant);
+    job := bulkhead._queue_rotation(tenant);
+    perform bulkhead._leave_tenant(previous);
+    return job;
+end
+$$;
+comment on function bulkhead.rotate_credential(uuid, text) is
+    'Queues the rotation of a tenant''s provisioned OpenAI key (new service account and key, switched atomically, the old one revoked after calls in flight); returns the job id. bulkhead_admin only.';
+
+-- rotate_credential's work in the tenant's context, as bulkhead_meter (provisions and
+-- revocations are its to write).
+create function bulkhead._queue_rotation(tenant uuid)
+returns bigint
+language plpgsql volatile
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    p bulkhead.provider_provisions;
+    current_ref text;
+begin
+    if tenant is null or tenant is distinct from bulkhead.current_tenant() then
+        raise exception 'a rotation is queued in the tenant''s own context' using errcode = '42501';
+    end if;
+    select * into p from bulkhead.provider_provisions x
+    where x.tenant_id = tenant and x.provider = 'openai' for update;
+    if not found or p.project_id is null then
+        raise exception 'the tenant has no provisioned OpenAI project'
+            using errcode = '55000', hint = 'bulkhead.provision_provider(tenant_id, ''openai'') first.';
+    end if;
+    if exists (select from bulkhead.job_schedule s where s.job_id = p.job_id and s.state in ('queued', 'running')) then
+        return p.job_id;
+    end if;
+    select c.secret_ref into current_ref from bulkhead.tenant_credentials c
+    where c.tenant_id = tenant and c.provider = 'openai';
+    -- A rotation whose new key is not switched in yet is carried on, not started again.
+    if p.secret_ref is not null and p.secret_ref is not distinct from current_ref then
+        insert into bulkhead.provider_revocations (tenant_ref, provider, reason, project_id, service_account_id, secret_ref)
+        values (tenant, 'openai', 'rotation', p.project_id, p.service_account_id, p.secret_ref);
+        update bulkhead.provider_provisions x
+        set generation = x.generation + 1, service_account_id = null, key_id = null, secret_ref = null,
+            updated_at = pg_catalog.clock_timestamp()
+        where x.tenant_id = tenant and x.provider = 'openai';
+    end if;
+    return bulkhead._queue_provisioning(tenant, 'provision', 'openai');
+end
+$$;
+
+alter function bulkhead._queue_provisioning(uuid, text, text) owner to bulkhead_meter;
+alter function bulkhead._provision(uuid, text, jsonb) owner to bulkhead_meter;
+alter function bulkhead.provisioning_job(bigint, text) owner to bulkhead_meter;
+alter function bulkhead.provisioning_step(bigint, text, text, text, text, jsonb) owner to bulkhead_meter;
+alter function bulkhead.provisioned_credential(bigint, text) owner to bulkhead_meter;
+alter function bulkhead._provider_limits_follow_budget() owner to bulkhead_meter;
+alter function bulkhead._provisioned_key_attached(uuid, text) owner to bulkhead_meter;
+alter function bulkhead._queue_provider_revocations(uuid, uuid) owner to bulkhead_meter;
+alter function bulkhead.provider_revocations_due(int) owner to bulkhead_meter;
+alter function bulkhead.provider_revocation_done(bigint, text, text) owner to bulkhead_meter;
+alter function bulkhead._queue_rotation(uuid) owner to bulkhead_meter;
+revoke all on function bulkhead._provider_limits(uuid) from public;
+revoke all on function bulkhead._queue_provisioning(uuid, text, text) from public;
+revoke all on function bulkhead._provision(uuid, text, jsonb) from public;
+grant execute on function bulkhead._provision(uuid, text, jsonb) to bulkhead_admin;
+revoke all on function bulkhead.provision_provider(uuid, text, jsonb) from public;
+revoke all on function bulkhead.provisioning_status(uuid) from public;
+revoke all on function bulkhead.provisioning_job(bigint, text) from public;
+revoke all on function bulkhead.provisioning_step(bigint, text, text, text, text, jsonb) from public;
+revoke all on function bulkhead.provisioned_credential(bigint, text) from public;
+revoke all on function bulkhead._provider_limits_follow_budget() from public;
+revoke all on function bulkhead._provisioned_key_attached(uuid, text) from public;
+grant execute on function bulkhead._provisioned_key_attached(uuid, text) to bulkhead_admin;
+revoke all on function bulkhead._queue_provider_revocations(uuid, uuid) from public;
+revoke all on function bulkhead.provider_revocations_due(int) from public;
+revoke all on function bulkhead.provider_revocation_done(bigint, text, text) from public;
+revoke all on function bulkhead.rotate_credential(uuid, text) from public;
+revoke all on function bulkhead._queue_rotation(uuid) from public;
+grant execute on function bulkhead._queue_provider_revocations(uuid, uuid), bulkhead._queue_rotation(uuid),
+    bulkhead.rotate_credential(uuid, text) to bulkhead_admin;
+grant execute on function bulkhead.provider_revocations_due(int), bulkhead.provider_revocation_done(bigint, text, text)
+    to bulkhead_worker;
+grant execute on function bulkhead._provider_limits(uuid) to bulkhead_meter, bulkhead_admin;
+grant execute on function bulkhead._queue_provisioning(uuid, text, text) to bulkhead_admin;
+grant execute on function bulkhead.provision_provider(uuid, text, jsonb), bulkhead.provisioning_status(uuid)
+    to bulkhead_admin;
+grant execute on function bulkhead.provisioning_job(bigint, text), bulkhead.provisioning_step(bigint, text, text, text, text, jsonb),
+    bulkhead.provisioned_credential(bigint, text) to bulkhead_worker;

@@ -385,6 +385,22 @@ pub async fn populate_tenant_in(
     .await
     .unwrap();
 
+    // A provisioned workspace waiting for its key, and a step of its provisioning, as the
+    // worker records them (no job: no worker runs here). Not in 0.1.0 (tests/upgrade.rs).
+    sqlx::raw_sql(&format!(
+        "do $fixture$ begin
+         if pg_catalog.to_regclass('bulkhead.provider_provisions') is not null then
+         insert into bulkhead.provider_provisions (tenant_id, provider, state, project_name, project_id)
+         values ('{tenant}', 'anthropic', 'pending_key', 'bulkhead-fixture', 'wrkspc_fixture_{short}');
+         insert into bulkhead.provisioning_steps (tenant_id, provider, step, state, detail)
+         values ('{tenant}', 'anthropic', 'workspace', 'done', 'wrkspc_fixture_{short} (created)');
+         end if; end $fixture$;",
+        short = tenant.simple()
+    ))
+    .execute(&mut superuser.connect().await.unwrap())
+    .await
+    .unwrap();
+
     // Usage drift names the tenant without a tenant_id column: by its dedicated credential and
     // by its OpenAI project (a row recorded before the credential was known has only the latter).
     sqlx::query(

@@ -13,6 +13,18 @@ It speaks the providers' real wire formats (no real model behind it):
                               (workspace: registered per key with POST /_fake/workspaces {"key": "wrkspc_..."})
   POST /vectors/upsert        Pinecone data plane (the index host is http://127.0.0.1:PORT)
   POST /vectors/delete        Pinecone: by ids, or {"deleteAll": true} for a namespace (404 if it does not exist)
+  OpenAI Admin API (Authorization: Bearer <admin key>): GET/POST /v1/organization/projects,
+                              POST /v1/organization/projects/{id}/archive, GET/POST .../{id}/service_accounts
+                              (a new account's key is in api_key.value, once), DELETE .../service_accounts/{sa},
+                              GET .../{id}/rate_limits, POST .../rate_limits/{rate_limit_id}, POST .../{id}/spend_limit
+  Anthropic Admin API (x-api-key, anthropic-version): GET/POST /v1/organizations/workspaces,
+                              POST /v1/organizations/workspaces/{id}/archive, GET /v1/organizations/rate_limits,
+                              POST .../workspaces/{id}/rate_limits/{rate_limit_id}, POST /v1/organizations/spend_limits,
+                              GET /v1/organizations/api_keys
+                              (?workspace_id=), POST /v1/organizations/api_keys/{id} {"status": "inactive"};
+                              keys are added to a workspace with POST /_fake/admin/anthropic_keys {"workspace_id"}
+                              (as the Console would: Anthropic's API cannot create keys)
+  GET    /_fake/admin     what the admin APIs hold: projects (service accounts, rate limits), workspaces, keys
 Point the worker at it with OPENAI_BASE_URL=http://127.0.0.1:PORT/v1, ANTHROPIC_BASE_URL=http://127.0.0.1:PORT
 and OPENAI_COMPATIBLE_BASE_URL=http://127.0.0.1:PORT/v1.
 
@@ -21,7 +33,8 @@ per 4 bytes of prompt and a token per answer word, capped at the request's max t
 A request whose text (messages or system prompt) holds FAKE_REPLY<<text>> is answered with that
 text exactly (the first such directive; eval tests craft answers with it, judge scores too).
 
-Faults are injected per path, consumed one per request, in order:
+Faults are injected per path (admin APIs: per "METHOD /path", * matching one segment), consumed one
+per request, in order:
   POST   /_fake/faults    {"path": "/v1/chat/completions", "faults": [F, ...]} where F is one of
                           {"status": 429, "retry_after": "1"}, {"status": 503}, {"status": 400, "message": "..."},
                           {"delay": 3} (answer after 3 s: a timeout for a short client timeout),
@@ -63,6 +76,13 @@ REQUESTS = []
 INDEX = {}  # Pinecone: namespace -> id -> vector
 USAGE = []  # calls served: {"api", "project", "ts", "input", "cached", "cache_write", "output"}
 WORKSPACES = {}  # Anthropic key -> workspace id
+# Admin APIs: OpenAI projects {id: {..., "service_accounts": {id: {...}}, "rate_limits": {id: {...}}}},
+# Anthropic workspaces {id: {...}} and API keys {id: {...}}.
+ADMIN = {"projects": {}, "workspaces": {}, "anthropic_keys": {}, "refused_revoked_calls": 0}
+MODELS_WITH_LIMITS = ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small"]
+ANTHROPIC_RATE_LIMIT_GROUPS = ["rl_sonnet", "rl_haiku"]
+# Ids unique to this process: a database may hold ids another run of the fake handed out.
+RUN = "%08x" % (int.from_bytes(__import__("os").urandom(4), "big"))
 
 
 def record_usage(api, project, input_tokens, output_tokens, cached=0, cache_write=0, key=None, rid=None):
@@ -76,14 +96,38 @@ INFLIGHT = [0]  # POST requests being answered (a delayed answer counts until it
 
 def next_id():
     with LOCK:
-        COUNTER[0] += 1
-        return COUNTER[0]
+        return next_id_unlocked()
+
+
+def next_id_unlocked():
+    COUNTER[0] += 1
+    return COUNTER[0]
 
 
 def take_fault(path):
     with LOCK:
         queue = FAULTS.get(path) or []
         return queue.pop(0) if queue else None
+
+
+def revoked_key(key):
+    """A key of a deleted service account, or of an archived project: OpenAI refuses it (401)."""
+    with LOCK:
+        return any(a.get("key_value") == key and (a.get("deleted") or p["status"] != "active")
+                   for p in ADMIN["projects"].values() for a in p["service_accounts"].values())
+
+
+def take_admin_fault(method, path):
+    """Admin API faults are keyed "METHOD /path", where a * stands for one path segment (an id)."""
+    with LOCK:
+        for key, queue in FAULTS.items():
+            if not queue or " " not in key:
+                continue
+            want_method, want_path = key.split(" ", 1)
+            want, got = want_path.split("/"), path.split("/")
+            if want_method == method and len(want) == len(got) and all(w in ("*", g) for w, g in zip(want, got)):
+                return queue.pop(0)
+    return take_fault(path)
 
 
 def scripted_reply(req):
@@ -136,6 +180,12 @@ class Handler(BaseHTTPRequestHandler):
             return self.openai_usage(url.path.rsplit("/", 1)[1], query)
         if url.path == "/v1/organizations/usage_report/messages":
             return self.anthropic_usage(query)
+        if url.path.startswith("/v1/organization/projects") or url.path.startswith("/v1/organizations/workspaces") \
+                or url.path.startswith("/v1/organizations/api_keys") or url.path == "/v1/organizations/rate_limits":
+            return self.admin("GET", url.path, query, None)
+        if self.path == "/_fake/admin":
+            with LOCK:
+                return self.send_json(200, ADMIN)
         if self.path == "/_fake/requests":
             with LOCK:
                 self.send_json(200, list(REQUESTS))
@@ -155,6 +205,8 @@ class Handler(BaseHTTPRequestHandler):
             self.send_json(404, {"error": {"message": "not found"}})
 
     def do_DELETE(self):
+        if self.path.startswith("/v1/organization/projects"):
+            return self.admin("DELETE", self.path, {}, None)
         with LOCK:
             if self.path == "/_fake/faults":
                 FAULTS.clear()
@@ -183,6 +235,18 @@ class Handler(BaseHTTPRequestHandler):
                 WORKSPACES.update(body)
             self.send_json(200, {"ok": True})
             return
+        if self.path == "/_fake/admin/anthropic_keys":
+            with LOCK:
+                kid = "apikey_%s%06d" % (RUN, next_id_unlocked())
+                ADMIN["anthropic_keys"][kid] = {"id": kid, "type": "api_key", "name": body.get("name", "console key"),
+                                                "workspace_id": body["workspace_id"], "status": "active",
+                                                "created_at": "2026-01-01T00:00:00Z", "partial_key_hint": "sk-ant-api03-...AAAA"}
+            self.send_json(200, {"id": kid})
+            return
+        if self.path.startswith("/v1/organization/projects") or self.path.startswith("/v1/organizations/workspaces") \
+                or self.path.startswith("/v1/organizations/api_keys") or self.path.startswith("/v1/organizations/spend_limits"):
+            from urllib.parse import urlparse
+            return self.admin("POST", urlparse(self.path).path, {}, body)
         if self.path == "/_fake/usage/shift":
             with LOCK:
                 for u in USAGE:
@@ -232,6 +296,12 @@ class Handler(BaseHTTPRequestHandler):
             self.send_json(401, {"error": {"message": "You didn't provide an API key.", "type": "invalid_request_error"}})
             return
         key = self.headers.get("authorization")[len("Bearer "):]
+        if revoked_key(key):
+            with LOCK:
+                ADMIN["refused_revoked_calls"] += 1
+            self.send_json(401, {"error": {"message": "Incorrect API key provided: the service account is deleted.",
+                                           "type": "invalid_request_error", "code": "invalid_api_key"}})
+            return
         messages = req.get("messages", [])
         prompt = " ".join(str(m.get("content", "")) for m in messages)
         limit = req.get("max_completion_tokens") or req.get("max_tokens") or 16
@@ -331,6 +401,191 @@ class Handler(BaseHTTPRequestHandler):
         self.send_json(200, {"object": "list", "data": data, "model": req.get("model"),
                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}},
                        {"x-request-id": "req_emb_%d" % next_id()})
+
+    # ------------------------------------------------------------ admin APIs
+    def admin(self, method, path, query, body):
+        """OpenAI's and Anthropic's Admin APIs, from their documented shapes; faults by path."""
+        with LOCK:
+            REQUESTS.append({"path": path, "method": method, "headers": dict(self.headers.items()), "body": body})
+        fault = take_admin_fault(method, path)
+        if fault and "delay" in fault:
+            time.sleep(fault["delay"])
+            fault = None
+        openai = path.startswith("/v1/organization/")
+        if fault and "status" in fault:
+            headers = {"retry-after": str(fault["retry_after"])} if "retry_after" in fault else {}
+            message = fault.get("message", "injected fault")
+            if openai:
+                return self.send_json(fault["status"], {"error": {"message": message, "type": "server_error", "param": None, "code": None}}, headers)
+            return self.send_json(fault["status"], {"type": "error", "error": {"type": "api_error", "message": message}}, headers)
+        if openai:
+            if not (self.headers.get("authorization") or "").startswith("Bearer "):
+                return self.send_json(401, {"error": {"message": "admin key required", "type": "invalid_request_error"}})
+            return self.openai_admin(method, path.split("/")[2:], query, body or {})
+        if not self.headers.get("x-api-key") or not self.headers.get("anthropic-version"):
+            return self.send_json(401, {"type": "error", "error": {"type": "authentication_error", "message": "admin key required"}})
+        return self.anthropic_admin(method, path.split("/")[2:], query, body or {})
+
+    def page(self, items, query, after_param):
+        limit = int((query.get("limit") or ["20"])[0])
+        after = (query.get(after_param) or [None])[0]
+        ids = [i["id"] for i in items]
+        start = ids.index(after) + 1 if after in ids else 0
+        # Two per page at most, to exercise pagination.
+        chunk = items[start:start + min(limit, 2)]
+        more = start + len(chunk) < len(items)
+        return {"object": "list", "data": chunk, "first_id": chunk[0]["id"] if chunk else None,
+                "last_id": chunk[-1]["id"] if chunk else None, "has_more": more}
+
+    def not_found(self, what):
+        return self.send_json(404, {"error": {"message": "No such %s" % what, "type": "invalid_request_error"}})
+
+    def openai_admin(self, method, parts, query, body):
+        # parts: ["organization", "projects", id?, sub?, sub_id?, ...]
+        with LOCK:
+            projects = ADMIN["projects"]
+            if parts == ["organization", "projects"]:
+                if method == "GET":
+                    items = [{k: v for k, v in p.items() if k not in ("service_accounts", "rate_limits")}
+                             for p in projects.values()
+                             if "true" in (query.get("include_archived") or []) or p["status"] == "active"]
+                    return self.send_json(200, self.page(items, query, "after"))
+                if method == "POST":
+                    if not body.get("name"):
+                        return self.send_json(400, {"error": {"message": "name is required", "type": "invalid_request_error"}})
+                    pid = "proj_fake%s%06d" % (RUN, next_id_unlocked())
+                    projects[pid] = {"id": pid, "object": "organization.project", "name": body["name"],
+                                     "created_at": int(time.time()), "archived_at": None, "status": "active",
+                                     "service_accounts": {},
+                                     "rate_limits": {"rl-" + m: {"object": "project.rate_limit", "id": "rl-" + m, "model": m,
+                                                                 "max_requests_per_1_minute": 10000,
+                                                                 "max_tokens_per_1_minute": 2000000}
+                                                     for m in MODELS_WITH_LIMITS}}
+                    return self.send_json(200, {k: v for k, v in projects[pid].items() if k not in ("service_accounts", "rate_limits")})
+            project = projects.get(parts[2]) if len(parts) > 2 else None
+            if project is None:
+                return self.not_found("project")
+            rest = parts[3:]
+            if rest == ["archive"] and method == "POST":
+                project["status"] = "archived"
+                project["archived_at"] = project["archived_at"] or int(time.time())
+                return self.send_json(200, {k: v for k, v in project.items() if k not in ("service_accounts", "rate_limits")})
+            if rest[:1] == ["service_accounts"]:
+                accounts = project["service_accounts"]
+                if len(rest) == 1 and method == "GET":
+                    items = [{k: v for k, v in a.items() if k != "key_value"} for a in accounts.values() if not a.get("deleted")]
+                    return self.send_json(200, self.page(items, query, "after"))
+                if len(rest) == 1 and method == "POST":
+                    if project["status"] != "active":
+                        return self.send_json(400, {"error": {"message": "project is archived", "type": "invalid_request_error"}})
+                    n = next_id_unlocked()
+                    sid = "svc_acct_fake%s%06d" % (RUN, n)
+                    value = "sk-svcacct-fake%06d%s" % (n, hashlib.sha256(str(n).encode()).hexdigest()[:24])
+                    accounts[sid] = {"object": "organization.project.service_account", "id": sid, "name": body.get("name"),
+                                     "role": "member", "created_at": int(time.time()), "key_id": "key_fake%s%06d" % (RUN, n),
+                                     "key_value": value}
+                    return self.send_json(200, {"object": "organization.project.service_account", "id": sid,
+                                                "name": body.get("name"), "role": "member", "created_at": int(time.time()),
+                                                "api_key": {"object": "organization.project.service_account.api_key",
+                                                            "value": value, "name": "Secret Key",
+                                                            "created_at": int(time.time()), "id": "key_fake%s%06d" % (RUN, n)}})
+                account = accounts.get(rest[1]) if len(rest) == 2 else None
+                if account is None or account.get("deleted"):
+                    return self.not_found("service account")
+                if method == "DELETE":
+                    account["deleted"] = True
+                    return self.send_json(200, {"object": "organization.project.service_account.deleted",
+                                                "id": account["id"], "deleted": True})
+            if rest == ["spend_limit"] and method == "POST":
+                if not isinstance(body.get("threshold_amount"), int) or body["threshold_amount"] < 1 \
+                        or body.get("currency") != "USD" or body.get("interval") != "month":
+                    return self.send_json(400, {"error": {"message": "threshold_amount (cents >= 1), currency USD and interval month are required",
+                                                          "type": "invalid_request_error"}})
+                project["spend_limit"] = {"object": "project.spend_limit", "threshold_amount": body["threshold_amount"],
+                                          "currency": "USD", "interval": "month", "enforcement": {"status": "enforcing"}}
+                return self.send_json(200, project["spend_limit"])
+            if rest[:1] == ["rate_limits"]:
+                limits = project["rate_limits"]
+                if len(rest) == 1 and method == "GET":
+                    return self.send_json(200, self.page(list(limits.values()), query, "after"))
+                limit = limits.get(rest[1]) if len(rest) == 2 else None
+                if limit is None:
+                    return self.not_found("rate limit")
+                if method == "POST":
+                    for field in ("max_requests_per_1_minute", "max_tokens_per_1_minute"):
+                        if field in body:
+                            if not isinstance(body[field], int) or body[field] < 1:
+                                return self.send_json(400, {"error": {"message": "%s must be a positive integer" % field,
+                                                                      "type": "invalid_request_error"}})
+                            limit[field] = body[field]
+                    return self.send_json(200, limit)
+        return self.send_json(404, {"error": {"message": "unknown admin path", "type": "invalid_request_error"}})
+
+    def anthropic_admin(self, method, parts, query, body):
+        # parts: ["organizations", "workspaces" | "api_keys", id?, action?]
+        with LOCK:
+            if parts[:2] == ["organizations", "workspaces"]:
+                workspaces = ADMIN["workspaces"]
+                if len(parts) == 2 and method == "GET":
+                    items = [w for w in workspaces.values()
+                             if "true" in (query.get("include_archived") or []) or w["archived_at"] is None]
+                    return self.send_json(200, self.page(items, query, "after_id"))
+                if len(parts) == 2 and method == "POST":
+                    name = body.get("name") or ""
+                    if not 1 <= len(name) <= 40:
+                        return self.send_json(400, {"type": "error", "error": {"type": "invalid_request_error",
+                                                                               "message": "name: must be 1 to 40 characters"}})
+                    if any(w["name"] == name and w["archived_at"] is None for w in workspaces.values()):
+                        return self.send_json(409, {"type": "error", "error": {"type": "invalid_request_error",
+                                                                               "message": "a workspace with this name exists"}})
+                    wid = "wrkspc_fake%s%06d" % (RUN, next_id_unlocked())
+                    workspaces[wid] = {"id": wid, "type": "workspace", "name": name, "created_at": "2026-01-01T00:00:00Z",
+                                       "archived_at": None, "display_color": "#6C5BB9", "tags": body.get("tags") or {},
+                                       "rate_limits": {}, "spend_limit": None}
+                    return self.send_json(200, workspaces[wid])
+                workspace = workspaces.get(parts[2]) if len(parts) > 2 else None
+                if workspace is None:
+                    return self.send_json(404, {"type": "error", "error": {"type": "not_found_error", "message": "workspace not found"}})
+                if parts[3:] == ["archive"] and method == "POST":
+                    workspace["archived_at"] = workspace["archived_at"] or "2026-01-02T00:00:00Z"
+                    return self.send_json(200, workspace)
+                if parts[3:4] == ["rate_limits"] and len(parts) == 5 and method == "POST":
+                    if parts[4] not in ANTHROPIC_RATE_LIMIT_GROUPS:
+                        return self.send_json(404, {"type": "error", "error": {"type": "not_found_error", "message": "rate limit not found"}})
+                    items = body.get("limits") or []
+                    if not 1 <= len(items) <= 16 or any(not isinstance(i.get("value"), (int, type(None))) or (i.get("value") or 1) < 1 for i in items):
+                        return self.send_json(400, {"type": "error", "error": {"type": "invalid_request_error", "message": "limits: 1 to 16 positive values"}})
+                    entry = workspace["rate_limits"].setdefault(parts[4], {})
+                    entry.update({i["type"]: i["value"] for i in items})
+                    return self.send_json(200, {"type": "workspace_rate_limit", "workspace_id": workspace["id"],
+                                                "rate_limit_id": parts[4], "limits": [{"type": t, "value": v} for t, v in entry.items()]})
+            if parts == ["organizations", "rate_limits"] and method == "GET":
+                return self.send_json(200, {"data": [{"type": "rate_limit", "id": g, "group": {"type": "model_group", "id": g},
+                                                      "limits": [{"type": "requests_per_minute", "value": 4000}]}
+                                                     for g in ANTHROPIC_RATE_LIMIT_GROUPS], "next_page": None})
+            if parts == ["organizations", "spend_limits"] and method == "POST":
+                scope = body.get("scope") or {}
+                workspace = ADMIN["workspaces"].get(scope.get("workspace_id"))
+                if workspace is None or not str(body.get("amount", "")).isdigit() or body.get("period") != "monthly":
+                    return self.send_json(400, {"type": "error", "error": {"type": "invalid_request_error", "message": "scope, amount and period"}})
+                workspace["spend_limit"] = {"type": "spend_limit", "amount": body["amount"], "currency": "USD", "period": "monthly"}
+                return self.send_json(200, dict(workspace["spend_limit"], id="spl_" + workspace["id"], scope=scope))
+            if parts[:2] == ["organizations", "api_keys"]:
+                keys = ADMIN["anthropic_keys"]
+                if len(parts) == 2 and method == "GET":
+                    items = [k for k in keys.values()
+                             if (not query.get("workspace_id") or k["workspace_id"] == query["workspace_id"][0])
+                             and (not query.get("status") or k["status"] == query["status"][0])]
+                    return self.send_json(200, self.page(items, query, "after_id"))
+                key = keys.get(parts[2]) if len(parts) > 2 else None
+                if key is None:
+                    return self.send_json(404, {"type": "error", "error": {"type": "not_found_error", "message": "api key not found"}})
+                if method == "POST":
+                    if body.get("status") not in (None, "active", "inactive", "archived"):
+                        return self.send_json(400, {"type": "error", "error": {"type": "invalid_request_error", "message": "bad status"}})
+                    key.update({k: v for k, v in body.items() if k in ("status", "name")})
+                    return self.send_json(200, key)
+        return self.send_json(404, {"type": "error", "error": {"type": "not_found_error", "message": "unknown admin path"}})
 
     # ------------------------------------------------------------ usage APIs
     def served(self, api, start, end):

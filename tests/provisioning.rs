@@ -1,0 +1,810 @@
+//! Provider-side provisioning against the FAKE admin APIs (tests/fakes/fake_providers.py, a test
+//! double speaking OpenAI's and Anthropic's documented Admin API shapes, with injectable faults):
+//! a project, its service account key stored in a 0600 file, rate limits from the budget, the
+//! credential row; retries after a crash at every step create nothing twice; limits follow
+//! set_budget; an Anthropic workspace waits for its key; planted admin keys and the project key
+//! appear in no row, log or error.
+//!
+//! The scenarios share one fake and run in sequence in one test: a worker claims any tenant's
+//! jobs, so two scenarios with their own workers would run each other's.
+
+mod common;
+
+use common::{admin, begin_as, create_tenant, sqlstate, superuser, FakeProviders, KillOnDrop};
+use serde_json::Value;
+use sqlx::{ConnectOptions, Executor, PgConnection};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Admin keys planted in the worker's environment: none may reach a row, a log or an error.
+struct Keys {
+    openai_admin: String,
+    anthropic_admin: String,
+}
+
+struct Setup {
+    fake: FakeProviders,
+    keys: Keys,
+    secrets: PathBuf,
+    log: PathBuf,
+}
+
+impl Setup {
+    fn worker(&self, drain: bool) -> Command {
+        let url = std::env::var("BULKHEAD_TEST_DATABASE_URL")
+            .unwrap()
+            .replacen("postgres@", "bulkhead_test_worker@", 1);
+        let mut command = Command::new(env!("CARGO_BIN_EXE_bulkhead"));
+        command
+            .args(["worker", "--poll-ms", "50", "--provider-timeout-secs", "2"])
+            .args(if drain { &["--drain"][..] } else { &[][..] })
+            .env("DATABASE_URL", url)
+            .env(
+                "OPENAI_BASE_URL",
+                format!("http://127.0.0.1:{}/v1", self.fake.port),
+            )
+            .env(
+                "ANTHROPIC_BASE_URL",
+                format!("http://127.0.0.1:{}", self.fake.port),
+            )
+            .env("OPENAI_ADMIN_KEY", &self.keys.openai_admin)
+            .env("ANTHROPIC_ADMIN_KEY", &self.keys.anthropic_admin)
+            .env("BULKHEAD_SECRETS_DIR", &self.secrets)
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.log)
+                    .unwrap(),
+            );
+        command
+    }
+
+    /// Runs `worker --drain` until the job is done or dead, making retries due at once (as the
+    /// job queue's backoff would, later).
+    async fn run_job(&self, su: &mut PgConnection, job: i64) -> String {
+        for _ in 0..30 {
+            // A request the provider is still carrying out (a timeout's) finishes first, as the
+            // queue's backoff lets it in production.
+            while !self
+                .fake
+                .call("GET", "/_fake/inflight", "")
+                .contains("\"inflight\": 0")
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let status = self.worker(true).status().unwrap();
+            assert!(status.success());
+            let state: String =
+                sqlx::query_scalar("select state from bulkhead.job_schedule where job_id = $1")
+                    .bind(job)
+                    .fetch_one(&mut *su)
+                    .await
+                    .unwrap();
+            if state == "done" || state == "dead" {
+                return state;
+            }
+            sqlx::query(
+                "update bulkhead.job_schedule set run_at = now(), leased_until = least(leased_until, now())
+                 where job_id = $1",
+            )
+            .bind(job)
+            .execute(&mut *su)
+            .await
+            .unwrap();
+        }
+        panic!("job {job} neither done nor dead after 30 runs");
+    }
+
+    fn admin_state(&self) -> Value {
+        serde_json::from_str(&self.fake.call("GET", "/_fake/admin", "")).unwrap()
+    }
+}
+
+async fn provision(admin: &mut PgConnection, tenant: Uuid, provider: &str, options: &str) -> i64 {
+    sqlx::query_scalar("select bulkhead.provision_provider($1, $2, $3::jsonb)")
+        .bind(tenant)
+        .bind(provider)
+        .bind(options)
+        .fetch_one(admin)
+        .await
+        .unwrap()
+}
+
+async fn status(admin: &mut PgConnection, tenant: Uuid) -> Vec<(String, String, String, String)> {
+    sqlx::query_as(
+        "select provider, step, state, coalesce(detail, '') from bulkhead.provisioning_status($1)",
+    )
+    .bind(tenant)
+    .fetch_all(admin)
+    .await
+    .unwrap()
+}
+
+fn step<'a>(
+    steps: &'a [(String, String, String, String)],
+    name: &str,
+) -> &'a (String, String, String, String) {
+    steps
+        .iter()
+        .find(|s| s.1 == name)
+        .unwrap_or_else(|| panic!("no step {name} in {steps:?}"))
+}
+
+async fn project_name(su: &mut PgConnection, tenant: Uuid, provider: &str) -> String {
+    sqlx::query_scalar(
+        "select project_name from bulkhead.provider_provisions where tenant_id = $1 and provider = $2",
+    )
+    .bind(tenant)
+    .bind(provider)
+    .fetch_one(su)
+    .await
+    .unwrap()
+}
+
+/// The fake's live (not archived) projects of this name.
+fn projects_named(state: &Value, name: &str) -> Vec<Value> {
+    state["projects"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter(|p| p["name"] == name && p["status"] == "active")
+        .cloned()
+        .collect()
+}
+
+/// A chat call to the fake with `key`, as a client holding it would make; the raw answer.
+fn chat_with_key(port: u16, key: &str) -> String {
+    use std::io::{Read, Write};
+    let body = r#"{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}"#;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        stream,
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+fn live_accounts_of(project: &Value) -> Vec<&Value> {
+    project["service_accounts"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter(|a| a["deleted"] != true)
+        .collect()
+}
+
+/// A provisioned OpenAI tenant's credential, and the key in the file it names.
+async fn check_openai_credential(su: &mut PgConnection, setup: &Setup, tenant: Uuid) -> String {
+    let name = project_name(su, tenant, "openai").await;
+    let state = setup.admin_state();
+    let projects = projects_named(&state, &name);
+    assert_eq!(
+        projects.len(),
+        1,
+        "exactly one project named {name}: {projects:?}"
+    );
+    let project = &projects[0];
+    let live: Vec<&Value> = project["service_accounts"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter(|a| a["deleted"] != true)
+        .collect();
+    assert_eq!(live.len(), 1, "one live service account: {live:?}");
+    let (secret_ref, project_id, kind, status): (String, String, String, String) = sqlx::query_as(
+        "select secret_ref, provider_project_id, kind, status from bulkhead.tenant_credentials
+         where tenant_id = $1 and provider = 'openai'",
+    )
+    .bind(tenant)
+    .fetch_one(&mut *su)
+    .await
+    .unwrap();
+    assert_eq!(project_id, project["id"].as_str().unwrap());
+    assert_eq!((kind.as_str(), status.as_str()), ("dedicated", "active"));
+    let path = secret_ref.strip_prefix("file:").expect("a file reference");
+    assert!(Path::new(path).starts_with(&setup.secrets));
+    let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the key file is readable by its owner only");
+    let key = std::fs::read_to_string(path).unwrap();
+    assert_eq!(
+        key.trim(),
+        live[0]["key_value"].as_str().unwrap(),
+        "the file holds the live account's key"
+    );
+    key.trim().to_string()
+}
+
+#[tokio::test]
+async fn provisioning_creates_once_caps_and_keeps_keys_out_of_sight() {
+    let scratch =
+        std::env::temp_dir().join(format!("bulkhead-provisioning-{}", Uuid::new_v4().simple()));
+    let secrets = scratch.join("secrets");
+    std::fs::create_dir_all(&secrets).unwrap();
+    let setup = Setup {
+        fake: FakeProviders::start(),
+        keys: Keys {
+            openai_admin: format!("sk-admin-{}", Uuid::new_v4().simple()),
+            anthropic_admin: format!("sk-ant-admin01-{}", Uuid::new_v4().simple()),
+        },
+        secrets: secrets.clone(),
+        log: scratch.join("worker.log"),
+    };
+    let mut admin_conn = admin().await;
+    let mut su = superuser().await;
+    let mut project_keys = Vec::new();
+
+    // 1. Provision: project, service account, key file, rate limits, credential.
+    let tenant = create_tenant(&mut admin_conn, "prov").await;
+    let first = tenant;
+    sqlx::query("select bulkhead.set_budget($1, 100, 10000, 2000, 50)")
+        .bind(tenant)
+        .execute(&mut admin_conn)
+        .await
+        .unwrap();
+    let job = provision(&mut admin_conn, tenant, "openai", "{}").await;
+    // Asked again while queued: the same job.
+    assert_eq!(
+        provision(&mut admin_conn, tenant, "openai", "{}").await,
+        job
+    );
+    assert_eq!(setup.run_job(&mut su, job).await, "done");
+    project_keys.push(check_openai_credential(&mut su, &setup, tenant).await);
+    let steps = status(&mut admin_conn, tenant).await;
+    for name in [
+        "project",
+        "service account",
+        "key stored",
+        "rate limits",
+        "credential",
+    ] {
+        assert_eq!(step(&steps, name).2, "done", "{steps:?}");
+    }
+    assert_eq!(step(&steps, "spend limit").2, "done");
+    assert!(
+        step(&steps, "spend limit").3.contains("$55.00"),
+        "{steps:?}"
+    );
+    // The backstop sits at the budget plus 10 %, never below it, for every model.
+    let name = project_name(&mut su, tenant, "openai").await;
+    let state = setup.admin_state();
+    let limits = projects_named(&state, &name)[0]["rate_limits"].clone();
+    for limit in limits.as_object().unwrap().values() {
+        assert_eq!(limit["max_requests_per_1_minute"], 110, "{limit}");
+        assert_eq!(limit["max_tokens_per_1_minute"], 13200, "{limit}");
+    }
+    assert_eq!(
+        projects_named(&state, &name)[0]["spend_limit"]["threshold_amount"],
+        5500
+    );
+
+    // 2. Limits follow set_budget: a lower budget lowers the backstop, to the budget plus margin.
+    sqlx::query("select bulkhead.set_budget($1, 40, 3000, 1000, 20)")
+        .bind(tenant)
+        .execute(&mut admin_conn)
+        .await
+        .unwrap();
+    let limits_job: i64 = sqlx::query_scalar(
+        "select job_id from bulkhead.provider_provisions where tenant_id = $1 and provider = 'openai'",
+    )
+    .bind(tenant)
+    .fetch_one(&mut su)
+    .await
+    .unwrap();
+    assert_ne!(limits_job, job, "set_budget queued a limits update");
+    assert_eq!(setup.run_job(&mut su, limits_job).await, "done");
+    let state = setup.admin_state();
+    for limit in projects_named(&state, &name)[0]["rate_limits"]
+        .as_object()
+        .unwrap()
+        .values()
+    {
+        assert_eq!(limit["max_requests_per_1_minute"], 44, "{limit}");
+        assert_eq!(limit["max_tokens_per_1_minute"], 4400, "{limit}");
+    }
+    assert_eq!(
+        projects_named(&state, &name)[0]["spend_limit"]["threshold_amount"],
+        2200
+    );
+    assert_eq!(
+        projects_named(&state, &name).len(),
+        1,
+        "a limits update creates nothing"
+    );
+
+    // 3. A crash at every step: the worker dies while the provider carries the step out (the
+    // fake answers after 3 s, the worker is killed once the request is in); the next worker
+    // finds what was done and creates nothing twice. At the service account, the account made
+    // after the crash holds a key nobody stored: it is deleted and a new one made.
+    for fault in [
+        "POST /v1/organization/projects",
+        "POST /v1/organization/projects/*/service_accounts",
+        "POST /v1/organization/projects/*/rate_limits/*",
+    ] {
+        let tenant = create_tenant(&mut admin_conn, "crash").await;
+        let job = provision(&mut admin_conn, tenant, "openai", "{}").await;
+        setup.fake.inject(fault, serde_json::json!([{"delay": 3}]));
+        {
+            let _worker = KillOnDrop(setup.worker(false).spawn().unwrap());
+            let mut waited = 0;
+            while !setup
+                .fake
+                .call("GET", "/_fake/inflight", "")
+                .contains("\"inflight\": 1")
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                waited += 1;
+                assert!(waited < 500, "the worker never reached {fault}");
+            }
+        } // SIGKILL: no step after the request is recorded.
+        tokio::time::sleep(Duration::from_millis(3500)).await;
+        assert_eq!(
+            setup.run_job(&mut su, job).await,
+            "done",
+            "after a crash at {fault}"
+        );
+        project_keys.push(check_openai_credential(&mut su, &setup, tenant).await);
+    }
+
+    // 4. 5xx, 429 and a timeout (the project is made after the worker gave up): retried with
+    // the queue's backoff, one project.
+    let tenant = create_tenant(&mut admin_conn, "faults").await;
+    let job = provision(&mut admin_conn, tenant, "openai", "{}").await;
+    setup.fake.inject(
+        "POST /v1/organization/projects",
+        serde_json::json!([{"status": 503}, {"status": 429, "retry_after": "0"}, {"delay": 3}]),
+    );
+    assert_eq!(setup.run_job(&mut su, job).await, "done");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    project_keys.push(check_openai_credential(&mut su, &setup, tenant).await);
+
+    // 5. A permanent failure is readable, the provider's error kept, keys redacted (the fake
+    // echoes the admin key, as a provider quoting a request might).
+    let tenant = create_tenant(&mut admin_conn, "refused").await;
+    let job = provision(&mut admin_conn, tenant, "openai", "{}").await;
+    setup.fake.inject(
+        "POST /v1/organization/projects",
+        serde_json::json!([{"status": 400, "message": format!("name refused; you sent {}", setup.keys.openai_admin)}]),
+    );
+    assert_eq!(setup.run_job(&mut su, job).await, "dead");
+    let steps = status(&mut admin_conn, tenant).await;
+    let failed = step(&steps, "project");
+    assert_eq!(failed.2, "failed");
+    assert!(
+        failed.3.contains("HTTP 400") && failed.3.contains("name refused"),
+        "{failed:?}"
+    );
+    assert!(step(&steps, "job").2 == "dead", "{steps:?}");
+
+    // 6. Anthropic: a workspace, found again rather than made twice; the credential waits for
+    // its key (the shared pool serves meanwhile, or the call is refused), until an admin attaches
+    // one.
+    let tenant = create_tenant(&mut admin_conn, "anthropic").await;
+    let job = provision(&mut admin_conn, tenant, "anthropic", "{}").await;
+    setup.fake.inject(
+        "POST /v1/organizations/workspaces",
+        serde_json::json!([{"delay": 3}]),
+    );
+    assert_eq!(setup.run_job(&mut su, job).await, "done");
+    let name = project_name(&mut su, tenant, "anthropic").await;
+    let workspaces: Vec<String> = setup.admin_state()["workspaces"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter(|w| w["name"] == name.as_str())
+        .map(|w| w["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(workspaces.len(), 1, "one workspace named {name}");
+    let steps = status(&mut admin_conn, tenant).await;
+    assert_eq!(step(&steps, "workspace").2, "done");
+    assert_eq!(step(&steps, "key").2, "pending");
+    assert_eq!(step(&steps, "rate limits").2, "done");
+    assert_eq!(step(&steps, "spend limit").2, "done");
+    // Each model group's limits at the backstop, at or above the tenant's own.
+    let (rpm, itpm, otpm): (i64, i64, i64) = sqlx::query_as(
+        "select (l->>'rpm')::int8, (l->>'itpm')::int8, (l->>'otpm')::int8 from bulkhead._provider_limits($1) l",
+    )
+    .bind(tenant)
+    .fetch_one(&mut su)
+    .await
+    .unwrap();
+    let state = setup.admin_state();
+    let groups = state["workspaces"][workspaces[0].as_str()]["rate_limits"]
+        .as_object()
+        .unwrap()
+        .clone();
+    assert_eq!(groups.len(), 2, "{groups:?}");
+    for limits in groups.values() {
+        assert_eq!(
+            (
+                limits["requests_per_minute"].as_i64(),
+                limits["input_tokens_per_minute"].as_i64(),
+                limits["output_tokens_per_minute"].as_i64()
+            ),
+            (Some(rpm), Some(itpm), Some(otpm))
+        );
+    }
+    let (reference, workspace, cred_status): (Option<String>, String, String) = sqlx::query_as(
+        "select secret_ref, provider_project_id, status from bulkhead.tenant_credentials
+         where tenant_id = $1 and provider = 'anthropic'",
+    )
+    .bind(tenant)
+    .fetch_one(&mut su)
+    .await
+    .unwrap();
+    assert_eq!(
+        (reference, workspace.as_str(), cred_status.as_str()),
+        (None, workspaces[0].as_str(), "pending_key")
+    );
+    let source = |refuse: bool| async move {
+        let mut su = superuser().await;
+        let mut tx = begin_as(&mut su, tenant).await.unwrap();
+        if refuse {
+            tx.execute("set local bulkhead.pending_key_calls = refuse")
+                .await
+                .unwrap();
+        }
+        let row: Option<(Option<String>, String)> = sqlx::query_as(
+            "select secret_ref, source from bulkhead.credential_for_tenant('anthropic')",
+        )
+        .fetch_optional(&mut *tx)
+        .await
+        .unwrap();
+        row
+    };
+    assert!(
+        source(false)
+            .await
+            .is_none_or(|(_, source)| source == "shared"),
+        "the shared pool, or nothing"
+    );
+    assert_eq!(
+        source(true).await,
+        Some((None, "tenant".to_string())),
+        "refused: the tenant's row without a key"
+    );
+    sqlx::query(
+        "select bulkhead.set_credential($1, 'anthropic', 'env:ANTHROPIC_KEY_OF_THE_WORKSPACE')",
+    )
+    .bind(tenant)
+    .execute(&mut admin_conn)
+    .await
+    .unwrap();
+    let (cred_status, workspace_kept): (String, String) = sqlx::query_as(
+        "select status, provider_project_id from bulkhead.tenant_credentials where tenant_id = $1 and provider = 'anthropic'",
+    )
+    .bind(tenant)
+    .fetch_one(&mut su)
+    .await
+    .unwrap();
+    assert_eq!(
+        (cred_status.as_str(), workspace_kept.as_str()),
+        ("active", workspaces[0].as_str())
+    );
+    // Provisioned again: the workspace is found, the attached key stays.
+    let again = provision(&mut admin_conn, tenant, "anthropic", "{}").await;
+    assert_ne!(again, job);
+    assert_eq!(setup.run_job(&mut su, again).await, "done");
+    assert_eq!(source(false).await.map(|r| r.1), Some("tenant".to_string()));
+    let steps = status(&mut admin_conn, tenant).await;
+    assert!(
+        step(&steps, "workspace").3.contains("found")
+            || step(&steps, "workspace").3.contains("created")
+    );
+
+    // 7. Who may do what: the application may not provision, read provisioning or queue its
+    // jobs; an admin reads a tenant's provision only in that tenant's context (RLS).
+    let mut app = common::app().await;
+    for statement in [
+        "select bulkhead.provision_provider($1, 'openai')",
+        "select * from bulkhead.provisioning_status($1)",
+    ] {
+        let refused = sqlx::query(statement).bind(tenant).execute(&mut app).await;
+        assert_eq!(sqlstate(&refused), "42501", "{statement}");
+    }
+    let other = create_tenant(&mut admin_conn, "other").await;
+    for statement in [
+        "select count(*) from bulkhead.provider_provisions",
+        "select count(*) from bulkhead.provisioning_steps",
+        "select count(*) from bulkhead.provider_revocations",
+    ] {
+        let mut tx = begin_as(&mut app, other).await.unwrap();
+        let refused = sqlx::query_scalar::<_, i64>(statement)
+            .fetch_one(&mut *tx)
+            .await;
+        assert_eq!(sqlstate(&refused), "42501", "{statement}");
+        tx.rollback().await.unwrap();
+    }
+    let mut tx = begin_as(&mut app, other).await.unwrap();
+    let refused = sqlx::query_scalar::<_, i64>(
+        "select bulkhead.enqueue_job('provision', '{\"provider\": \"openai\"}')",
+    )
+    .fetch_one(&mut *tx)
+    .await;
+    assert_eq!(sqlstate(&refused), "42501");
+    tx.rollback().await.unwrap();
+    let mut tx = begin_as(&mut admin_conn, other).await.unwrap();
+    let seen: i64 = sqlx::query_scalar("select count(*) from bulkhead.provider_provisions")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(seen, 0, "another tenant's context sees no provision");
+    tx.rollback().await.unwrap();
+    let seen: i64 = sqlx::query_scalar("select count(*) from bulkhead.provider_provisions")
+        .fetch_one(&mut admin_conn)
+        .await
+        .unwrap();
+    assert_eq!(seen, 0, "no context, no provision");
+    // The twin: RLS off (as the superuser, which bypasses it) shows them all.
+    let all: i64 = sqlx::query_scalar("select count(*) from bulkhead.provider_provisions")
+        .fetch_one(&mut su)
+        .await
+        .unwrap();
+    assert!(all >= 6);
+    // A worker records steps only of a job it holds.
+    let mut worker = common::superuser_options()
+        .username("bulkhead_test_worker")
+        .connect()
+        .await
+        .unwrap();
+    let refused = sqlx::query(
+        "select bulkhead.provisioning_step($1, 'not-the-holder', 'project', 'done', 'x')",
+    )
+    .bind(job)
+    .execute(&mut worker)
+    .await;
+    assert_eq!(sqlstate(&refused), "55000");
+
+    // 8. Rotation: a new service account and key, switched in at once; the old key is revoked
+    // only once no call admitted before the switch is open, and no call ever meets a revoked
+    // key (the fake refuses a deleted account's key with 401).
+    let old_key = project_keys[0].clone();
+    let name = project_name(&mut su, first, "openai").await;
+    let old_ref: String = sqlx::query_scalar(
+        "select secret_ref from bulkhead.tenant_credentials where tenant_id = $1 and provider = 'openai'",
+    )
+    .bind(first)
+    .fetch_one(&mut su)
+    .await
+    .unwrap();
+    let mut app_conn = common::app().await;
+    let mut tx = begin_as(&mut app_conn, first).await.unwrap();
+    let in_flight: Uuid =
+        sqlx::query_scalar("select bulkhead.budget_check('gpt-4o-mini', 100, 50)")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+    tx.commit().await.unwrap();
+    let refused = sqlx::query("select bulkhead.rotate_credential($1, 'anthropic')")
+        .bind(first)
+        .execute(&mut admin_conn)
+        .await;
+    assert_eq!(
+        sqlstate(&refused),
+        "0A000",
+        "Anthropic keys cannot be made by API"
+    );
+    let rotation: i64 = sqlx::query_scalar("select bulkhead.rotate_credential($1, 'openai')")
+        .bind(first)
+        .fetch_one(&mut admin_conn)
+        .await
+        .unwrap();
+    assert_eq!(setup.run_job(&mut su, rotation).await, "done");
+    let new_ref: String = sqlx::query_scalar(
+        "select secret_ref from bulkhead.tenant_credentials where tenant_id = $1 and provider = 'openai'",
+    )
+    .bind(first)
+    .fetch_one(&mut su)
+    .await
+    .unwrap();
+    assert_ne!(new_ref, old_ref, "the credential names the new key");
+    let new_key = std::fs::read_to_string(new_ref.strip_prefix("file:").unwrap())
+        .unwrap()
+        .trim()
+        .to_string();
+    project_keys.push(new_key.clone());
+    assert!(
+        Path::new(old_ref.strip_prefix("file:").unwrap()).exists(),
+        "the old key stays while a call may use it"
+    );
+    // Past the grace, but a reservation from before the switch is open: not revoked yet.
+    sqlx::query("update bulkhead.provider_revocations set not_before = now() where tenant_ref = $1 and reason = 'rotation'")
+        .bind(first)
+        .execute(&mut su)
+        .await
+        .unwrap();
+    assert!(setup.worker(true).status().unwrap().success());
+    let live_accounts = |state: &Value| -> Vec<String> {
+        projects_named(state, &name)[0]["service_accounts"]
+            .as_object()
+            .unwrap()
+            .values()
+            .filter(|a| a["deleted"] != true)
+            .map(|a| a["key_value"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let live = live_accounts(&setup.admin_state());
+    assert!(
+        live.contains(&old_key) && live.contains(&new_key),
+        "both keys live while the old call is open"
+    );
+    // A call made now uses the new key.
+    sqlx::query("select bulkhead.set_skeleton('prov-rotation', 'Q: {{ vars.question }}')")
+        .execute(&mut admin_conn)
+        .await
+        .unwrap();
+    for statement in [
+        "select bulkhead.publish_prompt($1, 'prov-rotation', '{}')",
+        "select bulkhead.activate_prompt($1, 'prov-rotation', 1)",
+    ] {
+        sqlx::query(statement)
+            .bind(first)
+            .execute(&mut admin_conn)
+            .await
+            .unwrap();
+    }
+    let mut tx = begin_as(&mut app_conn, first).await.unwrap();
+    let call: i64 = sqlx::query_scalar(
+        "select bulkhead.complete('prov-rotation', '{\"question\": \"which key\"}', 'gpt-4o-mini', 20)",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(setup.run_job(&mut su, call).await, "done");
+    let usage: Value = serde_json::from_str(&setup.fake.call("GET", "/_fake/usage", "")).unwrap();
+    let keys_used: Vec<&str> = usage
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|u| u["key"].as_str())
+        .collect();
+    assert!(
+        keys_used.contains(&new_key.as_str()),
+        "the call after the switch used the new key"
+    );
+    // The old call ends: the old key is revoked, its file deleted.
+    let mut tx = begin_as(&mut app_conn, first).await.unwrap();
+    sqlx::query("select bulkhead.ledger_record($1, '{\"prompt_tokens\": 90, \"completion_tokens\": 10}', 'chatcmpl-rotation')")
+        .bind(in_flight)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert!(setup.worker(true).status().unwrap().success());
+    let live = live_accounts(&setup.admin_state());
+    assert_eq!(live, vec![new_key.clone()], "only the new key is live");
+    assert!(
+        !Path::new(old_ref.strip_prefix("file:").unwrap()).exists(),
+        "the old key file is gone"
+    );
+
+    // 9. Deletion revokes at the providers; the receipt lists each step once done, and what is
+    // pending until then.
+    let anthropic_tenant = tenant;
+    setup.fake.call(
+        "POST",
+        "/_fake/admin/anthropic_keys",
+        &serde_json::json!({"workspace_id": workspaces[0]}).to_string(),
+    );
+    let mut receipts = Vec::new();
+    for doomed in [first, anthropic_tenant] {
+        let receipt: Uuid = sqlx::query_scalar("select bulkhead.delete_tenant($1)")
+            .bind(doomed)
+            .fetch_one(&mut admin_conn)
+            .await
+            .unwrap();
+        receipts.push(receipt);
+    }
+    let pending: Vec<String> = sqlx::query_scalar(
+        "select step from bulkhead.deletion_receipt_pending where receipt_id = $1 and step <> 'pinecone namespace deleted' order by step",
+    )
+    .bind(receipts[0])
+    .fetch_all(&mut admin_conn)
+    .await
+    .unwrap();
+    assert_eq!(
+        pending,
+        [
+            "provider key revoked",
+            "provider project archived",
+            "secret deleted"
+        ]
+    );
+    assert!(setup.worker(true).status().unwrap().success());
+    let steps: Vec<String> = sqlx::query_scalar(
+        "select step from bulkhead.deletion_receipt_steps where receipt_id = $1 and step like any (array['provider%', 'secret%']) order by step",
+    )
+    .bind(receipts[0])
+    .fetch_all(&mut admin_conn)
+    .await
+    .unwrap();
+    assert_eq!(
+        steps,
+        [
+            "provider key revoked",
+            "provider project archived",
+            "secret deleted"
+        ]
+    );
+    let state = setup.admin_state();
+    let archived: Vec<&Value> = state["projects"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter(|p| p["name"] == name.as_str())
+        .collect();
+    assert_eq!(archived.len(), 1);
+    assert_eq!(archived[0]["status"], "archived");
+    assert!(
+        live_accounts_of(archived[0]).is_empty(),
+        "no service account left"
+    );
+    assert!(
+        !Path::new(new_ref.strip_prefix("file:").unwrap()).exists(),
+        "the key file is gone"
+    );
+    let steps: Vec<String> = sqlx::query_scalar(
+        "select step from bulkhead.deletion_receipt_steps where receipt_id = $1 and step like 'provider%' order by step",
+    )
+    .bind(receipts[1])
+    .fetch_all(&mut admin_conn)
+    .await
+    .unwrap();
+    assert_eq!(steps, ["provider key revoked", "provider project archived"]);
+    assert!(
+        !state["workspaces"][workspaces[0].as_str()]["archived_at"].is_null(),
+        "the workspace is archived"
+    );
+    for key in state["anthropic_keys"].as_object().unwrap().values() {
+        if key["workspace_id"] == workspaces[0].as_str() {
+            assert_eq!(key["status"], "inactive", "{key}");
+        }
+    }
+    for receipt in &receipts {
+        let left: i64 = sqlx::query_scalar(
+            "select count(*) from bulkhead.deletion_receipt_pending where receipt_id = $1 and step <> 'pinecone namespace deleted'",
+        )
+        .bind(receipt)
+        .fetch_one(&mut admin_conn)
+        .await
+        .unwrap();
+        assert_eq!(left, 0, "nothing pending at the providers");
+    }
+    // No call met a revoked key (the fake counts the ones it refused for that). The twin: a
+    // call with the revoked key is refused and counted.
+    assert_eq!(setup.admin_state()["refused_revoked_calls"], 0);
+    let answer = chat_with_key(setup.fake.port, &old_key);
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert_eq!(setup.admin_state()["refused_revoked_calls"], 1);
+
+    // Planted keys: nowhere in the database, the worker's log or the fake's error texts.
+    let dump = common::command_as_postgres(common::pg_bin("pg_dump"))
+        .args(["--data-only", "-d"])
+        .arg(std::env::var("BULKHEAD_TEST_DATABASE_URL").unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        dump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    let dump = String::from_utf8_lossy(&dump.stdout);
+    let log = std::fs::read_to_string(&setup.log).unwrap_or_default();
+    for key in [&setup.keys.openai_admin, &setup.keys.anthropic_admin]
+        .into_iter()
+        .chain(project_keys.iter())
+    {
+        assert!(!dump.contains(key.as_str()), "a key is in the database");
+        assert!(!log.contains(key.as_str()), "a key is in the worker's log");
+    }
+    std::fs::remove_dir_all(&scratch).ok();
+}
