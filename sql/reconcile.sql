@@ -151,9 +151,10 @@ begin
     from bulkhead.shared_credentials s where s.provider = reconcile_usage.provider;
     for tenant in select t.id from bulkhead.tenants t loop
         perform bulkhead._set_tenant_within_function(tenant);
+        -- A credential waiting for its key served no call: the tenant's went to the shared pool.
         select c.id, c.provider_project_id into own
         from bulkhead.tenant_credentials c
-        where c.tenant_id = tenant and c.provider = reconcile_usage.provider;
+        where c.tenant_id = tenant and c.provider = reconcile_usage.provider and c.status = 'active';
         select coalesce(sum(l.input_tokens + l.cached_input_tokens + l.cache_write_tokens), 0) as input_tokens,
                coalesce(sum(l.output_tokens), 0) as output_tokens, count(*) as requests
         into sums
@@ -166,6 +167,20 @@ begin
             'project_id', coalesce(own.provider_project_id, shared.provider_project_id),
             'attribution', case when own.id is not null then 'tenant' else 'shared_pool' end,
             'input_tokens', sums.input_tokens, 'output_tokens', sums.output_tokens, 'requests', sums.requests);
+        -- Its other projects and workspaces, known by id (provisioned, waiting for a key, named
+        -- by an earlier credential): usage reported there is the tenant's, against no ledger row
+        -- (a key used outside Bulkhead), never 'unknown'.
+        ledger_rows := ledger_rows || coalesce((
+            select pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+                       'tenant', tenant, 'credential_id', null, 'project_id', k.project_id, 'attribution', 'tenant',
+                       'input_tokens', 0, 'output_tokens', 0, 'requests', 0))
+            from (select p.project_id from bulkhead.provider_provisions p
+                  where p.tenant_id = tenant and p.provider = reconcile_usage.provider and p.project_id is not null
+                  union
+                  select h.provider_project_id from bulkhead.tenant_provider_projects h
+                  where h.tenant_id = tenant and h.provider = reconcile_usage.provider) k
+            where k.project_id is distinct from own.provider_project_id
+              and k.project_id is distinct from shared.provider_project_id), '[]');
     end loop;
     perform bulkhead._leave_tenant(previous);
 

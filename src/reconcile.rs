@@ -1,5 +1,6 @@
 //! Usage reconciliation: what the providers counted for one UTC day, by project (OpenAI's
-//! organization usage API) or workspace (Anthropic's usage report), handed to
+//! organization usage API) or workspace (Anthropic's usage report, or its newer analytics report
+//! where the legacy one answers 404 or 410), handed to
 //! `bulkhead.reconcile_usage`, which compares it with the ledger and records the drift.
 //!
 //! Needs the providers' admin keys (OPENAI_ADMIN_KEY, ANTHROPIC_ADMIN_KEY): the usage APIs do
@@ -22,6 +23,9 @@ pub enum ReconcileError {
     Provider { provider: String, message: String },
     #[error("HTTP client: {0}")]
     Http(#[from] reqwest::Error),
+    /// Anthropic's legacy usage report answered 404 or 410: the analytics report is read instead.
+    #[error("anthropic usage API: the legacy usage report is not available")]
+    LegacyReportGone,
 }
 
 /// The admin keys and where to reach the usage APIs (Debug shows no key: Secret hides it).
@@ -70,7 +74,12 @@ pub async fn reconcile_day(
         outcome.push(("openai", record(pool, "openai", day, &totals).await?));
     }
     if let Some(key) = &apis.anthropic_admin_key {
-        let totals = anthropic_usage(&http, apis, key, day, &next_day).await?;
+        let totals = match anthropic_usage(&http, apis, key, day, &next_day).await {
+            Err(ReconcileError::LegacyReportGone) => {
+                anthropic_analytics_usage(&http, apis, key, day, &next_day).await?
+            }
+            other => other?,
+        };
         outcome.push(("anthropic", record(pool, "anthropic", day, &totals).await?));
     }
     Ok(outcome)
@@ -100,6 +109,15 @@ async fn get_json(
     request: reqwest::RequestBuilder,
     provider: &str,
 ) -> Result<Value, ReconcileError> {
+    get_json_or_gone(request, provider, false).await
+}
+
+/// With `gone_is_distinct`, a 404 or 410 is ReconcileError::LegacyReportGone.
+async fn get_json_or_gone(
+    request: reqwest::RequestBuilder,
+    provider: &str,
+    gone_is_distinct: bool,
+) -> Result<Value, ReconcileError> {
     let fail = |err: CallError| ReconcileError::Provider {
         provider: provider.to_string(),
         message: match err {
@@ -112,6 +130,9 @@ async fn get_json(
         .send()
         .await
         .map_err(|err| fail(providers::transport_error(&err, None)))?;
+    if gone_is_distinct && matches!(response.status().as_u16(), 404 | 410) {
+        return Err(ReconcileError::LegacyReportGone);
+    }
     if !response.status().is_success() {
         return Err(fail(
             providers::error_response(provider, response, None).await,
@@ -206,12 +227,13 @@ async fn anthropic_usage(
         if let Some(page) = &page {
             query.push(("page", page.clone()));
         }
-        let answer = get_json(
+        let answer = get_json_or_gone(
             http.get(&url)
                 .query(&query)
                 .header("x-api-key", key.expose())
                 .header("anthropic-version", "2023-06-01"),
             "anthropic",
+            page.is_none(),
         )
         .await?;
         for bucket in answer["data"].as_array().into_iter().flatten() {
@@ -233,6 +255,68 @@ async fn anthropic_usage(
         }
         match (answer["has_more"].as_bool(), answer["next_page"].as_str()) {
             (Some(true), Some(next)) => page = Some(next.to_string()),
+            _ => return Ok(totals),
+        }
+    }
+    Err(too_many_pages("anthropic"))
+}
+
+/// GET /v1/organizations/analytics/usage (beta), one day, grouped by workspace, all pages: where
+/// the legacy report is not available. Its rows carry the same token counts under `usage`, and
+/// request counts too.
+async fn anthropic_analytics_usage(
+    http: &reqwest::Client,
+    apis: &UsageApis,
+    key: &Secret,
+    day: &str,
+    next_day: &str,
+) -> Result<Totals, ReconcileError> {
+    let url = format!(
+        "{}/v1/organizations/analytics/usage",
+        apis.anthropic_base.trim_end_matches('/')
+    );
+    let mut totals = Totals::new();
+    let mut page: Option<String> = None;
+    for _ in 0..MAX_PAGES {
+        let mut query = vec![
+            ("starting_at", format!("{day}T00:00:00Z")),
+            ("ending_at", format!("{next_day}T00:00:00Z")),
+            ("time_bucket_width", "1d".to_string()),
+            ("group_by[]", "workspace_id".to_string()),
+        ];
+        if let Some(page) = &page {
+            query.push(("page", page.clone()));
+        }
+        let answer = get_json(
+            http.get(&url)
+                .query(&query)
+                .header("x-api-key", key.expose())
+                .header("anthropic-version", "2023-06-01")
+                .header("anthropic-beta", "analytics-usage-cost-2026-08-24"),
+            "anthropic",
+        )
+        .await?;
+        for row in answer["data"].as_array().into_iter().flatten() {
+            let workspace = row["group"]["workspace_id"]
+                .as_str()
+                .unwrap_or("default")
+                .to_string();
+            let usage = &row["usage"];
+            let count = |v: &Value| v.as_i64().unwrap_or(0);
+            let input = count(&usage["uncached_input_tokens"])
+                + count(&usage["cache_read_input_tokens"])
+                + count(&usage["cache_creation"]["ephemeral_5m_input_tokens"])
+                + count(&usage["cache_creation"]["ephemeral_1h_input_tokens"]);
+            let entry = totals.entry(workspace).or_insert((0, 0, None));
+            entry.0 += input;
+            entry.1 += count(&usage["output_tokens"]);
+            // Anthropic's legacy report has no request counts; this one may.
+            if let Some(requests) = usage["requests"].as_i64() {
+                entry.2 = Some(entry.2.unwrap_or(0) + requests);
+            }
+        }
+        match answer["next_page"].as_str() {
+            Some(next) if !next.is_empty() => page = Some(next.to_string()),
             _ => return Ok(totals),
         }
     }

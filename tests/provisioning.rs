@@ -354,6 +354,110 @@ async fn provisioning_creates_once_caps_and_keeps_keys_out_of_sight() {
         project_keys.push(check_openai_credential(&mut su, &setup, tenant).await);
     }
 
+    // 3b. A crash between storing the key and recording it (the database refuses the record
+    // once, as a crash would lose it): the retry finds the account and the key it stored, and
+    // makes no second account.
+    sqlx::raw_sql(
+        // A sequence counts the refusals: it is not rolled back with the refused transaction.
+        "drop sequence if exists public.it_refusals; create sequence public.it_refusals;
+         grant usage, select on sequence public.it_refusals to public;
+         create or replace function public.it_refuse_record() returns trigger language plpgsql as $f$
+         begin
+             if new.service_account_id is not null and old.service_account_id is null
+                and pg_catalog.nextval('public.it_refusals') = 1 then
+                 raise exception 'the record is lost, as in a crash' using errcode = '40001';
+             end if;
+             return new;
+         end $f$;
+         drop trigger if exists it_refuse_record on bulkhead.provider_provisions;
+         create trigger it_refuse_record before update on bulkhead.provider_provisions
+             for each row execute function public.it_refuse_record();",
+    )
+    .execute(&mut su)
+    .await
+    .unwrap();
+    let tenant = create_tenant(&mut admin_conn, "lost").await;
+    let job = provision(&mut admin_conn, tenant, "openai", "{}").await;
+    assert_eq!(setup.run_job(&mut su, job).await, "done");
+    let refusals: i64 = sqlx::query_scalar("select last_value from public.it_refusals")
+        .fetch_one(&mut su)
+        .await
+        .unwrap();
+    assert_eq!(refusals, 2, "refused once, recorded the second time");
+    sqlx::raw_sql(
+        "drop trigger it_refuse_record on bulkhead.provider_provisions;
+         drop function public.it_refuse_record(); drop sequence public.it_refusals;",
+    )
+    .execute(&mut su)
+    .await
+    .unwrap();
+    project_keys.push(check_openai_credential(&mut su, &setup, tenant).await);
+    let steps = status(&mut admin_conn, tenant).await;
+    assert!(
+        step(&steps, "service account")
+            .3
+            .contains("found, its key stored before"),
+        "{steps:?}"
+    );
+
+    // 3c. Supabase Vault as the store (a test double of Vault 0.3's SQL: vault.secrets, and
+    // vault.create_secret, SECURITY DEFINER as in Vault; here it "encrypts" by reversing). The worker gets the grants the
+    // README lists.
+    sqlx::raw_sql(
+        "create schema if not exists vault;
+         create table if not exists vault.secrets (id uuid primary key, secret text not null);
+         alter table vault.secrets add column if not exists name text unique;
+         create or replace function vault.create_secret(new_secret text, new_name text default null,
+                 new_description text default '', new_key_id uuid default null) returns uuid
+             language sql security definer set search_path to ''
+             as $f$ insert into vault.secrets (id, secret, name)
+                    values (pg_catalog.gen_random_uuid(), pg_catalog.reverse(new_secret), new_name) returning id $f$;
+         revoke all on function vault.create_secret(text, text, text, uuid) from public;
+         grant usage on schema vault to bulkhead_worker;
+         grant execute on function vault.create_secret(text, text, text, uuid) to bulkhead_worker;
+         grant select, delete on vault.secrets to bulkhead_worker;",
+    )
+    .execute(&mut su)
+    .await
+    .unwrap();
+    let vaulted = create_tenant(&mut admin_conn, "vaulted").await;
+    let job = provision(
+        &mut admin_conn,
+        vaulted,
+        "openai",
+        r#"{"storage": "vault"}"#,
+    )
+    .await;
+    assert_eq!(setup.run_job(&mut su, job).await, "done");
+    let vault_ref: String = sqlx::query_scalar(
+        "select secret_ref from bulkhead.tenant_credentials where tenant_id = $1 and provider = 'openai'",
+    )
+    .bind(vaulted)
+    .fetch_one(&mut su)
+    .await
+    .unwrap();
+    let vault_id =
+        Uuid::parse_str(vault_ref.strip_prefix("vault:").expect("a vault reference")).unwrap();
+    let stored: String =
+        sqlx::query_scalar("select reverse(secret) from vault.secrets where id = $1")
+            .bind(vault_id)
+            .fetch_one(&mut su)
+            .await
+            .unwrap();
+    let vaulted_name = project_name(&mut su, vaulted, "openai").await;
+    let state = setup.admin_state();
+    let live = live_accounts_of(&projects_named(&state, &vaulted_name)[0])
+        .into_iter()
+        .cloned()
+        .collect::<Vec<_>>();
+    assert_eq!(live.len(), 1);
+    assert_eq!(
+        stored,
+        live[0]["key_value"].as_str().unwrap(),
+        "Vault holds the live account's key"
+    );
+    project_keys.push(stored);
+
     // 4. 5xx, 429 and a timeout (the project is made after the worker gave up): retried with
     // the queue's backoff, one project.
     let tenant = create_tenant(&mut admin_conn, "faults").await;
@@ -498,6 +602,88 @@ async fn provisioning_creates_once_caps_and_keeps_keys_out_of_sight() {
     assert!(
         step(&steps, "workspace").3.contains("found")
             || step(&steps, "workspace").3.contains("created")
+    );
+
+    // 6b. Reconciliation knows provisioned workspaces by id, even one waiting for its key (whose
+    // tenant's calls go to the shared pool); a workspace nobody provisioned stays 'unknown'. And
+    // where Anthropic's legacy usage report is gone (404), the analytics report is read.
+    let waiting = create_tenant(&mut admin_conn, "waiting").await;
+    let job = provision(&mut admin_conn, waiting, "anthropic", "{}").await;
+    assert_eq!(setup.run_job(&mut su, job).await, "done");
+    let waiting_workspace: String = sqlx::query_scalar(
+        "select project_id from bulkhead.provider_provisions where tenant_id = $1",
+    )
+    .bind(waiting)
+    .fetch_one(&mut su)
+    .await
+    .unwrap();
+    let day: String =
+        sqlx::query_scalar("select (current_date - 3000 - (random() * 3000)::int)::text")
+            .fetch_one(&mut su)
+            .await
+            .unwrap();
+    let day_start: f64 = sqlx::query_scalar(
+        "select extract(epoch from $1::date::timestamp at time zone 'UTC')::float8",
+    )
+    .bind(&day)
+    .fetch_one(&mut su)
+    .await
+    .unwrap();
+    let stranger = format!("wrkspc_nobody_{}", Uuid::new_v4().simple());
+    for workspace in [&waiting_workspace, &stranger] {
+        setup.fake.call(
+            "POST",
+            "/_fake/usage/add",
+            &serde_json::json!({"api": "messages", "project": workspace, "ts": day_start + 3600.0, "input": 40, "output": 4})
+                .to_string(),
+        );
+    }
+    setup.fake.inject(
+        "GET /v1/organizations/usage_report/messages",
+        serde_json::json!([{"status": 404}]),
+    );
+    let reconciled = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .args(["reconcile", "--day", &day])
+        .env(
+            "DATABASE_URL",
+            std::env::var("BULKHEAD_TEST_DATABASE_URL")
+                .unwrap()
+                .replacen("postgres@", "bulkhead_test_worker@", 1),
+        )
+        .env(
+            "ANTHROPIC_BASE_URL",
+            format!("http://127.0.0.1:{}", setup.fake.port),
+        )
+        .env("ANTHROPIC_ADMIN_KEY", &setup.keys.anthropic_admin)
+        .env_remove("OPENAI_ADMIN_KEY")
+        .output()
+        .unwrap();
+    assert!(
+        reconciled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reconciled.stderr)
+    );
+    let drift: Vec<(String, String, Option<Uuid>, i64, i64)> = sqlx::query_as(
+        "select provider_project_id, attribution, dedicated_tenant, provider_input_tokens, provider_requests
+         from bulkhead.usage_drift where provider = 'anthropic' and usage_date = $1::date order by attribution",
+    )
+    .bind(&day)
+    .fetch_all(&mut su)
+    .await
+    .unwrap();
+    assert_eq!(
+        drift,
+        vec![
+            (
+                waiting_workspace.clone(),
+                "tenant".to_string(),
+                Some(waiting),
+                40,
+                1
+            ),
+            (stranger.clone(), "unknown".to_string(), None, 40, 1),
+        ],
+        "read from the analytics report (it has request counts; the legacy one has none)"
     );
 
     // 7. Who may do what: the application may not provision, read provisioning or queue its
@@ -696,7 +882,7 @@ async fn provisioning_creates_once_caps_and_keeps_keys_out_of_sight() {
         &serde_json::json!({"workspace_id": workspaces[0]}).to_string(),
     );
     let mut receipts = Vec::new();
-    for doomed in [first, anthropic_tenant] {
+    for doomed in [first, anthropic_tenant, vaulted] {
         let receipt: Uuid = sqlx::query_scalar("select bulkhead.delete_tenant($1)")
             .bind(doomed)
             .fetch_one(&mut admin_conn)
@@ -769,6 +955,12 @@ async fn provisioning_creates_once_caps_and_keeps_keys_out_of_sight() {
             assert_eq!(key["status"], "inactive", "{key}");
         }
     }
+    let vault_left: i64 = sqlx::query_scalar("select count(*) from vault.secrets where id = $1")
+        .bind(vault_id)
+        .fetch_one(&mut su)
+        .await
+        .unwrap();
+    assert_eq!(vault_left, 0, "the Vault secret is deleted with the tenant");
     for receipt in &receipts {
         let left: i64 = sqlx::query_scalar(
             "select count(*) from bulkhead.deletion_receipt_pending where receipt_id = $1 and step <> 'pinecone namespace deleted'",
@@ -786,6 +978,39 @@ async fn provisioning_creates_once_caps_and_keeps_keys_out_of_sight() {
     assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
     assert_eq!(setup.admin_state()["refused_revoked_calls"], 1);
 
+    // The worker's metrics, read while it runs.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics = {
+        let _worker = KillOnDrop(
+            setup
+                .worker(false)
+                .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+                .spawn()
+                .unwrap(),
+        );
+        let mut text = String::new();
+        for _ in 0..200 {
+            if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                use std::io::{Read, Write};
+                stream
+                    .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+                    .unwrap();
+                stream.read_to_string(&mut text).unwrap();
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        text
+    };
+    assert!(
+        metrics.contains("bulkhead_"),
+        "the metrics endpoint answered: {metrics}"
+    );
+
     // Planted keys: nowhere in the database, the worker's log or the fake's error texts.
     let dump = common::command_as_postgres(common::pg_bin("pg_dump"))
         .args(["--data-only", "-d"])
@@ -799,12 +1024,19 @@ async fn provisioning_creates_once_caps_and_keeps_keys_out_of_sight() {
     );
     let dump = String::from_utf8_lossy(&dump.stdout);
     let log = std::fs::read_to_string(&setup.log).unwrap_or_default();
+    // The twin: the grep finds a key where one is (the fake logs every request's headers).
+    let fake_log = setup.fake.call("GET", "/_fake/requests", "");
+    assert!(
+        fake_log.contains(setup.keys.openai_admin.as_str())
+            && fake_log.contains(setup.keys.anthropic_admin.as_str())
+    );
     for key in [&setup.keys.openai_admin, &setup.keys.anthropic_admin]
         .into_iter()
         .chain(project_keys.iter())
     {
         assert!(!dump.contains(key.as_str()), "a key is in the database");
         assert!(!log.contains(key.as_str()), "a key is in the worker's log");
+        assert!(!metrics.contains(key.as_str()), "a key is in the metrics");
     }
     std::fs::remove_dir_all(&scratch).ok();
 }

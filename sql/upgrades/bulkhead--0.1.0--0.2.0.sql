@@ -839,6 +839,136 @@ begin
 end
 $$;
 
+create or replace function bulkhead.reconcile_usage(provider text, usage_date date, provider_usage jsonb)
+returns int
+language plpgsql volatile
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    previous text := coalesce(pg_catalog.current_setting('bulkhead.tenant_id', true), '');
+    day_start timestamptz;
+    tenant uuid;
+    own record;
+    sums record;
+    shared record;
+    -- Per tenant, accumulated in a variable: a temp table here could be one the caller
+    -- planted, with triggers that would run as bulkhead_meter.
+    ledger_rows jsonb := '[]';
+    disagreeing int;
+begin
+    if provider is null or provider not in ('openai', 'anthropic', 'openai_compatible') then
+        raise exception 'unknown provider' using errcode = '22023';
+    end if;
+    if usage_date is null or usage_date >= (pg_catalog.now() at time zone 'UTC')::date then
+        raise exception 'only a finished UTC day can be reconciled' using errcode = '22023';
+    end if;
+    if pg_catalog.jsonb_typeof(provider_usage) is distinct from 'array'
+       or exists (select from pg_catalog.jsonb_array_elements(provider_usage) u
+                  where pg_catalog.jsonb_typeof(u -> 'project_id') is distinct from 'string'
+                     or pg_catalog.jsonb_typeof(u -> 'input_tokens') is distinct from 'number'
+                     or pg_catalog.jsonb_typeof(u -> 'output_tokens') is distinct from 'number'
+                     or (u ? 'requests' and pg_catalog.jsonb_typeof(u -> 'requests') not in ('number', 'null'))) then
+        raise exception 'provider_usage must be an array of {"project_id", "input_tokens", "output_tokens", "requests"}'
+            using errcode = '22023';
+    end if;
+    insert into bulkhead.reconciliation_runs (provider, usage_date)
+    values (reconcile_usage.provider, reconcile_usage.usage_date)
+    on conflict do nothing;
+    if not found then
+        return null;
+    end if;
+    day_start := reconcile_usage.usage_date::timestamp at time zone 'UTC';
+
+    -- What the ledger holds, per tenant, and which credential each tenant's calls used.
+    select s.id, s.provider_project_id into shared
+    from bulkhead.shared_credentials s where s.provider = reconcile_usage.provider;
+    for tenant in select t.id from bulkhead.tenants t loop
+        perform bulkhead._set_tenant_within_function(tenant);
+        -- A credential waiting for its key served no call: the tenant's went to the shared pool.
+        select c.id, c.provider_project_id into own
+        from bulkhead.tenant_credentials c
+        where c.tenant_id = tenant and c.provider = reconcile_usage.provider and c.status = 'active';
+        select coalesce(sum(l.input_tokens + l.cached_input_tokens + l.cache_write_tokens), 0) as input_tokens,
+               coalesce(sum(l.output_tokens), 0) as output_tokens, count(*) as requests
+        into sums
+        from bulkhead.ledger l
+        where l.tenant_id = tenant and l.provider = reconcile_usage.provider
+          and l.created_at >= day_start and l.created_at < day_start + interval '1 day';
+        ledger_rows := ledger_rows || pg_catalog.jsonb_build_object(
+            'tenant', tenant,
+            'credential_id', coalesce(own.id, shared.id),
+            'project_id', coalesce(own.provider_project_id, shared.provider_project_id),
+            'attribution', case when own.id is not null then 'tenant' else 'shared_pool' end,
+            'input_tokens', sums.input_tokens, 'output_tokens', sums.output_tokens, 'requests', sums.requests);
+        -- Its other projects and workspaces, known by id (provisioned, waiting for a key, named
+        -- by an earlier credential): usage reported there is the tenant's, against no ledger row
+        -- (a key used outside Bulkhead), never 'unknown'.
+        ledger_rows := ledger_rows || coalesce((
+            select pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+                       'tenant', tenant, 'credential_id', null, 'project_id', k.project_id, 'attribution', 'tenant',
+                       'input_tokens', 0, 'output_tokens', 0, 'requests', 0))
+            from (select p.project_id from bulkhead.provider_provisions p
+                  where p.tenant_id = tenant and p.provider = reconcile_usage.provider and p.project_id is not null
+                  union
+                  select h.provider_project_id from bulkhead.tenant_provider_projects h
+                  where h.tenant_id = tenant and h.provider = reconcile_usage.provider) k
+            where k.project_id is distinct from own.provider_project_id
+              and k.project_id is distinct from shared.provider_project_id), '[]');
+    end loop;
+    perform bulkhead._leave_tenant(previous);
+
+    -- One comparison per project: the provider's counts against the ledger of its tenants.
+    with expected as (
+        select r.project_id, r.credential_id, r.attribution,
+               case when r.attribution = 'tenant' then r.tenant end as dedicated_tenant,
+               sum(r.input_tokens) as input_tokens, sum(r.output_tokens) as output_tokens,
+               sum(r.requests) as requests
+        from pg_catalog.jsonb_to_recordset(ledger_rows) as r(
+            tenant uuid, credential_id uuid, project_id text, attribution text,
+            input_tokens bigint, output_tokens bigint, requests bigint)
+        where r.project_id is not null
+        group by 1, 2, 3, 4
+    ),
+    reported as (
+        select u ->> 'project_id' as project_id,
+               sum((u ->> 'input_tokens')::bigint) as input_tokens,
+               sum((u ->> 'output_tokens')::bigint) as output_tokens,
+               sum((u ->> 'requests')::bigint) as requests
+        from pg_catalog.jsonb_array_elements(provider_usage) u
+        group by 1
+    ),
+    compared as (
+        insert into bulkhead.usage_drift
+            (provider, usage_date, provider_project_id, credential_id, attribution, dedicated_tenant,
+             provider_input_tokens, provider_output_tokens, provider_requests,
+             ledger_input_tokens, ledger_output_tokens, ledger_requests)
+        select reconcile_usage.provider, reconcile_usage.usage_date,
+               case when d.receipt_id is not null then 'deleted tenant (receipt ' || d.receipt_id || ')'
+                    else coalesce(e.project_id, p.project_id) end,
+               e.credential_id,
+               case when d.receipt_id is not null then 'deleted_tenant' else coalesce(e.attribution, 'unknown') end,
+               e.dedicated_tenant,
+               coalesce(p.input_tokens, 0), coalesce(p.output_tokens, 0),
+               -- Anthropic's report has no request counts: only counts that exist are compared.
+               case when p.project_id is null then 0 else p.requests end,
+               coalesce(e.input_tokens, 0), coalesce(e.output_tokens, 0), coalesce(e.requests, 0)
+        from expected e full join reported p on p.project_id = e.project_id
+        left join bulkhead.deleted_tenant_projects d
+          on e.project_id is null
+         and d.project_hash = pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(p.project_id, 'UTF8')), 'hex')
+        -- Projects with no calls on either side say nothing.
+        where coalesce(p.input_tokens, 0) + coalesce(p.output_tokens, 0) + coalesce(e.requests, 0) > 0
+        returning *
+    )
+    select count(*) into disagreeing from compared c
+    where c.provider_input_tokens <> c.ledger_input_tokens
+       or c.provider_output_tokens <> c.ledger_output_tokens
+       or c.provider_requests <> c.ledger_requests;
+    return disagreeing;
+end
+$$;
+
 
 -- One row per tenant and provider that is (being) provisioned.
 create table bulkhead.provider_provisions (

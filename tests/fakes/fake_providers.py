@@ -24,6 +24,8 @@ It speaks the providers' real wire formats (no real model behind it):
                               (?workspace_id=), POST /v1/organizations/api_keys/{id} {"status": "inactive"};
                               keys are added to a workspace with POST /_fake/admin/anthropic_keys {"workspace_id"}
                               (as the Console would: Anthropic's API cannot create keys)
+  GET  /v1/organizations/analytics/usage   Anthropic's newer usage report (anthropic-beta: analytics-usage-cost-...)
+  POST   /_fake/usage/add  {"api", "project", "ts", "input", "output"}: usage served elsewhere (a key used outside)
   GET    /_fake/admin     what the admin APIs hold: projects (service accounts, rate limits), workspaces, keys
 Point the worker at it with OPENAI_BASE_URL=http://127.0.0.1:PORT/v1, ANTHROPIC_BASE_URL=http://127.0.0.1:PORT
 and OPENAI_COMPATIBLE_BASE_URL=http://127.0.0.1:PORT/v1.
@@ -179,7 +181,13 @@ class Handler(BaseHTTPRequestHandler):
         if url.path in ("/v1/organization/usage/completions", "/v1/organization/usage/embeddings"):
             return self.openai_usage(url.path.rsplit("/", 1)[1], query)
         if url.path == "/v1/organizations/usage_report/messages":
+            fault = take_admin_fault("GET", url.path)
+            if fault and "status" in fault:
+                return self.send_json(fault["status"], {"type": "error", "error": {"type": "not_found_error",
+                                                                                   "message": fault.get("message", "injected fault")}})
             return self.anthropic_usage(query)
+        if url.path == "/v1/organizations/analytics/usage":
+            return self.anthropic_analytics_usage(query)
         if url.path.startswith("/v1/organization/projects") or url.path.startswith("/v1/organizations/workspaces") \
                 or url.path.startswith("/v1/organizations/api_keys") or url.path == "/v1/organizations/rate_limits":
             return self.admin("GET", url.path, query, None)
@@ -247,6 +255,13 @@ class Handler(BaseHTTPRequestHandler):
                 or self.path.startswith("/v1/organizations/api_keys") or self.path.startswith("/v1/organizations/spend_limits"):
             from urllib.parse import urlparse
             return self.admin("POST", urlparse(self.path).path, {}, body)
+        if self.path == "/_fake/usage/add":
+            # Usage served outside this fake's endpoints (a key used elsewhere), at time ts.
+            with LOCK:
+                USAGE.append({"api": body["api"], "project": body["project"], "ts": body["ts"], "input": body["input"],
+                              "cached": 0, "cache_write": 0, "output": body["output"], "key": None, "id": None})
+            self.send_json(200, {"ok": True})
+            return
         if self.path == "/_fake/usage/shift":
             with LOCK:
                 for u in USAGE:
@@ -639,6 +654,32 @@ class Handler(BaseHTTPRequestHandler):
                    for w, r in by_workspace.items()]
         self.send_json(200, {"data": [{"starting_at": query["starting_at"][0], "ending_at": query.get("ending_at", [""])[0],
                                        "results": results}], "has_more": False, "next_page": None})
+
+    def anthropic_analytics_usage(self, query):
+        """Anthropic's analytics usage report (beta): rows {group: {workspace_id}, usage: {...}}."""
+        if not self.headers.get("x-api-key") or not (self.headers.get("anthropic-beta") or "").startswith("analytics-usage-cost-"):
+            self.send_json(400, {"type": "error", "error": {"type": "invalid_request_error",
+                                                            "message": "x-api-key and anthropic-beta: analytics-usage-cost-... are required"}})
+            return
+        from datetime import datetime
+        parse = lambda t: datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp()
+        start = parse(query["starting_at"][0])
+        end = parse(query["ending_at"][0]) if "ending_at" in query else start + 86400
+        by_workspace = {}
+        for u in self.served("messages", start, end):
+            r = by_workspace.setdefault(u["project"], {"uncached_input_tokens": 0, "cache_read_input_tokens": 0,
+                                                      "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+                                                      "output_tokens": 0, "requests": 0})
+            r["uncached_input_tokens"] += u["input"]
+            r["cache_read_input_tokens"] += u["cached"]
+            r["cache_creation"]["ephemeral_5m_input_tokens"] += u["cache_write"]
+            r["output_tokens"] += u["output"]
+            r["requests"] += 1
+        rows = [{"starting_at": query["starting_at"][0], "ending_at": query.get("ending_at", [""])[0],
+                 "group": {"workspace_id": w}, "usage": r} for w, r in sorted(by_workspace.items())]
+        # One row per page, to exercise pagination.
+        page = int((query.get("page") or ["0"])[0])
+        self.send_json(200, {"data": rows[page:page + 1], "next_page": str(page + 1) if page + 1 < len(rows) else None})
 
     # --------------------------------------------------------------- Anthropic
     def anthropic_messages(self, req, cut_after):
