@@ -420,26 +420,51 @@ pub async fn run(database_url: &str) -> Result<(), DemoError> {
 
     release_gated_by_evals(&mut conn, database_url, acme, globex).await?;
 
-    step("14. Acme churns: one call deletes every Acme row and leaves a receipt.");
+    // Acme's own OpenAI project: provisioned now, revoked when Acme churns (step 15).
+    let provider = ProviderSide::provision(&mut conn, database_url, acme).await?;
+
+    step("15. Acme churns: one call deletes every Acme row and leaves a receipt; the daemon revokes\n    Acme's project at the provider and adds each step to the receipt.");
     let mut tx = conn.begin().await?;
     tx.execute("set local role bulkhead_admin").await?;
     let receipt: Uuid = sqlx::query_scalar("select bulkhead.delete_tenant($1)")
         .bind(acme)
         .fetch_one(&mut *tx)
         .await?;
+    tx.commit().await?;
+    let pending: Vec<String> = sqlx::query_scalar(
+        "select step from bulkhead.deletion_receipt_pending where receipt_id = $1 order by step",
+    )
+    .bind(receipt)
+    .fetch_all(&mut conn)
+    .await?;
+    say(&format!(
+        "   pending outside the database right after the deletion: {}",
+        pending.join(", ")
+    ));
+    provider.drain()?;
     let steps = sqlx::query("select step, rows_deleted from bulkhead.deletion_receipt_steps where receipt_id = $1 order by completed_at")
         .bind(receipt)
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut conn)
         .await?;
-    tx.commit().await?;
     say(&format!("   receipt {receipt}:"));
     for row in &steps {
         say(&format!(
-            "     {:<32} {} row(s) deleted",
+            "     {:<32} {} row(s)",
             row.get::<String, _>(0),
             row.get::<i64, _>(1)
         ));
     }
+    let revoked = provider.revoked()?;
+    say(&format!("   the FAKE admin API now holds: {revoked}"));
+    let recorded = |name: &str| steps.iter().any(|r| r.get::<String, _>(0) == name);
+    expect(
+        ["provider key revoked", "provider project archived", "secret deleted"]
+            .iter()
+            .all(|name| recorded(name))
+            && revoked.contains("project archived, 0 live service accounts"),
+        "acme's project is archived, its key revoked and its stored copy deleted, each on the receipt",
+    )?;
+    drop(provider);
     let left: i64 =
         sqlx::query_scalar("select count(*) from bulkhead.tenant_settings where tenant_id = $1")
             .bind(acme)
@@ -981,6 +1006,153 @@ async fn release_gated_by_evals(
             && globex_prompt.starts_with("Customer question:"),
         "the change that breaks acme's banned-topics rule stays off acme and ships to globex",
     )
+}
+
+/// Step 14: Acme's own OpenAI project, created by `bulkhead worker` against the FAKE OpenAI
+/// Admin API (a test double on 127.0.0.1, tests/fakes/fake_providers.py), its key in a 0600 file.
+struct ProviderSide {
+    fake: std::process::Child,
+    port: u16,
+    secrets: std::path::PathBuf,
+    worker_url: String,
+}
+
+impl ProviderSide {
+    async fn provision(
+        conn: &mut PgConnection,
+        database_url: &str,
+        tenant: Uuid,
+    ) -> Result<Self, DemoError> {
+        step("14. Acme's contract includes its own OpenAI project: the control plane provisions it, the\n    daemon creates the project and a key (stored in a 0600 file, only its reference in the\n    database) and sets the project's limits from Acme's budget, 10 % above it.");
+        let (fake, port) = start_fake_provider()?;
+        let secrets =
+            std::env::temp_dir().join(format!("bulkhead-demo-secrets-{}", std::process::id()));
+        std::fs::create_dir_all(&secrets).map_err(|e| DemoError::Setup(e.to_string()))?;
+        let mut url =
+            reqwest::Url::parse(database_url).map_err(|e| DemoError::Setup(e.to_string()))?;
+        let _ = url.set_username("bulkhead_demo_worker");
+        let _ = url.set_password(None);
+        let side = ProviderSide {
+            fake,
+            port,
+            secrets,
+            worker_url: url.to_string(),
+        };
+        say(&format!(
+            "   OpenAI's Admin API here is the FAKE one (a test double) on 127.0.0.1:{port}; the admin key is a made-up sk-admin-... value."
+        ));
+        let mut tx = conn.begin().await?;
+        tx.execute("set local role bulkhead_admin").await?;
+        let job: i64 = sqlx::query_scalar("select bulkhead.provision_provider($1, 'openai')")
+            .bind(tenant)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        say(&format!(
+            "   select bulkhead.provision_provider(acme, 'openai') -> job {job}"
+        ));
+        side.drain()?;
+        let mut tx = conn.begin().await?;
+        tx.execute("set local role bulkhead_admin").await?;
+        let status: Vec<(String, String, String)> = sqlx::query_as(
+            "select step, state, coalesce(detail, '') from bulkhead.provisioning_status($1) order by updated_at, step",
+        )
+        .bind(tenant)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        for (step, state, detail) in &status {
+            say(&format!("     {step:<16} {state:<11} {detail}"));
+        }
+        let reference: Option<String> = sqlx::query_scalar(
+            "select secret_ref from bulkhead.tenant_credentials where tenant_id = $1 and provider = 'openai'",
+        )
+        .bind(tenant)
+        .fetch_optional(&mut *conn)
+        .await?
+        .flatten();
+        say(&format!(
+            "   Acme's credential row holds a reference only: {}",
+            reference.as_deref().unwrap_or("-")
+        ));
+        expect(
+            status
+                .iter()
+                .filter(|s| s.0 != "job")
+                .all(|s| s.1 == "done")
+                && reference.as_deref().is_some_and(|r| r.starts_with("file:")),
+            "acme's project, key, limits and credential are in place, with no key in any row",
+        )?;
+        Ok(side)
+    }
+
+    /// `bulkhead worker --drain` with the admin key: carries out what is queued.
+    fn drain(&self) -> Result<(), DemoError> {
+        let status = std::process::Command::new(
+            std::env::current_exe().map_err(|e| DemoError::Setup(e.to_string()))?,
+        )
+        .args(["worker", "--drain", "--name", "demo-provisioning-worker"])
+        .env("DATABASE_URL", &self.worker_url)
+        .env(
+            "OPENAI_BASE_URL",
+            format!("http://127.0.0.1:{}/v1", self.port),
+        )
+        .env("OPENAI_ADMIN_KEY", "sk-admin-demo-made-up-not-a-key")
+        .env("BULKHEAD_SECRETS_DIR", &self.secrets)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map_err(|e| DemoError::Setup(format!("cannot run bulkhead worker: {e}")))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(DemoError::Setup(format!(
+                "bulkhead worker --drain: {status}"
+            )))
+        }
+    }
+
+    /// What the fake admin API holds now, in a line.
+    fn revoked(&self) -> Result<String, DemoError> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port))
+            .map_err(|e| DemoError::Setup(e.to_string()))?;
+        stream
+            .write_all(b"GET /_fake/admin HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .map_err(|e| DemoError::Setup(e.to_string()))?;
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .map_err(|e| DemoError::Setup(e.to_string()))?;
+        let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let state: serde_json::Value =
+            serde_json::from_str(body).map_err(|e| DemoError::Setup(e.to_string()))?;
+        let mut lines = Vec::new();
+        for project in state["projects"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(_, p)| p)
+        {
+            let live = project["service_accounts"]
+                .as_object()
+                .map_or(0, |a| a.values().filter(|a| a["deleted"] != true).count());
+            let archived = project["status"] == "archived";
+            lines.push(format!(
+                "{}: project {}, {live} live service accounts",
+                project["name"].as_str().unwrap_or("?"),
+                if archived { "archived" } else { "active" }
+            ));
+        }
+        Ok(lines.join("; "))
+    }
+}
+
+impl Drop for ProviderSide {
+    fn drop(&mut self) {
+        let _ = self.fake.kill();
+        let _ = self.fake.wait();
+        let _ = std::fs::remove_dir_all(&self.secrets);
+    }
 }
 
 fn start_fake_provider() -> Result<(std::process::Child, u16), DemoError> {
