@@ -260,6 +260,27 @@ fn text<'a>(value: &'a Value, field: &str) -> Option<&'a str> {
     value[field].as_str().filter(|s| !s.is_empty())
 }
 
+/// An id from a provider's answer, which goes into later request paths: plain characters only,
+/// so that an answer cannot steer a request elsewhere ("../", "?", "#").
+fn provider_id<'a>(value: &'a Value, field: &str, what: &str) -> Result<&'a str, ProvisionError> {
+    match text(value, field) {
+        Some(id) if is_plain_id(id) => Ok(id),
+        Some(_) => Err(ProvisionError::permanent(format!(
+            "{what}: the provider's answer has an id with characters no id has"
+        ))),
+        None => Err(ProvisionError::permanent(format!(
+            "{what}: the provider's answer has no id"
+        ))),
+    }
+}
+
+fn is_plain_id(id: &str) -> bool {
+    (1..=200).contains(&id.len())
+        && id
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+}
+
 async fn openai_job(
     job: &Job<'_>,
     openai: &OpenAi<'_>,
@@ -370,12 +391,11 @@ async fn openai_project(
     name: &str,
 ) -> Result<(String, &'static str), ProvisionError> {
     let projects = openai.list("project", "/organization/projects").await?;
-    if let Some(id) = projects
+    if let Some(found) = projects
         .iter()
         .find(|p| p["name"] == name && p["archived_at"].is_null() && p["status"] != "archived")
-        .and_then(|p| text(p, "id"))
     {
-        return Ok((id.to_string(), "found"));
+        return Ok((provider_id(found, "id", "project")?.to_string(), "found"));
     }
     let created = openai
         .call(
@@ -386,9 +406,10 @@ async fn openai_project(
             Some(&json!({"name": name})),
         )
         .await?;
-    let id = text(&created, "id")
-        .ok_or_else(|| ProvisionError::permanent("project: OpenAI's answer has no project id"))?;
-    Ok((id.to_string(), "created"))
+    Ok((
+        provider_id(&created, "id", "project")?.to_string(),
+        "created",
+    ))
 }
 
 /// The service account of this generation and its key, stored; recorded with its reference.
@@ -407,7 +428,8 @@ async fn openai_key(
     if let Some(existing) = accounts
         .iter()
         .find(|a| a["name"] == account_name.as_str())
-        .and_then(|a| text(a, "id"))
+        .map(|a| provider_id(a, "id", "service account"))
+        .transpose()?
     {
         // Made by an attempt that crashed: its key was stored, or it is lost for good.
         if let Some(reference) = stored_key(job.pool, apis, storage, tenant, existing).await? {
@@ -441,10 +463,10 @@ async fn openai_key(
             Some(&json!({"name": account_name})),
         )
         .await?;
-    let account = text(&created, "id")
-        .ok_or_else(|| ProvisionError::permanent("service account: OpenAI's answer has no id"))?
-        .to_string();
-    let key_id = text(&created["api_key"], "id").map(str::to_string);
+    let account = provider_id(&created, "id", "service account")?.to_string();
+    let key_id = text(&created["api_key"], "id")
+        .filter(|id| is_plain_id(id))
+        .map(str::to_string);
     // Held as a Secret from here on: registered, so no text this process writes can carry it.
     let key = Secret::new(
         text(&created["api_key"], "value")
@@ -492,9 +514,7 @@ async fn openai_rate_limits(
     let path = format!("/organization/projects/{project}/rate_limits");
     let mut models = 0;
     for limit in openai.list("rate limits", &path).await? {
-        let Some(id) = text(&limit, "id") else {
-            continue;
-        };
+        let id = provider_id(&limit, "id", "rate limits")?;
         let mut body = json!({});
         if !limit["max_requests_per_1_minute"].is_null() {
             body["max_requests_per_1_minute"] = json!(rpm);
@@ -810,13 +830,9 @@ async fn anthropic_rate_limits(
                 None,
             )
             .await?;
-        groups.extend(
-            answer["data"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|entry| text(entry, "id").map(str::to_string)),
-        );
+        for entry in answer["data"].as_array().into_iter().flatten() {
+            groups.push(provider_id(entry, "id", "rate limits")?.to_string());
+        }
         match answer["next_page"].as_str() {
             Some(next) if !next.is_empty() => page = Some(next.to_string()),
             _ => break,
@@ -858,12 +874,11 @@ async fn anthropic_workspace(
             )
             .await?;
         let data = page["data"].as_array().cloned().unwrap_or_default();
-        if let Some(id) = data
+        if let Some(found) = data
             .iter()
             .find(|w| w["name"] == name && w["archived_at"].is_null())
-            .and_then(|w| text(w, "id"))
         {
-            return Ok((id.to_string(), "found"));
+            return Ok((provider_id(found, "id", "workspace")?.to_string(), "found"));
         }
         match (page["has_more"].as_bool(), page["last_id"].as_str()) {
             (Some(true), Some(last)) => after = Some(last.to_string()),
@@ -879,9 +894,10 @@ async fn anthropic_workspace(
             Some(&json!({"name": name, "tags": {"bulkhead_tenant": tenant}})),
         )
         .await?;
-    let id = text(&created, "id")
-        .ok_or_else(|| ProvisionError::permanent("workspace: Anthropic's answer has no id"))?;
-    Ok((id.to_string(), "created"))
+    Ok((
+        provider_id(&created, "id", "workspace")?.to_string(),
+        "created",
+    ))
 }
 
 // ------------------------------------------------------------------------------- revocation
@@ -1009,13 +1025,9 @@ async fn revoke_key(
                         None,
                     )
                     .await?;
-                keys.extend(
-                    page["data"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|k| text(k, "id").map(str::to_string)),
-                );
+                for key in page["data"].as_array().into_iter().flatten() {
+                    keys.push(provider_id(key, "id", "key revocation")?.to_string());
+                }
                 match (page["has_more"].as_bool(), page["last_id"].as_str()) {
                     (Some(true), Some(last)) => after = Some(last.to_string()),
                     _ => break,

@@ -1305,9 +1305,23 @@ begin
     if unknown is not null then
         raise exception 'unknown provisioning fact %', pg_catalog.quote_literal(unknown) using errcode = '22023';
     end if;
-    if facts ? 'secret_ref' and not coalesce(bulkhead._is_secret_reference(facts ->> 'secret_ref'), false) then
-        raise exception 'secret_ref must be a reference to a secret, not a secret'
+    -- Only what the daemon stores: a file or a Vault secret (an env: reference would name the
+    -- daemon's own environment, its admin keys among it).
+    if facts ? 'secret_ref' and not (coalesce(bulkhead._is_secret_reference(facts ->> 'secret_ref'), false)
+                                     and facts ->> 'secret_ref' ~ '^(file|vault):') then
+        raise exception 'secret_ref must be a file: or vault: reference'
             using errcode = '22023', detail = 'The value given was not stored and is not repeated here.';
+    end if;
+    -- Ids go into the daemon's admin API paths: plain characters only.
+    if exists (select from pg_catalog.jsonb_each(facts) f
+               where f.key in ('project_id', 'service_account_id', 'key_id')
+                 and f.value <> 'null'::jsonb
+                 and (pg_catalog.jsonb_typeof(f.value) <> 'string' or (f.value #>> '{}') !~ '^[A-Za-z0-9_-]{1,200}$')) then
+        raise exception 'provider ids are 1 to 200 letters, digits, _ or -'
+            using errcode = '22023';
+    end if;
+    if facts ? 'state' and (facts ->> 'state') not in ('queued', 'active', 'pending_key') then
+        raise exception 'unknown provision state' using errcode = '22023';
     end if;
     update bulkhead.provider_provisions p
     set project_id = case when facts ? 'project_id' then facts ->> 'project_id' else p.project_id end,
