@@ -903,7 +903,7 @@ async fn anthropic_workspace(
 // ------------------------------------------------------------------------------- revocation
 
 /// One revocation due now, as `bulkhead.provider_revocations_due` lists it.
-#[derive(sqlx::FromRow)]
+#[derive(sqlx::FromRow, Clone)]
 struct Revocation {
     id: i64,
     provider: String,
@@ -913,6 +913,10 @@ struct Revocation {
     key_revoked: bool,
     project_archived: bool,
     secret_deleted: bool,
+    tenant_ref: uuid::Uuid,
+    project_name: Option<String>,
+    /// A provisioning was in flight at the deletion and its time is up: look up by name.
+    recheck: bool,
 }
 
 /// Carries out the revocations due (after deletions, and rotations whose old key is no longer
@@ -925,7 +929,8 @@ pub async fn revoke_due(
     apis: &AdminApis,
 ) -> Result<(usize, usize), sqlx::Error> {
     let due: Vec<Revocation> = sqlx::query_as(
-        "select id, provider, project_id, service_account_id, secret_ref, key_revoked, project_archived, secret_deleted
+        "select id, provider, project_id, service_account_id, secret_ref, key_revoked, project_archived,
+                secret_deleted, tenant_ref, project_name, recheck
          from bulkhead.provider_revocations_due(50)",
     )
     .fetch_all(pool)
@@ -945,6 +950,12 @@ pub async fn revoke_due(
         if key_gone && !revocation.project_archived {
             parts.push(("project", archive_project(http, apis, revocation).await));
         }
+        if revocation.recheck && parts.iter().all(|(_, r)| r.is_ok()) {
+            parts.push((
+                "recheck",
+                revoke_by_name(pool, http, apis, revocation).await,
+            ));
+        }
         for (part, outcome) in parts {
             let error = outcome.err().map(|err| err.message);
             if error.is_some() {
@@ -962,6 +973,131 @@ pub async fn revoke_due(
         }
     }
     Ok((done, failed))
+}
+
+/// After a deletion that met a provisioning in flight: whatever that job made after the rows
+/// were gone, found by name (the project or workspace, the key files and Vault secrets named for
+/// the tenant), is revoked too.
+async fn revoke_by_name(
+    pool: &PgPool,
+    http: &reqwest::Client,
+    apis: &AdminApis,
+    revocation: &Revocation,
+) -> Result<(), ProvisionError> {
+    let Some(name) = &revocation.project_name else {
+        return Ok(());
+    };
+    if revocation.provider == "openai" {
+        let openai = openai_for(http, apis)?;
+        let projects = openai.list("lookup", "/organization/projects").await?;
+        for project in projects
+            .iter()
+            .filter(|p| p["name"] == name.as_str() && p["status"] != "archived")
+        {
+            let project = provider_id(project, "id", "lookup")?;
+            let accounts_path = format!("/organization/projects/{project}/service_accounts");
+            for account in openai.list("lookup", &accounts_path).await? {
+                let account = provider_id(&account, "id", "lookup")?;
+                gone_is_done(
+                    openai
+                        .call(
+                            "lookup",
+                            reqwest::Method::DELETE,
+                            &format!("{accounts_path}/{account}"),
+                            &[],
+                            None,
+                        )
+                        .await,
+                )?;
+            }
+            gone_is_done(
+                openai
+                    .call(
+                        "lookup",
+                        reqwest::Method::POST,
+                        &format!("/organization/projects/{project}/archive"),
+                        &[],
+                        None,
+                    )
+                    .await,
+            )?;
+        }
+        // Keys such a job stored: their names begin with the tenant's.
+        let prefix = key_name(&revocation.tenant_ref.to_string(), "");
+        if let Some(dir) = &apis.secrets_dir {
+            let mut entries = match tokio::fs::read_dir(dir).await {
+                Ok(entries) => Some(entries),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+                Err(err) => {
+                    return Err(ProvisionError::permanent(format!(
+                        "lookup: cannot list BULKHEAD_SECRETS_DIR: {}",
+                        err.kind()
+                    )))
+                }
+            };
+            while let Some(entry) = match entries.as_mut() {
+                Some(entries) => entries.next_entry().await.ok().flatten(),
+                None => None,
+            } {
+                let file = entry.file_name().to_string_lossy().into_owned();
+                if file.starts_with(&prefix) && file.ends_with(".key") {
+                    let _ = tokio::fs::remove_file(entry.path()).await;
+                }
+            }
+        }
+        let vault: Option<String> =
+            sqlx::query_scalar("select pg_catalog.to_regclass('vault.secrets')::pg_catalog.text")
+                .fetch_one(pool)
+                .await?;
+        if vault.is_some() {
+            sqlx::query(
+                "delete from vault.secrets where name OPERATOR(pg_catalog.~~) ($1 OPERATOR(pg_catalog.||) '%')",
+            )
+            .bind(&prefix)
+            .execute(pool)
+            .await
+            .map_err(vault_error)?;
+        }
+        return Ok(());
+    }
+    let anthropic = anthropic_for(http, apis)?;
+    let mut after: Option<String> = None;
+    let mut found = Vec::new();
+    for _ in 0..MAX_PAGES {
+        let mut query = vec![("limit", "100".to_string())];
+        if let Some(after) = &after {
+            query.push(("after_id", after.clone()));
+        }
+        let page = anthropic
+            .call(
+                "lookup",
+                reqwest::Method::GET,
+                "/v1/organizations/workspaces",
+                &query,
+                None,
+            )
+            .await?;
+        for workspace in page["data"].as_array().into_iter().flatten() {
+            if workspace["name"] == name.as_str() && workspace["archived_at"].is_null() {
+                found.push(provider_id(workspace, "id", "lookup")?.to_string());
+            }
+        }
+        match (page["has_more"].as_bool(), page["last_id"].as_str()) {
+            (Some(true), Some(last)) => after = Some(last.to_string()),
+            _ => break,
+        }
+    }
+    for workspace in found {
+        let one = Revocation {
+            project_id: Some(workspace),
+            service_account_id: None,
+            secret_ref: None,
+            ..revocation.clone()
+        };
+        revoke_key(http, apis, &one).await?;
+        archive_project(http, apis, &one).await?;
+    }
+    Ok(())
 }
 
 /// 404 counts as done: what was to be removed is gone already.

@@ -971,6 +971,84 @@ async fn provisioning_creates_once_caps_and_keeps_keys_out_of_sight() {
         .unwrap();
         assert_eq!(left, 0, "nothing pending at the providers");
     }
+    // 9b. A deletion while a provisioning job is between its steps: the job creates the project
+    // after the rows are gone (its next step finds no job). Once every job's time is up the
+    // daemon looks the name up and archives what it finds; the receipt says so, and shows the
+    // lookup pending until then.
+    let racing = create_tenant(&mut admin_conn, "racing").await;
+    let job = provision(&mut admin_conn, racing, "openai", "{}").await;
+    let racing_name = project_name(&mut su, racing, "openai").await;
+    setup.fake.inject(
+        "POST /v1/organization/projects",
+        serde_json::json!([{"delay": 2}]),
+    );
+    let receipt: Uuid = {
+        let _worker = KillOnDrop(setup.worker(false).spawn().unwrap());
+        let mut waited = 0;
+        while !setup
+            .fake
+            .call("GET", "/_fake/inflight", "")
+            .contains("\"inflight\": 1")
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            waited += 1;
+            assert!(waited < 500, "the worker never asked for the project");
+        }
+        let receipt = sqlx::query_scalar("select bulkhead.delete_tenant($1)")
+            .bind(racing)
+            .fetch_one(&mut admin_conn)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(3000)).await;
+        receipt
+    };
+    let _ = job;
+    assert_eq!(
+        projects_named(&setup.admin_state(), &racing_name).len(),
+        1,
+        "the job made its project after the deletion"
+    );
+    let pending: Vec<String> = sqlx::query_scalar(
+        "select step from bulkhead.deletion_receipt_pending where receipt_id = $1 and step like 'provider%'",
+    )
+    .bind(receipt)
+    .fetch_all(&mut admin_conn)
+    .await
+    .unwrap();
+    assert!(
+        pending.contains(&"provider lookup after a provisioning in flight".to_string()),
+        "{pending:?}"
+    );
+    // 15 minutes later (the lookup's time, brought forward here).
+    sqlx::query(
+        "update bulkhead.provider_revocations set recheck_at = now() where receipt_id = $1",
+    )
+    .bind(receipt)
+    .execute(&mut su)
+    .await
+    .unwrap();
+    assert!(setup.worker(true).status().unwrap().success());
+    assert!(
+        projects_named(&setup.admin_state(), &racing_name).is_empty(),
+        "the late project is archived"
+    );
+    let recorded: i64 = sqlx::query_scalar(
+        "select count(*) from bulkhead.deletion_receipt_steps where receipt_id = $1 and step = 'provider lookup after a provisioning in flight'",
+    )
+    .bind(receipt)
+    .fetch_one(&mut admin_conn)
+    .await
+    .unwrap();
+    assert_eq!(recorded, 1);
+    let left: i64 = sqlx::query_scalar(
+        "select count(*) from bulkhead.deletion_receipt_pending where receipt_id = $1 and step like 'provider%'",
+    )
+    .bind(receipt)
+    .fetch_one(&mut admin_conn)
+    .await
+    .unwrap();
+    assert_eq!(left, 0);
+
     // No call met a revoked key (the fake counts the ones it refused for that). The twin: a
     // call with the revoked key is refused and counted.
     assert_eq!(setup.admin_state()["refused_revoked_calls"], 0);

@@ -1472,6 +1472,12 @@ create table bulkhead.provider_revocations (
     key_revoked_at      timestamptz,
     archived_at         timestamptz,
     secret_deleted_at   timestamptz,
+    -- A provisioning was in flight at the deletion: its job may still create a project, an
+    -- account or a key file after the rows are gone. Once every job's time is up, the daemon
+    -- looks them up by name (project_name, and the key names of the tenant) and revokes them.
+    project_name        text,
+    recheck_at          timestamptz,
+    rechecked_at        timestamptz,
     last_error          text,
     enqueued_at         timestamptz not null default pg_catalog.clock_timestamp(),
     processed_at        timestamptz,
@@ -1484,6 +1490,8 @@ comment on column bulkhead.provider_revocations.tenant_ref is
     'bulkhead:kept The revocation outlives a deleted tenant (its receipt names it); ids only.';
 comment on column bulkhead.provider_revocations.project_id is
     'bulkhead:kept The provider project or workspace to archive, named on no receipt.';
+comment on column bulkhead.provider_revocations.project_name is
+    'bulkhead:kept The name a provisioning in flight at the deletion may still give a project: looked up once more.';
 create index provider_revocations_pending on bulkhead.provider_revocations (enqueued_at) where processed_at is null;
 alter table bulkhead.provider_revocations enable row level security;
 alter table bulkhead.provider_revocations force row level security;
@@ -1500,7 +1508,8 @@ select pg_catalog.pg_extension_config_dump(
 grant insert on bulkhead.deletion_receipt_steps to bulkhead_meter;
 create policy meter_records_revocations on bulkhead.deletion_receipt_steps
     for insert to bulkhead_meter
-    with check (step in ('provider key revoked', 'provider project archived', 'secret deleted')
+    with check (step in ('provider key revoked', 'provider project archived', 'secret deleted',
+                         'provider lookup after a provisioning in flight')
                 and exists (select from bulkhead.provider_revocations r where r.receipt_id = deletion_receipt_steps.receipt_id));
 
 -- delete_tenant queues the revocation of each provision of the tenant (in its context).
@@ -1516,10 +1525,17 @@ begin
     if tenant is null or tenant is distinct from bulkhead.current_tenant() then
         raise exception 'revocations are queued in the tenant''s own context' using errcode = '42501';
     end if;
+    -- A provisioning job still running (claimed, between two of its steps) may create what these
+    -- rows do not name yet: looked up by name again once its lease and its calls are surely over.
     insert into bulkhead.provider_revocations (receipt_id, tenant_ref, provider, reason, project_id,
-                                               service_account_id, secret_ref, switched_at, not_before)
+                                               service_account_id, secret_ref, switched_at, not_before,
+                                               project_name, recheck_at)
     select receipt, tenant, p.provider, 'deletion', p.project_id, p.service_account_id, p.secret_ref,
-           pg_catalog.clock_timestamp(), pg_catalog.clock_timestamp()
+           pg_catalog.clock_timestamp(), pg_catalog.clock_timestamp(), p.project_name,
+           case when exists (select from bulkhead.job_schedule s join bulkhead.jobs j on j.id = s.job_id
+                             where s.job_tenant = tenant and j.tenant_id = tenant and s.state = 'running'
+                               and j.kind = 'provision' and j.payload ->> 'provider' = p.provider)
+                then pg_catalog.clock_timestamp() + interval '15 minutes' end
     from bulkhead.provider_provisions p
     where p.tenant_id = tenant;
     get diagnostics n = row_count;
@@ -1544,7 +1560,8 @@ create view bulkhead.deletion_receipt_pending with (security_invoker = true) as
     cross join lateral (values
         ('provider key revoked', r.key_revoked_at is null),
         ('provider project archived', r.archived_at is null and r.project_id is not null),
-        ('secret deleted', r.secret_deleted_at is null and r.secret_ref is not null)) s(step, pending)
+        ('secret deleted', r.secret_deleted_at is null and r.secret_ref is not null),
+        ('provider lookup after a provisioning in flight', r.recheck_at is not null and r.rechecked_at is null)) s(step, pending)
     where r.receipt_id is not null and r.reason = 'deletion' and s.pending;
 grant select on bulkhead.deletion_receipt_pending to bulkhead_admin;
 
@@ -1553,7 +1570,8 @@ grant select on bulkhead.deletion_receipt_pending to bulkhead_admin;
 -- the switch is still open (a reservation in the table, or a gateway call held in memory).
 create function bulkhead.provider_revocations_due(max_rows int default 50)
 returns table (id bigint, provider text, reason text, project_id text, service_account_id text,
-               secret_ref text, key_revoked boolean, project_archived boolean, secret_deleted boolean)
+               secret_ref text, key_revoked boolean, project_archived boolean, secret_deleted boolean,
+               tenant_ref uuid, project_name text, recheck boolean)
 language plpgsql volatile
 security definer
 set search_path to pg_catalog, pg_temp
@@ -1566,6 +1584,10 @@ begin
     for r in select * from bulkhead.provider_revocations x
              where x.processed_at is null and x.switched_at is not null
                and x.not_before <= pg_catalog.clock_timestamp()
+               -- Rows whose only part left is a lookup not due yet wait without taking a place.
+               and (x.key_revoked_at is null or x.secret_deleted_at is null and x.secret_ref is not null
+                    or x.archived_at is null and x.project_id is not null and x.reason = 'deletion'
+                    or x.recheck_at <= pg_catalog.clock_timestamp())
              order by x.enqueued_at
              limit greatest(least(coalesce(max_rows, 50), 1000), 1) * 4 loop
         busy := false;
@@ -1585,6 +1607,10 @@ begin
         key_revoked := r.key_revoked_at is not null;
         project_archived := r.archived_at is not null or r.reason = 'rotation' or r.project_id is null;
         secret_deleted := r.secret_deleted_at is not null or r.secret_ref is null;
+        tenant_ref := r.tenant_ref; project_name := r.project_name;
+        recheck := r.recheck_at is not null and r.rechecked_at is null and r.recheck_at <= pg_catalog.clock_timestamp();
+        -- Parts all done, the lookup not due yet: nothing to do now.
+        continue when key_revoked and project_archived and secret_deleted and not recheck;
         return next;
         returned := returned + 1;
         exit when returned >= max_rows;
@@ -1604,11 +1630,11 @@ as $$
 declare
     r bulkhead.provider_revocations;
     receipt_step text := case part when 'key' then 'provider key revoked' when 'project' then 'provider project archived'
-                           when 'secret' then 'secret deleted' end;
+                           when 'secret' then 'secret deleted' when 'recheck' then 'provider lookup after a provisioning in flight' end;
 begin
     if receipt_step is null then
         raise exception 'unknown revocation part %', pg_catalog.quote_literal(part)
-            using errcode = '22023', detail = 'Parts: key, project, secret.';
+            using errcode = '22023', detail = 'Parts: key, project, secret, recheck.';
     end if;
     if error is not null then
         update bulkhead.provider_revocations x set last_error = pg_catalog.left(error, 2000)
@@ -1619,6 +1645,7 @@ begin
     set key_revoked_at = case when part = 'key' then coalesce(x.key_revoked_at, pg_catalog.clock_timestamp()) else x.key_revoked_at end,
         archived_at = case when part = 'project' then coalesce(x.archived_at, pg_catalog.clock_timestamp()) else x.archived_at end,
         secret_deleted_at = case when part = 'secret' then coalesce(x.secret_deleted_at, pg_catalog.clock_timestamp()) else x.secret_deleted_at end,
+        rechecked_at = case when part = 'recheck' then coalesce(x.rechecked_at, pg_catalog.clock_timestamp()) else x.rechecked_at end,
         last_error = null
     where x.id = revocation and x.processed_at is null
     returning x.* into r;
@@ -1627,7 +1654,8 @@ begin
     end if;
     if r.key_revoked_at is not null
        and (r.archived_at is not null or r.reason = 'rotation' or r.project_id is null)
-       and (r.secret_deleted_at is not null or r.secret_ref is null) then
+       and (r.secret_deleted_at is not null or r.secret_ref is null)
+       and (r.recheck_at is null or r.rechecked_at is not null) then
         update bulkhead.provider_revocations x set processed_at = pg_catalog.clock_timestamp() where x.id = revocation;
     end if;
     if r.receipt_id is not null and r.reason = 'deletion'
@@ -1635,13 +1663,14 @@ begin
                        where x.receipt_id = r.receipt_id
                          and case part when 'key' then x.key_revoked_at is null
                                        when 'project' then x.archived_at is null and x.project_id is not null
+                                       when 'recheck' then x.recheck_at is not null and x.rechecked_at is null
                                        else x.secret_deleted_at is null and x.secret_ref is not null end) then
         insert into bulkhead.deletion_receipt_steps (receipt_id, step, rows_deleted, completed_at)
         select r.receipt_id, receipt_step, pg_catalog.count(*), pg_catalog.clock_timestamp()
         from bulkhead.provider_revocations x
         where x.receipt_id = r.receipt_id
           and case part when 'key' then true when 'project' then x.project_id is not null
-                        else x.secret_ref is not null end
+                        when 'recheck' then x.recheck_at is not null else x.secret_ref is not null end
         on conflict do nothing;
     end if;
 end
