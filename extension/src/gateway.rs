@@ -62,7 +62,9 @@ struct Cache {
     /// A tenant's status; None: no such tenant.
     statuses: HashMap<Tenant, Option<String>>,
     models: HashMap<String, Model>,
-    credentials: HashMap<(Tenant, String), Option<Credential>>,
+    /// By tenant, provider and whether bulkhead.pending_key_calls is refuse (what a credential
+    /// waiting for its key yields depends on it).
+    credentials: HashMap<(Tenant, String, bool), Option<Credential>>,
     output_caps: HashMap<Tenant, Option<i32>>,
 }
 
@@ -145,6 +147,8 @@ enum GatewayError {
     WrongWire(String, String),
     #[error("no credential for provider {0}")]
     NoCredential(String),
+    #[error("the tenant's {0} credential waits for its key")]
+    PendingKey(String),
     #[error("max_tokens must be at least 1")]
     OutputCap,
     #[error("max_tokens x n is too large")]
@@ -162,7 +166,9 @@ impl HasSqlState for GatewayError {
                 SqlState::TENANT_FORBIDDEN
             }
             GatewayError::UnknownModel(_) => SqlState::UNDEFINED_OBJECT,
-            GatewayError::NoCredential(_) => SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
+            GatewayError::NoCredential(_) | GatewayError::PendingKey(_) => {
+                SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE
+            }
             GatewayError::OneCredential
             | GatewayError::UnknownEndpoint(..)
             | GatewayError::NegativeBounds
@@ -195,6 +201,10 @@ impl HasSqlState for GatewayError {
                 "Neither this tenant nor the shared pool has a credential for this provider."
                     .into(),
             ),
+            GatewayError::PendingKey(_) => Some(
+                "Its provisioned workspace has no key attached yet, and bulkhead.pending_key_calls is refuse."
+                    .into(),
+            ),
             _ => None,
         }
     }
@@ -210,6 +220,9 @@ impl HasSqlState for GatewayError {
             GatewayError::NoCredential(_) => {
                 Some("bulkhead_admin: bulkhead.set_credential(...).".into())
             }
+            GatewayError::PendingKey(_) => Some(
+                "bulkhead_admin: attach a key reference with bulkhead.set_credential(...).".into(),
+            ),
             _ => None,
         }
     }
@@ -394,12 +407,15 @@ fn admit(
     let tenant_bytes = *tenant.as_bytes();
     let credential = cached(
         |c| &mut c.credentials,
-        (tenant_bytes, provider.clone()),
+        (tenant_bytes, provider.clone(), crate::gucs::pending_key_calls_refuse()),
         || read_credential(tenant, &provider),
     );
     let Some(credential) = credential else {
         return Err(refusal(GatewayError::NoCredential(provider)));
     };
+    if credential.kind == PENDING_KEY {
+        return Err(refusal(GatewayError::PendingKey(provider)));
+    }
 
     let (output_cap, reserved_output) = if endpoint == "embeddings" {
         (0, 0)
@@ -577,6 +593,9 @@ fn model_of(model: &str) -> Model {
     )
 }
 
+/// What Credential::kind says of a provisioned credential still waiting for its key.
+const PENDING_KEY: &str = "pending_key";
+
 /// The tenant's own credential for the provider, else the shared pool's (credential_for_tenant).
 /// A credential waiting for its key (pending_key) yields the shared pool's, or, when
 /// bulkhead.pending_key_calls is refuse, none: the call is refused.
@@ -599,9 +618,14 @@ fn read_credential(tenant: pgrx::Uuid, provider: &str) -> Option<Credential> {
             return Ok::<_, pgrx::spi::Error>(None);
         }
         let row = table.first();
-        Ok(row.get::<String>(1)?.map(|secret_ref| Credential {
-            secret_ref,
-            kind: row.get::<String>(2).ok().flatten().unwrap_or_default(),
+        // The tenant's own row without a key: it waits for one, and calls are refused.
+        let kind = match row.get::<String>(1)? {
+            Some(_) => row.get::<String>(2).ok().flatten().unwrap_or_default(),
+            None => PENDING_KEY.to_string(),
+        };
+        Ok(Some(Credential {
+            secret_ref: row.get::<String>(1)?.unwrap_or_default(),
+            kind,
             provider_project_id: row.get(3).ok().flatten(),
         }))
     })

@@ -478,3 +478,11 @@ unsafe extern "C-unwind" fn check_jwt_tenant_claim(
         }
     }
 }
+
+/// True when bulkhead.pending_key_calls is refuse: calls of a tenant whose provisioned credential
+/// waits for its key are refused rather than served by the shared pool.
+pub fn pending_key_calls_refuse() -> bool {
+    PENDING_KEY_CALLS
+        .get()
+        .is_some_and(|value| value.as_bytes() == b"refuse")
+}

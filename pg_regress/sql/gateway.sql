@@ -379,4 +379,32 @@ select cost_usd, error from bulkhead.gateway_settle(array['00000000-0000-4000-80
     array['{"prompt_tokens": 800, "completion_tokens": 300}']::jsonb[], array['chatcmpl-preempt'], array['gw-gpt']);
 reset role;
 select count(*) as rows_for_the_call, sum(cost_usd) as charged from bulkhead.ledger where reservation_id = :'r11';
+-- A provisioned Anthropic workspace waiting for its key (tenant_credentials.status pending_key):
+-- its calls use the shared pool (bulkhead.pending_key_calls = shared_pool, the default), or are
+-- refused with 55000 (refuse); on the table path and in memory alike.
+insert into bulkhead.tenant_credentials (tenant_id, provider, secret_ref, kind, provider_project_id, status)
+values ('00000000-0000-4000-8000-0000000000b1', 'anthropic', null, 'dedicated', 'wrkspc_waiting', 'pending_key');
+insert into bulkhead.shared_credentials (provider, secret_ref) values ('anthropic', 'env:GW_SHARED_ANTHROPIC');
+create function pg_temp.pending_admit() returns text language sql as $$
+    select pg_temp.attempt($q$select secret_ref || ' ' || credential_kind from bulkhead.gateway_admit(null,
+        '00000000-0000-4000-8000-0000000000b1', 'anthropic', 'chat', 'gw-claude', 10, 10, 10, 1, null, null, '10 minutes')$q$)
+$$;
+grant execute on function pg_temp.pending_admit() to public;
+set local bulkhead.memory_admission = off;
+set local role regress_gw;
+select pg_temp.pending_admit() as waiting_uses_shared_pool_table_path;
+reset role;
+set local bulkhead.pending_key_calls = refuse;
+set local role regress_gw;
+select pg_temp.pending_admit() as waiting_refused_table_path;
+reset role;
+set local bulkhead.memory_admission = on;
+set local role regress_gw;
+select pg_temp.pending_admit() as waiting_refused_in_memory;
+reset role;
+set local bulkhead.pending_key_calls = shared_pool;
+set local role regress_gw;
+select pg_temp.pending_admit() as waiting_uses_shared_pool_in_memory;
+reset role;
+select pg_temp.attempt($$set bulkhead.pending_key_calls = sometimes$$) as unknown_setting;
 rollback;
