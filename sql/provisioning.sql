@@ -47,6 +47,26 @@ create table bulkhead.provider_provisions (
 comment on table bulkhead.provider_provisions is
     'A tenant''s provisioned OpenAI project or Anthropic workspace: ids and references only, never a key.';
 
+-- Which tenant each provider project, workspace and service account was recorded for: one
+-- tenant's, for good (a deleted tenant's stay its own). provisioning_step refuses to record
+-- another tenant's, so that no worker can attach one tenant's project or key to another.
+create table bulkhead.provider_resources (
+    provider    text        not null,
+    resource_id text        not null,
+    tenant_ref  uuid        not null,
+    recorded_at timestamptz not null default pg_catalog.clock_timestamp(),
+    constraint provider_resources_pkey primary key (provider, resource_id)
+);
+comment on column bulkhead.provider_resources.tenant_ref is
+    'bulkhead:kept Whose a provider id is, kept after a deletion so that no other tenant can take it; ids only.';
+alter table bulkhead.provider_resources enable row level security;
+alter table bulkhead.provider_resources force row level security;
+create policy meter_records on bulkhead.provider_resources for all to bulkhead_meter using (true) with check (true);
+create policy admin_reads on bulkhead.provider_resources for select to bulkhead_admin using (true);
+grant select, insert on bulkhead.provider_resources to bulkhead_meter;
+grant select on bulkhead.provider_resources to bulkhead_admin;
+select pg_catalog.pg_extension_config_dump('bulkhead.provider_resources', '');
+
 -- Each step of a provisioning, as the daemon last reported it (provisioning_status reads it).
 create table bulkhead.provisioning_steps (
     tenant_id  uuid        not null,
@@ -141,8 +161,10 @@ begin
         raise exception 'the tenant has no % provision', provider using errcode = '42704';
     end if;
     job := bulkhead._enqueue(kind, pg_catalog.jsonb_build_object('provider', provider), null, null, 25);
+    -- job_id names the provisioning itself; a limits update is one of its steps.
     update bulkhead.provider_provisions p
-    set job_id = job, desired_limits = bulkhead._provider_limits(tenant), updated_at = pg_catalog.clock_timestamp()
+    set job_id = case when kind = 'provision' then job else p.job_id end,
+        desired_limits = bulkhead._provider_limits(tenant), updated_at = pg_catalog.clock_timestamp()
     where p.tenant_id = tenant and p.provider = _queue_provisioning.provider;
     return job;
 end
@@ -158,6 +180,7 @@ set search_path to pg_catalog, pg_temp
 as $$
 declare
     existing bulkhead.provider_provisions;
+    in_flight bigint;
     slug text := (select t.slug from bulkhead.tenants t where t.id = tenant);
 begin
     if tenant is null or tenant is distinct from bulkhead.current_tenant() then
@@ -166,11 +189,17 @@ begin
     select * into existing from bulkhead.provider_provisions p
     where p.tenant_id = tenant and p.provider = _provision.provider
     for update;
-    if found and exists (select from bulkhead.job_schedule s
-                         where s.job_id = existing.job_id and s.state in ('queued', 'running')) then
-        return existing.job_id;
+    if found then
+        -- One provisioning at a time: the one on its way is the answer.
+        select j.id into in_flight from bulkhead.jobs j join bulkhead.job_schedule q on q.job_id = j.id
+        where j.tenant_id = tenant and j.kind = 'provision' and j.payload ->> 'provider' = _provision.provider
+          and q.state in ('queued', 'running')
+        limit 1;
+        if in_flight is not null then
+            return in_flight;
+        end if;
     end if;
-    if not found then
+    if existing.tenant_id is null then
         -- The tenant's id in the name: a slug may be reused after a deletion, a project must not.
         -- At most 36 characters.
         insert into bulkhead.provider_provisions (tenant_id, provider, options, project_name)
@@ -307,6 +336,14 @@ begin
         raise exception 'the tenant has no % provision (deleted meanwhile?)', j.payload ->> 'provider'
             using errcode = '42704';
     end if;
+    -- One job at a time per provision: two would set limits out of order, or make two accounts.
+    if exists (select from bulkhead.jobs o join bulkhead.job_schedule q on q.job_id = o.id
+               where o.tenant_id = s.job_tenant and o.id <> job and o.kind in ('provision', 'provider_limits')
+                 and o.payload ->> 'provider' = p.provider
+                 and q.state = 'running' and q.leased_until > pg_catalog.clock_timestamp()) then
+        raise exception 'another provisioning job of this tenant and provider is running'
+            using errcode = '55P03', hint = 'The job is tried again later.';
+    end if;
     -- The limits as they are now: a set_budget since the job was queued counts.
     return pg_catalog.jsonb_build_object(
         'kind', j.kind, 'tenant', s.job_tenant, 'provider', p.provider, 'state', p.state,
@@ -330,6 +367,7 @@ declare
     s bulkhead.job_schedule := bulkhead._held_job(job, worker);
     job_provider text;
     unknown text;
+    current_facts bulkhead.provider_provisions;
 begin
     select j.payload ->> 'provider' into job_provider from bulkhead.jobs j
     where j.tenant_id = s.job_tenant and j.id = job and j.kind in ('provision', 'provider_limits');
@@ -361,6 +399,30 @@ begin
     end if;
     if facts ? 'state' and (facts ->> 'state') not in ('queued', 'active', 'pending_key') then
         raise exception 'unknown provision state' using errcode = '22023';
+    end if;
+    -- Facts are learned once: a recorded id or reference is never replaced (a rotation clears
+    -- the account's before its job runs), and a key file is named for this tenant and account.
+    select * into current_facts from bulkhead.provider_provisions p
+    where p.tenant_id = s.job_tenant and p.provider = job_provider for update;
+    if (facts ? 'project_id' and current_facts.project_id is not null and current_facts.project_id is distinct from facts ->> 'project_id')
+       or (facts ? 'service_account_id' and current_facts.service_account_id is not null
+           and current_facts.service_account_id is distinct from facts ->> 'service_account_id')
+       or (facts ? 'secret_ref' and current_facts.secret_ref is not null and current_facts.secret_ref is distinct from facts ->> 'secret_ref') then
+        raise exception 'a recorded provisioning fact is never replaced' using errcode = '55000';
+    end if;
+    insert into bulkhead.provider_resources (provider, resource_id, tenant_ref)
+    select job_provider, f.value #>> '{}', s.job_tenant
+    from pg_catalog.jsonb_each(facts) f
+    where f.key in ('project_id', 'service_account_id') and f.value <> 'null'::jsonb
+    on conflict do nothing;
+    if exists (select from bulkhead.provider_resources r
+               join pg_catalog.jsonb_each(facts) f on f.key in ('project_id', 'service_account_id')
+               where r.provider = job_provider and r.resource_id = f.value #>> '{}' and r.tenant_ref <> s.job_tenant) then
+        raise exception 'that provider id was recorded for another tenant' using errcode = '55000';
+    end if;
+    if facts ->> 'secret_ref' like 'file:%' and facts ->> 'secret_ref' not like
+           '%/bulkhead-' || s.job_tenant || '-openai-' || coalesce(facts ->> 'service_account_id', current_facts.service_account_id, '?') || '.key' then
+        raise exception 'a key file is named for its tenant and account' using errcode = '22023';
     end if;
     update bulkhead.provider_provisions p
     set project_id = case when facts ? 'project_id' then facts ->> 'project_id' else p.project_id end,
@@ -469,27 +531,68 @@ language plpgsql volatile
 security definer
 set search_path to pg_catalog, pg_temp
 as $$
-declare
-    p record;
 begin
     if bulkhead._restoring() then
         return null;
     end if;
-    for p in select x.provider, x.job_id from bulkhead.provider_provisions x
-             where x.tenant_id = new.tenant_id and x.project_id is not null loop
-        -- A job still queued reads the limits when it runs: one is enough.
-        if not exists (select from bulkhead.job_schedule s where s.job_id = p.job_id and s.state = 'queued') then
-            perform bulkhead._queue_provisioning(new.tenant_id, 'provider_limits', p.provider);
-        else
-            update bulkhead.provider_provisions x set desired_limits = bulkhead._provider_limits(new.tenant_id)
-            where x.tenant_id = new.tenant_id and x.provider = p.provider;
-        end if;
-    end loop;
+    perform bulkhead._limits_follow(new.tenant_id);
     return null;
 end
 $$;
 create trigger budgets_provider_limits after insert or update on bulkhead.budgets
     for each row execute function bulkhead._provider_limits_follow_budget();
+
+-- Queues a limits update for each provision of the tenant (in its context), unless one is queued
+-- already (a job reads the limits when it runs: one is enough). A provisioning still on its way
+-- sets them itself; a limits job waits for it (provisioning_job).
+create function bulkhead._limits_follow(tenant uuid)
+returns void
+language plpgsql volatile
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    p record;
+begin
+    for p in select x.provider from bulkhead.provider_provisions x where x.tenant_id = tenant loop
+        if exists (select from bulkhead.jobs j join bulkhead.job_schedule q on q.job_id = j.id
+                   where j.tenant_id = tenant and j.kind = 'provider_limits'
+                     and j.payload ->> 'provider' = p.provider and q.state = 'queued') then
+            update bulkhead.provider_provisions x set desired_limits = bulkhead._provider_limits(tenant)
+            where x.tenant_id = tenant and x.provider = p.provider;
+        else
+            perform bulkhead._queue_provisioning(tenant, 'provider_limits', p.provider);
+        end if;
+    end loop;
+end
+$$;
+
+-- The platform default budget changed: provisioned tenants without a budget of their own follow.
+create function bulkhead._provider_limits_follow_defaults()
+returns trigger
+language plpgsql volatile
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    tenant uuid;
+    previous text := pg_catalog.current_setting('bulkhead.tenant_id', true);
+begin
+    if bulkhead._restoring() then
+        return null;
+    end if;
+    for tenant in select t.id from bulkhead.tenants t loop
+        perform bulkhead._set_tenant_within_function(tenant);
+        if not exists (select from bulkhead.budgets b where b.tenant_id = tenant) then
+            perform bulkhead._limits_follow(tenant);
+        end if;
+    end loop;
+    perform bulkhead._set_tenant_within_function(nullif(previous, '')::uuid);
+    return null;
+end
+$$;
+create trigger budget_defaults_provider_limits after update on bulkhead.budget_defaults
+    for each row execute function bulkhead._provider_limits_follow_defaults();
 
 -- What the daemon must undo at a provider: after a tenant's deletion, its project's key revoked,
 -- the project or workspace archived and the key the daemon stored deleted; after a rotation, the
@@ -571,9 +674,15 @@ begin
                                                project_name, recheck_at)
     select receipt, tenant, p.provider, 'deletion', p.project_id, p.service_account_id, p.secret_ref,
            pg_catalog.clock_timestamp(), pg_catalog.clock_timestamp(), p.project_name,
-           case when exists (select from bulkhead.job_schedule s join bulkhead.jobs j on j.id = s.job_id
-                             where s.job_tenant = tenant and j.tenant_id = tenant and s.state = 'running'
-                               and j.kind = 'provision' and j.payload ->> 'provider' = p.provider)
+           -- Unless it is complete and nothing of it is on its way, something unrecorded may
+           -- exist (a create that timed out, a job between two steps).
+           case when p.state = 'queued'
+                  or exists (select from bulkhead.job_schedule s join bulkhead.jobs j on j.id = s.job_id
+                             where s.job_tenant = tenant and j.tenant_id = tenant and s.state in ('queued', 'running')
+                               and j.kind in ('provision', 'provider_limits') and j.payload ->> 'provider' = p.provider)
+                  or exists (select from bulkhead.provider_revocations r
+                             where r.tenant_ref = tenant and r.provider = p.provider and r.reason = 'rotation'
+                               and r.switched_at is null)
                 then pg_catalog.clock_timestamp() + interval '15 minutes' end
     from bulkhead.provider_provisions p
     where p.tenant_id = tenant;
@@ -775,19 +884,30 @@ begin
         raise exception 'the tenant has no provisioned OpenAI project'
             using errcode = '55000', hint = 'bulkhead.provision_provider(tenant_id, ''openai'') first.';
     end if;
-    if exists (select from bulkhead.job_schedule s where s.job_id = p.job_id and s.state in ('queued', 'running')) then
-        return p.job_id;
+    if exists (select from bulkhead.jobs j join bulkhead.job_schedule q on q.job_id = j.id
+               where j.tenant_id = tenant and j.kind = 'provision' and j.payload ->> 'provider' = 'openai'
+                 and q.state in ('queued', 'running')) then
+        raise exception 'a provisioning of this tenant''s OpenAI project is on its way'
+            using errcode = '55006', hint = 'Rotate once it is done (bulkhead.provisioning_status).';
     end if;
     select c.secret_ref into current_ref from bulkhead.tenant_credentials c
     where c.tenant_id = tenant and c.provider = 'openai';
-    -- A rotation whose new key is not switched in yet is carried on, not started again.
-    if p.secret_ref is not null and p.secret_ref is not distinct from current_ref then
+    if exists (select from bulkhead.provider_revocations r
+               where r.tenant_ref = tenant and r.provider = 'openai' and r.reason = 'rotation' and r.switched_at is null) then
+        -- A rotation whose new key is not switched in yet is carried on, not started again.
+        null;
+    elsif p.secret_ref is not null and p.secret_ref is not distinct from current_ref then
         insert into bulkhead.provider_revocations (tenant_ref, provider, reason, project_id, service_account_id, secret_ref)
         values (tenant, 'openai', 'rotation', p.project_id, p.service_account_id, p.secret_ref);
         update bulkhead.provider_provisions x
         set generation = x.generation + 1, service_account_id = null, key_id = null, secret_ref = null,
             updated_at = pg_catalog.clock_timestamp()
         where x.tenant_id = tenant and x.provider = 'openai';
+    else
+        raise exception 'the tenant''s OpenAI credential is not the provisioned key'
+            using errcode = '55000',
+                  detail = 'Its credential was set by hand (bulkhead.set_credential) or the provisioning never finished.',
+                  hint = 'bulkhead.provision_provider(tenant_id, ''openai'') makes the provisioned key the tenant''s again.';
     end if;
     return bulkhead._queue_provisioning(tenant, 'provision', 'openai');
 end
@@ -799,6 +919,8 @@ alter function bulkhead.provisioning_job(bigint, text) owner to bulkhead_meter;
 alter function bulkhead.provisioning_step(bigint, text, text, text, text, jsonb) owner to bulkhead_meter;
 alter function bulkhead.provisioned_credential(bigint, text) owner to bulkhead_meter;
 alter function bulkhead._provider_limits_follow_budget() owner to bulkhead_meter;
+alter function bulkhead._limits_follow(uuid) owner to bulkhead_meter;
+alter function bulkhead._provider_limits_follow_defaults() owner to bulkhead_meter;
 alter function bulkhead._provisioned_key_attached(uuid, text) owner to bulkhead_meter;
 alter function bulkhead._queue_provider_revocations(uuid, uuid) owner to bulkhead_meter;
 alter function bulkhead.provider_revocations_due(int) owner to bulkhead_meter;
@@ -814,6 +936,8 @@ revoke all on function bulkhead.provisioning_job(bigint, text) from public;
 revoke all on function bulkhead.provisioning_step(bigint, text, text, text, text, jsonb) from public;
 revoke all on function bulkhead.provisioned_credential(bigint, text) from public;
 revoke all on function bulkhead._provider_limits_follow_budget() from public;
+revoke all on function bulkhead._limits_follow(uuid) from public;
+revoke all on function bulkhead._provider_limits_follow_defaults() from public;
 revoke all on function bulkhead._provisioned_key_attached(uuid, text) from public;
 grant execute on function bulkhead._provisioned_key_attached(uuid, text) to bulkhead_admin;
 revoke all on function bulkhead._queue_provider_revocations(uuid, uuid) from public;

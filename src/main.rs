@@ -520,6 +520,14 @@ async fn main() -> ExitCode {
             secrets_dir,
         } => {
             logging::init(log_format == "json");
+            // A key file's reference is an absolute path: a relative directory would name
+            // another file for every process that reads it.
+            if secrets_dir.as_ref().is_some_and(|dir| !dir.is_absolute()) {
+                eprintln!(
+                    "bulkhead: BULKHEAD_SECRETS_DIR (--secrets-dir) must be an absolute path"
+                );
+                return ExitCode::from(2);
+            }
             worker::run(worker::Config {
                 database_url,
                 allow_privileged_role,

@@ -86,10 +86,17 @@ impl From<sqlx::Error> for ProvisionError {
             ),
             _ => true,
         };
+        // Another provisioning job of the tenant runs: later, without using up an attempt.
+        let retry_after = match &err {
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03") => {
+                Some(Duration::from_secs(10))
+            }
+            _ => None,
+        };
         ProvisionError {
             message: secrets::redact(&format!("database: {err}")),
             transient,
-            retry_after: None,
+            retry_after,
             not_found: false,
         }
     }
@@ -116,7 +123,7 @@ impl Job<'_> {
             .bind(self.worker)
             .bind(step)
             .bind(state)
-            .bind(secrets::redact(detail))
+            .bind(crate::database::without_nul(&secrets::redact(detail)))
             .bind(facts)
             .execute(self.pool)
             .await?;
@@ -131,6 +138,16 @@ impl Job<'_> {
             .map_err(|db| tracing::warn!(job = self.id, error = %db.message, "recording a failed provisioning step"));
         err
     }
+}
+
+/// The tenant's limits as they are now (provisioning_job reads them afresh).
+async fn current_limits(job: &Job<'_>) -> Result<Value, ProvisionError> {
+    let info: Value = sqlx::query_scalar("select bulkhead.provisioning_job($1, $2)")
+        .bind(job.id)
+        .bind(job.worker)
+        .fetch_one(job.pool)
+        .await?;
+    Ok(info["limits"].clone())
 }
 
 /// Runs one `provision` or `provider_limits` job the worker holds; returns the job's result.
@@ -306,18 +323,17 @@ async fn openai_job(
                 Err(err) => return Err(job.failed("project", err).await),
             }
         }
-        None => {
-            return Err(ProvisionError::permanent(
-                "the tenant's OpenAI project is not provisioned yet",
-            ))
-        }
+        // The provisioning, still on its way, sets the limits itself.
+        None => return Ok(json!({"provider": "openai", "limits": "set by the provisioning"})),
     };
     if provision && text(info, "secret_ref").is_none() {
         if let Err(err) = openai_key(job, openai, apis, info, &project).await {
             return Err(job.failed("service account", err).await);
         }
     }
-    let limits = &info["limits"];
+    // The limits as they are now: a set_budget while the steps above ran counts.
+    let fresh = current_limits(job).await?;
+    let limits = &fresh;
     let applied = match openai_rate_limits(openai, &project, limits).await {
         Ok(applied) => applied,
         Err(err) => return Err(job.failed("rate limits", err).await),
@@ -391,11 +407,34 @@ async fn openai_project(
     name: &str,
 ) -> Result<(String, &'static str), ProvisionError> {
     let projects = openai.list("project", "/organization/projects").await?;
-    if let Some(found) = projects
+    let mut named: Vec<&Value> = projects
         .iter()
-        .find(|p| p["name"] == name && p["archived_at"].is_null() && p["status"] != "archived")
-    {
-        return Ok((provider_id(found, "id", "project")?.to_string(), "found"));
+        .filter(|p| p["name"] == name && p["archived_at"].is_null() && p["status"] != "archived")
+        .collect();
+    // A create that timed out may have made one after the retry made another (neither provider
+    // takes an idempotency key): the oldest is kept, the others, unused, are archived.
+    named.sort_by_key(|p| {
+        (
+            p["created_at"].as_i64().unwrap_or(i64::MAX),
+            p["id"].to_string(),
+        )
+    });
+    if let Some((kept, extra)) = named.split_first() {
+        for duplicate in extra {
+            let duplicate = provider_id(duplicate, "id", "project")?;
+            gone_is_done(
+                openai
+                    .call(
+                        "project",
+                        reqwest::Method::POST,
+                        &format!("/organization/projects/{duplicate}/archive"),
+                        &[],
+                        None,
+                    )
+                    .await,
+            )?;
+        }
+        return Ok((provider_id(kept, "id", "project")?.to_string(), "found"));
     }
     let created = openai
         .call(
@@ -705,9 +744,7 @@ async fn anthropic_job(
     let workspace = match text(info, "project_id") {
         Some(id) => id.to_string(),
         None if !provision => {
-            return Err(ProvisionError::permanent(
-                "the tenant's Anthropic workspace is not provisioned yet",
-            ))
+            return Ok(json!({"provider": "anthropic", "limits": "set by the provisioning"}))
         }
         None => {
             match anthropic_workspace(anthropic, name, text(info, "tenant").unwrap_or_default())
@@ -727,7 +764,8 @@ async fn anthropic_job(
             }
         }
     };
-    let limits = &info["limits"];
+    let fresh = current_limits(job).await?;
+    let limits = &fresh;
     match anthropic_rate_limits(anthropic, &workspace, limits).await {
         Ok(groups) => {
             job.step(
@@ -957,19 +995,29 @@ pub async fn revoke_due(
             ));
         }
         for (part, outcome) in parts {
-            let error = outcome.err().map(|err| err.message);
+            let error = outcome
+                .err()
+                .map(|err| crate::database::without_nul(&err.message));
             if error.is_some() {
                 failed += 1;
                 tracing::warn!(revocation = revocation.id, part, error = ?error, "provider revocation failed");
             } else {
                 done += 1;
             }
-            sqlx::query("select bulkhead.provider_revocation_done($1, $2, $3)")
+            // One row the database will not take stops only that row: the others go on.
+            if let Err(err) = sqlx::query("select bulkhead.provider_revocation_done($1, $2, $3)")
                 .bind(revocation.id)
                 .bind(part)
                 .bind(error.as_deref())
                 .execute(pool)
-                .await?;
+                .await
+            {
+                if !matches!(err, sqlx::Error::Database(_)) {
+                    return Err(err);
+                }
+                failed += 1;
+                tracing::warn!(revocation = revocation.id, part, error = %err, "recording a provider revocation failed");
+            }
         }
     }
     Ok((done, failed))
@@ -1162,7 +1210,13 @@ async fn revoke_key(
                     )
                     .await?;
                 for key in page["data"].as_array().into_iter().flatten() {
-                    keys.push(provider_id(key, "id", "key revocation")?.to_string());
+                    // Only the workspace's own keys, whatever the filter answered.
+                    let scope = key["scope"]["workspace_id"]
+                        .as_str()
+                        .or_else(|| key["workspace_id"].as_str());
+                    if scope == Some(workspace.as_str()) {
+                        keys.push(provider_id(key, "id", "key revocation")?.to_string());
+                    }
                 }
                 match (page["has_more"].as_bool(), page["last_id"].as_str()) {
                     (Some(true), Some(last)) => after = Some(last.to_string()),

@@ -781,12 +781,16 @@ async fn execute(
             &context.worker,
         )
         .await
-        .map(Finish::Result)
+        // The job row is the tenant's to read: it says how it went, the ids, steps and the
+        // providers' errors are for bulkhead_admin (provisioning_status) and the log.
+        .map(|result| {
+            Finish::Result(serde_json::json!({"provider": result["provider"], "provisioned": true}))
+        })
         .map_err(|err| Failure {
-            message: err.message,
+            message: "a provisioning step failed: bulkhead.provisioning_status (bulkhead_admin) has the detail".into(),
             transient: err.transient,
             retry_after: err.retry_after,
-            operator_detail: None,
+            operator_detail: Some(err.message),
         }),
         other => Err(Failure::permanent(format!(
             "this worker cannot run jobs of kind {other:?}"

@@ -168,13 +168,15 @@ async fn dump_and_restore_give_back_every_row_and_the_schema_as_it_was() {
         .execute(&mut admin_conn)
         .await
         .unwrap();
-    // A deferred index drop (no fixture makes one: it needs a lock held by another session).
-    sqlx::query(
+    // A deferred index drop (no fixture makes one: it needs a lock held by another session), and
+    // a provider id recorded for a tenant (the worker records them while provisioning).
+    for fixture in [
         "insert into bulkhead.pending_index_drops (index_name) values ('chunks_hnsw_dumpfixture') on conflict do nothing",
-    )
-    .execute(&mut su)
-    .await
-    .unwrap();
+        "insert into bulkhead.provider_resources (provider, resource_id, tenant_ref)
+         values ('openai', 'proj_dumpfixture', gen_random_uuid()) on conflict do nothing",
+    ] {
+        sqlx::query(fixture).execute(&mut su).await.unwrap();
+    }
 
     let tables = registered_tables(&mut su).await;
     assert!(tables.len() > 30, "registered tables: {tables:?}");

@@ -157,6 +157,21 @@ fn projects_named(state: &Value, name: &str) -> Vec<Value> {
         .collect()
 }
 
+/// A POST to the fake's OpenAI Admin API with an admin key; the raw answer.
+fn admin_post(port: u16, path: &str, body: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer sk-admin-test\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+}
+
 /// A chat call to the fake with `key`, as a client holding it would make; the raw answer.
 fn chat_with_key(port: u16, key: &str) -> String {
     use std::io::{Read, Write};
@@ -293,7 +308,7 @@ async fn provisioning_creates_once_caps_and_keeps_keys_out_of_sight() {
         .await
         .unwrap();
     let limits_job: i64 = sqlx::query_scalar(
-        "select job_id from bulkhead.provider_provisions where tenant_id = $1 and provider = 'openai'",
+        "select id from bulkhead.jobs where tenant_id = $1 and kind = 'provider_limits' order by created_at desc limit 1",
     )
     .bind(tenant)
     .fetch_one(&mut su)
@@ -487,6 +502,17 @@ async fn provisioning_creates_once_caps_and_keeps_keys_out_of_sight() {
         "{failed:?}"
     );
     assert!(step(&steps, "job").2 == "dead", "{steps:?}");
+    // The job row, which the tenant's application reads, says where to look, not what failed.
+    let job_error: String =
+        sqlx::query_scalar("select last_error from bulkhead.jobs where id = $1")
+            .bind(job)
+            .fetch_one(&mut su)
+            .await
+            .unwrap();
+    assert!(
+        job_error.contains("provisioning_status") && !job_error.contains("HTTP 400"),
+        "{job_error}"
+    );
 
     // 6. Anthropic: a workspace, found again rather than made twice; the credential waits for
     // its key (the shared pool serves meanwhile, or the call is refused), until an admin attaches
@@ -686,6 +712,120 @@ async fn provisioning_creates_once_caps_and_keeps_keys_out_of_sight() {
         "read from the analytics report (it has request counts; the legacy one has none)"
     );
 
+    // 6c. Two live projects with the provisioning's name (a create that timed out, then a
+    // retry): the oldest is kept, the other archived.
+    let doubled = create_tenant(&mut admin_conn, "doubled").await;
+    let job = provision(&mut admin_conn, doubled, "openai", "{}").await;
+    let doubled_name = project_name(&mut su, doubled, "openai").await;
+    for _ in 0..2 {
+        let answer = admin_post(
+            setup.fake.port,
+            "/v1/organization/projects",
+            &serde_json::json!({"name": doubled_name}).to_string(),
+        );
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    assert_eq!(projects_named(&setup.admin_state(), &doubled_name).len(), 2);
+    assert_eq!(setup.run_job(&mut su, job).await, "done");
+    let kept = projects_named(&setup.admin_state(), &doubled_name);
+    assert_eq!(kept.len(), 1, "one project of the name is left");
+    project_keys.push(check_openai_credential(&mut su, &setup, doubled).await);
+
+    // 6d. Rotation refuses what it cannot do: while a provisioning is on its way (55006), and
+    // for a credential set by hand instead of the provisioned key (55000).
+    let busy = provision(&mut admin_conn, doubled, "openai", "{}").await;
+    let refused = sqlx::query("select bulkhead.rotate_credential($1, 'openai')")
+        .bind(doubled)
+        .execute(&mut admin_conn)
+        .await;
+    assert_eq!(sqlstate(&refused), "55006");
+    assert_eq!(setup.run_job(&mut su, busy).await, "done");
+    sqlx::query("select bulkhead.set_credential($1, 'openai', 'env:A_KEY_SET_BY_HAND')")
+        .bind(doubled)
+        .execute(&mut admin_conn)
+        .await
+        .unwrap();
+    let refused = sqlx::query("select bulkhead.rotate_credential($1, 'openai')")
+        .bind(doubled)
+        .execute(&mut admin_conn)
+        .await;
+    assert_eq!(sqlstate(&refused), "55000");
+
+    // 6e. A worker cannot attach one tenant's project or key to another, even holding a job of
+    // the other (here a finished job reopened as the worker's role may): ids are recorded for
+    // one tenant for good, facts are never replaced, a key file is named for its tenant.
+    let mut worker_session = common::superuser_options()
+        .username("bulkhead_test_worker")
+        .connect()
+        .await
+        .unwrap();
+    let thief = create_tenant(&mut admin_conn, "thief").await;
+    let thief_job = provision(&mut admin_conn, thief, "openai", "{}").await;
+    sqlx::query("update bulkhead.job_schedule set state = 'running', leased_by = 'reopened', leased_until = now() + interval '1 minute' where job_id = $1")
+        .bind(thief_job)
+        .execute(&mut worker_session)
+        .await
+        .unwrap();
+    let victim_project = kept[0]["id"].as_str().unwrap().to_string();
+    let victim_file = std::fs::read_dir(&setup.secrets)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    for (facts, code) in [
+        (serde_json::json!({"project_id": victim_project}), "55000"),
+        (
+            serde_json::json!({"secret_ref": format!("file:{}", victim_file.display())}),
+            "22023",
+        ),
+        (
+            serde_json::json!({"project_id": "../../admin_api_keys"}),
+            "22023",
+        ),
+        (
+            serde_json::json!({"secret_ref": "env:OPENAI_ADMIN_KEY"}),
+            "22023",
+        ),
+    ] {
+        let refused = sqlx::query(
+            "select bulkhead.provisioning_step($1, 'reopened', 'project', 'done', 'x', $2)",
+        )
+        .bind(thief_job)
+        .bind(&facts)
+        .execute(&mut worker_session)
+        .await;
+        assert_eq!(sqlstate(&refused), code, "{facts}");
+    }
+    // The twin: the same call with the thief's own new project is recorded, once.
+    sqlx::query("select bulkhead.provisioning_step($1, 'reopened', 'project', 'done', 'x', '{\"project_id\": \"proj_thiefs_own\"}')")
+        .bind(thief_job)
+        .execute(&mut worker_session)
+        .await
+        .unwrap();
+    let replaced = sqlx::query("select bulkhead.provisioning_step($1, 'reopened', 'project', 'done', 'x', '{\"project_id\": \"proj_another\"}')")
+        .bind(thief_job)
+        .execute(&mut worker_session)
+        .await;
+    assert_eq!(
+        sqlstate(&replaced),
+        "55000",
+        "a recorded fact is never replaced"
+    );
+    sqlx::query("update bulkhead.job_schedule set state = 'dead', leased_by = null, leased_until = null where job_id = $1")
+        .bind(thief_job)
+        .execute(&mut su)
+        .await
+        .unwrap();
+
+    // A relative secrets directory is refused at start (its references would name other files).
+    let relative = setup
+        .worker(true)
+        .env("BULKHEAD_SECRETS_DIR", "relative/secrets")
+        .status()
+        .unwrap();
+    assert_eq!(relative.code(), Some(2));
+
     // 7. Who may do what: the application may not provision, read provisioning or queue its
     // jobs; an admin reads a tenant's provision only in that tenant's context (RLS).
     let mut app = common::app().await;
@@ -881,6 +1021,15 @@ async fn provisioning_creates_once_caps_and_keeps_keys_out_of_sight() {
         "/_fake/admin/anthropic_keys",
         &serde_json::json!({"workspace_id": workspaces[0]}).to_string(),
     );
+    // A revocation row the database will not record a receipt step for (its receipt does not
+    // exist) stops only itself: the sweep goes on to the others.
+    sqlx::query(
+        "insert into bulkhead.provider_revocations (receipt_id, tenant_ref, provider, reason, switched_at, not_before, enqueued_at)
+         values (gen_random_uuid(), gen_random_uuid(), 'openai', 'deletion', now(), now(), now() - interval '1 day')",
+    )
+    .execute(&mut su)
+    .await
+    .unwrap();
     let mut receipts = Vec::new();
     for doomed in [first, anthropic_tenant, vaulted] {
         let receipt: Uuid = sqlx::query_scalar("select bulkhead.delete_tenant($1)")

@@ -407,7 +407,11 @@ fn admit(
     let tenant_bytes = *tenant.as_bytes();
     let credential = cached(
         |c| &mut c.credentials,
-        (tenant_bytes, provider.clone(), crate::gucs::pending_key_calls_refuse()),
+        (
+            tenant_bytes,
+            provider.clone(),
+            crate::gucs::pending_key_calls_refuse(),
+        ),
         || read_credential(tenant, &provider),
     );
     let Some(credential) = credential else {

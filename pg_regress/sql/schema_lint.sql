@@ -87,7 +87,8 @@ definer_allow_list (proname) as (
            ('_provision'), ('_queue_provisioning'), ('_queue_rotation'), ('_queue_provider_revocations'),
            ('provisioning_job'), ('provisioning_step'), ('provisioned_credential'),
            ('provider_revocations_due'), ('provider_revocation_done'),
-           ('_provider_limits_follow_budget'), ('_provisioned_key_attached')
+           ('_provider_limits_follow_budget'), ('_provisioned_key_attached'), ('_limits_follow'),
+           ('_provider_limits_follow_defaults')
 ),
 -- Extra policies on tenant tables (beside the one on current_tenant() for all roles), each read
 -- only by one SECURITY DEFINER function that returns no tenant data.
