@@ -832,6 +832,7 @@ async fn provisioning_creates_once_caps_and_keeps_keys_out_of_sight() {
     for statement in [
         "select bulkhead.provision_provider($1, 'openai')",
         "select * from bulkhead.provisioning_status($1)",
+        "select bulkhead.rotate_credential($1, 'openai')",
     ] {
         let refused = sqlx::query(statement).bind(tenant).execute(&mut app).await;
         assert_eq!(sqlstate(&refused), "42501", "{statement}");

@@ -759,6 +759,49 @@ select 'A60 twin: the forged pass opens the gate' as attack,
 reset role;
 set bulkhead.eval_gate_empty_set = 'allow';
 
+-- A61: provisioning. A has a provisioned OpenAI project (its provision row and a step, as the
+-- worker records them). B's app can neither read A's provision, steps or revocations, nor
+-- provision, rotate or read the status of A, nor queue provisioning jobs; the worker records
+-- nothing for a job it does not hold. The twins: A's own context shows its rows to the admin,
+-- a BYPASSRLS role with the grant reads A's row from B's context.
+insert into bulkhead.provider_provisions (tenant_id, provider, state, project_name, project_id, secret_ref)
+values ('00000000-0000-4000-8000-00000000000a', 'openai', 'active', 'bulkhead-leak-a', 'proj_leak_a',
+        'file:/secrets/bulkhead-00000000-0000-4000-8000-00000000000a-openai-svc_a.key');
+insert into bulkhead.provisioning_steps (tenant_id, provider, step, state, detail)
+values ('00000000-0000-4000-8000-00000000000a', 'openai', 'project', 'done', 'proj_leak_a (created)');
+set local role regress_leak_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
+select 'A61 B reads provisions' as attack, pg_temp.attempt($q$select count(*)::text from bulkhead.provider_provisions$q$) as app_result;
+select 'A61 B reads steps' as attack, pg_temp.attempt($q$select count(*)::text from bulkhead.provisioning_steps$q$) as app_result;
+select 'A61 B reads revocations' as attack, pg_temp.attempt($q$select count(*)::text from bulkhead.provider_revocations$q$) as app_result;
+select 'A61 B reads A''s status' as attack,
+    pg_temp.attempt($q$select count(*)::text from bulkhead.provisioning_status('00000000-0000-4000-8000-00000000000a')$q$) as app_result;
+select 'A61 B rotates A' as attack,
+    pg_temp.attempt($q$select bulkhead.rotate_credential('00000000-0000-4000-8000-00000000000a', 'openai')::text$q$) as app_result;
+select 'A61 B provisions A' as attack,
+    pg_temp.attempt($q$select bulkhead.provision_provider('00000000-0000-4000-8000-00000000000a', 'openai')::text$q$) as app_result;
+select 'A61 B queues a provisioning job' as attack,
+    pg_temp.attempt($q$select bulkhead.enqueue_job('provider_limits', '{"provider": "openai"}')::text$q$) as app_result;
+select 'A61 B queues revocations of A' as attack,
+    pg_temp.attempt($q$select bulkhead._queue_provider_revocations('00000000-0000-4000-8000-00000000000a', gen_random_uuid())::text$q$) as app_result;
+reset role;
+set local role regress_leak_worker;
+select 'A61 worker records for a job it does not hold' as attack,
+    pg_temp.attempt($q$select bulkhead.provisioning_step(1, 'nobody', 'project', 'done', 'x', '{"project_id": "proj_x"}')::text$q$) as worker_result;
+reset role;
+set local role regress_leak_admin;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
+select 'A61 admin in B''s context' as attack, pg_temp.attempt($q$select project_id from bulkhead.provider_provisions$q$) as admin_result;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000a');
+select 'A61 twin: admin in A''s context' as attack, pg_temp.attempt($q$select project_id from bulkhead.provider_provisions$q$) as admin_result;
+select bulkhead.set_tenant(null);
+reset role;
+grant select on bulkhead.provider_provisions to regress_leak_bypass;
+set local role regress_leak_bypass;
+select bulkhead.set_tenant('00000000-0000-4000-8000-00000000000b');
+select 'A61 twin: BYPASSRLS with the grant, from B' as attack, pg_temp.attempt($q$select project_id from bulkhead.provider_provisions$q$) as bypass_result;
+reset role;
+
 -- A29: shadowing bulkhead.current_tenant() through search_path changes nothing: policies hold
 -- the function itself, not its name.
 set local role regress_leak_app;
