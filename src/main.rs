@@ -522,10 +522,17 @@ async fn main() -> ExitCode {
             logging::init(log_format == "json");
             // A key file's reference is an absolute path: a relative directory would name
             // another file for every process that reads it.
-            if secrets_dir.as_ref().is_some_and(|dir| !dir.is_absolute()) {
-                eprintln!(
-                    "bulkhead: BULKHEAD_SECRETS_DIR (--secrets-dir) must be an absolute path"
-                );
+            // ... and it must make references the database takes (checked before any key is
+            // made, not after: a refused reference would leave a key recorded nowhere).
+            if secrets_dir.as_ref().is_some_and(|dir| {
+                let text = dir.to_string_lossy();
+                !dir.is_absolute()
+                    || text.len() > 800
+                    || text.contains("sk-")
+                    || text.split('/').any(|part| part == "..")
+                    || text.chars().any(char::is_control)
+            }) {
+                eprintln!("bulkhead: BULKHEAD_SECRETS_DIR (--secrets-dir) must be an absolute path of at most 800 characters, without '..', control characters or \"sk-\"");
                 return ExitCode::from(2);
             }
             worker::run(worker::Config {

@@ -309,7 +309,7 @@ async fn openai_job(
         Some(id) => id.to_string(),
         None if provision => {
             let name = text(info, "project_name").unwrap_or_default();
-            match openai_project(openai, name).await {
+            match openai_project(job.pool, openai, name).await {
                 Ok((id, how)) => {
                     job.step(
                         "project",
@@ -382,6 +382,9 @@ async fn openai_job(
             json!({}),
         )
         .await?;
+        if let Err(err) = tidy_project(job, openai, apis, info, &project).await {
+            return Err(job.failed("tidy", err).await);
+        }
     }
     Ok(
         json!({"provider": "openai", "project_id": project, "limits": applied, "monthly_spend_cents": cents}),
@@ -403,14 +406,28 @@ fn spend_cents(limits: &Value) -> i64 {
 
 /// The project named `name`, found (not archived) or created: (id, "found" | "created").
 async fn openai_project(
+    pool: &PgPool,
     openai: &OpenAi<'_>,
     name: &str,
 ) -> Result<(String, &'static str), ProvisionError> {
     let projects = openai.list("project", "/organization/projects").await?;
-    let mut named: Vec<&Value> = projects
+    let mut named = Vec::new();
+    for project in projects
         .iter()
         .filter(|p| p["name"] == name && p["archived_at"].is_null() && p["status"] != "archived")
-        .collect();
+    {
+        // Only a project recorded for nobody: never one a credential or another tenant names.
+        if resource_free(
+            pool,
+            "openai",
+            provider_id(project, "id", "project")?,
+            uuid::Uuid::nil(),
+        )
+        .await?
+        {
+            named.push(project);
+        }
+    }
     // A create that timed out may have made one after the retry made another (neither provider
     // takes an idempotency key): the oldest is kept, the others, unused, are archived.
     named.sort_by_key(|p| {
@@ -539,6 +556,92 @@ async fn openai_key(
     .await?;
     job.step("key stored", "done", &reference, json!({}))
         .await?;
+    Ok(())
+}
+
+/// Whatever an earlier run of this job left (a run whose lease ran out while it went on, or a
+/// crash between making an account and recording it) goes once the provisioning is recorded:
+/// the project's other accounts and the tenant's other key files. An account or key of a
+/// rotation not revoked yet stays: its own revocation removes it after its calls end.
+async fn tidy_project(
+    job: &Job<'_>,
+    openai: &OpenAi<'_>,
+    apis: &AdminApis,
+    info: &Value,
+    project: &str,
+) -> Result<(), ProvisionError> {
+    let tenant = text(info, "tenant").unwrap_or_default();
+    let recorded: Value = sqlx::query_scalar("select bulkhead.provisioning_job($1, $2)")
+        .bind(job.id)
+        .bind(job.worker)
+        .fetch_one(job.pool)
+        .await?;
+    let keep: Vec<(Option<String>, Option<String>)> = sqlx::query_as(
+        "select service_account_id, secret_ref from bulkhead.provider_revocations
+         where tenant_ref OPERATOR(pg_catalog.=) $1::pg_catalog.uuid and processed_at is null",
+    )
+    .bind(tenant)
+    .fetch_all(job.pool)
+    .await?;
+    let kept_account = |id: &str| {
+        recorded["service_account_id"].as_str() == Some(id)
+            || keep
+                .iter()
+                .any(|(account, _)| account.as_deref() == Some(id))
+    };
+    let accounts_path = format!("/organization/projects/{project}/service_accounts");
+    let mut removed = 0;
+    for account in openai.list("tidy", &accounts_path).await? {
+        let id = provider_id(&account, "id", "tidy")?;
+        let ours = account["name"]
+            .as_str()
+            .is_some_and(|name| name.starts_with("bulkhead-"));
+        if ours && !kept_account(id) {
+            gone_is_done(
+                openai
+                    .call(
+                        "tidy",
+                        reqwest::Method::DELETE,
+                        &format!("{accounts_path}/{id}"),
+                        &[],
+                        None,
+                    )
+                    .await,
+            )?;
+            removed += 1;
+        }
+    }
+    if let Some(dir) = &apis.secrets_dir {
+        let prefix = key_name(tenant, "");
+        let kept_file = |path: &Path| {
+            let reference = format!("file:{}", path.display());
+            recorded["secret_ref"].as_str() == Some(reference.as_str())
+                || keep
+                    .iter()
+                    .any(|(_, r)| r.as_deref() == Some(reference.as_str()))
+        };
+        if let Ok(mut entries) = tokio::fs::read_dir(dir).await {
+            while let Ok(Some(entry)) = entries.next_entry().await {
+                let file = entry.file_name().to_string_lossy().into_owned();
+                if file.starts_with(&prefix)
+                    && (file.ends_with(".key") || file.ends_with(".partial"))
+                    && !kept_file(&entry.path())
+                {
+                    let _ = tokio::fs::remove_file(entry.path()).await;
+                    removed += 1;
+                }
+            }
+        }
+    }
+    if removed > 0 {
+        job.step(
+            "tidy",
+            "done",
+            &format!("{removed} account(s) or key file(s) left by an earlier run removed"),
+            json!({}),
+        )
+        .await?;
+    }
     Ok(())
 }
 
@@ -1043,6 +1146,9 @@ async fn revoke_by_name(
             .filter(|p| p["name"] == name.as_str() && p["status"] != "archived")
         {
             let project = provider_id(project, "id", "lookup")?;
+            if !resource_free(pool, "openai", project, revocation.tenant_ref).await? {
+                continue; // someone's: a credential's, or a live tenant's
+            }
             let accounts_path = format!("/organization/projects/{project}/service_accounts");
             for account in openai.list("lookup", &accounts_path).await? {
                 let account = provider_id(&account, "id", "lookup")?;
@@ -1088,7 +1194,9 @@ async fn revoke_by_name(
                 None => None,
             } {
                 let file = entry.file_name().to_string_lossy().into_owned();
-                if file.starts_with(&prefix) && file.ends_with(".key") {
+                if file.starts_with(&prefix)
+                    && (file.ends_with(".key") || file.ends_with(".partial"))
+                {
                     let _ = tokio::fs::remove_file(entry.path()).await;
                 }
             }
@@ -1127,7 +1235,10 @@ async fn revoke_by_name(
             .await?;
         for workspace in page["data"].as_array().into_iter().flatten() {
             if workspace["name"] == name.as_str() && workspace["archived_at"].is_null() {
-                found.push(provider_id(workspace, "id", "lookup")?.to_string());
+                let id = provider_id(workspace, "id", "lookup")?;
+                if resource_free(pool, "anthropic", id, revocation.tenant_ref).await? {
+                    found.push(id.to_string());
+                }
             }
         }
         match (page["has_more"].as_bool(), page["last_id"].as_str()) {
@@ -1146,6 +1257,24 @@ async fn revoke_by_name(
         archive_project(http, apis, &one).await?;
     }
     Ok(())
+}
+
+/// Whether a provider id may be taken or removed for `tenant` (bulkhead.provider_resource_free):
+/// recorded for nobody, or for that tenant and it is gone.
+async fn resource_free(
+    pool: &PgPool,
+    provider: &str,
+    id: &str,
+    tenant: uuid::Uuid,
+) -> Result<bool, ProvisionError> {
+    Ok(
+        sqlx::query_scalar("select bulkhead.provider_resource_free($1, $2, $3)")
+            .bind(provider)
+            .bind(id)
+            .bind(tenant)
+            .fetch_one(pool)
+            .await?,
+    )
 }
 
 /// 404 counts as done: what was to be removed is gone already.
@@ -1288,9 +1417,25 @@ async fn delete_secret(
     let Some(reference) = &revocation.secret_ref else {
         return Ok(());
     };
+    // Only a key the daemon stored for this tenant: its name says so (key_name).
+    let prefix = key_name(&revocation.tenant_ref.to_string(), "");
     if let Some(id) = reference.strip_prefix("vault:") {
         let id = uuid::Uuid::parse_str(id)
             .map_err(|_| ProvisionError::permanent("secret deletion: not a vault id"))?;
+        let other: Option<String> = sqlx::query_scalar(
+            "select s.name from vault.secrets s where s.id OPERATOR(pg_catalog.=) $1",
+        )
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+        .map_err(vault_error)?
+        .flatten()
+        .filter(|name: &String| !name.starts_with(&prefix));
+        if other.is_some() {
+            return Err(ProvisionError::permanent(
+                "secret deletion: the Vault secret is not one the daemon stored for this tenant; left in place",
+            ));
+        }
         sqlx::query("delete from vault.secrets where id OPERATOR(pg_catalog.=) $1")
             .bind(id)
             .execute(pool)
@@ -1304,7 +1449,13 @@ async fn delete_secret(
     let dir = apis.secrets_dir.as_ref().ok_or_else(|| {
         ProvisionError::permanent("secret deletion: the worker has no BULKHEAD_SECRETS_DIR")
     })?;
-    if path.parent() != Some(dir.as_path()) || path.extension().is_none_or(|e| e != "key") {
+    let named_for_tenant = path
+        .file_name()
+        .is_some_and(|file| file.to_string_lossy().starts_with(&prefix));
+    if path.parent() != Some(dir.as_path())
+        || path.extension().is_none_or(|e| e != "key")
+        || !named_for_tenant
+    {
         return Err(ProvisionError::permanent(format!(
             "secret deletion: {} is not a key file of BULKHEAD_SECRETS_DIR; left in place",
             path.display()

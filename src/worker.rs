@@ -787,7 +787,7 @@ async fn execute(
             Finish::Result(serde_json::json!({"provider": result["provider"], "provisioned": true}))
         })
         .map_err(|err| Failure {
-            message: "a provisioning step failed: bulkhead.provisioning_status (bulkhead_admin) has the detail".into(),
+            message: "a provisioning step failed: bulkhead.provisioning_status (bulkhead_admin) and the worker's log have the detail".into(),
             transient: err.transient,
             retry_after: err.retry_after,
             operator_detail: Some(err.message),

@@ -88,7 +88,7 @@ definer_allow_list (proname) as (
            ('provisioning_job'), ('provisioning_step'), ('provisioned_credential'),
            ('provider_revocations_due'), ('provider_revocation_done'),
            ('_provider_limits_follow_budget'), ('_provisioned_key_attached'), ('_limits_follow'),
-           ('_provider_limits_follow_defaults')
+           ('_provider_limits_follow_defaults'), ('_register_credential_project'), ('provider_resource_free')
 ),
 -- Extra policies on tenant tables (beside the one on current_tenant() for all roles), each read
 -- only by one SECURITY DEFINER function that returns no tenant data.

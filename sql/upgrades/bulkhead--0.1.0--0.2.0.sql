@@ -1018,6 +1018,8 @@ create table bulkhead.provider_resources (
     recorded_at timestamptz not null default pg_catalog.clock_timestamp(),
     constraint provider_resources_pkey primary key (provider, resource_id)
 );
+comment on column bulkhead.provider_resources.resource_id is
+    'bulkhead:kept A provider''s project, workspace or account id (no tenant data), kept with its owner.';
 comment on column bulkhead.provider_resources.tenant_ref is
     'bulkhead:kept Whose a provider id is, kept after a deletion so that no other tenant can take it; ids only.';
 alter table bulkhead.provider_resources enable row level security;
@@ -1027,6 +1029,47 @@ create policy admin_reads on bulkhead.provider_resources for select to bulkhead_
 grant select, insert on bulkhead.provider_resources to bulkhead_meter;
 grant select on bulkhead.provider_resources to bulkhead_admin;
 select pg_catalog.pg_extension_config_dump('bulkhead.provider_resources', '');
+
+-- Projects named by credentials are registered too, whoever wrote them (set_credential, the
+-- control plane's own writes, the shared pool's as the platform's, under the nil uuid): the
+-- worker can record none of them for a tenant, and no lookup by name may archive them.
+create function bulkhead._register_credential_project()
+returns trigger
+language plpgsql volatile
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+begin
+    if new.provider_project_id is not null and not bulkhead._restoring() then
+        insert into bulkhead.provider_resources (provider, resource_id, tenant_ref)
+        values (new.provider, new.provider_project_id,
+                case when tg_table_name = 'shared_credentials' then '00000000-0000-0000-0000-000000000000'::uuid
+                     else (pg_catalog.to_jsonb(new) ->> 'tenant_id')::uuid end)
+        on conflict do nothing;
+    end if;
+    return null;
+end
+$$;
+create trigger tenant_credentials_register_project after insert or update of provider_project_id
+    on bulkhead.tenant_credentials for each row execute function bulkhead._register_credential_project();
+create trigger shared_credentials_register_project after insert or update of provider_project_id
+    on bulkhead.shared_credentials for each row execute function bulkhead._register_credential_project();
+
+-- Whether a provider id found by name may be archived or deleted for a deleted tenant: recorded
+-- for nobody (what a job made after the rows were gone), or for that tenant, which is gone.
+-- bulkhead_worker (as bulkhead_meter, which reads the registry).
+create function bulkhead.provider_resource_free(provider text, resource_id text, tenant uuid)
+returns boolean
+language sql stable
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+    select not exists (
+        select from bulkhead.provider_resources r
+        where r.provider = provider_resource_free.provider and r.resource_id = provider_resource_free.resource_id
+          and (r.tenant_ref is distinct from provider_resource_free.tenant
+               or exists (select from bulkhead.tenants t where t.id = provider_resource_free.tenant)))
+$$;
 
 -- Each step of a provisioning, as the daemon last reported it (provisioning_status reads it).
 create table bulkhead.provisioning_steps (
@@ -1161,12 +1204,12 @@ begin
         end if;
     end if;
     if existing.tenant_id is null then
-        -- The tenant's id in the name: a slug may be reused after a deletion, a project must not.
-        -- At most 36 characters.
+        -- The tenant's whole id in the name: a slug may be reused after a deletion, a project
+        -- must not, and a lookup by name must find no other tenant's. At most 62 characters.
         insert into bulkhead.provider_provisions (tenant_id, provider, options, project_name)
         values (tenant, provider, options,
-                'bulkhead-' || pg_catalog.rtrim(pg_catalog.left(slug, 14), '-') || '-'
-                || pg_catalog.left(pg_catalog.replace(tenant::text, '-', ''), 12));
+                'bulkhead-' || pg_catalog.rtrim(pg_catalog.left(slug, 20), '-') || '-'
+                || pg_catalog.replace(tenant::text, '-', ''));
     else
         update bulkhead.provider_provisions p
         set options = _provision.options, state = case when p.state = 'active' then 'active' else 'queued' end,
@@ -1298,10 +1341,13 @@ begin
             using errcode = '42704';
     end if;
     -- One job at a time per provision: two would set limits out of order, or make two accounts.
+    -- A limits job waits for a provisioning; of two jobs of one kind the later id waits: never
+    -- both.
     if exists (select from bulkhead.jobs o join bulkhead.job_schedule q on q.job_id = o.id
                where o.tenant_id = s.job_tenant and o.id <> job and o.kind in ('provision', 'provider_limits')
                  and o.payload ->> 'provider' = p.provider
-                 and q.state = 'running' and q.leased_until > pg_catalog.clock_timestamp()) then
+                 and q.state = 'running' and q.leased_until > pg_catalog.clock_timestamp()
+                 and ((o.kind = 'provision' and j.kind = 'provider_limits') or (o.kind = j.kind and o.id < job))) then
         raise exception 'another provisioning job of this tenant and provider is running'
             using errcode = '55P03', hint = 'The job is tried again later.';
     end if;
@@ -1553,7 +1599,10 @@ begin
 end
 $$;
 create trigger budget_defaults_provider_limits after update on bulkhead.budget_defaults
-    for each row execute function bulkhead._provider_limits_follow_defaults();
+    for each row
+    when ((old.rpm, old.itpm, old.otpm, old.dollar_limit, old.period) is distinct from
+          (new.rpm, new.itpm, new.otpm, new.dollar_limit, new.period))
+    execute function bulkhead._provider_limits_follow_defaults();
 
 -- What the daemon must undo at a provider: after a tenant's deletion, its project's key revoked,
 -- the project or workspace archived and the key the daemon stored deleted; after a rotation, the
@@ -1639,7 +1688,8 @@ begin
            -- exist (a create that timed out, a job between two steps).
            case when p.state = 'queued'
                   or exists (select from bulkhead.job_schedule s join bulkhead.jobs j on j.id = s.job_id
-                             where s.job_tenant = tenant and j.tenant_id = tenant and s.state in ('queued', 'running')
+                             where s.job_tenant = tenant and j.tenant_id = tenant
+                               and (s.state in ('queued', 'running') or (j.kind = 'provision' and s.attempts > 1))
                                and j.kind in ('provision', 'provider_limits') and j.payload ->> 'provider' = p.provider)
                   or exists (select from bulkhead.provider_revocations r
                              where r.tenant_ref = tenant and r.provider = p.provider and r.reason = 'rotation'
@@ -1880,6 +1930,8 @@ alter function bulkhead.provisioning_job(bigint, text) owner to bulkhead_meter;
 alter function bulkhead.provisioning_step(bigint, text, text, text, text, jsonb) owner to bulkhead_meter;
 alter function bulkhead.provisioned_credential(bigint, text) owner to bulkhead_meter;
 alter function bulkhead._provider_limits_follow_budget() owner to bulkhead_meter;
+alter function bulkhead._register_credential_project() owner to bulkhead_meter;
+alter function bulkhead.provider_resource_free(text, text, uuid) owner to bulkhead_meter;
 alter function bulkhead._limits_follow(uuid) owner to bulkhead_meter;
 alter function bulkhead._provider_limits_follow_defaults() owner to bulkhead_meter;
 alter function bulkhead._provisioned_key_attached(uuid, text) owner to bulkhead_meter;
@@ -1897,6 +1949,9 @@ revoke all on function bulkhead.provisioning_job(bigint, text) from public;
 revoke all on function bulkhead.provisioning_step(bigint, text, text, text, text, jsonb) from public;
 revoke all on function bulkhead.provisioned_credential(bigint, text) from public;
 revoke all on function bulkhead._provider_limits_follow_budget() from public;
+revoke all on function bulkhead._register_credential_project() from public;
+revoke all on function bulkhead.provider_resource_free(text, text, uuid) from public;
+grant execute on function bulkhead.provider_resource_free(text, text, uuid) to bulkhead_worker;
 revoke all on function bulkhead._limits_follow(uuid) from public;
 revoke all on function bulkhead._provider_limits_follow_defaults() from public;
 revoke all on function bulkhead._provisioned_key_attached(uuid, text) from public;

@@ -547,9 +547,9 @@ class Handler(BaseHTTPRequestHandler):
                     return self.send_json(200, self.page(items, query, "after_id"))
                 if len(parts) == 2 and method == "POST":
                     name = body.get("name") or ""
-                    if not 1 <= len(name) <= 40:
+                    if not 1 <= len(name) <= 255:
                         return self.send_json(400, {"type": "error", "error": {"type": "invalid_request_error",
-                                                                               "message": "name: must be 1 to 40 characters"}})
+                                                                               "message": "name: must be 1 to 255 characters"}})
                     if any(w["name"] == name and w["archived_at"] is None for w in workspaces.values()):
                         return self.send_json(409, {"type": "error", "error": {"type": "invalid_request_error",
                                                                                "message": "a workspace with this name exists"}})
