@@ -1971,3 +1971,15 @@ grant execute on function bulkhead.provision_provider(uuid, text, jsonb), bulkhe
     to bulkhead_admin;
 grant execute on function bulkhead.provisioning_job(bigint, text), bulkhead.provisioning_step(bigint, text, text, text, text, jsonb),
     bulkhead.provisioned_credential(bigint, text) to bulkhead_worker;
+
+-- The projects credentials already name are registered as their triggers would have (the
+-- update runs as the extension's owner, which row level security does not confine).
+insert into bulkhead.provider_resources (provider, resource_id, tenant_ref)
+select c.provider, c.provider_project_id, c.tenant_id
+from bulkhead.tenant_credentials c where c.provider_project_id is not null
+union
+select h.provider, h.provider_project_id, h.tenant_id from bulkhead.tenant_provider_projects h
+union
+select s.provider, s.provider_project_id, '00000000-0000-0000-0000-000000000000'::uuid
+from bulkhead.shared_credentials s where s.provider_project_id is not null
+on conflict do nothing;
