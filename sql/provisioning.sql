@@ -65,7 +65,7 @@ alter table bulkhead.provider_resources enable row level security;
 alter table bulkhead.provider_resources force row level security;
 create policy meter_records on bulkhead.provider_resources for all to bulkhead_meter using (true) with check (true);
 create policy admin_reads on bulkhead.provider_resources for select to bulkhead_admin using (true);
-grant select, insert on bulkhead.provider_resources to bulkhead_meter;
+grant select, insert, update on bulkhead.provider_resources to bulkhead_meter;
 grant select on bulkhead.provider_resources to bulkhead_admin;
 select pg_catalog.pg_extension_config_dump('bulkhead.provider_resources', '');
 
@@ -80,11 +80,16 @@ set search_path to pg_catalog, pg_temp
 as $$
 begin
     if new.provider_project_id is not null and not bulkhead._restoring() then
-        insert into bulkhead.provider_resources (provider, resource_id, tenant_ref)
-        values (new.provider, new.provider_project_id,
-                case when tg_table_name = 'shared_credentials' then '00000000-0000-0000-0000-000000000000'::uuid
-                     else (pg_catalog.to_jsonb(new) ->> 'tenant_id')::uuid end)
-        on conflict do nothing;
+        -- The platform's (the shared pool's) wins over a tenant's claim on the same id.
+        if tg_table_name = 'shared_credentials' then
+            insert into bulkhead.provider_resources as r (provider, resource_id, tenant_ref)
+            values (new.provider, new.provider_project_id, '00000000-0000-0000-0000-000000000000'::uuid)
+            on conflict on constraint provider_resources_pkey do update set tenant_ref = excluded.tenant_ref;
+        else
+            insert into bulkhead.provider_resources (provider, resource_id, tenant_ref)
+            values (new.provider, new.provider_project_id, (pg_catalog.to_jsonb(new) ->> 'tenant_id')::uuid)
+            on conflict do nothing;
+        end if;
     end if;
     return null;
 end
@@ -510,6 +515,23 @@ begin
     if p.provider = 'openai' then
         if p.secret_ref is null then
             raise exception 'the project''s key is not stored yet' using errcode = '55000';
+        end if;
+        -- A rotation switches only a credential that is still its old key (or already the new
+        -- one): a credential an admin set by hand meanwhile stays, and the old key, no longer
+        -- anyone's credential, is revoked after its calls as it would have been.
+        if exists (select from bulkhead.provider_revocations r
+                   where r.tenant_ref = p.tenant_id and r.provider = 'openai' and r.reason = 'rotation'
+                     and r.switched_at is null)
+           and not exists (select from bulkhead.tenant_credentials c
+                           where c.tenant_id = p.tenant_id and c.provider = 'openai'
+                             and (c.secret_ref = p.secret_ref
+                                  or c.secret_ref in (select r.secret_ref from bulkhead.provider_revocations r
+                                                      where r.tenant_ref = p.tenant_id and r.provider = 'openai'
+                                                        and r.reason = 'rotation' and r.switched_at is null))) then
+            update bulkhead.provider_revocations r
+            set switched_at = pg_catalog.clock_timestamp(), not_before = pg_catalog.clock_timestamp() + interval '30 seconds'
+            where r.tenant_ref = p.tenant_id and r.provider = 'openai' and r.reason = 'rotation' and r.switched_at is null;
+            return;
         end if;
         insert into bulkhead.tenant_credentials as c (tenant_id, provider, secret_ref, kind, provider_project_id, status)
         values (p.tenant_id, 'openai', p.secret_ref, 'dedicated', p.project_id, 'active')

@@ -417,14 +417,7 @@ async fn openai_project(
         .filter(|p| p["name"] == name && p["archived_at"].is_null() && p["status"] != "archived")
     {
         // Only a project recorded for nobody: never one a credential or another tenant names.
-        if resource_free(
-            pool,
-            "openai",
-            provider_id(project, "id", "project")?,
-            uuid::Uuid::nil(),
-        )
-        .await?
-        {
+        if resource_free(pool, "openai", provider_id(project, "id", "project")?, None).await? {
             named.push(project);
         }
     }
@@ -613,12 +606,19 @@ async fn tidy_project(
     }
     if let Some(dir) = &apis.secrets_dir {
         let prefix = key_name(tenant, "");
+        // By file name: the directory may be spelled otherwise in a reference (another host,
+        // a trailing "/."), the file name never is.
+        let file_of = |reference: &str| {
+            reference
+                .strip_prefix("file:")
+                .and_then(|path| Path::new(path).file_name().map(|f| f.to_owned()))
+        };
         let kept_file = |path: &Path| {
-            let reference = format!("file:{}", path.display());
-            recorded["secret_ref"].as_str() == Some(reference.as_str())
+            let name = path.file_name().map(|f| f.to_owned());
+            recorded["secret_ref"].as_str().and_then(file_of) == name
                 || keep
                     .iter()
-                    .any(|(_, r)| r.as_deref() == Some(reference.as_str()))
+                    .any(|(_, r)| r.as_deref().and_then(file_of) == name)
         };
         if let Ok(mut entries) = tokio::fs::read_dir(dir).await {
             while let Ok(Some(entry)) = entries.next_entry().await {
@@ -1146,7 +1146,7 @@ async fn revoke_by_name(
             .filter(|p| p["name"] == name.as_str() && p["status"] != "archived")
         {
             let project = provider_id(project, "id", "lookup")?;
-            if !resource_free(pool, "openai", project, revocation.tenant_ref).await? {
+            if !resource_free(pool, "openai", project, Some(revocation.tenant_ref)).await? {
                 continue; // someone's: a credential's, or a live tenant's
             }
             let accounts_path = format!("/organization/projects/{project}/service_accounts");
@@ -1236,7 +1236,7 @@ async fn revoke_by_name(
         for workspace in page["data"].as_array().into_iter().flatten() {
             if workspace["name"] == name.as_str() && workspace["archived_at"].is_null() {
                 let id = provider_id(workspace, "id", "lookup")?;
-                if resource_free(pool, "anthropic", id, revocation.tenant_ref).await? {
+                if resource_free(pool, "anthropic", id, Some(revocation.tenant_ref)).await? {
                     found.push(id.to_string());
                 }
             }
@@ -1261,11 +1261,12 @@ async fn revoke_by_name(
 
 /// Whether a provider id may be taken or removed for `tenant` (bulkhead.provider_resource_free):
 /// recorded for nobody, or for that tenant and it is gone.
+/// `tenant` None: recorded for nobody at all.
 async fn resource_free(
     pool: &PgPool,
     provider: &str,
     id: &str,
-    tenant: uuid::Uuid,
+    tenant: Option<uuid::Uuid>,
 ) -> Result<bool, ProvisionError> {
     Ok(
         sqlx::query_scalar("select bulkhead.provider_resource_free($1, $2, $3)")
@@ -1422,16 +1423,15 @@ async fn delete_secret(
     if let Some(id) = reference.strip_prefix("vault:") {
         let id = uuid::Uuid::parse_str(id)
             .map_err(|_| ProvisionError::permanent("secret deletion: not a vault id"))?;
-        let other: Option<String> = sqlx::query_scalar(
+        // A row whose name is not the tenant's (or has none) is not one the daemon stored.
+        let name: Option<Option<String>> = sqlx::query_scalar(
             "select s.name from vault.secrets s where s.id OPERATOR(pg_catalog.=) $1",
         )
         .bind(id)
         .fetch_optional(pool)
         .await
-        .map_err(vault_error)?
-        .flatten()
-        .filter(|name: &String| !name.starts_with(&prefix));
-        if other.is_some() {
+        .map_err(vault_error)?;
+        if name.is_some_and(|name| !name.is_some_and(|name| name.starts_with(&prefix))) {
             return Err(ProvisionError::permanent(
                 "secret deletion: the Vault secret is not one the daemon stored for this tenant; left in place",
             ));

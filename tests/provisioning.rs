@@ -813,6 +813,31 @@ async fn provisioning_creates_once_caps_and_keeps_keys_out_of_sight() {
         .execute(&mut admin_conn)
         .await;
     assert_eq!(sqlstate(&refused), "55000");
+    // A rotation, then a key set by hand before the rotation's job runs: the hand-set key stays
+    // (the rotation does not undo it), and the old provisioned key is revoked all the same.
+    let again = provision(&mut admin_conn, doubled, "openai", "{}").await;
+    assert_eq!(setup.run_job(&mut su, again).await, "done");
+    let rotation: i64 = sqlx::query_scalar("select bulkhead.rotate_credential($1, 'openai')")
+        .bind(doubled)
+        .fetch_one(&mut admin_conn)
+        .await
+        .unwrap();
+    sqlx::query("select bulkhead.set_credential($1, 'openai', 'env:A_SECOND_KEY_BY_HAND')")
+        .bind(doubled)
+        .execute(&mut admin_conn)
+        .await
+        .unwrap();
+    assert_eq!(setup.run_job(&mut su, rotation).await, "done");
+    let (current, switched): (String, bool) = sqlx::query_as(
+        "select c.secret_ref, (select bool_and(r.switched_at is not null) from bulkhead.provider_revocations r
+                               where r.tenant_ref = c.tenant_id and r.reason = 'rotation')
+         from bulkhead.tenant_credentials c where c.tenant_id = $1 and c.provider = 'openai'",
+    )
+    .bind(doubled)
+    .fetch_one(&mut su)
+    .await
+    .unwrap();
+    assert_eq!((current.as_str(), switched), ("env:A_SECOND_KEY_BY_HAND", true));
 
     // 6e. A worker cannot attach one tenant's project or key to another, even holding a job of
     // the other (here a finished job reopened as the worker's role may): ids are recorded for
