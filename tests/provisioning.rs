@@ -837,7 +837,10 @@ async fn provisioning_creates_once_caps_and_keeps_keys_out_of_sight() {
     .fetch_one(&mut su)
     .await
     .unwrap();
-    assert_eq!((current.as_str(), switched), ("env:A_SECOND_KEY_BY_HAND", true));
+    assert_eq!(
+        (current.as_str(), switched),
+        ("env:A_SECOND_KEY_BY_HAND", true)
+    );
 
     // 6e. A worker cannot attach one tenant's project or key to another, even holding a job of
     // the other (here a finished job reopened as the worker's role may): ids are recorded for
