@@ -350,10 +350,10 @@ async fn provisioning_creates_once_caps_and_keeps_keys_out_of_sight() {
         {
             let _worker = KillOnDrop(setup.worker(false).spawn().unwrap());
             let mut waited = 0;
-            while !setup
+            while setup
                 .fake
                 .call("GET", "/_fake/inflight", "")
-                .contains("\"inflight\": 1")
+                .contains("\"inflight\": 0")
             {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 waited += 1;
@@ -1230,10 +1230,10 @@ async fn provisioning_creates_once_caps_and_keeps_keys_out_of_sight() {
     let receipt: Uuid = {
         let _worker = KillOnDrop(setup.worker(false).spawn().unwrap());
         let mut waited = 0;
-        while !setup
+        while setup
             .fake
             .call("GET", "/_fake/inflight", "")
-            .contains("\"inflight\": 1")
+            .contains("\"inflight\": 0")
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
             waited += 1;
