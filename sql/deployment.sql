@@ -181,3 +181,7 @@ comment on function bulkhead.doctor() is
     'Deployment checks (roles that bypass RLS or let end users choose a tenant, pgvector and Vault privileges, ...); empty means nothing found. bulkhead_admin.';
 revoke all on function bulkhead.doctor() from public;
 grant execute on function bulkhead.doctor() to bulkhead_admin;
+
+-- The console's roles evaluate row level security policies (current_tenant()) as themselves.
+-- Granted last, so a fresh install lists the grants in the order an upgrade leaves them.
+grant execute on function bulkhead.current_tenant() to bulkhead_reporter, bulkhead_support;

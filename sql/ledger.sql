@@ -47,6 +47,208 @@ grant select, insert on bulkhead.ledger to bulkhead_meter;
 grant delete on bulkhead.ledger to bulkhead_admin;  -- tenant deletion only: see delete_tenant
 select pg_catalog.pg_extension_config_dump('bulkhead.ledger', '');
 
+-- The ledger's sums per tenant, day (in the rollup's time zone), provider, model and budget line,
+-- kept as settles commit: reports and the console read one row per day and model, not one per
+-- call. Written by the ledger's insert trigger only; usage_rollup says whether it can be trusted.
+create table bulkhead.usage_daily (
+    tenant_id           uuid        not null,
+    day                 date        not null,
+    provider            text        not null,
+    model               text        not null,
+    budget_line         text        not null,
+    requests            bigint      not null,
+    input_tokens        bigint      not null,
+    cached_input_tokens bigint      not null,
+    cache_write_tokens  bigint      not null,
+    output_tokens       bigint      not null,
+    reasoning_tokens    bigint      not null,
+    reserved_usd        numeric     not null,
+    cost_usd            numeric     not null,
+    last_at             timestamptz not null,
+    constraint usage_daily_pkey primary key (tenant_id, day, provider, model, budget_line),
+    constraint usage_daily_tenant_fkey foreign key (tenant_id) references bulkhead.tenants (id)
+);
+alter table bulkhead.usage_daily enable row level security;
+alter table bulkhead.usage_daily force row level security;
+create policy tenant_isolation on bulkhead.usage_daily
+    using (tenant_id = (select bulkhead.current_tenant()))
+    with check (tenant_id = (select bulkhead.current_tenant()));
+-- Dumped with the ledger it sums; the trigger stands aside while a dump is restored.
+-- Reports over every tenant read a range of days.
+create index usage_daily_by_day on bulkhead.usage_daily (day);
+select pg_catalog.pg_extension_config_dump('bulkhead.usage_daily', '');
+
+-- Whether usage_daily holds every ledger row, and in which time zone its days are. No row: no
+-- ledger row was ever written, so the (empty) rollup is complete in any zone. A settle under
+-- another bulkhead.billing_time_zone marks it stale: readers then sum the ledger itself until
+-- bulkhead.rebuild_usage_rollup() runs.
+create table bulkhead.usage_rollup (
+    singleton   boolean     not null default true,
+    zone        text        not null,
+    stale_since timestamptz,
+    built_at    timestamptz not null default pg_catalog.clock_timestamp(),
+    constraint usage_rollup_pkey primary key (singleton),
+    constraint usage_rollup_one_row check (singleton)
+);
+alter table bulkhead.usage_rollup enable row level security;
+alter table bulkhead.usage_rollup force row level security;
+create policy readable on bulkhead.usage_rollup for select using (true);
+create policy meter_marks on bulkhead.usage_rollup for all to bulkhead_meter using (true) with check (true);
+select pg_catalog.pg_extension_config_dump('bulkhead.usage_rollup', '');
+
+-- Adds a statement's new ledger rows to usage_daily, in key order (two settles of one tenant
+-- lock its rows in the same order).
+create function bulkhead._usage_rollup_add()
+returns trigger
+language plpgsql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    zone text := pg_catalog.current_setting('bulkhead.billing_time_zone');
+    rollup bulkhead.usage_rollup;
+begin
+    if bulkhead._restoring() then
+        return null;  -- the dump holds the rollup that matches its ledger
+    end if;
+    select * into rollup from bulkhead.usage_rollup;
+    if not found then
+        insert into bulkhead.usage_rollup (zone) values (zone) on conflict do nothing;
+        select * into rollup from bulkhead.usage_rollup;
+    end if;
+    if rollup.stale_since is not null then
+        return null;
+    end if;
+    if rollup.zone <> zone then
+        update bulkhead.usage_rollup set stale_since = pg_catalog.clock_timestamp() where stale_since is null;
+        return null;
+    end if;
+    insert into bulkhead.usage_daily as d
+    select n.tenant_id, (n.created_at at time zone zone)::date, n.provider, n.model, n.budget_line,
+           count(*), sum(n.input_tokens), sum(n.cached_input_tokens), sum(n.cache_write_tokens),
+           sum(n.output_tokens), sum(n.reasoning_tokens), coalesce(sum(n.reserved_usd), 0), sum(n.cost_usd),
+           max(n.created_at)
+    from added n
+    group by 1, 2, 3, 4, 5
+    order by 1, 2, 3, 4, 5
+    on conflict on constraint usage_daily_pkey do update set
+        requests = d.requests + excluded.requests,
+        input_tokens = d.input_tokens + excluded.input_tokens,
+        cached_input_tokens = d.cached_input_tokens + excluded.cached_input_tokens,
+        cache_write_tokens = d.cache_write_tokens + excluded.cache_write_tokens,
+        output_tokens = d.output_tokens + excluded.output_tokens,
+        reasoning_tokens = d.reasoning_tokens + excluded.reasoning_tokens,
+        reserved_usd = d.reserved_usd + excluded.reserved_usd,
+        cost_usd = d.cost_usd + excluded.cost_usd,
+        last_at = greatest(d.last_at, excluded.last_at);
+    return null;
+end
+$$;
+create trigger usage_rollup_add after insert on bulkhead.ledger
+    referencing new table as added
+    for each statement execute function bulkhead._usage_rollup_add();
+
+-- Which part of [from, to) the rollup can answer: its whole days [first_day, end_day), in its
+-- zone. The rest, [from, raw_before) and [raw_after, to), is summed from the ledger itself; all of
+-- it when the rollup is stale or kept in another zone than this session's billing time zone.
+create function bulkhead._usage_span("from" timestamptz, "to" timestamptz)
+returns table (zone text, first_day date, end_day date, raw_before timestamptz, raw_after timestamptz)
+language plpgsql stable
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    session_zone text := pg_catalog.current_setting('bulkhead.billing_time_zone');
+    rollup bulkhead.usage_rollup;
+begin
+    zone := session_zone;
+    select * into rollup from bulkhead.usage_rollup;
+    if "from" is null or "to" is null or "from" >= "to"
+       or (found and (rollup.stale_since is not null or rollup.zone <> session_zone)) then
+        first_day := 'epoch';
+        end_day := 'epoch';
+        raw_before := "to";
+        raw_after := "to";
+        return next;
+        return;
+    end if;
+    first_day := ("from" at time zone zone)::date;
+    if (first_day::timestamp at time zone zone) < "from" then
+        first_day := first_day + 1;
+    end if;
+    end_day := ("to" at time zone zone)::date;
+    if first_day >= end_day then
+        first_day := 'epoch';
+        end_day := 'epoch';
+        raw_before := "to";
+        raw_after := "to";
+    else
+        raw_before := first_day::timestamp at time zone zone;
+        raw_after := end_day::timestamp at time zone zone;
+    end if;
+    return next;
+end
+$$;
+
+-- The ledger's sums per tenant, day, provider, model and budget line over [from, to): the
+-- rollup's whole days and the ledger's edges. Row level security decides whose rows count; a
+-- null tenant means every row the caller may read. (An edge over every tenant reads the whole
+-- ledger: whole days, as reports by month use, never do.)
+create function bulkhead._usage_sums("from" timestamptz, "to" timestamptz, tenant uuid)
+returns table (
+    tenant_id uuid, day date, provider text, model text, budget_line text, requests bigint,
+    input_tokens bigint, cached_input_tokens bigint, cache_write_tokens bigint, output_tokens bigint,
+    reasoning_tokens bigint, reserved_usd numeric, cost_usd numeric, last_at timestamptz
+)
+language plpgsql stable
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    s record;
+    edge record;
+begin
+    select * into s from bulkhead._usage_span("from", "to");
+    -- Separate statements, not "tenant is null or ...": each keeps its own index plan.
+    if s.first_day < s.end_day and tenant is null then
+        return query
+            select d.tenant_id, d.day, d.provider, d.model, d.budget_line, d.requests, d.input_tokens,
+                   d.cached_input_tokens, d.cache_write_tokens, d.output_tokens, d.reasoning_tokens,
+                   d.reserved_usd, d.cost_usd, d.last_at
+            from bulkhead.usage_daily d
+            where d.day >= s.first_day and d.day < s.end_day;
+    elsif s.first_day < s.end_day then
+        return query
+            select d.tenant_id, d.day, d.provider, d.model, d.budget_line, d.requests, d.input_tokens,
+                   d.cached_input_tokens, d.cache_write_tokens, d.output_tokens, d.reasoning_tokens,
+                   d.reserved_usd, d.cost_usd, d.last_at
+            from bulkhead.usage_daily d
+            where d.tenant_id = tenant and d.day >= s.first_day and d.day < s.end_day;
+    end if;
+    for edge in select * from (values ("from", s.raw_before), (s.raw_after, "to")) w (lo, hi) where w.lo < w.hi loop
+        if tenant is null then
+            return query
+                select l.tenant_id, (l.created_at at time zone s.zone)::date, l.provider, l.model, l.budget_line,
+                       count(*), sum(l.input_tokens)::bigint, sum(l.cached_input_tokens)::bigint,
+                       sum(l.cache_write_tokens)::bigint, sum(l.output_tokens)::bigint, sum(l.reasoning_tokens)::bigint,
+                       coalesce(sum(l.reserved_usd), 0), sum(l.cost_usd), max(l.created_at)
+                from bulkhead.ledger l
+                where l.created_at >= edge.lo and l.created_at < edge.hi
+                group by 1, 2, 3, 4, 5;
+        else
+            return query
+                select l.tenant_id, (l.created_at at time zone s.zone)::date, l.provider, l.model, l.budget_line,
+                       count(*), sum(l.input_tokens)::bigint, sum(l.cached_input_tokens)::bigint,
+                       sum(l.cache_write_tokens)::bigint, sum(l.output_tokens)::bigint, sum(l.reasoning_tokens)::bigint,
+                       coalesce(sum(l.reserved_usd), 0), sum(l.cost_usd), max(l.created_at)
+                from bulkhead.ledger l
+                where l.tenant_id = tenant and l.created_at >= edge.lo and l.created_at < edge.hi
+                group by 1, 2, 3, 4, 5;
+        end if;
+    end loop;
+end
+$$;
+
 -- Settles a reservation with the provider's usage object; returns the call's cost in USD.
 -- Idempotent on the provider's request id. Releases what the reservation held beyond the
 -- actual cost, and refunds to the token buckets what the provider did not count.
@@ -319,14 +521,13 @@ security invoker
 set search_path to pg_catalog, pg_temp
 as $$
     with settled as (
-        select (l.created_at at time zone pg_catalog.current_setting('bulkhead.billing_time_zone'))::date as day,
-               l.provider, l.model, count(*) as requests,
-               sum(l.input_tokens)::bigint as input_tokens, sum(l.cached_input_tokens)::bigint as cached_input_tokens,
-               sum(l.cache_write_tokens)::bigint as cache_write_tokens, sum(l.output_tokens)::bigint as output_tokens,
-               sum(l.reasoning_tokens)::bigint as reasoning_tokens,
-               coalesce(sum(l.reserved_usd), 0) as reserved_usd, sum(l.cost_usd) as cost_usd
-        from bulkhead.ledger l
-        where l.tenant_id = bulkhead.current_tenant() and l.created_at >= "from" and l.created_at < "to"
+        select u.day, u.provider, u.model, sum(u.requests)::bigint as requests,
+               sum(u.input_tokens)::bigint as input_tokens, sum(u.cached_input_tokens)::bigint as cached_input_tokens,
+               sum(u.cache_write_tokens)::bigint as cache_write_tokens, sum(u.output_tokens)::bigint as output_tokens,
+               sum(u.reasoning_tokens)::bigint as reasoning_tokens,
+               sum(u.reserved_usd) as reserved_usd, sum(u.cost_usd) as cost_usd
+        -- No context, no rows (a null tenant would mean every row the caller may read).
+        from bulkhead._usage_sums("from", "to", coalesce(bulkhead.current_tenant(), '00000000-0000-0000-0000-000000000000')) u
         group by 1, 2, 3
     ),
     open_rows as (
@@ -360,38 +561,29 @@ $$;
 comment on function bulkhead.usage_report(timestamptz, timestamptz) is
     'The current tenant''s LLM usage and cost by day, provider and model, settled and still reserved.';
 
--- Finance: every tenant's settled cost by provider and model. Runs each tenant's part inside
--- that tenant's context, so row level security still decides what is read.
+-- Finance: every tenant's settled cost by provider and model. SECURITY DEFINER, owned by
+-- bulkhead_reporter, whose policies read every tenant's ledger sums: it returns sums only, and
+-- only to bulkhead_admin and bulkhead_finance (execute grants).
 create function bulkhead.usage_by_tenant("from" timestamptz, "to" timestamptz)
 returns table (
     tenant_id uuid, slug text, provider text, model text, requests bigint,
     input_tokens bigint, cached_input_tokens bigint, cache_write_tokens bigint, output_tokens bigint,
     cost_usd numeric
 )
-language plpgsql volatile
-security invoker
+language sql stable
+security definer
 set search_path to pg_catalog, pg_temp
 as $$
-declare
-    previous text := coalesce(pg_catalog.current_setting('bulkhead.tenant_id', true), '');  -- restored on exit
-    t record;
-begin
-    for t in select x.id, x.slug from bulkhead.tenants x order by x.slug loop
-        perform bulkhead._set_tenant_within_function(t.id);
-        return query
-            select t.id, t.slug, l.provider, l.model, count(*),
-                   sum(l.input_tokens)::bigint, sum(l.cached_input_tokens)::bigint,
-                   sum(l.cache_write_tokens)::bigint, sum(l.output_tokens)::bigint, sum(l.cost_usd)
-            from bulkhead.ledger l
-            where l.tenant_id = t.id and l.created_at >= "from" and l.created_at < "to"
-            group by l.provider, l.model
-            order by l.provider, l.model;
-    end loop;
-    perform bulkhead._leave_tenant(previous);
-end
+    select u.tenant_id, t.slug, u.provider, u.model, sum(u.requests)::bigint,
+           sum(u.input_tokens)::bigint, sum(u.cached_input_tokens)::bigint,
+           sum(u.cache_write_tokens)::bigint, sum(u.output_tokens)::bigint, sum(u.cost_usd)
+    from bulkhead._usage_sums("from", "to", null) u
+    join bulkhead.tenants t on t.id = u.tenant_id
+    group by u.tenant_id, t.slug, u.provider, u.model
+    order by t.slug, u.provider, u.model
 $$;
 comment on function bulkhead.usage_by_tenant(timestamptz, timestamptz) is
-    'Settled LLM cost per tenant, provider and model, for finance. bulkhead_admin only.';
+    'Settled LLM cost per tenant, provider and model, for finance. bulkhead_admin and bulkhead_finance only.';
 
 -- Normalises a provider usage object and prices it; records nothing.
 create function bulkhead.price_usage(

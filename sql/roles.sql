@@ -1,7 +1,9 @@
 -- Bulkhead's group roles: bulkhead_app (the trusted backend, which chooses its tenant),
 -- bulkhead_end_user (end users: the tenant comes only from verified JWT claims), bulkhead_gateway
 -- (the `bulkhead gateway` process: it authenticates callers and admits their calls), bulkhead_admin
--- and bulkhead_worker are granted to login roles; bulkhead_meter only owns the metering functions (budget_check, ledger_record...), which
+-- and bulkhead_worker are granted to login roles, as are bulkhead_support (customer success: prompts,
+-- evals, tenant status) and bulkhead_finance (read-only usage and budgets) for `bulkhead console`;
+-- bulkhead_reporter only owns the console's cross-tenant sums (tenant_overview, usage_by_tenant); bulkhead_meter only owns the metering functions (budget_check, ledger_record...), which
 -- run as it so that no caller needs write access to budget state or the ledger. Roles are cluster-wide: the first database that installs the
 -- extension creates them, later ones reuse them. A pre-existing role that could bypass RLS would
 -- void every guarantee, so installation refuses it instead of silently using it.
@@ -9,7 +11,8 @@ do $roles$
 declare
     role_name text;
 begin
-    foreach role_name in array array['bulkhead_app', 'bulkhead_admin', 'bulkhead_worker', 'bulkhead_meter', 'bulkhead_end_user', 'bulkhead_gateway'] loop
+    foreach role_name in array array['bulkhead_app', 'bulkhead_admin', 'bulkhead_worker', 'bulkhead_meter', 'bulkhead_end_user', 'bulkhead_gateway',
+                                          'bulkhead_support', 'bulkhead_finance', 'bulkhead_reporter'] loop
         if exists (
             select from pg_catalog.pg_roles
             where rolname = role_name and (rolsuper or rolbypassrls)

@@ -143,9 +143,14 @@ extension_sql_file!(
     requires = ["evals"]
 );
 extension_sql_file!(
+    "../../sql/console.sql",
+    name = "console",
+    requires = ["provisioning"]
+);
+extension_sql_file!(
     "../../sql/deployment.sql",
     name = "deployment",
-    requires = ["provisioning"],
+    requires = ["console"],
     finalize
 );
 

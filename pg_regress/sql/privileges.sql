@@ -5,7 +5,7 @@ set client_min_messages = warning;
 
 create temp table roles (role_name name, ord int);
 insert into roles values ('bulkhead_app', 1), ('bulkhead_worker', 2), ('bulkhead_admin', 3), ('bulkhead_meter', 4), ('public', 5),
-    ('bulkhead_end_user', 6), ('bulkhead_gateway', 7);
+    ('bulkhead_end_user', 6), ('bulkhead_gateway', 7), ('bulkhead_support', 8), ('bulkhead_finance', 9), ('bulkhead_reporter', 10);
 
 -- Tables: S(elect) I(nsert) U(pdate) D(elete) T(runcate) R(eferences) t(rigger); '-' = not held.
 select c.oid::regclass as table_name, r.role_name,
@@ -37,6 +37,9 @@ select p.oid::regprocedure as function_name,
        max(case when r.role_name = 'bulkhead_meter' and has_function_privilege(r.role_name, p.oid, 'EXECUTE') then 'X' else '-' end) as meter,
        max(case when r.role_name = 'bulkhead_end_user' and has_function_privilege(r.role_name, p.oid, 'EXECUTE') then 'X' else '-' end) as end_user,
        max(case when r.role_name = 'bulkhead_gateway' and has_function_privilege(r.role_name, p.oid, 'EXECUTE') then 'X' else '-' end) as gateway,
+       max(case when r.role_name = 'bulkhead_support' and has_function_privilege(r.role_name, p.oid, 'EXECUTE') then 'X' else '-' end) as support,
+       max(case when r.role_name = 'bulkhead_finance' and has_function_privilege(r.role_name, p.oid, 'EXECUTE') then 'X' else '-' end) as finance,
+       max(case when r.role_name = 'bulkhead_reporter' and has_function_privilege(r.role_name, p.oid, 'EXECUTE') then 'X' else '-' end) as reporter,
        max(case when r.role_name = 'public' and has_function_privilege(r.role_name, p.oid, 'EXECUTE') then 'X' else '-' end) as public
 from pg_proc p cross join roles r
 where p.pronamespace = 'bulkhead'::regnamespace
@@ -51,5 +54,6 @@ from roles r order by r.ord;
 
 -- Role attributes: none may log in, bypass RLS or be superuser.
 select rolname, rolcanlogin, rolsuper, rolbypassrls, rolcreaterole, rolcreatedb, rolinherit
-from pg_roles where rolname in ('bulkhead_app', 'bulkhead_admin', 'bulkhead_worker', 'bulkhead_meter', 'bulkhead_end_user', 'bulkhead_gateway') order by rolname;
+from pg_roles where rolname in ('bulkhead_app', 'bulkhead_admin', 'bulkhead_worker', 'bulkhead_meter', 'bulkhead_end_user', 'bulkhead_gateway',
+    'bulkhead_support', 'bulkhead_finance', 'bulkhead_reporter') order by rolname;
 rollback;

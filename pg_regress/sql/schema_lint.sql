@@ -88,7 +88,9 @@ definer_allow_list (proname) as (
            ('provisioning_job'), ('provisioning_step'), ('provisioned_credential'),
            ('provider_revocations_due'), ('provider_revocation_done'),
            ('_provider_limits_follow_budget'), ('_provisioned_key_attached'), ('_limits_follow'),
-           ('_provider_limits_follow_defaults'), ('_register_credential_project'), ('provider_resource_free')
+           ('_provider_limits_follow_defaults'), ('_register_credential_project'), ('provider_resource_free'),
+           -- The console's sums (console.sql), as bulkhead_reporter.
+           ('tenant_overview'), ('usage_by_tenant'), ('drift_by_tenant'), ('rebuild_usage_rollup')
 ),
 -- Extra policies on tenant tables (beside the one on current_tenant() for all roles), each read
 -- only by one SECURITY DEFINER function that returns no tenant data.
@@ -97,7 +99,11 @@ cross_tenant_policy_allow_list (table_name, polname) as (
     values ('bulkhead.pinecone_outbox', 'meter_lists_pending'::name),
     -- _gateway_authenticate() (in gateway_admit and gateway_models) finds a key by its hash and
     -- returns only the key's own tenant; _api_key_tenant() returns a key's tenant id.
-           ('bulkhead.api_keys', 'gateway_lookup')
+           ('bulkhead.api_keys', 'gateway_lookup'),
+    -- bulkhead_reporter owns only tenant_overview(), usage_by_tenant(), drift_by_tenant() and
+    -- rebuild_usage_rollup(): sums and limits per tenant, never a row's content.
+           ('bulkhead.budgets', 'reporter_sums'), ('bulkhead.budget_state', 'reporter_sums'),
+           ('bulkhead.ledger', 'reporter_sums'), ('bulkhead.usage_daily', 'reporter_sums')
 ),
 unpinned_allow_list (proname) as (
     -- Runs no SQL; a SET clause would add a settings save/restore to every policy evaluation.

@@ -2007,3 +2007,523 @@ from bulkhead.tenant_credentials c where c.provider_project_id is not null
 union
 select h.provider, h.provider_project_id, h.tenant_id from bulkhead.tenant_provider_projects h
 on conflict do nothing;
+
+-- 0.2.0: the console (sql/console.sql): roles bulkhead_support, bulkhead_finance and
+-- bulkhead_reporter, the per-day usage rollup (sql/ledger.sql), which usage_report and
+-- usage_by_tenant now read, and the console's sums.
+do $roles$
+declare
+    role_name text;
+begin
+    foreach role_name in array array['bulkhead_app', 'bulkhead_admin', 'bulkhead_worker', 'bulkhead_meter', 'bulkhead_end_user', 'bulkhead_gateway',
+                                          'bulkhead_support', 'bulkhead_finance', 'bulkhead_reporter'] loop
+        if exists (
+            select from pg_catalog.pg_roles
+            where rolname = role_name and (rolsuper or rolbypassrls)
+        ) then
+            raise exception 'role % can bypass row level security', role_name
+                using errcode = '42501',
+                      detail = 'Bulkhead''s roles must not be SUPERUSER or BYPASSRLS, or tenant isolation would not apply to them.',
+                      hint = pg_catalog.format('Run ALTER ROLE %I NOSUPERUSER NOBYPASSRLS, then create the extension again.', role_name);
+        end if;
+        if not exists (select from pg_catalog.pg_roles where rolname = role_name) then
+            begin
+                execute pg_catalog.format('create role %I nologin', role_name);
+            exception when duplicate_object then
+                null;  -- another database created it concurrently
+            end;
+        end if;
+    end loop;
+end
+$roles$;
+
+-- The ledger's sums per tenant, day (in the rollup's time zone), provider, model and budget line,
+-- kept as settles commit: reports and the console read one row per day and model, not one per
+-- call. Written by the ledger's insert trigger only; usage_rollup says whether it can be trusted.
+create table bulkhead.usage_daily (
+    tenant_id           uuid        not null,
+    day                 date        not null,
+    provider            text        not null,
+    model               text        not null,
+    budget_line         text        not null,
+    requests            bigint      not null,
+    input_tokens        bigint      not null,
+    cached_input_tokens bigint      not null,
+    cache_write_tokens  bigint      not null,
+    output_tokens       bigint      not null,
+    reasoning_tokens    bigint      not null,
+    reserved_usd        numeric     not null,
+    cost_usd            numeric     not null,
+    last_at             timestamptz not null,
+    constraint usage_daily_pkey primary key (tenant_id, day, provider, model, budget_line),
+    constraint usage_daily_tenant_fkey foreign key (tenant_id) references bulkhead.tenants (id)
+);
+alter table bulkhead.usage_daily enable row level security;
+alter table bulkhead.usage_daily force row level security;
+create policy tenant_isolation on bulkhead.usage_daily
+    using (tenant_id = (select bulkhead.current_tenant()))
+    with check (tenant_id = (select bulkhead.current_tenant()));
+-- Dumped with the ledger it sums; the trigger stands aside while a dump is restored.
+-- Reports over every tenant read a range of days.
+create index usage_daily_by_day on bulkhead.usage_daily (day);
+select pg_catalog.pg_extension_config_dump('bulkhead.usage_daily', '');
+
+-- Whether usage_daily holds every ledger row, and in which time zone its days are. No row: no
+-- ledger row was ever written, so the (empty) rollup is complete in any zone. A settle under
+-- another bulkhead.billing_time_zone marks it stale: readers then sum the ledger itself until
+-- bulkhead.rebuild_usage_rollup() runs.
+create table bulkhead.usage_rollup (
+    singleton   boolean     not null default true,
+    zone        text        not null,
+    stale_since timestamptz,
+    built_at    timestamptz not null default pg_catalog.clock_timestamp(),
+    constraint usage_rollup_pkey primary key (singleton),
+    constraint usage_rollup_one_row check (singleton)
+);
+alter table bulkhead.usage_rollup enable row level security;
+alter table bulkhead.usage_rollup force row level security;
+create policy readable on bulkhead.usage_rollup for select using (true);
+create policy meter_marks on bulkhead.usage_rollup for all to bulkhead_meter using (true) with check (true);
+select pg_catalog.pg_extension_config_dump('bulkhead.usage_rollup', '');
+
+-- Adds a statement's new ledger rows to usage_daily, in key order (two settles of one tenant
+-- lock its rows in the same order).
+create function bulkhead._usage_rollup_add()
+returns trigger
+language plpgsql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    zone text := pg_catalog.current_setting('bulkhead.billing_time_zone');
+    rollup bulkhead.usage_rollup;
+begin
+    if bulkhead._restoring() then
+        return null;  -- the dump holds the rollup that matches its ledger
+    end if;
+    select * into rollup from bulkhead.usage_rollup;
+    if not found then
+        insert into bulkhead.usage_rollup (zone) values (zone) on conflict do nothing;
+        select * into rollup from bulkhead.usage_rollup;
+    end if;
+    if rollup.stale_since is not null then
+        return null;
+    end if;
+    if rollup.zone <> zone then
+        update bulkhead.usage_rollup set stale_since = pg_catalog.clock_timestamp() where stale_since is null;
+        return null;
+    end if;
+    insert into bulkhead.usage_daily as d
+    select n.tenant_id, (n.created_at at time zone zone)::date, n.provider, n.model, n.budget_line,
+           count(*), sum(n.input_tokens), sum(n.cached_input_tokens), sum(n.cache_write_tokens),
+           sum(n.output_tokens), sum(n.reasoning_tokens), coalesce(sum(n.reserved_usd), 0), sum(n.cost_usd),
+           max(n.created_at)
+    from added n
+    group by 1, 2, 3, 4, 5
+    order by 1, 2, 3, 4, 5
+    on conflict on constraint usage_daily_pkey do update set
+        requests = d.requests + excluded.requests,
+        input_tokens = d.input_tokens + excluded.input_tokens,
+        cached_input_tokens = d.cached_input_tokens + excluded.cached_input_tokens,
+        cache_write_tokens = d.cache_write_tokens + excluded.cache_write_tokens,
+        output_tokens = d.output_tokens + excluded.output_tokens,
+        reasoning_tokens = d.reasoning_tokens + excluded.reasoning_tokens,
+        reserved_usd = d.reserved_usd + excluded.reserved_usd,
+        cost_usd = d.cost_usd + excluded.cost_usd,
+        last_at = greatest(d.last_at, excluded.last_at);
+    return null;
+end
+$$;
+create trigger usage_rollup_add after insert on bulkhead.ledger
+    referencing new table as added
+    for each statement execute function bulkhead._usage_rollup_add();
+
+-- Which part of [from, to) the rollup can answer: its whole days [first_day, end_day), in its
+-- zone. The rest, [from, raw_before) and [raw_after, to), is summed from the ledger itself; all of
+-- it when the rollup is stale or kept in another zone than this session's billing time zone.
+create function bulkhead._usage_span("from" timestamptz, "to" timestamptz)
+returns table (zone text, first_day date, end_day date, raw_before timestamptz, raw_after timestamptz)
+language plpgsql stable
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    session_zone text := pg_catalog.current_setting('bulkhead.billing_time_zone');
+    rollup bulkhead.usage_rollup;
+begin
+    zone := session_zone;
+    select * into rollup from bulkhead.usage_rollup;
+    if "from" is null or "to" is null or "from" >= "to"
+       or (found and (rollup.stale_since is not null or rollup.zone <> session_zone)) then
+        first_day := 'epoch';
+        end_day := 'epoch';
+        raw_before := "to";
+        raw_after := "to";
+        return next;
+        return;
+    end if;
+    first_day := ("from" at time zone zone)::date;
+    if (first_day::timestamp at time zone zone) < "from" then
+        first_day := first_day + 1;
+    end if;
+    end_day := ("to" at time zone zone)::date;
+    if first_day >= end_day then
+        first_day := 'epoch';
+        end_day := 'epoch';
+        raw_before := "to";
+        raw_after := "to";
+    else
+        raw_before := first_day::timestamp at time zone zone;
+        raw_after := end_day::timestamp at time zone zone;
+    end if;
+    return next;
+end
+$$;
+
+-- The ledger's sums per tenant, day, provider, model and budget line over [from, to): the
+-- rollup's whole days and the ledger's edges. Row level security decides whose rows count; a
+-- null tenant means every row the caller may read. (An edge over every tenant reads the whole
+-- ledger: whole days, as reports by month use, never do.)
+create function bulkhead._usage_sums("from" timestamptz, "to" timestamptz, tenant uuid)
+returns table (
+    tenant_id uuid, day date, provider text, model text, budget_line text, requests bigint,
+    input_tokens bigint, cached_input_tokens bigint, cache_write_tokens bigint, output_tokens bigint,
+    reasoning_tokens bigint, reserved_usd numeric, cost_usd numeric, last_at timestamptz
+)
+language plpgsql stable
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    s record;
+    edge record;
+begin
+    select * into s from bulkhead._usage_span("from", "to");
+    -- Separate statements, not "tenant is null or ...": each keeps its own index plan.
+    if s.first_day < s.end_day and tenant is null then
+        return query
+            select d.tenant_id, d.day, d.provider, d.model, d.budget_line, d.requests, d.input_tokens,
+                   d.cached_input_tokens, d.cache_write_tokens, d.output_tokens, d.reasoning_tokens,
+                   d.reserved_usd, d.cost_usd, d.last_at
+            from bulkhead.usage_daily d
+            where d.day >= s.first_day and d.day < s.end_day;
+    elsif s.first_day < s.end_day then
+        return query
+            select d.tenant_id, d.day, d.provider, d.model, d.budget_line, d.requests, d.input_tokens,
+                   d.cached_input_tokens, d.cache_write_tokens, d.output_tokens, d.reasoning_tokens,
+                   d.reserved_usd, d.cost_usd, d.last_at
+            from bulkhead.usage_daily d
+            where d.tenant_id = tenant and d.day >= s.first_day and d.day < s.end_day;
+    end if;
+    for edge in select * from (values ("from", s.raw_before), (s.raw_after, "to")) w (lo, hi) where w.lo < w.hi loop
+        if tenant is null then
+            return query
+                select l.tenant_id, (l.created_at at time zone s.zone)::date, l.provider, l.model, l.budget_line,
+                       count(*), sum(l.input_tokens)::bigint, sum(l.cached_input_tokens)::bigint,
+                       sum(l.cache_write_tokens)::bigint, sum(l.output_tokens)::bigint, sum(l.reasoning_tokens)::bigint,
+                       coalesce(sum(l.reserved_usd), 0), sum(l.cost_usd), max(l.created_at)
+                from bulkhead.ledger l
+                where l.created_at >= edge.lo and l.created_at < edge.hi
+                group by 1, 2, 3, 4, 5;
+        else
+            return query
+                select l.tenant_id, (l.created_at at time zone s.zone)::date, l.provider, l.model, l.budget_line,
+                       count(*), sum(l.input_tokens)::bigint, sum(l.cached_input_tokens)::bigint,
+                       sum(l.cache_write_tokens)::bigint, sum(l.output_tokens)::bigint, sum(l.reasoning_tokens)::bigint,
+                       coalesce(sum(l.reserved_usd), 0), sum(l.cost_usd), max(l.created_at)
+                from bulkhead.ledger l
+                where l.tenant_id = tenant and l.created_at >= edge.lo and l.created_at < edge.hi
+                group by 1, 2, 3, 4, 5;
+        end if;
+    end loop;
+end
+$$;
+
+-- The ledger so far, summed in the billing time zone as the trigger would have (ALTER EXTENSION
+-- runs as the extension's owner, which row level security does not confine; the trigger above
+-- holds off new ledger rows until this commits).
+insert into bulkhead.usage_daily
+select l.tenant_id, (l.created_at at time zone pg_catalog.current_setting('bulkhead.billing_time_zone'))::date,
+       l.provider, l.model, l.budget_line, count(*), sum(l.input_tokens), sum(l.cached_input_tokens),
+       sum(l.cache_write_tokens), sum(l.output_tokens), sum(l.reasoning_tokens), coalesce(sum(l.reserved_usd), 0),
+       sum(l.cost_usd), max(l.created_at)
+from bulkhead.ledger l
+group by 1, 2, 3, 4, 5;
+insert into bulkhead.usage_rollup (zone)
+select pg_catalog.current_setting('bulkhead.billing_time_zone') where exists (select from bulkhead.ledger);
+
+create or replace function bulkhead.usage_report("from" timestamptz, "to" timestamptz)
+returns table (
+    day date, provider text, model text, requests bigint,
+    input_tokens bigint, cached_input_tokens bigint, cache_write_tokens bigint,
+    output_tokens bigint, reasoning_tokens bigint,
+    reserved_usd numeric, cost_usd numeric,
+    open_reservations bigint, open_reserved_usd numeric
+)
+language sql stable
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+    with settled as (
+        select u.day, u.provider, u.model, sum(u.requests)::bigint as requests,
+               sum(u.input_tokens)::bigint as input_tokens, sum(u.cached_input_tokens)::bigint as cached_input_tokens,
+               sum(u.cache_write_tokens)::bigint as cache_write_tokens, sum(u.output_tokens)::bigint as output_tokens,
+               sum(u.reasoning_tokens)::bigint as reasoning_tokens,
+               sum(u.reserved_usd) as reserved_usd, sum(u.cost_usd) as cost_usd
+        -- No context, no rows (a null tenant would mean every row the caller may read).
+        from bulkhead._usage_sums("from", "to", coalesce(bulkhead.current_tenant(), '00000000-0000-0000-0000-000000000000')) u
+        group by 1, 2, 3
+    ),
+    open_rows as (
+        select (r.created_at at time zone pg_catalog.current_setting('bulkhead.billing_time_zone'))::date as day,
+               r.provider, r.model, count(*) as open_reservations, sum(r.reserved_usd) as open_reserved_usd
+        from bulkhead.reservations r
+        where r.tenant_id = bulkhead.current_tenant() and r.created_at >= "from" and r.created_at < "to"
+          and r.settled_at is null and r.expired_at is null and r.lease_expires_at > pg_catalog.clock_timestamp()
+        group by 1, 2, 3
+        union all
+        -- Admitted in memory and not settled yet (bulkhead.memory_admission): listed under today.
+        select (pg_catalog.clock_timestamp() at time zone pg_catalog.current_setting('bulkhead.billing_time_zone'))::date,
+               m.provider, m.model, m.open_reservations, m.open_reserved_usd
+        from bulkhead._open_in_memory() m
+        where pg_catalog.clock_timestamp() >= "from" and pg_catalog.clock_timestamp() < "to"
+    ),
+    open as (
+        select o.day, o.provider, o.model, sum(o.open_reservations)::bigint as open_reservations,
+               sum(o.open_reserved_usd) as open_reserved_usd
+        from open_rows o
+        group by 1, 2, 3
+    )
+    select coalesce(s.day, o.day), coalesce(s.provider, o.provider), coalesce(s.model, o.model),
+           coalesce(s.requests, 0), coalesce(s.input_tokens, 0), coalesce(s.cached_input_tokens, 0),
+           coalesce(s.cache_write_tokens, 0), coalesce(s.output_tokens, 0), coalesce(s.reasoning_tokens, 0),
+           coalesce(s.reserved_usd, 0), coalesce(s.cost_usd, 0),
+           coalesce(o.open_reservations, 0), coalesce(o.open_reserved_usd, 0)
+    from settled s full join open o on o.day = s.day and o.provider = s.provider and o.model = s.model
+    order by 1, 2, 3
+$$;
+
+create or replace function bulkhead.usage_by_tenant("from" timestamptz, "to" timestamptz)
+returns table (
+    tenant_id uuid, slug text, provider text, model text, requests bigint,
+    input_tokens bigint, cached_input_tokens bigint, cache_write_tokens bigint, output_tokens bigint,
+    cost_usd numeric
+)
+language sql stable
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+    select u.tenant_id, t.slug, u.provider, u.model, sum(u.requests)::bigint,
+           sum(u.input_tokens)::bigint, sum(u.cached_input_tokens)::bigint,
+           sum(u.cache_write_tokens)::bigint, sum(u.output_tokens)::bigint, sum(u.cost_usd)
+    from bulkhead._usage_sums("from", "to", null) u
+    join bulkhead.tenants t on t.id = u.tenant_id
+    group by u.tenant_id, t.slug, u.provider, u.model
+    order by t.slug, u.provider, u.model
+$$;
+
+comment on function bulkhead.usage_by_tenant(timestamptz, timestamptz) is
+    'Settled LLM cost per tenant, provider and model, for finance. bulkhead_admin and bulkhead_finance only.';
+
+-- The console's roles and reads (`bulkhead console`). The console signs people in with their own
+-- PostgreSQL logins and runs every statement as them, so what each may see and do is decided
+-- here, by grants and row level security, not by the web pages:
+--   bulkhead_admin    everything the control plane does (as before);
+--   bulkhead_support  customer success: tenant status, prompts (publish, activate through the
+--                     eval gate, roll back) and eval results; no credentials, budgets, keys or
+--                     deletion, and no money;
+--   bulkhead_finance  read-only: spend, budgets and limits, usage sums per tenant and model,
+--                     drift; no prompts, no ledger rows, nothing it could change.
+-- Cross-tenant numbers come from SECURITY DEFINER functions owned by bulkhead_reporter, whose
+-- policies read every tenant's sums and which return sums only.
+
+grant usage on schema bulkhead to bulkhead_support, bulkhead_finance, bulkhead_reporter;
+
+-- bulkhead_reporter: reads for sums, writes only the rollup it rebuilds.
+grant select on bulkhead.tenants, bulkhead.budgets, bulkhead.budget_state, bulkhead.budget_defaults,
+    bulkhead.ledger, bulkhead.usage_drift to bulkhead_reporter;
+grant select, insert, delete on bulkhead.usage_daily to bulkhead_reporter;
+grant select, insert, update on bulkhead.usage_rollup to bulkhead_reporter;
+create policy reporter_reads on bulkhead.tenants for select to bulkhead_reporter using (true);
+create policy reporter_sums on bulkhead.budgets for select to bulkhead_reporter using (true);
+create policy reporter_sums on bulkhead.budget_state for select to bulkhead_reporter using (true);
+create policy reporter_sums on bulkhead.ledger for select to bulkhead_reporter using (true);
+create policy reporter_sums on bulkhead.usage_daily for all to bulkhead_reporter using (true) with check (true);
+create policy reporter_rebuilds on bulkhead.usage_rollup for all to bulkhead_reporter using (true) with check (true);
+create policy reporter_sums on bulkhead.usage_drift for select to bulkhead_reporter using (true);
+grant execute on function bulkhead._usage_sums(timestamptz, timestamptz, uuid), bulkhead._usage_span(timestamptz, timestamptz),
+    bulkhead._caller() to bulkhead_reporter;
+
+-- One row per tenant for the console's Tenants page: status, limits, this period's spend and
+-- what is reserved, today's calls and cost, the last settled call. Money is null unless the
+-- caller is in bulkhead_admin or bulkhead_finance. SECURITY DEFINER (bulkhead_reporter): it
+-- reads every tenant's budget state and rollup, and returns numbers only.
+create function bulkhead.tenant_overview()
+returns table (
+    tenant_id uuid, slug text, name text, status text, created_at timestamptz,
+    rpm int, itpm int, otpm int, own_budget boolean,
+    period text, period_start timestamptz, dollar_limit numeric, spent_usd numeric, reserved_usd numeric,
+    calls_today bigint, cost_today numeric, last_activity timestamptz
+)
+language plpgsql stable
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    caller text := bulkhead._caller();
+    sees_money boolean := pg_catalog.pg_has_role(caller, 'bulkhead_admin', 'member')
+                          or pg_catalog.pg_has_role(caller, 'bulkhead_finance', 'member');
+    zone text := pg_catalog.current_setting('bulkhead.billing_time_zone');
+    now_ts timestamptz := pg_catalog.clock_timestamp();
+    today date := (now_ts at time zone zone)::date;
+begin
+    if not (sees_money or pg_catalog.pg_has_role(caller, 'bulkhead_support', 'member')) then
+        raise exception 'permission denied for function tenant_overview'
+            using errcode = '42501', detail = 'The tenant overview is for bulkhead_admin, bulkhead_support and bulkhead_finance.';
+    end if;
+    return query
+        with limits as (
+            select t.id, t.slug, t.name, t.status, t.created_at,
+                   coalesce(b.rpm, d.rpm) as rpm, coalesce(b.itpm, d.itpm) as itpm, coalesce(b.otpm, d.otpm) as otpm,
+                   b.tenant_id is not null as own_budget,
+                   coalesce(b.period, d.period) as period, coalesce(b.dollar_limit, d.dollar_limit) as dollar_limit
+            from bulkhead.tenants t
+            cross join bulkhead.budget_defaults d
+            left join bulkhead.budgets b on b.tenant_id = t.id
+        ),
+        bounds as (
+            select l.*, pg_catalog.date_trunc(l.period, now_ts at time zone zone) at time zone zone as starts
+            from limits l
+        ),
+        today_sums as (
+            select u.tenant_id, sum(u.requests)::bigint as calls, sum(u.cost_usd) as cost
+            from bulkhead._usage_sums(today::timestamp at time zone zone, (today + 1)::timestamp at time zone zone, null) u
+            group by u.tenant_id
+        )
+        select b.id, b.slug, b.name, b.status, b.created_at, b.rpm, b.itpm, b.otpm, b.own_budget,
+               b.period, b.starts,
+               case when sees_money then b.dollar_limit end,
+               case when not sees_money then null
+                    -- budget_state keeps the period's spend as calls settle; a period that rolled
+                    -- over since the tenant's last admission is summed from its ledger instead.
+                    when s.period = b.period and s.period_start = b.starts then s.spent_usd
+                    else (select coalesce(sum(l.cost_usd), 0) from bulkhead.ledger l
+                          where l.tenant_id = b.id and l.created_at >= b.starts and l.budget_line = 'tenant') end,
+               case when sees_money then coalesce(s.reserved_usd, 0) end,
+               coalesce(x.calls, 0),
+               case when sees_money then coalesce(x.cost, 0) end,
+               (select max(u.last_at) from bulkhead.usage_daily u
+                where u.tenant_id = b.id
+                  and u.day = (select max(v.day) from bulkhead.usage_daily v where v.tenant_id = b.id))
+        from bounds b
+        left join bulkhead.budget_state s on s.tenant_id = b.id
+        left join today_sums x on x.tenant_id = b.id;
+end
+$$;
+comment on function bulkhead.tenant_overview() is
+    'One row per tenant for the console: status, limits, this period''s spend and reservations, today''s calls and cost, last activity (money for bulkhead_admin and bulkhead_finance only).';
+
+-- Reconciliation drift per tenant with a dedicated credential, per provider, over [from, to]
+-- (UTC days): what the provider counted minus what the ledger holds.
+create function bulkhead.drift_by_tenant("from" date, "to" date)
+returns table (
+    tenant_id uuid, provider text, days bigint, input_token_drift bigint, output_token_drift bigint,
+    request_drift bigint
+)
+language sql stable
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+    select d.dedicated_tenant, d.provider, count(distinct d.usage_date),
+           sum(d.provider_input_tokens - d.ledger_input_tokens)::bigint,
+           sum(d.provider_output_tokens - d.ledger_output_tokens)::bigint,
+           sum(d.provider_requests - d.ledger_requests)::bigint
+    from bulkhead.usage_drift d
+    where d.dedicated_tenant is not null and d.usage_date between "from" and "to"
+    group by 1, 2
+$$;
+comment on function bulkhead.drift_by_tenant(date, date) is
+    'Provider-counted minus ledger tokens and requests per tenant with a dedicated credential and provider, for finance.';
+
+-- Rebuilds usage_daily from the ledger in this session's billing time zone: after
+-- bulkhead.billing_time_zone changed (the rollup is then stale, and reports read the ledger).
+-- Settles wait for it (they add to the rollup under a lock this takes). Returns the rows written.
+create function bulkhead.rebuild_usage_rollup()
+returns bigint
+language plpgsql volatile
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    zone text := pg_catalog.current_setting('bulkhead.billing_time_zone');
+    written bigint;
+begin
+    if pg_catalog.current_setting('transaction_isolation') <> 'read committed' then
+        raise exception 'rebuild_usage_rollup runs at read committed'
+            using errcode = '25001', detail = 'It must see every settle that committed before it took its lock.';
+    end if;
+    lock table bulkhead.usage_daily in exclusive mode;
+    delete from bulkhead.usage_daily;
+    insert into bulkhead.usage_daily
+    select l.tenant_id, (l.created_at at time zone zone)::date, l.provider, l.model, l.budget_line,
+           count(*), sum(l.input_tokens), sum(l.cached_input_tokens), sum(l.cache_write_tokens),
+           sum(l.output_tokens), sum(l.reasoning_tokens), coalesce(sum(l.reserved_usd), 0), sum(l.cost_usd),
+           max(l.created_at)
+    from bulkhead.ledger l
+    group by 1, 2, 3, 4, 5;
+    get diagnostics written = row_count;
+    insert into bulkhead.usage_rollup (zone, stale_since, built_at) values (zone, null, pg_catalog.clock_timestamp())
+    on conflict on constraint usage_rollup_pkey do update
+        set zone = excluded.zone, stale_since = null, built_at = excluded.built_at;
+    return written;
+end
+$$;
+comment on function bulkhead.rebuild_usage_rollup() is
+    'Rebuilds the per-day usage rollup from the ledger in the current billing time zone (after that setting changed). bulkhead_admin only.';
+
+alter function bulkhead.tenant_overview() owner to bulkhead_reporter;
+alter function bulkhead.usage_by_tenant(timestamptz, timestamptz) owner to bulkhead_reporter;
+alter function bulkhead.drift_by_tenant(date, date) owner to bulkhead_reporter;
+alter function bulkhead.rebuild_usage_rollup() owner to bulkhead_reporter;
+revoke all on function bulkhead.tenant_overview(), bulkhead.drift_by_tenant(date, date),
+    bulkhead.rebuild_usage_rollup() from public;
+grant execute on function bulkhead.tenant_overview() to bulkhead_admin, bulkhead_support, bulkhead_finance;
+grant execute on function bulkhead.usage_by_tenant(timestamptz, timestamptz), bulkhead.drift_by_tenant(date, date)
+    to bulkhead_admin, bulkhead_finance;
+grant execute on function bulkhead.rebuild_usage_rollup() to bulkhead_admin;
+
+-- The rollup: the meter writes it as settles commit; tenants read their own rows (usage_report);
+-- the control plane deletes a tenant's rows with the tenant.
+grant select, insert, update on bulkhead.usage_daily to bulkhead_meter;
+grant select on bulkhead.usage_daily to bulkhead_app, bulkhead_worker, bulkhead_admin;
+grant delete on bulkhead.usage_daily to bulkhead_admin;  -- tenant deletion only
+grant select on bulkhead.usage_rollup to bulkhead_meter, bulkhead_app, bulkhead_worker, bulkhead_admin,
+    bulkhead_support, bulkhead_finance;
+grant insert, update on bulkhead.usage_rollup to bulkhead_meter;
+revoke all on function bulkhead._usage_rollup_add(), bulkhead._usage_span(timestamptz, timestamptz),
+    bulkhead._usage_sums(timestamptz, timestamptz, uuid) from public;
+grant execute on function bulkhead._usage_span(timestamptz, timestamptz), bulkhead._usage_sums(timestamptz, timestamptz, uuid)
+    to bulkhead_app, bulkhead_worker, bulkhead_admin, bulkhead_meter;
+
+-- bulkhead_support: tenant status (tenant_overview), and a tenant's prompts and evals inside
+-- that tenant's context. The prompt functions are SECURITY DEFINER and record the caller.
+grant execute on function bulkhead.set_tenant(uuid) to bulkhead_support;
+-- set_tenant checks the tenant exists; the list of tenants is what tenant_overview shows anyway.
+grant select on bulkhead.tenants to bulkhead_support;
+create policy support_lists on bulkhead.tenants for select to bulkhead_support using (true);
+grant select on bulkhead.prompt_skeletons, bulkhead.prompt_templates, bulkhead.prompt_versions,
+    bulkhead.prompt_releases, bulkhead.eval_sets, bulkhead.eval_cases, bulkhead.eval_runs, bulkhead.eval_results
+    to bulkhead_support;
+grant execute on function bulkhead.publish_prompt(uuid, text, jsonb, text),
+    bulkhead.activate_prompt(uuid, text, int, boolean, text), bulkhead.rollback_prompt(uuid, text),
+    bulkhead.render_prompt_version(text, int, jsonb), bulkhead._render_prompt_version(text, int, text),
+    bulkhead.eval_report(bigint), bulkhead.eval_run_status(bigint[], text)
+    to bulkhead_support;
+
+-- bulkhead_finance: the numbers above, through tenant_overview, usage_by_tenant and
+-- drift_by_tenant; and the platform's default limits. Nothing else: no context, no rows.
+grant select on bulkhead.budget_defaults to bulkhead_finance;
+
+-- The console's roles evaluate row level security policies (current_tenant()) as themselves.
+-- Granted last, so a fresh install lists the grants in the order an upgrade leaves them.
+grant execute on function bulkhead.current_tenant() to bulkhead_reporter, bulkhead_support;
