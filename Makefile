@@ -58,6 +58,12 @@ DB_NAME     ?= bulkhead
 # The version this tree builds (the workspace's), and so the extension's default_version.
 VERSION     := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 SUPER_URL    = postgres://postgres@$(PGHOST):$(PGPORT)
+# Every login but that local superuser proves a password (scram-sha-256, see pg_hba below). The
+# development and test logins share this one, which psql, pgbench, PostgREST and sqlx read
+# from PGPASSFILE; a login of your own gets its own password (ALTER ROLE ... PASSWORD).
+DEV_LOGIN_PASSWORD := bulkhead-dev-login
+export BULKHEAD_DEV_PASSWORD := $(DEV_LOGIN_PASSWORD)
+export PGPASSFILE := $(BULKHEAD_HOME)/pgpass
 DATABASE_URL = $(SUPER_URL)/$(DB_NAME)
 PSQL         = $(PG_BIN)/psql -X -v ON_ERROR_STOP=1 -q
 EXT_LIB      = $(shell $(PG_CONFIG) --pkglibdir)/bulkhead.so
@@ -185,6 +191,15 @@ db: build
 	  mkdir -p $(PGDATA_DIR) && chown $(PG_OS_USER) $(PGDATA_DIR) && chmod 700 $(PGDATA_DIR); \
 	  $(AS_PG) $(PG_BIN)/initdb -D $(PGDATA_DIR) -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null; \
 	fi
+	@# Passwords for every login but the Makefile's superuser (trusted on this machine only).
+	@printf '%s\n' '# Written by make db: the local superuser is trusted; every other login proves its password.' \
+	  'local all postgres trust' 'host all postgres 127.0.0.1/32 trust' \
+	  'local all all scram-sha-256' 'host all all 127.0.0.1/32 scram-sha-256' 'host all all ::1/128 scram-sha-256' \
+	  | $(AS_PG) tee $(PGDATA_DIR)/pg_hba.conf.new >/dev/null; \
+	if cmp -s $(PGDATA_DIR)/pg_hba.conf.new $(PGDATA_DIR)/pg_hba.conf; then rm -f $(PGDATA_DIR)/pg_hba.conf.new; \
+	else $(AS_PG) mv $(PGDATA_DIR)/pg_hba.conf.new $(PGDATA_DIR)/pg_hba.conf; \
+	  if $(AS_PG) $(PG_BIN)/pg_ctl -D $(PGDATA_DIR) status >/dev/null 2>&1; then $(AS_PG) $(PG_BIN)/pg_ctl -D $(PGDATA_DIR) reload >/dev/null; fi; fi
+	@umask 077 && printf '%s\n' '$(PGHOST):*:*:*:$(DEV_LOGIN_PASSWORD)' 'localhost:*:*:*:$(DEV_LOGIN_PASSWORD)' > $(PGPASSFILE)
 	@# Preloaded, bulkhead keeps its caches in shared memory (see README, Settings).
 	@grep -q "^include_if_exists = 'bulkhead.conf'" $(PGDATA_DIR)/postgresql.conf || \
 	  echo "include_if_exists = 'bulkhead.conf'" | $(AS_PG) tee -a $(PGDATA_DIR)/postgresql.conf >/dev/null
@@ -292,7 +307,7 @@ test-integration: db $(STAMPS)/postgrest-$(POSTGREST_NPM_VERSION) $(STAMPS)/sdk-
 	@echo "==> integration tests"
 	@$(if $(wildcard sql/releases/bulkhead--*.sql),cp $(wildcard sql/releases/bulkhead--*.sql) $(EXT_SQL_DIR)/)
 	@$(PSQL) -d $(SUPER_URL)/postgres -c "set client_min_messages = warning" -c "drop database if exists bulkhead_it with (force)" -c "create database bulkhead_it"
-	@$(PSQL) -d $(SUPER_URL)/bulkhead_it -c "set client_min_messages = warning" -c "create extension bulkhead cascade" -f tests/setup.sql \
+	@$(PSQL) -d $(SUPER_URL)/bulkhead_it -v dev_password=$(DEV_LOGIN_PASSWORD) -c "set client_min_messages = warning" -c "create extension bulkhead cascade" -f tests/setup.sql \
 	  -c "alter database bulkhead_it set bulkhead.eval_gate_empty_set = 'allow'"
 	BULKHEAD_TEST_DATABASE_URL=$(SUPER_URL)/bulkhead_it BULKHEAD_TEST_HOST=$(PGHOST) BULKHEAD_TEST_PORT=$(PGPORT) \
 	  BULKHEAD_HOME=$(BULKHEAD_HOME) BULKHEAD_POSTGREST=$(POSTGREST_BIN) BULKHEAD_SDK_PYTHON=$(SDK_VENV)/bin/python \

@@ -19,7 +19,8 @@ psql() { "$bin/psql" -X -v ON_ERROR_STOP=1 -q "$@"; }
 
 psql -d "$super/postgres" -c "set client_min_messages = warning" \
     -c "drop database if exists $db with (force)" -c "create database $db"
-psql -d "$super/$db" >/dev/null <<'SQL'
+# The logins prove the development password (make db; PGPASSFILE gives it to psql and sqlsmith).
+psql -d "$super/$db" -v dev_password="${BULKHEAD_DEV_PASSWORD:-bulkhead-dev-login}" >/dev/null <<'SQL'
 set client_min_messages = warning;
 create extension bulkhead cascade;
 do $$
@@ -32,6 +33,8 @@ begin
     end if;
 end
 $$;
+alter role bulkhead_fuzz_app password :'dev_password';
+alter role bulkhead_fuzz_admin password :'dev_password';
 alter role bulkhead_fuzz_app set log_error_verbosity = verbose;
 alter role bulkhead_fuzz_admin set log_error_verbosity = verbose;
 alter role bulkhead_fuzz_app set statement_timeout = '5s';

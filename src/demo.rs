@@ -579,14 +579,7 @@ async fn completion_through_the_daemon(
     .await?;
     tx.commit().await?;
     // The daemon logs in as a member of bulkhead_worker: row level security applies to it.
-    conn.execute(
-        "do $$ begin
-           if not exists (select from pg_roles where rolname = 'bulkhead_demo_worker') then
-             create role bulkhead_demo_worker login in role bulkhead_worker;
-           end if;
-         end $$",
-    )
-    .await?;
+    demo_login(conn, "bulkhead_demo_worker", "bulkhead_worker").await?;
 
     let mut tx = conn.begin().await?;
     enter_app(&mut tx, Some(tenant)).await?;
@@ -599,13 +592,10 @@ async fn completion_through_the_daemon(
         "   select bulkhead.complete('support', '{{\"question\": \"Can I get a discount?\"}}', 'gpt-4o-mini', 60) -> job {job}"
     ));
 
-    let mut worker_url =
-        reqwest::Url::parse(database_url).map_err(|e| DemoError::Setup(e.to_string()))?;
-    let _ = worker_url.set_username("bulkhead_demo_worker");
-    let _ = worker_url.set_password(None);
+    let worker_url = login_url(database_url, "bulkhead_demo_worker")?;
     let status = worker
         .args(["worker", "--drain", "--name", "demo-worker"])
-        .env("DATABASE_URL", worker_url.as_str())
+        .env("DATABASE_URL", &worker_url)
         .stderr(std::process::Stdio::null())
         .status()
         .map_err(|e| DemoError::Setup(format!("cannot run bulkhead worker: {e}")))?;
@@ -691,18 +681,8 @@ async fn chat_through_the_gateway(
         &globex_key[..9]
     ));
     // The gateway logs in as a member of bulkhead_gateway, which can do nothing but its functions.
-    conn.execute(
-        "do $$ begin
-           if not exists (select from pg_roles where rolname = 'bulkhead_demo_gateway') then
-             create role bulkhead_demo_gateway login in role bulkhead_gateway;
-           end if;
-         end $$",
-    )
-    .await?;
-    let mut gateway_url =
-        reqwest::Url::parse(database_url).map_err(|e| DemoError::Setup(e.to_string()))?;
-    let _ = gateway_url.set_username("bulkhead_demo_gateway");
-    let _ = gateway_url.set_password(None);
+    demo_login(conn, "bulkhead_demo_gateway", "bulkhead_gateway").await?;
+    let gateway_url = login_url(database_url, "bulkhead_demo_gateway")?;
 
     let real_key = std::env::var("OPENAI_API_KEY").is_ok_and(|k| !k.is_empty());
     let mut fake = None;
@@ -876,21 +856,8 @@ async fn release_gated_by_evals(
 
     // The gate command and a worker beside it, as the control plane's CI job would run them;
     // the FAKE provider (a test double) answers with the first words of each prompt.
-    conn.execute(
-        "do $$ begin
-           if not exists (select from pg_roles where rolname = 'bulkhead_demo_admin') then
-             create role bulkhead_demo_admin login in role bulkhead_admin;
-           end if;
-         end $$",
-    )
-    .await?;
-    let login_url = |login: &str| -> Result<String, DemoError> {
-        let mut url =
-            reqwest::Url::parse(database_url).map_err(|e| DemoError::Setup(e.to_string()))?;
-        let _ = url.set_username(login);
-        let _ = url.set_password(None);
-        Ok(url.to_string())
-    };
+    demo_login(conn, "bulkhead_demo_admin", "bulkhead_admin").await?;
+    let login_url = |login: &str| login_url(database_url, login);
     let (mut fake, port) = start_fake_provider()?;
     let exe = std::env::current_exe().map_err(|e| DemoError::Setup(e.to_string()))?;
     let mut worker = std::process::Command::new(&exe)
@@ -1028,15 +995,11 @@ impl ProviderSide {
         let secrets =
             std::env::temp_dir().join(format!("bulkhead-demo-secrets-{}", std::process::id()));
         std::fs::create_dir_all(&secrets).map_err(|e| DemoError::Setup(e.to_string()))?;
-        let mut url =
-            reqwest::Url::parse(database_url).map_err(|e| DemoError::Setup(e.to_string()))?;
-        let _ = url.set_username("bulkhead_demo_worker");
-        let _ = url.set_password(None);
         let side = ProviderSide {
             fake,
             port,
             secrets,
-            worker_url: url.to_string(),
+            worker_url: login_url(database_url, "bulkhead_demo_worker")?,
         };
         say(&format!(
             "   OpenAI's Admin API here is the FAKE one (a test double) on 127.0.0.1:{port}; the admin key is a made-up sk-admin-... value."
@@ -1153,6 +1116,46 @@ impl Drop for ProviderSide {
         let _ = self.fake.wait();
         let _ = std::fs::remove_dir_all(&self.secrets);
     }
+}
+
+/// The demo's logins share one password, new each run: the cluster checks a password
+/// (scram-sha-256) for every login but its local superuser.
+fn demo_password() -> &'static str {
+    static PASSWORD: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PASSWORD.get_or_init(|| Uuid::new_v4().simple().to_string())
+}
+
+/// Creates `login` in `group` if it is missing, and gives it the demo's password.
+async fn demo_login(conn: &mut PgConnection, login: &str, group: &str) -> Result<(), DemoError> {
+    // Quoted by format() in SQL: role names and passwords are no bind parameters in DDL.
+    let statements: Vec<String> = sqlx::query_scalar(
+        "select pg_catalog.format('create role %I login in role %I', $1::text, $2::text)
+         where not exists (select from pg_catalog.pg_roles where rolname = $1)
+         union all
+         select pg_catalog.format('alter role %I password %L', $1::text, $3::text)",
+    )
+    .bind(login)
+    .bind(group)
+    .bind(demo_password())
+    .fetch_all(&mut *conn)
+    .await?;
+    for statement in statements {
+        if let Err(e) = conn.execute(statement.as_str()).await {
+            // Another database's demo made it in the meantime.
+            if !matches!(&e, sqlx::Error::Database(d) if d.code().as_deref() == Some("42710")) {
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `database_url` with the demo login and its password in place of the superuser.
+fn login_url(database_url: &str, login: &str) -> Result<String, DemoError> {
+    let mut url = reqwest::Url::parse(database_url).map_err(|e| DemoError::Setup(e.to_string()))?;
+    let _ = url.set_username(login);
+    let _ = url.set_password(Some(demo_password()));
+    Ok(url.to_string())
 }
 
 fn start_fake_provider() -> Result<(std::process::Child, u16), DemoError> {

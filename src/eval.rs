@@ -293,9 +293,9 @@ fn junit_report(template: &str, version: i32, runs: &[RunStatus], seconds: f64) 
     xml
 }
 
-/// XML attribute text: the five predefined entities, and control characters (which XML 1.0
-/// cannot hold) dropped.
-fn escape(text: &str) -> String {
+/// XML attribute text (and HTML text): the five predefined entities, and control characters
+/// (which XML 1.0 cannot hold) dropped.
+pub(crate) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {

@@ -7,17 +7,20 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod console;
 mod credentials;
 mod database;
 mod demo;
 mod eval;
 mod gateway;
+mod http;
 mod logging;
 mod metrics;
 mod pinecone;
 mod providers;
 mod provisioning;
 mod reconcile;
+mod report;
 mod secrets;
 mod vacuum;
 mod worker;
@@ -238,6 +241,47 @@ enum Command {
         #[command(subcommand)]
         action: EvalAction,
     },
+    /// The web console for customer success and finance. People sign in with their own
+    /// PostgreSQL logins (members of bulkhead_admin, bulkhead_support or bulkhead_finance); every
+    /// page runs as that login, so grants and row level security decide what each may see and do.
+    Console {
+        /// Host and database to connect to (a user or password in it is ignored: those come
+        /// from each sign-in).
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+        #[arg(
+            long,
+            env = "BULKHEAD_CONSOLE_LISTEN",
+            default_value = "127.0.0.1:8788"
+        )]
+        listen: std::net::SocketAddr,
+        /// Mark the session cookie Secure (serve the console behind TLS, then set this).
+        #[arg(long, env = "BULKHEAD_CONSOLE_SECURE_COOKIES")]
+        secure_cookies: bool,
+        /// Minutes a session lasts without a request.
+        #[arg(long, env = "BULKHEAD_CONSOLE_IDLE_MINUTES", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=1440))]
+        idle_minutes: u64,
+        /// Hours a session lasts at most.
+        #[arg(long, env = "BULKHEAD_CONSOLE_SESSION_HOURS", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=168))]
+        session_hours: u64,
+        /// Failed sign-ins allowed per login within 15 minutes (per client address: ten times as many).
+        #[arg(long, env = "BULKHEAD_CONSOLE_SIGN_IN_FAILURES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        sign_in_failures: u32,
+        #[arg(long, env = "BULKHEAD_CONSOLE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+        log_format: String,
+    },
+    /// Every tenant's settled LLM cost for a billing month, per provider and model
+    /// (bulkhead.usage_by_tenant), on stdout: the console's Finance export.
+    Report {
+        /// URL of a login in bulkhead_finance or bulkhead_admin.
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+        /// The billing month, YYYY-MM (in bulkhead.billing_time_zone).
+        #[arg(long)]
+        period: report::Period,
+        #[arg(long, default_value = "csv", value_parser = ["csv", "json"])]
+        format: String,
+    },
     /// Narrated walk-through of tenant isolation on a fresh database (recreated at every run).
     Demo {
         /// Superuser URL of the database to (re)create for the demo.
@@ -419,6 +463,34 @@ async fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Demo { database_url } => demo::run(&database_url).await.map_err(|e| e.to_string()),
         Command::Eval { action } => return run_eval(action).await,
+        Command::Report {
+            database_url,
+            period,
+            format,
+        } => report::run(&database_url, period, &format)
+            .await
+            .map_err(|e| e.to_string()),
+        Command::Console {
+            database_url,
+            listen,
+            secure_cookies,
+            idle_minutes,
+            session_hours,
+            sign_in_failures,
+            log_format,
+        } => {
+            logging::init(log_format == "json");
+            console::run(console::Config {
+                database_url,
+                listen,
+                secure_cookies,
+                idle: Duration::from_secs(idle_minutes * 60),
+                lifetime: Duration::from_secs(session_hours * 3600),
+                sign_in_failures,
+            })
+            .await
+            .map_err(|e| e.to_string())
+        }
         Command::VacuumDeleted {
             database_url,
             receipt,

@@ -1130,9 +1130,10 @@ async fn own_gateway_login(su: &mut PgConnection, prefix: &str) -> String {
     sqlx::query(&format!(
         "create role {login} login in role bulkhead_gateway"
     ))
-    .execute(su)
+    .execute(&mut *su)
     .await
     .unwrap();
+    common::give_dev_password(su, &[&login]).await;
     login
 }
 

@@ -186,7 +186,12 @@ impl PgBouncer {
             log = dir.join("pgbouncer.log").display(),
             pid = dir.join("pgbouncer.pid").display(),
         );
-        std::fs::write(dir.join("users.txt"), "\"bulkhead_test_app\" \"\"\n").unwrap();
+        // PgBouncer trusts its clients and logs in to PostgreSQL with this password.
+        std::fs::write(
+            dir.join("users.txt"),
+            format!("\"bulkhead_test_app\" \"{}\"\n", common::dev_password()),
+        )
+        .unwrap();
         std::fs::write(dir.join("pgbouncer.ini"), config).unwrap();
         if common::running_as_root() {
             Command::new("chown")
@@ -459,6 +464,7 @@ async fn an_outsider_holding_advisory_keys_stops_no_worker_or_index_build() {
     .execute(&mut su)
     .await
     .unwrap();
+    common::give_dev_password(&mut su, &["bulkhead_test_outsider"]).await;
     let mut outsider = common::superuser_options()
         .username("bulkhead_test_outsider")
         .connect()
@@ -585,6 +591,7 @@ async fn an_outsider_cannot_listen_to_tenants_activity() {
     .execute(&mut su)
     .await
     .unwrap();
+    common::give_dev_password(&mut su, &["bulkhead_test_outsider"]).await;
     let secret_channel: String = sqlx::query_scalar(
         "select name from bulkhead.notification_channels where base = 'bulkhead_jobs'",
     )

@@ -170,6 +170,7 @@ async fn supabase_shaped_database() {
     .execute(&mut su)
     .await
     .unwrap();
+    common::give_dev_password(&mut su, &["authenticator", "bulkhead_test_cp"]).await;
     su.close().await.unwrap();
 
     let mut db = superuser_options()

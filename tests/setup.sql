@@ -37,3 +37,12 @@ alter role bulkhead_test_memory_app set bulkhead.memory_admission = on;
 alter role bulkhead_test_memory_gateway set bulkhead.memory_admission = on;
 -- tests/tenant_cache.rs waits out the memory of tenants: one second, not the default 30.
 alter role bulkhead_test_app set bulkhead.remember_tenants_for = 1;
+
+-- `make db` checks passwords for every login but the local superuser: the test logins share the
+-- development password (psql -v dev_password=..., and PGPASSFILE for the clients).
+alter role bulkhead_test_app password :'dev_password';
+alter role bulkhead_test_admin password :'dev_password';
+alter role bulkhead_test_worker password :'dev_password';
+alter role bulkhead_test_gateway password :'dev_password';
+alter role bulkhead_test_memory_gateway password :'dev_password';
+alter role bulkhead_test_memory_app password :'dev_password';

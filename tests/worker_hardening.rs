@@ -159,6 +159,7 @@ async fn the_worker_leaks_no_key_or_reference_and_resists_search_path_and_role_a
     .execute(&mut su)
     .await
     .unwrap();
+    common::give_dev_password(&mut su, &["bulkhead_test_planter"]).await;
     let mut planter = superuser_options()
         .username("bulkhead_test_planter")
         .connect()
@@ -313,6 +314,7 @@ async fn the_worker_leaks_no_key_or_reference_and_resists_search_path_and_role_a
     .execute(&mut su)
     .await
     .unwrap();
+    common::give_dev_password(&mut su, &["bulkhead_test_bypass"]).await;
     let refused = worker(
         &url_as("bulkhead_test_bypass"),
         &["--drain"],

@@ -123,6 +123,8 @@ from bulkhead.usage_by_tenant('2026-11-01 18:30:00+00', '2026-11-08 18:30:00+00'
 where slug in ('con-a', 'con-b') order by slug, model;
 select slug, dollar_limit is not null as sees_money, spent_usd, calls_today
 from bulkhead.tenant_overview() where slug in ('con-a', 'con-b') order by slug;
+select day, model, requests, cost_usd from bulkhead.tenant_daily_usage('00000000-0000-4000-8000-0000000000c1', '2026-11-03', '2026-11-05') order by 1, 2;
+select pg_temp.attempt($q$select count(*) from bulkhead.tenant_daily_usage('00000000-0000-4000-8000-0000000000c1', '2025-01-01', '2026-11-05')$q$) as too_many_days;
 select pg_temp.attempt('select count(*) from bulkhead.ledger') as finance_reads_ledger;
 select pg_temp.attempt('select count(*) from bulkhead.usage_daily') as finance_reads_rollup_rows;
 select pg_temp.attempt($q$select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000c1')$q$) as finance_enters_tenant;
@@ -153,6 +155,7 @@ set local role regress_con_support;
 select slug, status, dollar_limit, spent_usd, reserved_usd, cost_today, calls_today > 0 as has_calls_column
 from bulkhead.tenant_overview() where slug in ('con-a', 'con-b') order by slug;
 select pg_temp.attempt($q$select bulkhead.usage_by_tenant('-infinity', 'infinity')$q$) as support_reads_sums;
+select day, model, requests, cost_usd from bulkhead.tenant_daily_usage('00000000-0000-4000-8000-0000000000c1', '2026-11-03', '2026-11-04') order by 1, 2;
 select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000c1');
 select pg_temp.attempt('select count(*) from bulkhead.tenant_credentials') as support_reads_credentials;
 select pg_temp.attempt('select count(*) from bulkhead.ledger') as support_reads_ledger;
@@ -189,6 +192,7 @@ set local role regress_con_app;
 select pg_temp.attempt('select count(*) from bulkhead.tenant_overview()') as app_overview;
 select pg_temp.attempt($q$select count(*) from bulkhead.usage_by_tenant('-infinity', 'infinity')$q$) as app_sums;
 select pg_temp.attempt($q$select count(*) from bulkhead.drift_by_tenant('2026-01-01', '2026-12-31')$q$) as app_drift;
+select pg_temp.attempt($q$select count(*) from bulkhead.tenant_daily_usage('00000000-0000-4000-8000-0000000000c1', '2026-11-03', '2026-11-04')$q$) as app_daily;
 reset role;
 
 -- Deleting a tenant deletes its rollup rows with its ledger.

@@ -90,7 +90,7 @@ definer_allow_list (proname) as (
            ('_provider_limits_follow_budget'), ('_provisioned_key_attached'), ('_limits_follow'),
            ('_provider_limits_follow_defaults'), ('_register_credential_project'), ('provider_resource_free'),
            -- The console's sums (console.sql), as bulkhead_reporter.
-           ('tenant_overview'), ('usage_by_tenant'), ('drift_by_tenant'), ('rebuild_usage_rollup')
+           ('tenant_overview'), ('usage_by_tenant'), ('drift_by_tenant'), ('rebuild_usage_rollup'), ('tenant_daily_usage')
 ),
 -- Extra policies on tenant tables (beside the one on current_tenant() for all roles), each read
 -- only by one SECURITY DEFINER function that returns no tenant data.

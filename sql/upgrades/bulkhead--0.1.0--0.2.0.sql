@@ -2354,6 +2354,31 @@ create policy reporter_sums on bulkhead.usage_drift for select to bulkhead_repor
 grant execute on function bulkhead._usage_sums(timestamptz, timestamptz, uuid), bulkhead._usage_span(timestamptz, timestamptz),
     bulkhead._caller() to bulkhead_reporter;
 
+-- Who may read the console's sums: raises 42501 for a caller in none of the console's roles;
+-- returns whether it may see money (bulkhead_admin, bulkhead_finance) or not (bulkhead_support).
+create function bulkhead._console_reader(what text)
+returns boolean
+language plpgsql stable
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    caller text := bulkhead._caller();
+begin
+    if pg_catalog.pg_has_role(caller, 'bulkhead_admin', 'member')
+       or pg_catalog.pg_has_role(caller, 'bulkhead_finance', 'member') then
+        return true;
+    end if;
+    if pg_catalog.pg_has_role(caller, 'bulkhead_support', 'member') then
+        return false;
+    end if;
+    raise exception 'permission denied for function %', what
+        using errcode = '42501', detail = 'It is for bulkhead_admin, bulkhead_support and bulkhead_finance.';
+end
+$$;
+revoke all on function bulkhead._console_reader(text) from public;
+grant execute on function bulkhead._console_reader(text) to bulkhead_reporter;
+
 -- One row per tenant for the console's Tenants page: status, limits, this period's spend and
 -- what is reserved, today's calls and cost, the last settled call. Money is null unless the
 -- caller is in bulkhead_admin or bulkhead_finance. SECURITY DEFINER (bulkhead_reporter): it
@@ -2370,17 +2395,11 @@ security definer
 set search_path to pg_catalog, pg_temp
 as $$
 declare
-    caller text := bulkhead._caller();
-    sees_money boolean := pg_catalog.pg_has_role(caller, 'bulkhead_admin', 'member')
-                          or pg_catalog.pg_has_role(caller, 'bulkhead_finance', 'member');
+    sees_money boolean := bulkhead._console_reader('tenant_overview');
     zone text := pg_catalog.current_setting('bulkhead.billing_time_zone');
     now_ts timestamptz := pg_catalog.clock_timestamp();
     today date := (now_ts at time zone zone)::date;
 begin
-    if not (sees_money or pg_catalog.pg_has_role(caller, 'bulkhead_support', 'member')) then
-        raise exception 'permission denied for function tenant_overview'
-            using errcode = '42501', detail = 'The tenant overview is for bulkhead_admin, bulkhead_support and bulkhead_finance.';
-    end if;
     return query
         with limits as (
             select t.id, t.slug, t.name, t.status, t.created_at,
@@ -2422,6 +2441,38 @@ end
 $$;
 comment on function bulkhead.tenant_overview() is
     'One row per tenant for the console: status, limits, this period''s spend and reservations, today''s calls and cost, last activity (money for bulkhead_admin and bulkhead_finance only).';
+
+-- One tenant's usage per day, provider and model over the days [from, to) (billing time zone),
+-- for the console's chart: calls and tokens, and cost for bulkhead_admin and bulkhead_finance.
+create function bulkhead.tenant_daily_usage(tenant uuid, "from" date, "to" date)
+returns table (
+    day date, provider text, model text, requests bigint, input_tokens bigint, output_tokens bigint,
+    cost_usd numeric
+)
+language plpgsql stable
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    sees_money boolean := bulkhead._console_reader('tenant_daily_usage');
+    zone text := pg_catalog.current_setting('bulkhead.billing_time_zone');
+begin
+    if tenant is null or "from" is null or "to" is null then
+        raise exception 'tenant, from and to are required' using errcode = '22004';
+    end if;
+    if "to" - "from" > 400 then
+        raise exception 'at most 400 days at once' using errcode = '22023';
+    end if;
+    return query
+        select u.day, u.provider, u.model, sum(u.requests)::bigint, sum(u.input_tokens)::bigint,
+               sum(u.output_tokens)::bigint, case when sees_money then sum(u.cost_usd) end
+        from bulkhead._usage_sums("from"::timestamp at time zone zone, "to"::timestamp at time zone zone, tenant) u
+        group by 1, 2, 3
+        order by 1, 2, 3;
+end
+$$;
+comment on function bulkhead.tenant_daily_usage(uuid, date, date) is
+    'One tenant''s calls, tokens and (for bulkhead_admin and bulkhead_finance) cost per day, provider and model.';
 
 -- Reconciliation drift per tenant with a dedicated credential, per provider, over [from, to]
 -- (UTC days): what the provider counted minus what the ledger holds.
@@ -2484,10 +2535,12 @@ comment on function bulkhead.rebuild_usage_rollup() is
 alter function bulkhead.tenant_overview() owner to bulkhead_reporter;
 alter function bulkhead.usage_by_tenant(timestamptz, timestamptz) owner to bulkhead_reporter;
 alter function bulkhead.drift_by_tenant(date, date) owner to bulkhead_reporter;
+alter function bulkhead.tenant_daily_usage(uuid, date, date) owner to bulkhead_reporter;
 alter function bulkhead.rebuild_usage_rollup() owner to bulkhead_reporter;
-revoke all on function bulkhead.tenant_overview(), bulkhead.drift_by_tenant(date, date),
+revoke all on function bulkhead.tenant_overview(), bulkhead.drift_by_tenant(date, date), bulkhead.tenant_daily_usage(uuid, date, date),
     bulkhead.rebuild_usage_rollup() from public;
-grant execute on function bulkhead.tenant_overview() to bulkhead_admin, bulkhead_support, bulkhead_finance;
+grant execute on function bulkhead.tenant_overview(), bulkhead.tenant_daily_usage(uuid, date, date)
+    to bulkhead_admin, bulkhead_support, bulkhead_finance;
 grant execute on function bulkhead.usage_by_tenant(timestamptz, timestamptz), bulkhead.drift_by_tenant(date, date)
     to bulkhead_admin, bulkhead_finance;
 grant execute on function bulkhead.rebuild_usage_rollup() to bulkhead_admin;

@@ -337,7 +337,7 @@ pub async fn run(config: Config) -> Result<(), String> {
     {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            wait_for_signal().await;
+            crate::http::wait_for_signal().await;
             shutdown.cancel();
         });
     }
@@ -362,7 +362,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(target: "bulkhead::gateway", "listening on {local}");
-    serve(
+    crate::http::serve(
         listener,
         app,
         &shutdown,
@@ -382,70 +382,6 @@ pub async fn run(config: Config) -> Result<(), String> {
     let _ = tokio::time::timeout(Duration::from_secs(10), settling).await;
     tracing::info!(target: "bulkhead::gateway", "stopped");
     Ok(())
-}
-
-/// Accepts connections until shutdown, then lets them finish (streams are cut after the grace
-/// period, which ends them). Unlike axum::serve: a client must send a request's headers within
-/// `header_timeout` (idle keep-alive connections and slow senders are closed, not held open), and
-/// at most `max_connections` are open at once (more are closed at accept), so that no client can
-/// use up the process's file descriptors.
-async fn serve(
-    listener: tokio::net::TcpListener,
-    app: Router,
-    shutdown: &CancellationToken,
-    max_connections: usize,
-    header_timeout: Duration,
-) {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
-    let service = hyper_util::service::TowerToHyperService::new(tower::ServiceExt::map_request(
-        app,
-        |request: axum::http::Request<hyper::body::Incoming>| request.map(Body::new),
-    ));
-    loop {
-        let (tcp, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(_) => {
-                    // Out of descriptors, say: back off instead of spinning.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.cancelled() => break,
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            drop(tcp);
-            continue;
-        };
-        // Stream events are small writes: without TCP_NODELAY, Nagle's algorithm holds each one
-        // back until the client's delayed ACK (about 40 ms).
-        let _ = tcp.set_nodelay(true);
-        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(header_timeout);
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(tcp), service.clone())
-            .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            let _ = connection.await;
-            drop(slot);
-        });
-    }
-    drop(listener);
-    graceful.shutdown().await;
-}
-
-async fn wait_for_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
-    }
 }
 
 /// Cuts the streams of tenants that were suspended or deleted, within SUSPENSION_POLL.

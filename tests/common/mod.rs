@@ -51,10 +51,30 @@ pub fn command_as_postgres(program: impl AsRef<OsStr>) -> Command {
     }
 }
 
+/// The password of the development and test logins: `make db` has PostgreSQL check a password
+/// (scram-sha-256) for every login but the local superuser.
+pub fn dev_password() -> String {
+    std::env::var("BULKHEAD_DEV_PASSWORD").unwrap_or_else(|_| "bulkhead-dev-login".into())
+}
+
+/// Gives logins a test created the development password.
+pub async fn give_dev_password(su: &mut PgConnection, logins: &[&str]) {
+    for login in logins {
+        sqlx::query(&format!("alter role {login} password '{}'", dev_password()))
+            .execute(&mut *su)
+            .await
+            .unwrap();
+    }
+}
+
+/// The superuser's options, carrying the development password: the other logins' options are
+/// these with another user name (the superuser itself is trusted and ignores it).
 pub fn superuser_options() -> PgConnectOptions {
     let url = std::env::var("BULKHEAD_TEST_DATABASE_URL")
         .expect("BULKHEAD_TEST_DATABASE_URL is set by `make test-integration`");
-    PgConnectOptions::from_str(&url).expect("a valid database URL")
+    PgConnectOptions::from_str(&url)
+        .expect("a valid database URL")
+        .password(&dev_password())
 }
 
 /// Connects as the superuser (bypasses RLS: only for fixtures and for proving what exists).

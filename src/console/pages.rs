@@ -1,0 +1,665 @@
+//! The console's pages. Each runs its SQL through the signed-in login's own pool; what a role
+//! may not read or do, the database refuses (42501 becomes 403), whatever the page shows.
+
+use super::{database_failure, failure, Console, Refusal};
+use crate::report::{self, Period};
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use minijinja::context;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// `?` for handlers: a refusal or a database error becomes its page.
+macro_rules! attempt {
+    ($e:expr) => {
+        match $e {
+            Ok(value) => value,
+            Err(err) => return Failure::from(err).into_response(),
+        }
+    };
+}
+
+enum Failure {
+    Refusal(Refusal),
+    Database(sqlx::Error),
+    Page(StatusCode, String),
+}
+
+impl From<Refusal> for Failure {
+    fn from(r: Refusal) -> Self {
+        Failure::Refusal(r)
+    }
+}
+impl From<sqlx::Error> for Failure {
+    fn from(e: sqlx::Error) -> Self {
+        Failure::Database(e)
+    }
+}
+impl From<report::ReportError> for Failure {
+    fn from(e: report::ReportError) -> Self {
+        match e {
+            report::ReportError::Database(e) => Failure::Database(e),
+            other => Failure::Page(StatusCode::UNPROCESSABLE_ENTITY, other.to_string()),
+        }
+    }
+}
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        match self {
+            Failure::Refusal(r) => r.into_response(),
+            Failure::Database(e) => database_failure(e),
+            Failure::Page(status, message) => failure(status, &message),
+        }
+    }
+}
+
+/// What every page shows of who is signed in.
+#[derive(Serialize)]
+struct Me<'a> {
+    login: &'a str,
+    admin: bool,
+    support: bool,
+    finance: bool,
+    sees_money: bool,
+    csrf: &'a str,
+}
+
+fn me(signed: &super::Signed) -> Me<'_> {
+    let s = &signed.0;
+    Me {
+        login: &s.login,
+        admin: s.roles.admin,
+        support: s.roles.support,
+        finance: s.roles.finance,
+        sees_money: s.roles.sees_money(),
+        csrf: &s.csrf,
+    }
+}
+
+fn only_admin(signed: &super::Signed) -> Result<(), Failure> {
+    if signed.0.roles.admin {
+        Ok(())
+    } else {
+        Err(Failure::Page(
+            StatusCode::FORBIDDEN,
+            "Only bulkhead_admin logins may do this.".into(),
+        ))
+    }
+}
+
+// ------------------------------------------------------------------ Tenants
+
+#[derive(Deserialize, Default)]
+pub struct TenantsQuery {
+    #[serde(default)]
+    q: String,
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    sort: String,
+    #[serde(default)]
+    dir: String,
+    #[serde(default)]
+    page: Option<u32>,
+}
+
+const PAGE_SIZE: i64 = 50;
+const TENANT_COLUMNS: &str = "tenant_id, slug, name, status, rpm, itpm, otpm, own_budget, period,
+    dollar_limit::text as dollar_limit, spent_usd::text as spent_usd, reserved_usd::text as reserved_usd,
+    case when dollar_limit > 0 then least(999, floor(100 * spent_usd / dollar_limit))::int
+         when dollar_limit = 0 and spent_usd > 0 then 999 end as used_percent,
+    calls_today, cost_today::text as cost_today,
+    to_char(last_activity at time zone 'UTC', 'YYYY-MM-DD HH24:MI') || ' UTC' as last_activity,
+    to_char(created_at at time zone 'UTC', 'YYYY-MM-DD') as created_at";
+
+pub async fn tenants(
+    State(console): State<Arc<Console>>,
+    headers: HeaderMap,
+    Query(query): Query<TenantsQuery>,
+) -> Response {
+    let signed = attempt!(console.signed(&headers, &Method::GET));
+    let status = match query.status.as_str() {
+        "active" | "suspended" => query.status.as_str(),
+        _ => "all",
+    };
+    let sort = match query.sort.as_str() {
+        "name" | "status" | "spend" | "used" | "calls" | "activity" | "created" => {
+            query.sort.as_str()
+        }
+        _ => "slug",
+    };
+    let descending = query.dir == "desc";
+    let page = query.page.unwrap_or(1).clamp(1, 100_000) as i64;
+    let filter: String = query.q.chars().take(100).collect();
+    // The sort key and direction are bound values chosen among fixed expressions.
+    let sql = format!(
+        "select {TENANT_COLUMNS}, count(*) over () as total from bulkhead.tenant_overview()
+         where ($1 = '' or strpos(lower(slug), lower($1)) > 0 or strpos(lower(name), lower($1)) > 0)
+           and ($2 = 'all' or status = $2)
+         order by
+           case when not $4 then case $3 when 'name' then name when 'status' then status when 'slug' then slug end end asc,
+           case when $4 then case $3 when 'name' then name when 'status' then status when 'slug' then slug end end desc,
+           case when not $4 then case $3 when 'spend' then spent_usd when 'calls' then calls_today
+                when 'used' then case when dollar_limit > 0 then spent_usd / dollar_limit end end end asc nulls first,
+           case when $4 then case $3 when 'spend' then spent_usd when 'calls' then calls_today
+                when 'used' then case when dollar_limit > 0 then spent_usd / dollar_limit end end end desc nulls last,
+           case when not $4 then case $3 when 'activity' then last_activity when 'created' then created_at end end asc nulls first,
+           case when $4 then case $3 when 'activity' then last_activity when 'created' then created_at end end desc nulls last,
+           slug
+         limit $5 offset $6"
+    );
+    let rows: Vec<(sqlx::types::Json<serde_json::Value>, i64)> = attempt!(
+        sqlx::query_as(&format!(
+            "select to_jsonb(t) - 'total', t.total from ({sql}) t"
+        ))
+        .bind(&filter)
+        .bind(status)
+        .bind(sort)
+        .bind(descending)
+        .bind(PAGE_SIZE)
+        .bind((page - 1) * PAGE_SIZE)
+        .fetch_all(&signed.0.pool)
+        .await
+    );
+    let total = rows.first().map(|r| r.1).unwrap_or(0);
+    let tenants: Vec<serde_json::Value> = rows.into_iter().map(|r| r.0 .0).collect();
+    let pages = ((total + PAGE_SIZE - 1) / PAGE_SIZE).max(1);
+    console.render(
+        "tenants.html",
+        context! {
+            me => me(&signed), tenants => tenants, total => total, page => page, pages => pages,
+            q => filter, status => status, sort => sort, dir => if descending { "desc" } else { "asc" },
+        },
+    )
+}
+
+#[derive(Deserialize)]
+pub struct CreateTenantForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    slug: String,
+    #[serde(default)]
+    name: String,
+}
+
+pub async fn create_tenant(
+    State(console): State<Arc<Console>>,
+    headers: HeaderMap,
+    Form(form): Form<CreateTenantForm>,
+) -> Response {
+    let signed = attempt!(console.signed(&headers, &Method::POST));
+    attempt!(console.check_post(&signed, &headers, &form.csrf));
+    attempt!(only_admin(&signed));
+    let id: Uuid = attempt!(
+        sqlx::query_scalar("select bulkhead.create_tenant($1, $2)")
+            .bind(form.slug.trim())
+            .bind(form.name.trim())
+            .fetch_one(&signed.0.pool)
+            .await
+    );
+    Redirect::to(&format!("/tenants/{id}")).into_response()
+}
+
+// ------------------------------------------------------------------ Tenant
+
+#[derive(Serialize, sqlx::FromRow)]
+struct DailyRow {
+    day: String,
+    provider: String,
+    model: String,
+    requests: i64,
+    input_tokens: i64,
+    output_tokens: i64,
+    cost_usd: Option<String>,
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+struct CredentialRow {
+    provider: String,
+    kind: String,
+    status: String,
+    reference: Option<String>,
+    provider_project_id: Option<String>,
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+struct KeyRow {
+    id: Uuid,
+    name: String,
+    key_prefix: String,
+    created_by: String,
+    created_at: String,
+    expires_at: Option<String>,
+    revoked_at: Option<String>,
+    last_used_at: Option<String>,
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+struct LedgerRow {
+    id: Uuid,
+    created_at: String,
+    provider: String,
+    model: String,
+    budget_line: String,
+    input_tokens: i64,
+    cached_input_tokens: i64,
+    output_tokens: i64,
+    cost_usd: String,
+    orphan: bool,
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+struct ProvisioningRow {
+    provider: String,
+    step: String,
+    state: String,
+    detail: Option<String>,
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+struct DriftRow {
+    provider: String,
+    days: i64,
+    input_token_drift: Option<i64>,
+    output_token_drift: Option<i64>,
+    request_drift: Option<i64>,
+}
+
+/// A credential reference shown masked: its scheme and last four characters.
+fn masked(reference: &str) -> String {
+    let (scheme, rest) = reference.split_once(':').unwrap_or(("", reference));
+    let tail: String = rest
+        .chars()
+        .rev()
+        .take(4)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    format!("{scheme}:…{tail}")
+}
+
+pub async fn tenant(
+    State(console): State<Arc<Console>>,
+    headers: HeaderMap,
+    Path(id): Path<Uuid>,
+) -> Response {
+    let signed = attempt!(console.signed(&headers, &Method::GET));
+    let pool = &signed.0.pool;
+    let overview: Option<sqlx::types::Json<serde_json::Value>> = attempt!(sqlx::query_scalar(&format!(
+        "select to_jsonb(t) from (select {TENANT_COLUMNS} from bulkhead.tenant_overview() where tenant_id = $1) t"
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await);
+    let Some(overview) = overview else {
+        return failure(StatusCode::NOT_FOUND, "No such tenant.");
+    };
+    let daily: Vec<DailyRow> = attempt!(sqlx::query_as(
+        "with today as (select (pg_catalog.clock_timestamp() at time zone pg_catalog.current_setting('bulkhead.billing_time_zone'))::date as d)
+         select u.day::text as day, u.provider, u.model, u.requests, u.input_tokens, u.output_tokens, u.cost_usd::text as cost_usd
+         from today, bulkhead.tenant_daily_usage($1, today.d - 89, today.d + 1) u",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await);
+    let drift: Vec<DriftRow> = if signed.0.roles.sees_money() {
+        attempt!(sqlx::query_as(
+            "select provider, days, input_token_drift, output_token_drift, request_drift
+             from bulkhead.drift_by_tenant(current_date - 90, current_date) where tenant_id = $1 order by provider",
+        )
+        .bind(id)
+        .fetch_all(pool)
+        .await)
+    } else {
+        Vec::new()
+    };
+    // The control plane's view inside the tenant's context: credentials (references only),
+    // keys, the latest ledger rows (ids, tokens, cost; never text), open reservations.
+    let mut credentials = Vec::new();
+    let mut keys: Vec<KeyRow> = Vec::new();
+    let mut ledger: Vec<LedgerRow> = Vec::new();
+    let mut provisioning: Vec<ProvisioningRow> = Vec::new();
+    let mut open: (i64, Option<String>) = (0, None);
+    if signed.0.roles.admin {
+        let mut tx = attempt!(pool.begin().await);
+        attempt!(
+            sqlx::query("select bulkhead.set_tenant($1)")
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+        );
+        let rows: Vec<CredentialRow> = attempt!(
+            sqlx::query_as(
+                "select provider, kind, status, secret_ref as reference, provider_project_id
+             from bulkhead.tenant_credentials order by provider",
+            )
+            .fetch_all(&mut *tx)
+            .await
+        );
+        credentials = rows
+            .into_iter()
+            .map(|mut c| {
+                c.reference = c.reference.as_deref().map(masked);
+                c
+            })
+            .collect();
+        keys = attempt!(
+            sqlx::query_as(
+                "select id, name, key_prefix, created_by::text as created_by,
+                    to_char(created_at at time zone 'UTC', 'YYYY-MM-DD HH24:MI') as created_at,
+                    to_char(expires_at at time zone 'UTC', 'YYYY-MM-DD HH24:MI') as expires_at,
+                    to_char(revoked_at at time zone 'UTC', 'YYYY-MM-DD HH24:MI') as revoked_at,
+                    to_char(last_used_at at time zone 'UTC', 'YYYY-MM-DD HH24:MI') as last_used_at
+             from bulkhead.api_keys order by created_at desc limit 100",
+            )
+            .fetch_all(&mut *tx)
+            .await
+        );
+        ledger = attempt!(sqlx::query_as(
+            "select id, to_char(created_at at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS') as created_at,
+                    provider, model, budget_line, input_tokens, cached_input_tokens, output_tokens,
+                    cost_usd::text as cost_usd, orphan
+             from bulkhead.ledger where tenant_id = $1 order by created_at desc limit 50",
+        )
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await);
+        open = attempt!(sqlx::query_as(
+            "select coalesce(sum(open_reservations), 0)::bigint, sum(open_reserved_usd)::text
+             from bulkhead.usage_report(pg_catalog.clock_timestamp() - interval '400 days', pg_catalog.clock_timestamp() + interval '1 day')",
+        )
+        .fetch_one(&mut *tx)
+        .await);
+        provisioning = attempt!(
+            sqlx::query_as(
+                "select provider, step, state, detail from bulkhead.provisioning_status($1)",
+            )
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await
+        );
+        attempt!(tx.commit().await);
+    }
+    console.render(
+        "tenant.html",
+        context! {
+            me => me(&signed), t => overview.0, daily => daily, drift => drift,
+            credentials => credentials, keys => keys, ledger => ledger,
+            open_reservations => open.0, open_reserved_usd => open.1, provisioning => provisioning,
+        },
+    )
+}
+
+#[derive(Deserialize)]
+pub struct StatusForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    action: String,
+}
+
+pub async fn set_status(
+    State(console): State<Arc<Console>>,
+    headers: HeaderMap,
+    Path(id): Path<Uuid>,
+    Form(form): Form<StatusForm>,
+) -> Response {
+    let signed = attempt!(console.signed(&headers, &Method::POST));
+    attempt!(console.check_post(&signed, &headers, &form.csrf));
+    let sql = match form.action.as_str() {
+        "suspend" => "select bulkhead.suspend_tenant($1)",
+        "resume" => "select bulkhead.resume_tenant($1)",
+        _ => {
+            return failure(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "The action must be suspend or resume.",
+            )
+        }
+    };
+    // Not only_admin: the database refuses other roles, and the test shows it does.
+    attempt!(sqlx::query(sql).bind(id).execute(&signed.0.pool).await);
+    Redirect::to(&format!("/tenants/{id}")).into_response()
+}
+
+#[derive(Deserialize)]
+pub struct KeyForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    name: String,
+    /// YYYY-MM-DD, or empty for a key that does not expire.
+    #[serde(default)]
+    expires_on: String,
+}
+
+pub async fn create_key(
+    State(console): State<Arc<Console>>,
+    headers: HeaderMap,
+    Path(id): Path<Uuid>,
+    Form(form): Form<KeyForm>,
+) -> Response {
+    let signed = attempt!(console.signed(&headers, &Method::POST));
+    attempt!(console.check_post(&signed, &headers, &form.csrf));
+    let expires = form.expires_on.trim();
+    let expires = if expires.is_empty() {
+        None
+    } else {
+        match chrono_free_date(expires) {
+            Some(date) => Some(date),
+            None => {
+                return failure(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "The expiry must be a date as YYYY-MM-DD, or empty.",
+                )
+            }
+        }
+    };
+    let secret: String = attempt!(
+        sqlx::query_scalar("select bulkhead.create_api_key($1, $2, $3::date::timestamptz)")
+            .bind(id)
+            .bind(form.name.trim())
+            .bind(expires)
+            .fetch_one(&signed.0.pool)
+            .await
+    );
+    // Shown once, on this response only (no-store): the database keeps its hash.
+    console.render(
+        "key_created.html",
+        context! { me => me(&signed), tenant_id => id, name => form.name.trim(), secret => secret },
+    )
+}
+
+/// A YYYY-MM-DD date, as text PostgreSQL will read (checked here for a clear message).
+fn chrono_free_date(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let shape = bytes.len() == 10
+        && bytes[4] == b'-'
+        && bytes[7] == b'-'
+        && bytes
+            .iter()
+            .enumerate()
+            .all(|(i, b)| i == 4 || i == 7 || b.is_ascii_digit());
+    shape.then(|| text.to_string())
+}
+
+#[derive(Deserialize)]
+pub struct CsrfOnly {
+    #[serde(default)]
+    csrf: String,
+}
+
+pub async fn revoke_key(
+    State(console): State<Arc<Console>>,
+    headers: HeaderMap,
+    Path((id, key)): Path<(Uuid, Uuid)>,
+    Form(form): Form<CsrfOnly>,
+) -> Response {
+    let signed = attempt!(console.signed(&headers, &Method::POST));
+    attempt!(console.check_post(&signed, &headers, &form.csrf));
+    // Inside the page's tenant's context: a key of another tenant is not found there.
+    let mut tx = attempt!(signed.0.pool.begin().await);
+    attempt!(
+        sqlx::query("select bulkhead.set_tenant($1)")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+    );
+    let mine: bool = attempt!(
+        sqlx::query_scalar("select exists (select from bulkhead.api_keys where id = $1)")
+            .bind(key)
+            .fetch_one(&mut *tx)
+            .await
+    );
+    if !mine {
+        return failure(StatusCode::NOT_FOUND, "This tenant has no such key.");
+    }
+    attempt!(
+        sqlx::query("select bulkhead.revoke_api_key($1)")
+            .bind(key)
+            .execute(&mut *tx)
+            .await
+    );
+    attempt!(tx.commit().await);
+    Redirect::to(&format!("/tenants/{id}")).into_response()
+}
+
+// ------------------------------------------------------------------ Finance
+
+#[derive(Deserialize, Default)]
+pub struct PeriodQuery {
+    #[serde(default)]
+    period: String,
+}
+
+async fn chosen_period(pool: &sqlx::PgPool, text: &str) -> Result<Period, Failure> {
+    if !text.is_empty() {
+        return Ok(text.parse()?);
+    }
+    let current: String = sqlx::query_scalar(
+        "select to_char(pg_catalog.clock_timestamp() at time zone pg_catalog.current_setting('bulkhead.billing_time_zone'), 'YYYY-MM')",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(current.parse()?)
+}
+
+#[derive(Serialize)]
+struct FinanceTenant {
+    tenant_id: Uuid,
+    slug: String,
+    requests: i64,
+    cost_usd: String,
+    dollar_limit: Option<String>,
+    period: Option<String>,
+    input_token_drift: Option<i64>,
+    output_token_drift: Option<i64>,
+}
+
+pub async fn finance(
+    State(console): State<Arc<Console>>,
+    headers: HeaderMap,
+    Query(query): Query<PeriodQuery>,
+) -> Response {
+    let signed = attempt!(console.signed(&headers, &Method::GET));
+    if !signed.0.roles.sees_money() {
+        return failure(
+            StatusCode::FORBIDDEN,
+            "Finance is for bulkhead_finance and bulkhead_admin logins.",
+        );
+    }
+    let pool = &signed.0.pool;
+    let period = attempt!(chosen_period(pool, &query.period).await);
+    // Per tenant: the month's cost beside its budget and its reconciliation drift; then totals
+    // per provider and model. All sums, from the definer functions finance may call.
+    let per_tenant: Vec<(Uuid, String, i64, String, Option<String>, Option<String>, Option<i64>, Option<i64>)> = attempt!(sqlx::query_as(
+        "with bounds as (
+             select make_date($1, $2, 1) as first_day, (make_date($1, $2, 1) + interval '1 month')::date as next_day,
+                    pg_catalog.current_setting('bulkhead.billing_time_zone') as zone
+         ),
+         usage as (
+             select u.tenant_id, u.slug, sum(u.requests)::bigint as requests, sum(u.cost_usd) as cost
+             from bounds b, bulkhead.usage_by_tenant(b.first_day::timestamp at time zone b.zone, b.next_day::timestamp at time zone b.zone) u
+             group by 1, 2
+         ),
+         drift as (
+             select d.tenant_id, sum(d.input_token_drift)::bigint as input_drift, sum(d.output_token_drift)::bigint as output_drift
+             from bounds b, bulkhead.drift_by_tenant(b.first_day, b.next_day - 1) d group by 1
+         )
+         select u.tenant_id, u.slug, u.requests, u.cost::text, o.dollar_limit::text, o.period,
+                d.input_drift, d.output_drift
+         from usage u
+         left join bulkhead.tenant_overview() o on o.tenant_id = u.tenant_id
+         left join drift d on d.tenant_id = u.tenant_id
+         order by u.cost desc, u.slug",
+    )
+    .bind(period.year)
+    .bind(period.month as i32)
+    .fetch_all(pool)
+    .await);
+    let totals: Vec<(String, String, i64, i64, i64, String)> = attempt!(sqlx::query_as(
+        "with bounds as (
+             select make_date($1, $2, 1) as first_day, (make_date($1, $2, 1) + interval '1 month')::date as next_day,
+                    pg_catalog.current_setting('bulkhead.billing_time_zone') as zone
+         )
+         select u.provider, u.model, sum(u.requests)::bigint, sum(u.input_tokens)::bigint,
+                sum(u.output_tokens)::bigint, sum(u.cost_usd)::text
+         from bounds b, bulkhead.usage_by_tenant(b.first_day::timestamp at time zone b.zone, b.next_day::timestamp at time zone b.zone) u
+         group by 1, 2 order by sum(u.cost_usd) desc, 1, 2",
+    )
+    .bind(period.year)
+    .bind(period.month as i32)
+    .fetch_all(pool)
+    .await);
+    let tenants: Vec<FinanceTenant> = per_tenant
+        .into_iter()
+        .map(|r| FinanceTenant {
+            tenant_id: r.0,
+            slug: r.1,
+            requests: r.2,
+            cost_usd: r.3,
+            dollar_limit: r.4,
+            period: r.5,
+            input_token_drift: r.6,
+            output_token_drift: r.7,
+        })
+        .collect();
+    let totals: Vec<serde_json::Value> = totals
+        .into_iter()
+        .map(|t| {
+            serde_json::json!({"provider": t.0, "model": t.1, "requests": t.2, "input_tokens": t.3,
+                               "output_tokens": t.4, "cost_usd": t.5})
+        })
+        .collect();
+    console.render(
+        "finance.html",
+        context! { me => me(&signed), period => period.to_string(), tenants => tenants, totals => totals },
+    )
+}
+
+pub async fn finance_csv(
+    State(console): State<Arc<Console>>,
+    headers: HeaderMap,
+    Query(query): Query<PeriodQuery>,
+) -> Response {
+    let signed = attempt!(console.signed(&headers, &Method::GET));
+    let pool = &signed.0.pool;
+    let period = attempt!(chosen_period(pool, &query.period).await);
+    let mut conn = attempt!(pool.acquire().await);
+    let rows = attempt!(report::usage_for(&mut conn, period).await);
+    let bytes = attempt!(report::to_csv(period, &rows));
+    (
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"bulkhead-usage-{period}.csv\""),
+            ),
+        ],
+        bytes,
+    )
+        .into_response()
+}
