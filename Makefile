@@ -166,6 +166,26 @@ $(STAMPS)/sdk-$(SDK_REQUIREMENTS_SHA):
 	@$(SDK_VENV)/bin/python -c "import openai, anthropic; print('openai', openai.__version__, 'anthropic', anthropic.__version__)"
 	@touch $@
 
+# The console's browser tests: Debian's chromium and chromedriver, driven by Selenium (pinned in
+# tests/browser/requirements.txt). Tests only.
+BROWSER_VENV := $(BULKHEAD_HOME)/browser-venv
+BROWSER_REQUIREMENTS_SHA := $(shell sha256sum tests/browser/requirements.txt | cut -c1-16)
+
+$(STAMPS)/browser-$(BROWSER_REQUIREMENTS_SHA): | $(APT_STAMP)
+	@mkdir -p $(STAMPS)
+	@missing=$$(for p in chromium chromium-driver; do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ -n "$(IS_ROOT)" ]; then \
+	    echo "==> apt-get install $$missing (the console's browser tests)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else echo "missing Debian packages: $$missing (install them as root)"; exit 1; fi; \
+	fi
+	@echo "==> selenium for the console's browser tests (tests/browser/requirements.txt)"
+	@rm -rf $(BROWSER_VENV) && python3 -m venv $(BROWSER_VENV)
+	@$(BROWSER_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -r tests/browser/requirements.txt
+	@$(BROWSER_VENV)/bin/python -c "import selenium; print('selenium', selenium.__version__)"
+	@touch $@
+
 # ---------------------------------------------------------------- build
 build: install-extension
 	cargo build --release --locked --bin bulkhead
@@ -303,7 +323,8 @@ test-isolation: db
 	  || { cat $(REGRESS_OUT)/isolation/regression.diffs 2>/dev/null | head -300; exit 1; }
 
 # Rust integration tests (sqlx) against a fresh database of the running cluster, with PgBouncer.
-test-integration: db $(STAMPS)/postgrest-$(POSTGREST_NPM_VERSION) $(STAMPS)/sdk-$(SDK_REQUIREMENTS_SHA)
+test-integration: db $(STAMPS)/postgrest-$(POSTGREST_NPM_VERSION) $(STAMPS)/sdk-$(SDK_REQUIREMENTS_SHA) \
+                  $(STAMPS)/browser-$(BROWSER_REQUIREMENTS_SHA)
 	@echo "==> integration tests"
 	@$(if $(wildcard sql/releases/bulkhead--*.sql),cp $(wildcard sql/releases/bulkhead--*.sql) $(EXT_SQL_DIR)/)
 	@$(PSQL) -d $(SUPER_URL)/postgres -c "set client_min_messages = warning" -c "drop database if exists bulkhead_it with (force)" -c "create database bulkhead_it"
@@ -311,5 +332,6 @@ test-integration: db $(STAMPS)/postgrest-$(POSTGREST_NPM_VERSION) $(STAMPS)/sdk-
 	  -c "alter database bulkhead_it set bulkhead.eval_gate_empty_set = 'allow'"
 	BULKHEAD_TEST_DATABASE_URL=$(SUPER_URL)/bulkhead_it BULKHEAD_TEST_HOST=$(PGHOST) BULKHEAD_TEST_PORT=$(PGPORT) \
 	  BULKHEAD_HOME=$(BULKHEAD_HOME) BULKHEAD_POSTGREST=$(POSTGREST_BIN) BULKHEAD_SDK_PYTHON=$(SDK_VENV)/bin/python \
+	  BULKHEAD_BROWSER_PYTHON=$(BROWSER_VENV)/bin/python BULKHEAD_CONSOLE_SHOTS=$(BULKHEAD_HOME)/console-screenshots \
 	  BULKHEAD_PG_BIN=$(PG_BIN) BULKHEAD_PGDATA=$(PGDATA_DIR) BULKHEAD_PGLOG=$(PGLOG) \
 	  cargo test --locked -p bulkhead --tests

@@ -243,7 +243,9 @@ grant select on bulkhead.prompt_skeletons, bulkhead.prompt_templates, bulkhead.p
 grant execute on function bulkhead.publish_prompt(uuid, text, jsonb, text),
     bulkhead.activate_prompt(uuid, text, int, boolean, text), bulkhead.rollback_prompt(uuid, text),
     bulkhead.render_prompt_version(text, int, jsonb), bulkhead._render_prompt_version(text, int, text),
-    bulkhead.eval_report(bigint), bulkhead.eval_run_status(bigint[], text)
+    bulkhead.eval_report(bigint), bulkhead.eval_run_status(bigint[], text),
+    -- every tenant's runs, counts only (it enters each tenant's context as set_tenant would)
+    bulkhead.eval_summary(text, bigint[]), bulkhead._set_tenant_within_function(uuid), bulkhead._leave_tenant(text)
     to bulkhead_support;
 
 -- bulkhead_finance: the numbers above, through tenant_overview, usage_by_tenant and

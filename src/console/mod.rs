@@ -67,6 +67,13 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("templates/key_created.html"),
     ),
     ("finance.html", include_str!("templates/finance.html")),
+    ("prompts.html", include_str!("templates/prompts.html")),
+    ("prompt.html", include_str!("templates/prompt.html")),
+    ("evals.html", include_str!("templates/evals.html")),
+    ("eval_run.html", include_str!("templates/eval_run.html")),
+    ("delete.html", include_str!("templates/delete.html")),
+    ("receipts.html", include_str!("templates/receipts.html")),
+    ("receipt.html", include_str!("templates/receipt.html")),
 ];
 const STYLESHEET: &str = include_str!("static/console.css");
 
@@ -127,6 +134,25 @@ fn router(console: Arc<Console>) -> Router {
         .route("/tenants/{id}/status", post(pages::set_status))
         .route("/tenants/{id}/keys", post(pages::create_key))
         .route("/tenants/{id}/keys/{key}/revoke", post(pages::revoke_key))
+        .route("/tenants/{id}/usage.svg", get(pages::usage_chart))
+        .route("/tenants/{id}/prompts", get(pages::prompts))
+        .route("/tenants/{id}/prompts/{template}", get(pages::prompt))
+        .route(
+            "/tenants/{id}/prompts/{template}/activate",
+            post(pages::activate),
+        )
+        .route(
+            "/tenants/{id}/prompts/{template}/rollback",
+            post(pages::rollback),
+        )
+        .route("/tenants/{id}/evals/{run}", get(pages::eval_run))
+        .route(
+            "/tenants/{id}/delete",
+            get(pages::delete_page).post(pages::delete_tenant),
+        )
+        .route("/evals", get(pages::evals))
+        .route("/receipts", get(pages::receipts))
+        .route("/receipts/{id}", get(pages::receipt))
         .route("/finance", get(pages::finance))
         .route("/finance.csv", get(pages::finance_csv))
         .fallback(|| async { failure(StatusCode::NOT_FOUND, "No such page.") })
@@ -135,7 +161,7 @@ fn router(console: Arc<Console>) -> Router {
         .with_state(console)
 }
 
-/// Every response: the strict CSP, no sniffing, no framing, no referrer, and no caching (pages
+/// Every response: the strict CSP, no sniffing, no framing, no referrer to other sites, and no caching (pages
 /// show spend, and a new key's secret once).
 async fn security_headers(
     request: axum::extract::Request,
@@ -153,7 +179,9 @@ async fn security_headers(
     );
     set(headers, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
     set(headers, header::X_FRAME_OPTIONS, "DENY");
-    set(headers, header::REFERRER_POLICY, "no-referrer");
+    // same-origin, not no-referrer: under no-referrer a browser sends "Origin: null" on its own
+    // form posts, and the origin check below needs the real one.
+    set(headers, header::REFERRER_POLICY, "same-origin");
     set(
         headers,
         header::HeaderName::from_static("cross-origin-opener-policy"),
@@ -215,9 +243,15 @@ pub fn database_failure(err: sqlx::Error) -> Response {
             _ => None,
         };
         if let Some(status) = status {
+            // Bulkhead's own refusals carry a hint written for people (the eval gate's, say).
+            let hint = db
+                .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                .and_then(|pg| pg.hint())
+                .map(|h| format!(" {h}"))
+                .unwrap_or_default();
             return failure(
                 status,
-                &format!("The database refused: {} ({code}).", db.message()),
+                &format!("The database refused: {} ({code}).{hint}", db.message()),
             );
         }
     }

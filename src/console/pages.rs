@@ -663,3 +663,694 @@ pub async fn finance_csv(
     )
         .into_response()
 }
+
+// ------------------------------------------------------------------ Prompts
+
+#[derive(Serialize, sqlx::FromRow)]
+struct TemplateRow {
+    template_name: String,
+    latest_version: i32,
+    active_version: Option<i32>,
+    updated_at: String,
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+struct VersionRow {
+    version: i32,
+    skeleton_version: i32,
+    slots: String,
+    body: Option<String>,
+    created_at: String,
+    created_by: String,
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+struct ReleaseRow {
+    seq: i32,
+    action: String,
+    from_version: Option<i32>,
+    to_version: i32,
+    forced: bool,
+    reason: Option<String>,
+    released_by: String,
+    released_at: String,
+    gate: String,
+    eval_run_id: Option<i64>,
+}
+
+/// Enters a tenant's context in a transaction of the signed-in login (admin and support only:
+/// the database refuses set_tenant to anyone else).
+async fn in_tenant<'c>(
+    pool: &'c sqlx::PgPool,
+    tenant: Uuid,
+) -> Result<sqlx::Transaction<'c, sqlx::Postgres>, Failure> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("select bulkhead.set_tenant($1)")
+        .bind(tenant)
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
+async fn tenant_name(pool: &sqlx::PgPool, tenant: Uuid) -> Result<(String, String), Failure> {
+    let row: Option<(String, String)> =
+        sqlx::query_as("select slug, name from bulkhead.tenant_overview() where tenant_id = $1")
+            .bind(tenant)
+            .fetch_optional(pool)
+            .await?;
+    row.ok_or_else(|| Failure::Page(StatusCode::NOT_FOUND, "No such tenant.".into()))
+}
+
+pub async fn prompts(
+    State(console): State<Arc<Console>>,
+    headers: HeaderMap,
+    Path(id): Path<Uuid>,
+) -> Response {
+    let signed = attempt!(console.signed(&headers, &Method::GET));
+    let (slug, name) = attempt!(tenant_name(&signed.0.pool, id).await);
+    let mut tx = attempt!(in_tenant(&signed.0.pool, id).await);
+    let templates: Vec<TemplateRow> = attempt!(
+        sqlx::query_as(
+            "select template_name, latest_version, active_version,
+                to_char(updated_at at time zone 'UTC', 'YYYY-MM-DD HH24:MI') as updated_at
+         from bulkhead.prompt_templates order by template_name",
+        )
+        .fetch_all(&mut *tx)
+        .await
+    );
+    attempt!(tx.commit().await);
+    console.render(
+        "prompts.html",
+        context! { me => me(&signed), tenant_id => id, slug => slug, name => name, templates => templates },
+    )
+}
+
+#[derive(Deserialize, Default)]
+pub struct DiffQuery {
+    a: Option<i32>,
+    b: Option<i32>,
+    /// Sample variables for the two renders, as a JSON object.
+    #[serde(default)]
+    vars: String,
+}
+
+/// One line of a side-by-side diff: the left and right text, and whether they differ.
+#[derive(Serialize)]
+struct DiffLine {
+    left: Option<String>,
+    right: Option<String>,
+    change: &'static str,
+}
+
+fn side_by_side(old: &str, new: &str) -> Vec<DiffLine> {
+    use similar::{ChangeTag, TextDiff};
+    let diff = TextDiff::from_lines(old, new);
+    let mut lines = Vec::new();
+    for op in diff.ops() {
+        let mut removed = Vec::new();
+        let mut added = Vec::new();
+        for change in diff.iter_changes(op) {
+            let text = change.value().trim_end_matches('\n').to_string();
+            match change.tag() {
+                ChangeTag::Equal => lines.push(DiffLine {
+                    left: Some(text.clone()),
+                    right: Some(text),
+                    change: "same",
+                }),
+                ChangeTag::Delete => removed.push(text),
+                ChangeTag::Insert => added.push(text),
+            }
+        }
+        // A replaced block pairs its old and new lines row by row.
+        let rows = removed.len().max(added.len());
+        for i in 0..rows {
+            lines.push(DiffLine {
+                left: removed.get(i).cloned(),
+                right: added.get(i).cloned(),
+                change: match (removed.get(i), added.get(i)) {
+                    (Some(_), Some(_)) => "changed",
+                    (Some(_), None) => "removed",
+                    _ => "added",
+                },
+            });
+        }
+    }
+    lines
+}
+
+fn pretty_json(text: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(text)
+        .and_then(|v| serde_json::to_string_pretty(&v))
+        .unwrap_or_else(|_| text.to_string())
+}
+
+pub async fn prompt(
+    State(console): State<Arc<Console>>,
+    headers: HeaderMap,
+    Path((id, template)): Path<(Uuid, String)>,
+    Query(query): Query<DiffQuery>,
+) -> Response {
+    let signed = attempt!(console.signed(&headers, &Method::GET));
+    let (slug, name) = attempt!(tenant_name(&signed.0.pool, id).await);
+    let vars_text = if query.vars.trim().is_empty() {
+        "{}".to_string()
+    } else {
+        query.vars.clone()
+    };
+    let vars: serde_json::Value = match serde_json::from_str(&vars_text) {
+        Ok(v @ serde_json::Value::Object(_)) => v,
+        _ => {
+            return failure(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "The sample variables must be a JSON object, e.g. {\"question\": \"Hi\"}.",
+            )
+        }
+    };
+    let mut tx = attempt!(in_tenant(&signed.0.pool, id).await);
+    let head: Option<TemplateRow> = attempt!(
+        sqlx::query_as(
+            "select template_name, latest_version, active_version,
+                to_char(updated_at at time zone 'UTC', 'YYYY-MM-DD HH24:MI') as updated_at
+         from bulkhead.prompt_templates where template_name = $1",
+        )
+        .bind(&template)
+        .fetch_optional(&mut *tx)
+        .await
+    );
+    let Some(head) = head else {
+        return failure(
+            StatusCode::NOT_FOUND,
+            "This tenant has no such prompt template.",
+        );
+    };
+    let versions: Vec<VersionRow> = attempt!(sqlx::query_as(
+        "select version, skeleton_version, jsonb_pretty(slots) as slots, body,
+                to_char(created_at at time zone 'UTC', 'YYYY-MM-DD HH24:MI') as created_at, created_by
+         from bulkhead.prompt_versions where template_name = $1 order by version desc",
+    )
+    .bind(&template)
+    .fetch_all(&mut *tx)
+    .await);
+    let releases: Vec<ReleaseRow> = attempt!(sqlx::query_as(
+        "select seq, action, from_version, to_version, forced, reason, released_by,
+                to_char(released_at at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS') as released_at, gate, eval_run_id
+         from bulkhead.prompt_releases where template_name = $1 order by seq desc",
+    )
+    .bind(&template)
+    .fetch_all(&mut *tx)
+    .await);
+    // The two versions compared: by default the active one and the newest.
+    let b = query.b.unwrap_or(head.latest_version);
+    let a = query.a.unwrap_or(head.active_version.unwrap_or(b));
+    let find = |v: i32| versions.iter().find(|x| x.version == v);
+    let (Some(left), Some(right)) = (find(a), find(b)) else {
+        return failure(StatusCode::NOT_FOUND, "No such version of this template.");
+    };
+    let mut renders = Vec::new();
+    for version in [a, b] {
+        // A render error (a missing variable, say) is shown in place of the text.
+        attempt!(sqlx::query("savepoint render").execute(&mut *tx).await);
+        let rendered: Result<String, sqlx::Error> =
+            sqlx::query_scalar("select bulkhead.render_prompt_version($1, $2, $3)")
+                .bind(&template)
+                .bind(version)
+                .bind(&vars)
+                .fetch_one(&mut *tx)
+                .await;
+        let rendered = match rendered {
+            Ok(text) => text,
+            Err(sqlx::Error::Database(db)) => {
+                attempt!(
+                    sqlx::query("rollback to savepoint render")
+                        .execute(&mut *tx)
+                        .await
+                );
+                format!("(does not render: {})", db.message())
+            }
+            Err(e) => return database_failure(e),
+        };
+        renders.push(rendered);
+    }
+    let slots_diff = side_by_side(&pretty_json(&left.slots), &pretty_json(&right.slots));
+    let body_diff = side_by_side(
+        left.body.as_deref().unwrap_or(""),
+        right.body.as_deref().unwrap_or(""),
+    );
+    let render_diff = side_by_side(&renders[0], &renders[1]);
+    attempt!(tx.commit().await);
+    console.render(
+        "prompt.html",
+        context! {
+            me => me(&signed), tenant_id => id, slug => slug, name => name, head => head,
+            versions => versions, releases => releases, a => a, b => b, vars => vars_text,
+            slots_diff => slots_diff, body_diff => body_diff, render_diff => render_diff,
+        },
+    )
+}
+
+#[derive(Deserialize)]
+pub struct ActivateForm {
+    #[serde(default)]
+    csrf: String,
+    version: i32,
+    #[serde(default)]
+    force: Option<String>,
+    #[serde(default)]
+    reason: String,
+}
+
+pub async fn activate(
+    State(console): State<Arc<Console>>,
+    headers: HeaderMap,
+    Path((id, template)): Path<(Uuid, String)>,
+    Form(form): Form<ActivateForm>,
+) -> Response {
+    let signed = attempt!(console.signed(&headers, &Method::POST));
+    attempt!(console.check_post(&signed, &headers, &form.csrf));
+    let force = form.force.is_some();
+    let reason = form.reason.trim();
+    // The gate's verdict (or the refusal of force to a non-admin) comes from the database.
+    attempt!(
+        sqlx::query("select bulkhead.activate_prompt($1, $2, $3, $4, nullif($5, ''))")
+            .bind(id)
+            .bind(&template)
+            .bind(form.version)
+            .bind(force)
+            .bind(reason)
+            .execute(&signed.0.pool)
+            .await
+    );
+    Redirect::to(&prompt_path(id, &template)).into_response()
+}
+
+pub async fn rollback(
+    State(console): State<Arc<Console>>,
+    headers: HeaderMap,
+    Path((id, template)): Path<(Uuid, String)>,
+    Form(form): Form<CsrfOnly>,
+) -> Response {
+    let signed = attempt!(console.signed(&headers, &Method::POST));
+    attempt!(console.check_post(&signed, &headers, &form.csrf));
+    attempt!(
+        sqlx::query("select bulkhead.rollback_prompt($1, $2)")
+            .bind(id)
+            .bind(&template)
+            .execute(&signed.0.pool)
+            .await
+    );
+    Redirect::to(&prompt_path(id, &template)).into_response()
+}
+
+/// The template's page; its name percent-encoded as a path segment.
+fn prompt_path(id: Uuid, template: &str) -> String {
+    let encoded: String = template
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    format!("/tenants/{id}/prompts/{encoded}")
+}
+
+// ------------------------------------------------------------------ Evals
+
+#[derive(Deserialize, Default)]
+pub struct EvalsQuery {
+    #[serde(default)]
+    template: String,
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+struct EvalRunRow {
+    tenant_id: Uuid,
+    slug: String,
+    run_id: i64,
+    template_name: String,
+    version: i32,
+    status: String,
+    error: Option<String>,
+    cases_passed: i32,
+    cases_failed: i32,
+    cases_pending: i32,
+    score: Option<String>,
+    started_at: String,
+}
+
+/// Every tenant's runs with pass and fail counts, and no case text (eval_summary).
+pub async fn evals(
+    State(console): State<Arc<Console>>,
+    headers: HeaderMap,
+    Query(query): Query<EvalsQuery>,
+) -> Response {
+    let signed = attempt!(console.signed(&headers, &Method::GET));
+    let template = query.template.trim();
+    let runs: Vec<EvalRunRow> = attempt!(sqlx::query_as(
+        "select tenant_id, slug, run_id, template_name, version, status, error, cases_passed, cases_failed,
+                cases_pending, score::text as score,
+                to_char(started_at at time zone 'UTC', 'YYYY-MM-DD HH24:MI') as started_at
+         from bulkhead.eval_summary(nullif($1, ''), null)
+         order by template_name, version desc, slug, run_id desc
+         limit 500",
+    )
+    .bind(template)
+    .fetch_all(&signed.0.pool)
+    .await);
+    console.render(
+        "evals.html",
+        context! { me => me(&signed), runs => runs, template => template },
+    )
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+struct CaseRow {
+    case_id: Uuid,
+    passed: Option<bool>,
+    output: Option<String>,
+    details: String,
+}
+
+/// One run's cases: read only inside its tenant's context, on that tenant's page.
+pub async fn eval_run(
+    State(console): State<Arc<Console>>,
+    headers: HeaderMap,
+    Path((id, run)): Path<(Uuid, i64)>,
+) -> Response {
+    let signed = attempt!(console.signed(&headers, &Method::GET));
+    let (slug, name) = attempt!(tenant_name(&signed.0.pool, id).await);
+    let mut tx = attempt!(in_tenant(&signed.0.pool, id).await);
+    let status: Option<EvalRunRow> = attempt!(sqlx::query_as(
+        "select $1::uuid as tenant_id, $2::text as slug, run_id, template_name, version, status, error,
+                cases_passed, cases_failed, cases_pending, score::text as score,
+                to_char(started_at at time zone 'UTC', 'YYYY-MM-DD HH24:MI') as started_at
+         from bulkhead.eval_run_status(array[$3::bigint], null)",
+    )
+    .bind(id)
+    .bind(&slug)
+    .bind(run)
+    .fetch_optional(&mut *tx)
+    .await);
+    let Some(status) = status else {
+        return failure(StatusCode::NOT_FOUND, "This tenant has no such eval run.");
+    };
+    let cases: Vec<CaseRow> = attempt!(sqlx::query_as(
+        "select case_id, passed, output, jsonb_pretty(details) as details from bulkhead.eval_report($1)",
+    )
+    .bind(run)
+    .fetch_all(&mut *tx)
+    .await);
+    attempt!(tx.commit().await);
+    console.render(
+        "eval_run.html",
+        context! { me => me(&signed), tenant_id => id, slug => slug, name => name, run => status, cases => cases },
+    )
+}
+
+// ------------------------------------------------------------------ Deletion
+
+pub async fn delete_page(
+    State(console): State<Arc<Console>>,
+    headers: HeaderMap,
+    Path(id): Path<Uuid>,
+) -> Response {
+    let signed = attempt!(console.signed(&headers, &Method::GET));
+    let (slug, name) = attempt!(tenant_name(&signed.0.pool, id).await);
+    console.render(
+        "delete.html",
+        context! { me => me(&signed), tenant_id => id, slug => slug, name => name, error => None::<String> },
+    )
+}
+
+#[derive(Deserialize)]
+pub struct DeleteForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    confirm: String,
+}
+
+pub async fn delete_tenant(
+    State(console): State<Arc<Console>>,
+    headers: HeaderMap,
+    Path(id): Path<Uuid>,
+    Form(form): Form<DeleteForm>,
+) -> Response {
+    let signed = attempt!(console.signed(&headers, &Method::POST));
+    attempt!(console.check_post(&signed, &headers, &form.csrf));
+    let (slug, name) = attempt!(tenant_name(&signed.0.pool, id).await);
+    if form.confirm.trim() != slug {
+        let mut response = console.render(
+            "delete.html",
+            context! {
+                me => me(&signed), tenant_id => id, slug => slug, name => name,
+                error => Some("Type the tenant's slug exactly to confirm. Nothing was deleted."),
+            },
+        );
+        *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+        return response;
+    }
+    let receipt: Uuid = attempt!(
+        sqlx::query_scalar("select bulkhead.delete_tenant($1)")
+            .bind(id)
+            .fetch_one(&signed.0.pool)
+            .await
+    );
+    Redirect::to(&format!("/receipts/{receipt}")).into_response()
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+struct ReceiptRow {
+    id: Uuid,
+    tenant_id: Uuid,
+    requested_by: String,
+    started_at: String,
+    completed_at: String,
+    pending: i64,
+}
+
+pub async fn receipts(State(console): State<Arc<Console>>, headers: HeaderMap) -> Response {
+    let signed = attempt!(console.signed(&headers, &Method::GET));
+    let rows: Vec<ReceiptRow> = attempt!(sqlx::query_as(
+        "select r.id, r.tenant_id, r.requested_by::text as requested_by,
+                to_char(r.started_at at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS') as started_at,
+                to_char(r.completed_at at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS') as completed_at,
+                (select count(*) from bulkhead.deletion_receipt_pending p where p.receipt_id = r.id) as pending
+         from bulkhead.deletion_receipts r order by r.completed_at desc limit 200",
+    )
+    .fetch_all(&signed.0.pool)
+    .await);
+    console.render(
+        "receipts.html",
+        context! { me => me(&signed), receipts => rows },
+    )
+}
+
+pub async fn receipt(
+    State(console): State<Arc<Console>>,
+    headers: HeaderMap,
+    Path(id): Path<Uuid>,
+) -> Response {
+    let signed = attempt!(console.signed(&headers, &Method::GET));
+    let pool = &signed.0.pool;
+    let head: Option<ReceiptRow> = attempt!(sqlx::query_as(
+        "select r.id, r.tenant_id, r.requested_by::text as requested_by,
+                to_char(r.started_at at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS') as started_at,
+                to_char(r.completed_at at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS') as completed_at, 0::bigint as pending
+         from bulkhead.deletion_receipts r where r.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await);
+    let Some(head) = head else {
+        return failure(StatusCode::NOT_FOUND, "No such receipt.");
+    };
+    let steps: Vec<(String, i64, String)> = attempt!(sqlx::query_as(
+        "select step, rows_deleted, to_char(completed_at at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS')
+         from bulkhead.deletion_receipt_steps where receipt_id = $1 order by completed_at, step",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await);
+    let pending: Vec<(String, String)> = attempt!(
+        sqlx::query_as(
+            "select step, to_char(since at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS')
+         from bulkhead.deletion_receipt_pending where receipt_id = $1 order by step",
+        )
+        .bind(id)
+        .fetch_all(pool)
+        .await
+    );
+    console.render(
+        "receipt.html",
+        context! { me => me(&signed), r => head, steps => steps, pending => pending },
+    )
+}
+
+// ------------------------------------------------------------------ Charts
+
+#[derive(Deserialize, Default)]
+pub struct ChartQuery {
+    /// `90` (the last 90 days) or `period` (this budget period).
+    #[serde(default)]
+    days: String,
+}
+
+/// The chart's days, in the billing time zone: today, and the first day ($2: the tenant's budget
+/// period's, else 89 days before today).
+const CHART_DAYS: &str = "with today as (
+        select (pg_catalog.clock_timestamp() at time zone pg_catalog.current_setting('bulkhead.billing_time_zone'))::date as d),
+     first as (
+        select case when $2 then coalesce((select (o.period_start at time zone pg_catalog.current_setting('bulkhead.billing_time_zone'))::date
+                                           from bulkhead.tenant_overview() o where o.tenant_id = $1), today.d)
+                    else today.d - 89 end as d
+        from today)";
+
+/// The tenant's daily cost (calls, for support) per model as an SVG line chart, drawn here.
+pub async fn usage_chart(
+    State(console): State<Arc<Console>>,
+    headers: HeaderMap,
+    Path(id): Path<Uuid>,
+    Query(query): Query<ChartQuery>,
+) -> Response {
+    let signed = attempt!(console.signed(&headers, &Method::GET));
+    let money = signed.0.roles.sees_money();
+    let since_period = query.days == "period";
+    let rows: Vec<(i32, String, i64, Option<f64>)> = attempt!(
+        sqlx::query_as(&format!(
+            "{CHART_DAYS}
+         select (u.day - first.d)::int, u.model, u.requests, u.cost_usd::float8
+         from today, first, bulkhead.tenant_daily_usage($1, first.d, today.d + 1) u
+         order by u.model, u.day"
+        ))
+        .bind(id)
+        .bind(since_period)
+        .fetch_all(&signed.0.pool)
+        .await
+    );
+    let span: i32 = attempt!(
+        sqlx::query_scalar(&format!(
+            "{CHART_DAYS} select (today.d - first.d + 1)::int from today, first"
+        ))
+        .bind(id)
+        .bind(since_period)
+        .fetch_one(&signed.0.pool)
+        .await
+    );
+    let mut series: Vec<(String, Vec<(i32, f64)>)> = Vec::new();
+    for (day, model, requests, cost) in rows {
+        let value = if money {
+            cost.unwrap_or(0.0)
+        } else {
+            requests as f64
+        };
+        // Legend text from the data: markup characters dropped.
+        let label: String = model
+            .chars()
+            .filter(|c| !"<>&\"'".contains(*c))
+            .take(40)
+            .collect();
+        match series.last_mut() {
+            Some((name, points)) if *name == label => points.push((day, value)),
+            _ => series.push((label, vec![(day, value)])),
+        }
+    }
+    let title = match (money, since_period) {
+        (true, true) => "Cost per day this period (USD)",
+        (true, false) => "Cost per day, last 90 days (USD)",
+        (false, true) => "Calls per day this period",
+        (false, false) => "Calls per day, last 90 days",
+    };
+    match draw_chart(title, span.max(1), &series) {
+        Ok(svg) => (
+            [(header::CONTENT_TYPE, "image/svg+xml; charset=utf-8")],
+            svg,
+        )
+            .into_response(),
+        Err(err) => {
+            tracing::error!(target: "bulkhead::console", "drawing a chart: {err}");
+            failure(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "The chart could not be drawn.",
+            )
+        }
+    }
+}
+
+fn draw_chart(
+    title: &str,
+    span: i32,
+    series: &[(String, Vec<(i32, f64)>)],
+) -> Result<String, String> {
+    use plotters::prelude::*;
+    const PALETTE: [RGBColor; 6] = [
+        RGBColor(36, 83, 199),
+        RGBColor(216, 110, 27),
+        RGBColor(20, 140, 90),
+        RGBColor(170, 40, 120),
+        RGBColor(100, 100, 100),
+        RGBColor(180, 30, 30),
+    ];
+    let top = series
+        .iter()
+        .flat_map(|(_, points)| points.iter().map(|p| p.1))
+        .fold(0.0f64, f64::max);
+    let top = if top > 0.0 { top * 1.1 } else { 1.0 };
+    let mut out = String::new();
+    {
+        let root = SVGBackend::with_string(&mut out, (900, 300)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 16))
+            .margin(12)
+            .x_label_area_size(28)
+            .y_label_area_size(64)
+            .build_cartesian_2d(0..span, 0f64..top)
+            .map_err(|e| e.to_string())?;
+        // Small amounts (a cent and less) in scientific notation, the rest with two decimals.
+        let y_label = |v: &f64| {
+            if top < 0.1 && *v != 0.0 {
+                format!("{v:.1e}")
+            } else if top < 100.0 {
+                format!("{v:.2}")
+            } else {
+                format!("{v:.0}")
+            }
+        };
+        chart
+            .configure_mesh()
+            .x_desc("day")
+            .y_label_formatter(&y_label)
+            .light_line_style(RGBColor(238, 240, 244))
+            .draw()
+            .map_err(|e| e.to_string())?;
+        for (i, (model, points)) in series.iter().enumerate() {
+            let color = PALETTE[i % PALETTE.len()];
+            // Days without calls are zero, not a line drawn across them.
+            let mut full: Vec<(i32, f64)> = (0..span).map(|d| (d, 0.0)).collect();
+            for &(day, value) in points {
+                if let Some(slot) = full.get_mut(day.max(0) as usize) {
+                    slot.1 += value;
+                }
+            }
+            chart
+                .draw_series(LineSeries::new(full, color.stroke_width(2)))
+                .map_err(|e| e.to_string())?
+                .label(model.as_str())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                });
+        }
+        if !series.is_empty() {
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.9))
+                .border_style(RGBColor(217, 222, 231))
+                .draw()
+                .map_err(|e| e.to_string())?;
+        }
+        root.present().map_err(|e| e.to_string())?;
+    }
+    Ok(out)
+}
