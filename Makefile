@@ -259,12 +259,15 @@ clean-db: stop
 	rm -rf $(PGDATA_DIR) $(PGRUN_DIR)
 
 # ---------------------------------------------------------------- demo
+# The narration ends with the console running on its data (Ctrl-C stops it); DEMO_FLAGS=--exit
+# stops once every check held.
 demo: db $(STAMPS)/sdk-$(SDK_REQUIREMENTS_SHA)
-	@BULKHEAD_SDK_PYTHON=$(SDK_VENV)/bin/python ./target/release/bulkhead demo --database-url $(SUPER_URL)/bulkhead_demo
+	@BULKHEAD_SDK_PYTHON=$(SDK_VENV)/bin/python ./target/release/bulkhead demo --database-url $(SUPER_URL)/bulkhead_demo $(DEMO_FLAGS)
 
 # ---------------------------------------------------------------- tests
 # The demo checks every isolation claim it prints and exits non-zero if one fails.
-test-demo: demo
+test-demo:
+	@$(MAKE) demo DEMO_FLAGS=--exit
 
 test: test-unit test-releases test-pgrx test-regress test-isolation test-integration test-demo test-fuzz-sql
 	@echo "==> all test suites passed"

@@ -21,7 +21,9 @@ pub enum DemoError {
     Setup(String),
 }
 
-pub async fn run(database_url: &str) -> Result<(), DemoError> {
+/// `keep_console`: after the narration, leave the console running for people to sign in to,
+/// until Ctrl-C (`make demo`); false stops it once checked (`make test-demo`).
+pub async fn run(database_url: &str, keep_console: bool) -> Result<(), DemoError> {
     let target = PgConnectOptions::from_str(database_url)?;
     let db_name = target
         .get_database()
@@ -480,8 +482,156 @@ pub async fn run(database_url: &str) -> Result<(), DemoError> {
         "deletion must remove acme's rows and only those",
     )?;
 
+    let console = console(database_url, &mut conn, globex, keep_console).await?;
     say("\nAll isolation checks held.");
+    if keep_console {
+        say("The console keeps running until you press Ctrl-C.");
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    drop(console);
     Ok(())
+}
+
+/// Step 16: `bulkhead console` on the demo's data, with three logins of the demo's own.
+async fn console(
+    database_url: &str,
+    conn: &mut PgConnection,
+    globex: Uuid,
+    keep_console: bool,
+) -> Result<ChildGuard, DemoError> {
+    step("16. The console: customer success and finance sign in with their own PostgreSQL logins;\n    the database's grants and row level security decide what each may see and do.");
+    for (login, group) in [
+        ("demo_console_admin", "bulkhead_admin"),
+        ("demo_console_support", "bulkhead_support"),
+        ("demo_console_finance", "bulkhead_finance"),
+    ] {
+        demo_login(conn, login, group).await?;
+    }
+    // The console takes host and database only: credentials come from each sign-in.
+    let mut url = reqwest::Url::parse(database_url).map_err(|e| DemoError::Setup(e.to_string()))?;
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    let listen = std::net::TcpListener::bind("127.0.0.1:8788")
+        .or_else(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .and_then(|l| l.local_addr())
+        .map_err(|e| DemoError::Setup(e.to_string()))?;
+    let exe = std::env::current_exe().map_err(|e| DemoError::Setup(e.to_string()))?;
+    let child = std::process::Command::new(exe)
+        .args(["console", "--listen", &listen.to_string()])
+        .env("DATABASE_URL", url.as_str())
+        .env("BULKHEAD_CONSOLE_LOG_FORMAT", "text")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| DemoError::Setup(format!("cannot start bulkhead console: {e}")))?;
+    let console = ChildGuard(child);
+    let base = format!("http://{listen}");
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| DemoError::Setup(e.to_string()))?;
+    let mut page = None;
+    for _ in 0..100 {
+        if let Ok(response) = http.get(format!("{base}/sign-in")).send().await {
+            page = Some(response);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let page = page.ok_or_else(|| DemoError::Setup("the console did not start".into()))?;
+    // Sign in as support, as a browser would, and try what support may not do.
+    let pre = page
+        .headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| v.strip_prefix("bulkhead_console_pre="))
+        .and_then(|v| v.split(';').next())
+        .unwrap_or_default()
+        .to_string();
+    let signed_in = http
+        .post(format!("{base}/sign-in"))
+        .header(
+            reqwest::header::COOKIE,
+            format!("bulkhead_console_pre={pre}"),
+        )
+        .form(&[
+            ("login", "demo_console_support"),
+            ("password", demo_password()),
+            ("csrf", &pre),
+        ])
+        .send()
+        .await
+        .map_err(|e| DemoError::Setup(e.to_string()))?;
+    let session = signed_in
+        .headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| v.strip_prefix("bulkhead_console="))
+        .and_then(|v| v.split(';').next())
+        .unwrap_or_default()
+        .to_string();
+    let cookie = format!("bulkhead_console={session}");
+    let tenants = http
+        .get(format!("{base}/tenants"))
+        .header(reqwest::header::COOKIE, &cookie)
+        .send()
+        .await
+        .map_err(|e| DemoError::Setup(e.to_string()))?
+        .text()
+        .await
+        .map_err(|e| DemoError::Setup(e.to_string()))?;
+    let csrf = tenants
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_default()
+        .to_string();
+    let refused = http
+        .post(format!("{base}/tenants/{globex}/status"))
+        .header(reqwest::header::COOKIE, &cookie)
+        .form(&[("action", "suspend"), ("csrf", &csrf)])
+        .send()
+        .await
+        .map_err(|e| DemoError::Setup(e.to_string()))?;
+    let refused_status = refused.status();
+    let refused_text = refused.text().await.unwrap_or_default();
+    let status: String = sqlx::query_scalar("select status from bulkhead.tenants where id = $1")
+        .bind(globex)
+        .fetch_one(&mut *conn)
+        .await?;
+    say(&format!(
+        "   demo_console_support signs in and sees Globex: {}; its Suspend is refused by the database: HTTP {} ({}); Globex is still {status}",
+        tenants.contains("Globex"),
+        refused_status.as_u16(),
+        if refused_text.contains("permission denied for function suspend_tenant") { "permission denied for function suspend_tenant" } else { "?" },
+    ));
+    expect(
+        tenants.contains("Globex")
+            && !tenants.contains("Spend this period")
+            && refused_status == reqwest::StatusCode::FORBIDDEN
+            && status == "active",
+        "support sees tenant status, no money, and cannot suspend a tenant",
+    )?;
+    if keep_console {
+        say(&format!(
+            "\n   Console: {base}\n   Sign in as demo_console_admin, demo_console_support or demo_console_finance,\n   password {} (this run's; the cluster checks passwords with scram-sha-256).",
+            demo_password()
+        ));
+    }
+    Ok(console)
+}
+
+/// Kills a child process when dropped.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 async fn recreate_database(target: &PgConnectOptions, db_name: &str) -> Result<(), DemoError> {

@@ -287,6 +287,10 @@ enum Command {
         /// Superuser URL of the database to (re)create for the demo.
         #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
         database_url: String,
+        /// Stop once every check held, instead of leaving the console running for you to sign
+        /// in to (for tests and scripts).
+        #[arg(long)]
+        exit: bool,
     },
 }
 
@@ -461,7 +465,9 @@ async fn run_eval(action: EvalAction) -> ExitCode {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
-        Command::Demo { database_url } => demo::run(&database_url).await.map_err(|e| e.to_string()),
+        Command::Demo { database_url, exit } => demo::run(&database_url, !exit)
+            .await
+            .map_err(|e| e.to_string()),
         Command::Eval { action } => return run_eval(action).await,
         Command::Report {
             database_url,
