@@ -27,8 +27,9 @@ create table bulkhead.jobs (
     -- index_build: a tenant's own vector index, queued by ingest_document (retrieval.sql).
     -- eval_score: scoring one call of an eval case, queued when its answer is in (evals.sql).
     -- provision, provider_limits: a tenant's provider project and its limits (provisioning.sql).
+    -- budget_raise_end: the end of a temporary budget raise (console.sql).
     constraint jobs_kind_known check (kind in ('noop', 'completion', 'embedding', 'index_build', 'eval_score',
-                                               'provision', 'provider_limits')),
+                                               'provision', 'provider_limits', 'budget_raise_end')),
     constraint jobs_payload_object check (pg_catalog.jsonb_typeof(payload) = 'object'),
     constraint jobs_idempotency_key_length check (pg_catalog.char_length(idempotency_key) between 1 and 200)
 );
@@ -226,6 +227,10 @@ begin
     if kind in ('provision', 'provider_limits') then
         raise exception '% jobs are queued by bulkhead.provision_provider() and set_budget()', kind
             using errcode = '42501', detail = 'Provisioning is the control plane''s (bulkhead_admin).';
+    end if;
+    if kind = 'budget_raise_end' then
+        raise exception 'budget_raise_end jobs are queued by bulkhead.raise_budget()' using errcode = '42501',
+            detail = 'A temporary budget raise is the control plane''s (bulkhead_admin).';
     end if;
     if kind = 'index_build' then
         raise exception 'index_build jobs are queued by bulkhead.ingest_document()'

@@ -78,6 +78,21 @@ create policy tenant_isolation on bulkhead.usage_daily
 create index usage_daily_by_day on bulkhead.usage_daily (day);
 select pg_catalog.pg_extension_config_dump('bulkhead.usage_daily', '');
 
+-- Each tenant's latest settled call, kept by the same trigger in any time zone: the console's
+-- "last activity" for every tenant in one join instead of an index probe per tenant.
+create table bulkhead.usage_latest (
+    tenant_id uuid        not null,
+    last_at   timestamptz not null,
+    constraint usage_latest_pkey primary key (tenant_id),
+    constraint usage_latest_tenant_fkey foreign key (tenant_id) references bulkhead.tenants (id)
+);
+alter table bulkhead.usage_latest enable row level security;
+alter table bulkhead.usage_latest force row level security;
+create policy tenant_isolation on bulkhead.usage_latest
+    using (tenant_id = (select bulkhead.current_tenant()))
+    with check (tenant_id = (select bulkhead.current_tenant()));
+select pg_catalog.pg_extension_config_dump('bulkhead.usage_latest', '');
+
 -- Whether usage_daily holds every ledger row, and in which time zone its days are. No row: no
 -- ledger row was ever written, so the (empty) rollup is complete in any zone. A settle under
 -- another bulkhead.billing_time_zone marks it stale: readers then sum the ledger itself until
@@ -111,6 +126,13 @@ begin
     if bulkhead._restoring() then
         return null;  -- the dump holds the rollup that matches its ledger
     end if;
+    -- Taken before the rollup's state is read, stale or not, and held to commit: a rebuild
+    -- (which locks usage_daily EXCLUSIVE) waits for this settle, or this settle for the rebuild
+    -- and then adds its rows to the rebuilt rollup. Either way no settle falls between them.
+    lock table bulkhead.usage_daily in row exclusive mode;
+    insert into bulkhead.usage_latest as u
+    select n.tenant_id, max(n.created_at) from added n group by 1 order by 1
+    on conflict on constraint usage_latest_pkey do update set last_at = greatest(u.last_at, excluded.last_at);
     select * into rollup from bulkhead.usage_rollup;
     if not found then
         insert into bulkhead.usage_rollup (zone) values (zone) on conflict do nothing;

@@ -41,11 +41,6 @@ pub(crate) async fn serve(
         // Stream events are small writes: without TCP_NODELAY, Nagle's algorithm holds each one
         // back until the client's delayed ACK (about 40 ms).
         let _ = tcp.set_nodelay(true);
-        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(header_timeout);
         // Each request carries its client's address (the console rate-limits sign-ins by it).
         let service =
             hyper_util::service::TowerToHyperService::new(tower::ServiceExt::map_request(
@@ -58,12 +53,30 @@ pub(crate) async fn serve(
                     request
                 },
             ));
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(tcp), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let _ = connection.await;
+            // A client that connects and sends nothing is closed after the header timeout:
+            // hyper's own timeout starts only with its first byte.
+            // (peek, not readable(): a new socket may report readiness before any byte.)
+            let mut first = [0u8; 1];
+            if tokio::time::timeout(header_timeout, tcp.peek(&mut first))
+                .await
+                .is_err()
+            {
+                drop(slot);
+                return;
+            }
+            // HTTP/1 only: the auto builder's HTTP/2 sniffing would read with no timeout.
+            let mut builder =
+                hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            let connection = builder
+                .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+                .into_owned();
+            let _ = watcher.watch(connection).await;
             drop(slot);
         });
     }

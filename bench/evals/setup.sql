@@ -50,3 +50,8 @@ from generate_series(1, 4) i, generate_series(1, 500) n;
 select count(bulkhead.add_eval_case(bench.tenant_id(5), 'support', jsonb_build_object('question', 'Question ' || n),
     '[{"type": "max_output_tokens", "value": 1000}, {"type": "not_contains", "value": "crypto"}]'))
 from generate_series(1, 20) n;
+
+-- make db checks passwords (PGPASSFILE holds the development one).
+alter role bulkhead_bench_app password :'dev_password';
+alter role bulkhead_bench_admin password :'dev_password';
+alter role bulkhead_bench_worker password :'dev_password';

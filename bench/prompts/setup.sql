@@ -37,3 +37,6 @@ select bulkhead.publish_prompt(bench.tenant_id(i), 'support',
     case when i % 3 = 0 then '{% extends "support" %}{% block persona %}Speak like a pirate, kindly.{% endblock %}' end)
 from generate_series(1, 100) i;
 select bulkhead.activate_prompt(bench.tenant_id(i), 'support', 1) from generate_series(1, 100) i;
+
+-- make db checks passwords (PGPASSFILE holds the development one).
+alter role bulkhead_bench_app password :'dev_password';

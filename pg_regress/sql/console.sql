@@ -8,6 +8,7 @@ create role regress_con_admin in role bulkhead_admin;
 create role regress_con_app in role bulkhead_app;
 create role regress_con_support in role bulkhead_support;
 create role regress_con_finance in role bulkhead_finance;
+create role regress_con_worker in role bulkhead_worker;
 set local bulkhead.billing_time_zone = 'America/New_York';
 insert into bulkhead.tenants (id, slug, name, pinecone_namespace) values
     ('00000000-0000-4000-8000-0000000000c1', 'con-a', 'Tenant A', 'con-a'),
@@ -194,6 +195,74 @@ select pg_temp.attempt($q$select count(*) from bulkhead.usage_by_tenant('-infini
 select pg_temp.attempt($q$select count(*) from bulkhead.drift_by_tenant('2026-01-01', '2026-12-31')$q$) as app_drift;
 select pg_temp.attempt($q$select count(*) from bulkhead.tenant_daily_usage('00000000-0000-4000-8000-0000000000c1', '2026-11-03', '2026-11-04')$q$) as app_daily;
 reset role;
+
+-- A temporary raise: the limit goes up now, and the worker's job puts it back when it ends.
+set local role regress_con_admin;
+select bulkhead.set_budget('00000000-0000-4000-8000-0000000000c1', 100, 1000, 1000, 20);
+select pg_temp.attempt($q$select bulkhead.raise_budget('00000000-0000-4000-8000-0000000000c1', 10, now() + interval '1 day', 'x')$q$) as raise_below;
+select pg_temp.attempt($q$select bulkhead.raise_budget('00000000-0000-4000-8000-0000000000c1', 50, now() - interval '1 day', 'x')$q$) as raise_in_the_past;
+select pg_temp.attempt($q$select bulkhead.raise_budget('00000000-0000-4000-8000-0000000000c1', 50, now() + interval '2 years', 'x')$q$) as raise_too_long;
+select pg_temp.attempt($q$select bulkhead.raise_budget('00000000-0000-4000-8000-0000000000c1', 50, now() + interval '1 day', '  ')$q$) as raise_without_reason;
+select bulkhead.raise_budget('00000000-0000-4000-8000-0000000000c1', 50, now() + interval '1 day', 'launch week') > 0 as raised;
+select bulkhead.raise_budget('00000000-0000-4000-8000-0000000000c1', 80, now() + interval '2 days', 'launch week, extended') > 0 as raised_again;
+select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000c1');
+select raised_limit, had_budget, restore_limit, reason, raised_by, ended_how from bulkhead.budget_raises order by raised_at;
+select dollar_limit from bulkhead.budgets;
+select bulkhead.set_tenant(null);
+-- The tenant's application may not queue the end (or anyone's) itself.
+set local role regress_con_app;
+select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000c1');
+select pg_temp.attempt($q$select bulkhead.enqueue_job('budget_raise_end', '{"raise_id": 1}')$q$) as app_ends_raise;
+select pg_temp.attempt($q$select bulkhead.raise_budget('00000000-0000-4000-8000-0000000000c1', 1000, now() + interval '1 day', 'x')$q$) as app_raises;
+select bulkhead.set_tenant(null);
+set local role regress_con_finance;
+select slug, dollar_limit, raised_until is not null as raised from bulkhead.tenant_overview() where slug = 'con-a';
+set local role regress_con_support;
+select slug, raised_until from bulkhead.tenant_overview() where slug = 'con-a';
+reset role;
+-- Both ends are queued for their times; the worker ends the first (already replaced: a no-op),
+-- then the second, which puts back the limit from before the first raise.
+update bulkhead.job_schedule set run_at = now() - interval '1 second'
+where job_tenant = '00000000-0000-4000-8000-0000000000c1'
+  and job_id in (select id from bulkhead.jobs where kind = 'budget_raise_end');
+set local role regress_con_worker;
+select count(*) as claimed from bulkhead.claim_jobs('regress-con-worker', 10, '1 minute');
+select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000c1');
+select bulkhead.end_budget_raise(j.id, 'regress-con-worker') as ended
+from bulkhead.jobs j where j.kind = 'budget_raise_end' order by j.created_at;
+select pg_temp.attempt($q$select bulkhead.end_budget_raise(1, 'regress-con-worker')$q$) as ends_an_unheld_job;
+reset role;
+select dollar_limit from bulkhead.budgets where tenant_id = '00000000-0000-4000-8000-0000000000c1';
+-- A raise on a tenant without a budget of its own: at the end the defaults apply again (the row
+-- goes); a limit set by hand during a raise is kept.
+set local role regress_con_admin;
+select bulkhead.raise_budget('00000000-0000-4000-8000-0000000000c2', 500, now() + interval '1 day', 'pilot') > 0 as raised_b;
+reset role;
+update bulkhead.job_schedule set run_at = now() - interval '1 second'
+where job_tenant = '00000000-0000-4000-8000-0000000000c2' and job_id in (select id from bulkhead.jobs where kind = 'budget_raise_end');
+set local role regress_con_worker;
+select count(*) as claimed_b from bulkhead.claim_jobs('regress-con-worker', 10, '1 minute');
+select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000c2');
+select bulkhead.end_budget_raise(id, 'regress-con-worker') as ended_b from bulkhead.jobs where kind = 'budget_raise_end';
+reset role;
+select count(*) as b_own_budget_rows from bulkhead.budgets where tenant_id = '00000000-0000-4000-8000-0000000000c2';
+
+-- A limit set by hand during a raise is kept at its end.
+set local role regress_con_admin;
+select bulkhead.raise_budget('00000000-0000-4000-8000-0000000000c1', 300, now() + interval '1 day', 'promo') > 0 as raised_c;
+select bulkhead.set_budget('00000000-0000-4000-8000-0000000000c1', 100, 1000, 1000, 33);
+reset role;
+update bulkhead.job_schedule set run_at = now() - interval '1 second'
+where job_tenant = '00000000-0000-4000-8000-0000000000c1' and state = 'queued'
+  and job_id in (select id from bulkhead.jobs where kind = 'budget_raise_end');
+set local role regress_con_worker;
+select count(*) as claimed_c from bulkhead.claim_jobs('regress-con-worker', 10, '1 minute');
+select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000c1');
+select bulkhead.end_budget_raise(j.id, 'regress-con-worker') as ended_c
+from bulkhead.jobs j join bulkhead.job_schedule s on s.job_id = j.id
+where j.kind = 'budget_raise_end' and s.state = 'running';
+reset role;
+select dollar_limit as kept_limit from bulkhead.budgets where tenant_id = '00000000-0000-4000-8000-0000000000c1';
 
 -- Deleting a tenant deletes its rollup rows with its ledger.
 set local role regress_con_admin;

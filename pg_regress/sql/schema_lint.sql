@@ -90,7 +90,7 @@ definer_allow_list (proname) as (
            ('_provider_limits_follow_budget'), ('_provisioned_key_attached'), ('_limits_follow'),
            ('_provider_limits_follow_defaults'), ('_register_credential_project'), ('provider_resource_free'),
            -- The console's sums (console.sql), as bulkhead_reporter.
-           ('tenant_overview'), ('usage_by_tenant'), ('drift_by_tenant'), ('rebuild_usage_rollup'), ('tenant_daily_usage')
+           ('tenant_overview'), ('usage_by_tenant'), ('drift_by_tenant'), ('rebuild_usage_rollup'), ('tenant_daily_usage'), ('end_budget_raise'), ('_queue_budget_raise_end')
 ),
 -- Extra policies on tenant tables (beside the one on current_tenant() for all roles), each read
 -- only by one SECURITY DEFINER function that returns no tenant data.
@@ -103,7 +103,8 @@ cross_tenant_policy_allow_list (table_name, polname) as (
     -- bulkhead_reporter owns only tenant_overview(), usage_by_tenant(), drift_by_tenant() and
     -- rebuild_usage_rollup(): sums and limits per tenant, never a row's content.
            ('bulkhead.budgets', 'reporter_sums'), ('bulkhead.budget_state', 'reporter_sums'),
-           ('bulkhead.ledger', 'reporter_sums'), ('bulkhead.usage_daily', 'reporter_sums')
+           ('bulkhead.ledger', 'reporter_sums'), ('bulkhead.usage_daily', 'reporter_sums'),
+           ('bulkhead.budget_raises', 'reporter_sums'), ('bulkhead.usage_latest', 'reporter_sums')
 ),
 unpinned_allow_list (proname) as (
     -- Runs no SQL; a SET clause would add a settings save/restore to every policy evaluation.

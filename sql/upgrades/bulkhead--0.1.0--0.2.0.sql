@@ -2036,6 +2036,47 @@ begin
     end loop;
 end
 $roles$;
+alter table bulkhead.jobs drop constraint jobs_kind_known;
+alter table bulkhead.jobs add constraint jobs_kind_known check (kind in ('noop', 'completion', 'embedding', 'index_build', 'eval_score',
+                                           'provision', 'provider_limits', 'budget_raise_end'));
+create or replace function bulkhead.enqueue_job(
+    kind text,
+    payload jsonb default '{}',
+    idempotency_key text default null,
+    run_at timestamptz default null,
+    max_attempts int default 5
+)
+returns bigint
+language plpgsql volatile
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+begin
+    if kind in ('completion', 'embedding') then
+        raise exception '% jobs are queued by bulkhead.%()', kind,
+                case kind when 'completion' then 'complete' else 'embed_document' end
+            using errcode = '42501',
+                  detail = 'They admit the provider call against the tenant''s budget in the same transaction.';
+    end if;
+    if kind = 'eval_score' then
+        raise exception 'eval_score jobs are queued by the evals themselves' using errcode = '42501';
+    end if;
+    if kind in ('provision', 'provider_limits') then
+        raise exception '% jobs are queued by bulkhead.provision_provider() and set_budget()', kind
+            using errcode = '42501', detail = 'Provisioning is the control plane''s (bulkhead_admin).';
+    end if;
+    if kind = 'budget_raise_end' then
+        raise exception 'budget_raise_end jobs are queued by bulkhead.raise_budget()' using errcode = '42501',
+            detail = 'A temporary budget raise is the control plane''s (bulkhead_admin).';
+    end if;
+    if kind = 'index_build' then
+        raise exception 'index_build jobs are queued by bulkhead.ingest_document()'
+            using errcode = '42501', detail = 'A tenant''s index is built when it passes bulkhead.retrieval_index_threshold chunks.';
+    end if;
+    return bulkhead._enqueue(kind, payload, idempotency_key, run_at, max_attempts);
+end
+$$;
+
 
 -- The ledger's sums per tenant, day (in the rollup's time zone), provider, model and budget line,
 -- kept as settles commit: reports and the console read one row per day and model, not one per
@@ -2067,6 +2108,21 @@ create policy tenant_isolation on bulkhead.usage_daily
 -- Reports over every tenant read a range of days.
 create index usage_daily_by_day on bulkhead.usage_daily (day);
 select pg_catalog.pg_extension_config_dump('bulkhead.usage_daily', '');
+
+-- Each tenant's latest settled call, kept by the same trigger in any time zone: the console's
+-- "last activity" for every tenant in one join instead of an index probe per tenant.
+create table bulkhead.usage_latest (
+    tenant_id uuid        not null,
+    last_at   timestamptz not null,
+    constraint usage_latest_pkey primary key (tenant_id),
+    constraint usage_latest_tenant_fkey foreign key (tenant_id) references bulkhead.tenants (id)
+);
+alter table bulkhead.usage_latest enable row level security;
+alter table bulkhead.usage_latest force row level security;
+create policy tenant_isolation on bulkhead.usage_latest
+    using (tenant_id = (select bulkhead.current_tenant()))
+    with check (tenant_id = (select bulkhead.current_tenant()));
+select pg_catalog.pg_extension_config_dump('bulkhead.usage_latest', '');
 
 -- Whether usage_daily holds every ledger row, and in which time zone its days are. No row: no
 -- ledger row was ever written, so the (empty) rollup is complete in any zone. A settle under
@@ -2101,6 +2157,13 @@ begin
     if bulkhead._restoring() then
         return null;  -- the dump holds the rollup that matches its ledger
     end if;
+    -- Taken before the rollup's state is read, stale or not, and held to commit: a rebuild
+    -- (which locks usage_daily EXCLUSIVE) waits for this settle, or this settle for the rebuild
+    -- and then adds its rows to the rebuilt rollup. Either way no settle falls between them.
+    lock table bulkhead.usage_daily in row exclusive mode;
+    insert into bulkhead.usage_latest as u
+    select n.tenant_id, max(n.created_at) from added n group by 1 order by 1
+    on conflict on constraint usage_latest_pkey do update set last_at = greatest(u.last_at, excluded.last_at);
     select * into rollup from bulkhead.usage_rollup;
     if not found then
         insert into bulkhead.usage_rollup (zone) values (zone) on conflict do nothing;
@@ -2342,17 +2405,203 @@ grant usage on schema bulkhead to bulkhead_support, bulkhead_finance, bulkhead_r
 -- bulkhead_reporter: reads for sums, writes only the rollup it rebuilds.
 grant select on bulkhead.tenants, bulkhead.budgets, bulkhead.budget_state, bulkhead.budget_defaults,
     bulkhead.ledger, bulkhead.usage_drift to bulkhead_reporter;
-grant select, insert, delete on bulkhead.usage_daily to bulkhead_reporter;
+grant select, insert, delete on bulkhead.usage_daily, bulkhead.usage_latest to bulkhead_reporter;
 grant select, insert, update on bulkhead.usage_rollup to bulkhead_reporter;
 create policy reporter_reads on bulkhead.tenants for select to bulkhead_reporter using (true);
 create policy reporter_sums on bulkhead.budgets for select to bulkhead_reporter using (true);
 create policy reporter_sums on bulkhead.budget_state for select to bulkhead_reporter using (true);
 create policy reporter_sums on bulkhead.ledger for select to bulkhead_reporter using (true);
 create policy reporter_sums on bulkhead.usage_daily for all to bulkhead_reporter using (true) with check (true);
+create policy reporter_sums on bulkhead.usage_latest for all to bulkhead_reporter using (true) with check (true);
 create policy reporter_rebuilds on bulkhead.usage_rollup for all to bulkhead_reporter using (true) with check (true);
 create policy reporter_sums on bulkhead.usage_drift for select to bulkhead_reporter using (true);
 grant execute on function bulkhead._usage_sums(timestamptz, timestamptz, uuid), bulkhead._usage_span(timestamptz, timestamptz),
     bulkhead._caller() to bulkhead_reporter;
+
+-- Temporary budget raises: a tenant's dollar limit raised until a time, then put back by the
+-- worker (a budget_raise_end job due then). One open raise per tenant; a new one replaces it and
+-- keeps what it will put back. A limit changed by hand meanwhile is kept at the end.
+create table bulkhead.budget_raises (
+    tenant_id     uuid        not null,
+    id            bigint      not null default bulkhead._random_id(),
+    raised_limit  numeric     not null,
+    -- What the end puts back: the tenant's own dollar limit, or (had_budget false) the defaults.
+    had_budget    boolean     not null,
+    restore_limit numeric,
+    ends_at       timestamptz not null,
+    reason        text        not null,
+    raised_by     text        not null,
+    raised_at     timestamptz not null default pg_catalog.clock_timestamp(),
+    ended_at      timestamptz,
+    ended_how     text,
+    constraint budget_raises_pkey primary key (tenant_id, id),
+    constraint budget_raises_tenant_fkey foreign key (tenant_id) references bulkhead.tenants (id),
+    constraint budget_raises_limit_valid check (raised_limit >= 0 and raised_limit < 1e12),
+    constraint budget_raises_restore_known check (had_budget = (restore_limit is not null)),
+    constraint budget_raises_reason_length check (pg_catalog.char_length(reason) between 1 and 1000),
+    constraint budget_raises_ended_how_known check (ended_how in ('restored', 'kept', 'replaced')),
+    constraint budget_raises_ended check ((ended_at is null) = (ended_how is null))
+);
+create unique index budget_raises_one_open on bulkhead.budget_raises (tenant_id) where ended_at is null;
+alter table bulkhead.budget_raises enable row level security;
+alter table bulkhead.budget_raises force row level security;
+create policy tenant_isolation on bulkhead.budget_raises
+    using (tenant_id = (select bulkhead.current_tenant()))
+    with check (tenant_id = (select bulkhead.current_tenant()));
+create policy reporter_sums on bulkhead.budget_raises for select to bulkhead_reporter using (true);
+grant select, insert, update on bulkhead.budget_raises to bulkhead_admin;
+grant delete on bulkhead.budget_raises to bulkhead_admin;  -- tenant deletion only
+grant select, update on bulkhead.budget_raises to bulkhead_meter;
+grant select on bulkhead.budget_raises to bulkhead_reporter;
+select pg_catalog.pg_extension_config_dump('bulkhead.budget_raises', '');
+
+-- Queues the end of the current tenant's open raise, due when it ends. SECURITY DEFINER (as
+-- bulkhead_meter, which queues jobs): the control plane writes no job rows itself.
+create function bulkhead._queue_budget_raise_end(raise_id bigint)
+returns bigint
+language plpgsql volatile
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    ends timestamptz;
+begin
+    select r.ends_at into ends from bulkhead.budget_raises r
+    where r.tenant_id = bulkhead.current_tenant() and r.id = raise_id and r.ended_at is null;
+    if not found then
+        raise exception 'no open budget raise %', raise_id using errcode = '55000';
+    end if;
+    return bulkhead._enqueue('budget_raise_end', pg_catalog.jsonb_build_object('raise_id', raise_id),
+                             'budget-raise-' || raise_id::text, ends, 10);
+end
+$$;
+alter function bulkhead._queue_budget_raise_end(bigint) owner to bulkhead_meter;
+revoke all on function bulkhead._queue_budget_raise_end(bigint) from public;
+grant execute on function bulkhead._queue_budget_raise_end(bigint) to bulkhead_admin;
+
+-- Raises a tenant's dollar limit to dollar_limit until `until`, for a reason; returns the raise's
+-- id. The other limits and the period stay as they are (the defaults', for a tenant without its
+-- own). bulkhead_admin.
+create function bulkhead.raise_budget(tenant_id uuid, dollar_limit numeric, "until" timestamptz, reason text)
+returns bigint
+language plpgsql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    previous text;
+    own bulkhead.budgets;
+    defaults bulkhead.budget_defaults;
+    open_raise bulkhead.budget_raises;
+    current_limit numeric;
+    raise_id bigint;
+begin
+    if raise_budget.tenant_id is null or raise_budget.dollar_limit is null or "until" is null or reason is null then
+        raise exception 'tenant_id, dollar_limit, until and reason are required' using errcode = '22004';
+    end if;
+    if pg_catalog.btrim(reason) = '' or pg_catalog.char_length(reason) > 1000 then
+        raise exception 'a raise needs a reason of 1 to 1000 characters' using errcode = '22023',
+            detail = 'The reason is kept with the raise, beside who made it.';
+    end if;
+    if "until" <= pg_catalog.clock_timestamp() or "until" > pg_catalog.clock_timestamp() + interval '366 days' then
+        raise exception 'until must be in the future, within a year' using errcode = '22023';
+    end if;
+    if raise_budget.dollar_limit = 'NaN' or raise_budget.dollar_limit >= 1e12 then
+        raise exception 'invalid limit' using errcode = '22023';
+    end if;
+    if not exists (select from bulkhead.tenants t where t.id = raise_budget.tenant_id) then
+        raise exception 'tenant % does not exist', raise_budget.tenant_id using errcode = '42704';
+    end if;
+    previous := bulkhead._enter_tenant(raise_budget.tenant_id);
+    select * into defaults from bulkhead.budget_defaults;
+    select * into own from bulkhead.budgets b where b.tenant_id = raise_budget.tenant_id for update;
+    current_limit := coalesce(own.dollar_limit, defaults.dollar_limit);
+    if raise_budget.dollar_limit <= current_limit then
+        raise exception 'a raise must be above the current limit of % USD', current_limit using errcode = '22023',
+            hint = 'Lower a limit with bulkhead.set_budget.';
+    end if;
+    -- A raise on top of a raise replaces it and keeps what the first one will put back.
+    select * into open_raise from bulkhead.budget_raises r
+    where r.tenant_id = raise_budget.tenant_id and r.ended_at is null for update;
+    if found then
+        update bulkhead.budget_raises r set ended_at = pg_catalog.clock_timestamp(), ended_how = 'replaced'
+        where r.tenant_id = open_raise.tenant_id and r.id = open_raise.id;
+    end if;
+    insert into bulkhead.budget_raises (tenant_id, raised_limit, had_budget, restore_limit, ends_at, reason, raised_by)
+    values (raise_budget.tenant_id, raise_budget.dollar_limit,
+            case when open_raise.id is not null then open_raise.had_budget else own.tenant_id is not null end,
+            case when open_raise.id is not null then open_raise.restore_limit else own.dollar_limit end,
+            "until", pg_catalog.btrim(reason), bulkhead._caller())
+    returning id into raise_id;
+    perform bulkhead.set_budget(raise_budget.tenant_id, coalesce(own.rpm, defaults.rpm), coalesce(own.itpm, defaults.itpm),
+                                coalesce(own.otpm, defaults.otpm), raise_budget.dollar_limit,
+                                coalesce(own.period, defaults.period));
+    perform bulkhead._queue_budget_raise_end(raise_id);
+    perform bulkhead._leave_tenant(previous);
+    return raise_id;
+end
+$$;
+comment on function bulkhead.raise_budget(uuid, numeric, timestamptz, text) is
+    'Raises a tenant''s dollar limit until a time, for a reason; the worker puts the limit back then. bulkhead_admin only.';
+
+-- The end of a raise, for the worker holding its budget_raise_end job: the dollar limit goes
+-- back (or the tenant's own budget row goes, when it had none and nothing else changed), unless
+-- someone set it by hand since. SECURITY DEFINER (as bulkhead_meter): the worker writes no
+-- budgets itself; this changes only the raised limit of the job's own tenant.
+create function bulkhead.end_budget_raise(job bigint, worker text)
+returns text
+language plpgsql volatile
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    s bulkhead.job_schedule := bulkhead._held_job(job, worker);
+    raise_row bulkhead.budget_raises;
+    own bulkhead.budgets;
+    defaults bulkhead.budget_defaults;
+    how text;
+begin
+    select r.* into raise_row
+    from bulkhead.jobs j
+    join bulkhead.budget_raises r on r.tenant_id = j.tenant_id and r.id = (j.payload ->> 'raise_id')::bigint
+    where j.tenant_id = s.job_tenant and j.id = job and j.kind = 'budget_raise_end'
+    for update of r;
+    if not found then
+        raise exception 'job % ends no budget raise', job using errcode = '55000';
+    end if;
+    if raise_row.ended_at is not null then
+        return raise_row.ended_how;
+    end if;
+    select * into own from bulkhead.budgets b where b.tenant_id = s.job_tenant for update;
+    select * into defaults from bulkhead.budget_defaults;
+    if own.tenant_id is null or own.dollar_limit is distinct from raise_row.raised_limit then
+        how := 'kept';
+    elsif raise_row.had_budget then
+        update bulkhead.budgets b set dollar_limit = raise_row.restore_limit, updated_at = pg_catalog.now()
+        where b.tenant_id = s.job_tenant;
+        how := 'restored';
+    elsif (own.rpm, own.itpm, own.otpm, own.period) = (defaults.rpm, defaults.itpm, defaults.otpm, defaults.period) then
+        delete from bulkhead.budgets b where b.tenant_id = s.job_tenant;
+        how := 'restored';
+    else
+        update bulkhead.budgets b set dollar_limit = defaults.dollar_limit, updated_at = pg_catalog.now()
+        where b.tenant_id = s.job_tenant;
+        how := 'restored';
+    end if;
+    update bulkhead.budget_raises r set ended_at = pg_catalog.clock_timestamp(), ended_how = how
+    where r.tenant_id = raise_row.tenant_id and r.id = raise_row.id;
+    return how;
+end
+$$;
+comment on function bulkhead.end_budget_raise(bigint, text) is
+    'Ends the budget raise of the budget_raise_end job the worker holds: puts the dollar limit back unless it was changed by hand since. bulkhead_worker.';
+alter function bulkhead.end_budget_raise(bigint, text) owner to bulkhead_meter;
+-- The end of a raise writes the job's own tenant's budget row (row level security keeps it there).
+grant update, delete on bulkhead.budgets to bulkhead_meter;
+revoke all on function bulkhead.raise_budget(uuid, numeric, timestamptz, text), bulkhead.end_budget_raise(bigint, text) from public;
+grant execute on function bulkhead.raise_budget(uuid, numeric, timestamptz, text) to bulkhead_admin;
+grant execute on function bulkhead._caller() to bulkhead_admin;  -- raise_budget records who raised
+grant execute on function bulkhead.end_budget_raise(bigint, text) to bulkhead_worker;
 
 -- Who may read the console's sums: raises 42501 for a caller in none of the console's roles;
 -- returns whether it may see money (bulkhead_admin, bulkhead_finance) or not (bulkhead_support).
@@ -2383,12 +2632,12 @@ grant execute on function bulkhead._console_reader(text) to bulkhead_reporter;
 -- what is reserved, today's calls and cost, the last settled call. Money is null unless the
 -- caller is in bulkhead_admin or bulkhead_finance. SECURITY DEFINER (bulkhead_reporter): it
 -- reads every tenant's budget state and rollup, and returns numbers only.
-create function bulkhead.tenant_overview()
+create function bulkhead.tenant_overview(tenant uuid default null)
 returns table (
     tenant_id uuid, slug text, name text, status text, created_at timestamptz,
     rpm int, itpm int, otpm int, own_budget boolean,
     period text, period_start timestamptz, dollar_limit numeric, spent_usd numeric, reserved_usd numeric,
-    calls_today bigint, cost_today numeric, last_activity timestamptz
+    calls_today bigint, cost_today numeric, last_activity timestamptz, raised_until timestamptz
 )
 language plpgsql stable
 security definer
@@ -2409,6 +2658,7 @@ begin
             from bulkhead.tenants t
             cross join bulkhead.budget_defaults d
             left join bulkhead.budgets b on b.tenant_id = t.id
+            where tenant_overview.tenant is null or t.id = tenant_overview.tenant
         ),
         bounds as (
             select l.*, pg_catalog.date_trunc(l.period, now_ts at time zone zone) at time zone zone as starts
@@ -2416,7 +2666,8 @@ begin
         ),
         today_sums as (
             select u.tenant_id, sum(u.requests)::bigint as calls, sum(u.cost_usd) as cost
-            from bulkhead._usage_sums(today::timestamp at time zone zone, (today + 1)::timestamp at time zone zone, null) u
+            from bulkhead._usage_sums(today::timestamp at time zone zone, (today + 1)::timestamp at time zone zone,
+                                      tenant_overview.tenant) u
             group by u.tenant_id
         )
         select b.id, b.slug, b.name, b.status, b.created_at, b.rpm, b.itpm, b.otpm, b.own_budget,
@@ -2431,15 +2682,16 @@ begin
                case when sees_money then coalesce(s.reserved_usd, 0) end,
                coalesce(x.calls, 0),
                case when sees_money then coalesce(x.cost, 0) end,
-               (select max(u.last_at) from bulkhead.usage_daily u
-                where u.tenant_id = b.id
-                  and u.day = (select max(v.day) from bulkhead.usage_daily v where v.tenant_id = b.id))
+               a.last_at,
+               case when sees_money then
+                   (select r.ends_at from bulkhead.budget_raises r where r.tenant_id = b.id and r.ended_at is null) end
         from bounds b
         left join bulkhead.budget_state s on s.tenant_id = b.id
-        left join today_sums x on x.tenant_id = b.id;
+        left join today_sums x on x.tenant_id = b.id
+        left join bulkhead.usage_latest a on a.tenant_id = b.id;
 end
 $$;
-comment on function bulkhead.tenant_overview() is
+comment on function bulkhead.tenant_overview(uuid) is
     'One row per tenant for the console: status, limits, this period''s spend and reservations, today''s calls and cost, last activity (money for bulkhead_admin and bulkhead_finance only).';
 
 -- One tenant's usage per day, provider and model over the days [from, to) (billing time zone),
@@ -2513,6 +2765,8 @@ begin
         raise exception 'rebuild_usage_rollup runs at read committed'
             using errcode = '25001', detail = 'It must see every settle that committed before it took its lock.';
     end if;
+    -- Settles take ROW EXCLUSIVE on usage_daily in the rollup trigger, stale rollup or not:
+    -- this waits for those in flight, and holds off new ones until it commits.
     lock table bulkhead.usage_daily in exclusive mode;
     delete from bulkhead.usage_daily;
     insert into bulkhead.usage_daily
@@ -2523,6 +2777,8 @@ begin
     from bulkhead.ledger l
     group by 1, 2, 3, 4, 5;
     get diagnostics written = row_count;
+    delete from bulkhead.usage_latest;
+    insert into bulkhead.usage_latest select l.tenant_id, max(l.created_at) from bulkhead.ledger l group by 1;
     insert into bulkhead.usage_rollup (zone, stale_since, built_at) values (zone, null, pg_catalog.clock_timestamp())
     on conflict on constraint usage_rollup_pkey do update
         set zone = excluded.zone, stale_since = null, built_at = excluded.built_at;
@@ -2532,14 +2788,14 @@ $$;
 comment on function bulkhead.rebuild_usage_rollup() is
     'Rebuilds the per-day usage rollup from the ledger in the current billing time zone (after that setting changed). bulkhead_admin only.';
 
-alter function bulkhead.tenant_overview() owner to bulkhead_reporter;
+alter function bulkhead.tenant_overview(uuid) owner to bulkhead_reporter;
 alter function bulkhead.usage_by_tenant(timestamptz, timestamptz) owner to bulkhead_reporter;
 alter function bulkhead.drift_by_tenant(date, date) owner to bulkhead_reporter;
 alter function bulkhead.tenant_daily_usage(uuid, date, date) owner to bulkhead_reporter;
 alter function bulkhead.rebuild_usage_rollup() owner to bulkhead_reporter;
-revoke all on function bulkhead.tenant_overview(), bulkhead.drift_by_tenant(date, date), bulkhead.tenant_daily_usage(uuid, date, date),
+revoke all on function bulkhead.tenant_overview(uuid), bulkhead.drift_by_tenant(date, date), bulkhead.tenant_daily_usage(uuid, date, date),
     bulkhead.rebuild_usage_rollup() from public;
-grant execute on function bulkhead.tenant_overview(), bulkhead.tenant_daily_usage(uuid, date, date)
+grant execute on function bulkhead.tenant_overview(uuid), bulkhead.tenant_daily_usage(uuid, date, date)
     to bulkhead_admin, bulkhead_support, bulkhead_finance;
 grant execute on function bulkhead.usage_by_tenant(timestamptz, timestamptz), bulkhead.drift_by_tenant(date, date)
     to bulkhead_admin, bulkhead_finance;
@@ -2547,9 +2803,9 @@ grant execute on function bulkhead.rebuild_usage_rollup() to bulkhead_admin;
 
 -- The rollup: the meter writes it as settles commit; tenants read their own rows (usage_report);
 -- the control plane deletes a tenant's rows with the tenant.
-grant select, insert, update on bulkhead.usage_daily to bulkhead_meter;
-grant select on bulkhead.usage_daily to bulkhead_app, bulkhead_worker, bulkhead_admin;
-grant delete on bulkhead.usage_daily to bulkhead_admin;  -- tenant deletion only
+grant select, insert, update on bulkhead.usage_daily, bulkhead.usage_latest to bulkhead_meter;
+grant select on bulkhead.usage_daily, bulkhead.usage_latest to bulkhead_app, bulkhead_worker, bulkhead_admin;
+grant delete on bulkhead.usage_daily, bulkhead.usage_latest to bulkhead_admin;  -- tenant deletion only
 grant select on bulkhead.usage_rollup to bulkhead_meter, bulkhead_app, bulkhead_worker, bulkhead_admin,
     bulkhead_support, bulkhead_finance;
 grant insert, update on bulkhead.usage_rollup to bulkhead_meter;

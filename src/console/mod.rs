@@ -27,10 +27,12 @@ use tokio_util::sync::CancellationToken;
 pub struct Config {
     pub database_url: String,
     pub listen: SocketAddr,
+    pub allowed_hosts: Vec<String>,
     pub secure_cookies: bool,
     pub idle: Duration,
     pub lifetime: Duration,
     pub sign_in_failures: u32,
+    pub header_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +56,8 @@ pub struct Console {
     /// Sign-ins in flight: each costs the server a SCRAM exchange.
     sign_ins: tokio::sync::Semaphore,
     secure_cookies: bool,
+    /// Host headers answered (lowercase); empty: any.
+    allowed_hosts: Vec<String>,
 }
 
 const TEMPLATES: &[(&str, &str)] = &[
@@ -103,7 +107,11 @@ pub async fn run(config: Config) -> Result<(), ConsoleError> {
         ),
         sign_ins: tokio::sync::Semaphore::new(4),
         secure_cookies: config.secure_cookies,
+        allowed_hosts: allowed_hosts(&config),
     });
+    if console.allowed_hosts.is_empty() {
+        tracing::warn!(target: "bulkhead::console", "listening beyond loopback without --allowed-host: any Host header is answered");
+    }
     let app = router(console);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -118,9 +126,30 @@ pub async fn run(config: Config) -> Result<(), ConsoleError> {
             shutdown.cancel();
         });
     }
-    crate::http::serve(listener, app, &shutdown, 256, Duration::from_secs(10)).await;
+    crate::http::serve(listener, app, &shutdown, 256, config.header_timeout).await;
     tracing::info!(target: "bulkhead::console", "stopped");
     Ok(())
+}
+
+/// The Host headers to answer: the configured ones, else a loopback listener's own names.
+fn allowed_hosts(config: &Config) -> Vec<String> {
+    if !config.allowed_hosts.is_empty() {
+        return config
+            .allowed_hosts
+            .iter()
+            .map(|h| h.trim().to_ascii_lowercase())
+            .collect();
+    }
+    let port = config.listen.port();
+    if config.listen.ip().is_loopback() {
+        vec![
+            format!("127.0.0.1:{port}"),
+            format!("localhost:{port}"),
+            format!("[::1]:{port}"),
+        ]
+    } else {
+        Vec::new()
+    }
 }
 
 fn router(console: Arc<Console>) -> Router {
@@ -133,6 +162,7 @@ fn router(console: Arc<Console>) -> Router {
         .route("/tenants/{id}", get(pages::tenant))
         .route("/tenants/{id}/status", post(pages::set_status))
         .route("/tenants/{id}/keys", post(pages::create_key))
+        .route("/tenants/{id}/raise", post(pages::raise_budget))
         .route("/tenants/{id}/keys/{key}/revoke", post(pages::revoke_key))
         .route("/tenants/{id}/usage.svg", get(pages::usage_chart))
         .route("/tenants/{id}/prompts", get(pages::prompts))
@@ -156,10 +186,39 @@ fn router(console: Arc<Console>) -> Router {
         .route("/finance", get(pages::finance))
         .route("/finance.csv", get(pages::finance_csv))
         .fallback(|| async { failure(StatusCode::NOT_FOUND, "No such page.") })
+        .layer(axum::middleware::from_fn_with_state(console.clone(), guard))
         .layer(axum::middleware::from_fn(security_headers))
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .with_state(console)
 }
+
+/// Before any handler: the Host must be one the console answers (DNS rebinding), and the
+/// request must finish within REQUEST_TIMEOUT (a body that never comes holds no slot).
+async fn guard(
+    State(console): State<Arc<Console>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if !console.allowed_hosts.is_empty() {
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(|h| h.to_ascii_lowercase());
+        if !host.is_some_and(|h| console.allowed_hosts.contains(&h)) {
+            return failure(
+                StatusCode::MISDIRECTED_REQUEST,
+                "This console does not answer for that host name.",
+            );
+        }
+    }
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => failure(StatusCode::REQUEST_TIMEOUT, "The request took too long."),
+    }
+}
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Every response: the strict CSP, no sniffing, no framing, no referrer to other sites, and no caching (pages
 /// show spend, and a new key's secret once).
@@ -167,8 +226,16 @@ async fn security_headers(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    let started = std::time::Instant::now();
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
+    // The time the console took (its queries included), for bench/console and browsers' tools.
+    if let Ok(value) = HeaderValue::from_str(&format!(
+        "app;dur={:.1}",
+        started.elapsed().as_secs_f64() * 1000.0
+    )) {
+        headers.insert(header::HeaderName::from_static("server-timing"), value);
+    }
     let set = |headers: &mut HeaderMap, name: header::HeaderName, value: &'static str| {
         headers.insert(name, HeaderValue::from_static(value));
     };
@@ -444,11 +511,19 @@ async fn sign_in(
         );
     }
     let [login_key, client_key] = session::limiter_keys(&login, client.ip());
-    let blocked = [
-        console.login_failures.blocked_for(&login_key),
-        console.client_failures.blocked_for(&client_key),
+    // Counted before the attempt and taken back if it succeeds: guesses sent in parallel count.
+    let begun = [
+        console.login_failures.begin(&login_key),
+        console.client_failures.begin(&client_key),
     ];
-    if let Some(wait) = blocked.into_iter().flatten().max() {
+    if begun.iter().any(|b| b.is_err()) {
+        if begun[0].is_ok() {
+            console.login_failures.forgive(&login_key);
+        }
+        if begun[1].is_ok() {
+            console.client_failures.forgive(&client_key);
+        }
+        let wait = begun.iter().filter_map(|b| b.err()).max().unwrap_or(60);
         let mut response = sign_in_form(
             &console,
             StatusCode::TOO_MANY_REQUESTS,
@@ -471,6 +546,8 @@ async fn sign_in(
     };
     match open_session(&console, &login, &form.password).await {
         Ok((roles, pool)) => {
+            console.login_failures.forgive(&login_key);
+            console.client_failures.forgive(&client_key);
             tracing::info!(target: "bulkhead::console", login = %login, client = %client.ip(), "signed in");
             let cookie = console.sessions.start(login, roles, pool);
             let mut response = Redirect::to("/tenants").into_response();
@@ -487,9 +564,9 @@ async fn sign_in(
         }
         Err(refused) => {
             // An unreachable database is nobody's failed attempt.
-            if refused.status != StatusCode::SERVICE_UNAVAILABLE {
-                console.login_failures.failed(&login_key);
-                console.client_failures.failed(&client_key);
+            if refused.status == StatusCode::SERVICE_UNAVAILABLE {
+                console.login_failures.forgive(&login_key);
+                console.client_failures.forgive(&client_key);
             }
             tracing::warn!(target: "bulkhead::console", login = %login, client = %client.ip(), "sign-in refused: {}", refused.log);
             sign_in_form(&console, refused.status, &login, Some(&refused.shown))
@@ -512,9 +589,13 @@ async fn open_session(
     login: &str,
     password: &str,
 ) -> Result<(Roles, sqlx::PgPool), SignInRefused> {
+    // Every refusal after the connection reads the same as a wrong password: a different page
+    // for "right password, wrong kind of login" would tell a guesser the password is right.
+    // The log says which it was.
     let wrong = |log: String| SignInRefused {
         status: StatusCode::UNAUTHORIZED,
-        shown: "Sign-in failed: wrong login or password.".into(),
+        shown: "Sign-in failed: wrong login or password, or this login may not use the console."
+            .into(),
         log,
     };
     let options = console
@@ -567,32 +648,29 @@ async fn open_session(
         .as_deref()
         .is_some_and(|m| PASSWORD_METHODS.contains(&m))
     {
-        return Err(SignInRefused {
-            status: StatusCode::UNAUTHORIZED,
-            shown: "Sign-in refused: PostgreSQL did not check a password for this login (its pg_hba.conf entry trusts the connection). \
-                    The console signs in only logins whose password PostgreSQL verified."
-                .into(),
-            log: format!("authentication method {}", method.as_deref().unwrap_or("trust")),
-        });
+        return Err(wrong(format!(
+            "PostgreSQL did not check a password (authentication method {}): the console signs in only logins whose password PostgreSQL verified",
+            method.as_deref().unwrap_or("trust")
+        )));
     }
     if superuser || bypassrls {
-        return Err(SignInRefused {
-            status: StatusCode::FORBIDDEN,
-            shown: "Sign-in refused: this login is a superuser or bypasses row level security; the console runs only as logins the database confines.".into(),
-            log: "privileged login".into(),
-        });
+        return Err(wrong(
+            "a superuser or BYPASSRLS login: the console runs only as logins the database confines"
+                .into(),
+        ));
     }
     if !(admin || support || finance) {
-        return Err(SignInRefused {
-            status: StatusCode::FORBIDDEN,
-            shown: "Sign-in refused: this login is in none of bulkhead_admin, bulkhead_support and bulkhead_finance.".into(),
-            log: "no console role".into(),
-        });
+        return Err(wrong(
+            "in none of bulkhead_admin, bulkhead_support and bulkhead_finance".into(),
+        ));
     }
+    // Few connections, soon closed: a login disabled or whose password changed loses its
+    // sessions' connections within max_lifetime (new ones must authenticate again).
     let pool = PgPoolOptions::new()
-        .max_connections(3)
+        .max_connections(2)
         .min_connections(0)
-        .idle_timeout(Duration::from_secs(300))
+        .idle_timeout(Duration::from_secs(30))
+        .max_lifetime(Duration::from_secs(300))
         .acquire_timeout(Duration::from_secs(10))
         .connect_lazy_with(options);
     Ok((

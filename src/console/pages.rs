@@ -112,7 +112,8 @@ const TENANT_COLUMNS: &str = "tenant_id, slug, name, status, rpm, itpm, otpm, ow
          when dollar_limit = 0 and spent_usd > 0 then 999 end as used_percent,
     calls_today, cost_today::text as cost_today,
     to_char(last_activity at time zone 'UTC', 'YYYY-MM-DD HH24:MI') || ' UTC' as last_activity,
-    to_char(created_at at time zone 'UTC', 'YYYY-MM-DD') as created_at";
+    to_char(created_at at time zone 'UTC', 'YYYY-MM-DD') as created_at,
+    to_char(raised_until at time zone 'UTC', 'YYYY-MM-DD HH24:MI') || ' UTC' as raised_until";
 
 pub async fn tenants(
     State(console): State<Arc<Console>>,
@@ -289,12 +290,14 @@ pub async fn tenant(
 ) -> Response {
     let signed = attempt!(console.signed(&headers, &Method::GET));
     let pool = &signed.0.pool;
-    let overview: Option<sqlx::types::Json<serde_json::Value>> = attempt!(sqlx::query_scalar(&format!(
-        "select to_jsonb(t) from (select {TENANT_COLUMNS} from bulkhead.tenant_overview() where tenant_id = $1) t"
-    ))
-    .bind(id)
-    .fetch_optional(pool)
-    .await);
+    let overview: Option<sqlx::types::Json<serde_json::Value>> = attempt!(
+        sqlx::query_scalar(&format!(
+            "select to_jsonb(t) from (select {TENANT_COLUMNS} from bulkhead.tenant_overview($1)) t"
+        ))
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+    );
     let Some(overview) = overview else {
         return failure(StatusCode::NOT_FOUND, "No such tenant.");
     };
@@ -324,6 +327,7 @@ pub async fn tenant(
     let mut ledger: Vec<LedgerRow> = Vec::new();
     let mut provisioning: Vec<ProvisioningRow> = Vec::new();
     let mut open: (i64, Option<String>) = (0, None);
+    let mut raise: Option<(String, String, String, String)> = None;
     if signed.0.roles.admin {
         let mut tx = attempt!(pool.begin().await);
         attempt!(
@@ -382,6 +386,12 @@ pub async fn tenant(
             .fetch_all(&mut *tx)
             .await
         );
+        raise = attempt!(sqlx::query_as(
+            "select raised_limit::text, to_char(ends_at at time zone 'UTC', 'YYYY-MM-DD HH24:MI') || ' UTC', reason, raised_by
+             from bulkhead.budget_raises where ended_at is null",
+        )
+        .fetch_optional(&mut *tx)
+        .await);
         attempt!(tx.commit().await);
     }
     console.render(
@@ -390,6 +400,7 @@ pub async fn tenant(
             me => me(&signed), t => overview.0, daily => daily, drift => drift,
             credentials => credentials, keys => keys, ledger => ledger,
             open_reservations => open.0, open_reserved_usd => open.1, provisioning => provisioning,
+            raise => raise,
         },
     )
 }
@@ -422,6 +433,56 @@ pub async fn set_status(
     };
     // Not only_admin: the database refuses other roles, and the test shows it does.
     attempt!(sqlx::query(sql).bind(id).execute(&signed.0.pool).await);
+    Redirect::to(&format!("/tenants/{id}")).into_response()
+}
+
+#[derive(Deserialize)]
+pub struct RaiseForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    dollar_limit: String,
+    /// The last day of the raise (YYYY-MM-DD, billing time zone): it ends at the next midnight.
+    #[serde(default)]
+    until: String,
+    #[serde(default)]
+    reason: String,
+}
+
+pub async fn raise_budget(
+    State(console): State<Arc<Console>>,
+    headers: HeaderMap,
+    Path(id): Path<Uuid>,
+    Form(form): Form<RaiseForm>,
+) -> Response {
+    let signed = attempt!(console.signed(&headers, &Method::POST));
+    attempt!(console.check_post(&signed, &headers, &form.csrf));
+    let Some(until) = chrono_free_date(form.until.trim()) else {
+        return failure(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "The end date must be a date as YYYY-MM-DD.",
+        );
+    };
+    let limit = form.dollar_limit.trim();
+    if limit.is_empty()
+        || limit.len() > 20
+        || !limit.chars().all(|c| c.is_ascii_digit() || c == '.')
+    {
+        return failure(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "The raised limit must be an amount in USD, e.g. 250 or 99.50.",
+        );
+    }
+    attempt!(sqlx::query(
+        "select bulkhead.raise_budget($1, $2::numeric,
+             ($3::date + 1)::timestamp at time zone pg_catalog.current_setting('bulkhead.billing_time_zone'), $4)",
+    )
+    .bind(id)
+    .bind(limit)
+    .bind(until)
+    .bind(form.reason.trim())
+    .execute(&signed.0.pool)
+    .await);
     Redirect::to(&format!("/tenants/{id}")).into_response()
 }
 
@@ -547,18 +608,6 @@ async fn chosen_period(pool: &sqlx::PgPool, text: &str) -> Result<Period, Failur
     Ok(current.parse()?)
 }
 
-#[derive(Serialize)]
-struct FinanceTenant {
-    tenant_id: Uuid,
-    slug: String,
-    requests: i64,
-    cost_usd: String,
-    dollar_limit: Option<String>,
-    period: Option<String>,
-    input_token_drift: Option<i64>,
-    output_token_drift: Option<i64>,
-}
-
 pub async fn finance(
     State(console): State<Arc<Console>>,
     headers: HeaderMap,
@@ -573,67 +622,52 @@ pub async fn finance(
     }
     let pool = &signed.0.pool;
     let period = attempt!(chosen_period(pool, &query.period).await);
-    // Per tenant: the month's cost beside its budget and its reconciliation drift; then totals
-    // per provider and model. All sums, from the definer functions finance may call.
-    let per_tenant: Vec<(Uuid, String, i64, String, Option<String>, Option<String>, Option<i64>, Option<i64>)> = attempt!(sqlx::query_as(
+    // Per tenant: the month's cost beside its budget and its reconciliation drift; and totals
+    // per provider and model. One pass over usage_by_tenant (sums only, as finance may read).
+    let (tenants, totals): (sqlx::types::Json<serde_json::Value>, sqlx::types::Json<serde_json::Value>) = attempt!(sqlx::query_as(
         "with bounds as (
              select make_date($1, $2, 1) as first_day, (make_date($1, $2, 1) + interval '1 month')::date as next_day,
                     pg_catalog.current_setting('bulkhead.billing_time_zone') as zone
          ),
+         rows as materialized (
+             select u.* from bounds b,
+                  bulkhead.usage_by_tenant(b.first_day::timestamp at time zone b.zone, b.next_day::timestamp at time zone b.zone) u
+         ),
          usage as (
-             select u.tenant_id, u.slug, sum(u.requests)::bigint as requests, sum(u.cost_usd) as cost
-             from bounds b, bulkhead.usage_by_tenant(b.first_day::timestamp at time zone b.zone, b.next_day::timestamp at time zone b.zone) u
-             group by 1, 2
+             select r.tenant_id, r.slug, sum(r.requests)::bigint as requests, sum(r.cost_usd) as cost
+             from rows r group by 1, 2
          ),
          drift as (
              select d.tenant_id, sum(d.input_token_drift)::bigint as input_drift, sum(d.output_token_drift)::bigint as output_drift
              from bounds b, bulkhead.drift_by_tenant(b.first_day, b.next_day - 1) d group by 1
+         ),
+         per_tenant as (
+             select u.tenant_id, u.slug, u.requests, u.cost, o.dollar_limit, o.period, d.input_drift, d.output_drift
+             from usage u
+             left join bulkhead.tenant_overview() o on o.tenant_id = u.tenant_id
+             left join drift d on d.tenant_id = u.tenant_id
+         ),
+         totals as (
+             select r.provider, r.model, sum(r.requests)::bigint as requests, sum(r.input_tokens)::bigint as input_tokens,
+                    sum(r.output_tokens)::bigint as output_tokens, sum(r.cost_usd) as cost
+             from rows r group by 1, 2
          )
-         select u.tenant_id, u.slug, u.requests, u.cost::text, o.dollar_limit::text, o.period,
-                d.input_drift, d.output_drift
-         from usage u
-         left join bulkhead.tenant_overview() o on o.tenant_id = u.tenant_id
-         left join drift d on d.tenant_id = u.tenant_id
-         order by u.cost desc, u.slug",
+         select
+             (select coalesce(jsonb_agg(jsonb_build_object(
+                  'tenant_id', p.tenant_id, 'slug', p.slug, 'requests', p.requests, 'cost_usd', p.cost::text,
+                  'dollar_limit', p.dollar_limit::text, 'period', p.period,
+                  'input_token_drift', p.input_drift, 'output_token_drift', p.output_drift)
+                  order by p.cost desc, p.slug), '[]') from per_tenant p),
+             (select coalesce(jsonb_agg(jsonb_build_object(
+                  'provider', t.provider, 'model', t.model, 'requests', t.requests, 'input_tokens', t.input_tokens,
+                  'output_tokens', t.output_tokens, 'cost_usd', t.cost::text)
+                  order by t.cost desc, t.provider, t.model), '[]') from totals t)",
     )
     .bind(period.year)
     .bind(period.month as i32)
-    .fetch_all(pool)
+    .fetch_one(pool)
     .await);
-    let totals: Vec<(String, String, i64, i64, i64, String)> = attempt!(sqlx::query_as(
-        "with bounds as (
-             select make_date($1, $2, 1) as first_day, (make_date($1, $2, 1) + interval '1 month')::date as next_day,
-                    pg_catalog.current_setting('bulkhead.billing_time_zone') as zone
-         )
-         select u.provider, u.model, sum(u.requests)::bigint, sum(u.input_tokens)::bigint,
-                sum(u.output_tokens)::bigint, sum(u.cost_usd)::text
-         from bounds b, bulkhead.usage_by_tenant(b.first_day::timestamp at time zone b.zone, b.next_day::timestamp at time zone b.zone) u
-         group by 1, 2 order by sum(u.cost_usd) desc, 1, 2",
-    )
-    .bind(period.year)
-    .bind(period.month as i32)
-    .fetch_all(pool)
-    .await);
-    let tenants: Vec<FinanceTenant> = per_tenant
-        .into_iter()
-        .map(|r| FinanceTenant {
-            tenant_id: r.0,
-            slug: r.1,
-            requests: r.2,
-            cost_usd: r.3,
-            dollar_limit: r.4,
-            period: r.5,
-            input_token_drift: r.6,
-            output_token_drift: r.7,
-        })
-        .collect();
-    let totals: Vec<serde_json::Value> = totals
-        .into_iter()
-        .map(|t| {
-            serde_json::json!({"provider": t.0, "model": t.1, "requests": t.2, "input_tokens": t.3,
-                               "output_tokens": t.4, "cost_usd": t.5})
-        })
-        .collect();
+    let (tenants, totals) = (tenants.0, totals.0);
     console.render(
         "finance.html",
         context! { me => me(&signed), period => period.to_string(), tenants => tenants, totals => totals },
@@ -714,7 +748,7 @@ async fn in_tenant<'c>(
 
 async fn tenant_name(pool: &sqlx::PgPool, tenant: Uuid) -> Result<(String, String), Failure> {
     let row: Option<(String, String)> =
-        sqlx::query_as("select slug, name from bulkhead.tenant_overview() where tenant_id = $1")
+        sqlx::query_as("select slug, name from bulkhead.tenant_overview($1)")
             .bind(tenant)
             .fetch_optional(pool)
             .await?;
@@ -1056,9 +1090,15 @@ pub async fn eval_run(
         return failure(StatusCode::NOT_FOUND, "This tenant has no such eval run.");
     };
     let cases: Vec<CaseRow> = attempt!(sqlx::query_as(
-        "select case_id, passed, output, jsonb_pretty(details) as details from bulkhead.eval_report($1)",
+        "select case_id, passed, output,
+                jsonb_pretty(case when $2 or jsonb_typeof(details -> 'calls') <> 'array' then details
+                                  else jsonb_set(details, '{calls}', coalesce((select jsonb_agg(c - 'cost_usd')
+                                                 from jsonb_array_elements(details -> 'calls') c), '[]')) end) as details
+         from bulkhead.eval_report($1)",
     )
     .bind(run)
+    // Support sees no money: the calls' costs are left out for it.
+    .bind(signed.0.roles.sees_money())
     .fetch_all(&mut *tx)
     .await);
     attempt!(tx.commit().await);
@@ -1203,7 +1243,7 @@ const CHART_DAYS: &str = "with today as (
         select (pg_catalog.clock_timestamp() at time zone pg_catalog.current_setting('bulkhead.billing_time_zone'))::date as d),
      first as (
         select case when $2 then coalesce((select (o.period_start at time zone pg_catalog.current_setting('bulkhead.billing_time_zone'))::date
-                                           from bulkhead.tenant_overview() o where o.tenant_id = $1), today.d)
+                                           from bulkhead.tenant_overview($1) o), today.d)
                     else today.d - 89 end as d
         from today)";
 

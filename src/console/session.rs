@@ -16,6 +16,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const COOKIE: &str = "bulkhead_console";
+const MAX_PER_LOGIN: usize = 5;
+const MAX_SESSIONS: usize = 1000;
+/// Keys (logins, client addresses) the sign-in limiter tracks at most.
+const MAX_KEYS: usize = 100_000;
 /// The sign-in form's own CSRF token, before any session exists.
 pub const PRE_COOKIE: &str = "bulkhead_console_pre";
 
@@ -127,8 +131,37 @@ impl Sessions {
             last_seen: Mutex::new(Instant::now()),
         });
         let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
-        live.retain(|_, s| !self.expired(s));
+        let mut ended: Vec<Arc<Session>> = Vec::new();
+        live.retain(|_, s| {
+            let keep = !self.expired(s);
+            if !keep {
+                ended.push(s.clone());
+            }
+            keep
+        });
+        // A login keeps at most MAX_PER_LOGIN sessions (its oldest ends), the console at most
+        // MAX_SESSIONS: sign-ins cannot pile up database connections.
+        let mut theirs: Vec<([u8; 32], Instant)> = live
+            .iter()
+            .filter(|(_, s)| s.login == session.login)
+            .map(|(k, s)| (*k, s.started))
+            .collect();
+        theirs.sort_by_key(|(_, started)| *started);
+        while theirs.len() >= MAX_PER_LOGIN {
+            let (oldest, _) = theirs.remove(0);
+            ended.extend(live.remove(&oldest));
+        }
+        if live.len() >= MAX_SESSIONS {
+            if let Some(oldest) = live.iter().min_by_key(|(_, s)| s.started).map(|(k, _)| *k) {
+                ended.extend(live.remove(&oldest));
+            }
+        }
         live.insert(id, session);
+        drop(live);
+        for gone in ended {
+            let pool = gone.pool.clone();
+            tokio::spawn(async move { pool.close().await });
+        }
         self.sign("session", &id)
     }
 
@@ -189,21 +222,17 @@ impl FailureLimiter {
         }
     }
 
-    /// Seconds until the key may try again, if it is over its limit now.
-    pub fn blocked_for(&self, key: &str) -> Option<u64> {
-        let failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        let (start, count) = failures.get(key)?;
-        let left = self.window.checked_sub(start.elapsed())?;
-        (*count >= self.limit).then(|| left.as_secs().max(1))
-    }
-
-    pub fn failed(&self, key: &str) {
+    /// Counts an attempt against the key before it runs (so that attempts in parallel cannot
+    /// all slip under the limit); `forgive` takes it back when the attempt succeeds.
+    pub fn begin(&self, key: &str) -> Result<(), u64> {
         let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        // Bounded memory: forget windows that ended (and, past 100,000 keys, everything).
-        if failures.len() > 100_000 {
+        // Bounded memory: windows that ended go first; if the table is still full, a key it
+        // does not know waits (failing closed: flooding it with names must not reset anyone's
+        // count).
+        if failures.len() >= MAX_KEYS && !failures.contains_key(key) {
             failures.retain(|_, (start, _)| start.elapsed() < self.window);
-            if failures.len() > 100_000 {
-                failures.clear();
+            if failures.len() >= MAX_KEYS {
+                return Err(self.window.as_secs());
             }
         }
         let entry = failures
@@ -212,13 +241,30 @@ impl FailureLimiter {
         if entry.0.elapsed() >= self.window {
             *entry = (Instant::now(), 0);
         }
+        if entry.1 >= self.limit {
+            let left = self.window.saturating_sub(entry.0.elapsed());
+            return Err(left.as_secs().max(1));
+        }
         entry.1 += 1;
+        Ok(())
+    }
+
+    pub fn forgive(&self, key: &str) {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = failures.get_mut(key) {
+            entry.1 = entry.1.saturating_sub(1);
+        }
     }
 }
 
-/// The rate-limit keys of a sign-in: the login, and the client's address (an IPv6 client by its
+/// The rate-limit keys of a sign-in: the login (as PostgreSQL names it: case matters), and the
+/// client's address (an IPv4 client as itself, also on an IPv6 socket; an IPv6 client by its
 /// /64, which one host usually holds whole).
 pub fn limiter_keys(login: &str, client: IpAddr) -> [String; 2] {
+    let client = match client {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(client),
+        v4 => v4,
+    };
     let address = match client {
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) => {
@@ -226,10 +272,7 @@ pub fn limiter_keys(login: &str, client: IpAddr) -> [String; 2] {
             format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
         }
     };
-    [
-        format!("login:{}", login.to_lowercase()),
-        format!("client:{address}"),
-    ]
+    [format!("login:{login}"), format!("client:{address}")]
 }
 
 #[cfg(test)]
@@ -257,15 +300,34 @@ mod tests {
     }
 
     #[test]
-    fn the_limiter_blocks_after_the_limit() {
+    fn the_limiter_counts_attempts_before_they_run() {
         let limiter = FailureLimiter::new(3, Duration::from_secs(60));
-        for _ in 0..2 {
-            limiter.failed("login:a");
+        // Three attempts in flight at once use up the limit; the fourth waits.
+        for _ in 0..3 {
+            assert!(limiter.begin("login:a").is_ok());
         }
-        assert_eq!(limiter.blocked_for("login:a"), None);
-        limiter.failed("login:a");
-        assert!(limiter.blocked_for("login:a").is_some());
-        assert_eq!(limiter.blocked_for("login:b"), None);
+        assert!(limiter.begin("login:a").is_err());
+        assert!(
+            limiter.begin("login:b").is_ok(),
+            "another key has its own count"
+        );
+        // A success gives its attempt back.
+        limiter.forgive("login:a");
+        assert!(limiter.begin("login:a").is_ok());
+        assert!(limiter.begin("login:a").is_err());
+    }
+
+    #[test]
+    fn ipv4_clients_on_an_ipv6_socket_count_as_themselves() {
+        let mapped: IpAddr = "::ffff:10.1.2.3".parse().unwrap();
+        let other: IpAddr = "::ffff:10.9.9.9".parse().unwrap();
+        assert_eq!(limiter_keys("a", mapped)[1], "client:10.1.2.3");
+        assert_ne!(limiter_keys("a", mapped)[1], limiter_keys("a", other)[1]);
+        assert_eq!(
+            limiter_keys("Admin", mapped)[0],
+            "login:Admin",
+            "PostgreSQL's names are case-sensitive"
+        );
     }
 
     #[test]

@@ -77,6 +77,8 @@ pub struct AppState {
     lease_secs: u64,
     durable_holds: bool,
     max_body_bytes: usize,
+    /// How long a request's body may take to arrive (the header timeout).
+    body_timeout: Duration,
     credentials: Mutex<HashMap<String, (Secret, Instant)>>,
     body_permits: Arc<tokio::sync::Semaphore>,
     /// SHA-256 of the token GET /metrics requires, if one is set.
@@ -320,6 +322,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         lease_secs: config.lease.as_secs().max(1),
         durable_holds: config.durable_holds,
         max_body_bytes: config.max_body_bytes,
+        body_timeout: config.header_timeout,
         credentials: Mutex::new(HashMap::new()),
         body_permits: Arc::new(tokio::sync::Semaphore::new(BODY_PERMITS as usize)),
         valid_keys: Mutex::new(HashMap::new()),
@@ -531,9 +534,24 @@ async fn with_body(state: Arc<AppState>, endpoint: Endpoint, request: Request) -
     let Ok(room) = state.body_permits.clone().acquire_many_owned(permits).await else {
         return ApiError::unavailable(wire, "the gateway is shutting down").into_response();
     };
-    let bytes = match axum::body::to_bytes(Body::new(body), state.max_body_bytes).await {
-        Ok(bytes) => bytes,
-        Err(_) => return too_large(),
+    // A body that trickles or never comes holds its memory permits: it gets the headers' time.
+    let bytes = match tokio::time::timeout(
+        state.body_timeout,
+        axum::body::to_bytes(Body::new(body), state.max_body_bytes),
+    )
+    .await
+    {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(_)) => return too_large(),
+        Err(_) => {
+            return ApiError::new(
+                wire,
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "the request body did not arrive in time",
+            )
+            .into_response()
+        }
     };
     calls::serve(state, endpoint, caller, parts.headers, bytes, room).await
 }

@@ -345,6 +345,20 @@ pub async fn populate_tenant_in(
     ] {
         sqlx::query(statement).bind(tenant).execute(&mut *admin).await.unwrap();
     }
+    // A temporary raise (not in releases before the console, which the upgrade test populates).
+    let raises: bool = sqlx::query_scalar(
+        "select to_regprocedure('bulkhead.raise_budget(uuid, numeric, timestamptz, text)') is not null",
+    )
+    .fetch_one(&mut *admin)
+    .await
+    .unwrap();
+    if raises {
+        sqlx::query("select bulkhead.raise_budget($1, 60, now() + interval '7 days', 'fixture: a temporary raise')")
+            .bind(tenant)
+            .execute(&mut *admin)
+            .await
+            .unwrap();
+    }
     // Budget state, a reservation and a ledger row come from the application's own calls.
     let mut app_conn = app_options.connect().await.unwrap();
     let mut tx = begin_as(&mut app_conn, tenant).await.unwrap();
