@@ -772,6 +772,33 @@ async fn the_console_signs_in_database_logins_and_the_database_decides() {
         csv,
         "the CLI and the console disagree"
     );
+    let json = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .args(["report", "--period", &period, "--format", "json"])
+        .env(
+            "DATABASE_URL",
+            format!(
+                "postgres://{FINANCE}:{}@{}:{}/{}",
+                password_of(FINANCE),
+                options.get_host(),
+                options.get_port(),
+                options.get_database().unwrap()
+            ),
+        )
+        .output()
+        .unwrap();
+    assert!(json.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(json["period"], period.as_str());
+    assert_eq!(
+        json["rows"].as_array().unwrap().len(),
+        expected.len(),
+        "{json}"
+    );
+    assert_eq!(
+        json["rows"][0]["cost_usd"],
+        expected[0].4.as_str(),
+        "exact decimals, as text"
+    );
     let bad = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
         .args(["report", "--period", "2026-13"])
         .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/x")

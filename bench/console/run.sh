@@ -38,11 +38,12 @@ console=$!
 trap 'kill $console 2>/dev/null || true' EXIT
 sleep 1
 
-measure() {  # label
-    python3 "$here/measure.py" "http://$listen" bulkhead_bench_console "$password" "$requests" "$1"
+measure() {  # label, requests per page
+    python3 "$here/measure.py" "http://$listen" bulkhead_bench_console "$password" "$2" "$1"
 }
+# The rollup marked stale makes every sum read the ledger itself: the same pages, the same data.
 psql -d "$super/$db" -c "update bulkhead.usage_rollup set stale_since = null"
-measure rollup
+measure rollup "$requests"
 psql -d "$super/$db" -c "update bulkhead.usage_rollup set stale_since = now()"
-measure "raw ledger"
+measure "raw ledger" "${RAW_REQUESTS:-20}"
 psql -d "$super/$db" -c "update bulkhead.usage_rollup set stale_since = null"

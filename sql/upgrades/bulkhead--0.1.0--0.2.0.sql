@@ -2142,8 +2142,8 @@ create policy readable on bulkhead.usage_rollup for select using (true);
 create policy meter_marks on bulkhead.usage_rollup for all to bulkhead_meter using (true) with check (true);
 select pg_catalog.pg_extension_config_dump('bulkhead.usage_rollup', '');
 
--- Adds a statement's new ledger rows to usage_daily, in key order (two settles of one tenant
--- lock its rows in the same order).
+-- Adds a new ledger row to usage_daily and usage_latest. A row trigger: a settle writes one row,
+-- and a statement trigger's transition table cost a settle a fifth of its throughput (BENCHMARKS.md).
 create function bulkhead._usage_rollup_add()
 returns trigger
 language plpgsql volatile
@@ -2151,20 +2151,21 @@ security invoker
 set search_path to pg_catalog, pg_temp
 as $$
 declare
-    zone text := pg_catalog.current_setting('bulkhead.billing_time_zone');
+    zone text;
     rollup bulkhead.usage_rollup;
 begin
-    if bulkhead._restoring() then
+    -- (row_security is off only for a dump's restore; the check is cheap before the call.)
+    if pg_catalog.current_setting('row_security') = 'off' and bulkhead._restoring() then
         return null;  -- the dump holds the rollup that matches its ledger
     end if;
     -- Taken before the rollup's state is read, stale or not, and held to commit: a rebuild
     -- (which locks usage_daily EXCLUSIVE) waits for this settle, or this settle for the rebuild
     -- and then adds its rows to the rebuilt rollup. Either way no settle falls between them.
     lock table bulkhead.usage_daily in row exclusive mode;
-    insert into bulkhead.usage_latest as u
-    select n.tenant_id, max(n.created_at) from added n group by 1 order by 1
+    insert into bulkhead.usage_latest as u values (new.tenant_id, new.created_at)
     on conflict on constraint usage_latest_pkey do update set last_at = greatest(u.last_at, excluded.last_at);
     select * into rollup from bulkhead.usage_rollup;
+    zone := pg_catalog.current_setting('bulkhead.billing_time_zone');
     if not found then
         insert into bulkhead.usage_rollup (zone) values (zone) on conflict do nothing;
         select * into rollup from bulkhead.usage_rollup;
@@ -2177,15 +2178,11 @@ begin
         return null;
     end if;
     insert into bulkhead.usage_daily as d
-    select n.tenant_id, (n.created_at at time zone zone)::date, n.provider, n.model, n.budget_line,
-           count(*), sum(n.input_tokens), sum(n.cached_input_tokens), sum(n.cache_write_tokens),
-           sum(n.output_tokens), sum(n.reasoning_tokens), coalesce(sum(n.reserved_usd), 0), sum(n.cost_usd),
-           max(n.created_at)
-    from added n
-    group by 1, 2, 3, 4, 5
-    order by 1, 2, 3, 4, 5
+    values (new.tenant_id, (new.created_at at time zone zone)::date, new.provider, new.model, new.budget_line,
+            1, new.input_tokens, new.cached_input_tokens, new.cache_write_tokens, new.output_tokens,
+            new.reasoning_tokens, coalesce(new.reserved_usd, 0), new.cost_usd, new.created_at)
     on conflict on constraint usage_daily_pkey do update set
-        requests = d.requests + excluded.requests,
+        requests = d.requests + 1,
         input_tokens = d.input_tokens + excluded.input_tokens,
         cached_input_tokens = d.cached_input_tokens + excluded.cached_input_tokens,
         cache_write_tokens = d.cache_write_tokens + excluded.cache_write_tokens,
@@ -2198,8 +2195,7 @@ begin
 end
 $$;
 create trigger usage_rollup_add after insert on bulkhead.ledger
-    referencing new table as added
-    for each statement execute function bulkhead._usage_rollup_add();
+    for each row execute function bulkhead._usage_rollup_add();
 
 -- Which part of [from, to) the rollup can answer: its whole days [first_day, end_day), in its
 -- zone. The rest, [from, raw_before) and [raw_after, to), is summed from the ledger itself; all of
