@@ -18,9 +18,13 @@ pub(crate) async fn serve(
     shutdown: &CancellationToken,
     max_connections: usize,
     header_timeout: Duration,
+    per_client: Option<usize>,
 ) {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Connections open per client address (when capped): one host cannot hold every slot.
+    let per_address: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>> =
+        Arc::default();
     let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     loop {
         let (tcp, peer) = tokio::select! {
@@ -37,6 +41,27 @@ pub(crate) async fn serve(
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             drop(tcp);
             continue;
+        };
+        let client = match peer.ip() {
+            std::net::IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map(std::net::IpAddr::V4)
+                .unwrap_or(peer.ip()),
+            v4 => v4,
+        };
+        if let Some(cap) = per_client {
+            let mut open = per_address.lock().unwrap_or_else(|e| e.into_inner());
+            let count = open.entry(client).or_insert(0);
+            if *count >= cap {
+                drop(open);
+                drop(tcp);
+                continue;
+            }
+            *count += 1;
+        }
+        let release = ClientSlot {
+            counts: per_client.map(|_| per_address.clone()),
+            client,
         };
         // Stream events are small writes: without TCP_NODELAY, Nagle's algorithm holds each one
         // back until the client's delayed ACK (about 40 ms).
@@ -63,7 +88,7 @@ pub(crate) async fn serve(
                 .await
                 .is_err()
             {
-                drop(slot);
+                drop((slot, release));
                 return;
             }
             // HTTP/1 only: the auto builder's HTTP/2 sniffing would read with no timeout.
@@ -77,11 +102,31 @@ pub(crate) async fn serve(
                 .serve_connection_with_upgrades(TokioIo::new(tcp), service)
                 .into_owned();
             let _ = watcher.watch(connection).await;
-            drop(slot);
+            drop((slot, release));
         });
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// Gives a connection's place back to its client's count when the connection ends.
+struct ClientSlot {
+    counts: Option<Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>>,
+    client: std::net::IpAddr,
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        if let Some(counts) = &self.counts {
+            let mut open = counts.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(count) = open.get_mut(&self.client) {
+                *count -= 1;
+                if *count == 0 {
+                    open.remove(&self.client);
+                }
+            }
+        }
+    }
 }
 
 pub(crate) async fn wait_for_signal() {

@@ -425,6 +425,30 @@ async fn the_console_signs_in_database_logins_and_the_database_decides() {
         .await
         .unwrap();
     assert_eq!(rebound.status(), StatusCode::MISDIRECTED_REQUEST);
+    // At most 16 connections from one address: the 17th is closed at once, with no answer.
+    let address = console.base.trim_start_matches("http://").to_string();
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        held.push(tokio::net::TcpStream::connect(&address).await.unwrap());
+    }
+    let mut extra = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let _ = tokio::io::AsyncWriteExt::write_all(
+        &mut extra,
+        format!("GET /sign-in HTTP/1.1\r\nHost: {address}\r\n\r\n").as_bytes(),
+    )
+    .await;
+    let mut answer = [0u8; 64];
+    let refused = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read(&mut extra, &mut answer),
+    )
+    .await;
+    assert!(
+        matches!(refused, Ok(Ok(0)) | Ok(Err(_))),
+        "a 17th connection from one address was served: {refused:?}"
+    );
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let mut idle = tokio::net::TcpStream::connect(console.base.trim_start_matches("http://"))
         .await
         .unwrap();

@@ -2499,8 +2499,10 @@ begin
         raise exception 'a raise needs a reason of 1 to 1000 characters' using errcode = '22023',
             detail = 'The reason is kept with the raise, beside who made it.';
     end if;
-    if "until" <= pg_catalog.clock_timestamp() or "until" > pg_catalog.clock_timestamp() + interval '366 days' then
-        raise exception 'until must be in the future, within a year' using errcode = '22023';
+    -- (The end is a job, and a job is queued at most 30 days out.)
+    if "until" <= pg_catalog.clock_timestamp() or "until" > pg_catalog.clock_timestamp() + interval '30 days' then
+        raise exception 'until must be in the future, within 30 days' using errcode = '22023',
+            hint = 'Raise again when it ends, or set a new budget with bulkhead.set_budget.';
     end if;
     if raise_budget.dollar_limit = 'NaN' or raise_budget.dollar_limit >= 1e12 then
         raise exception 'invalid limit' using errcode = '22023';
@@ -2523,10 +2525,14 @@ begin
         update bulkhead.budget_raises r set ended_at = pg_catalog.clock_timestamp(), ended_how = 'replaced'
         where r.tenant_id = open_raise.tenant_id and r.id = open_raise.id;
     end if;
+    -- What the end puts back: what the open raise would have (its limit still in force), or
+    -- else the limit in force now (set by hand since, or no raise open).
     insert into bulkhead.budget_raises (tenant_id, raised_limit, had_budget, restore_limit, ends_at, reason, raised_by)
     values (raise_budget.tenant_id, raise_budget.dollar_limit,
-            case when open_raise.id is not null then open_raise.had_budget else own.tenant_id is not null end,
-            case when open_raise.id is not null then open_raise.restore_limit else own.dollar_limit end,
+            case when open_raise.id is not null and own.dollar_limit is not distinct from open_raise.raised_limit
+                 then open_raise.had_budget else own.tenant_id is not null end,
+            case when open_raise.id is not null and own.dollar_limit is not distinct from open_raise.raised_limit
+                 then open_raise.restore_limit else own.dollar_limit end,
             "until", pg_catalog.btrim(reason), bulkhead._caller())
     returning id into raise_id;
     perform bulkhead.set_budget(raise_budget.tenant_id, coalesce(own.rpm, defaults.rpm), coalesce(own.itpm, defaults.itpm),
@@ -2578,6 +2584,8 @@ begin
         how := 'restored';
     elsif (own.rpm, own.itpm, own.otpm, own.period) = (defaults.rpm, defaults.itpm, defaults.otpm, defaults.period) then
         delete from bulkhead.budgets b where b.tenant_id = s.job_tenant;
+        -- A provisioned project's limits follow (its trigger sees inserts and updates only).
+        perform bulkhead._limits_follow(s.job_tenant);
         how := 'restored';
     else
         update bulkhead.budgets b set dollar_limit = defaults.dollar_limit, updated_at = pg_catalog.now()
@@ -2762,8 +2770,12 @@ begin
             using errcode = '25001', detail = 'It must see every settle that committed before it took its lock.';
     end if;
     -- Settles take ROW EXCLUSIVE on usage_daily in the rollup trigger, stale rollup or not:
-    -- this waits for those in flight, and holds off new ones until it commits.
+    -- this waits for those in flight, and holds off new ones until it commits. Settles queue
+    -- behind the wait, so it is short: a transaction left open elsewhere makes this fail (55P03,
+    -- try again) rather than stall every tenant's settles.
+    perform pg_catalog.set_config('lock_timeout', '2s', true);
     lock table bulkhead.usage_daily in exclusive mode;
+    perform pg_catalog.set_config('lock_timeout', '0', true);
     delete from bulkhead.usage_daily;
     insert into bulkhead.usage_daily
     select l.tenant_id, (l.created_at at time zone zone)::date, l.provider, l.model, l.budget_line,

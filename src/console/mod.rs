@@ -126,7 +126,17 @@ pub async fn run(config: Config) -> Result<(), ConsoleError> {
             shutdown.cancel();
         });
     }
-    crate::http::serve(listener, app, &shutdown, 256, config.header_timeout).await;
+    // 256 connections, at most 16 from one address: people behind one NAT still get in, one
+    // host cannot hold them all.
+    crate::http::serve(
+        listener,
+        app,
+        &shutdown,
+        256,
+        config.header_timeout,
+        Some(16),
+    )
+    .await;
     tracing::info!(target: "bulkhead::console", "stopped");
     Ok(())
 }
@@ -512,15 +522,14 @@ async fn sign_in(
     }
     let [login_key, client_key] = session::limiter_keys(&login, client.ip());
     // Counted before the attempt and taken back if it succeeds: guesses sent in parallel count.
-    let begun = [
-        console.login_failures.begin(&login_key),
-        console.client_failures.begin(&client_key),
-    ];
+    // The address first: a blocked address adds no login name to the table.
+    let begun = match console.client_failures.begin(&client_key) {
+        Err(wait) => [Ok(()), Err(wait)],
+        Ok(()) => [console.login_failures.begin(&login_key), Ok(())],
+    };
+    let client_counted = begun[1].is_ok();
     if begun.iter().any(|b| b.is_err()) {
-        if begun[0].is_ok() {
-            console.login_failures.forgive(&login_key);
-        }
-        if begun[1].is_ok() {
+        if begun[0].is_err() && client_counted {
             console.client_failures.forgive(&client_key);
         }
         let wait = begun.iter().filter_map(|b| b.err()).max().unwrap_or(60);
@@ -606,11 +615,14 @@ async fn open_session(
         .application_name("bulkhead console")
         .disable_statement_logging();
     let mut conn = options.connect().await.map_err(|e| match &e {
-        sqlx::Error::Database(db)
-            if db.code().as_deref() == Some("28P01") || db.code().as_deref() == Some("28000") =>
-        {
-            wrong(db.message().to_string())
-        }
+        // Any refusal by the server (a wrong password, no CONNECT on the database, the login's
+        // connection limit) reads as a wrong password and counts: a different answer would
+        // confirm the password. Only an unreachable server is a 503.
+        sqlx::Error::Database(db) => wrong(format!(
+            "{} ({})",
+            db.message(),
+            db.code().unwrap_or_default()
+        )),
         _ => SignInRefused {
             status: StatusCode::SERVICE_UNAVAILABLE,
             shown: "The database cannot be reached; try again shortly.".into(),

@@ -226,13 +226,13 @@ impl FailureLimiter {
     /// all slip under the limit); `forgive` takes it back when the attempt succeeds.
     pub fn begin(&self, key: &str) -> Result<(), u64> {
         let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        // Bounded memory: windows that ended go first; if the table is still full, a key it
-        // does not know waits (failing closed: flooding it with names must not reset anyone's
-        // count).
+        // Bounded memory: windows that ended go first; if the table is still full, a key it does
+        // not know is let through untracked (flooding the table with names must neither reset
+        // anyone's count nor lock everyone else out; the other key still counts).
         if failures.len() >= MAX_KEYS && !failures.contains_key(key) {
             failures.retain(|_, (start, _)| start.elapsed() < self.window);
             if failures.len() >= MAX_KEYS {
-                return Err(self.window.as_secs());
+                return Ok(());
             }
         }
         let entry = failures

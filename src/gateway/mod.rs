@@ -371,6 +371,8 @@ pub async fn run(config: Config) -> Result<(), String> {
         &shutdown,
         config.max_connections,
         config.header_timeout,
+        // Not per address: a gateway's callers often share a load balancer's or NAT's address.
+        None,
     )
     .await;
     // Every call (its client may have left) and every stream's relay settles before it ends;
