@@ -314,6 +314,7 @@ comment on function bulkhead.tenant_overview(uuid) is
 
 -- One tenant's usage per day, provider and model over the days [from, to) (billing time zone),
 -- for the console's chart: calls and tokens, and cost for bulkhead_admin and bulkhead_finance.
+-- SECURITY DEFINER (bulkhead_reporter): finance reads no rollup row itself; this returns sums.
 create function bulkhead.tenant_daily_usage(tenant uuid, "from" date, "to" date)
 returns table (
     day date, provider text, model text, requests bigint, input_tokens bigint, output_tokens bigint,
@@ -345,7 +346,8 @@ comment on function bulkhead.tenant_daily_usage(uuid, date, date) is
     'One tenant''s calls, tokens and (for bulkhead_admin and bulkhead_finance) cost per day, provider and model.';
 
 -- Reconciliation drift per tenant with a dedicated credential, per provider, over [from, to]
--- (UTC days): what the provider counted minus what the ledger holds.
+-- (UTC days): what the provider counted minus what the ledger holds. SECURITY DEFINER
+-- (bulkhead_reporter): usage_drift is bulkhead_admin's; finance gets these sums only.
 create function bulkhead.drift_by_tenant("from" date, "to" date)
 returns table (
     tenant_id uuid, provider text, days bigint, input_token_drift bigint, output_token_drift bigint,
@@ -369,6 +371,8 @@ comment on function bulkhead.drift_by_tenant(date, date) is
 -- Rebuilds usage_daily from the ledger in this session's billing time zone: after
 -- bulkhead.billing_time_zone changed (the rollup is then stale, and reports read the ledger).
 -- Settles wait for it (they add to the rollup under a lock this takes). Returns the rows written.
+-- SECURITY DEFINER (bulkhead_reporter): it rewrites every tenant's rollup rows, which no
+-- control-plane login may read or write across tenants itself.
 create function bulkhead.rebuild_usage_rollup()
 returns bigint
 language plpgsql volatile
