@@ -408,13 +408,10 @@ impl Console {
         }
     }
 
-    /// Checks a state-changing request: same origin, and the session's CSRF token.
-    pub fn check_post(
-        &self,
-        signed: &Signed,
-        headers: &HeaderMap,
-        csrf: &str,
-    ) -> Result<(), Refusal> {
+    /// A state-changing request: a signed-in session, the same origin, and the session's CSRF
+    /// token.
+    pub fn posted(&self, headers: &HeaderMap, csrf: &str) -> Result<Signed, Refusal> {
+        let signed = self.signed(headers, &Method::POST)?;
         if !same_origin(headers) {
             return Err(Refusal::Forbidden("The form was posted from another site."));
         }
@@ -423,7 +420,7 @@ impl Console {
                 "The form's security token is missing or wrong: reload the page and try again.",
             ));
         }
-        Ok(())
+        Ok(signed)
     }
 }
 
@@ -706,11 +703,7 @@ async fn sign_out(
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let signed = match console.signed(&headers, &Method::POST) {
-        Ok(signed) => signed,
-        Err(refusal) => return refusal.into_response(),
-    };
-    if let Err(refusal) = console.check_post(&signed, &headers, &form.csrf) {
+    if let Err(refusal) = console.posted(&headers, &form.csrf) {
         return refusal.into_response();
     }
     if let Some(value) = cookie_value(&headers, session::COOKIE) {

@@ -191,8 +191,7 @@ pub async fn create_tenant(
     headers: HeaderMap,
     Form(form): Form<CreateTenantForm>,
 ) -> Response {
-    let signed = attempt!(console.signed(&headers, &Method::POST));
-    attempt!(console.check_post(&signed, &headers, &form.csrf));
+    let signed = attempt!(console.posted(&headers, &form.csrf));
     attempt!(only_admin(&signed));
     let id: Uuid = attempt!(
         sqlx::query_scalar("select bulkhead.create_tenant($1, $2)")
@@ -419,8 +418,7 @@ pub async fn set_status(
     Path(id): Path<Uuid>,
     Form(form): Form<StatusForm>,
 ) -> Response {
-    let signed = attempt!(console.signed(&headers, &Method::POST));
-    attempt!(console.check_post(&signed, &headers, &form.csrf));
+    let signed = attempt!(console.posted(&headers, &form.csrf));
     let sql = match form.action.as_str() {
         "suspend" => "select bulkhead.suspend_tenant($1)",
         "resume" => "select bulkhead.resume_tenant($1)",
@@ -455,8 +453,7 @@ pub async fn raise_budget(
     Path(id): Path<Uuid>,
     Form(form): Form<RaiseForm>,
 ) -> Response {
-    let signed = attempt!(console.signed(&headers, &Method::POST));
-    attempt!(console.check_post(&signed, &headers, &form.csrf));
+    let signed = attempt!(console.posted(&headers, &form.csrf));
     let Some(until) = chrono_free_date(form.until.trim()) else {
         return failure(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -503,8 +500,7 @@ pub async fn create_key(
     Path(id): Path<Uuid>,
     Form(form): Form<KeyForm>,
 ) -> Response {
-    let signed = attempt!(console.signed(&headers, &Method::POST));
-    attempt!(console.check_post(&signed, &headers, &form.csrf));
+    let signed = attempt!(console.posted(&headers, &form.csrf));
     let expires = form.expires_on.trim();
     let expires = if expires.is_empty() {
         None
@@ -559,8 +555,7 @@ pub async fn revoke_key(
     Path((id, key)): Path<(Uuid, Uuid)>,
     Form(form): Form<CsrfOnly>,
 ) -> Response {
-    let signed = attempt!(console.signed(&headers, &Method::POST));
-    attempt!(console.check_post(&signed, &headers, &form.csrf));
+    let signed = attempt!(console.posted(&headers, &form.csrf));
     // Inside the page's tenant's context: a key of another tenant is not found there.
     let mut tx = attempt!(signed.0.pool.begin().await);
     attempt!(
@@ -959,8 +954,7 @@ pub async fn activate(
     Path((id, template)): Path<(Uuid, String)>,
     Form(form): Form<ActivateForm>,
 ) -> Response {
-    let signed = attempt!(console.signed(&headers, &Method::POST));
-    attempt!(console.check_post(&signed, &headers, &form.csrf));
+    let signed = attempt!(console.posted(&headers, &form.csrf));
     let force = form.force.is_some();
     let reason = form.reason.trim();
     // The gate's verdict (or the refusal of force to a non-admin) comes from the database.
@@ -983,8 +977,7 @@ pub async fn rollback(
     Path((id, template)): Path<(Uuid, String)>,
     Form(form): Form<CsrfOnly>,
 ) -> Response {
-    let signed = attempt!(console.signed(&headers, &Method::POST));
-    attempt!(console.check_post(&signed, &headers, &form.csrf));
+    let signed = attempt!(console.posted(&headers, &form.csrf));
     attempt!(
         sqlx::query("select bulkhead.rollback_prompt($1, $2)")
             .bind(id)
@@ -1137,8 +1130,7 @@ pub async fn delete_tenant(
     Path(id): Path<Uuid>,
     Form(form): Form<DeleteForm>,
 ) -> Response {
-    let signed = attempt!(console.signed(&headers, &Method::POST));
-    attempt!(console.check_post(&signed, &headers, &form.csrf));
+    let signed = attempt!(console.posted(&headers, &form.csrf));
     let (slug, name) = attempt!(tenant_name(&signed.0.pool, id).await);
     if form.confirm.trim() != slug {
         let mut response = console.render(
