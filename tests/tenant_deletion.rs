@@ -393,36 +393,7 @@ async fn concurrent_deletions_defer_the_index_drop_instead_of_deadlocking() {
         .await
         .unwrap();
     // The other deletion: it writes chunks too, then waits to drop its own index.
-    let mut other = superuser().await;
-    other.execute("begin").await.unwrap();
-    other
-        .execute("lock table bulkhead.chunks in row exclusive mode")
-        .await
-        .unwrap();
-    let other_pid: i32 = sqlx::query_scalar("select pg_backend_pid()")
-        .fetch_one(&mut other)
-        .await
-        .unwrap();
-    let waiting = tokio::spawn(async move {
-        let got = other
-            .execute("lock table bulkhead.chunks in access exclusive mode")
-            .await
-            .map(|_| ());
-        (other, got)
-    });
-    loop {
-        let waits: bool = sqlx::query_scalar(
-            "select exists (select from pg_locks where pid = $1 and not granted and mode = 'AccessExclusiveLock')",
-        )
-        .bind(other_pid)
-        .fetch_one(&mut su)
-        .await
-        .unwrap();
-        if waits {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    let waiting = other_deletion_waiting_for_chunks(&mut su).await;
 
     let receipt = sqlx::query_scalar::<_, Uuid>("select bulkhead.delete_tenant($1)")
         .bind(tenant)
@@ -448,6 +419,74 @@ async fn concurrent_deletions_defer_the_index_drop_instead_of_deadlocking() {
         None,
         "the deferred index is dropped later"
     );
+}
+
+/// A transaction that holds chunks row-exclusive and waits for its access-exclusive lock, as a
+/// second deletion does; returned once PostgreSQL shows it waiting. The other tests of this file
+/// delete tenants at the same time: when one of them is itself waiting for chunks, PostgreSQL
+/// refuses this request at once as a deadlock (40P01), and it is asked again; any other outcome
+/// (granted, another error, no wait within 60 s) fails the test instead of waiting forever.
+async fn other_deletion_waiting_for_chunks(
+    su: &mut PgConnection,
+) -> tokio::task::JoinHandle<(PgConnection, Result<(), sqlx::Error>)> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    'attempt: loop {
+        let mut other = superuser().await;
+        other.execute("begin").await.unwrap();
+        // Its own deadlock check must not end the wait once it is queued (a third deletion that
+        // waits a moment for chunks forms a cycle with it, which that deletion's lock_timeout
+        // ends); only the check made on joining the queue remains, answered below.
+        other
+            .execute("set local deadlock_timeout = '60s'")
+            .await
+            .unwrap();
+        other
+            .execute("lock table bulkhead.chunks in row exclusive mode")
+            .await
+            .unwrap();
+        let other_pid: i32 = sqlx::query_scalar("select pg_backend_pid()")
+            .fetch_one(&mut other)
+            .await
+            .unwrap();
+        let waiting = tokio::spawn(async move {
+            let got = other
+                .execute("lock table bulkhead.chunks in access exclusive mode")
+                .await
+                .map(|_| ());
+            (other, got)
+        });
+        loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the other transaction never waited for chunks"
+            );
+            if waiting.is_finished() {
+                let (_, got) = waiting.await.unwrap();
+                match got {
+                    Err(e)
+                        if e.as_database_error().and_then(|d| d.code()).as_deref()
+                            == Some("40P01") =>
+                    {
+                        continue 'attempt
+                    }
+                    outcome => {
+                        panic!("the other transaction did not wait for chunks: {outcome:?}")
+                    }
+                }
+            }
+            let waits: bool = sqlx::query_scalar(
+                "select exists (select from pg_locks where pid = $1 and not granted and mode = 'AccessExclusiveLock')",
+            )
+            .bind(other_pid)
+            .fetch_one(&mut *su)
+            .await
+            .unwrap();
+            if waits {
+                return waiting;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
 }
 
 /// The index's name if it still exists after drop_pending_indexes has had a few chances (other
