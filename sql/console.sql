@@ -38,6 +38,12 @@ create table bulkhead.budget_raises (
     -- What the end puts back: the tenant's own dollar limit, or (had_budget false) the defaults.
     had_budget    boolean     not null,
     restore_limit numeric,
+    -- The limits of the budget row the raise created (had_budget false): at the end the row goes
+    -- only if they are still these, so the tenant follows the defaults again, even new ones.
+    created_rpm    int,
+    created_itpm   int,
+    created_otpm   int,
+    created_period text,
     ends_at       timestamptz not null,
     reason        text        not null,
     raised_by     text        not null,
@@ -48,6 +54,9 @@ create table bulkhead.budget_raises (
     constraint budget_raises_tenant_fkey foreign key (tenant_id) references bulkhead.tenants (id),
     constraint budget_raises_limit_valid check (raised_limit >= 0 and raised_limit < 1e12),
     constraint budget_raises_restore_known check (had_budget = (restore_limit is not null)),
+    constraint budget_raises_created_known check (had_budget = (created_rpm is null)
+        and (created_rpm is null) = (created_itpm is null) and (created_rpm is null) = (created_otpm is null)
+        and (created_rpm is null) = (created_period is null)),
     constraint budget_raises_reason_length check (pg_catalog.char_length(reason) between 1 and 1000),
     constraint budget_raises_ended_how_known check (ended_how in ('restored', 'kept', 'replaced')),
     constraint budget_raises_ended check ((ended_at is null) = (ended_how is null))
@@ -102,6 +111,7 @@ declare
     previous text;
     own bulkhead.budgets;
     defaults bulkhead.budget_defaults;
+    created bulkhead.budgets;
     open_raise bulkhead.budget_raises;
     current_limit numeric;
     raise_id bigint;
@@ -121,13 +131,29 @@ begin
     if raise_budget.dollar_limit = 'NaN' or raise_budget.dollar_limit >= 1e12 then
         raise exception 'invalid limit' using errcode = '22023';
     end if;
-    if not exists (select from bulkhead.tenants t where t.id = raise_budget.tenant_id) then
+    -- One change to a tenant's budget at a time, in one lock order (tenant, budget, raise): a
+    -- second raise, and the tenant's deletion, wait here.
+    perform from bulkhead.tenants t where t.id = raise_budget.tenant_id for no key update;
+    if not found then
         raise exception 'tenant % does not exist', raise_budget.tenant_id using errcode = '42704';
     end if;
     previous := bulkhead._enter_tenant(raise_budget.tenant_id);
     select * into defaults from bulkhead.budget_defaults;
-    select * into own from bulkhead.budgets b where b.tenant_id = raise_budget.tenant_id for update;
-    current_limit := coalesce(own.dollar_limit, defaults.dollar_limit);
+    loop
+        select * into own from bulkhead.budgets b where b.tenant_id = raise_budget.tenant_id for update;
+        exit when found;
+        -- No budget of its own: the raise gives it one with the defaults' limits (which its end
+        -- removes). A budget set by hand at this moment wins, and is what gets raised.
+        insert into bulkhead.budgets (tenant_id, rpm, itpm, otpm, dollar_limit, period)
+        values (raise_budget.tenant_id, defaults.rpm, defaults.itpm, defaults.otpm, defaults.dollar_limit, defaults.period)
+        on conflict on constraint budgets_pkey do nothing
+        returning * into created;
+        if created.tenant_id is not null then
+            own := created;
+            exit;
+        end if;
+    end loop;
+    current_limit := own.dollar_limit;
     if raise_budget.dollar_limit <= current_limit then
         raise exception 'a raise must be above the current limit of % USD', current_limit using errcode = '22023',
             hint = 'Lower a limit with bulkhead.set_budget.';
@@ -138,20 +164,26 @@ begin
     if found then
         update bulkhead.budget_raises r set ended_at = pg_catalog.clock_timestamp(), ended_how = 'replaced'
         where r.tenant_id = open_raise.tenant_id and r.id = open_raise.id;
+        -- Its limit no longer in force (set by hand since): nothing of it is put back.
+        if own.dollar_limit is distinct from open_raise.raised_limit then
+            open_raise := null;
+        end if;
     end if;
-    -- What the end puts back: what the open raise would have (its limit still in force), or
-    -- else the limit in force now (set by hand since, or no raise open).
-    insert into bulkhead.budget_raises (tenant_id, raised_limit, had_budget, restore_limit, ends_at, reason, raised_by)
-    values (raise_budget.tenant_id, raise_budget.dollar_limit,
-            case when open_raise.id is not null and own.dollar_limit is not distinct from open_raise.raised_limit
-                 then open_raise.had_budget else own.tenant_id is not null end,
-            case when open_raise.id is not null and own.dollar_limit is not distinct from open_raise.raised_limit
-                 then open_raise.restore_limit else own.dollar_limit end,
-            "until", pg_catalog.btrim(reason), bulkhead._caller())
+    -- What the end puts back: what the open raise would have, or else the budget as it was.
+    insert into bulkhead.budget_raises (tenant_id, raised_limit, had_budget, restore_limit,
+                                        created_rpm, created_itpm, created_otpm, created_period,
+                                        ends_at, reason, raised_by)
+    select raise_budget.tenant_id, raise_budget.dollar_limit, k.had_budget,
+           case when k.had_budget then coalesce(open_raise.restore_limit, own.dollar_limit) end,
+           case when not k.had_budget then coalesce(open_raise.created_rpm, own.rpm) end,
+           case when not k.had_budget then coalesce(open_raise.created_itpm, own.itpm) end,
+           case when not k.had_budget then coalesce(open_raise.created_otpm, own.otpm) end,
+           case when not k.had_budget then coalesce(open_raise.created_period, own.period) end,
+           "until", pg_catalog.btrim(reason), bulkhead._caller()
+    from (select coalesce(open_raise.had_budget, created.tenant_id is null) as had_budget) k
     returning id into raise_id;
-    perform bulkhead.set_budget(raise_budget.tenant_id, coalesce(own.rpm, defaults.rpm), coalesce(own.itpm, defaults.itpm),
-                                coalesce(own.otpm, defaults.otpm), raise_budget.dollar_limit,
-                                coalesce(own.period, defaults.period));
+    update bulkhead.budgets b set dollar_limit = raise_budget.dollar_limit, updated_at = pg_catalog.now()
+    where b.tenant_id = raise_budget.tenant_id;
     perform bulkhead._queue_budget_raise_end(raise_id);
     perform bulkhead._leave_tenant(previous);
     return raise_id;
@@ -180,15 +212,20 @@ begin
     select r.* into raise_row
     from bulkhead.jobs j
     join bulkhead.budget_raises r on r.tenant_id = j.tenant_id and r.id = (j.payload ->> 'raise_id')::bigint
-    where j.tenant_id = s.job_tenant and j.id = job and j.kind = 'budget_raise_end'
-    for update of r;
+    where j.tenant_id = s.job_tenant and j.id = job and j.kind = 'budget_raise_end';
+    if not found then
+        raise exception 'job % ends no budget raise', job using errcode = '55000';
+    end if;
+    -- raise_budget's lock order: the budget row, then the raise.
+    select * into own from bulkhead.budgets b where b.tenant_id = s.job_tenant for update;
+    select r.* into raise_row from bulkhead.budget_raises r
+    where r.tenant_id = raise_row.tenant_id and r.id = raise_row.id for update;
     if not found then
         raise exception 'job % ends no budget raise', job using errcode = '55000';
     end if;
     if raise_row.ended_at is not null then
         return raise_row.ended_how;
     end if;
-    select * into own from bulkhead.budgets b where b.tenant_id = s.job_tenant for update;
     select * into defaults from bulkhead.budget_defaults;
     if own.tenant_id is null or own.dollar_limit is distinct from raise_row.raised_limit then
         how := 'kept';
@@ -196,12 +233,15 @@ begin
         update bulkhead.budgets b set dollar_limit = raise_row.restore_limit, updated_at = pg_catalog.now()
         where b.tenant_id = s.job_tenant;
         how := 'restored';
-    elsif (own.rpm, own.itpm, own.otpm, own.period) = (defaults.rpm, defaults.itpm, defaults.otpm, defaults.period) then
+    elsif (own.rpm, own.itpm, own.otpm, own.period)
+          = (raise_row.created_rpm, raise_row.created_itpm, raise_row.created_otpm, raise_row.created_period) then
+        -- The row the raise created, untouched since: the tenant follows the defaults again.
         delete from bulkhead.budgets b where b.tenant_id = s.job_tenant;
         -- A provisioned project's limits follow (its trigger sees inserts and updates only).
         perform bulkhead._limits_follow(s.job_tenant);
         how := 'restored';
     else
+        -- Its rate limits were set by hand since: they stay, the dollar limit is the defaults'.
         update bulkhead.budgets b set dollar_limit = defaults.dollar_limit, updated_at = pg_catalog.now()
         where b.tenant_id = s.job_tenant;
         how := 'restored';
@@ -232,11 +272,11 @@ as $$
 declare
     caller text := bulkhead._caller();
 begin
-    if pg_catalog.pg_has_role(caller, 'bulkhead_admin', 'member')
-       or pg_catalog.pg_has_role(caller, 'bulkhead_finance', 'member') then
+    if pg_catalog.pg_has_role(caller, 'bulkhead_admin', 'USAGE')
+       or pg_catalog.pg_has_role(caller, 'bulkhead_finance', 'USAGE') then
         return true;
     end if;
-    if pg_catalog.pg_has_role(caller, 'bulkhead_support', 'member') then
+    if pg_catalog.pg_has_role(caller, 'bulkhead_support', 'USAGE') then
         return false;
     end if;
     raise exception 'permission denied for function %', what
@@ -263,6 +303,9 @@ set search_path to pg_catalog, pg_temp
 as $$
 declare
     sees_money boolean := bulkhead._console_reader('tenant_overview');
+    -- A call into the library (its value unused) loads it first, so the zone read next is its
+    -- setting, never a placeholder that a session SET before the library was loaded in it.
+    loads_library uuid := bulkhead.current_tenant();
     zone text := pg_catalog.current_setting('bulkhead.billing_time_zone');
     now_ts timestamptz := pg_catalog.clock_timestamp();
     today date := (now_ts at time zone zone)::date;
@@ -326,6 +369,9 @@ set search_path to pg_catalog, pg_temp
 as $$
 declare
     sees_money boolean := bulkhead._console_reader('tenant_daily_usage');
+    -- A call into the library (its value unused) loads it first, so the zone read next is its
+    -- setting, never a placeholder that a session SET before the library was loaded in it.
+    loads_library uuid := bulkhead.current_tenant();
     zone text := pg_catalog.current_setting('bulkhead.billing_time_zone');
 begin
     if tenant is null or "from" is null or "to" is null then
@@ -380,7 +426,11 @@ security definer
 set search_path to pg_catalog, pg_temp
 as $$
 declare
+    -- A call into the library (its value unused) loads it first, so the zone read next is its
+    -- setting, never a placeholder that a session SET before the library was loaded in it.
+    loads_library uuid := bulkhead.current_tenant();
     zone text := pg_catalog.current_setting('bulkhead.billing_time_zone');
+    lock_wait text := pg_catalog.current_setting('lock_timeout');
     written bigint;
 begin
     if pg_catalog.current_setting('transaction_isolation') <> 'read committed' then
@@ -393,7 +443,7 @@ begin
     -- try again) rather than stall every tenant's settles.
     perform pg_catalog.set_config('lock_timeout', '2s', true);
     lock table bulkhead.usage_daily in exclusive mode;
-    perform pg_catalog.set_config('lock_timeout', '0', true);
+    perform pg_catalog.set_config('lock_timeout', lock_wait, true);
     delete from bulkhead.usage_daily;
     insert into bulkhead.usage_daily
     select l.tenant_id, (l.created_at at time zone zone)::date, l.provider, l.model, l.budget_line,

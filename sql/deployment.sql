@@ -42,7 +42,8 @@ set search_path to pg_catalog, pg_temp
 as $$
     with recursive bulkhead_roles as (
         select r.oid, r.rolname from pg_catalog.pg_roles r
-        where r.rolname in ('bulkhead_app', 'bulkhead_admin', 'bulkhead_worker', 'bulkhead_meter', 'bulkhead_end_user')
+        where r.rolname in ('bulkhead_app', 'bulkhead_admin', 'bulkhead_worker', 'bulkhead_meter', 'bulkhead_end_user',
+                            'bulkhead_gateway', 'bulkhead_support', 'bulkhead_finance', 'bulkhead_reporter')
     ),
     -- Every role that holds a Bulkhead role, directly or through others.
     members (member, granted) as (
@@ -104,10 +105,28 @@ as $$
            pg_catalog.format('role %I (a PostgREST request role) holds %s: any end user can act for any tenant. Grant it bulkhead_end_user instead.',
                              h.rolname, pg_catalog.array_to_string(h.bulkhead_roles, ', '))
     from held h
-    where h.bulkhead_roles && array['bulkhead_app', 'bulkhead_admin', 'bulkhead_worker', 'bulkhead_meter']::name[]
+    where h.bulkhead_roles && array['bulkhead_app', 'bulkhead_admin', 'bulkhead_worker', 'bulkhead_meter', 'bulkhead_gateway',
+                                    'bulkhead_support', 'bulkhead_finance', 'bulkhead_reporter']::name[]
       and (h.rolname in ('anon', 'authenticated', 'service_role')
            or exists (select from pg_catalog.pg_auth_members m join pg_catalog.pg_roles a on a.oid = m.member
                       where a.rolname = 'authenticator' and m.roleid = (select oid from pg_catalog.pg_roles x where x.rolname = h.rolname)))
+    union all
+    -- The owners of the functions that run for every caller: bulkhead_meter (metering) and
+    -- bulkhead_reporter (the console's sums, whose policies read every tenant's rows). Whoever
+    -- holds one reads every tenant and can change what its functions do for everyone else.
+    select 'owner_role_in_use', 'critical',
+           pg_catalog.format('role %I holds %I, which owns functions that run for every tenant and reads every tenant''s rows: nobody may hold it. REVOKE %I FROM %I.',
+                             r.rolname, o.rolname, o.rolname, r.rolname)
+    from pg_catalog.pg_auth_members m
+    join pg_catalog.pg_roles o on o.oid = m.roleid
+    join pg_catalog.pg_roles r on r.oid = m.member
+    where o.rolname in ('bulkhead_meter', 'bulkhead_reporter') and (m.inherit_option or m.set_option)
+    union all
+    select 'owner_role_in_use', 'critical',
+           pg_catalog.format('role %I can log in: it owns functions that run for every tenant and reads every tenant''s rows. ALTER ROLE %I NOLOGIN.',
+                             o.rolname, o.rolname)
+    from pg_catalog.pg_roles o
+    where o.rolname in ('bulkhead_meter', 'bulkhead_reporter') and o.rolcanlogin
     union all
     select 'anonymous_end_user', 'warning',
            'role anon holds bulkhead_end_user: requests without a JWT act as end users (they see nothing without a tenant claim, but may ask for nothing either). Grant bulkhead_end_user to authenticated only.'
@@ -125,7 +144,8 @@ as $$
            pg_catalog.format('role %I has no USAGE on schema %I, where pgvector lives: searches and the per-tenant index build fail. GRANT USAGE ON SCHEMA %I TO %I.',
                              b.rolname, v.nspname, v.nspname, b.rolname)
     from bulkhead_roles b, vector_schema v
-    where not pg_catalog.has_schema_privilege(b.oid, v.nspname, 'USAGE')
+    where b.rolname in ('bulkhead_app', 'bulkhead_admin', 'bulkhead_worker', 'bulkhead_meter', 'bulkhead_end_user')
+      and not pg_catalog.has_schema_privilege(b.oid, v.nspname, 'USAGE')
     union all
     -- Any role may create objects there: an operator or function planted on a path that others
     -- resolve names through runs as whoever calls it.

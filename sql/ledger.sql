@@ -176,6 +176,9 @@ security invoker
 set search_path to pg_catalog, pg_temp
 as $$
 declare
+    -- A call into the library (its value unused) loads it first, so the zone read next is its
+    -- setting, never a placeholder that a session SET before the library was loaded in it.
+    loads_library uuid := bulkhead.current_tenant();
     session_zone text := pg_catalog.current_setting('bulkhead.billing_time_zone');
     rollup bulkhead.usage_rollup;
 begin

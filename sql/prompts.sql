@@ -392,7 +392,7 @@ begin
     verdict := bulkhead._eval_gate_verdict(activate_prompt.tenant_id, activate_prompt.template_name,
                                            activate_prompt.version);
     if force then
-        if not pg_catalog.pg_has_role(bulkhead._caller(), 'bulkhead_admin', 'member') then
+        if not pg_catalog.pg_has_role(bulkhead._caller(), 'bulkhead_admin', 'USAGE') then
             raise exception 'only bulkhead_admin may force a release past the eval gate'
                 using errcode = '42501',
                       detail = 'The application role activates versions that passed their tenant''s eval set.';

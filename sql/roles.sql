@@ -22,6 +22,19 @@ begin
                       detail = 'Bulkhead''s roles must not be SUPERUSER or BYPASSRLS, or tenant isolation would not apply to them.',
                       hint = pg_catalog.format('Run ALTER ROLE %I NOSUPERUSER NOBYPASSRLS, then create the extension again.', role_name);
         end if;
+        -- The owners of the functions that run for every caller must be nobody's: a login in
+        -- either would read every tenant (bulkhead.doctor() checks this later too).
+        if role_name in ('bulkhead_meter', 'bulkhead_reporter') and exists (
+            select from pg_catalog.pg_roles r
+            where r.rolname = role_name
+              and (r.rolcanlogin or exists (select from pg_catalog.pg_auth_members m
+                                            where m.roleid = r.oid and (m.inherit_option or m.set_option)))
+        ) then
+            raise exception 'role % can log in or has members', role_name
+                using errcode = '42501',
+                      detail = 'It owns functions that run for every tenant; nobody may use it.',
+                      hint = pg_catalog.format('Run ALTER ROLE %I NOLOGIN and revoke it from its members, then create the extension again.', role_name);
+        end if;
         if not exists (select from pg_catalog.pg_roles where rolname = role_name) then
             begin
                 execute pg_catalog.format('create role %I nologin', role_name);

@@ -485,6 +485,21 @@ async fn postgrest_end_users_act_for_their_jwt_tenant_only() {
     su.execute("revoke bulkhead_app from authenticated")
         .await
         .unwrap();
+    // The console's support role there would let every end user enter any tenant too.
+    su.execute("grant bulkhead_support to authenticated")
+        .await
+        .unwrap();
+    let findings = doctor(&mut cp).await;
+    su.execute("revoke bulkhead_support from authenticated")
+        .await
+        .unwrap();
+    assert!(
+        findings.iter().any(|f| f.0 == "postgrest_role_is_backend"
+            && f.1 == "critical"
+            && f.2.contains("authenticated")
+            && f.2.contains("bulkhead_support")),
+        "support granted to authenticated: {findings:?}"
+    );
 
     // service_role bypasses RLS: granted bulkhead_admin (the old README), it reads every tenant.
     let service = jwt(json!({"role": "service_role"}));

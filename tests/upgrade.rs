@@ -170,6 +170,35 @@ async fn the_last_release_upgrades_to_this_version_with_its_data() {
         assert_eq!(after, before, "{table}: rows differ after the upgrade");
     }
 
+    // The console's rollup starts out holding the release's ledger: every day's sums and each
+    // tenant's last call (rows in one and not the other are counted both ways).
+    let rollup_mismatches: i64 = sqlx::query_scalar(
+        "with ledger_days as (
+             select tenant_id, (created_at at time zone current_setting('bulkhead.billing_time_zone'))::date as day,
+                    provider, model, budget_line, count(*) as requests, sum(cost_usd) as cost_usd
+             from bulkhead.ledger group by 1, 2, 3, 4, 5),
+         rollup_days as (
+             select tenant_id, day, provider, model, budget_line, requests, cost_usd from bulkhead.usage_daily),
+         ledger_latest as (select tenant_id, max(created_at) as last_at from bulkhead.ledger group by 1),
+         rollup_latest as (select tenant_id, last_at from bulkhead.usage_latest)
+         select (select count(*) from (select * from ledger_days except select * from rollup_days) a)
+              + (select count(*) from (select * from rollup_days except select * from ledger_days) b)
+              + (select count(*) from (select * from ledger_latest except select * from rollup_latest) c)
+              + (select count(*) from (select * from rollup_latest except select * from ledger_latest) d)",
+    )
+    .fetch_one(&mut su)
+    .await
+    .unwrap();
+    let latest_rows: i64 = sqlx::query_scalar("select count(*) from bulkhead.usage_latest")
+        .fetch_one(&mut su)
+        .await
+        .unwrap();
+    assert_eq!(
+        (rollup_mismatches, latest_rows > 0),
+        (0, true),
+        "the rollup after the upgrade holds the release's ledger"
+    );
+
     // And it takes new writes.
     let mut admin = old
         .clone()

@@ -237,6 +237,8 @@ select dollar_limit from bulkhead.budgets where tenant_id = '00000000-0000-4000-
 -- goes); a limit set by hand during a raise is kept.
 set local role regress_con_admin;
 select bulkhead.raise_budget('00000000-0000-4000-8000-0000000000c2', 500, now() + interval '1 day', 'pilot') > 0 as raised_b;
+-- The defaults change during the raise: the tenant follows the new ones after it.
+select bulkhead.set_budget(null, 7, 7000, 7000, 70, 'month');
 reset role;
 update bulkhead.job_schedule set run_at = now() - interval '1 second'
 where job_tenant = '00000000-0000-4000-8000-0000000000c2' and job_id in (select id from bulkhead.jobs where kind = 'budget_raise_end');
@@ -246,6 +248,20 @@ select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000c2');
 select bulkhead.end_budget_raise(id, 'regress-con-worker') as ended_b from bulkhead.jobs where kind = 'budget_raise_end';
 reset role;
 select count(*) as b_own_budget_rows from bulkhead.budgets where tenant_id = '00000000-0000-4000-8000-0000000000c2';
+-- Rate limits set by hand during such a raise stay; the dollar limit goes back to the defaults'.
+set local role regress_con_admin;
+select bulkhead.raise_budget('00000000-0000-4000-8000-0000000000c2', 600, now() + interval '1 day', 'pilot 2') > 0 as raised_b2;
+select bulkhead.set_budget('00000000-0000-4000-8000-0000000000c2', 9, 9000, 9000, 600);
+reset role;
+update bulkhead.job_schedule set run_at = now() - interval '1 second'
+where job_tenant = '00000000-0000-4000-8000-0000000000c2' and state = 'queued'
+  and job_id in (select id from bulkhead.jobs where kind = 'budget_raise_end');
+set local role regress_con_worker;
+select job_id as raise_b2_end from bulkhead.claim_jobs('regress-con-worker', 10, '1 minute') \gset
+select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000c2');
+select bulkhead.end_budget_raise(:raise_b2_end, 'regress-con-worker') as ended_b2;
+reset role;
+select rpm, dollar_limit from bulkhead.budgets where tenant_id = '00000000-0000-4000-8000-0000000000c2';
 
 -- A limit set by hand during a raise is kept at its end.
 set local role regress_con_admin;

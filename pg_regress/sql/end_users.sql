@@ -118,7 +118,12 @@ create role regress_doctor_svc bypassrls;
 grant select on bulkhead.chunks to regress_doctor_svc;
 create role regress_doctor_grant_noinherit;
 grant bulkhead_end_user to regress_doctor_grant_noinherit with inherit false;
+-- The console's roles: support beside the end-user role, and a member of the sums' owner.
+create role regress_doctor_support_eu in role bulkhead_end_user, bulkhead_support;
+create role regress_doctor_reporter in role bulkhead_reporter;
+alter role bulkhead_reporter login;
 set local role regress_eu_admin;
 select check_name, severity, regexp_replace(detail, ':.*', '') as detail
 from bulkhead.doctor() where detail like '%regress\_doctor%' order by 1, 3;
+select check_name, severity from bulkhead.doctor() where detail like 'role bulkhead\_reporter can log in%';
 rollback;

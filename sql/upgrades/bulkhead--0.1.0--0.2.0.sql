@@ -2026,6 +2026,19 @@ begin
                       detail = 'Bulkhead''s roles must not be SUPERUSER or BYPASSRLS, or tenant isolation would not apply to them.',
                       hint = pg_catalog.format('Run ALTER ROLE %I NOSUPERUSER NOBYPASSRLS, then create the extension again.', role_name);
         end if;
+        -- The owners of the functions that run for every caller must be nobody's: a login in
+        -- either would read every tenant (bulkhead.doctor() checks this later too).
+        if role_name in ('bulkhead_meter', 'bulkhead_reporter') and exists (
+            select from pg_catalog.pg_roles r
+            where r.rolname = role_name
+              and (r.rolcanlogin or exists (select from pg_catalog.pg_auth_members m
+                                            where m.roleid = r.oid and (m.inherit_option or m.set_option)))
+        ) then
+            raise exception 'role % can log in or has members', role_name
+                using errcode = '42501',
+                      detail = 'It owns functions that run for every tenant; nobody may use it.',
+                      hint = pg_catalog.format('Run ALTER ROLE %I NOLOGIN and revoke it from its members, then create the extension again.', role_name);
+        end if;
         if not exists (select from pg_catalog.pg_roles where rolname = role_name) then
             begin
                 execute pg_catalog.format('create role %I nologin', role_name);
@@ -2207,6 +2220,9 @@ security invoker
 set search_path to pg_catalog, pg_temp
 as $$
 declare
+    -- A call into the library (its value unused) loads it first, so the zone read next is its
+    -- setting, never a placeholder that a session SET before the library was loaded in it.
+    loads_library uuid := bulkhead.current_tenant();
     session_zone text := pg_catalog.current_setting('bulkhead.billing_time_zone');
     rollup bulkhead.usage_rollup;
 begin
@@ -2308,6 +2324,7 @@ select l.tenant_id, (l.created_at at time zone pg_catalog.current_setting('bulkh
        sum(l.cost_usd), max(l.created_at)
 from bulkhead.ledger l
 group by 1, 2, 3, 4, 5;
+insert into bulkhead.usage_latest select l.tenant_id, max(l.created_at) from bulkhead.ledger l group by 1;
 insert into bulkhead.usage_rollup (zone)
 select pg_catalog.current_setting('bulkhead.billing_time_zone') where exists (select from bulkhead.ledger);
 
@@ -2424,6 +2441,12 @@ create table bulkhead.budget_raises (
     -- What the end puts back: the tenant's own dollar limit, or (had_budget false) the defaults.
     had_budget    boolean     not null,
     restore_limit numeric,
+    -- The limits of the budget row the raise created (had_budget false): at the end the row goes
+    -- only if they are still these, so the tenant follows the defaults again, even new ones.
+    created_rpm    int,
+    created_itpm   int,
+    created_otpm   int,
+    created_period text,
     ends_at       timestamptz not null,
     reason        text        not null,
     raised_by     text        not null,
@@ -2434,6 +2457,9 @@ create table bulkhead.budget_raises (
     constraint budget_raises_tenant_fkey foreign key (tenant_id) references bulkhead.tenants (id),
     constraint budget_raises_limit_valid check (raised_limit >= 0 and raised_limit < 1e12),
     constraint budget_raises_restore_known check (had_budget = (restore_limit is not null)),
+    constraint budget_raises_created_known check (had_budget = (created_rpm is null)
+        and (created_rpm is null) = (created_itpm is null) and (created_rpm is null) = (created_otpm is null)
+        and (created_rpm is null) = (created_period is null)),
     constraint budget_raises_reason_length check (pg_catalog.char_length(reason) between 1 and 1000),
     constraint budget_raises_ended_how_known check (ended_how in ('restored', 'kept', 'replaced')),
     constraint budget_raises_ended check ((ended_at is null) = (ended_how is null))
@@ -2488,6 +2514,7 @@ declare
     previous text;
     own bulkhead.budgets;
     defaults bulkhead.budget_defaults;
+    created bulkhead.budgets;
     open_raise bulkhead.budget_raises;
     current_limit numeric;
     raise_id bigint;
@@ -2507,13 +2534,29 @@ begin
     if raise_budget.dollar_limit = 'NaN' or raise_budget.dollar_limit >= 1e12 then
         raise exception 'invalid limit' using errcode = '22023';
     end if;
-    if not exists (select from bulkhead.tenants t where t.id = raise_budget.tenant_id) then
+    -- One change to a tenant's budget at a time, in one lock order (tenant, budget, raise): a
+    -- second raise, and the tenant's deletion, wait here.
+    perform from bulkhead.tenants t where t.id = raise_budget.tenant_id for no key update;
+    if not found then
         raise exception 'tenant % does not exist', raise_budget.tenant_id using errcode = '42704';
     end if;
     previous := bulkhead._enter_tenant(raise_budget.tenant_id);
     select * into defaults from bulkhead.budget_defaults;
-    select * into own from bulkhead.budgets b where b.tenant_id = raise_budget.tenant_id for update;
-    current_limit := coalesce(own.dollar_limit, defaults.dollar_limit);
+    loop
+        select * into own from bulkhead.budgets b where b.tenant_id = raise_budget.tenant_id for update;
+        exit when found;
+        -- No budget of its own: the raise gives it one with the defaults' limits (which its end
+        -- removes). A budget set by hand at this moment wins, and is what gets raised.
+        insert into bulkhead.budgets (tenant_id, rpm, itpm, otpm, dollar_limit, period)
+        values (raise_budget.tenant_id, defaults.rpm, defaults.itpm, defaults.otpm, defaults.dollar_limit, defaults.period)
+        on conflict on constraint budgets_pkey do nothing
+        returning * into created;
+        if created.tenant_id is not null then
+            own := created;
+            exit;
+        end if;
+    end loop;
+    current_limit := own.dollar_limit;
     if raise_budget.dollar_limit <= current_limit then
         raise exception 'a raise must be above the current limit of % USD', current_limit using errcode = '22023',
             hint = 'Lower a limit with bulkhead.set_budget.';
@@ -2524,20 +2567,26 @@ begin
     if found then
         update bulkhead.budget_raises r set ended_at = pg_catalog.clock_timestamp(), ended_how = 'replaced'
         where r.tenant_id = open_raise.tenant_id and r.id = open_raise.id;
+        -- Its limit no longer in force (set by hand since): nothing of it is put back.
+        if own.dollar_limit is distinct from open_raise.raised_limit then
+            open_raise := null;
+        end if;
     end if;
-    -- What the end puts back: what the open raise would have (its limit still in force), or
-    -- else the limit in force now (set by hand since, or no raise open).
-    insert into bulkhead.budget_raises (tenant_id, raised_limit, had_budget, restore_limit, ends_at, reason, raised_by)
-    values (raise_budget.tenant_id, raise_budget.dollar_limit,
-            case when open_raise.id is not null and own.dollar_limit is not distinct from open_raise.raised_limit
-                 then open_raise.had_budget else own.tenant_id is not null end,
-            case when open_raise.id is not null and own.dollar_limit is not distinct from open_raise.raised_limit
-                 then open_raise.restore_limit else own.dollar_limit end,
-            "until", pg_catalog.btrim(reason), bulkhead._caller())
+    -- What the end puts back: what the open raise would have, or else the budget as it was.
+    insert into bulkhead.budget_raises (tenant_id, raised_limit, had_budget, restore_limit,
+                                        created_rpm, created_itpm, created_otpm, created_period,
+                                        ends_at, reason, raised_by)
+    select raise_budget.tenant_id, raise_budget.dollar_limit, k.had_budget,
+           case when k.had_budget then coalesce(open_raise.restore_limit, own.dollar_limit) end,
+           case when not k.had_budget then coalesce(open_raise.created_rpm, own.rpm) end,
+           case when not k.had_budget then coalesce(open_raise.created_itpm, own.itpm) end,
+           case when not k.had_budget then coalesce(open_raise.created_otpm, own.otpm) end,
+           case when not k.had_budget then coalesce(open_raise.created_period, own.period) end,
+           "until", pg_catalog.btrim(reason), bulkhead._caller()
+    from (select coalesce(open_raise.had_budget, created.tenant_id is null) as had_budget) k
     returning id into raise_id;
-    perform bulkhead.set_budget(raise_budget.tenant_id, coalesce(own.rpm, defaults.rpm), coalesce(own.itpm, defaults.itpm),
-                                coalesce(own.otpm, defaults.otpm), raise_budget.dollar_limit,
-                                coalesce(own.period, defaults.period));
+    update bulkhead.budgets b set dollar_limit = raise_budget.dollar_limit, updated_at = pg_catalog.now()
+    where b.tenant_id = raise_budget.tenant_id;
     perform bulkhead._queue_budget_raise_end(raise_id);
     perform bulkhead._leave_tenant(previous);
     return raise_id;
@@ -2566,15 +2615,20 @@ begin
     select r.* into raise_row
     from bulkhead.jobs j
     join bulkhead.budget_raises r on r.tenant_id = j.tenant_id and r.id = (j.payload ->> 'raise_id')::bigint
-    where j.tenant_id = s.job_tenant and j.id = job and j.kind = 'budget_raise_end'
-    for update of r;
+    where j.tenant_id = s.job_tenant and j.id = job and j.kind = 'budget_raise_end';
+    if not found then
+        raise exception 'job % ends no budget raise', job using errcode = '55000';
+    end if;
+    -- raise_budget's lock order: the budget row, then the raise.
+    select * into own from bulkhead.budgets b where b.tenant_id = s.job_tenant for update;
+    select r.* into raise_row from bulkhead.budget_raises r
+    where r.tenant_id = raise_row.tenant_id and r.id = raise_row.id for update;
     if not found then
         raise exception 'job % ends no budget raise', job using errcode = '55000';
     end if;
     if raise_row.ended_at is not null then
         return raise_row.ended_how;
     end if;
-    select * into own from bulkhead.budgets b where b.tenant_id = s.job_tenant for update;
     select * into defaults from bulkhead.budget_defaults;
     if own.tenant_id is null or own.dollar_limit is distinct from raise_row.raised_limit then
         how := 'kept';
@@ -2582,12 +2636,15 @@ begin
         update bulkhead.budgets b set dollar_limit = raise_row.restore_limit, updated_at = pg_catalog.now()
         where b.tenant_id = s.job_tenant;
         how := 'restored';
-    elsif (own.rpm, own.itpm, own.otpm, own.period) = (defaults.rpm, defaults.itpm, defaults.otpm, defaults.period) then
+    elsif (own.rpm, own.itpm, own.otpm, own.period)
+          = (raise_row.created_rpm, raise_row.created_itpm, raise_row.created_otpm, raise_row.created_period) then
+        -- The row the raise created, untouched since: the tenant follows the defaults again.
         delete from bulkhead.budgets b where b.tenant_id = s.job_tenant;
         -- A provisioned project's limits follow (its trigger sees inserts and updates only).
         perform bulkhead._limits_follow(s.job_tenant);
         how := 'restored';
     else
+        -- Its rate limits were set by hand since: they stay, the dollar limit is the defaults'.
         update bulkhead.budgets b set dollar_limit = defaults.dollar_limit, updated_at = pg_catalog.now()
         where b.tenant_id = s.job_tenant;
         how := 'restored';
@@ -2618,11 +2675,11 @@ as $$
 declare
     caller text := bulkhead._caller();
 begin
-    if pg_catalog.pg_has_role(caller, 'bulkhead_admin', 'member')
-       or pg_catalog.pg_has_role(caller, 'bulkhead_finance', 'member') then
+    if pg_catalog.pg_has_role(caller, 'bulkhead_admin', 'USAGE')
+       or pg_catalog.pg_has_role(caller, 'bulkhead_finance', 'USAGE') then
         return true;
     end if;
-    if pg_catalog.pg_has_role(caller, 'bulkhead_support', 'member') then
+    if pg_catalog.pg_has_role(caller, 'bulkhead_support', 'USAGE') then
         return false;
     end if;
     raise exception 'permission denied for function %', what
@@ -2649,6 +2706,9 @@ set search_path to pg_catalog, pg_temp
 as $$
 declare
     sees_money boolean := bulkhead._console_reader('tenant_overview');
+    -- A call into the library (its value unused) loads it first, so the zone read next is its
+    -- setting, never a placeholder that a session SET before the library was loaded in it.
+    loads_library uuid := bulkhead.current_tenant();
     zone text := pg_catalog.current_setting('bulkhead.billing_time_zone');
     now_ts timestamptz := pg_catalog.clock_timestamp();
     today date := (now_ts at time zone zone)::date;
@@ -2712,6 +2772,9 @@ set search_path to pg_catalog, pg_temp
 as $$
 declare
     sees_money boolean := bulkhead._console_reader('tenant_daily_usage');
+    -- A call into the library (its value unused) loads it first, so the zone read next is its
+    -- setting, never a placeholder that a session SET before the library was loaded in it.
+    loads_library uuid := bulkhead.current_tenant();
     zone text := pg_catalog.current_setting('bulkhead.billing_time_zone');
 begin
     if tenant is null or "from" is null or "to" is null then
@@ -2766,7 +2829,11 @@ security definer
 set search_path to pg_catalog, pg_temp
 as $$
 declare
+    -- A call into the library (its value unused) loads it first, so the zone read next is its
+    -- setting, never a placeholder that a session SET before the library was loaded in it.
+    loads_library uuid := bulkhead.current_tenant();
     zone text := pg_catalog.current_setting('bulkhead.billing_time_zone');
+    lock_wait text := pg_catalog.current_setting('lock_timeout');
     written bigint;
 begin
     if pg_catalog.current_setting('transaction_isolation') <> 'read committed' then
@@ -2779,7 +2846,7 @@ begin
     -- try again) rather than stall every tenant's settles.
     perform pg_catalog.set_config('lock_timeout', '2s', true);
     lock table bulkhead.usage_daily in exclusive mode;
-    perform pg_catalog.set_config('lock_timeout', '0', true);
+    perform pg_catalog.set_config('lock_timeout', lock_wait, true);
     delete from bulkhead.usage_daily;
     insert into bulkhead.usage_daily
     select l.tenant_id, (l.created_at at time zone zone)::date, l.provider, l.model, l.budget_line,
@@ -2846,6 +2913,225 @@ grant execute on function bulkhead.publish_prompt(uuid, text, jsonb, text),
 -- bulkhead_finance: the numbers above, through tenant_overview, usage_by_tenant and
 -- drift_by_tenant; and the platform's default limits. Nothing else: no context, no rows.
 grant select on bulkhead.budget_defaults to bulkhead_finance;
+
+-- doctor() knows the console's roles; activate_prompt's force checks the privileges a caller has (USAGE).
+create or replace function bulkhead.doctor()
+returns table (check_name text, severity text, detail text)
+language sql stable
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+    with recursive bulkhead_roles as (
+        select r.oid, r.rolname from pg_catalog.pg_roles r
+        where r.rolname in ('bulkhead_app', 'bulkhead_admin', 'bulkhead_worker', 'bulkhead_meter', 'bulkhead_end_user',
+                            'bulkhead_gateway', 'bulkhead_support', 'bulkhead_finance', 'bulkhead_reporter')
+    ),
+    -- Every role that holds a Bulkhead role, directly or through others.
+    members (member, granted) as (
+        select m.member, b.rolname from pg_catalog.pg_auth_members m join bulkhead_roles b on b.oid = m.roleid
+        union
+        select m.member, members.granted from pg_catalog.pg_auth_members m join members on m.roleid = members.member
+    ),
+    held as (
+        select r.rolname, r.rolsuper, r.rolbypassrls, r.rolinherit, r.rolcanlogin,
+               pg_catalog.array_agg(distinct members.granted order by members.granted) as bulkhead_roles
+        from members join pg_catalog.pg_roles r on r.oid = members.member
+        where r.rolname not in (select rolname from bulkhead_roles)
+        group by r.rolname, r.rolsuper, r.rolbypassrls, r.rolinherit, r.rolcanlogin
+    ),
+    vector_schema as (
+        select n.nspname from pg_catalog.pg_extension e join pg_catalog.pg_namespace n on n.oid = e.extnamespace
+        where e.extname = 'vector'
+    )
+    -- Row level security does not apply to these roles: whoever uses them reads every tenant.
+    select 'role_bypasses_rls', 'critical',
+           pg_catalog.format('role %I is %s and holds %s: row level security does not apply to it, so it reads and writes every tenant''s rows. Use a role without SUPERUSER or BYPASSRLS (on Supabase, a dedicated control-plane login instead of service_role).',
+                             h.rolname, case when h.rolsuper then 'SUPERUSER' else 'BYPASSRLS' end,
+                             pg_catalog.array_to_string(h.bulkhead_roles, ', '))
+    from held h where h.rolsuper or h.rolbypassrls
+    union all
+    -- ... or reads Bulkhead's tables some other way: a direct or column grant, a grant to a group
+    -- it inherits, pg_read_all_data. The privilege functions follow every route. (Superusers
+    -- read everything by definition: only those wired to Bulkhead are named above.)
+    select 'role_bypasses_rls', 'critical',
+           pg_catalog.format('role %I is BYPASSRLS and may read %s: row level security does not apply to it, so it reads every tenant''s rows there. Revoke its access; use a role without BYPASSRLS in bulkhead_admin instead.',
+                             g.rolname, g.tables)
+    from (select r.rolname, pg_catalog.string_agg(c.oid::regclass::text, ', ' order by c.oid::regclass::text) as tables
+          from pg_catalog.pg_roles r
+          cross join pg_catalog.pg_class c
+          where r.rolbypassrls and not r.rolsuper
+            and r.rolname not in (select rolname from bulkhead_roles)
+            and r.rolname not in (select h.rolname from held h)
+            and c.relnamespace = 'bulkhead'::regnamespace and c.relkind in ('r', 'p', 'v')
+            and pg_catalog.has_any_column_privilege(r.oid, c.oid, 'SELECT')
+          group by r.rolname) g
+    union all
+    -- PostgreSQL 16: a membership granted WITH INHERIT FALSE passes on no privilege.
+    select 'grant_does_not_inherit', 'error',
+           pg_catalog.format('role %I holds %I WITH INHERIT FALSE: it gets none of its privileges unless it sets the role. GRANT %I TO %I WITH INHERIT TRUE.',
+                             r.rolname, b.rolname, b.rolname, r.rolname)
+    from pg_catalog.pg_auth_members m
+    join bulkhead_roles b on b.oid = m.roleid
+    join pg_catalog.pg_roles r on r.oid = m.member
+    where not m.inherit_option
+    union all
+    -- An end user must never choose its tenant: a role that is also the trusted backend can.
+    select 'end_user_can_choose_tenant', 'critical',
+           pg_catalog.format('role %I holds bulkhead_end_user and %s: its users can call set_tenant or name a tenant in an argument. Grant end-user roles bulkhead_end_user only.',
+                             h.rolname, pg_catalog.array_to_string(pg_catalog.array_remove(h.bulkhead_roles, 'bulkhead_end_user'), ', '))
+    from held h where 'bulkhead_end_user' = any (h.bulkhead_roles) and pg_catalog.cardinality(h.bulkhead_roles) > 1
+    union all
+    -- PostgREST's request roles are end users (their JWT names the tenant), never the backend.
+    select 'postgrest_role_is_backend', 'critical',
+           pg_catalog.format('role %I (a PostgREST request role) holds %s: any end user can act for any tenant. Grant it bulkhead_end_user instead.',
+                             h.rolname, pg_catalog.array_to_string(h.bulkhead_roles, ', '))
+    from held h
+    where h.bulkhead_roles && array['bulkhead_app', 'bulkhead_admin', 'bulkhead_worker', 'bulkhead_meter', 'bulkhead_gateway',
+                                    'bulkhead_support', 'bulkhead_finance', 'bulkhead_reporter']::name[]
+      and (h.rolname in ('anon', 'authenticated', 'service_role')
+           or exists (select from pg_catalog.pg_auth_members m join pg_catalog.pg_roles a on a.oid = m.member
+                      where a.rolname = 'authenticator' and m.roleid = (select oid from pg_catalog.pg_roles x where x.rolname = h.rolname)))
+    union all
+    -- The owners of the functions that run for every caller: bulkhead_meter (metering) and
+    -- bulkhead_reporter (the console's sums, whose policies read every tenant's rows). Whoever
+    -- holds one reads every tenant and can change what its functions do for everyone else.
+    select 'owner_role_in_use', 'critical',
+           pg_catalog.format('role %I holds %I, which owns functions that run for every tenant and reads every tenant''s rows: nobody may hold it. REVOKE %I FROM %I.',
+                             r.rolname, o.rolname, o.rolname, r.rolname)
+    from pg_catalog.pg_auth_members m
+    join pg_catalog.pg_roles o on o.oid = m.roleid
+    join pg_catalog.pg_roles r on r.oid = m.member
+    where o.rolname in ('bulkhead_meter', 'bulkhead_reporter') and (m.inherit_option or m.set_option)
+    union all
+    select 'owner_role_in_use', 'critical',
+           pg_catalog.format('role %I can log in: it owns functions that run for every tenant and reads every tenant''s rows. ALTER ROLE %I NOLOGIN.',
+                             o.rolname, o.rolname)
+    from pg_catalog.pg_roles o
+    where o.rolname in ('bulkhead_meter', 'bulkhead_reporter') and o.rolcanlogin
+    union all
+    select 'anonymous_end_user', 'warning',
+           'role anon holds bulkhead_end_user: requests without a JWT act as end users (they see nothing without a tenant claim, but may ask for nothing either). Grant bulkhead_end_user to authenticated only.'
+    from held h where h.rolname = 'anon'
+    union all
+    select 'end_user_role_does_not_inherit', 'error',
+           pg_catalog.format('role %I holds %s but is NOINHERIT: it gets none of their privileges until it sets the role. ALTER ROLE %I INHERIT.',
+                             h.rolname, pg_catalog.array_to_string(h.bulkhead_roles, ', '), h.rolname)
+    -- Direct members only: PostgREST's authenticator is NOINHERIT by design (it SETs the role).
+    from held h where not h.rolinherit and not h.rolsuper
+      and exists (select from pg_catalog.pg_auth_members m join bulkhead_roles b on b.oid = m.roleid
+                  where m.member = (select x.oid from pg_catalog.pg_roles x where x.rolname = h.rolname))
+    union all
+    select 'vector_schema_not_usable', 'error',
+           pg_catalog.format('role %I has no USAGE on schema %I, where pgvector lives: searches and the per-tenant index build fail. GRANT USAGE ON SCHEMA %I TO %I.',
+                             b.rolname, v.nspname, v.nspname, b.rolname)
+    from bulkhead_roles b, vector_schema v
+    where b.rolname in ('bulkhead_app', 'bulkhead_admin', 'bulkhead_worker', 'bulkhead_meter', 'bulkhead_end_user')
+      and not pg_catalog.has_schema_privilege(b.oid, v.nspname, 'USAGE')
+    union all
+    -- Any role may create objects there: an operator or function planted on a path that others
+    -- resolve names through runs as whoever calls it.
+    select 'schema_creatable_by_public', 'warning',
+           pg_catalog.format('PUBLIC may CREATE in schema %I: a role could plant a function or operator there that runs as another role whose search_path includes it. REVOKE CREATE ON SCHEMA %I FROM PUBLIC.',
+                             n.nspname, n.nspname)
+    from pg_catalog.pg_namespace n
+    where n.nspname not like 'pg\_%' and n.nspname <> 'information_schema'
+      and pg_catalog.has_schema_privilege('public', n.oid, 'CREATE')
+    union all
+    select 'index_drop_pending', 'warning',
+           pg_catalog.format('%s tenant index(es) wait to be dropped since %s: a long transaction reading bulkhead.chunks keeps taking precedence. Run select bulkhead.drop_pending_indexes() (the worker does, once a minute) and look for long transactions.',
+                             pg_catalog.count(*), pg_catalog.min(p.requested_at))
+    from bulkhead.pending_index_drops p
+    having pg_catalog.min(p.requested_at) < pg_catalog.now() - interval '10 minutes'
+    union all
+    select 'statements_logged', 'warning',
+           pg_catalog.format('log_statement = %s: statements are written to the server log with their arguments. Keep keys out of SQL (set_credential takes references only) and prefer ddl or none.',
+                             pg_catalog.current_setting('log_statement'))
+    where pg_catalog.current_setting('log_statement') in ('all', 'mod')
+    union all
+    select 'not_preloaded', 'info',
+           'bulkhead is not in shared_preload_libraries: a SET bulkhead.tenant_id is refused only once the library loads, set_tenant looks tenants up every time, and admission in memory is off.'
+    -- The setting is readable by pg_read_all_settings only: otherwise the check is skipped.
+    where case when pg_catalog.pg_has_role('pg_read_all_settings', 'USAGE')
+               then not pg_catalog.string_to_array(pg_catalog.replace(pg_catalog.current_setting('shared_preload_libraries'), ' ', ''), ',') @> array['bulkhead']
+               else false end
+    union all
+    -- Supabase Vault: reading decrypted_secrets needs its decrypt function too.
+    select 'vault_not_readable', 'error',
+           pg_catalog.format('Supabase Vault is installed or referenced, but bulkhead_worker lacks %s: the worker cannot read those keys. GRANT USAGE ON SCHEMA vault, SELECT ON vault.decrypted_secrets and EXECUTE ON FUNCTION vault._crypto_aead_det_decrypt to the worker''s role.', missing.what)
+    from (select pg_catalog.string_agg(w.what, ', ') as what
+          from (select 'USAGE on schema vault' as what
+                where pg_catalog.to_regnamespace('vault') is null
+                   or not pg_catalog.has_schema_privilege('bulkhead_worker', 'vault', 'USAGE')
+                union all
+                select 'SELECT on vault.decrypted_secrets'
+                where pg_catalog.to_regclass('vault.decrypted_secrets') is null
+                   or not pg_catalog.has_table_privilege('bulkhead_worker', 'vault.decrypted_secrets', 'SELECT')
+                union all
+                select 'EXECUTE on vault._crypto_aead_det_decrypt'
+                where exists (select from pg_catalog.pg_proc p
+                              where p.pronamespace = pg_catalog.to_regnamespace('vault')
+                                and p.proname = '_crypto_aead_det_decrypt'
+                                and not pg_catalog.has_function_privilege('bulkhead_worker', p.oid, 'EXECUTE'))) w) missing
+    where missing.what is not null
+      -- Vault installed, or named by the shared pool (tenants' own references are under row
+      -- level security: the control plane sees none of them from here).
+      and (pg_catalog.to_regnamespace('vault') is not null
+           or exists (select from bulkhead.shared_credentials c where c.secret_ref like 'vault:%'))
+$$;
+
+create or replace function bulkhead.activate_prompt(
+    tenant_id uuid, template_name text, version int, force boolean default false, reason text default null
+)
+returns void
+language plpgsql volatile
+security definer
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    previous text;
+    head bulkhead.prompt_templates;
+    verdict record;
+begin
+    if template_name is null or version is null or force is null then
+        raise exception 'template_name, version and force are required'
+            using errcode = '22004', detail = 'Name the version to activate.';
+    end if;
+    previous := bulkhead._act_for_tenant(activate_prompt.tenant_id, 'activate_prompt');
+    -- The pointer's row lock serialises concurrent activations and rollbacks.
+    select t.* into head from bulkhead.prompt_templates t
+    where t.tenant_id = activate_prompt.tenant_id and t.template_name = activate_prompt.template_name
+    for update;
+    if not found or not exists (
+        select from bulkhead.prompt_versions v
+        where v.tenant_id = activate_prompt.tenant_id and v.template_name = activate_prompt.template_name
+          and v.version = activate_prompt.version) then
+        raise exception 'prompt % has no version %', pg_catalog.quote_literal(template_name), version
+            using errcode = '42704', hint = 'Publish it first with bulkhead.publish_prompt(...).';
+    end if;
+    -- The eval gate (evals.sql): a passing run of this version on the tenant's current eval set.
+    verdict := bulkhead._eval_gate_verdict(activate_prompt.tenant_id, activate_prompt.template_name,
+                                           activate_prompt.version);
+    if force then
+        if not pg_catalog.pg_has_role(bulkhead._caller(), 'bulkhead_admin', 'USAGE') then
+            raise exception 'only bulkhead_admin may force a release past the eval gate'
+                using errcode = '42501',
+                      detail = 'The application role activates versions that passed their tenant''s eval set.';
+        end if;
+        if pg_catalog.btrim(coalesce(reason, '')) = '' then
+            raise exception 'a forced release needs a reason' using errcode = '22023',
+                detail = 'The reason is kept in the release history with who forced it and which run failed.';
+        end if;
+    end if;
+    if verdict.refusal is not null and not force then
+        perform bulkhead._eval_gate_refuse(verdict.refusal, verdict.run_id);
+    end if;
+    perform bulkhead._move_prompt_pointer(activate_prompt.tenant_id, activate_prompt.template_name,
+                                          activate_prompt.version, 'activate', reason, null,
+                                          case when verdict.refusal is null then verdict.gate else 'forced' end,
+                                          verdict.run_id, verdict.digest);
+    perform bulkhead._leave_tenant(previous);
+end
+$$;
 
 -- The console's roles evaluate row level security policies (current_tenant()) as themselves.
 -- Granted last, so a fresh install lists the grants in the order an upgrade leaves them.

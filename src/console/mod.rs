@@ -629,9 +629,9 @@ async fn open_session(
     let checked: Result<(Option<String>, bool, bool, bool, bool, bool), sqlx::Error> =
         sqlx::query_as(
             "select system_user::text, r.rolsuper, r.rolbypassrls,
-                pg_catalog.pg_has_role(r.oid, 'bulkhead_admin', 'member'),
-                pg_catalog.pg_has_role(r.oid, 'bulkhead_support', 'member'),
-                pg_catalog.pg_has_role(r.oid, 'bulkhead_finance', 'member')
+                pg_catalog.pg_has_role(r.oid, 'bulkhead_admin', 'USAGE'),
+                pg_catalog.pg_has_role(r.oid, 'bulkhead_support', 'USAGE'),
+                pg_catalog.pg_has_role(r.oid, 'bulkhead_finance', 'USAGE')
          from pg_catalog.pg_roles r where r.rolname = session_user",
         )
         .fetch_one(&mut conn)
