@@ -206,6 +206,9 @@ begin
     on conflict on constraint budgets_pkey do update
     set rpm = excluded.rpm, itpm = excluded.itpm, otpm = excluded.otpm,
         dollar_limit = excluded.dollar_limit, period = excluded.period, updated_at = pg_catalog.now();
+    -- A budget set by hand ends the tenant's temporary raise (console.sql): what was set stays.
+    update bulkhead.budget_raises r set ended_at = pg_catalog.clock_timestamp(), ended_how = 'kept'
+    where r.tenant_id = set_budget.tenant_id and r.ended_at is null;
     perform bulkhead._leave_tenant(previous);
 end
 $$;

@@ -119,7 +119,7 @@ begin
     if raise_budget.tenant_id is null or raise_budget.dollar_limit is null or "until" is null or reason is null then
         raise exception 'tenant_id, dollar_limit, until and reason are required' using errcode = '22004';
     end if;
-    if pg_catalog.btrim(reason) = '' or pg_catalog.char_length(reason) > 1000 then
+    if reason !~ '[^[:space:]]' or pg_catalog.char_length(reason) > 1000 then
         raise exception 'a raise needs a reason of 1 to 1000 characters' using errcode = '22023',
             detail = 'The reason is kept with the raise, beside who made it.';
     end if;
@@ -204,6 +204,7 @@ set search_path to pg_catalog, pg_temp
 as $$
 declare
     s bulkhead.job_schedule := bulkhead._held_job(job, worker);
+    lock_wait text := pg_catalog.current_setting('lock_timeout');
     raise_row bulkhead.budget_raises;
     own bulkhead.budgets;
     defaults bulkhead.budget_defaults;
@@ -216,13 +217,17 @@ begin
     if not found then
         raise exception 'job % ends no budget raise', job using errcode = '55000';
     end if;
-    -- raise_budget's lock order: the budget row, then the raise.
+    -- raise_budget's lock order: the budget row, then the raise. The tenant's deletion takes
+    -- them before the job row this worker holds: waiting at most 500 ms, the end gives way
+    -- (55P03, tried again later) before PostgreSQL's deadlock check could fail the deletion.
+    perform pg_catalog.set_config('lock_timeout', '500ms', true);
     select * into own from bulkhead.budgets b where b.tenant_id = s.job_tenant for update;
     select r.* into raise_row from bulkhead.budget_raises r
     where r.tenant_id = raise_row.tenant_id and r.id = raise_row.id for update;
     if not found then
         raise exception 'job % ends no budget raise', job using errcode = '55000';
     end if;
+    perform pg_catalog.set_config('lock_timeout', lock_wait, true);
     if raise_row.ended_at is not null then
         return raise_row.ended_how;
     end if;
@@ -241,7 +246,8 @@ begin
         perform bulkhead._limits_follow(s.job_tenant);
         how := 'restored';
     else
-        -- Its rate limits were set by hand since: they stay, the dollar limit is the defaults'.
+        -- Its rate limits were changed since (by a direct update: set_budget ends the raise):
+        -- they stay, and the dollar limit is the defaults'.
         update bulkhead.budgets b set dollar_limit = defaults.dollar_limit, updated_at = pg_catalog.now()
         where b.tenant_id = s.job_tenant;
         how := 'restored';

@@ -92,7 +92,8 @@ as $$
     from pg_catalog.pg_auth_members m
     join bulkhead_roles b on b.oid = m.roleid
     join pg_catalog.pg_roles r on r.oid = m.member
-    where not m.inherit_option
+    -- (Nobody should hold the owners' roles at all: owner_role_in_use.)
+    where not m.inherit_option and b.rolname not in ('bulkhead_meter', 'bulkhead_reporter')
     union all
     -- An end user must never choose its tenant: a role that is also the trusted backend can.
     select 'end_user_can_choose_tenant', 'critical',
@@ -120,7 +121,13 @@ as $$
     from pg_catalog.pg_auth_members m
     join pg_catalog.pg_roles o on o.oid = m.roleid
     join pg_catalog.pg_roles r on r.oid = m.member
-    where o.rolname in ('bulkhead_meter', 'bulkhead_reporter') and (m.inherit_option or m.set_option)
+    -- Also a grant WITH ADMIN only: its holder may grant the role to itself. Not the extension's
+    -- owner (PostgreSQL 16 makes a CREATEROLE installer the admin of the roles it creates; it
+    -- owns every table anyway) and not superusers.
+    where o.rolname in ('bulkhead_meter', 'bulkhead_reporter')
+      and (m.inherit_option or m.set_option or m.admin_option)
+      and not r.rolsuper
+      and r.oid <> (select e.extowner from pg_catalog.pg_extension e where e.extname = 'bulkhead')
     union all
     select 'owner_role_in_use', 'critical',
            pg_catalog.format('role %I can log in: it owns functions that run for every tenant and reads every tenant''s rows. ALTER ROLE %I NOLOGIN.',

@@ -27,8 +27,11 @@ begin
         if role_name in ('bulkhead_meter', 'bulkhead_reporter') and exists (
             select from pg_catalog.pg_roles r
             where r.rolname = role_name
-              and (r.rolcanlogin or exists (select from pg_catalog.pg_auth_members m
-                                            where m.roleid = r.oid and (m.inherit_option or m.set_option)))
+              and (r.rolcanlogin or exists (
+                       select from pg_catalog.pg_auth_members m join pg_catalog.pg_roles x on x.oid = m.member
+                       where m.roleid = r.oid and (m.inherit_option or m.set_option or m.admin_option)
+                         -- the installer (PostgreSQL 16 makes a CREATEROLE creator its admin)
+                         and x.rolname <> current_user and not x.rolsuper))
         ) then
             raise exception 'role % can log in or has members', role_name
                 using errcode = '42501',

@@ -203,6 +203,7 @@ select pg_temp.attempt($q$select bulkhead.raise_budget('00000000-0000-4000-8000-
 select pg_temp.attempt($q$select bulkhead.raise_budget('00000000-0000-4000-8000-0000000000c1', 50, now() - interval '1 day', 'x')$q$) as raise_in_the_past;
 select pg_temp.attempt($q$select bulkhead.raise_budget('00000000-0000-4000-8000-0000000000c1', 50, now() + interval '31 days', 'x')$q$) as raise_too_long;
 select pg_temp.attempt($q$select bulkhead.raise_budget('00000000-0000-4000-8000-0000000000c1', 50, now() + interval '1 day', '  ')$q$) as raise_without_reason;
+select pg_temp.attempt($q$select bulkhead.raise_budget('00000000-0000-4000-8000-0000000000c1', 50, now() + interval '1 day', E'\t\n ')$q$) as raise_with_a_blank_reason;
 select bulkhead.raise_budget('00000000-0000-4000-8000-0000000000c1', 50, now() + interval '1 day', 'launch week') > 0 as raised;
 select bulkhead.raise_budget('00000000-0000-4000-8000-0000000000c1', 80, now() + interval '2 days', 'launch week, extended') > 0 as raised_again;
 select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000c1');
@@ -248,7 +249,8 @@ select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000c2');
 select bulkhead.end_budget_raise(id, 'regress-con-worker') as ended_b from bulkhead.jobs where kind = 'budget_raise_end';
 reset role;
 select count(*) as b_own_budget_rows from bulkhead.budgets where tenant_id = '00000000-0000-4000-8000-0000000000c2';
--- Rate limits set by hand during such a raise stay; the dollar limit goes back to the defaults'.
+-- A budget set by hand during a raise ends it: what was set stays (here its rate limits, with
+-- the raised amount made permanent).
 set local role regress_con_admin;
 select bulkhead.raise_budget('00000000-0000-4000-8000-0000000000c2', 600, now() + interval '1 day', 'pilot 2') > 0 as raised_b2;
 select bulkhead.set_budget('00000000-0000-4000-8000-0000000000c2', 9, 9000, 9000, 600);
@@ -267,7 +269,7 @@ select rpm, dollar_limit from bulkhead.budgets where tenant_id = '00000000-0000-
 set local role regress_con_admin;
 select bulkhead.raise_budget('00000000-0000-4000-8000-0000000000c1', 300, now() + interval '1 day', 'promo') > 0 as raised_c;
 select bulkhead.set_budget('00000000-0000-4000-8000-0000000000c1', 100, 1000, 1000, 33);
--- A raise on top of one whose limit was changed by hand puts back the hand-set limit.
+-- The hand-set budget ended that raise (kept); a new raise puts back the hand-set limit.
 select bulkhead.raise_budget('00000000-0000-4000-8000-0000000000c1', 400, now() + interval '1 day', 'promo, more') > 0 as raised_d;
 select bulkhead.set_tenant('00000000-0000-4000-8000-0000000000c1');
 select raised_limit, restore_limit, ended_how from bulkhead.budget_raises where raised_limit in (300, 400) order by raised_limit;

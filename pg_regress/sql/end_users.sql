@@ -121,6 +121,9 @@ grant bulkhead_end_user to regress_doctor_grant_noinherit with inherit false;
 -- The console's roles: support beside the end-user role, and a member of the sums' owner.
 create role regress_doctor_support_eu in role bulkhead_end_user, bulkhead_support;
 create role regress_doctor_reporter in role bulkhead_reporter;
+-- A grant WITH ADMIN only: its holder can grant the role to itself.
+create role regress_doctor_reporter_admin;
+grant bulkhead_reporter to regress_doctor_reporter_admin with admin true, inherit false, set false;
 alter role bulkhead_reporter login;
 set local role regress_eu_admin;
 select check_name, severity, regexp_replace(detail, ':.*', '') as detail

@@ -2031,8 +2031,11 @@ begin
         if role_name in ('bulkhead_meter', 'bulkhead_reporter') and exists (
             select from pg_catalog.pg_roles r
             where r.rolname = role_name
-              and (r.rolcanlogin or exists (select from pg_catalog.pg_auth_members m
-                                            where m.roleid = r.oid and (m.inherit_option or m.set_option)))
+              and (r.rolcanlogin or exists (
+                       select from pg_catalog.pg_auth_members m join pg_catalog.pg_roles x on x.oid = m.member
+                       where m.roleid = r.oid and (m.inherit_option or m.set_option or m.admin_option)
+                         -- the installer (PostgreSQL 16 makes a CREATEROLE creator its admin)
+                         and x.rolname <> current_user and not x.rolsuper))
         ) then
             raise exception 'role % can log in or has members', role_name
                 using errcode = '42501',
@@ -2522,7 +2525,7 @@ begin
     if raise_budget.tenant_id is null or raise_budget.dollar_limit is null or "until" is null or reason is null then
         raise exception 'tenant_id, dollar_limit, until and reason are required' using errcode = '22004';
     end if;
-    if pg_catalog.btrim(reason) = '' or pg_catalog.char_length(reason) > 1000 then
+    if reason !~ '[^[:space:]]' or pg_catalog.char_length(reason) > 1000 then
         raise exception 'a raise needs a reason of 1 to 1000 characters' using errcode = '22023',
             detail = 'The reason is kept with the raise, beside who made it.';
     end if;
@@ -2607,6 +2610,7 @@ set search_path to pg_catalog, pg_temp
 as $$
 declare
     s bulkhead.job_schedule := bulkhead._held_job(job, worker);
+    lock_wait text := pg_catalog.current_setting('lock_timeout');
     raise_row bulkhead.budget_raises;
     own bulkhead.budgets;
     defaults bulkhead.budget_defaults;
@@ -2619,13 +2623,17 @@ begin
     if not found then
         raise exception 'job % ends no budget raise', job using errcode = '55000';
     end if;
-    -- raise_budget's lock order: the budget row, then the raise.
+    -- raise_budget's lock order: the budget row, then the raise. The tenant's deletion takes
+    -- them before the job row this worker holds: waiting at most 500 ms, the end gives way
+    -- (55P03, tried again later) before PostgreSQL's deadlock check could fail the deletion.
+    perform pg_catalog.set_config('lock_timeout', '500ms', true);
     select * into own from bulkhead.budgets b where b.tenant_id = s.job_tenant for update;
     select r.* into raise_row from bulkhead.budget_raises r
     where r.tenant_id = raise_row.tenant_id and r.id = raise_row.id for update;
     if not found then
         raise exception 'job % ends no budget raise', job using errcode = '55000';
     end if;
+    perform pg_catalog.set_config('lock_timeout', lock_wait, true);
     if raise_row.ended_at is not null then
         return raise_row.ended_how;
     end if;
@@ -2644,7 +2652,8 @@ begin
         perform bulkhead._limits_follow(s.job_tenant);
         how := 'restored';
     else
-        -- Its rate limits were set by hand since: they stay, the dollar limit is the defaults'.
+        -- Its rate limits were changed since (by a direct update: set_budget ends the raise):
+        -- they stay, and the dollar limit is the defaults'.
         update bulkhead.budgets b set dollar_limit = defaults.dollar_limit, updated_at = pg_catalog.now()
         where b.tenant_id = s.job_tenant;
         how := 'restored';
@@ -2914,7 +2923,7 @@ grant execute on function bulkhead.publish_prompt(uuid, text, jsonb, text),
 -- drift_by_tenant; and the platform's default limits. Nothing else: no context, no rows.
 grant select on bulkhead.budget_defaults to bulkhead_finance;
 
--- doctor() knows the console's roles; activate_prompt's force checks the privileges a caller has (USAGE).
+-- doctor() knows the console's roles; activate_prompt's force checks the privileges a caller has (USAGE); set_budget ends a temporary raise.
 create or replace function bulkhead.doctor()
 returns table (check_name text, severity text, detail text)
 language sql stable
@@ -2973,7 +2982,8 @@ as $$
     from pg_catalog.pg_auth_members m
     join bulkhead_roles b on b.oid = m.roleid
     join pg_catalog.pg_roles r on r.oid = m.member
-    where not m.inherit_option
+    -- (Nobody should hold the owners' roles at all: owner_role_in_use.)
+    where not m.inherit_option and b.rolname not in ('bulkhead_meter', 'bulkhead_reporter')
     union all
     -- An end user must never choose its tenant: a role that is also the trusted backend can.
     select 'end_user_can_choose_tenant', 'critical',
@@ -3001,7 +3011,13 @@ as $$
     from pg_catalog.pg_auth_members m
     join pg_catalog.pg_roles o on o.oid = m.roleid
     join pg_catalog.pg_roles r on r.oid = m.member
-    where o.rolname in ('bulkhead_meter', 'bulkhead_reporter') and (m.inherit_option or m.set_option)
+    -- Also a grant WITH ADMIN only: its holder may grant the role to itself. Not the extension's
+    -- owner (PostgreSQL 16 makes a CREATEROLE installer the admin of the roles it creates; it
+    -- owns every table anyway) and not superusers.
+    where o.rolname in ('bulkhead_meter', 'bulkhead_reporter')
+      and (m.inherit_option or m.set_option or m.admin_option)
+      and not r.rolsuper
+      and r.oid <> (select e.extowner from pg_catalog.pg_extension e where e.extname = 'bulkhead')
     union all
     select 'owner_role_in_use', 'critical',
            pg_catalog.format('role %I can log in: it owns functions that run for every tenant and reads every tenant''s rows. ALTER ROLE %I NOLOGIN.',
@@ -3129,6 +3145,59 @@ begin
                                           activate_prompt.version, 'activate', reason, null,
                                           case when verdict.refusal is null then verdict.gate else 'forced' end,
                                           verdict.run_id, verdict.digest);
+    perform bulkhead._leave_tenant(previous);
+end
+$$;
+
+create or replace function bulkhead.set_budget(
+    tenant_id uuid,
+    rpm int,
+    itpm int,
+    otpm int,
+    dollar_limit numeric,
+    period text default 'month'
+)
+returns void
+language plpgsql volatile
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+declare
+    previous text;
+begin
+    if rpm is null or itpm is null or otpm is null or dollar_limit is null or period is null then
+        raise exception 'every limit is required'
+            using errcode = '22004',
+                  detail = 'rpm, itpm, otpm, dollar_limit and period must all be given; 0 blocks that dimension.';
+    end if;
+    if rpm < 0 or itpm < 0 or otpm < 0 or dollar_limit < 0 or dollar_limit = 'NaN' or dollar_limit >= 1e12 then
+        raise exception 'invalid limit'
+            using errcode = '22023',
+                  detail = 'Limits are non-negative; dollar_limit is a finite amount below 1e12 USD.';
+    end if;
+    if period not in ('day', 'week', 'month') then
+        raise exception 'unknown budget period %', pg_catalog.quote_literal(period)
+            using errcode = '22023',
+                  detail = 'A billing period is day, week or month, aligned to bulkhead.billing_time_zone.';
+    end if;
+
+    if set_budget.tenant_id is null then
+        update bulkhead.budget_defaults d
+        set rpm = set_budget.rpm, itpm = set_budget.itpm, otpm = set_budget.otpm,
+            dollar_limit = set_budget.dollar_limit, period = set_budget.period, updated_at = pg_catalog.now();
+        return;
+    end if;
+
+    previous := bulkhead._enter_tenant(set_budget.tenant_id);
+    insert into bulkhead.budgets as b (tenant_id, rpm, itpm, otpm, dollar_limit, period)
+    values (set_budget.tenant_id, set_budget.rpm, set_budget.itpm, set_budget.otpm,
+            set_budget.dollar_limit, set_budget.period)
+    on conflict on constraint budgets_pkey do update
+    set rpm = excluded.rpm, itpm = excluded.itpm, otpm = excluded.otpm,
+        dollar_limit = excluded.dollar_limit, period = excluded.period, updated_at = pg_catalog.now();
+    -- A budget set by hand ends the tenant's temporary raise (console.sql): what was set stays.
+    update bulkhead.budget_raises r set ended_at = pg_catalog.clock_timestamp(), ended_how = 'kept'
+    where r.tenant_id = set_budget.tenant_id and r.ended_at is null;
     perform bulkhead._leave_tenant(previous);
 end
 $$;
