@@ -26,6 +26,7 @@ create policy reporter_sums on bulkhead.usage_latest for all to bulkhead_reporte
 create policy reporter_rebuilds on bulkhead.usage_rollup for all to bulkhead_reporter using (true) with check (true);
 create policy reporter_sums on bulkhead.usage_drift for select to bulkhead_reporter using (true);
 grant execute on function bulkhead._usage_sums(timestamptz, timestamptz, uuid), bulkhead._usage_span(timestamptz, timestamptz),
+    bulkhead._billing_zone(),
     bulkhead._caller() to bulkhead_reporter;
 
 -- Temporary budget raises: a tenant's dollar limit raised until a time, then put back by the
@@ -139,20 +140,16 @@ begin
     end if;
     previous := bulkhead._enter_tenant(raise_budget.tenant_id);
     select * into defaults from bulkhead.budget_defaults;
-    loop
-        select * into own from bulkhead.budgets b where b.tenant_id = raise_budget.tenant_id for update;
-        exit when found;
+    select * into own from bulkhead.budgets b where b.tenant_id = raise_budget.tenant_id for update;
+    if not found then
         -- No budget of its own: the raise gives it one with the defaults' limits (which its end
         -- removes). A budget set by hand at this moment wins, and is what gets raised.
         insert into bulkhead.budgets (tenant_id, rpm, itpm, otpm, dollar_limit, period)
         values (raise_budget.tenant_id, defaults.rpm, defaults.itpm, defaults.otpm, defaults.dollar_limit, defaults.period)
         on conflict on constraint budgets_pkey do nothing
         returning * into created;
-        if created.tenant_id is not null then
-            own := created;
-            exit;
-        end if;
-    end loop;
+        select * into own from bulkhead.budgets b where b.tenant_id = raise_budget.tenant_id for update;
+    end if;
     current_limit := own.dollar_limit;
     if raise_budget.dollar_limit <= current_limit then
         raise exception 'a raise must be above the current limit of % USD', current_limit using errcode = '22023',
@@ -309,10 +306,7 @@ set search_path to pg_catalog, pg_temp
 as $$
 declare
     sees_money boolean := bulkhead._console_reader('tenant_overview');
-    -- A call into the library (its value unused) loads it first, so the zone read next is its
-    -- setting, never a placeholder that a session SET before the library was loaded in it.
-    loads_library uuid := bulkhead.current_tenant();
-    zone text := pg_catalog.current_setting('bulkhead.billing_time_zone');
+    zone text := bulkhead._billing_zone();
     now_ts timestamptz := pg_catalog.clock_timestamp();
     today date := (now_ts at time zone zone)::date;
 begin
@@ -375,10 +369,7 @@ set search_path to pg_catalog, pg_temp
 as $$
 declare
     sees_money boolean := bulkhead._console_reader('tenant_daily_usage');
-    -- A call into the library (its value unused) loads it first, so the zone read next is its
-    -- setting, never a placeholder that a session SET before the library was loaded in it.
-    loads_library uuid := bulkhead.current_tenant();
-    zone text := pg_catalog.current_setting('bulkhead.billing_time_zone');
+    zone text := bulkhead._billing_zone();
 begin
     if tenant is null or "from" is null or "to" is null then
         raise exception 'tenant, from and to are required' using errcode = '22004';
@@ -432,10 +423,7 @@ security definer
 set search_path to pg_catalog, pg_temp
 as $$
 declare
-    -- A call into the library (its value unused) loads it first, so the zone read next is its
-    -- setting, never a placeholder that a session SET before the library was loaded in it.
-    loads_library uuid := bulkhead.current_tenant();
-    zone text := pg_catalog.current_setting('bulkhead.billing_time_zone');
+    zone text := bulkhead._billing_zone();
     lock_wait text := pg_catalog.current_setting('lock_timeout');
     written bigint;
 begin
@@ -491,9 +479,10 @@ grant delete on bulkhead.usage_daily, bulkhead.usage_latest to bulkhead_admin;  
 grant select on bulkhead.usage_rollup to bulkhead_meter, bulkhead_app, bulkhead_worker, bulkhead_admin,
     bulkhead_support, bulkhead_finance;
 grant insert, update on bulkhead.usage_rollup to bulkhead_meter;
-revoke all on function bulkhead._usage_rollup_add(), bulkhead._usage_span(timestamptz, timestamptz),
+revoke all on function bulkhead._usage_rollup_add(), bulkhead._usage_span(timestamptz, timestamptz), bulkhead._billing_zone(),
     bulkhead._usage_sums(timestamptz, timestamptz, uuid) from public;
-grant execute on function bulkhead._usage_span(timestamptz, timestamptz), bulkhead._usage_sums(timestamptz, timestamptz, uuid)
+grant execute on function bulkhead._usage_span(timestamptz, timestamptz), bulkhead._usage_sums(timestamptz, timestamptz, uuid),
+    bulkhead._billing_zone()
     to bulkhead_app, bulkhead_worker, bulkhead_admin, bulkhead_meter;
 
 -- bulkhead_support: tenant status (tenant_overview), and a tenant's prompts and evals inside

@@ -106,8 +106,7 @@ as $$
            pg_catalog.format('role %I (a PostgREST request role) holds %s: any end user can act for any tenant. Grant it bulkhead_end_user instead.',
                              h.rolname, pg_catalog.array_to_string(h.bulkhead_roles, ', '))
     from held h
-    where h.bulkhead_roles && array['bulkhead_app', 'bulkhead_admin', 'bulkhead_worker', 'bulkhead_meter', 'bulkhead_gateway',
-                                    'bulkhead_support', 'bulkhead_finance', 'bulkhead_reporter']::name[]
+    where h.bulkhead_roles <> array['bulkhead_end_user']::name[]  -- any Bulkhead role but that one
       and (h.rolname in ('anon', 'authenticated', 'service_role')
            or exists (select from pg_catalog.pg_auth_members m join pg_catalog.pg_roles a on a.oid = m.member
                       where a.rolname = 'authenticator' and m.roleid = (select oid from pg_catalog.pg_roles x where x.rolname = h.rolname)))

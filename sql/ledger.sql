@@ -166,6 +166,22 @@ $$;
 create trigger usage_rollup_add after insert on bulkhead.ledger
     for each row execute function bulkhead._usage_rollup_add();
 
+-- bulkhead.billing_time_zone, read after a call into the library: the call loads it (if this
+-- backend had not yet), and loading it discards a placeholder value that a session SET before
+-- (without shared_preload_libraries, any role may set one). The readers of the rollup and the
+-- console's sums take their zone from here.
+create function bulkhead._billing_zone()
+returns text
+language plpgsql stable
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+begin
+    perform bulkhead.current_tenant();
+    return pg_catalog.current_setting('bulkhead.billing_time_zone');
+end
+$$;
+
 -- Which part of [from, to) the rollup can answer: its whole days [first_day, end_day), in its
 -- zone. The rest, [from, raw_before) and [raw_after, to), is summed from the ledger itself; all of
 -- it when the rollup is stale or kept in another zone than this session's billing time zone.
@@ -176,10 +192,7 @@ security invoker
 set search_path to pg_catalog, pg_temp
 as $$
 declare
-    -- A call into the library (its value unused) loads it first, so the zone read next is its
-    -- setting, never a placeholder that a session SET before the library was loaded in it.
-    loads_library uuid := bulkhead.current_tenant();
-    session_zone text := pg_catalog.current_setting('bulkhead.billing_time_zone');
+    session_zone text := bulkhead._billing_zone();
     rollup bulkhead.usage_rollup;
 begin
     zone := session_zone;
@@ -552,7 +565,7 @@ as $$
         group by 1, 2, 3
     ),
     open_rows as (
-        select (r.created_at at time zone pg_catalog.current_setting('bulkhead.billing_time_zone'))::date as day,
+        select (r.created_at at time zone bulkhead._billing_zone())::date as day,
                r.provider, r.model, count(*) as open_reservations, sum(r.reserved_usd) as open_reserved_usd
         from bulkhead.reservations r
         where r.tenant_id = bulkhead.current_tenant() and r.created_at >= "from" and r.created_at < "to"
@@ -560,7 +573,7 @@ as $$
         group by 1, 2, 3
         union all
         -- Admitted in memory and not settled yet (bulkhead.memory_admission): listed under today.
-        select (pg_catalog.clock_timestamp() at time zone pg_catalog.current_setting('bulkhead.billing_time_zone'))::date,
+        select (pg_catalog.clock_timestamp() at time zone bulkhead._billing_zone())::date,
                m.provider, m.model, m.open_reservations, m.open_reserved_usd
         from bulkhead._open_in_memory() m
         where pg_catalog.clock_timestamp() >= "from" and pg_catalog.clock_timestamp() < "to"

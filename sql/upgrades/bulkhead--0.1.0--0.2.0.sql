@@ -2213,6 +2213,22 @@ $$;
 create trigger usage_rollup_add after insert on bulkhead.ledger
     for each row execute function bulkhead._usage_rollup_add();
 
+-- bulkhead.billing_time_zone, read after a call into the library: the call loads it (if this
+-- backend had not yet), and loading it discards a placeholder value that a session SET before
+-- (without shared_preload_libraries, any role may set one). The readers of the rollup and the
+-- console's sums take their zone from here.
+create function bulkhead._billing_zone()
+returns text
+language plpgsql stable
+security invoker
+set search_path to pg_catalog, pg_temp
+as $$
+begin
+    perform bulkhead.current_tenant();
+    return pg_catalog.current_setting('bulkhead.billing_time_zone');
+end
+$$;
+
 -- Which part of [from, to) the rollup can answer: its whole days [first_day, end_day), in its
 -- zone. The rest, [from, raw_before) and [raw_after, to), is summed from the ledger itself; all of
 -- it when the rollup is stale or kept in another zone than this session's billing time zone.
@@ -2223,10 +2239,7 @@ security invoker
 set search_path to pg_catalog, pg_temp
 as $$
 declare
-    -- A call into the library (its value unused) loads it first, so the zone read next is its
-    -- setting, never a placeholder that a session SET before the library was loaded in it.
-    loads_library uuid := bulkhead.current_tenant();
-    session_zone text := pg_catalog.current_setting('bulkhead.billing_time_zone');
+    session_zone text := bulkhead._billing_zone();
     rollup bulkhead.usage_rollup;
 begin
     zone := session_zone;
@@ -2354,7 +2367,7 @@ as $$
         group by 1, 2, 3
     ),
     open_rows as (
-        select (r.created_at at time zone pg_catalog.current_setting('bulkhead.billing_time_zone'))::date as day,
+        select (r.created_at at time zone bulkhead._billing_zone())::date as day,
                r.provider, r.model, count(*) as open_reservations, sum(r.reserved_usd) as open_reserved_usd
         from bulkhead.reservations r
         where r.tenant_id = bulkhead.current_tenant() and r.created_at >= "from" and r.created_at < "to"
@@ -2362,7 +2375,7 @@ as $$
         group by 1, 2, 3
         union all
         -- Admitted in memory and not settled yet (bulkhead.memory_admission): listed under today.
-        select (pg_catalog.clock_timestamp() at time zone pg_catalog.current_setting('bulkhead.billing_time_zone'))::date,
+        select (pg_catalog.clock_timestamp() at time zone bulkhead._billing_zone())::date,
                m.provider, m.model, m.open_reservations, m.open_reserved_usd
         from bulkhead._open_in_memory() m
         where pg_catalog.clock_timestamp() >= "from" and pg_catalog.clock_timestamp() < "to"
@@ -2432,6 +2445,7 @@ create policy reporter_sums on bulkhead.usage_latest for all to bulkhead_reporte
 create policy reporter_rebuilds on bulkhead.usage_rollup for all to bulkhead_reporter using (true) with check (true);
 create policy reporter_sums on bulkhead.usage_drift for select to bulkhead_reporter using (true);
 grant execute on function bulkhead._usage_sums(timestamptz, timestamptz, uuid), bulkhead._usage_span(timestamptz, timestamptz),
+    bulkhead._billing_zone(),
     bulkhead._caller() to bulkhead_reporter;
 
 -- Temporary budget raises: a tenant's dollar limit raised until a time, then put back by the
@@ -2545,20 +2559,16 @@ begin
     end if;
     previous := bulkhead._enter_tenant(raise_budget.tenant_id);
     select * into defaults from bulkhead.budget_defaults;
-    loop
-        select * into own from bulkhead.budgets b where b.tenant_id = raise_budget.tenant_id for update;
-        exit when found;
+    select * into own from bulkhead.budgets b where b.tenant_id = raise_budget.tenant_id for update;
+    if not found then
         -- No budget of its own: the raise gives it one with the defaults' limits (which its end
         -- removes). A budget set by hand at this moment wins, and is what gets raised.
         insert into bulkhead.budgets (tenant_id, rpm, itpm, otpm, dollar_limit, period)
         values (raise_budget.tenant_id, defaults.rpm, defaults.itpm, defaults.otpm, defaults.dollar_limit, defaults.period)
         on conflict on constraint budgets_pkey do nothing
         returning * into created;
-        if created.tenant_id is not null then
-            own := created;
-            exit;
-        end if;
-    end loop;
+        select * into own from bulkhead.budgets b where b.tenant_id = raise_budget.tenant_id for update;
+    end if;
     current_limit := own.dollar_limit;
     if raise_budget.dollar_limit <= current_limit then
         raise exception 'a raise must be above the current limit of % USD', current_limit using errcode = '22023',
@@ -2715,10 +2725,7 @@ set search_path to pg_catalog, pg_temp
 as $$
 declare
     sees_money boolean := bulkhead._console_reader('tenant_overview');
-    -- A call into the library (its value unused) loads it first, so the zone read next is its
-    -- setting, never a placeholder that a session SET before the library was loaded in it.
-    loads_library uuid := bulkhead.current_tenant();
-    zone text := pg_catalog.current_setting('bulkhead.billing_time_zone');
+    zone text := bulkhead._billing_zone();
     now_ts timestamptz := pg_catalog.clock_timestamp();
     today date := (now_ts at time zone zone)::date;
 begin
@@ -2781,10 +2788,7 @@ set search_path to pg_catalog, pg_temp
 as $$
 declare
     sees_money boolean := bulkhead._console_reader('tenant_daily_usage');
-    -- A call into the library (its value unused) loads it first, so the zone read next is its
-    -- setting, never a placeholder that a session SET before the library was loaded in it.
-    loads_library uuid := bulkhead.current_tenant();
-    zone text := pg_catalog.current_setting('bulkhead.billing_time_zone');
+    zone text := bulkhead._billing_zone();
 begin
     if tenant is null or "from" is null or "to" is null then
         raise exception 'tenant, from and to are required' using errcode = '22004';
@@ -2838,10 +2842,7 @@ security definer
 set search_path to pg_catalog, pg_temp
 as $$
 declare
-    -- A call into the library (its value unused) loads it first, so the zone read next is its
-    -- setting, never a placeholder that a session SET before the library was loaded in it.
-    loads_library uuid := bulkhead.current_tenant();
-    zone text := pg_catalog.current_setting('bulkhead.billing_time_zone');
+    zone text := bulkhead._billing_zone();
     lock_wait text := pg_catalog.current_setting('lock_timeout');
     written bigint;
 begin
@@ -2897,9 +2898,10 @@ grant delete on bulkhead.usage_daily, bulkhead.usage_latest to bulkhead_admin;  
 grant select on bulkhead.usage_rollup to bulkhead_meter, bulkhead_app, bulkhead_worker, bulkhead_admin,
     bulkhead_support, bulkhead_finance;
 grant insert, update on bulkhead.usage_rollup to bulkhead_meter;
-revoke all on function bulkhead._usage_rollup_add(), bulkhead._usage_span(timestamptz, timestamptz),
+revoke all on function bulkhead._usage_rollup_add(), bulkhead._usage_span(timestamptz, timestamptz), bulkhead._billing_zone(),
     bulkhead._usage_sums(timestamptz, timestamptz, uuid) from public;
-grant execute on function bulkhead._usage_span(timestamptz, timestamptz), bulkhead._usage_sums(timestamptz, timestamptz, uuid)
+grant execute on function bulkhead._usage_span(timestamptz, timestamptz), bulkhead._usage_sums(timestamptz, timestamptz, uuid),
+    bulkhead._billing_zone()
     to bulkhead_app, bulkhead_worker, bulkhead_admin, bulkhead_meter;
 
 -- bulkhead_support: tenant status (tenant_overview), and a tenant's prompts and evals inside
@@ -2996,8 +2998,7 @@ as $$
            pg_catalog.format('role %I (a PostgREST request role) holds %s: any end user can act for any tenant. Grant it bulkhead_end_user instead.',
                              h.rolname, pg_catalog.array_to_string(h.bulkhead_roles, ', '))
     from held h
-    where h.bulkhead_roles && array['bulkhead_app', 'bulkhead_admin', 'bulkhead_worker', 'bulkhead_meter', 'bulkhead_gateway',
-                                    'bulkhead_support', 'bulkhead_finance', 'bulkhead_reporter']::name[]
+    where h.bulkhead_roles <> array['bulkhead_end_user']::name[]  -- any Bulkhead role but that one
       and (h.rolname in ('anon', 'authenticated', 'service_role')
            or exists (select from pg_catalog.pg_auth_members m join pg_catalog.pg_roles a on a.oid = m.member
                       where a.rolname = 'authenticator' and m.roleid = (select oid from pg_catalog.pg_roles x where x.rolname = h.rolname)))
