@@ -23,8 +23,7 @@ pub(crate) async fn serve(
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     // Connections open per client address (when capped): one host cannot hold every slot.
-    let per_address: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>> =
-        Arc::default();
+    let per_address = OpenPerClient::default();
     let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     loop {
         let (tcp, peer) = tokio::select! {
@@ -49,19 +48,15 @@ pub(crate) async fn serve(
                 .unwrap_or(peer.ip()),
             v4 => v4,
         };
-        if let Some(cap) = per_client {
-            let mut open = per_address.lock().unwrap_or_else(|e| e.into_inner());
-            let count = open.entry(client).or_insert(0);
-            if *count >= cap {
-                drop(open);
-                drop(tcp);
-                continue;
-            }
-            *count += 1;
-        }
-        let release = ClientSlot {
-            counts: per_client.map(|_| per_address.clone()),
-            client,
+        let release = match per_client {
+            Some(cap) => match ClientSlot::take(&per_address, client, cap) {
+                Some(slot) => Some(slot),
+                None => {
+                    drop(tcp);
+                    continue;
+                }
+            },
+            None => None,
         };
         // Stream events are small writes: without TCP_NODELAY, Nagle's algorithm holds each one
         // back until the client's delayed ACK (about 40 ms).
@@ -109,21 +104,37 @@ pub(crate) async fn serve(
     graceful.shutdown().await;
 }
 
-/// Gives a connection's place back to its client's count when the connection ends.
+type OpenPerClient = Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>;
+
+/// One of a client address's connections; its place goes back when the connection ends.
 struct ClientSlot {
-    counts: Option<Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>>,
+    counts: OpenPerClient,
     client: std::net::IpAddr,
+}
+
+impl ClientSlot {
+    /// A place for `client`, unless it already has `cap` connections open.
+    fn take(counts: &OpenPerClient, client: std::net::IpAddr, cap: usize) -> Option<Self> {
+        let mut open = counts.lock().unwrap_or_else(|e| e.into_inner());
+        let count = open.entry(client).or_insert(0);
+        if *count >= cap {
+            return None;
+        }
+        *count += 1;
+        Some(Self {
+            counts: counts.clone(),
+            client,
+        })
+    }
 }
 
 impl Drop for ClientSlot {
     fn drop(&mut self) {
-        if let Some(counts) = &self.counts {
-            let mut open = counts.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(count) = open.get_mut(&self.client) {
-                *count -= 1;
-                if *count == 0 {
-                    open.remove(&self.client);
-                }
+        let mut open = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = open.get_mut(&self.client) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.client);
             }
         }
     }

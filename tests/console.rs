@@ -772,20 +772,24 @@ async fn the_console_signs_in_database_logins_and_the_database_decides() {
         );
     }
     let options = superuser_options();
-    let cli = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
-        .args(["report", "--period", &period, "--format", "csv"])
-        .env(
-            "DATABASE_URL",
-            format!(
-                "postgres://{FINANCE}:{}@{}:{}/{}",
-                password_of(FINANCE),
-                options.get_host(),
-                options.get_port(),
-                options.get_database().unwrap()
-            ),
-        )
-        .output()
-        .unwrap();
+    // `bulkhead report` as the finance login.
+    let report = |format: &str| {
+        Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+            .args(["report", "--period", &period, "--format", format])
+            .env(
+                "DATABASE_URL",
+                format!(
+                    "postgres://{FINANCE}:{}@{}:{}/{}",
+                    password_of(FINANCE),
+                    options.get_host(),
+                    options.get_port(),
+                    options.get_database().unwrap()
+                ),
+            )
+            .output()
+            .unwrap()
+    };
+    let cli = report("csv");
     assert!(
         cli.status.success(),
         "{}",
@@ -796,20 +800,7 @@ async fn the_console_signs_in_database_logins_and_the_database_decides() {
         csv,
         "the CLI and the console disagree"
     );
-    let json = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
-        .args(["report", "--period", &period, "--format", "json"])
-        .env(
-            "DATABASE_URL",
-            format!(
-                "postgres://{FINANCE}:{}@{}:{}/{}",
-                password_of(FINANCE),
-                options.get_host(),
-                options.get_port(),
-                options.get_database().unwrap()
-            ),
-        )
-        .output()
-        .unwrap();
+    let json = report("json");
     assert!(json.status.success());
     let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(json["period"], period.as_str());

@@ -520,16 +520,13 @@ async fn sign_in(
     let [login_key, client_key] = session::limiter_keys(&login, client.ip());
     // Counted before the attempt and taken back if it succeeds: guesses sent in parallel count.
     // The address first: a blocked address adds no login name to the table.
-    let begun = match console.client_failures.begin(&client_key) {
-        Err(wait) => [Ok(()), Err(wait)],
-        Ok(()) => [console.login_failures.begin(&login_key), Ok(())],
-    };
-    let client_counted = begun[1].is_ok();
-    if begun.iter().any(|b| b.is_err()) {
-        if begun[0].is_err() && client_counted {
+    let begun = console.client_failures.begin(&client_key).and_then(|()| {
+        console.login_failures.begin(&login_key).inspect_err(|_| {
+            // Not tried: the address's count goes back.
             console.client_failures.forgive(&client_key);
-        }
-        let wait = begun.iter().filter_map(|b| b.err()).max().unwrap_or(60);
+        })
+    });
+    if let Err(wait) = begun {
         let mut response = sign_in_form(
             &console,
             StatusCode::TOO_MANY_REQUESTS,
